@@ -1,0 +1,3 @@
+from ferry.cli.main import app
+
+app()

@@ -1,0 +1,30 @@
+"""SHA-256 of bundle artifacts, computed at build and checked at every load."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from ferry.errors import IntegrityError
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_artifacts(bundle_dir: Path, artifacts: dict[str, str]) -> None:
+    """Refuse the bundle when any listed artifact is missing or changed; the error names the file."""
+    for name, expected in artifacts.items():
+        path = bundle_dir / name
+        if not path.is_file():
+            raise IntegrityError(f"{bundle_dir}: artifact '{name}' is listed in the manifest but missing")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise IntegrityError(
+                f"{bundle_dir}: artifact '{name}' has changed since the bundle was built "
+                f"(sha256 {actual[:12]}..., manifest says {expected[:12]}...)"
+            )

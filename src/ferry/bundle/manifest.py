@@ -1,0 +1,145 @@
+"""The bundle manifest, ``ferry.yaml``: a typed schema, read and written as YAML."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+import yaml
+
+from ferry.errors import ManifestError
+
+MANIFEST_FILE = "ferry.yaml"
+
+FeatureDType = Literal["float64", "float32", "int64", "int32", "bool", "string"]
+InputKind = Literal["features", "tensor", "text", "image"]
+OutputKind = Literal["label", "number", "tensor"]
+RuntimeName = Literal["sklearn", "lightgbm", "onnx", "python"]
+
+
+class Feature(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """One named input feature of a tabular model."""
+
+    name: str
+    dtype: FeatureDType = "float64"
+    allow_nan: bool = False
+
+
+class Tensor(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """One named input tensor; -1 in ``shape`` is a variable dimension (the first is the batch)."""
+
+    name: str
+    dtype: FeatureDType = "float64"
+    shape: list[int] = msgspec.field(default_factory=lambda: [-1, -1])
+    allow_nan: bool = False
+
+
+class InputSchema(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """What the model takes: named features, tensors, text, or image bytes.
+
+    ``field`` is the JSON key that carries a text or image input in a record.
+    """
+
+    kind: InputKind
+    features: list[Feature] = msgspec.field(default_factory=list)
+    tensors: list[Tensor] = msgspec.field(default_factory=list)
+    field: str = "text"
+    max_length: int | None = None
+
+
+class OutputSchema(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """What the model returns; ``min``/``max`` clip numeric predictions."""
+
+    kind: OutputKind
+    dtype: str = "float64"
+    shape: list[int] = msgspec.field(default_factory=lambda: [-1])
+    min: float | None = None
+    max: float | None = None
+
+
+class CompatInput(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Where a compatibility route finds its model input.
+
+    - ``body``: the whole JSON body is the native predict body;
+    - ``body_key``: the value under ``key`` in the JSON body is the native predict body;
+    - ``query``: query parameters, renamed to features by ``names`` (param -> feature).
+    """
+
+    source: Literal["body", "body_key", "query"] = "body"
+    key: str | None = None
+    names: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class CompatRoute(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """A route that reproduces a hand-written API, declared as data.
+
+    ``action`` is ``predict`` or ``health``; ``response_key`` wraps the answer in an
+    object under that key, and ``None`` returns the bare value.
+    """
+
+    method: Literal["GET", "POST"]
+    path: str
+    action: Literal["predict", "health"] = "predict"
+    input: CompatInput = msgspec.field(default_factory=CompatInput)
+    response_key: str | None = "prediction"
+
+
+class Manifest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Everything Ferry needs to load, check and serve one model version."""
+
+    name: str
+    version: str
+    runtime: RuntimeName
+    input: InputSchema
+    output: OutputSchema
+    artifacts: dict[str, str]
+    labels: list[str] | None = None
+    sample_input: Any = None
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    options: dict[str, Any] = msgspec.field(default_factory=dict)
+    routes: list[CompatRoute] = msgspec.field(default_factory=list)
+    trusted: bool = False
+    format_version: int = 1
+
+
+def read_manifest(bundle_dir: Path) -> Manifest:
+    """Read and validate ``ferry.yaml``; errors name the file and the field."""
+    path = bundle_dir / MANIFEST_FILE
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: no {MANIFEST_FILE} in the bundle folder") from None
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"{path}: not valid YAML: {exc}") from None
+    return parse_manifest(raw, source=str(path))
+
+
+def parse_manifest(raw: Any, source: str = MANIFEST_FILE) -> Manifest:
+    try:
+        manifest = msgspec.convert(raw, Manifest)
+    except msgspec.ValidationError as exc:
+        raise ManifestError(f"{source}: {exc}") from None
+    _check_consistency(manifest, source)
+    return manifest
+
+
+def _check_consistency(m: Manifest, source: str) -> None:
+    if m.input.kind == "features" and not m.input.features:
+        raise ManifestError(f"{source}: input.kind is 'features' but input.features is empty - at `$.input.features`")
+    if m.input.kind == "tensor" and len(m.input.tensors) != 1:
+        raise ManifestError(f"{source}: input.kind 'tensor' needs exactly one tensor - at `$.input.tensors`")
+    names = [f.name for f in m.input.features]
+    if len(set(names)) != len(names):
+        raise ManifestError(f"{source}: duplicate feature names - at `$.input.features`")
+    if m.output.kind == "label" and not m.labels:
+        raise ManifestError(f"{source}: output.kind 'label' needs labels - at `$.labels`")
+    if not m.artifacts:
+        raise ManifestError(f"{source}: no artifacts listed - at `$.artifacts`")
+
+
+def write_manifest(bundle_dir: Path, manifest: Manifest) -> Path:
+    path = bundle_dir / MANIFEST_FILE
+    data = msgspec.to_builtins(manifest)
+    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return path

@@ -1,0 +1,1 @@
+"""Thin typer commands over the library functions."""

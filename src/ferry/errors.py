@@ -1,0 +1,92 @@
+"""Ferry's error types: raise them anywhere, translate them to HTTP in one place.
+
+    FerryError (500, internal)
+    ├── ClientError (400)
+    │   ├── InvalidInput (400, invalid_input)     a request body that does not fit the schema
+    │   ├── MalformedRequest (400, malformed)     a body that is not valid JSON at all
+    │   └── PayloadTooLarge (413, payload_too_large)
+    ├── NotFound (404)
+    │   └── ModelNotFound (404, model_not_found)
+    ├── ModelNotReady (503, model_not_ready)
+    └── BundleError (load-time; never a client's fault)
+        ├── ManifestError      ferry.yaml is missing or invalid
+        ├── IntegrityError     an artifact's SHA-256 does not match the manifest
+        └── UntrustedPickle    a pickle artifact without --trusted / --trust-pickle
+"""
+
+from __future__ import annotations
+
+
+class FerryError(Exception):
+    """Base error: carries an HTTP status and a stable machine-readable code."""
+
+    status: int = 500
+    code: str = "internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_dict(self) -> dict[str, str]:
+        return {"error": self.message, "code": self.code}
+
+
+class ClientError(FerryError):
+    status = 400
+    code = "bad_request"
+
+
+class InvalidInput(ClientError):
+    """The request does not match the model's input schema. ``field`` names where."""
+
+    code = "invalid_input"
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        full = f"{message} - at `{field}`" if field else message
+        super().__init__(full)
+        self.field = field
+
+    def to_dict(self) -> dict[str, str]:
+        body = super().to_dict()
+        if self.field:
+            body["field"] = self.field
+        return body
+
+
+class MalformedRequest(ClientError):
+    code = "malformed_json"
+
+
+class PayloadTooLarge(ClientError):
+    status = 413
+    code = "payload_too_large"
+
+
+class NotFound(FerryError):
+    status = 404
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class ModelNotReady(FerryError):
+    status = 503
+    code = "model_not_ready"
+
+
+class BundleError(FerryError):
+    code = "bundle_error"
+
+
+class ManifestError(BundleError):
+    code = "manifest_invalid"
+
+
+class IntegrityError(BundleError):
+    code = "integrity_error"
+
+
+class UntrustedPickle(BundleError):
+    code = "untrusted_pickle"

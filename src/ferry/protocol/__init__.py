@@ -1,0 +1,1 @@
+"""Wire formats: each decodes to a runtime batch and encodes predictions back."""

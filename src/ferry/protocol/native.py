@@ -1,0 +1,80 @@
+"""Ferry's native JSON: one record, a list of records, a bare row, rows, or ``{"instances": [...]}``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from ferry.errors import InvalidInput, MalformedRequest
+from ferry.runtimes import Prediction
+from ferry.serving.inputs import InputCodec
+
+_decoder = msgspec.json.Decoder()
+
+
+def parse_json(body: bytes) -> Any:
+    """Decode a JSON body; the error says where it broke, and says so plainly for NaN."""
+    if not body:
+        raise MalformedRequest("request body is empty; expected JSON")
+    try:
+        return _decoder.decode(body)
+    except msgspec.ValidationError as exc:  # e.g. a number out of range such as 1e400
+        raise InvalidInput(str(exc).split(" - at ")[0], _where(str(exc))) from None
+    except msgspec.DecodeError as exc:
+        hint = " (NaN and Infinity are not valid JSON)" if b"NaN" in body or b"Infinity" in body else ""
+        raise MalformedRequest(f"malformed JSON: {exc}{hint}") from None
+
+
+def _where(message: str) -> str | None:
+    _, _, where = message.partition(" - at ")
+    return where.strip("`") or None
+
+
+def decode_native(payload: Any, codec: InputCodec) -> tuple[Any, bool]:
+    """Return ``(batch, single)``: ``single`` when the client sent one record or one row."""
+    if isinstance(payload, dict):
+        if "instances" in payload and (codec.kind != "features" or "instances" not in codec.name_set):
+            instances = payload["instances"]
+            if not isinstance(instances, list):
+                raise InvalidInput("Expected `array`", "$.instances")
+            return _decode_list(instances, codec, "$.instances"), False
+        return codec.from_records([payload]), True
+    if isinstance(payload, list):
+        if not payload:
+            raise InvalidInput("empty batch: send at least one record", "$")
+        if all(not isinstance(v, list | dict) for v in payload) and codec.kind in ("features", "tensor"):
+            return codec.from_rows([payload]), True
+        return _decode_list(payload, codec, "$"), False
+    if isinstance(payload, str) and codec.kind in ("text", "image"):
+        return codec.from_rows([payload]), True
+    raise InvalidInput("Expected an object, an array of objects, or an array of rows", "$")
+
+
+def _decode_list(items: list[Any], codec: InputCodec, prefix: str) -> Any:
+    if not items:
+        raise InvalidInput("empty batch: send at least one record", prefix)
+    if isinstance(items[0], dict):
+        return codec.from_records(items, prefix)
+    return codec.from_rows(items, prefix)
+
+
+def encode_native(prediction: Prediction, single: bool, labels: list[str] | None) -> dict[str, Any]:
+    """``{"prediction": ...}`` for one record, ``{"predictions": [...]}`` for several."""
+    probabilities = _probability_maps(prediction.probabilities, labels)
+    if single:
+        body: dict[str, Any] = {"prediction": prediction.values[0]}
+        if probabilities is not None:
+            body["probabilities"] = probabilities[0]
+        return body
+    body = {"predictions": prediction.values}
+    if probabilities is not None:
+        body["probabilities"] = probabilities
+    return body
+
+
+def _probability_maps(probabilities: np.ndarray | None, labels: list[str] | None) -> list[dict[str, float]] | None:
+    if probabilities is None or not labels or probabilities.shape[1] != len(labels):
+        return None
+    return [dict(zip(labels, row, strict=True)) for row in probabilities.tolist()]

@@ -1,0 +1,78 @@
+"""The runtime contract: load a bundle, predict on a batch, return values and probabilities."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ferry.bundle.manifest import Manifest
+from ferry.errors import UntrustedPickle
+
+logger = logging.getLogger("ferry.runtime")
+
+PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
+
+
+@dataclass
+class Prediction:
+    """Per-row predictions (label names, numbers or lists) and, for classifiers, probabilities."""
+
+    values: list[Any]
+    probabilities: np.ndarray | None = None
+
+
+class Runtime(ABC):
+    """Lifecycle: ``load(bundle_dir, manifest, trust_pickle)`` once, then ``predict(batch)`` many times.
+
+    ``batch`` is a 2-D array for features and tensors, a list of ``str`` for text, and a
+    list of ``bytes`` for images.
+    """
+
+    @classmethod
+    @abstractmethod
+    def load(cls, bundle_dir: Path, manifest: Manifest, trust_pickle: bool) -> Runtime: ...
+
+    @abstractmethod
+    def predict(self, batch: Any) -> Prediction: ...
+
+
+def require_trust(path: Path, manifest: Manifest, trust_pickle: bool, what: str = "") -> None:
+    """Refuse a pickle (or code) artifact unless the bundle or the server says it is trusted."""
+    what = what or ("a pickle, and unpickling runs arbitrary code" if path.suffix in PICKLE_SUFFIXES else "")
+    if what and not (manifest.trusted or trust_pickle):
+        raise UntrustedPickle(
+            f"{manifest.name}:{manifest.version}: artifact '{path.name}' is {what}. Rebuild the bundle with "
+            "--trusted, or start the server with --trust-pickle, only if you trust where it came from."
+        )
+
+
+def warn_version_drift(manifest: Manifest, library: str, installed: str) -> str | None:
+    """Warn when the library now installed differs from the one the bundle was built with."""
+    built = manifest.metadata.get("libraries", {}).get(library)
+    if built and built != installed:
+        message = (
+            f"{manifest.name}:{manifest.version} was built with {library} {built} "
+            f"but {library} {installed} is installed; predictions may differ"
+        )
+        logger.warning(message)
+        warnings.warn(message, stacklevel=2)
+        return message
+    return None
+
+
+def class_labels(classes: np.ndarray, labels: list[str] | None) -> list[str]:
+    """Names for a classifier's classes: the manifest's labels by index, or the classes themselves."""
+    if classes.dtype.kind in "iu" and labels and all(0 <= int(c) < len(labels) for c in classes):
+        return [labels[int(c)] for c in classes]
+    return [str(c) for c in classes]
+
+
+def argmax_labels(probabilities: np.ndarray, names: list[str]) -> list[str]:
+    lookup = np.asarray(names, dtype=object)
+    return list(lookup[np.argmax(probabilities, axis=1)])

@@ -1,0 +1,54 @@
+"""LightGBM: the Booster's own text format, with an optional stateless text featurizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightgbm
+import numpy as np
+
+from ferry.bundle.manifest import Manifest
+from ferry.runtimes.base import Prediction, Runtime, argmax_labels, warn_version_drift
+
+
+def make_featurizer(spec: dict[str, Any]) -> Any:
+    """A stateless text featurizer from its manifest spec: character n-grams, hashed.
+
+    Hashing needs no fitted vocabulary, so the spec alone rebuilds it exactly.
+    """
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    if spec.get("type") != "char_ngrams":
+        raise ValueError(f"unknown featurizer type {spec.get('type')!r}")
+    low, high = spec.get("ngram_range", [1, 3])
+    return HashingVectorizer(
+        analyzer=spec.get("analyzer", "char_wb"),
+        ngram_range=(int(low), int(high)),
+        n_features=int(spec.get("n_features", 2**14)),
+        alternate_sign=False,
+        norm="l2",
+    )
+
+
+class LightGBMRuntime(Runtime):
+    def __init__(self, booster: lightgbm.Booster, manifest: Manifest) -> None:
+        self.booster = booster
+        self.labels = manifest.labels
+        spec = manifest.options.get("featurizer")
+        self.featurizer = make_featurizer(spec) if spec else None
+
+    @classmethod
+    def load(cls, bundle_dir: Path, manifest: Manifest, trust_pickle: bool) -> Runtime:
+        warn_version_drift(manifest, "lightgbm", lightgbm.__version__)
+        path = bundle_dir / manifest.options.get("artifact", "model.txt")
+        return cls(lightgbm.Booster(model_file=str(path)), manifest)
+
+    def predict(self, batch: Any) -> Prediction:
+        features = self.featurizer.transform(batch) if self.featurizer is not None else batch
+        raw = np.asarray(self.booster.predict(features))
+        if not self.labels:
+            return Prediction(values=raw.tolist())
+        if raw.ndim == 1:  # binary objective: probability of the second class
+            raw = np.column_stack([1.0 - raw, raw])
+        return Prediction(values=argmax_labels(raw, self.labels), probabilities=raw)

@@ -1,0 +1,163 @@
+"""Turn decoded JSON (records, rows, strings) into a runtime batch, checked against the input schema.
+
+Built once per model at load; every error names the field and the problem.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+from typing import Any
+
+import numpy as np
+
+from ferry.bundle.manifest import InputSchema
+from ferry.errors import InvalidInput
+
+_NUMPY_DTYPES: dict[str, Any] = {
+    "float64": np.float64,
+    "float32": np.float32,
+    "int64": np.int64,
+    "int32": np.int32,
+    "bool": np.bool_,
+    "string": object,
+}
+
+
+def _json_type(value: Any) -> str:
+    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}.get(
+        type(value), "null" if value is None else type(value).__name__
+    )
+
+
+def check_value(value: Any, dtype: str, allow_nan: bool, where: str) -> Any:
+    """One scalar against its declared dtype; returns the value to put in the array."""
+    kind = type(value)
+    if dtype.startswith("float"):
+        if kind is float:
+            if not allow_nan and not math.isfinite(value):
+                raise InvalidInput("NaN or infinity is not allowed", where)
+            return value
+        if kind is int:
+            return value
+        if value is None and allow_nan:
+            return math.nan
+        if value is None:
+            raise InvalidInput("null (a missing value) is not allowed", where)
+        raise InvalidInput(f"Expected `number`, got `{_json_type(value)}`", where)
+    if dtype.startswith("int"):
+        if kind is int:
+            return value
+        if kind is float and value.is_integer():
+            return int(value)
+        raise InvalidInput(f"Expected `integer`, got `{_json_type(value)}`", where)
+    if dtype == "bool":
+        if kind is bool:
+            return value
+        raise InvalidInput(f"Expected `boolean`, got `{_json_type(value)}`", where)
+    if kind is str:
+        return value
+    raise InvalidInput(f"Expected `string`, got `{_json_type(value)}`", where)
+
+
+class InputCodec:
+    """Builds runtime batches for one input schema."""
+
+    def __init__(self, schema: InputSchema) -> None:
+        self.schema = schema
+        self.kind = schema.kind
+        self.features = schema.features
+        self.feature_names = [f.name for f in schema.features]
+        self.name_set = frozenset(self.feature_names)
+        if schema.kind == "tensor":
+            tensor = schema.tensors[0]
+            self.dtype, self.shape, self.allow_nan = tensor.dtype, tensor.shape, tensor.allow_nan
+        else:
+            dtypes = {f.dtype for f in schema.features}
+            self.dtype = dtypes.pop() if len(dtypes) == 1 else "string"
+            self.shape = [-1, len(schema.features)]
+            self.allow_nan = any(f.allow_nan for f in schema.features)
+
+    # -- records: objects of named features, or {field: text} / {field: base64 image} ---------------
+    def from_records(self, records: list[Any], prefix: str = "$") -> Any:
+        if self.kind in ("text", "image"):
+            return [self._scalar(self._field(r, f"{prefix}[{i}]"), f"{prefix}[{i}].{self.schema.field}")
+                    for i, r in enumerate(records)]
+        if self.kind == "tensor":
+            return self.from_rows([self._field(r, f"{prefix}[{i}]") for i, r in enumerate(records)], prefix)
+        rows = []
+        for i, record in enumerate(records):
+            where = f"{prefix}[{i}]" if len(records) > 1 else prefix
+            if not isinstance(record, dict):
+                raise InvalidInput(f"Expected `object`, got `{_json_type(record)}`", where)
+            if record.keys() != self.name_set:
+                self._key_error(record, where)
+            rows.append([check_value(record[f.name], f.dtype, f.allow_nan, f"{where}.{f.name}") for f in self.features])
+        return self._array(rows)
+
+    def _field(self, record: Any, where: str) -> Any:
+        key = self.schema.field if self.kind != "tensor" else self.schema.tensors[0].name
+        if not isinstance(record, dict):
+            raise InvalidInput(f"Expected `object` with key '{key}', got `{_json_type(record)}`", where)
+        if key not in record:
+            raise InvalidInput(f"missing field '{key}'", f"{where}.{key}")
+        extra = sorted(set(record) - {key})
+        if extra:
+            raise InvalidInput(f"unknown field '{extra[0]}'; expected only '{key}'", f"{where}.{extra[0]}")
+        return record[key]
+
+    def _key_error(self, record: dict[str, Any], where: str) -> None:
+        missing = [n for n in self.feature_names if n not in record]
+        if missing:
+            raise InvalidInput(f"missing feature '{missing[0]}'; expected {', '.join(self.feature_names)}",
+                               f"{where}.{missing[0]}")
+        extra = sorted(k for k in record if k not in self.name_set)
+        raise InvalidInput(f"unknown feature '{extra[0]}'; expected {', '.join(self.feature_names)}",
+                           f"{where}.{extra[0]}")
+
+    # -- rows: bare arrays of values in schema order, or nested tensors --------------------------------
+    def from_rows(self, rows: list[Any], prefix: str = "$") -> Any:
+        if self.kind in ("text", "image"):
+            return [self._scalar(v, f"{prefix}[{i}]") for i, v in enumerate(rows)]
+        width = self.shape[1] if len(self.shape) > 1 else -1
+        dtypes = [f.dtype for f in self.features] or None
+        out = []
+        for i, row in enumerate(rows):
+            where = f"{prefix}[{i}]" if len(rows) > 1 else prefix
+            if not isinstance(row, list):
+                raise InvalidInput(f"Expected `array`, got `{_json_type(row)}`", where)
+            if width >= 0 and len(row) != width:
+                raise InvalidInput(f"expected {width} values per row, got {len(row)}", where)
+            if self.kind == "tensor" and len(self.shape) > 2:
+                out.append(self._nested(row, self.shape[2:], where))
+                continue
+            out.append([
+                check_value(v, dtypes[j] if dtypes else self.dtype, self.allow_nan, f"{where}[{j}]")
+                for j, v in enumerate(row)
+            ])
+        if width < 0 and len({len(r) for r in out}) > 1:
+            raise InvalidInput("rows have different lengths", prefix)
+        return self._array(out)
+
+    def _nested(self, value: Any, shape: list[int], where: str) -> Any:
+        if not shape:
+            return check_value(value, self.dtype, self.allow_nan, where)
+        if not isinstance(value, list) or (shape[0] >= 0 and len(value) != shape[0]):
+            raise InvalidInput(f"expected an array of length {shape[0]}", where)
+        return [self._nested(v, shape[1:], f"{where}[{j}]") for j, v in enumerate(value)]
+
+    def _array(self, rows: list[Any]) -> np.ndarray:
+        return np.asarray(rows, dtype=_NUMPY_DTYPES[self.dtype])
+
+    def _scalar(self, value: Any, where: str) -> Any:
+        if not isinstance(value, str):
+            raise InvalidInput(f"Expected `string`, got `{_json_type(value)}`", where)
+        if self.schema.max_length is not None and len(value) > self.schema.max_length:
+            raise InvalidInput(f"string is longer than {self.schema.max_length} characters", where)
+        if self.kind == "image":
+            try:
+                return base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                raise InvalidInput("not valid base64", where) from None
+        return value

@@ -1,0 +1,34 @@
+"""Prometheus metrics on a registry the app owns (never the global one)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "ferry_requests_total", "HTTP requests by model, route, protocol and status code",
+            ["model", "route", "protocol", "status"], registry=self.registry,
+        )
+        self.latency = Histogram(
+            "ferry_request_duration_seconds", "Request latency by model and route",
+            ["model", "route"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.predictions = Counter(
+            "ferry_predict_calls_total", "Calls into the shared predict path, by model and version",
+            ["model", "version"], registry=self.registry,
+        )
+        self.rows = Counter(
+            "ferry_predict_rows_total", "Rows predicted, by model and version",
+            ["model", "version"], registry=self.registry,
+        )
+        self.errors = Counter(
+            "ferry_errors_total", "Errors by model and error code", ["model", "code"], registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
