@@ -1,17 +1,17 @@
 """Ferry's error types: raise them anywhere, translate them to HTTP in one place.
 
-    FerryError (500, internal)
-    ├── ClientError (400)
-    │   ├── InvalidInput (400, invalid_input)     a request body that does not fit the schema
-    │   ├── MalformedRequest (400, malformed)     a body that is not valid JSON at all
-    │   └── PayloadTooLarge (413, payload_too_large)
-    ├── NotFound (404)
-    │   └── ModelNotFound (404, model_not_found)
-    ├── ModelNotReady (503, model_not_ready)
-    └── BundleError (load-time; never a client's fault)
-        ├── ManifestError      ferry.yaml is missing or invalid
-        ├── IntegrityError     an artifact's SHA-256 does not match the manifest
-        └── UntrustedPickle    a pickle artifact without --trusted / --trust-pickle
+FerryError (500, internal)
+├── ClientError (400)
+│   ├── InvalidInput (400, invalid_input)     a request body that does not fit the schema
+│   ├── MalformedRequest (400, malformed)     a body that is not valid JSON at all
+│   └── PayloadTooLarge (413, payload_too_large)
+├── NotFound (404)
+│   └── ModelNotFound (404, model_not_found)
+├── ModelNotReady (503, model_not_ready)
+└── BundleError (load-time; never a client's fault)
+    ├── ManifestError      ferry.yaml is missing or invalid
+    ├── IntegrityError     an artifact's SHA-256 does not match the manifest
+    └── UntrustedPickle    a pickle artifact without --trusted / --trust-pickle
 """
 
 from __future__ import annotations

@@ -21,6 +21,8 @@ class Settings:
     max_body_bytes: int = 8 * 1024 * 1024
     log_level: str = "info"
     model_threads: int = 1
+    drain_timeout: int = 30
+    model_uri: str = ""
 
     def to_env(self) -> dict[str, str]:
         """The settings as FERRY_* variables, so worker processes rebuild exactly these."""

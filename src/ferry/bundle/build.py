@@ -17,7 +17,6 @@ from ferry.bundle.manifest import (
     CompatRoute,
     Feature,
     InputSchema,
-    Manifest,
     OutputSchema,
     parse_manifest,
     write_manifest,
@@ -136,8 +135,10 @@ def _write_artifacts(model: Any, staging: Path, options: dict[str, Any], trusted
         return _sklearn(model, staging, options)
     if hasattr(model, "predict"):
         return _python_class(model, staging, options)
-    raise ManifestError(f"cannot bundle a {type(model).__name__}: expected an estimator, a Booster, an .onnx path "
-                        "or a class with predict()")
+    raise ManifestError(
+        f"cannot bundle a {type(model).__name__}: expected an estimator, a Booster, an .onnx path "
+        "or a class with predict()"
+    )
 
 
 def _sklearn(model: Any, staging: Path, options: dict[str, Any]) -> Inferred:
@@ -192,8 +193,10 @@ def _from_file(path: Path, staging: Path, options: dict[str, Any], trusted: bool
         return _sklearn(sio.load(path, trusted=sio.get_untrusted_types(file=path)), staging, options)
     if suffix in (".pkl", ".pickle", ".joblib"):
         if not trusted:
-            raise ManifestError(f"{path.name} is a pickle, and unpickling runs arbitrary code; "
-                                "pass --trusted only if you trust its source")
+            raise ManifestError(
+                f"{path.name} is a pickle, and unpickling runs arbitrary code; "
+                "pass --trusted only if you trust its source"
+            )
         import joblib
 
         model = joblib.load(path)

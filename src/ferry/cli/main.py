@@ -15,8 +15,11 @@ import ferry
 from ferry.errors import FerryError
 from ferry.settings import Settings
 
-app = typer.Typer(help="Ferry: from a trained model to a fast, standing prediction service.",
-                  no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="Ferry: from a trained model to a fast, standing prediction service.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 examples_app = typer.Typer(help="Build the reference example bundles.", no_args_is_help=True)
 app.add_typer(examples_app, name="examples")
 console = Console(stderr=True)
@@ -32,8 +35,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     """Ferry: from a trained model to a fast, standing prediction service."""
 
@@ -53,29 +57,55 @@ def build_command(
     target: Any = model
     if ".py:" in model:
         target = _import_class(model)
-    path = _run(lambda: ferry.build(
-        target, name, repo, version=version,
-        features=features.split(",") if features else None,
-        labels=labels.split(",") if labels else None,
-        sample_input=json.loads(sample) if sample else None,
-        trusted=trusted,
-    ))
+    path = _run(
+        lambda: ferry.build(
+            target,
+            name,
+            repo,
+            version=version,
+            features=features.split(",") if features else None,
+            labels=labels.split(",") if labels else None,
+            sample_input=json.loads(sample) if sample else None,
+            trusted=trusted,
+        )
+    )
     console.print(f"[green]built[/green] {path}")
 
 
 @app.command("serve")
 def serve_command(
-    repo: Annotated[Path, typer.Argument(help="Model repository folder.")],
-    host: Annotated[str, typer.Option(help="Address to bind.")] = Settings.host,
-    port: Annotated[int, typer.Option(help="HTTP port.")] = Settings.port,
-    workers: Annotated[int, typer.Option(help="Worker processes sharing the port.")] = Settings.workers,
-    trust_pickle: Annotated[bool, typer.Option(help="Load pickle/joblib artifacts (runs their code).")] = False,
-    max_body_bytes: Annotated[int, typer.Option(help="Largest request body accepted.")] = Settings.max_body_bytes,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = Settings.log_level,
+    repo: Annotated[Path, typer.Argument(help="Model repository folder.", envvar="FERRY_REPO")],
+    host: Annotated[str, typer.Option(help="Address to bind.", envvar="FERRY_HOST")] = Settings.host,
+    port: Annotated[int, typer.Option(help="HTTP port.", envvar="FERRY_PORT")] = Settings.port,
+    workers: Annotated[int, typer.Option(help="Worker processes sharing the port.", envvar="FERRY_WORKERS")] = 1,
+    trust_pickle: Annotated[
+        bool, typer.Option(help="Load pickle/joblib artifacts (runs their code).", envvar="FERRY_TRUST_PICKLE")
+    ] = False,
+    max_body_bytes: Annotated[
+        int, typer.Option(help="Largest request body accepted, in bytes.", envvar="FERRY_MAX_BODY_BYTES")
+    ] = Settings.max_body_bytes,
+    drain_timeout: Annotated[
+        int, typer.Option(help="Seconds to finish in-flight requests on SIGTERM.", envvar="FERRY_DRAIN_TIMEOUT")
+    ] = Settings.drain_timeout,
+    model_uri: Annotated[
+        str, typer.Option(help="Fetch bundles from this URI into REPO before serving.", envvar="FERRY_MODEL_URI")
+    ] = "",
+    log_level: Annotated[
+        str, typer.Option(help="debug, info, warning or error.", envvar="FERRY_LOG_LEVEL")
+    ] = Settings.log_level,
 ) -> None:
     """Serve every model in REPO over HTTP."""
-    settings = Settings(repo=repo.resolve(), host=host, port=port, workers=workers, trust_pickle=trust_pickle,
-                        max_body_bytes=max_body_bytes, log_level=log_level)
+    settings = Settings(
+        repo=repo.resolve(),
+        host=host,
+        port=port,
+        workers=workers,
+        trust_pickle=trust_pickle,
+        max_body_bytes=max_body_bytes,
+        drain_timeout=drain_timeout,
+        model_uri=model_uri,
+        log_level=log_level,
+    )
     _serve(settings)
 
 
@@ -108,12 +138,22 @@ def _serve(settings: Settings) -> None:
     import uvicorn
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.model_uri:
+        from ferry.deploy.fetch import fetch_bundles  # model-load mode: bundles arrive at start-up
+
+        _run(lambda: fetch_bundles(settings.model_uri, settings.repo))
     os.environ.update(settings.to_env())
     uvicorn.run(
-        "ferry.http.app:create_app_from_env", factory=True,
-        host=settings.host, port=settings.port, workers=settings.workers,
-        loop="uvloop", http="httptools", access_log=False, log_level=settings.log_level,
-        timeout_graceful_shutdown=30,
+        "ferry.http.app:create_app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=settings.drain_timeout,
     )
 
 

@@ -25,18 +25,25 @@ def build_iris(repo: Path) -> Path:
     iris = load_iris()
     x, y = iris.data[:, [2, 3]], iris.target
     x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.3, random_state=0)
-    model = Pipeline([
-        ("scaler", StandardScaler()),
-        ("perceptron", Perceptron(max_iter=40, eta0=0.1, random_state=0, shuffle=True)),
-    ]).fit(x_train, y_train)
+    model = Pipeline(
+        [
+            ("scaler", StandardScaler()),
+            ("perceptron", Perceptron(max_iter=40, eta0=0.1, random_state=0, shuffle=True)),
+        ]
+    ).fit(x_train, y_train)
     accuracy = float((model.predict(x_test) == y_test).mean())
     return build(
-        model, "iris", repo, version="1",
+        model,
+        "iris",
+        repo,
+        version="1",
         features=["length", "width"],
         labels=[str(n) for n in iris.target_names],
         sample_input={"length": 5.1, "width": 2.4},
-        metadata={"metrics": {"accuracy": round(accuracy, 4), "test_rows": len(y_test)},
-                  "description": "Iris species from petal length and width (cm)"},
+        metadata={
+            "metrics": {"accuracy": round(accuracy, 4), "test_rows": len(y_test)},
+            "description": "Iris species from petal length and width (cm)",
+        },
         routes=[{"method": "POST", "path": "/predict", "response_key": "prediction"}],
     )
 
@@ -50,15 +57,24 @@ def build_diabetes(repo: Path) -> Path:
     x, y = data.data[:, [2]], data.target
     model = LinearRegression().fit(x, y)
     return build(
-        model, "diabetes", repo, version="1",
+        model,
+        "diabetes",
+        repo,
+        version="1",
         features=["bmi"],
         sample_input={"bmi": 0.05},
-        metadata={"metrics": {"r2": round(float(model.score(x, y)), 4)},
-                  "description": "Disease progression after one year from (scaled) BMI"},
+        metadata={
+            "metrics": {"r2": round(float(model.score(x, y)), 4)},
+            "description": "Disease progression after one year from (scaled) BMI",
+        },
         routes=[
             {"method": "GET", "path": "/isAlive", "action": "health", "response_key": None},
-            {"method": "GET", "path": "/prediction/", "input": {"source": "query", "names": {"f": "bmi"}},
-             "response_key": None},
+            {
+                "method": "GET",
+                "path": "/prediction/",
+                "input": {"source": "query", "names": {"f": "bmi"}},
+                "response_key": None,
+            },
         ],
     )
 
@@ -68,13 +84,17 @@ def build_score(repo: Path) -> Path:
     from ferry.examples.identity import Identity
 
     return build(
-        Identity, "score", repo, version="1",
+        Identity,
+        "score",
+        repo,
+        version="1",
         input_schema={"kind": "tensor", "tensors": [{"name": "X", "dtype": "float64", "shape": [-1, -1]}]},
         output_schema={"kind": "tensor", "dtype": "float64", "shape": [-1, -1]},
         sample_input=[1, 2],
         metadata={"description": "Identity: returns its input"},
-        routes=[{"method": "POST", "path": "/score", "input": {"source": "body_key", "key": "X"},
-                 "response_key": "score"}],
+        routes=[
+            {"method": "POST", "path": "/score", "input": {"source": "body_key", "key": "X"}, "response_key": "score"}
+        ],
     )
 
 
@@ -95,18 +115,30 @@ def build_reviews(repo: Path) -> Path:
     stars = np.asarray([r["stars"] for r in corpus], dtype=float)
     features = make_featurizer(REVIEW_FEATURIZER).transform(texts)
     model = lightgbm.LGBMRegressor(
-        n_estimators=200, learning_rate=0.05, num_leaves=15, min_child_samples=5,
-        random_state=0, deterministic=True, force_row_wise=True, n_jobs=1, verbose=-1,
+        n_estimators=200,
+        learning_rate=0.05,
+        num_leaves=15,
+        min_child_samples=5,
+        random_state=0,
+        deterministic=True,
+        force_row_wise=True,
+        n_jobs=1,
+        verbose=-1,
     ).fit(features, stars)
     mae = float(np.abs(np.clip(model.predict(features), 1, 5) - stars).mean())
     return build(
-        model, "reviews", repo, version="1",
+        model,
+        "reviews",
+        repo,
+        version="1",
         input_schema={"kind": "text", "field": "text", "max_length": 10_000},
         output_schema={"kind": "number", "min": 1.0, "max": 5.0},
         sample_input={"text": "映像がとても美しく、最後まで飽きずに楽しめました。"},
         options={"featurizer": REVIEW_FEATURIZER},
-        metadata={"metrics": {"train_mae": round(mae, 4), "train_rows": len(corpus)},
-                  "description": "Star rating (1-5) of a Japanese movie review"},
+        metadata={
+            "metrics": {"train_mae": round(mae, 4), "train_rows": len(corpus)},
+            "description": "Star rating (1-5) of a Japanese movie review",
+        },
     )
 
 

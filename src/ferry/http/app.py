@@ -61,4 +61,3 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Sta
 def create_app_from_env() -> Starlette:
     """Entry point for uvicorn worker processes: settings arrive as FERRY_* variables."""
     return create_app(Settings.from_env())
-

@@ -33,12 +33,21 @@ def routes(registry: ModelRegistry, endpoints: ModelEndpoints) -> list[Route]:
         for spec in manifest.routes:
             key = (spec.method, spec.path)
             if spec.path.startswith(RESERVED_PREFIXES) and spec.path != "/":
-                logger.warning("model %s: compatibility route %s %s clashes with a built-in route; ignored",
-                               name, spec.method, spec.path)
+                logger.warning(
+                    "model %s: compatibility route %s %s clashes with a built-in route; ignored",
+                    name,
+                    spec.method,
+                    spec.path,
+                )
                 continue
             if key in taken:
-                logger.warning("model %s: compatibility route %s %s is already taken by model %s; ignored",
-                               name, spec.method, spec.path, taken[key])
+                logger.warning(
+                    "model %s: compatibility route %s %s is already taken by model %s; ignored",
+                    name,
+                    spec.method,
+                    spec.path,
+                    taken[key],
+                )
                 continue
             taken[key] = name
             handler = endpoints.instrument(f"compat:{spec.path}", _handler(name, spec, endpoints), "compat")

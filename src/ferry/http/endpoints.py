@@ -91,11 +91,13 @@ class ModelEndpoints:
                 default: str | None = self.registry.get(name).version
             except FerryError:
                 default = None
-            listing.append({
-                "name": name,
-                "default_version": default,
-                "versions": [h.describe() for h in versions.values()],
-            })
+            listing.append(
+                {
+                    "name": name,
+                    "default_version": default,
+                    "versions": [h.describe() for h in versions.values()],
+                }
+            )
         return json_response({"models": listing})
 
     async def metrics_text(self, request: Request) -> Response:

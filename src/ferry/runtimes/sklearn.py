@@ -18,7 +18,9 @@ class SklearnRuntime(Runtime):
         self.estimator = estimator
         classes = getattr(estimator, "classes_", None)
         self.label_lookup = (
-            np.asarray(class_labels(np.asarray(classes), manifest.labels), dtype=object) if classes is not None else None
+            np.asarray(class_labels(np.asarray(classes), manifest.labels), dtype=object)
+            if classes is not None
+            else None
         )
         self.classes = np.asarray(classes) if classes is not None else None
         self.has_proba = hasattr(estimator, "predict_proba") and classes is not None

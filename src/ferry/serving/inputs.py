@@ -82,8 +82,10 @@ class InputCodec:
     # -- records: objects of named features, or {field: text} / {field: base64 image} ---------------
     def from_records(self, records: list[Any], prefix: str = "$") -> Any:
         if self.kind in ("text", "image"):
-            return [self._scalar(self._field(r, f"{prefix}[{i}]"), f"{prefix}[{i}].{self.schema.field}")
-                    for i, r in enumerate(records)]
+            return [
+                self._scalar(self._field(r, f"{prefix}[{i}]"), f"{prefix}[{i}].{self.schema.field}")
+                for i, r in enumerate(records)
+            ]
         if self.kind == "tensor":
             return self.from_rows([self._field(r, f"{prefix}[{i}]") for i, r in enumerate(records)], prefix)
         rows = []
@@ -110,11 +112,13 @@ class InputCodec:
     def _key_error(self, record: dict[str, Any], where: str) -> None:
         missing = [n for n in self.feature_names if n not in record]
         if missing:
-            raise InvalidInput(f"missing feature '{missing[0]}'; expected {', '.join(self.feature_names)}",
-                               f"{where}.{missing[0]}")
+            raise InvalidInput(
+                f"missing feature '{missing[0]}'; expected {', '.join(self.feature_names)}", f"{where}.{missing[0]}"
+            )
         extra = sorted(k for k in record if k not in self.name_set)
-        raise InvalidInput(f"unknown feature '{extra[0]}'; expected {', '.join(self.feature_names)}",
-                           f"{where}.{extra[0]}")
+        raise InvalidInput(
+            f"unknown feature '{extra[0]}'; expected {', '.join(self.feature_names)}", f"{where}.{extra[0]}"
+        )
 
     # -- rows: bare arrays of values in schema order, or nested tensors --------------------------------
     def from_rows(self, rows: list[Any], prefix: str = "$") -> Any:
@@ -132,10 +136,12 @@ class InputCodec:
             if self.kind == "tensor" and len(self.shape) > 2:
                 out.append(self._nested(row, self.shape[2:], where))
                 continue
-            out.append([
-                check_value(v, dtypes[j] if dtypes else self.dtype, self.allow_nan, f"{where}[{j}]")
-                for j, v in enumerate(row)
-            ])
+            out.append(
+                [
+                    check_value(v, dtypes[j] if dtypes else self.dtype, self.allow_nan, f"{where}[{j}]")
+                    for j, v in enumerate(row)
+                ]
+            )
         if width < 0 and len({len(r) for r in out}) > 1:
             raise InvalidInput("rows have different lengths", prefix)
         return self._array(out)

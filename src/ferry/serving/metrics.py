@@ -11,23 +11,35 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "ferry_requests_total", "HTTP requests by model, route, protocol and status code",
-            ["model", "route", "protocol", "status"], registry=self.registry,
+            "ferry_requests_total",
+            "HTTP requests by model, route, protocol and status code",
+            ["model", "route", "protocol", "status"],
+            registry=self.registry,
         )
         self.latency = Histogram(
-            "ferry_request_duration_seconds", "Request latency by model and route",
-            ["model", "route"], buckets=LATENCY_BUCKETS, registry=self.registry,
+            "ferry_request_duration_seconds",
+            "Request latency by model and route",
+            ["model", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.predictions = Counter(
-            "ferry_predict_calls_total", "Calls into the shared predict path, by model and version",
-            ["model", "version"], registry=self.registry,
+            "ferry_predict_calls_total",
+            "Calls into the shared predict path, by model and version",
+            ["model", "version"],
+            registry=self.registry,
         )
         self.rows = Counter(
-            "ferry_predict_rows_total", "Rows predicted, by model and version",
-            ["model", "version"], registry=self.registry,
+            "ferry_predict_rows_total",
+            "Rows predicted, by model and version",
+            ["model", "version"],
+            registry=self.registry,
         )
         self.errors = Counter(
-            "ferry_errors_total", "Errors by model and error code", ["model", "code"], registry=self.registry,
+            "ferry_errors_total",
+            "Errors by model and error code",
+            ["model", "code"],
+            registry=self.registry,
         )
 
     def render(self) -> bytes:

@@ -1,0 +1,100 @@
+"""Shared fixtures: example bundles built once, and real ``ferry serve`` processes on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ferry.examples import build_examples
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def example_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = tmp_path_factory.mktemp("examples")
+    build_examples(repo)
+    return repo
+
+
+class ServerProcess:
+    """A ``ferry serve`` child process; ``url`` is its base address."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None, wait_ready: bool = True) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"ferry-serve-{self.port}.log"
+        self.log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ferry", "serve", *args, "--port", str(self.port)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+        self.wait(ready=wait_ready)
+
+    def wait(self, ready: bool, timeout: float = 30.0) -> None:
+        path = "/ready" if ready else "/health"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ferry serve exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                if httpx.get(self.url + path, timeout=1.0).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"ferry serve not {'ready' if ready else 'up'} after {timeout}s:\n{self.output()}")
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., ServerProcess]]:
+    """Start ``ferry serve ARGS`` processes; all are stopped at the end of the test."""
+    started: list[ServerProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None, wait_ready: bool = True) -> ServerProcess:
+        server = ServerProcess(list(args), env=env, wait_ready=wait_ready)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def examples_server(example_repo: Path) -> Iterator[ServerProcess]:
+    """One server over all the reference examples, shared by a test module."""
+    server = ServerProcess([str(example_repo)])
+    yield server
+    server.stop()
