@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import shutil
 import tempfile
@@ -114,10 +115,8 @@ def _default_sample(schema: dict[str, Any]) -> Any:
 def _default_metadata(runtime: str) -> dict[str, Any]:
     libraries = {"numpy": importlib_metadata.version("numpy")}
     if runtime in _LIBRARIES:
-        try:
+        with contextlib.suppress(importlib_metadata.PackageNotFoundError):
             libraries[_LIBRARIES[runtime]] = importlib_metadata.version(_LIBRARIES[runtime])
-        except importlib_metadata.PackageNotFoundError:
-            pass
     return {"created_at": datetime.now(UTC).isoformat(timespec="seconds"), "libraries": libraries}
 
 
@@ -145,9 +144,37 @@ def _sklearn(model: Any, staging: Path, options: dict[str, Any]) -> Inferred:
     import skops.io as sio
 
     path = staging / "model.skops"
-    sio.dump(model, path)
+    path.write_bytes(_reproducible_skops(sio.dumps(model)))
     options.setdefault("skops_trusted_types", sorted(sio.get_untrusted_types(file=path)))
     return ("sklearn", _sklearn_input(model), *_sklearn_output(model))
+
+
+def _reproducible_skops(data: bytes) -> bytes:
+    """The same model gives the same bytes, so a rebuilt bundle keeps its hash.
+
+    skops numbers objects (and names array entries) after ``id()`` and stamps the current
+    time; renumber the ids in order of appearance and fix the timestamps.
+    """
+    import io
+    import re
+    import zipfile
+
+    source = zipfile.ZipFile(io.BytesIO(data))
+    schema = source.read("schema.json").decode()
+    ids: dict[str, str] = {}
+    for found in re.findall(r'"__id__": (\d+)|"(\d+)\.npy"', schema):
+        ids.setdefault(found[0] or found[1], str(len(ids)))
+    schema = re.sub(r'("__id__": )(\d+)', lambda m: m.group(1) + ids[m.group(2)], schema)
+    schema = re.sub(r'"(\d+)\.npy"', lambda m: f'"{ids[m.group(1)]}.npy"', schema)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as target:
+        target.writestr(zipfile.ZipInfo("schema.json", (1980, 1, 1, 0, 0, 0)), schema)
+        arrays = {
+            f"{ids[i.filename.removesuffix('.npy')]}.npy": i for i in source.infolist() if i.filename != "schema.json"
+        }
+        for name in sorted(arrays):
+            target.writestr(zipfile.ZipInfo(name, (1980, 1, 1, 0, 0, 0)), source.read(arrays[name]))
+    return out.getvalue()
 
 
 def _sklearn_input(model: Any) -> dict[str, Any] | None:
@@ -217,7 +244,10 @@ def _onnx_input(path: Path) -> dict[str, Any]:
 
 def _python_class(model: Any, staging: Path, options: dict[str, Any]) -> Inferred:
     cls = model if inspect.isclass(model) else type(model)
-    source = inspect.getsourcefile(cls)
+    try:
+        source = inspect.getsourcefile(cls)
+    except TypeError:  # a class whose module is not in sys.modules: ask its own code where it lives
+        source = getattr(getattr(getattr(cls, "predict", None), "__code__", None), "co_filename", None)
     if source is None:
         raise ManifestError(f"cannot find the source file of {cls.__name__}")
     shutil.copy2(source, staging / "model.py")

@@ -85,6 +85,14 @@ class CompatRoute(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True
     response_key: str | None = "prediction"
 
 
+class Batching(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Adaptive batching; ``enabled`` defaults to on for row-wise runtimes, off for Python classes."""
+
+    enabled: bool | None = None
+    max_batch_size: int = 256
+    max_wait_ms: float = 0.0
+
+
 class Manifest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """Everything Ferry needs to load, check and serve one model version."""
 
@@ -99,6 +107,7 @@ class Manifest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     options: dict[str, Any] = msgspec.field(default_factory=dict)
     routes: list[CompatRoute] = msgspec.field(default_factory=list)
+    batching: Batching = msgspec.field(default_factory=Batching)
     trusted: bool = False
     format_version: int = 1
 

@@ -42,5 +42,20 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.batch_size = Histogram(
+            "ferry_batch_size_rows",
+            "Rows per model call after adaptive batching",
+            ["model", "version"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+            registry=self.registry,
+        )
+        self.queue_wait = Histogram(
+            "ferry_queue_wait_seconds",
+            "Time a request waited for its batch to start",
+            ["model", "version"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

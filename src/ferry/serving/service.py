@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -11,6 +10,7 @@ import numpy as np
 from ferry.bundle.manifest import OutputSchema
 from ferry.errors import FerryError
 from ferry.runtimes import Prediction
+from ferry.serving.batcher import AdaptiveBatcher
 from ferry.serving.metrics import Metrics
 from ferry.serving.registry import ModelHandle, ModelRegistry
 
@@ -27,13 +27,38 @@ class InferenceService:
         self.metrics = metrics
         # Model compute runs off the event loop, so health and metrics never wait behind it.
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ferry-model")
+        self._batchers: dict[int, AdaptiveBatcher] = {}
+
+    def batcher(self, handle: ModelHandle) -> AdaptiveBatcher:
+        """One batcher per loaded model version, made on first use."""
+        assert handle.model is not None
+        key = id(handle.model)
+        batcher = self._batchers.get(key)
+        if batcher is None:
+            manifest = handle.model.manifest
+            config = manifest.batching
+            enabled = config.enabled if config.enabled is not None else manifest.runtime != "python"
+            batch_size = self.metrics.batch_size.labels(handle.name, handle.version)
+            queue_wait = self.metrics.queue_wait.labels(handle.name, handle.version)
+
+            def on_batch(rows: int, waited: float) -> None:
+                batch_size.observe(rows)
+                queue_wait.observe(waited)
+
+            batcher = AdaptiveBatcher(
+                handle.model.runtime.predict,
+                self.executor,
+                max_batch_size=config.max_batch_size if enabled else 1,
+                max_wait_s=config.max_wait_ms / 1000.0,
+                on_batch=on_batch,
+            )
+            self._batchers[key] = batcher
+        return batcher
 
     async def predict(self, handle: ModelHandle, batch: Any) -> Prediction:
         assert handle.model is not None
-        runtime = handle.model.runtime
-        loop = asyncio.get_running_loop()
         try:
-            prediction = await loop.run_in_executor(self.executor, runtime.predict, batch)
+            prediction = await self.batcher(handle).predict(batch, len(batch))
         except FerryError:
             raise
         except Exception as exc:

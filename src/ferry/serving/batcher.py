@@ -1,0 +1,149 @@
+"""Adaptive batching: concurrent requests to one model merge into one model call.
+
+A request that finds the model idle runs at once. Requests that arrive while a batch is
+computing wait in a queue and go together in the next call, up to ``max_batch_size`` rows;
+with ``max_wait`` > 0 a batch that is not full waits at most that long (monotonic clock)
+for more rows, but only when other requests are already queued. Each caller gets exactly
+its own rows back; a failed batch fails every caller in it with the same error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ferry.runtimes import Prediction
+
+# A batch that computes faster than this runs on the event loop: handing it to a thread would
+# cost more than the compute itself. Slower models run in the executor so the loop stays free.
+INLINE_COMPUTE_S = 0.0005
+
+
+@dataclass
+class _Pending:
+    batch: Any
+    rows: int
+    future: asyncio.Future[Prediction]
+    enqueued: float
+
+
+class AdaptiveBatcher:
+    def __init__(
+        self,
+        predict: Callable[[Any], Prediction],
+        executor: Executor,
+        max_batch_size: int = 256,
+        max_wait_s: float = 0.0,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self._predict = predict
+        self._executor = executor
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self._on_batch = on_batch
+        self._queue: deque[_Pending] = deque()
+        self._running = False
+        self._arrived = asyncio.Event()
+        self._compute_ewma = 0.0
+        self._drainer: asyncio.Task[None] | None = None
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    async def predict(self, batch: Any, rows: int) -> Prediction:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Prediction] = loop.create_future()
+        self._queue.append(_Pending(batch, rows, future, time.monotonic()))
+        self._arrived.set()
+        if not self._running:
+            self._running = True
+            self._drainer = loop.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                group = await self._collect()
+                if group:
+                    await self._run(group)
+        finally:
+            self._running = False
+
+    async def _collect(self) -> list[_Pending]:
+        """Take queued requests up to ``max_batch_size`` rows; wait for more only under concurrency."""
+        group: list[_Pending] = []
+        rows = 0
+        deadline = time.monotonic() + self.max_wait_s
+        concurrent = len(self._queue) > 1
+        while True:
+            while self._queue and (not group or self._fits(group[0], self._queue[0], rows)):
+                item = self._queue.popleft()
+                if item.future.cancelled():  # its caller gave up: never compute an unread answer
+                    continue
+                group.append(item)
+                rows += item.rows
+            remaining = deadline - time.monotonic()
+            if not concurrent or rows >= self.max_batch_size or remaining <= 0 or self._queue:
+                return group
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                return group
+
+    def _fits(self, first: _Pending, item: _Pending, rows: int) -> bool:
+        """Room for ``item``'s rows, and rows of the same shape (a variable-width tensor cannot merge)."""
+        return rows + item.rows <= self.max_batch_size and _row_shape(first.batch) == _row_shape(item.batch)
+
+    async def _run(self, group: list[_Pending]) -> None:
+        started = time.monotonic()
+        merged = group[0].batch if len(group) == 1 else _concat([g.batch for g in group])
+        try:
+            if self._compute_ewma < INLINE_COMPUTE_S:
+                prediction = self._predict(merged)
+            else:
+                prediction = await asyncio.get_running_loop().run_in_executor(self._executor, self._predict, merged)
+        except BaseException as exc:
+            for item in group:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        elapsed = time.monotonic() - started
+        self._compute_ewma = elapsed if self._compute_ewma == 0.0 else 0.8 * self._compute_ewma + 0.2 * elapsed
+        if self._on_batch is not None:
+            self._on_batch(sum(g.rows for g in group), started - min(g.enqueued for g in group))
+        for item, part in zip(group, _split(prediction, [g.rows for g in group]), strict=True):
+            if not item.future.done():
+                item.future.set_result(part)
+
+
+def _row_shape(batch: Any) -> tuple[int, ...] | None:
+    return batch.shape[1:] if isinstance(batch, np.ndarray) else None
+
+
+def _concat(batches: list[Any]) -> Any:
+    if isinstance(batches[0], np.ndarray):
+        return np.concatenate(batches, axis=0)
+    return [row for batch in batches for row in batch]
+
+
+def _split(prediction: Prediction, sizes: list[int]) -> list[Prediction]:
+    if len(sizes) == 1:
+        return [prediction]
+    parts, start = [], 0
+    for size in sizes:
+        stop = start + size
+        probabilities = prediction.probabilities[start:stop] if prediction.probabilities is not None else None
+        parts.append(Prediction(values=prediction.values[start:stop], probabilities=probabilities))
+        start = stop
+    return parts

@@ -1,0 +1,53 @@
+"""The command line: help, version, build and examples, run as real processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import joblib
+import numpy as np
+from sklearn.linear_model import LinearRegression
+
+import ferry
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ferry", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_help_lists_every_command() -> None:
+    out = run("--help").stdout
+    for command in ("build", "serve", "demo", "examples"):
+        assert command in out
+
+
+def test_version() -> None:
+    result = run("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"ferry {ferry.__version__}"
+
+
+def test_build_from_cli_refuses_untrusted_pickle_and_accepts_trusted(tmp_path: Path) -> None:
+    model_file = tmp_path / "m.joblib"
+    joblib.dump(LinearRegression().fit(np.array([[0.0], [1.0]]), [0.0, 2.0]), model_file)
+    refused = run("build", str(model_file), "--name", "lin", "--repo", str(tmp_path / "repo"))
+    assert refused.returncode == 1
+    assert "unpickling runs arbitrary code" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    ok = run(
+        "build", str(model_file), "--name", "lin", "--repo", str(tmp_path / "repo"), "--features", "x", "--trusted"
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "repo" / "lin" / "1" / "ferry.yaml").is_file()
+
+
+def test_examples_build_is_deterministic(tmp_path: Path) -> None:
+    from ferry.bundle import read_manifest
+
+    for repo in ("a", "b"):
+        result = run("examples", "build", str(tmp_path / repo))
+        assert result.returncode == 0, result.stderr
+    for name in ("iris", "diabetes", "score", "reviews"):
+        first, second = (read_manifest(tmp_path / repo / name / "1") for repo in ("a", "b"))
+        assert first.artifacts == second.artifacts, name
