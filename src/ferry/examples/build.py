@@ -133,7 +133,7 @@ def build_reviews(repo: Path) -> Path:
         version="1",
         input_schema={"kind": "text", "field": "text", "max_length": 10_000},
         output_schema={"kind": "number", "min": 1.0, "max": 5.0},
-        sample_input={"text": "映像がとても美しく、最後まで飽きずに楽しめました。"},
+        sample_input={"text": "最高の映画でした！もう一度観たいです。"},
         options={"featurizer": REVIEW_FEATURIZER},
         metadata={
             "metrics": {"train_mae": round(mae, 4), "train_rows": len(corpus)},
