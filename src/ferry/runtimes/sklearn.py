@@ -11,6 +11,7 @@ import sklearn
 from ferry.bundle.manifest import Manifest
 from ferry.errors import BundleError
 from ferry.runtimes.base import Prediction, Runtime, class_labels, require_trust, warn_version_drift
+from ferry.runtimes.fastpath import compile_estimator
 
 
 class SklearnRuntime(Runtime):
@@ -24,6 +25,12 @@ class SklearnRuntime(Runtime):
         )
         self.classes = np.asarray(classes) if classes is not None else None
         self.has_proba = hasattr(estimator, "predict_proba") and classes is not None
+        n_features = getattr(estimator, "n_features_in_", None)
+        self.compiled = compile_estimator(estimator, int(n_features)) if n_features else None
+        self.predict_fn = self.compiled.predict if self.compiled else estimator.predict
+        self.proba_fn = (self.compiled.predict_proba if self.compiled else None) or (
+            estimator.predict_proba if self.has_proba else None
+        )
 
     @classmethod
     def load(cls, bundle_dir: Path, manifest: Manifest, trust_pickle: bool) -> Runtime:
@@ -33,11 +40,11 @@ class SklearnRuntime(Runtime):
         return cls(_load_estimator(path, manifest), manifest)
 
     def predict(self, batch: Any) -> Prediction:
-        y = self.estimator.predict(batch)
+        y = self.predict_fn(batch)
         if self.classes is None or self.label_lookup is None:
             return Prediction(values=np.asarray(y).tolist())
-        values = list(self.label_lookup[np.searchsorted(self.classes, y)])
-        probabilities = self.estimator.predict_proba(batch) if self.has_proba else None
+        values = self.label_lookup[np.searchsorted(self.classes, y)].tolist()
+        probabilities = self.proba_fn(batch) if self.proba_fn is not None else None
         return Prediction(values=values, probabilities=probabilities)
 
 
