@@ -116,7 +116,8 @@ def _linear_classifier(model: Any, head: Transform) -> CompiledModel:
     def predict(x: np.ndarray) -> np.ndarray:
         scores = decision(x)
         indices = (scores > 0).astype(int) if scores.ndim == 1 else scores.argmax(axis=1)
-        return classes[indices]
+        labels: np.ndarray = classes[indices]
+        return labels
 
     proba = None
     if type(model).__name__ == "LogisticRegression":
