@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import gc
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,7 @@ class ModelRegistry:
         self.repo = repo
         self.trust_pickle = trust_pickle
         self.models: dict[str, dict[str, ModelHandle]] = {}
+        self._defaults: dict[str, ModelHandle] = {}  # newest READY version per model, kept on every load
         for name, refs in scan_repository(repo).items():
             self.models[name] = {r.version: ModelHandle(name, r.version, r.path) for r in refs}
 
@@ -58,6 +60,10 @@ class ModelRegistry:
     def load_all(self) -> None:
         for handle in self.handles():
             self.load(handle)
+        # Move everything loaded so far out of the collector's reach: a full collection over the
+        # frameworks' objects otherwise pauses the event loop for tens of milliseconds.
+        gc.collect()
+        gc.freeze()
 
     def load(self, handle: ModelHandle) -> None:
         """Load one bundle; a failure marks it FAILED and is logged, never raised to the others."""
@@ -67,12 +73,18 @@ class ModelRegistry:
             handle.model, handle.warnings = loaded, loaded.warnings
             handle.state, handle.error = ModelState.READY, None
             logger.info("model %s:%s READY", handle.name, handle.version)
+            self._refresh_default(handle.name)
         except FerryError as exc:
             handle.state, handle.error = ModelState.FAILED, exc.message
             logger.error("model %s:%s FAILED to load: %s", handle.name, handle.version, exc.message)
         except Exception as exc:  # a broken artifact can raise anything; it must not stop the others
             handle.state, handle.error = ModelState.FAILED, f"{type(exc).__name__}: {exc}"
             logger.exception("model %s:%s FAILED to load", handle.name, handle.version)
+
+    def _refresh_default(self, name: str) -> None:
+        ready = [h for h in self.models[name].values() if h.state is ModelState.READY]
+        if ready:
+            self._defaults[name] = ready[-1]
 
     def get(self, name: str, version: str | None = None) -> ModelHandle:
         """The pinned version, or the newest READY one; 404 for unknown, 503 when none is ready."""
@@ -85,8 +97,7 @@ class ModelRegistry:
             if handle is None:
                 raise ModelNotFound(f"model '{name}' has no version '{version}'; versions: {', '.join(versions)}")
         else:
-            ready = [h for h in versions.values() if h.state is ModelState.READY]
-            handle = ready[-1] if ready else list(versions.values())[-1]
+            handle = self._defaults.get(name) or list(versions.values())[-1]
         if handle.state is not ModelState.READY:
             raise ModelNotReady(f"model '{name}' version '{handle.version}' is {handle.state.value}")
         return handle

@@ -1,0 +1,134 @@
+"""The lean hot path: POST predict routes dispatched by exact path, ahead of Starlette's stack.
+
+Starlette's middleware and regex routing cost more per request than a compiled model does, so
+the predict routes of every loaded model (and the POST compatibility routes) are looked up in one
+dict by their exact path and served as plain ASGI. They call the same ``predict_payload`` as the
+Starlette endpoints, and everything else (and any path not in the dict) falls through to Starlette,
+which serves the same routes too.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.datastructures import State
+
+from ferry.bundle.manifest import CompatRoute, read_manifest
+from ferry.errors import FerryError, InvalidInput, PayloadTooLarge
+from ferry.http.compat import RESERVED_PREFIXES
+from ferry.http.endpoints import ModelEndpoints
+from ferry.http.responses import error_response
+from ferry.protocol.native import parse_json
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+class FerryApp:
+    """The ASGI app: the hot path first, Starlette for everything else (and the lifespan)."""
+
+    def __init__(self, app: Starlette, routes: dict[str, Handler]) -> None:
+        self.app = app
+        self.routes = routes
+
+    @property
+    def state(self) -> State:
+        return self.app.state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            handler = self.routes.get(scope["path"])
+            if handler is not None:
+                await handler(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def hot_routes(endpoints: ModelEndpoints) -> dict[str, Handler]:
+    """Exact paths of the native predict routes and the POST compatibility routes of every model."""
+    routes: dict[str, Handler] = {}
+    registry = endpoints.registry
+    for name, versions in registry.models.items():
+        routes[f"/models/{name}/predict"] = _predict_handler(endpoints, name, None, None)
+        for version in versions:
+            routes[f"/models/{name}/versions/{version}/predict"] = _predict_handler(endpoints, name, version, None)
+        try:
+            manifest = read_manifest(registry.newest(name).path)
+        except FerryError:
+            continue
+        for spec in manifest.routes:
+            hot = spec.method == "POST" and spec.action == "predict" and spec.input.source != "query"
+            if hot and not spec.path.startswith(RESERVED_PREFIXES) and spec.path not in routes:
+                routes[spec.path] = _predict_handler(endpoints, name, None, spec)
+    return routes
+
+
+def _predict_handler(endpoints: ModelEndpoints, name: str, version: str | None, spec: CompatRoute | None) -> Handler:
+    registry, metrics = endpoints.registry, endpoints.metrics
+    limit = endpoints.settings.max_body_bytes
+    route, protocol = ("model/predict", "native") if spec is None else (f"compat:{spec.path}", "compat")
+    latency = metrics.latency.labels(name, route)
+    counters: dict[int, Any] = {}
+
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        start = time.perf_counter()
+        try:
+            payload = parse_json(await _read_body(scope, receive, limit))
+            if spec is not None and spec.input.source == "body_key":
+                payload = _body_key(payload, spec.input.key or "")
+            result = await endpoints.predict_payload(registry.get(name, version), payload)
+            if spec is not None:
+                value = result["prediction"] if "prediction" in result else result["predictions"]
+                result = value if spec.response_key is None else {spec.response_key: value}
+            content = orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY)
+            await send({"type": "http.response.start", "status": 200, "headers": _JSON_HEADERS})
+            await send({"type": "http.response.body", "body": content})
+            status = 200
+        except Exception as exc:
+            response = error_response(exc)
+            code = exc.code if isinstance(exc, FerryError) else "internal"
+            metrics.errors.labels(name, code).inc()
+            await response(scope, receive, send)
+            status = response.status_code
+        counter = counters.get(status)
+        if counter is None:
+            counter = counters[status] = metrics.requests.labels(name, route, protocol, str(status))
+        counter.inc()
+        latency.observe(time.perf_counter() - start)
+
+    return handler
+
+
+def _body_key(payload: Any, key: str) -> Any:
+    if not isinstance(payload, dict) or key not in payload:
+        raise InvalidInput(f"missing field '{key}'", f"$.{key}")
+    return payload[key]
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The whole body, refused with 413 past ``limit`` bytes (declared or streamed)."""
+    for key, value in scope["headers"]:
+        if key == b"content-length" and value.isdigit() and int(value) > limit:
+            raise PayloadTooLarge(f"request body of {int(value)} bytes exceeds the limit of {limit} bytes")
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        return body
+    chunks = [body]
+    size = len(body)
+    while message.get("more_body", False):
+        message = await receive()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
