@@ -51,3 +51,12 @@ def test_examples_build_is_deterministic(tmp_path: Path) -> None:
     for name in ("iris", "diabetes", "score", "reviews"):
         first, second = (read_manifest(tmp_path / repo / name / "1") for repo in ("a", "b"))
         assert first.artifacts == second.artifacts, name
+
+
+def test_settings_round_trip_through_the_environment() -> None:
+    from pathlib import Path as P
+
+    from ferry.settings import Settings
+
+    settings = Settings(repo=P("/m"), port=9, request_timeout=1.5, trust_pickle=True, max_queue=3)
+    assert Settings.from_env(settings.to_env()) == settings

@@ -22,6 +22,7 @@ class FerryError(Exception):
 
     status: int = 500
     code: str = "internal"
+    headers: dict[str, str] | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -74,6 +75,33 @@ class ModelNotFound(NotFound):
 class ModelNotReady(FerryError):
     status = 503
     code = "model_not_ready"
+
+
+class Unauthorized(FerryError):
+    status = 401
+    code = "unauthorized"
+    headers = {"WWW-Authenticate": "Bearer"}  # noqa: RUF012 - read-only class default
+
+
+class RequestTimeout(ClientError):
+    status = 408
+    code = "request_timeout"
+
+
+class Overloaded(FerryError):
+    """Rejected at admission: the model's queue is full. Retry after ``retry_after`` seconds."""
+
+    status = 503
+    code = "overloaded"
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(retry_after)}
+
+
+class DeadlineExceeded(FerryError):
+    status = 504
+    code = "deadline_exceeded"
 
 
 class BundleError(FerryError):

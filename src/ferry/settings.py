@@ -11,18 +11,31 @@ from typing import Any
 ENV_PREFIX = "FERRY_"
 
 
+def _setting(default: Any, help: str) -> Any:
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class Settings:
-    repo: Path = Path("models")
-    host: str = "127.0.0.1"
-    port: int = 8000
-    workers: int = 1
-    trust_pickle: bool = False
-    max_body_bytes: int = 8 * 1024 * 1024
-    log_level: str = "info"
-    model_threads: int = 1
-    drain_timeout: int = 30
-    model_uri: str = ""
+    """Every server setting, with its help text; ``ferry serve`` options are generated from these."""
+
+    repo: Path = _setting(Path("models"), "Model repository folder.")
+    host: str = _setting("127.0.0.1", "Address to bind.")
+    port: int = _setting(8000, "HTTP port.")
+    grpc_port: int = _setting(8081, "Open Inference gRPC port (0: off).")
+    workers: int = _setting(1, "Worker processes sharing the port.")
+    trust_pickle: bool = _setting(False, "Load pickle/joblib artifacts (unpickling runs their code).")
+    max_body_bytes: int = _setting(8 * 1024 * 1024, "Largest request body accepted (413 past it).")
+    request_timeout: float = _setting(30.0, "Default deadline of a prediction, in seconds (504 past it).")
+    max_queue: int = _setting(256, "Requests that may wait per model before new ones get 503.")
+    drain_timeout: int = _setting(30, "Seconds to finish in-flight requests on SIGTERM.")
+    model_threads: int = _setting(1, "Threads for model compute off the event loop.")
+    admin: bool = _setting(False, "Enable POST /models/{name}/load, /unload and /reload.")
+    watch: bool = _setting(False, "Load new versions copied into the repository while serving.")
+    auth_tokens: str = _setting("", "Comma-separated bearer tokens / API keys required on predict and admin routes.")
+    auth_tokens_file: str = _setting("", "File with one accepted token per line.")
+    model_uri: str = _setting("", "Fetch bundles from this URI into the repository before serving.")
+    log_level: str = _setting("info", "debug, info, warning or error.")
 
     def to_env(self) -> dict[str, str]:
         """The settings as FERRY_* variables, so worker processes rebuild exactly these."""
@@ -45,6 +58,8 @@ def _coerce(type_name: Any, raw: str) -> Any:
         return raw.strip().lower() in ("1", "true", "yes", "on")
     if name == "int":
         return int(raw)
+    if name == "float":
+        return float(raw)
     if name == "Path":
         return Path(raw)
     return raw

@@ -56,6 +56,7 @@ def build(
         raise ManifestError(f"{target} already exists; bundles are immutable, pick a new version")
     options = dict(options or {})
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=_mkdir(repo)))
+    staging.chmod(0o755)  # mkdtemp makes it private; a bundle is read by other users (a container's, say)
     try:
         runtime, inferred_input, inferred_output, inferred_labels = _write_artifacts(model, staging, options, trusted)
         if runtime == "python":

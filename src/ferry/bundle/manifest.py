@@ -93,6 +93,13 @@ class Batching(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     max_wait_ms: float = 0.0
 
 
+class Limits(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Per-model admission bounds; ``None`` takes the server's setting."""
+
+    timeout_s: float | None = None
+    max_queue: int | None = None
+
+
 class Manifest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """Everything Ferry needs to load, check and serve one model version."""
 
@@ -108,6 +115,7 @@ class Manifest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     options: dict[str, Any] = msgspec.field(default_factory=dict)
     routes: list[CompatRoute] = msgspec.field(default_factory=list)
     batching: Batching = msgspec.field(default_factory=Batching)
+    limits: Limits = msgspec.field(default_factory=Limits)
     trusted: bool = False
     format_version: int = 1
 

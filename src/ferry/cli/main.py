@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import logging
 import os
@@ -13,7 +15,7 @@ from rich.console import Console
 
 import ferry
 from ferry.errors import FerryError
-from ferry.settings import Settings
+from ferry.settings import ENV_PREFIX, Settings
 
 app = typer.Typer(
     help="Ferry: from a trained model to a fast, standing prediction service.",
@@ -72,41 +74,44 @@ def build_command(
     console.print(f"[green]built[/green] {path}")
 
 
-@app.command("serve")
-def serve_command(
-    repo: Annotated[Path, typer.Argument(help="Model repository folder.", envvar="FERRY_REPO")],
-    host: Annotated[str, typer.Option(help="Address to bind.", envvar="FERRY_HOST")] = Settings.host,
-    port: Annotated[int, typer.Option(help="HTTP port.", envvar="FERRY_PORT")] = Settings.port,
-    workers: Annotated[int, typer.Option(help="Worker processes sharing the port.", envvar="FERRY_WORKERS")] = 1,
-    trust_pickle: Annotated[
-        bool, typer.Option(help="Load pickle/joblib artifacts (runs their code).", envvar="FERRY_TRUST_PICKLE")
-    ] = False,
-    max_body_bytes: Annotated[
-        int, typer.Option(help="Largest request body accepted, in bytes.", envvar="FERRY_MAX_BODY_BYTES")
-    ] = Settings.max_body_bytes,
-    drain_timeout: Annotated[
-        int, typer.Option(help="Seconds to finish in-flight requests on SIGTERM.", envvar="FERRY_DRAIN_TIMEOUT")
-    ] = Settings.drain_timeout,
-    model_uri: Annotated[
-        str, typer.Option(help="Fetch bundles from this URI into REPO before serving.", envvar="FERRY_MODEL_URI")
-    ] = "",
-    log_level: Annotated[
-        str, typer.Option(help="debug, info, warning or error.", envvar="FERRY_LOG_LEVEL")
-    ] = Settings.log_level,
-) -> None:
+def _settings_command(run: Any) -> Any:
+    """A typer command whose options are the fields of ``Settings``, declared once there.
+
+    REPO is the positional argument; every other field becomes ``--option`` with its help text
+    and its ``FERRY_*`` environment variable.
+    """
+    parameters, annotations = [], {}
+    for field in dataclasses.fields(Settings):
+        env = ENV_PREFIX + field.name.upper()
+        kind = {"Path": Path, "str": str, "int": int, "float": float, "bool": bool}[str(field.type)]
+        if field.name == "repo":
+            marker: Any = typer.Argument(help=field.metadata["help"], envvar=env)
+            default: Any = inspect.Parameter.empty
+        else:
+            marker, default = typer.Option(help=field.metadata["help"], envvar=env), field.default
+        annotations[field.name] = Annotated[kind, marker]
+        parameters.append(
+            inspect.Parameter(
+                field.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotations[field.name]
+            )
+        )
+
+    def command(**values: Any) -> None:
+        values["repo"] = Path(values["repo"]).resolve()
+        run(Settings(**values))
+
+    command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    command.__annotations__ = annotations
+    command.__doc__ = run.__doc__
+    return command
+
+
+def serve(settings: Settings) -> None:
     """Serve every model in REPO over HTTP."""
-    settings = Settings(
-        repo=repo.resolve(),
-        host=host,
-        port=port,
-        workers=workers,
-        trust_pickle=trust_pickle,
-        max_body_bytes=max_body_bytes,
-        drain_timeout=drain_timeout,
-        model_uri=model_uri,
-        log_level=log_level,
-    )
     _serve(settings)
+
+
+app.command("serve")(_settings_command(serve))
 
 
 @examples_app.command("build")
@@ -176,3 +181,12 @@ def _run(action: Any) -> Any:
     except FerryError as exc:
         console.print(f"[red]error:[/red] {exc.message}")
         raise typer.Exit(1) from None
+
+
+from ferry.cli import loadtest as _loadtest  # noqa: E402  (registers loadtest, check, plan)
+
+_loadtest.register(app)
+
+from ferry.cli import deploy as _deploy  # noqa: E402  (registers containerize, compose, k8s, fetch, deploy, ...)
+
+_deploy.register(app)

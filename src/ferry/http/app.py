@@ -12,8 +12,13 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ferry.http import compat
-from ferry.http.endpoints import ModelEndpoints
+from ferry.http import compat, docs
+from ferry.http.endpoints import ModelEndpoints, warm_up
+from ferry.http.admin import AdminEndpoints, watch
+from ferry.http.auth import TokenAuth
+from ferry.http.hotpath import FerryApp, hot_routes
+from ferry.http.lifecycle import install_drain_handler
+from ferry.http.protocols import ProtocolEndpoints
 from ferry.http.responses import error_response, json_response
 from ferry.serving.metrics import Metrics
 from ferry.serving.registry import ModelRegistry
@@ -23,22 +28,46 @@ from ferry.settings import Settings
 logger = logging.getLogger("ferry.http")
 
 
-def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Starlette:
-    registry = registry or ModelRegistry(settings.repo, trust_pickle=settings.trust_pickle)
+def create_app(settings: Settings, registry: ModelRegistry | None = None) -> FerryApp:
+    registry = registry or ModelRegistry(settings.repo, trust_pickle=settings.trust_pickle, warmup=warm_up)
     metrics = Metrics()
-    service = InferenceService(registry, metrics, threads=settings.model_threads)
+    service = InferenceService(
+        registry,
+        metrics,
+        threads=settings.model_threads,
+        request_timeout=settings.request_timeout,
+        max_queue=settings.max_queue,
+    )
     endpoints = ModelEndpoints(settings, registry, service, metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        install_drain_handler(registry)
         # 1. Load every bundle off the event loop, so /health answers while models load.
         loading = asyncio.create_task(asyncio.to_thread(registry.load_all))
+        # 2. Open Inference gRPC on this same event loop and over the same service; a failed bind stops start-up.
+        grpc_server = None
+        if settings.grpc_port:
+            from ferry.grpc.server import start_server
+
+            grpc_server = await start_server(
+                registry, service, metrics, settings.host, settings.grpc_port, settings.max_body_bytes
+            )
+        watcher = asyncio.create_task(watch(registry)) if settings.watch else None
         yield
-        # 2. On shutdown, let the load finish (a thread cannot be cancelled), then release the pool.
+        if watcher is not None:
+            watcher.cancel()
+        # 3. On shutdown, stop gRPC, letting in-flight calls finish within the drain timeout.
+        if grpc_server is not None:
+            await grpc_server.stop(settings.drain_timeout)
+        # 4. Let the load finish (a thread cannot be cancelled), then release the pool.
         await loading
         service.close()
 
-    routes = endpoints.routes() + compat.routes(registry, endpoints)
+    routes = endpoints.routes() + ProtocolEndpoints(endpoints).routes() + docs.routes(registry)
+    routes += compat.routes(registry, endpoints)
+    if settings.admin:
+        routes += AdminEndpoints(registry).routes()
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -55,9 +84,11 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Sta
     )
     app.state.registry = registry
     app.state.service = service
-    return app
+    health_routes = compat.health_paths(registry)  # compatibility health routes, like /isAlive, need no token
+    auth = TokenAuth.from_settings(settings.auth_tokens, settings.auth_tokens_file, exempt=health_routes)
+    return FerryApp(app, hot_routes(endpoints), auth)
 
 
-def create_app_from_env() -> Starlette:
+def create_app_from_env() -> FerryApp:
     """Entry point for uvicorn worker processes: settings arrive as FERRY_* variables."""
     return create_app(Settings.from_env())

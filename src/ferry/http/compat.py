@@ -55,6 +55,18 @@ def routes(registry: ModelRegistry, endpoints: ModelEndpoints) -> list[Route]:
     return out
 
 
+def health_paths(registry: ModelRegistry) -> list[str]:
+    """Paths of the compatibility routes that answer health, such as ``/isAlive``."""
+    paths = []
+    for name in registry.models:
+        try:
+            manifest = read_manifest(registry.newest(name).path)
+        except FerryError:
+            continue
+        paths += [r.path for r in manifest.routes if r.action == "health"]
+    return paths
+
+
 def _handler(name: str, spec: CompatRoute, endpoints: ModelEndpoints) -> Any:
     async def endpoint(request: Request) -> Response:
         request.path_params["name"] = name

@@ -81,7 +81,9 @@ class ModelEndpoints:
 
     async def ready(self, request: Request) -> Response:
         ready = self.registry.is_ready()
-        body = {"ready": ready, "models": [h.describe() for h in self.registry.handles()]}
+        body: dict[str, Any] = {"ready": ready, "models": [h.describe() for h in self.registry.handles()]}
+        if self.registry.draining:
+            body["draining"] = True
         return json_response(body, 200 if ready else 503)
 
     async def models(self, request: Request) -> Response:
@@ -119,7 +121,8 @@ class ModelEndpoints:
     async def predict(self, request: Request) -> Response:
         handle = self.handle(request)
         payload = parse_json(await read_body(request, self.settings.max_body_bytes))
-        return json_response(await self.predict_payload(handle, payload))
+        timeout = parse_timeout(request.headers.get("x-request-timeout"))
+        return json_response(await self.predict_payload(handle, payload, timeout))
 
     async def predict_test(self, request: Request) -> Response:
         handle = self.handle(request)
@@ -130,12 +133,53 @@ class ModelEndpoints:
         result = await self.predict_payload(handle, sample)
         return json_response({"input": sample, **result})
 
-    async def predict_payload(self, handle: ModelHandle, payload: Any) -> dict[str, Any]:
+    async def predict_payload(self, handle: ModelHandle, payload: Any, timeout: float | None = None) -> dict[str, Any]:
         """Native JSON in, native JSON out, through the shared service layer."""
         assert handle.codec is not None and handle.model is not None
         batch, single = decode_native(payload, handle.codec)
-        prediction = await self.service.predict(handle, batch)
+        prediction = await self.service.predict(handle, batch, timeout)
         return encode_native(prediction, single, handle.model.manifest.labels)
+
+
+def warm_up(handle: ModelHandle) -> None:
+    """Run the bundle's sample input through the model once, timing the call; raise if it fails."""
+    assert handle.model is not None and handle.codec is not None
+    sample = handle.model.manifest.sample_input
+    if sample is None:
+        return
+    try:
+        batch, _ = decode_native(sample, handle.codec)
+        started = time.perf_counter()
+        handle.model.runtime.predict(batch)
+        handle.compute_s = time.perf_counter() - started
+    except FerryError as exc:
+        raise ModelWarmupFailed(f"warm-up on the sample input failed: {exc.message}") from exc
+    except Exception as exc:
+        raise ModelWarmupFailed(f"warm-up on the sample input failed: {type(exc).__name__}: {exc}") from exc
+
+
+class ModelWarmupFailed(FerryError):
+    code = "warmup_failed"
+
+
+MAX_TIMEOUT_S = 300.0
+
+
+def parse_timeout(value: str | bytes | None) -> float | None:
+    """``X-Request-Timeout``: seconds (``0.5``) or milliseconds (``500ms``), at most 300 s."""
+    if value is None:
+        return None
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    text = text.strip().lower()
+    try:
+        seconds = float(text[:-2]) / 1000.0 if text.endswith("ms") else float(text.removesuffix("s"))
+    except ValueError:
+        raise InvalidInput(
+            f"X-Request-Timeout must be seconds or milliseconds, got '{text[:20]}'", "X-Request-Timeout"
+        ) from None
+    if not 0 < seconds <= MAX_TIMEOUT_S:
+        raise InvalidInput(f"X-Request-Timeout must be in (0, {MAX_TIMEOUT_S:g}] seconds", "X-Request-Timeout")
+    return seconds
 
 
 def model_metadata(handle: ModelHandle, registry: ModelRegistry) -> dict[str, Any]:

@@ -18,9 +18,10 @@ from starlette.applications import Starlette
 from starlette.datastructures import State
 
 from ferry.bundle.manifest import CompatRoute, read_manifest
-from ferry.errors import FerryError, InvalidInput, PayloadTooLarge
+from ferry.errors import FerryError, InvalidInput, PayloadTooLarge, Unauthorized
+from ferry.http.auth import TokenAuth
 from ferry.http.compat import RESERVED_PREFIXES
-from ferry.http.endpoints import ModelEndpoints
+from ferry.http.endpoints import ModelEndpoints, parse_timeout
 from ferry.http.responses import error_response
 from ferry.protocol.native import parse_json
 
@@ -35,15 +36,22 @@ _JSON_HEADERS = [(b"content-type", b"application/json")]
 class FerryApp:
     """The ASGI app: the hot path first, Starlette for everything else (and the lifespan)."""
 
-    def __init__(self, app: Starlette, routes: dict[str, Handler]) -> None:
+    def __init__(self, app: Starlette, routes: dict[str, Handler], auth: TokenAuth | None = None) -> None:
         self.app = app
         self.routes = routes
+        self.auth = auth
 
     @property
     def state(self) -> State:
         return self.app.state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.auth is not None and scope["type"] == "http" and self.auth.requires(scope["path"]):
+            try:
+                self.auth.check(scope)
+            except Unauthorized as exc:
+                await error_response(exc)(scope, receive, send)
+                return
         if scope["type"] == "http" and scope["method"] == "POST":
             handler = self.routes.get(scope["path"])
             if handler is not None:
@@ -84,7 +92,8 @@ def _predict_handler(endpoints: ModelEndpoints, name: str, version: str | None, 
             payload = parse_json(await _read_body(scope, receive, limit))
             if spec is not None and spec.input.source == "body_key":
                 payload = _body_key(payload, spec.input.key or "")
-            result = await endpoints.predict_payload(registry.get(name, version), payload)
+            timeout = parse_timeout(_header(scope, b"x-request-timeout"))
+            result = await endpoints.predict_payload(registry.get(name, version), payload, timeout)
             if spec is not None:
                 value = result["prediction"] if "prediction" in result else result["predictions"]
                 result = value if spec.response_key is None else {spec.response_key: value}
@@ -105,6 +114,13 @@ def _predict_handler(endpoints: ModelEndpoints, name: str, version: str | None, 
         latency.observe(time.perf_counter() - start)
 
     return handler
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value  # type: ignore[no-any-return]
+    return None
 
 
 def _body_key(payload: Any, key: str) -> Any:

@@ -25,7 +25,7 @@ def error_response(exc: Exception) -> Response:
     if isinstance(exc, FerryError):
         if exc.status >= 500:
             logger.error("%s: %s", exc.code, exc.message, exc_info=exc.__cause__)
-        return json_response(exc.to_dict(), exc.status)
+        return json_response(exc.to_dict(), exc.status, exc.headers)
     logger.exception("unhandled error", exc_info=exc)
     return json_response({"error": "internal server error", "code": "internal"}, 500)
 

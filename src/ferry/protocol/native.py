@@ -25,6 +25,8 @@ def parse_json(body: bytes) -> Any:
         # A number out of range such as 1e400: the stdlib reads it as infinity, which the schema
         # check then refuses with the field's name (or accepts, where NaN is allowed).
         return json.loads(body)
+    except RecursionError:
+        raise InvalidInput("JSON is nested too deeply", "$") from None
     except msgspec.DecodeError as exc:
         hint = " (NaN and Infinity are not valid JSON)" if b"NaN" in body or b"Infinity" in body else ""
         raise MalformedRequest(f"malformed JSON: {exc}{hint}") from None

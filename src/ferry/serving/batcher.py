@@ -5,6 +5,12 @@ computing wait in a queue and go together in the next call, up to ``max_batch_si
 with ``max_wait`` > 0 a batch that is not full waits at most that long (monotonic clock)
 for more rows, but only when other requests are already queued. Each caller gets exactly
 its own rows back; a failed batch fails every caller in it with the same error.
+
+Admission: past ``max_queue`` waiting requests a new one is refused at once (503 with
+Retry-After). Every request has a deadline: when it passes, the caller gets a 504 at once and
+the request is skipped when its batch is collected, so the model never computes an answer
+nobody will read. At most one batch per model computes at a time, so rows in flight are
+bounded by ``max_batch_size``.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ferry.errors import DeadlineExceeded, Overloaded
 from ferry.runtimes import Prediction
 
 # A batch that computes faster than this runs on the event loop: handing it to a thread would
@@ -41,24 +48,31 @@ class AdaptiveBatcher:
         executor: Executor,
         max_batch_size: int = 256,
         max_wait_s: float = 0.0,
+        max_queue: int = 1024,
         on_batch: Callable[[int, float], None] | None = None,
+        compute_s: float | None = None,
     ) -> None:
         self._predict = predict
         self._executor = executor
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
+        self.max_queue = max_queue
+        self.in_flight_rows = 0
         self._on_batch = on_batch
         self._queue: deque[_Pending] = deque()
         self._running = False
         self._arrived = asyncio.Event()
-        self._compute_ewma = 0.0
+        # Unknown until measured (by the warm-up, or the first batch, which runs off the loop).
+        self._compute_ewma = compute_s
         self._drainer: asyncio.Task[None] | None = None
 
     @property
     def queue_depth(self) -> int:
         return len(self._queue)
 
-    async def predict(self, batch: Any, rows: int) -> Prediction:
+    async def predict(self, batch: Any, rows: int, timeout: float | None = None) -> Prediction:
+        if len(self._queue) >= self.max_queue:
+            raise Overloaded(f"model queue is full ({self.max_queue} requests waiting); retry shortly")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Prediction] = loop.create_future()
         self._queue.append(_Pending(batch, rows, future, time.monotonic()))
@@ -66,7 +80,13 @@ class AdaptiveBatcher:
         if not self._running:
             self._running = True
             self._drainer = loop.create_task(self._drain())
-        return await future
+        if timeout is None:
+            return await future
+        timer = loop.call_later(timeout, _expire, future, timeout)
+        try:
+            return await future
+        finally:
+            timer.cancel()
 
     async def _drain(self) -> None:
         try:
@@ -86,7 +106,7 @@ class AdaptiveBatcher:
         while True:
             while self._queue and (not group or self._fits(group[0], self._queue[0], rows)):
                 item = self._queue.popleft()
-                if item.future.cancelled():  # its caller gave up: never compute an unread answer
+                if item.future.done():  # past its deadline or cancelled: never compute an unread answer
                     continue
                 group.append(item)
                 rows += item.rows
@@ -106,8 +126,9 @@ class AdaptiveBatcher:
     async def _run(self, group: list[_Pending]) -> None:
         started = time.monotonic()
         merged = group[0].batch if len(group) == 1 else _concat([g.batch for g in group])
+        self.in_flight_rows = sum(g.rows for g in group)
         try:
-            if self._compute_ewma < INLINE_COMPUTE_S:
+            if self._compute_ewma is not None and self._compute_ewma < INLINE_COMPUTE_S:
                 prediction = self._predict(merged)
             else:
                 prediction = await asyncio.get_running_loop().run_in_executor(self._executor, self._predict, merged)
@@ -118,13 +139,21 @@ class AdaptiveBatcher:
             if not isinstance(exc, Exception):
                 raise
             return
+        finally:
+            self.in_flight_rows = 0
         elapsed = time.monotonic() - started
-        self._compute_ewma = elapsed if self._compute_ewma == 0.0 else 0.8 * self._compute_ewma + 0.2 * elapsed
+        ewma = self._compute_ewma
+        self._compute_ewma = elapsed if ewma is None else 0.8 * ewma + 0.2 * elapsed
         if self._on_batch is not None:
             self._on_batch(sum(g.rows for g in group), started - min(g.enqueued for g in group))
         for item, part in zip(group, _split(prediction, [g.rows for g in group]), strict=True):
             if not item.future.done():
                 item.future.set_result(part)
+
+
+def _expire(future: asyncio.Future[Prediction], timeout: float) -> None:
+    if not future.done():
+        future.set_exception(DeadlineExceeded(f"request not served within its deadline of {timeout:g} s"))
 
 
 def _row_shape(batch: Any) -> tuple[int, ...] | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -54,6 +54,31 @@ class Metrics:
             "Time a request waited for its batch to start",
             ["model", "version"],
             buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+        self.queue_depth = Gauge(
+            "ferry_queue_depth",
+            "Requests waiting for a batch",
+            ["model", "version"],
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "ferry_in_flight_rows",
+            "Rows in the batch being computed",
+            ["model", "version"],
+            registry=self.registry,
+        )
+        self.rejections = Counter(
+            "ferry_rejections_total",
+            "Requests refused at admission (queue full)",
+            ["model", "version"],
+            registry=self.registry,
+        )
+        self.deadline_misses = Counter(
+            "ferry_deadline_misses_total",
+            "Requests not served within their deadline",
+            ["model", "version"],
             registry=self.registry,
         )
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import enum
 import gc
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ferry.bundle.load import LoadedModel, load_bundle
-from ferry.bundle.repository import scan_repository
+from ferry.bundle.repository import scan_repository, version_key
 from ferry.errors import FerryError, ModelNotFound, ModelNotReady
 from ferry.serving.inputs import InputCodec
 
@@ -33,6 +34,8 @@ class ModelHandle:
     model: LoadedModel | None = None
     codec: InputCodec | None = None
     warnings: list[str] = field(default_factory=list)
+    compute_s: float | None = None  # one model call on the sample input, measured at warm-up
+    signature: tuple[int, float] = (0, 0.0)  # files and newest mtime in the bundle folder, at load
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"name": self.name, "version": self.version, "state": self.state.value}
@@ -43,12 +46,22 @@ class ModelHandle:
         return info
 
 
+def signature(folder: Path) -> tuple[int, float]:
+    """How many files a bundle folder holds and its newest mtime: a cheap "has it changed" test."""
+    stats = [p.stat().st_mtime for p in folder.iterdir() if p.is_file()] if folder.is_dir() else []
+    return len(stats), max(stats, default=0.0)
+
+
 class ModelRegistry:
     """Holds every version of every model in a repository, and picks the one a request means."""
 
-    def __init__(self, repo: Path, trust_pickle: bool = False) -> None:
+    def __init__(
+        self, repo: Path, trust_pickle: bool = False, warmup: Callable[[ModelHandle], None] | None = None
+    ) -> None:
         self.repo = repo
         self.trust_pickle = trust_pickle
+        self.warmup = warmup
+        self.draining = False  # set on SIGTERM: readiness turns 503 while in-flight work finishes
         self.models: dict[str, dict[str, ModelHandle]] = {}
         self._defaults: dict[str, ModelHandle] = {}  # newest READY version per model, kept on every load
         for name, refs in scan_repository(repo).items():
@@ -67,24 +80,85 @@ class ModelRegistry:
 
     def load(self, handle: ModelHandle) -> None:
         """Load one bundle; a failure marks it FAILED and is logged, never raised to the others."""
+        handle.signature = signature(handle.path)
         try:
             loaded = load_bundle(handle.path, trust_pickle=self.trust_pickle)
             handle.codec = InputCodec(loaded.manifest.input)
             handle.model, handle.warnings = loaded, loaded.warnings
+            if self.warmup is not None:  # ready means loaded and warmed up, not merely loaded
+                self.warmup(handle)
             handle.state, handle.error = ModelState.READY, None
             logger.info("model %s:%s READY", handle.name, handle.version)
             self._refresh_default(handle.name)
         except FerryError as exc:
+            handle.model = None
             handle.state, handle.error = ModelState.FAILED, exc.message
             logger.error("model %s:%s FAILED to load: %s", handle.name, handle.version, exc.message)
         except Exception as exc:  # a broken artifact can raise anything; it must not stop the others
+            handle.model = None
             handle.state, handle.error = ModelState.FAILED, f"{type(exc).__name__}: {exc}"
             logger.exception("model %s:%s FAILED to load", handle.name, handle.version)
 
     def _refresh_default(self, name: str) -> None:
-        ready = [h for h in self.models[name].values() if h.state is ModelState.READY]
+        ready = [h for h in self.models.get(name, {}).values() if h.state is ModelState.READY]
         if ready:
             self._defaults[name] = ready[-1]
+        else:
+            self._defaults.pop(name, None)
+
+    # -- hot reload ---------------------------------------------------------------------------------
+    def discover(self, name: str | None = None) -> list[ModelHandle]:
+        """Versions on disk newer than any the registry holds (of ``name``, or of every model).
+
+        Older versions that were released stay released; a FAILED version is tried again once its
+        folder changes.
+        """
+        found = []
+        for model, refs in scan_repository(self.repo).items():
+            if name is not None and model != name:
+                continue
+            known = self.models.get(model, {})
+            newest = max((version_key(v) for v in known), default=None)
+            for ref in refs:
+                held = known.get(ref.version)
+                if held is None:
+                    if newest is None or version_key(ref.version) > newest:
+                        found.append(ModelHandle(model, ref.version, ref.path))
+                elif held.state is ModelState.FAILED and held.signature != signature(ref.path):
+                    found.append(ModelHandle(model, ref.version, ref.path))
+        return found
+
+    def activate(self, handle: ModelHandle) -> bool:
+        """Add a version loaded off to the side (``load`` first, in a thread); only a READY one takes traffic.
+
+        The switch is one assignment on the event loop, so it is atomic for requests. The previous
+        default version is then released: requests already holding it finish on it. A version that
+        failed never takes traffic; its failure shows in ``/models`` and the log.
+        """
+        versions = self.models.setdefault(handle.name, {})
+        previous = self._defaults.get(handle.name)
+        versions[handle.version] = handle
+        self.models[handle.name] = dict(sorted(versions.items(), key=lambda kv: version_key(kv[0])))
+        if handle.state is not ModelState.READY:
+            return False
+        self._refresh_default(handle.name)
+        if previous is not None and previous.version != handle.version and self._defaults.get(handle.name) is handle:
+            self.models[handle.name].pop(previous.version, None)
+            logger.info(
+                "model %s: version %s now takes traffic; released %s", handle.name, handle.version, previous.version
+            )
+        return True
+
+    def remove(self, name: str, version: str | None = None) -> list[ModelHandle]:
+        """Unload one version, or every version, of a model; in-flight requests finish on what they hold."""
+        versions = self.models.get(name)
+        if versions is None or (version is not None and version not in versions):
+            raise ModelNotFound(f"model '{name}'{f' version {version!r}' if version else ''} is not loaded")
+        removed = [versions.pop(version)] if version is not None else list(versions.values())
+        if not versions or version is None:
+            self.models.pop(name, None)
+        self._refresh_default(name)
+        return removed
 
     def get(self, name: str, version: str | None = None) -> ModelHandle:
         """The pinned version, or the newest READY one; 404 for unknown, 503 when none is ready."""
@@ -106,8 +180,8 @@ class ModelRegistry:
         return list(self.models[name].values())[-1]
 
     def is_ready(self) -> bool:
-        """Every model has a READY version, and nothing is still loading."""
-        if not self.models:
+        """Every model has a READY version, nothing is still loading, and the server is not draining."""
+        if self.draining or not self.models:
             return False
         if any(h.state is ModelState.LOADING for h in self.handles()):
             return False

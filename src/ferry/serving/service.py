@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ferry.bundle.manifest import OutputSchema
-from ferry.errors import FerryError
+from ferry.errors import DeadlineExceeded, FerryError, Overloaded
 from ferry.runtimes import Prediction
 from ferry.serving.batcher import AdaptiveBatcher
 from ferry.serving.metrics import Metrics
@@ -22,9 +22,18 @@ class ModelError(FerryError):
 
 
 class InferenceService:
-    def __init__(self, registry: ModelRegistry, metrics: Metrics, threads: int = 1) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        metrics: Metrics,
+        threads: int = 1,
+        request_timeout: float = 30.0,
+        max_queue: int = 256,
+    ) -> None:
         self.registry = registry
         self.metrics = metrics
+        self.request_timeout = request_timeout
+        self.max_queue = max_queue
         # Model compute runs off the event loop, so health and metrics never wait behind it.
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ferry-model")
         self._batchers: dict[int, AdaptiveBatcher] = {}
@@ -51,14 +60,28 @@ class InferenceService:
                 max_batch_size=config.max_batch_size if enabled else 1,
                 max_wait_s=config.max_wait_ms / 1000.0,
                 on_batch=on_batch,
+                max_queue=manifest.limits.max_queue or self.max_queue,
+                compute_s=handle.compute_s,
             )
             self._batchers[key] = batcher
+            depth, in_flight = self.metrics.queue_depth, self.metrics.in_flight
+            depth.labels(handle.name, handle.version).set_function(lambda: batcher.queue_depth)
+            in_flight.labels(handle.name, handle.version).set_function(lambda: batcher.in_flight_rows)
         return batcher
 
-    async def predict(self, handle: ModelHandle, batch: Any) -> Prediction:
+    async def predict(self, handle: ModelHandle, batch: Any, timeout: float | None = None) -> Prediction:
+        """Predict through the model's batcher, within ``timeout`` (else the model's or server's default)."""
         assert handle.model is not None
+        if timeout is None:
+            timeout = handle.model.manifest.limits.timeout_s or self.request_timeout
         try:
-            prediction = await self.batcher(handle).predict(batch, len(batch))
+            prediction = await self.batcher(handle).predict(batch, len(batch), timeout)
+        except Overloaded:
+            self.metrics.rejections.labels(handle.name, handle.version).inc()
+            raise
+        except DeadlineExceeded:
+            self.metrics.deadline_misses.labels(handle.name, handle.version).inc()
+            raise
         except FerryError:
             raise
         except Exception as exc:

@@ -1,0 +1,245 @@
+"""Deployment commands: containerize, compose, k8s, fetch, index, deploy, undeploy, status.
+
+Each renders with ``ferry.deploy``, then writes or acts; ``register(app)`` adds them to the main CLI.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+
+from ferry.deploy import compose, dockerfile, fetch, image, k8s, kubectl
+from ferry.deploy.errors import SpecError
+from ferry.deploy.spec import DEFAULT_BASE_IMAGE, DeploySpec, Resources
+from ferry.errors import FerryError
+
+console = Console(stderr=True)
+T = TypeVar("T")
+
+Repo = Annotated[Path, typer.Argument(help="Model repository folder.")]
+OptionalRepo = Annotated[
+    Path | None, typer.Argument(help="Model repository folder (checked for bundles unless --model-uri is given).")
+]
+Image = Annotated[str, typer.Option("--image", help="Image reference, IMAGE:TAG.")]
+Name = Annotated[str, typer.Option(help="Name of the Deployment, Service and friends.")]
+Namespace = Annotated[str, typer.Option("--namespace", "-n", help="Kubernetes namespace.")]
+Replicas = Annotated[int, typer.Option(help="Replicas (the autoscaler's minimum).")]
+ModelUri = Annotated[str, typer.Option(help="Model-load mode: fetch bundles from this URI at start-up.")]
+Context = Annotated[str | None, typer.Option("--context", help="kubectl context (default: the current one).")]
+
+
+def containerize_command(
+    repo: Repo,
+    tag: Annotated[str, typer.Option("--tag", "-t", help="Image reference, IMAGE:TAG.")],
+    out: Annotated[Path, typer.Option("--output", "-o", help="Build context folder to write.")] = Path("build"),
+    base_image: Annotated[str, typer.Option(help="Base image (a Python 3.11 Debian image).")] = DEFAULT_BASE_IMAGE,
+    models: Annotated[bool, typer.Option(help="Copy the bundles in; --no-models for model-load mode.")] = True,
+    source: Annotated[str, typer.Option(help="Source URL for the OCI label.")] = "",
+    build: Annotated[bool, typer.Option(help="Build the image with docker (or podman).")] = False,
+    push: Annotated[bool, typer.Option(help="Push the image after building.")] = False,
+) -> None:
+    """Write a Docker build context for REPO: Dockerfile, .dockerignore, pinned requirements, models."""
+    spec = _run(
+        lambda: dockerfile.image_spec_for(
+            repo, tag, include_models=models, base_image=base_image, source=source or _git_remote(repo)
+        )
+    )
+    for path in _run(lambda: dockerfile.write_build_context(repo, out, spec)):
+        console.print(f"[green]wrote[/green] {path}")
+    if build or push:
+        engine = _run(image.find_engine)
+        _run(lambda: image.run_streamed(image.build_argv(engine, out, tag)))
+        console.print(f"[green]built[/green] {tag}")
+        if push:
+            _run(lambda: image.run_streamed(image.push_argv(engine, tag)))
+            console.print(f"[green]pushed[/green] {tag}")
+    else:
+        console.print(f"build it with: docker build -t {tag} {out}")
+
+
+def compose_command(
+    repo: OptionalRepo = None,
+    image_ref: Image = "",
+    replicas: Replicas = 2,
+    name: Name = "ferry",
+    model_uri: ModelUri = "",
+    out: Annotated[Path, typer.Option("--output", "-o", help="Folder for docker-compose.yml and nginx.conf.")] = Path(
+        "."
+    ),
+) -> None:
+    """Write docker-compose.yml: REPLICAS Ferry containers behind nginx, with health checks."""
+    spec = _spec(repo, image_ref, name=name, replicas=replicas, model_uri=model_uri)
+    for path in _run(lambda: compose.write_compose(spec, out)):
+        console.print(f"[green]wrote[/green] {path}")
+    console.print(f"run it with: docker compose -f {out / 'docker-compose.yml'} up -d   (then http://127.0.0.1:8080)")
+
+
+def k8s_command(
+    repo: OptionalRepo = None,
+    image_ref: Image = "",
+    name: Name = "ferry",
+    namespace: Namespace = "ferry",
+    replicas: Replicas = 3,
+    max_replicas: Annotated[int, typer.Option(help="Autoscaler maximum (default 3 x replicas).")] = 0,
+    service_type: Annotated[str, typer.Option(help="LoadBalancer, ClusterIP or NodePort.")] = "LoadBalancer",
+    model_uri: ModelUri = "",
+    auth_secret: Annotated[str, typer.Option(help="Secret whose 'tokens' key becomes FERRY_AUTH_TOKENS.")] = "",
+    fetch_secret: Annotated[str, typer.Option(help="Secret with credentials for the model fetch (env).")] = "",
+    cpu: Annotated[str, typer.Option(help="CPU request,limit.")] = "250m,1",
+    memory: Annotated[str, typer.Option(help="Memory request,limit.")] = "512Mi,1Gi",
+    in_flight_target: Annotated[int, typer.Option(help="Also autoscale on in-flight requests per pod (0: off).")] = 0,
+    kserve: Annotated[bool, typer.Option(help="Also write a KServe InferenceService.")] = False,
+    out: Annotated[Path, typer.Option("--output", "-o", help="Folder for the manifests.")] = Path("k8s"),
+) -> None:
+    """Write Kubernetes manifests: Namespace, ConfigMap, Deployment, Service, HPA, PDB, kustomization."""
+    spec = _spec(
+        repo,
+        image_ref,
+        name=name,
+        namespace=namespace,
+        replicas=replicas,
+        max_replicas=max_replicas,
+        service_type=service_type,
+        model_uri=model_uri,
+        auth_secret=auth_secret,
+        fetch_secret=fetch_secret,
+        resources=_resources(cpu, memory),
+        in_flight_target=in_flight_target,
+    )
+    for path in _run(lambda: k8s.write_manifests(spec, out, kserve=kserve)):
+        console.print(f"[green]wrote[/green] {path}")
+    console.print(f"apply them with: kubectl apply --server-side -k {out}")
+
+
+def fetch_command(
+    uri: Annotated[str, typer.Argument(help="Local path, http(s):// URL, s3:// or gs:// URI.")],
+    dest: Annotated[Path, typer.Argument(help="Model repository to fetch into.", envvar="FERRY_REPO")],
+) -> None:
+    """Fetch bundles into DEST and verify every artifact's SHA-256 (the init container's job)."""
+    for path in _run(lambda: fetch.fetch_bundles(uri, dest)):
+        console.print(f"[green]fetched[/green] {path}")
+
+
+def index_command(repo: Repo) -> None:
+    """Write REPO/ferry-index.json so any static HTTP server can serve REPO to `ferry fetch`."""
+    console.print(f"[green]wrote[/green] {_run(lambda: fetch.write_index(repo))}")
+
+
+def deploy_command(
+    repo: OptionalRepo = None,
+    image_ref: Image = "",
+    name: Name = "ferry",
+    namespace: Namespace = "ferry",
+    replicas: Replicas = 3,
+    service_type: Annotated[str, typer.Option(help="LoadBalancer, ClusterIP or NodePort.")] = "LoadBalancer",
+    model_uri: ModelUri = "",
+    dry_run: Annotated[bool, typer.Option(help="Print the objects instead of applying them.")] = False,
+    timeout: Annotated[int, typer.Option(help="Seconds to wait for the rollout.")] = 300,
+    context: Context = None,
+) -> None:
+    """Apply the objects with `kubectl apply --server-side`, wait for the rollout, print the address."""
+    spec = _spec(
+        repo,
+        image_ref,
+        name=name,
+        namespace=namespace,
+        replicas=replicas,
+        service_type=service_type,
+        model_uri=model_uri,
+    )
+    objects = list(k8s.render_manifests(spec).values())
+    if dry_run:
+        typer.echo(k8s.to_yaml(objects), nl=False)
+        return
+    for line in _run(lambda: kubectl.apply(objects, context=context)).splitlines():
+        console.print(line)
+    with console.status(f"waiting for deployment/{spec.name} in {spec.namespace} to roll out ({timeout}s)"):
+        _run(lambda: kubectl.wait_rollout(spec, timeout, context=context))
+    _print_status(_run(lambda: kubectl.status(spec, context=context)))
+
+
+def undeploy_command(
+    name: Name = "ferry",
+    namespace: Namespace = "ferry",
+    delete_namespace: Annotated[bool, typer.Option(help="Also delete the namespace and all in it.")] = False,
+    context: Context = None,
+) -> None:
+    """Delete what `ferry deploy` applied (the namespace only with --delete-namespace)."""
+    spec = _run(lambda: DeploySpec(image="ferry:undeploy", name=name, namespace=namespace))
+    objects = [o for o in k8s.render_manifests(spec).values() if delete_namespace or o["kind"] != "Namespace"]
+    for line in _run(lambda: kubectl.delete(objects, context=context)).splitlines():
+        console.print(line)
+
+
+def status_command(name: Name = "ferry", namespace: Namespace = "ferry", context: Context = None) -> None:
+    """Ready replicas and the Service's address."""
+    spec = _run(lambda: DeploySpec(image="ferry:status", name=name, namespace=namespace))
+    _print_status(_run(lambda: kubectl.status(spec, context=context)))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("containerize")(containerize_command)
+    app.command("compose")(compose_command)
+    app.command("k8s")(k8s_command)
+    app.command("fetch")(fetch_command)
+    app.command("index")(index_command)
+    app.command("deploy")(deploy_command)
+    app.command("undeploy")(undeploy_command)
+    app.command("status")(status_command)
+
+
+def _spec(repo: Path | None, image_ref: str, **options: object) -> DeploySpec:
+    def build() -> DeploySpec:
+        if not image_ref:
+            raise SpecError("--image IMAGE:TAG is required")
+        if repo is not None and not options.get("model_uri") and not dockerfile.model_refs(repo):
+            raise SpecError(f"{repo}: no bundles found (expected REPO/<name>/<version>/ferry.yaml)")
+        return DeploySpec(image=image_ref, **options)  # type: ignore[arg-type]
+
+    return _run(build)
+
+
+def _resources(cpu: str, memory: str) -> Resources:
+    cpu_request, _, cpu_limit = cpu.partition(",")
+    memory_request, _, memory_limit = memory.partition(",")
+    return Resources(cpu_request, memory_request, cpu_limit or cpu_request, memory_limit or memory_request)
+
+
+def _print_status(status: kubectl.Status) -> None:
+    colour = "green" if status.ready >= status.desired > 0 else "yellow"
+    console.print(f"[{colour}]{status.ready}/{status.desired} ready[/{colour}], {status.updated} up to date")
+    if status.address:
+        console.print(f"address: {status.address}")
+    elif status.service_type == "LoadBalancer":
+        console.print("address: pending (the cloud has not assigned the LoadBalancer an address yet)")
+    else:
+        console.print(f"address: none ({status.service_type} Service; use kubectl port-forward)")
+
+
+def _git_remote(repo: Path) -> str:
+    """The model repository's git remote, for the OCI source label; empty when there is none."""
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(repo), "config", "--get", "remote.origin.url"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=5,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return result.stdout.strip()
+
+
+def _run(action: Callable[[], T]) -> T:
+    """A FerryError is printed plainly and exits 1, never as a traceback."""
+    try:
+        return action()
+    except FerryError as exc:
+        console.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(1) from None

@@ -1,0 +1,241 @@
+"""The image: render a Dockerfile, .dockerignore and pinned requirements as text, then write a build context."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata as metadata
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from ferry.bundle import MANIFEST_FILE, read_manifest, scan_repository
+from ferry.deploy.errors import SpecError
+from ferry.deploy.pins import RUNTIME_APT_PACKAGES, RUNTIME_EXTRAS, pinned_requirements
+from ferry.deploy.spec import (
+    DEFAULT_BASE_IMAGE,
+    GID,
+    GRPC_PORT,
+    HTTP_PORT,
+    LIVENESS_PATH,
+    MODELS_DIR,
+    UID,
+    VENV_DIR,
+    image_tag,
+)
+
+SOURCE_DIR = "ferry-src"
+MODELS_CONTEXT_DIR = "models"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A bundle as the image labels it: the digest is the SHA-256 of its manifest, which lists every artifact hash."""
+
+    name: str
+    version: str
+    runtime: str
+    digest: str
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    image: str
+    models: tuple[ModelRef, ...]
+    include_models: bool = True
+    base_image: str = DEFAULT_BASE_IMAGE
+    ferry_version: str = "0.0.0"
+    ferry_from_source: bool = True
+    source: str = ""
+
+    @property
+    def extras(self) -> set[str]:
+        return {e for m in self.models if (e := RUNTIME_EXTRAS.get(m.runtime))}
+
+    @property
+    def apt_packages(self) -> tuple[str, ...]:
+        return tuple(sorted({p for m in self.models for p in RUNTIME_APT_PACKAGES.get(m.runtime, ())}))
+
+
+def model_refs(repo: Path) -> tuple[ModelRef, ...]:
+    """Every bundle in ``repo``; the manifest is read (and so validated) but artifacts are not loaded."""
+    refs = []
+    for bundles in scan_repository(repo).values():
+        for ref in bundles:
+            manifest = read_manifest(ref.path)
+            digest = hashlib.sha256((ref.path / MANIFEST_FILE).read_bytes()).hexdigest()
+            refs.append(ModelRef(ref.name, ref.version, manifest.runtime, digest))
+    return tuple(refs)
+
+
+def healthcheck_command() -> list[str]:
+    """Python's own urllib, so the final stage needs no curl; the port comes from the same FERRY_PORT as serve."""
+    probe = (
+        "import os, urllib.request; "
+        f"urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('FERRY_PORT', '{HTTP_PORT}') "
+        f"+ '{LIVENESS_PATH}', timeout=2)"
+    )
+    return ["python", "-c", probe]
+
+
+def image_labels(spec: ImageSpec) -> dict[str, str]:
+    labels = {
+        "org.opencontainers.image.title": "ferry prediction service",
+        "org.opencontainers.image.version": image_tag(spec.image),
+        "org.opencontainers.image.source": spec.source or "unknown",
+        "io.ferry.version": spec.ferry_version,
+        "io.ferry.models": ",".join(f"{m.name}@{m.version}" for m in spec.models),
+    }
+    if spec.include_models:
+        for m in spec.models:
+            labels[f"io.ferry.model.{_label_key(m.name)}.{_label_key(m.version)}"] = f"sha256:{m.digest}"
+    else:
+        labels["io.ferry.models"] = "fetched at start-up (FERRY_MODEL_URI)"
+    return labels
+
+
+def render_dockerfile(spec: ImageSpec) -> str:
+    """A multi-stage Dockerfile: dependencies built in ``builder``, only the venv and models in the final stage."""
+    install_ferry = (
+        f"COPY {SOURCE_DIR}/ /tmp/{SOURCE_DIR}/\nRUN pip install --no-cache-dir --no-deps /tmp/{SOURCE_DIR}\n"
+        if spec.ferry_from_source
+        else ""
+    )
+    apt = ""
+    if spec.apt_packages:
+        apt = (
+            "# System libraries the model runtimes link against (not shipped in their wheels).\n"
+            "RUN apt-get update \\\n"
+            f"    && apt-get install -y --no-install-recommends {' '.join(spec.apt_packages)} \\\n"
+            "    && rm -rf /var/lib/apt/lists/*\n"
+        )
+    models_dir_step = (
+        f"COPY {MODELS_CONTEXT_DIR}/ {MODELS_DIR}/\n"
+        if spec.include_models
+        else f"RUN install -d -o {UID} -g {GID} {MODELS_DIR}\n"
+    )
+    labels = " \\\n      ".join(f"{k}={json.dumps(v)}" for k, v in image_labels(spec).items())
+    env = {
+        "PATH": f"{VENV_DIR}/bin:$PATH",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONUNBUFFERED": "1",
+        "FERRY_REPO": MODELS_DIR,
+        "FERRY_HOST": "0.0.0.0",
+        "FERRY_PORT": str(HTTP_PORT),
+        "FERRY_GRPC_PORT": str(GRPC_PORT),
+    }
+    env_lines = " \\\n    ".join(f"{k}={v}" for k, v in env.items())
+    return f"""\
+# Written by `ferry containerize`. Rebuild with: docker build -t {spec.image} .
+ARG BASE_IMAGE={spec.base_image}
+
+FROM ${{BASE_IMAGE}} AS builder
+RUN python -m venv {VENV_DIR}
+ENV PATH={VENV_DIR}/bin:$PATH \\
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+# Pinned dependencies first: this layer is reused until requirements.txt changes.
+COPY requirements.txt /tmp/requirements.txt
+RUN pip install --no-cache-dir --requirement /tmp/requirements.txt
+{install_ferry}
+FROM ${{BASE_IMAGE}}
+LABEL {labels}
+{apt}# A fixed, numeric non-root UID, so Kubernetes' runAsNonRoot can check it.
+RUN groupadd --system --gid {GID} ferry \\
+    && useradd --system --uid {UID} --gid {GID} --no-create-home --home-dir /nonexistent \\
+       --shell /usr/sbin/nologin ferry
+COPY --from=builder {VENV_DIR} {VENV_DIR}
+{models_dir_step}ENV {env_lines}
+USER {UID}:{GID}
+EXPOSE {HTTP_PORT} {GRPC_PORT}
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \\
+    CMD {json.dumps(healthcheck_command())}
+ENTRYPOINT ["ferry", "serve"]
+"""
+
+
+def render_dockerignore() -> str:
+    return "**/__pycache__\n**/*.pyc\n**/.git\n**/.DS_Store\n"
+
+
+def render_requirements(spec: ImageSpec) -> str:
+    lines = pinned_requirements(spec.extras)
+    if not spec.ferry_from_source:
+        extras = f"[{','.join(sorted(spec.extras))}]" if spec.extras else ""
+        lines.append(f"ferry{extras}=={spec.ferry_version}")
+    header = "# Pinned by `ferry containerize` from the environment that built the models.\n"
+    return header + "\n".join(lines) + "\n"
+
+
+def ferry_source_root() -> Path | None:
+    """The project folder when ferry is installed from a local source tree (editable or not), else None."""
+    try:
+        text = metadata.distribution("ferry").read_text("direct_url.json")
+    except metadata.PackageNotFoundError:
+        return None
+    url = json.loads(text).get("url", "") if text else ""
+    root = Path(url.removeprefix("file://")) if url.startswith("file://") else None
+    return root if root is not None and (root / "pyproject.toml").is_file() else None
+
+
+def image_spec_for(
+    repo: Path, image: str, *, include_models: bool = True, base_image: str = DEFAULT_BASE_IMAGE, source: str = ""
+) -> ImageSpec:
+    models = model_refs(repo)
+    if not models:
+        raise SpecError(f"{repo}: no bundles found (expected REPO/<name>/<version>/{MANIFEST_FILE})")
+    try:
+        version = metadata.version("ferry")
+    except metadata.PackageNotFoundError:
+        version = "0.0.0"
+    return ImageSpec(
+        image=image,
+        models=models,
+        include_models=include_models,
+        base_image=base_image,
+        ferry_version=version,
+        ferry_from_source=ferry_source_root() is not None,
+        source=source,
+    )
+
+
+def write_build_context(repo: Path, out: Path, spec: ImageSpec) -> list[Path]:
+    """Write the Dockerfile, .dockerignore, requirements, Ferry's source and (unless model-load) the bundles."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in (
+        ("Dockerfile", render_dockerfile(spec)),
+        (".dockerignore", render_dockerignore()),
+        ("requirements.txt", render_requirements(spec)),
+    ):
+        (out / name).write_text(text, encoding="utf-8")
+        written.append(out / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".git")
+    root = ferry_source_root()
+    if spec.ferry_from_source and root is not None:
+        target = out / SOURCE_DIR
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir()
+        for name in ("pyproject.toml", "README.md", "LICENSE"):
+            if (root / name).is_file():
+                shutil.copy2(root / name, target / name)
+        shutil.copytree(root / "src", target / "src", ignore=ignore)
+        written.append(target)
+    models = out / MODELS_CONTEXT_DIR
+    shutil.rmtree(models, ignore_errors=True)
+    if spec.include_models:
+        for m in spec.models:
+            shutil.copytree(repo / m.name / m.version, models / m.name / m.version, ignore=ignore)
+        _make_world_readable(models)
+        written.append(models)
+    return written
+
+
+def _make_world_readable(root: Path) -> None:
+    """Bundles are often built in private (0700) temp folders; the image's non-root user must still read them."""
+    root.chmod(0o755)
+    for path in root.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def _label_key(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in text.lower())

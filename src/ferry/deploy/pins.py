@@ -1,0 +1,61 @@
+"""Pinned requirements for the image, read from the environment that built (and tested) the models."""
+
+from __future__ import annotations
+
+import importlib.metadata as metadata
+import re
+
+from ferry.deploy.errors import SpecError
+
+# Which of Ferry's extras a bundle's runtime needs inside the image.
+RUNTIME_EXTRAS = {"sklearn": "sklearn", "lightgbm": "lightgbm", "onnx": "onnx", "python": None}
+# System libraries a runtime's wheels expect but do not ship (Debian bookworm versions, pinned for hadolint).
+RUNTIME_APT_PACKAGES = {"lightgbm": ("libgomp1=12.2.0-14+deb12u1",)}
+
+_REQUIREMENT = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[([^\]]*)\])?")
+_EXTRA_IN_MARKER = re.compile(r"""extra\s*==\s*["']([^"']+)["']""")
+# The image is Linux: a requirement only for another OS is never pinned, even when installed here.
+_OTHER_OS_MARKER = re.compile(
+    r"""(platform_system|sys_platform|os_name)\s*==\s*["'](Windows|win32|nt|Darwin|darwin|cygwin)["']"""
+)
+
+
+def normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def pinned_requirements(extras: set[str], root: str = "ferry") -> list[str]:
+    """``name==version`` for every installed distribution ``root[extras]`` needs, ``root`` itself excluded.
+
+    A requirement whose marker names extras is followed only for requested extras; one with any other marker
+    (platform, Python version) is followed when it is installed, since this environment already resolved it.
+    """
+    pins: dict[str, str] = {}
+    pending: list[tuple[str, frozenset[str]]] = [(root, frozenset(extras))]
+    seen: set[tuple[str, frozenset[str]]] = set()
+    while pending:
+        dist_name, wanted = pending.pop()
+        if (normalize(dist_name), wanted) in seen:
+            continue
+        seen.add((normalize(dist_name), wanted))
+        for line in metadata.requires(dist_name) or []:
+            requirement, _, marker = line.partition(";")
+            match = _REQUIREMENT.match(requirement)
+            if match is None:
+                continue
+            name, sub_extras = match.group(1), match.group(2) or ""
+            marker_extras = set(_EXTRA_IN_MARKER.findall(marker))
+            if (marker_extras and not marker_extras & wanted) or _OTHER_OS_MARKER.search(marker):
+                continue
+            try:
+                version = metadata.version(name)
+            except metadata.PackageNotFoundError:
+                if marker.strip():
+                    continue  # a marker this platform does not meet
+                raise SpecError(
+                    f"{dist_name} needs '{name}', which is not installed here, so it cannot be pinned"
+                ) from None
+            pins[normalize(name)] = version
+            pending.append((name, frozenset(e.strip() for e in sub_extras.split(",") if e.strip())))
+    pins.pop(normalize(root), None)
+    return [f"{name}=={version}" for name, version in sorted(pins.items())]

@@ -1,0 +1,52 @@
+"""Optional bearer-token / API-key authentication, checked in constant time.
+
+Applied to every route except health, readiness, metrics and the docs, so that probes and
+scrapers need no secret. Tokens are never logged.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterable, MutableMapping
+from pathlib import Path
+from typing import Any
+
+from ferry.errors import Unauthorized
+
+EXEMPT_PATHS = frozenset(
+    {"/health", "/ready", "/metrics", "/v2/health/live", "/v2/health/ready", "/docs", "/openapi.json"}
+)
+EXEMPT_PREFIXES = ("/docs/", "/static/")
+
+
+class TokenAuth:
+    def __init__(self, tokens: Iterable[str], exempt: Iterable[str] = ()) -> None:
+        self.tokens = [t.encode() for t in tokens if t]
+        self.exempt = EXEMPT_PATHS | frozenset(exempt)
+
+    @classmethod
+    def from_settings(cls, tokens: str, tokens_file: str, exempt: Iterable[str] = ()) -> TokenAuth | None:
+        """None when no token is configured: authentication is off."""
+        found = [t.strip() for t in tokens.split(",")]
+        if tokens_file:
+            found += [line.strip() for line in Path(tokens_file).read_text().splitlines()]
+        found = [t for t in found if t and not t.startswith("#")]
+        return cls(found, exempt) if found else None
+
+    def requires(self, path: str) -> bool:
+        return path not in self.exempt and not path.startswith(EXEMPT_PREFIXES)
+
+    def check(self, scope: MutableMapping[str, Any]) -> None:
+        """Raise ``Unauthorized`` unless ``Authorization: Bearer <token>`` or ``X-API-Key`` matches."""
+        presented = b""
+        for key, value in scope["headers"]:
+            if key == b"authorization" and value[:7].lower() == b"bearer ":
+                presented = value[7:].strip()
+            elif key == b"x-api-key":
+                presented = value.strip()
+        # Compare against every token, so the time taken says nothing about which one was close.
+        matched = False
+        for token in self.tokens:
+            matched |= hmac.compare_digest(presented, token)
+        if not matched:
+            raise Unauthorized("missing or invalid credentials: send Authorization: Bearer <token> or X-API-Key")

@@ -1,0 +1,123 @@
+"""Request shaping per wire protocol: one record (native JSON) in, (path, body) out; responses back to values.
+
+Adapters never validate: an invalid record is shaped as faithfully as possible, so ``ferry check``
+can send the same mistake through every protocol.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ferry.loadtest.schema import DTYPE_TO_V2, LoadTestError, ModelSchema, TensorSpec
+
+PROTOCOLS = ("native", "v2", "v1", "seldon")
+
+
+def dumps(value: Any) -> bytes:
+    """JSON as a careless client writes it: NaN stays a bare ``NaN`` token, non-ASCII stays UTF-8."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+@dataclass
+class Adapter:
+    protocol: str
+    schema: ModelSchema
+    v2_inputs: list[TensorSpec] | None = None  # the server's own v2 input tensors, when it publishes them
+
+    def path(self) -> str:
+        name = self.schema.name
+        return {
+            "native": f"/models/{name}/predict",
+            "v1": f"/v1/models/{name}:predict",
+            "v2": f"/v2/models/{name}/infer",
+            "seldon": f"/seldon/{name}/api/v1.0/predictions",
+        }[self.protocol]
+
+    def encode(self, record: Any) -> bytes:
+        if self.protocol == "native":
+            return dumps(record)
+        if self.protocol == "v1":
+            return dumps({"instances": [record]})
+        if self.protocol == "seldon":
+            return dumps(self._seldon(record))
+        return dumps(self._v2(record))
+
+    # -- Seldon: {"data": {"names": [...], "ndarray": [[...]]}} ---------------------------------------
+    def _seldon(self, record: Any) -> dict[str, Any]:
+        if self.schema.kind == "features" and isinstance(record, dict):
+            return {"data": {"names": list(record), "ndarray": [list(record.values())]}}
+        return {"data": {"ndarray": [_unwrap(record, self.schema)]}}
+
+    # -- Open Inference v2: {"inputs": [{"name", "shape", "datatype", "data"}]} -------------------------
+    def _v2(self, record: Any) -> dict[str, Any]:
+        specs = self.v2_inputs or self.schema.inputs
+        kind = self.schema.kind
+        if kind == "features" and isinstance(record, dict) and len(specs) != 1:
+            dtypes = {s.name: s.dtype for s in specs}
+            return {"inputs": [_v2_tensor(k, dtypes.get(k, _guess(v)), [v]) for k, v in record.items()]}
+        spec = specs[0]
+        if kind == "features" and isinstance(record, dict):
+            row = list(record.values())
+            return {"inputs": [{**_v2_tensor(spec.name, spec.dtype, row), "shape": [1, len(row)]}]}
+        value = _unwrap(record, self.schema)
+        if kind in ("text", "image"):
+            return {"inputs": [_v2_tensor(spec.name, "string", [value])]}
+        rows = [value]
+        return {"inputs": [{**_v2_tensor(spec.name, spec.dtype, _flatten(rows)), "shape": _shape(rows)}]}
+
+    def predictions(self, body: Any) -> list[Any]:
+        """The per-row predictions in a successful response body, whatever the protocol."""
+        if self.protocol == "native":
+            if "prediction" in body:
+                return [body["prediction"]]
+            return list(body["predictions"])
+        if self.protocol == "v1":
+            return list(body["predictions"])
+        if self.protocol == "seldon":
+            data = body["data"]
+            return list(data["ndarray"] if "ndarray" in data else data["tensor"]["values"])
+        output = body["outputs"][0]
+        data, shape = output["data"], output["shape"]
+        if len(shape) <= 1:
+            return list(data)
+        width = math.prod(shape[1:])
+        return [data[i * width : (i + 1) * width] for i in range(shape[0])]
+
+
+def _unwrap(record: Any, schema: ModelSchema) -> Any:
+    """A text/image/tensor record ``{field: value}`` as its bare value (what row-wise protocols carry)."""
+    key = schema.field if schema.kind in ("text", "image") else schema.inputs[0].name
+    if isinstance(record, dict) and len(record) == 1 and key in record:
+        return record[key]
+    return record
+
+
+def _v2_tensor(name: str, dtype: str, data: list[Any]) -> dict[str, Any]:
+    return {"name": name, "shape": [len(data)], "datatype": DTYPE_TO_V2.get(dtype, "FP64"), "data": data}
+
+
+def _guess(value: Any) -> str:
+    return "string" if isinstance(value, str) else "bool" if isinstance(value, bool) else "float64"
+
+
+def _flatten(value: Any) -> list[Any]:
+    if isinstance(value, list):
+        return [x for item in value for x in _flatten(item)]
+    return [value]
+
+
+def _shape(value: Any) -> list[int]:
+    shape = []
+    while isinstance(value, list):
+        shape.append(len(value))
+        value = value[0] if value else None
+    return shape
+
+
+def make_adapter(protocol: str, schema: ModelSchema, v2_inputs: list[TensorSpec] | None = None) -> Adapter:
+    if protocol not in PROTOCOLS:
+        raise LoadTestError(f"unknown protocol '{protocol}'; expected one of {', '.join(PROTOCOLS)}")
+    return Adapter(protocol, schema, v2_inputs)

@@ -1,0 +1,169 @@
+"""A model's input/output contract, read from a running service: Ferry's native metadata or OIP v2 metadata."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from dataclasses import field as _field
+from typing import Any
+
+from ferry.errors import FerryError
+
+DTYPE_TO_V2 = {
+    "float64": "FP64",
+    "float32": "FP32",
+    "int64": "INT64",
+    "int32": "INT32",
+    "bool": "BOOL",
+    "string": "BYTES",
+}
+V2_TO_DTYPE = {v: k for k, v in DTYPE_TO_V2.items()} | {"FP16": "float32", "INT16": "int32", "INT8": "int32"}
+
+
+class LoadTestError(FerryError):
+    """A load test or contract check cannot start: unreachable service, unknown model, bad option."""
+
+    code = "loadtest_error"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # Ferry dtype: float64, float32, int64, int32, bool, string
+    shape: list[int]
+    allow_nan: bool = False
+
+
+@dataclass
+class ModelSchema:
+    """What to send and what to expect back, whichever protocol published it.
+
+    ``kind`` is features, tensor, text or image. ``inputs`` has one spec per feature (shape [1]) for
+    features models, else the input tensors. ``source`` says where it came from: native or v2.
+    """
+
+    name: str
+    kind: str
+    inputs: list[TensorSpec]
+    output_kind: str = "tensor"  # label, number or tensor
+    output_dtype: str = "float64"
+    output_shape: list[int] = _field(default_factory=lambda: [-1])
+    output_min: float | None = None
+    output_max: float | None = None
+    labels: list[str] | None = None
+    field: str = "text"
+    max_length: int | None = None
+    sample_input: Any = None
+    source: str = "native"
+    v2_outputs: list[TensorSpec] = _field(default_factory=list)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [t.name for t in self.inputs] if self.kind == "features" else []
+
+
+def get_json(url: str, timeout: float = 10.0) -> Any:
+    """GET a JSON document; any failure is a LoadTestError that names the URL."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raise LoadTestError(f"GET {url} answered {exc.code}") from None
+    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        raise LoadTestError(f"cannot reach {url}: {getattr(exc, 'reason', exc)}") from None
+    except json.JSONDecodeError:
+        raise LoadTestError(f"GET {url} did not return JSON") from None
+
+
+def default_model(base_url: str) -> str:
+    """The only model a Ferry service lists; with several, the user must choose."""
+    listing = get_json(f"{base_url}/models").get("models", [])
+    names = [m["name"] for m in listing]
+    if len(names) != 1:
+        raise LoadTestError(f"the service serves {len(names)} models ({', '.join(names)}); choose one with --model")
+    return str(names[0])
+
+
+def from_native(meta: dict[str, Any]) -> ModelSchema:
+    spec, out = meta["input"], meta["output"]
+    kind = spec["kind"]
+    if kind == "features":
+        inputs = [
+            TensorSpec(f["name"], f.get("dtype", "float64"), [1], f.get("allow_nan", False)) for f in spec["features"]
+        ]
+    elif kind == "tensor":
+        inputs = [
+            TensorSpec(t["name"], t.get("dtype", "float64"), list(t.get("shape", [-1, -1])), t.get("allow_nan", False))
+            for t in spec["tensors"]
+        ]
+    else:
+        inputs = [TensorSpec(spec.get("field", "text"), "string", [-1])]
+    return ModelSchema(
+        name=meta["name"],
+        kind=kind,
+        inputs=inputs,
+        output_kind=out["kind"],
+        output_dtype=out.get("dtype", "float64"),
+        output_shape=list(out.get("shape", [-1])),
+        output_min=out.get("min"),
+        output_max=out.get("max"),
+        labels=meta.get("labels"),
+        field=spec.get("field", "text"),
+        max_length=spec.get("max_length"),
+        sample_input=meta.get("sample_input"),
+    )
+
+
+def from_v2(meta: dict[str, Any]) -> ModelSchema:
+    """OIP v2 model metadata: named input and output tensors with datatype and shape."""
+
+    def spec(t: dict[str, Any]) -> TensorSpec:
+        return TensorSpec(t["name"], V2_TO_DTYPE.get(str(t["datatype"]).upper(), "float64"), list(t["shape"]))
+
+    inputs = [spec(t) for t in meta.get("inputs", [])]
+    outputs = [spec(t) for t in meta.get("outputs", [])]
+    if not inputs:
+        raise LoadTestError(f"model {meta.get('name')}: its v2 metadata declares no inputs")
+    kind = "text" if len(inputs) == 1 and inputs[0].dtype == "string" else "tensor"
+    first = outputs[0] if outputs else TensorSpec("output", "float64", [-1])
+    return ModelSchema(
+        name=meta["name"],
+        kind=kind,
+        inputs=inputs,
+        output_kind="tensor",
+        output_dtype=first.dtype,
+        output_shape=first.shape,
+        field=inputs[0].name,
+        source="v2",
+        v2_outputs=outputs,
+    )
+
+
+def fetch_schema(base_url: str, model: str | None, prefer: str = "native") -> ModelSchema:
+    """Read the model's schema: Ferry's native metadata first, else OIP v2 (any compliant server)."""
+    base_url = base_url.rstrip("/")
+    order = ["native", "v2"] if prefer != "v2" else ["v2", "native"]
+    errors = []
+    for source in order:
+        try:
+            if source == "native":
+                name = model or default_model(base_url)
+                return from_native(get_json(f"{base_url}/models/{name}/metadata"))
+            if model is None:
+                raise LoadTestError("--model is required for a v2 service")
+            return from_v2(get_json(f"{base_url}/v2/models/{model}"))
+        except LoadTestError as exc:
+            errors.append(exc.message)
+        except (KeyError, TypeError, AttributeError) as exc:
+            errors.append(f"{source} metadata has an unexpected shape ({exc!r})")
+    raise LoadTestError("cannot read the model's metadata: " + "; ".join(errors))
+
+
+def v2_inputs(base_url: str, model: str) -> list[TensorSpec] | None:
+    """The service's own v2 input tensors, when it publishes them; None when it does not speak v2."""
+    try:
+        return from_v2(get_json(f"{base_url.rstrip('/')}/v2/models/{model}")).inputs
+    except (LoadTestError, KeyError, TypeError, AttributeError):
+        return None

@@ -1,0 +1,284 @@
+"""Open Inference Protocol v2, transport-free: shared by REST and gRPC.
+
+A model's manifest fixes its OIP signature (``input_specs``/``output_specs``); ``to_batch`` turns request
+tensors into the runtime batch and ``to_outputs`` turns a ``Prediction`` into response tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+import ferry
+from ferry.bundle.manifest import Manifest
+from ferry.errors import FerryError, InvalidInput
+from ferry.protocol.tensors import ACCEPTS, DATATYPES, FERRY_DATATYPES, Tensor
+from ferry.runtimes import Prediction
+from ferry.serving.inputs import InputCodec
+from ferry.serving.registry import ModelHandle, ModelRegistry
+
+EXTENSIONS = ["binary_tensor_data"]
+MATRIX_INPUT = "input"  # the one [-1, n_features] tensor of a tabular model
+
+_NUMPY = {"float64": np.float64, "float32": np.float32, "int64": np.int64, "int32": np.int32, "bool": np.bool_}
+
+
+@dataclass
+class RequestedOutput:
+    name: str
+    binary: bool | None = None  # None: as the request-wide ``binary_data_output`` says
+
+
+@dataclass
+class InferRequest:
+    inputs: list[Tensor]
+    id: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    outputs: list[RequestedOutput] | None = None  # None: every output
+
+
+def server_metadata() -> dict[str, Any]:
+    return {"name": "ferry", "version": ferry.__version__, "extensions": EXTENSIONS}
+
+
+def model_metadata(handle: ModelHandle, registry: ModelRegistry) -> dict[str, Any]:
+    assert handle.model is not None
+    manifest = handle.model.manifest
+    return {
+        "name": handle.name,
+        "versions": list(registry.models[handle.name]),
+        "platform": f"ferry_{manifest.runtime}",
+        "inputs": input_specs(manifest),
+        "outputs": output_specs(handle),
+    }
+
+
+def spec(name: str, datatype: str, shape: list[int]) -> dict[str, Any]:
+    return {"name": name, "datatype": datatype, "shape": shape}
+
+
+def input_specs(manifest: Manifest) -> list[dict[str, Any]]:
+    schema = manifest.input
+    if schema.kind == "features":
+        dtypes = {f.dtype for f in schema.features}
+        if len(dtypes) == 1:
+            return [spec(MATRIX_INPUT, FERRY_DATATYPES[dtypes.pop()], [-1, len(schema.features)])]
+        return [spec(f.name, FERRY_DATATYPES[f.dtype], [-1]) for f in schema.features]
+    if schema.kind == "tensor":
+        tensor = schema.tensors[0]
+        return [spec(tensor.name, FERRY_DATATYPES[tensor.dtype], list(tensor.shape))]
+    return [spec(schema.field, "BYTES", [-1])]
+
+
+def output_specs(handle: ModelHandle) -> list[dict[str, Any]]:
+    assert handle.model is not None
+    manifest = handle.model.manifest
+    output = manifest.output
+    if output.kind == "label":
+        specs = [spec("label", "BYTES", [-1])]
+        # Not every classifier has probabilities (a Perceptron has none); sklearn's runtime says which.
+        if getattr(handle.model.runtime, "has_proba", True):
+            datatype = "FP32" if manifest.runtime == "onnx" else "FP64"
+            specs.append(spec("probabilities", datatype, [-1, len(manifest.labels or [])]))
+        return specs
+    return [spec("prediction", FERRY_DATATYPES.get(output.dtype, "FP64"), list(output.shape))]
+
+
+def check_requested(request: InferRequest, handle: ModelHandle, where: str = "$.outputs") -> None:
+    """Refuse an unknown requested output before the model runs."""
+    if request.outputs is None:
+        return
+    known = [s["name"] for s in output_specs(handle)]
+    for i, requested in enumerate(request.outputs):
+        if requested.name not in known:
+            raise InvalidInput(
+                f"unknown output '{requested.name}'; model '{handle.name}' has outputs: {', '.join(known)}",
+                f"{where}[{i}].name",
+            )
+
+
+# -- request tensors -> runtime batch -------------------------------------------------------------------
+def to_batch(inputs: list[Tensor], handle: ModelHandle) -> Any:
+    assert handle.codec is not None and handle.model is not None
+    codec = handle.codec
+    if not inputs:
+        raise InvalidInput(f"no inputs; model '{handle.name}' takes {_describe(handle)}", "$.inputs")
+    seen: set[str] = set()
+    for tensor in inputs:
+        if tensor.name in seen:
+            raise InvalidInput(f"input '{tensor.name}' appears twice", tensor.where)
+        seen.add(tensor.name)
+    if codec.kind == "features":
+        return _features(inputs, handle)
+    expected = codec.schema.tensors[0].name if codec.kind == "tensor" else codec.schema.field
+    tensor = _only(inputs, expected, handle)
+    if codec.kind == "tensor":
+        return _tensor(tensor, codec)
+    return _strings(tensor, codec)
+
+
+def _describe(handle: ModelHandle) -> str:
+    assert handle.model is not None
+    specs = input_specs(handle.model.manifest)
+    described = ", ".join(f"'{s['name']}' {s['datatype']} {s['shape']}" for s in specs)
+    if handle.codec is not None and handle.codec.kind == "features" and len(specs) == 1:
+        described += f", or one [-1] tensor per feature: {', '.join(handle.codec.feature_names)}"
+    return described
+
+
+def _only(inputs: list[Tensor], name: str, handle: ModelHandle) -> Tensor:
+    for tensor in inputs:
+        if tensor.name != name:
+            raise InvalidInput(
+                f"unknown input '{tensor.name}'; model '{handle.name}' takes {_describe(handle)}", tensor.where
+            )
+    return inputs[0]
+
+
+def _check_datatype(tensor: Tensor, dtype: str, what: str) -> None:
+    if tensor.datatype not in ACCEPTS[dtype]:
+        raise InvalidInput(
+            f"input '{tensor.name}' has datatype {tensor.datatype} but {what} takes {FERRY_DATATYPES[dtype]}"
+            f" (accepted: {', '.join(ACCEPTS[dtype])})",
+            f"{tensor.where}.datatype",
+        )
+
+
+def _check_rows(tensor: Tensor, ranks: tuple[int, ...], width: int | None) -> int:
+    shape = tensor.shape
+    if len(shape) not in ranks or (width is not None and len(shape) == 2 and shape[1] != width):
+        wanted = " or ".join(str([-1, width] if r == 2 else [-1]) for r in ranks)
+        raise InvalidInput(f"input '{tensor.name}' has shape {shape}; expected {wanted}", f"{tensor.where}.shape")
+    if shape[0] == 0:
+        raise InvalidInput("empty batch: send at least one row", f"{tensor.where}.shape")
+    return shape[0]
+
+
+def _check_finite(array: np.ndarray, allowed: bool, where: str) -> None:
+    if not allowed and array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise InvalidInput("NaN or infinity is not allowed", where)
+
+
+def _features(inputs: list[Tensor], handle: ModelHandle) -> Any:
+    assert handle.codec is not None
+    codec = handle.codec
+    features = codec.features
+    if len(inputs) == 1 and inputs[0].name == MATRIX_INPUT and MATRIX_INPUT not in codec.name_set:
+        tensor = inputs[0]
+        if codec.dtype == "string" and len({f.dtype for f in features}) > 1:
+            raise InvalidInput(
+                f"model '{handle.name}' has features of several types; send one tensor per feature: "
+                f"{', '.join(codec.feature_names)}",
+                tensor.where,
+            )
+        _check_datatype(tensor, codec.dtype, f"model '{handle.name}'")
+        _check_rows(tensor, (2,), len(features))
+        for j, feature in enumerate(features):
+            _check_finite(tensor.data[:, j], feature.allow_nan, f"{tensor.where}.data (feature '{feature.name}')")
+        return _cast(tensor.data, codec.dtype)
+    by_name = {t.name: t for t in inputs}
+    for tensor in inputs:
+        if tensor.name not in codec.name_set:
+            raise InvalidInput(
+                f"unknown input '{tensor.name}'; model '{handle.name}' takes {_describe(handle)}", tensor.where
+            )
+    missing = [name for name in codec.feature_names if name not in by_name]
+    if missing:
+        raise InvalidInput(f"missing input '{missing[0]}'; model '{handle.name}' takes {_describe(handle)}", "$.inputs")
+    columns: list[Any] = []
+    rows = None
+    for feature in features:
+        tensor = by_name[feature.name]
+        _check_datatype(tensor, feature.dtype, f"feature '{feature.name}'")
+        n = _check_rows(tensor, (1, 2), 1)
+        if rows is not None and n != rows:
+            raise InvalidInput(
+                f"input '{tensor.name}' has {n} rows but the others have {rows}", f"{tensor.where}.shape"
+            )
+        rows = n
+        column = tensor.data.reshape(-1)
+        _check_finite(column, feature.allow_nan, f"{tensor.where}.data")
+        columns.append(_strings_of(column, tensor.where) if feature.dtype == "string" else column)
+    if codec.dtype != "string":
+        return _cast(np.column_stack(columns), codec.dtype)
+    table = np.empty((rows or 0, len(features)), dtype=object)
+    for j, column in enumerate(columns):
+        table[:, j] = column if isinstance(column, list) else column.tolist()
+    return table
+
+
+def _tensor(tensor: Tensor, codec: InputCodec) -> Any:
+    declared = codec.shape
+    shape = tensor.shape
+    if len(shape) != len(declared) or any(d >= 0 and d != s for d, s in zip(declared, shape, strict=True)):
+        raise InvalidInput(f"input '{tensor.name}' has shape {shape}; expected {declared}", f"{tensor.where}.shape")
+    if shape[0] == 0:
+        raise InvalidInput("empty batch: send at least one row", f"{tensor.where}.shape")
+    _check_datatype(tensor, codec.dtype, "the model")
+    _check_finite(tensor.data, codec.allow_nan, f"{tensor.where}.data")
+    return _cast(tensor.data, codec.dtype)
+
+
+def _strings(tensor: Tensor, codec: InputCodec) -> Any:
+    if tensor.datatype != "BYTES":
+        raise InvalidInput(
+            f"input '{tensor.name}' has datatype {tensor.datatype} but the model takes BYTES",
+            f"{tensor.where}.datatype",
+        )
+    _check_rows(tensor, (1, 2), 1)
+    items = tensor.data.reshape(-1).tolist()
+    if codec.kind == "image" and all(isinstance(item, bytes) for item in items):
+        return items  # raw image bytes from the binary extension or gRPC
+    return codec.from_rows(_strings_of(tensor.data.reshape(-1), tensor.where), f"{tensor.where}.data")
+
+
+def _strings_of(column: np.ndarray, where: str) -> list[str]:
+    out = []
+    for i, item in enumerate(column.tolist()):
+        if isinstance(item, bytes):
+            try:
+                item = item.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidInput("BYTES element is not valid UTF-8", f"{where}.data[{i}]") from None
+        out.append(item)
+    return out
+
+
+def _cast(array: np.ndarray, dtype: str) -> np.ndarray:
+    return np.ascontiguousarray(array, dtype=_NUMPY.get(dtype, object))
+
+
+# -- prediction -> response tensors ---------------------------------------------------------------------
+def to_outputs(prediction: Prediction, handle: ModelHandle, request: InferRequest) -> list[Tensor]:
+    assert handle.model is not None
+    output = handle.model.manifest.output
+    tensors: list[Tensor] = []
+    if output.kind == "label":
+        labels = np.empty(len(prediction.values), dtype=object)
+        labels[:] = [str(v) for v in prediction.values]
+        tensors.append(Tensor("label", "BYTES", [len(labels)], labels))
+        if prediction.probabilities is not None:
+            probabilities = np.asarray(prediction.probabilities)
+            datatype = "FP32" if probabilities.dtype == np.float32 else "FP64"
+            tensors.append(Tensor("probabilities", datatype, list(probabilities.shape), probabilities))
+    else:
+        values = np.asarray(prediction.values)
+        tensors.append(Tensor("prediction", datatype_of(values, handle.name), list(values.shape), values))
+    if request.outputs is None:
+        return tensors
+    by_name = {t.name: t for t in tensors}
+    missing = [r.name for r in request.outputs if r.name not in by_name]
+    if missing:
+        raise InvalidInput(f"model '{handle.name}' produced no output '{missing[0]}' for this request", "$.outputs")
+    return [by_name[r.name] for r in request.outputs]
+
+
+def datatype_of(array: np.ndarray, model: str) -> str:
+    for datatype, dtype in DATATYPES.items():
+        if datatype != "BYTES" and array.dtype == dtype:
+            return datatype
+    if array.dtype.kind in "OUS" and array.ndim >= 1:
+        return "BYTES"
+    raise FerryError(f"model '{model}' returned values that are not a regular tensor ({array.dtype})")

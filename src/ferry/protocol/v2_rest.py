@@ -1,0 +1,120 @@
+"""Open Inference v2 over REST: the JSON body and the binary tensor data extension.
+
+With ``Inference-Header-Content-Length: N`` the first N bytes are the JSON header and the rest holds raw
+tensors, each sized by its ``parameters.binary_data_size``; responses do the same for outputs asked for
+with ``binary_data`` (per output) or ``binary_data_output`` (request-wide).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from ferry.errors import InvalidInput, MalformedRequest
+from ferry.protocol.native import parse_json
+from ferry.protocol.tensors import Tensor, check_header, from_json_data, from_raw, to_json_data, to_raw
+from ferry.protocol.v2 import InferRequest, RequestedOutput
+
+HEADER_LENGTH = "inference-header-content-length"
+
+
+def decode_request(body: bytes, header_length: str | None) -> InferRequest:
+    binary = b""
+    if header_length is not None:
+        if not header_length.isdigit() or int(header_length) > len(body):
+            raise MalformedRequest(
+                f"Inference-Header-Content-Length {header_length[:20]!r} is not a length within the body"
+            )
+        size = int(header_length)
+        body, binary = body[:size], body[size:]
+    payload = parse_json(body)
+    if not isinstance(payload, dict):
+        raise InvalidInput("Expected an inference request object", "$")
+    request_id = payload.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidInput("Expected `id` as a string", "$.id")
+    parameters = _parameters(payload.get("parameters"), "$.parameters")
+    raw_inputs = payload.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise InvalidInput("Expected `inputs` as a non-empty array of tensors", "$.inputs")
+    inputs, offset = [], 0
+    for i, raw in enumerate(raw_inputs):
+        tensor, used = _input(raw, f"$.inputs[{i}]", binary, offset)
+        inputs.append(tensor)
+        offset += used
+    if offset != len(binary):
+        raise InvalidInput(f"{len(binary) - offset} bytes of binary data follow the inputs unclaimed", "$.inputs")
+    return InferRequest(inputs, request_id, parameters, _requested(payload.get("outputs")))
+
+
+def _parameters(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidInput("Expected `parameters` as an object", where)
+    return value
+
+
+def _input(raw: Any, where: str, binary: bytes, offset: int) -> tuple[Tensor, int]:
+    if not isinstance(raw, dict):
+        raise InvalidInput("Expected a tensor object", where)
+    name, datatype, shape = check_header(raw.get("name"), raw.get("datatype"), raw.get("shape"), where)
+    parameters = _parameters(raw.get("parameters"), f"{where}.parameters")
+    size = parameters.get("binary_data_size")
+    if size is not None:
+        if type(size) is not int or size < 0 or offset + size > len(binary):
+            raise InvalidInput(
+                f"binary_data_size {size!r} does not fit the {len(binary) - offset} bytes of binary data left",
+                f"{where}.parameters.binary_data_size",
+            )
+        data = from_raw(binary[offset : offset + size], datatype, shape, f"{where}.parameters.binary_data_size")
+        return Tensor(name, datatype, shape, data, parameters, where), size
+    if "data" not in raw:
+        raise InvalidInput("missing field 'data'", f"{where}.data")
+    return Tensor(
+        name, datatype, shape, from_json_data(raw["data"], datatype, shape, f"{where}.data"), parameters, where
+    ), 0
+
+
+def _requested(value: Any) -> list[RequestedOutput] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise InvalidInput("Expected `outputs` as an array", "$.outputs")
+    out = []
+    for i, item in enumerate(value):
+        where = f"$.outputs[{i}]"
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise InvalidInput("Expected an object with a string `name`", where)
+        parameters = _parameters(item.get("parameters"), f"{where}.parameters")
+        binary = parameters.get("binary_data")
+        out.append(RequestedOutput(item["name"], binary if isinstance(binary, bool) else None))
+    return out
+
+
+def encode_response(
+    request: InferRequest, model_name: str, model_version: str, outputs: list[Tensor]
+) -> tuple[bytes, dict[str, str]]:
+    """The response body and its extra headers; binary outputs follow the JSON header in order."""
+    wanted = {r.name: r.binary for r in request.outputs or []}
+    default_binary = request.parameters.get("binary_data_output") is True
+    body: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
+    if request.id is not None:
+        body["id"] = request.id
+    encoded, chunks = [], []
+    for tensor in outputs:
+        entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}
+        binary = wanted.get(tensor.name)
+        if binary if binary is not None else default_binary:
+            raw = to_raw(tensor.data, tensor.datatype)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = to_json_data(tensor.data, tensor.datatype)
+        encoded.append(entry)
+    body["outputs"] = encoded
+    header = orjson.dumps(body)
+    if not chunks:
+        return header, {}
+    return header + b"".join(chunks), {"Inference-Header-Content-Length": str(len(header))}
