@@ -143,8 +143,13 @@ def _iris_v2(tmp: Path) -> Path:
     iris = load_iris()
     model = LogisticRegression(max_iter=500).fit(iris.data[:, [2, 3]], iris.target)
     return ferry.build(
-        model, "iris", tmp, version="2", features=["length", "width"],
-        labels=[str(n) for n in iris.target_names], sample_input={"length": 5.1, "width": 2.4},
+        model,
+        "iris",
+        tmp,
+        version="2",
+        features=["length", "width"],
+        labels=[str(n) for n in iris.target_names],
+        sample_input={"length": 5.1, "width": 2.4},
     )
 
 
@@ -181,7 +186,9 @@ def test_hot_reload_under_load_drops_nothing_and_a_broken_version_never_serves(
         (repo / "iris" / "3" / "model.skops").write_bytes(b"truncated")
         deadline = time.monotonic() + 20
         while True:
-            versions = {v["version"]: v for m in httpx.get(server.url + "/models").json()["models"] for v in m["versions"]}
+            versions = {
+                v["version"]: v for m in httpx.get(server.url + "/models").json()["models"] for v in m["versions"]
+            }
             if "3" in versions:
                 break
             assert time.monotonic() < deadline, server.output()

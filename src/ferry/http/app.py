@@ -13,9 +13,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ferry.http import compat, docs
-from ferry.http.endpoints import ModelEndpoints, warm_up
 from ferry.http.admin import AdminEndpoints, watch
 from ferry.http.auth import TokenAuth
+from ferry.http.endpoints import ModelEndpoints, warm_up
 from ferry.http.hotpath import FerryApp, hot_routes
 from ferry.http.lifecycle import install_drain_handler
 from ferry.http.protocols import ProtocolEndpoints
