@@ -44,7 +44,15 @@ def build_iris(repo: Path) -> Path:
             "metrics": {"accuracy": round(accuracy, 4), "test_rows": len(y_test)},
             "description": "Iris species from petal length and width (cm)",
         },
-        routes=[{"method": "POST", "path": "/predict", "response_key": "prediction"}],
+        routes=[
+            {"method": "POST", "path": "/predict", "response_key": "prediction"},
+            {
+                "method": "POST",
+                "path": "/predict_batch",
+                "input": {"source": "body_key", "key": "rows"},
+                "response_key": "predictions",
+            },
+        ],
     )
 
 

@@ -129,6 +129,10 @@ def _describe(handle: ModelHandle) -> str:
 
 
 def _only(inputs: list[Tensor], name: str, handle: ModelHandle) -> Tensor:
+    """The model's one input. A lone tensor is taken whatever its name, as MLServer and Triton
+    clients often send ``input-0``; with several, each must be named as the model declares."""
+    if len(inputs) == 1:
+        return inputs[0]
     for tensor in inputs:
         if tensor.name != name:
             raise InvalidInput(
@@ -165,7 +169,8 @@ def _features(inputs: list[Tensor], handle: ModelHandle) -> Any:
     assert handle.codec is not None
     codec = handle.codec
     features = codec.features
-    if len(inputs) == 1 and inputs[0].name == MATRIX_INPUT and MATRIX_INPUT not in codec.name_set:
+    # One tensor that is not named after a feature is the [rows, features] matrix, whatever its name.
+    if len(inputs) == 1 and inputs[0].name not in codec.name_set:
         tensor = inputs[0]
         if codec.dtype == "string" and len({f.dtype for f in features}) > 1:
             raise InvalidInput(
