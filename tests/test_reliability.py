@@ -232,3 +232,54 @@ def test_auth_tokens_guard_predict_but_never_health(serve: Any, example_repo: Pa
     # admin routes are off unless --admin
     assert httpx.post(server.url + "/models/iris/reload", headers=bearer).status_code in (404, 405)
     assert "s3cret" not in server.output()
+
+
+def _worker_pids(parent: int) -> list[int]:
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    return [int(c) for c in children if "resource_tracker" not in Path(f"/proc/{c}/cmdline").read_text()]
+
+
+def test_a_killed_worker_is_replaced_and_no_client_hangs(serve: Any, example_repo: Path) -> None:
+    import os
+    import signal
+    import threading
+
+    server: ServerProcess = serve(str(example_repo), "--workers", "2", "--grpc-port", "0")
+    deadline = time.monotonic() + 30
+    while len(_worker_pids(server.proc.pid)) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    workers = _worker_pids(server.proc.pid)
+    outcomes: list[str] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                response = httpx.post(server.url + "/predict", json={"length": 5.1, "width": 2.4}, timeout=5.0)
+                outcomes.append("ok" if response.json() == {"prediction": "virginica"} else f"bad {response.text}")
+            except httpx.TransportError as exc:  # a reset from the dying worker: immediate, never a hang
+                outcomes.append(f"reset {type(exc).__name__}")
+            assert time.monotonic() - started < 5.0
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)
+    os.kill(workers[0], signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while True:
+        current = [p for p in _worker_pids(server.proc.pid) if p != workers[0]]
+        if len(current) == 2:
+            break
+        assert time.monotonic() < deadline, server.output()
+        time.sleep(0.1)
+    served_before = len(outcomes)
+    time.sleep(1.0)
+    stop.set()
+    for thread in threads:
+        thread.join(10)
+    assert all(o == "ok" or o.startswith("reset") for o in outcomes), set(outcomes)
+    assert outcomes[served_before:] and all(o == "ok" for o in outcomes[served_before + 4 :])
+    assert httpx.get(server.url + "/health").json() == {"health": "ok"}

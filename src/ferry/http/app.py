@@ -45,6 +45,10 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fer
         install_drain_handler(registry)
         # 1. Load every bundle off the event loop, so /health answers while models load.
         loading = asyncio.create_task(asyncio.to_thread(registry.load_all))
+        if settings.workers > 1:
+            # Workers share one listening socket: a (re)started worker starts accepting only once its
+            # models are loaded and warm, so the others keep taking the traffic meanwhile.
+            await loading
         # 2. Open Inference gRPC on this same event loop and over the same service; a failed bind stops start-up.
         grpc_server = None
         if settings.grpc_port:
