@@ -98,7 +98,8 @@ def _predict_handler(endpoints: ModelEndpoints, name: str, version: str | None, 
                 value = result["prediction"] if "prediction" in result else result["predictions"]
                 result = value if spec.response_key is None else {spec.response_key: value}
             content = orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY)
-            await send({"type": "http.response.start", "status": 200, "headers": _JSON_HEADERS})
+            headers = [*_JSON_HEADERS, (b"content-length", str(len(content)).encode())]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": content})
             status = 200
         except Exception as exc:
