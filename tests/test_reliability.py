@@ -283,3 +283,22 @@ def test_a_killed_worker_is_replaced_and_no_client_hangs(serve: Any, example_rep
     assert all(o == "ok" or o.startswith("reset") for o in outcomes), set(outcomes)
     assert outcomes[served_before:] and all(o == "ok" for o in outcomes[served_before + 4 :])
     assert httpx.get(server.url + "/health").json() == {"health": "ok"}
+
+
+def test_a_slow_client_gets_408_and_others_are_served(serve: Any, example_repo: Path) -> None:
+    import socket
+
+    server: ServerProcess = serve(str(example_repo), "--body-timeout", "0.5", "--grpc-port", "0")
+    with socket.create_connection(("127.0.0.1", server.port)) as slow:
+        slow.sendall(
+            b"POST /models/iris/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 40\r\n\r\n{"length": 5.1'
+        )
+        # while that client stalls, others are served
+        assert httpx.post(server.url + "/predict", json={"length": 5.1, "width": 2.4}).json() == {
+            "prediction": "virginica"
+        }
+        slow.settimeout(5.0)
+        reply = slow.recv(4096).decode()
+    assert reply.startswith("HTTP/1.1 408")
+    assert '"code":"request_timeout"' in reply and "request body not received within 0.5 s" in reply

@@ -26,6 +26,8 @@ class Settings:
     workers: int = _setting(1, "Worker processes sharing the port.")
     trust_pickle: bool = _setting(False, "Load pickle/joblib artifacts (unpickling runs their code).")
     max_body_bytes: int = _setting(8 * 1024 * 1024, "Largest request body accepted (413 past it).")
+    body_timeout: float = _setting(30.0, "Seconds a client may take to send its request body (408 past it).")
+    max_connections: int = _setting(2048, "Open connections and requests per worker before new ones get 503.")
     request_timeout: float = _setting(30.0, "Default deadline of a prediction, in seconds (504 past it).")
     max_queue: int = _setting(256, "Requests that may wait per model before new ones get 503.")
     drain_timeout: int = _setting(30, "Seconds to finish in-flight requests on SIGTERM.")

@@ -159,6 +159,7 @@ def _serve(settings: Settings) -> None:
         access_log=False,
         log_level=settings.log_level,
         timeout_graceful_shutdown=settings.drain_timeout,
+        limit_concurrency=settings.max_connections,
     )
 
 

@@ -92,7 +92,8 @@ async def _payload(request: Request, spec: CompatRoute, endpoints: ModelEndpoint
                 raise InvalidInput(f"missing query parameter '{param}'", f"?{param}")
             record[feature] = _parse_query_value(raw, dtypes.get(feature, "float64"), param)
         return record
-    body = parse_json(await read_body(request, endpoints.settings.max_body_bytes))
+    settings = endpoints.settings
+    body = parse_json(await read_body(request, settings.max_body_bytes, settings.body_timeout))
     if source == "body_key":
         key = spec.input.key or ""
         if not isinstance(body, dict) or key not in body:

@@ -120,7 +120,7 @@ class ModelEndpoints:
 
     async def predict(self, request: Request) -> Response:
         handle = self.handle(request)
-        payload = parse_json(await read_body(request, self.settings.max_body_bytes))
+        payload = parse_json(await read_body(request, self.settings.max_body_bytes, self.settings.body_timeout))
         timeout = parse_timeout(request.headers.get("x-request-timeout"))
         return json_response(await self.predict_payload(handle, payload, timeout))
 

@@ -18,11 +18,11 @@ from starlette.applications import Starlette
 from starlette.datastructures import State
 
 from ferry.bundle.manifest import CompatRoute, read_manifest
-from ferry.errors import FerryError, InvalidInput, PayloadTooLarge, Unauthorized
+from ferry.errors import FerryError, InvalidInput, Unauthorized
 from ferry.http.auth import TokenAuth
 from ferry.http.compat import RESERVED_PREFIXES
 from ferry.http.endpoints import ModelEndpoints, parse_timeout
-from ferry.http.responses import error_response
+from ferry.http.responses import error_response, read_asgi_body
 from ferry.protocol.native import parse_json
 
 Scope = MutableMapping[str, Any]
@@ -81,7 +81,7 @@ def hot_routes(endpoints: ModelEndpoints) -> dict[str, Handler]:
 
 def _predict_handler(endpoints: ModelEndpoints, name: str, version: str | None, spec: CompatRoute | None) -> Handler:
     registry, metrics = endpoints.registry, endpoints.metrics
-    limit = endpoints.settings.max_body_bytes
+    limit, body_timeout = endpoints.settings.max_body_bytes, endpoints.settings.body_timeout
     route, protocol = ("model/predict", "native") if spec is None else (f"compat:{spec.path}", "compat")
     latency = metrics.latency.labels(name, route)
     counters: dict[int, Any] = {}
@@ -89,7 +89,7 @@ def _predict_handler(endpoints: ModelEndpoints, name: str, version: str | None, 
     async def handler(scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
         try:
-            payload = parse_json(await _read_body(scope, receive, limit))
+            payload = parse_json(await read_asgi_body(scope, receive, limit, body_timeout))
             if spec is not None and spec.input.source == "body_key":
                 payload = _body_key(payload, spec.input.key or "")
             timeout = parse_timeout(_header(scope, b"x-request-timeout"))
@@ -128,24 +128,3 @@ def _body_key(payload: Any, key: str) -> Any:
     if not isinstance(payload, dict) or key not in payload:
         raise InvalidInput(f"missing field '{key}'", f"$.{key}")
     return payload[key]
-
-
-async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """The whole body, refused with 413 past ``limit`` bytes (declared or streamed)."""
-    for key, value in scope["headers"]:
-        if key == b"content-length" and value.isdigit() and int(value) > limit:
-            raise PayloadTooLarge(f"request body of {int(value)} bytes exceeds the limit of {limit} bytes")
-    message = await receive()
-    body: bytes = message.get("body", b"")
-    if not message.get("more_body", False):
-        return body
-    chunks = [body]
-    size = len(body)
-    while message.get("more_body", False):
-        message = await receive()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ferry.errors import FerryError, PayloadTooLarge
+from ferry.errors import FerryError, PayloadTooLarge, RequestTimeout
 
 logger = logging.getLogger("ferry.http")
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
@@ -30,15 +35,30 @@ def error_response(exc: Exception) -> Response:
     return json_response({"error": "internal server error", "code": "internal"}, 500)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 past ``limit`` bytes, whether or not Content-Length is sent."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+async def read_body(request: Request, limit: int, timeout: float = 30.0) -> bytes:
+    """The request body of a Starlette request; see ``read_asgi_body``."""
+    return await read_asgi_body(request.scope, request.receive, limit, timeout)
+
+
+async def read_asgi_body(scope: Scope, receive: Receive, limit: int, timeout: float = 30.0) -> bytes:
+    """The whole body: 413 past ``limit`` bytes (declared or streamed), 408 if it takes over ``timeout`` s."""
+    for key, value in scope["headers"]:
+        if key == b"content-length" and value.isdigit() and int(value) > limit:
+            raise PayloadTooLarge(f"request body of {int(value)} bytes exceeds the limit of {limit} bytes")
+    try:
+        async with asyncio.timeout(timeout):
+            message = await receive()
+            body: bytes = message.get("body", b"")
+            if not message.get("more_body", False):
+                return body
+            chunks, size = [body], len(body)
+            while message.get("more_body", False):
+                message = await receive()
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+                chunks.append(chunk)
+            return b"".join(chunks)
+    except TimeoutError:
+        raise RequestTimeout(f"request body not received within {timeout:g} s") from None
