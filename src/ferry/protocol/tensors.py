@@ -72,7 +72,7 @@ def check_header(name: Any, datatype: Any, shape: Any, where: str) -> tuple[str,
     """Validate the name, datatype and shape fields common to JSON and gRPC tensors."""
     if not isinstance(name, str) or not name:
         raise InvalidInput("Expected a non-empty `string` name", f"{where}.name")
-    if datatype not in DATATYPES:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise InvalidInput(
             f"unknown datatype {str(datatype)[:20]!r}; expected one of {', '.join(DATATYPES)}", f"{where}.datatype"
         )
