@@ -27,8 +27,10 @@ echo "[bench] installing Ferry into $PEERS/ferry" >&2
 mkdir -p "$PEERS"
 [[ -x $PEERS/ferry/bin/python ]] || python3 -m venv "$PEERS/ferry"
 "$PEERS/ferry/bin/pip" install -q "$ROOT[all]" >"$PEERS/ferry-install.log" 2>&1
-rm -rf "$PEERS/ferry-repo"
-"$PEERS/ferry/bin/ferry" examples build "$PEERS/ferry-repo" >&2
+# Only the iris bundle is served, as every peer serves only iris (memory is compared too).
+rm -rf "$PEERS/ferry-examples" "$PEERS/ferry-repo"
+"$PEERS/ferry/bin/ferry" examples build "$PEERS/ferry-examples" >&2
+mkdir -p "$PEERS/ferry-repo" && cp -r "$PEERS/ferry-examples/iris" "$PEERS/ferry-repo/"
 
 OUT="$ROOT/bench/results/$(date +%Y-%m-%d-%H%M)"
 mkdir -p "$OUT"
