@@ -23,6 +23,8 @@ class FerryError(Exception):
     status: int = 500
     code: str = "internal"
     headers: dict[str, str] | None = None
+    # A 5xx is logged with its cause, unless it is an expected, counted condition (shedding, deadlines).
+    expected: bool = False
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -75,6 +77,7 @@ class ModelNotFound(NotFound):
 class ModelNotReady(FerryError):
     status = 503
     code = "model_not_ready"
+    expected = True
 
 
 class Unauthorized(FerryError):
@@ -93,6 +96,7 @@ class Overloaded(FerryError):
 
     status = 503
     code = "overloaded"
+    expected = True
 
     def __init__(self, message: str, retry_after: int = 1) -> None:
         super().__init__(message)
@@ -102,6 +106,7 @@ class Overloaded(FerryError):
 class DeadlineExceeded(FerryError):
     status = 504
     code = "deadline_exceeded"
+    expected = True
 
 
 class BundleError(FerryError):

@@ -28,7 +28,7 @@ def json_response(content: Any, status: int = 200, headers: dict[str, str] | Non
 def error_response(exc: Exception) -> Response:
     """A FerryError keeps its status and message; anything else is a 500 whose details stay in the log."""
     if isinstance(exc, FerryError):
-        if exc.status >= 500:
+        if exc.status >= 500 and not exc.expected:
             logger.error("%s: %s", exc.code, exc.message, exc_info=exc.__cause__)
         return json_response(exc.to_dict(), exc.status, exc.headers)
     logger.exception("unhandled error", exc_info=exc)
