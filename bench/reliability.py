@@ -143,8 +143,8 @@ def main() -> None:
     total = sum(len(v) for v in lat.values())
     failed = sum(len(v) for k, v in lat.items() if k not in (200, 503, 504))
     print(
-        f"| load | requests | 200 | 503 (shed) | 504 | failed | 503 p50 / p99 ms | 200 p99 ms "
-        f"| /health p50 / max ms | lone request after, ms |"
+        "| load | requests | 200 | 503 (shed) | 504 | failed | 503 p50 / p99 ms | 200 p99 ms "
+        "| /health p50 / max ms | lone request after, ms |"
     )
     print("|---|---:|---:|---:|---:|---:|---|---:|---|---:|")
     health: list[float] = result["health"]  # type: ignore[assignment]
