@@ -155,6 +155,7 @@ def test_compat_route_errors(client: httpx.Client) -> None:
         (b"[]", 400, "empty batch"),
         (b"", 400, "request body is empty"),
         (b'"hello"', 400, "Expected an object"),
+        (b"[" * 50_000 + b"]" * 50_000, 400, "JSON is nested too deeply - at `$`"),
     ],
 )
 def test_bad_input_is_a_4xx_that_names_the_problem(client: httpx.Client, body: bytes, status: int, error: str) -> None:
@@ -163,6 +164,15 @@ def test_bad_input_is_a_4xx_that_names_the_problem(client: httpx.Client, body: b
     assert response.headers["content-type"] == "application/json"
     assert error in response.json()["error"]
     assert "Traceback" not in response.text and "/src/" not in response.text
+
+
+def test_limits_on_text_length_and_tensor_size(client: httpx.Client) -> None:
+    long_text = post(client, "/models/reviews/predict", {"text": "あ" * 10_001})
+    assert long_text.status_code == 400
+    assert long_text.json()["error"] == "string is longer than 10000 characters - at `$.text`"
+    huge = {"inputs": [{"name": "input", "datatype": "FP64", "shape": [1 << 20, 1 << 10], "data": [1.0]}]}
+    response = post(client, "/v2/models/iris/infer", huge)
+    assert response.status_code == 400 and "exceeds the limit of 16777216 elements" in response.json()["error"]
 
 
 def test_unknown_model_is_404(client: httpx.Client) -> None:

@@ -64,6 +64,10 @@ class Tensor:
     where: str = "$"  # where the tensor sits in the request, for error messages
 
 
+# A bound on one tensor's elements, checked from its shape before any data is read or allocated.
+MAX_TENSOR_ELEMENTS = 1 << 24
+
+
 def element_count(shape: list[int]) -> int:
     return math.prod(shape)
 
@@ -78,6 +82,8 @@ def check_header(name: Any, datatype: Any, shape: Any, where: str) -> tuple[str,
         )
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         raise InvalidInput("Expected `shape` as an array of non-negative integers", f"{where}.shape")
+    if element_count(shape) > MAX_TENSOR_ELEMENTS:
+        raise InvalidInput(f"shape {shape[:8]} exceeds the limit of {MAX_TENSOR_ELEMENTS} elements", f"{where}.shape")
     return name, datatype, shape
 
 

@@ -25,6 +25,10 @@ _NUMPY_DTYPES: dict[str, Any] = {
 }
 
 
+# Text inputs longer than this are refused unless the schema sets its own ``max_length``.
+MAX_STRING_LENGTH = 1_000_000
+
+
 def _json_type(value: Any) -> str:
     return {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}.get(
         type(value), "null" if value is None else type(value).__name__
@@ -82,9 +86,10 @@ class InputCodec:
     # -- records: objects of named features, or {field: text} / {field: base64 image} ---------------
     def from_records(self, records: list[Any], prefix: str = "$") -> Any:
         if self.kind in ("text", "image"):
+            wheres = [prefix if len(records) == 1 else f"{prefix}[{i}]" for i in range(len(records))]
             return [
-                self._scalar(self._field(r, f"{prefix}[{i}]"), f"{prefix}[{i}].{self.schema.field}")
-                for i, r in enumerate(records)
+                self._scalar(self._field(r, w), f"{w}.{self.schema.field}")
+                for r, w in zip(records, wheres, strict=True)
             ]
         if self.kind == "tensor":
             return self.from_rows([self._field(r, f"{prefix}[{i}]") for i, r in enumerate(records)], prefix)
@@ -159,8 +164,9 @@ class InputCodec:
     def _scalar(self, value: Any, where: str) -> Any:
         if not isinstance(value, str):
             raise InvalidInput(f"Expected `string`, got `{_json_type(value)}`", where)
-        if self.schema.max_length is not None and len(value) > self.schema.max_length:
-            raise InvalidInput(f"string is longer than {self.schema.max_length} characters", where)
+        limit = self.schema.max_length or MAX_STRING_LENGTH
+        if len(value) > limit:
+            raise InvalidInput(f"string is longer than {limit} characters", where)
         if self.kind == "image":
             try:
                 return base64.b64decode(value, validate=True)
