@@ -303,3 +303,22 @@ def test_a_slow_client_gets_408_and_others_are_served(serve: Any, example_repo: 
         reply = slow.recv(4096).decode()
     assert reply.startswith("HTTP/1.1 408")
     assert '"code":"request_timeout"' in reply and "request body not received within 0.5 s" in reply
+
+
+def test_auth_tokens_guard_grpc_infer_but_not_liveness(serve: Any, example_repo: Path) -> None:
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    from conftest import free_port
+
+    grpc_port = free_port()
+    serve(str(example_repo), "--auth-tokens", "s3cret", "--grpc-port", str(grpc_port))
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+    assert client.is_server_live() and client.is_model_ready("iris")
+    x = grpcclient.InferInput("input", [1, 2], "FP64")
+    x.set_data_from_numpy(np.array([[5.1, 2.4]]))
+    with pytest.raises(InferenceServerException, match="UNAUTHENTICATED"):
+        client.infer("iris", [x])
+    result = client.infer("iris", [x], headers={"authorization": "Bearer s3cret"})
+    assert result.as_numpy("label").tolist() == [b"virginica"]

@@ -10,7 +10,8 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 
-from ferry.errors import FerryError, InvalidInput
+from ferry.auth import TokenAuth
+from ferry.errors import FerryError, InvalidInput, Unauthorized
 from ferry.grpc import inference_pb2 as pb
 from ferry.grpc import inference_pb2_grpc as pb_grpc
 from ferry.protocol import v2
@@ -181,12 +182,46 @@ def encode_response(request: v2.InferRequest, handle: ModelHandle, outputs: list
     return response
 
 
+class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """The HTTP side's bearer tokens, for gRPC: ``authorization: Bearer <token>`` or ``x-api-key`` metadata.
+
+    Liveness and readiness calls never need a token.
+    """
+
+    EXEMPT = frozenset({"ServerLive", "ServerReady", "ModelReady"})
+
+    def __init__(self, auth: TokenAuth) -> None:
+        self.auth = auth
+
+        async def deny(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid credentials")
+
+        self._deny = grpc.unary_unary_rpc_method_handler(deny)
+
+    async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        if details.method.rsplit("/", 1)[-1] in self.EXEMPT:
+            return await continuation(details)
+        headers = [(k.encode(), v.encode() if isinstance(v, str) else v) for k, v in details.invocation_metadata or ()]
+        try:
+            self.auth.check(headers)
+        except Unauthorized:
+            return self._deny
+        return await continuation(details)
+
+
 async def start_server(
-    registry: ModelRegistry, service: InferenceService, metrics: Metrics, host: str, port: int, max_message: int
+    registry: ModelRegistry,
+    service: InferenceService,
+    metrics: Metrics,
+    host: str,
+    port: int,
+    max_message: int,
+    auth: TokenAuth | None = None,
 ) -> grpc.aio.Server:
     """Bind and start; a port that cannot be bound is an error, never a silent gRPC-less server."""
     options = [("grpc.max_receive_message_length", max_message), ("grpc.max_send_message_length", max_message)]
-    server = grpc.aio.server(options=options)
+    interceptors = [TokenInterceptor(auth)] if auth is not None else []
+    server = grpc.aio.server(options=options, interceptors=interceptors)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(registry, service, metrics), server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     server.add_insecure_port(address)

@@ -12,9 +12,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ferry.auth import TokenAuth
 from ferry.http import compat, docs
 from ferry.http.admin import AdminEndpoints, watch
-from ferry.http.auth import TokenAuth
 from ferry.http.endpoints import ModelEndpoints, warm_up
 from ferry.http.hotpath import FerryApp, hot_routes
 from ferry.http.lifecycle import install_drain_handler
@@ -39,6 +39,8 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fer
         max_queue=settings.max_queue,
     )
     endpoints = ModelEndpoints(settings, registry, service, metrics)
+    health_routes = compat.health_paths(registry)  # compatibility health routes, like /isAlive, need no token
+    auth = TokenAuth.from_settings(settings.auth_tokens, settings.auth_tokens_file, exempt=health_routes)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -55,7 +57,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fer
             from ferry.grpc.server import start_server
 
             grpc_server = await start_server(
-                registry, service, metrics, settings.host, settings.grpc_port, settings.max_body_bytes
+                registry, service, metrics, settings.host, settings.grpc_port, settings.max_body_bytes, auth
             )
         watcher = asyncio.create_task(watch(registry)) if settings.watch else None
         yield
@@ -88,8 +90,6 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fer
     )
     app.state.registry = registry
     app.state.service = service
-    health_routes = compat.health_paths(registry)  # compatibility health routes, like /isAlive, need no token
-    auth = TokenAuth.from_settings(settings.auth_tokens, settings.auth_tokens_file, exempt=health_routes)
     return FerryApp(app, hot_routes(endpoints), auth)
 
 

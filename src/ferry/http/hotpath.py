@@ -17,9 +17,9 @@ import orjson
 from starlette.applications import Starlette
 from starlette.datastructures import State
 
+from ferry.auth import TokenAuth
 from ferry.bundle.manifest import CompatRoute, read_manifest
 from ferry.errors import FerryError, InvalidInput, Unauthorized
-from ferry.http.auth import TokenAuth
 from ferry.http.compat import RESERVED_PREFIXES
 from ferry.http.endpoints import ModelEndpoints, parse_timeout
 from ferry.http.responses import error_response, read_asgi_body
@@ -48,7 +48,7 @@ class FerryApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.auth is not None and scope["type"] == "http" and self.auth.requires(scope["path"]):
             try:
-                self.auth.check(scope)
+                self.auth.check(scope["headers"])
             except Unauthorized as exc:
                 await error_response(exc)(scope, receive, send)
                 return

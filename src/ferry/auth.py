@@ -1,4 +1,4 @@
-"""Optional bearer-token / API-key authentication, checked in constant time.
+"""Optional bearer-token / API-key authentication, checked in constant time, for HTTP and gRPC alike.
 
 Applied to every route except health, readiness, metrics and the docs, so that probes and
 scrapers need no secret. Tokens are never logged.
@@ -7,9 +7,8 @@ scrapers need no secret. Tokens are never logged.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 from ferry.errors import Unauthorized
 
@@ -36,10 +35,13 @@ class TokenAuth:
     def requires(self, path: str) -> bool:
         return path not in self.exempt and not path.startswith(EXEMPT_PREFIXES)
 
-    def check(self, scope: MutableMapping[str, Any]) -> None:
-        """Raise ``Unauthorized`` unless ``Authorization: Bearer <token>`` or ``X-API-Key`` matches."""
+    def check(self, headers: Iterable[tuple[bytes, bytes]]) -> None:
+        """Raise ``Unauthorized`` unless ``Authorization: Bearer <token>`` or ``X-API-Key`` matches.
+
+        ``headers`` are lower-case names with their values, as ASGI and gRPC metadata carry them.
+        """
         presented = b""
-        for key, value in scope["headers"]:
+        for key, value in headers:
             if key == b"authorization" and value[:7].lower() == b"bearer ":
                 presented = value[7:].strip()
             elif key == b"x-api-key":
