@@ -27,11 +27,10 @@ import yaml
 
 from ferry.bundle import MANIFEST_FILE
 from ferry.deploy import compose, dockerfile, k8s
-from ferry.deploy.errors import FetchError
 from ferry.deploy.fetch import INDEX_FILE, fetch_bundles, write_index
 from ferry.deploy.kubectl import service_address
 from ferry.deploy.spec import GRPC_PORT, HTTP_PORT, PRESTOP_SECONDS, UID, DeploySpec
-from ferry.errors import IntegrityError
+from ferry.errors import FetchError, IntegrityError
 
 IMAGE = "registry.example.com/team/ferry-examples:1.4.2"
 K8S_VERSIONS = ["1.29.0", "1.33.0"]

@@ -123,3 +123,19 @@ class IntegrityError(BundleError):
 
 class UntrustedPickle(BundleError):
     code = "untrusted_pickle"
+
+
+class DeployError(FerryError):
+    code = "deploy_error"
+
+
+class FetchError(DeployError):
+    code = "fetch_error"
+
+
+class ToolError(DeployError):
+    code = "tool_error"
+
+
+class SpecError(DeployError):
+    code = "spec_error"

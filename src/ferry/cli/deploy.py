@@ -14,9 +14,8 @@ import typer
 from rich.console import Console
 
 from ferry.deploy import compose, dockerfile, fetch, image, k8s, kubectl
-from ferry.deploy.errors import SpecError
 from ferry.deploy.spec import DEFAULT_BASE_IMAGE, DeploySpec, Resources
-from ferry.errors import FerryError
+from ferry.errors import FerryError, SpecError
 
 console = Console(stderr=True)
 T = TypeVar("T")

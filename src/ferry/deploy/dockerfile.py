@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ferry.bundle import MANIFEST_FILE, read_manifest, scan_repository
-from ferry.deploy.errors import SpecError
 from ferry.deploy.pins import RUNTIME_APT_PACKAGES, RUNTIME_EXTRAS, pinned_requirements
 from ferry.deploy.spec import (
     DEFAULT_BASE_IMAGE,
@@ -23,6 +22,7 @@ from ferry.deploy.spec import (
     VENV_DIR,
     image_tag,
 )
+from ferry.errors import SpecError
 
 SOURCE_DIR = "ferry-src"
 MODELS_CONTEXT_DIR = "models"

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from ferry.bundle import MANIFEST_FILE, read_manifest, scan_repository
 from ferry.bundle.hashing import sha256_file, verify_artifacts
-from ferry.deploy.errors import FetchError
+from ferry.errors import FetchError
 
 INDEX_FILE = "ferry-index.json"
 INDEX_FORMAT = "ferry-index/1"

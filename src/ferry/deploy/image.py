@@ -6,7 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from ferry.deploy.errors import ToolError
+from ferry.errors import ToolError
 
 ENGINES = ("docker", "podman")
 

@@ -8,9 +8,9 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any
 
-from ferry.deploy.errors import ToolError
 from ferry.deploy.k8s import to_yaml
 from ferry.deploy.spec import DeploySpec
+from ferry.errors import ToolError
 
 FIELD_MANAGER = "ferry"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.metadata as metadata
 import re
 
-from ferry.deploy.errors import SpecError
+from ferry.errors import SpecError
 
 # Which of Ferry's extras a bundle's runtime needs inside the image.
 RUNTIME_EXTRAS = {"sklearn": "sklearn", "lightgbm": "lightgbm", "onnx": "onnx", "python": None}

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from ferry.deploy.errors import SpecError
+from ferry.errors import SpecError
 from ferry.settings import Settings
 
 UID = 10001
