@@ -44,7 +44,11 @@ def test_deadline_is_a_fast_504(serve: Any, slow_repo: Path) -> None:
     response = httpx.post(server.url + "/models/sleepy/predict", json=[1.0], headers={"X-Request-Timeout": "100ms"})
     elapsed = time.monotonic() - started
     assert response.status_code == 504
-    assert response.json() == {"error": "request not served within its deadline of 0.1 s", "code": "deadline_exceeded"}
+    assert response.json() == {
+        "error": "request not served within its deadline of 0.1 s",
+        "code": "deadline_exceeded",
+        "request_id": response.headers["x-request-id"],
+    }
     assert elapsed < 0.4
     bad = httpx.post(server.url + "/models/sleepy/predict", json=[1.0], headers={"X-Request-Timeout": "soon"})
     assert bad.status_code == 400 and bad.json()["field"] == "X-Request-Timeout"
@@ -82,7 +86,11 @@ def test_overload_sheds_with_503_and_health_stays_fast(serve: Any, slow_repo: Pa
     assert len(by_status[200]) >= 4  # the queue bound, plus the one computing when the burst began
     rejected = by_status[503][0]
     assert rejected.headers["retry-after"] == "1"
-    assert rejected.json() == {"error": "model queue is full (4 requests waiting); retry shortly", "code": "overloaded"}
+    assert rejected.json() == {
+        "error": "model queue is full (4 requests waiting); retry shortly",
+        "code": "overloaded",
+        "request_id": rejected.headers["x-request-id"],
+    }
     for i, response in enumerate(responses):
         if response.status_code == 200:
             assert response.json() == {"prediction": [float(i)]}  # each client got its own answer

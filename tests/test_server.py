@@ -181,6 +181,7 @@ def test_unknown_model_is_404(client: httpx.Client) -> None:
     assert response.json() == {
         "error": "model 'nope' not found; served models: diabetes, iris, reviews, score",
         "code": "model_not_found",
+        "request_id": response.headers["x-request-id"],
     }
 
 

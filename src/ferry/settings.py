@@ -38,6 +38,11 @@ class Settings:
     auth_tokens_file: str = _setting("", "File with one accepted token per line.")
     model_uri: str = _setting("", "Fetch bundles from this URI into the repository before serving.")
     log_level: str = _setting("info", "debug, info, warning or error.")
+    log_format: str = _setting("json", "Log lines as json (one object per line) or text.")
+    access_log: bool = _setting(True, "Log one line per request: method, path, status, latency, bytes, model, ID.")
+    prediction_log: str = _setting("", "File (or - for stdout) for the sampled predictions of models that opt in.")
+    prediction_log_max_bytes: int = _setting(64 * 1024 * 1024, "Rotate the prediction log file past this size.")
+    console: bool = _setting(True, "Serve the web console at / and live stats at /stats.")
 
     def to_env(self) -> dict[str, str]:
         """The settings as FERRY_* variables, so worker processes rebuild exactly these."""

@@ -43,11 +43,14 @@ def build(
     routes: list[CompatRoute | dict[str, Any]] | None = None,
     options: dict[str, Any] | None = None,
     trusted: bool = False,
+    training_data: Any = None,
 ) -> Path:
     """Write ``repo/name/version/`` and return its path.
 
     ``model`` is a fitted scikit-learn estimator or pipeline, a LightGBM model, a path to an
     ``.onnx`` file, or a Python class (or instance) with ``load()`` and ``predict(batch)``.
+    ``training_data`` (rows in feature order), for a feature model, adds per-feature statistics
+    to the metadata, against which ``ferry monitor`` measures drift.
     """
     repo = Path(repo)
     version = version or next_version(repo, name)
@@ -80,6 +83,11 @@ def build(
             raise ManifestError(f"{name}: cannot infer the input schema; pass features= or input_schema=")
         if raw["sample_input"] is None:
             raw["sample_input"] = _default_sample(raw["input"])
+        if training_data is not None and raw["input"]["kind"] == "features":
+            from ferry.observability.drift import training_stats
+
+            names = [f["name"] for f in raw["input"]["features"]]
+            raw["metadata"]["training_stats"] = training_stats(training_data, names)
         manifest = parse_manifest({k: v for k, v in raw.items() if v is not None}, source=f"{name}:{version}")
         write_manifest(staging, manifest)
         target.parent.mkdir(parents=True, exist_ok=True)

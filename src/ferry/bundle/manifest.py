@@ -100,6 +100,14 @@ class Limits(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     max_queue: int | None = None
 
 
+class PredictionLogSpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Opt-in prediction logging: a ``sample_rate`` share of predictions is written to the server's
+    prediction log (``ferry serve --prediction-log``), with the input fields named in ``redact`` masked."""
+
+    sample_rate: float = 1.0
+    redact: list[str] = msgspec.field(default_factory=list)
+
+
 class Manifest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """Everything Ferry needs to load, check and serve one model version."""
 
@@ -116,6 +124,7 @@ class Manifest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     routes: list[CompatRoute] = msgspec.field(default_factory=list)
     batching: Batching = msgspec.field(default_factory=Batching)
     limits: Limits = msgspec.field(default_factory=Limits)
+    prediction_log: PredictionLogSpec | None = None
     trusted: bool = False
     format_version: int = 1
 
@@ -151,6 +160,8 @@ def _check_consistency(m: Manifest, source: str) -> None:
         raise ManifestError(f"{source}: duplicate feature names - at `$.input.features`")
     if m.output.kind == "label" and not m.labels:
         raise ManifestError(f"{source}: output.kind 'label' needs labels - at `$.labels`")
+    if m.prediction_log is not None and not 0.0 <= m.prediction_log.sample_rate <= 1.0:
+        raise ManifestError(f"{source}: sample_rate must be within [0, 1] - at `$.prediction_log.sample_rate`")
     if not m.artifacts:
         raise ManifestError(f"{source}: no artifacts listed - at `$.artifacts`")
 

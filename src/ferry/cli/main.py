@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
-import logging
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -140,27 +139,37 @@ def demo_command(
 
 
 def _serve(settings: Settings) -> None:
+    import logging.config
+
     import uvicorn
 
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from ferry.observability.logs import LOG_FORMATS, logging_config
+    from ferry.serving.metrics import multiprocess_folder
+
+    if settings.log_format not in LOG_FORMATS:
+        raise typer.BadParameter(f"expected one of {', '.join(LOG_FORMATS)}", param_hint="--log-format")
+    log_config = logging_config(settings.log_level, settings.log_format)  # applied by uvicorn in every worker too
+    logging.config.dictConfig(log_config)
     if settings.model_uri:
         from ferry.deploy.fetch import fetch_bundles  # model-load mode: bundles arrive at start-up
 
         _run(lambda: fetch_bundles(settings.model_uri, settings.repo))
     os.environ.update(settings.to_env())
-    uvicorn.run(
-        "ferry.http.app:create_app_from_env",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=settings.drain_timeout,
-        limit_concurrency=settings.max_connections,
-    )
+    with multiprocess_folder(settings.workers):  # metrics summed over workers; the folder goes at exit
+        uvicorn.run(
+            "ferry.http.app:create_app_from_env",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            loop="uvloop",
+            http="httptools",
+            access_log=False,  # Ferry's own access log (ferry.access) carries the request ID and model
+            log_config=log_config,
+            log_level=settings.log_level,
+            timeout_graceful_shutdown=settings.drain_timeout,
+            limit_concurrency=settings.max_connections,
+        )
 
 
 def _import_class(spec: str) -> Any:
@@ -191,3 +200,7 @@ _loadtest.register(app)
 from ferry.cli import deploy as _deploy  # noqa: E402  (registers containerize, compose, k8s, fetch, deploy, ...)
 
 _deploy.register(app)
+
+from ferry.cli import monitor as _monitor  # noqa: E402  (registers monitor)
+
+_monitor.register(app)

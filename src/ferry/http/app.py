@@ -20,6 +20,8 @@ from ferry.http.hotpath import FerryApp, hot_routes
 from ferry.http.lifecycle import install_drain_handler
 from ferry.http.protocols import ProtocolEndpoints
 from ferry.http.responses import error_response, json_response
+from ferry.observability.context import with_request_id
+from ferry.observability.watcher import ModelWatcher
 from ferry.serving.metrics import Metrics
 from ferry.serving.registry import ModelRegistry
 from ferry.serving.service import InferenceService
@@ -30,16 +32,24 @@ logger = logging.getLogger("ferry.http")
 
 def create_app(settings: Settings, registry: ModelRegistry | None = None) -> FerryApp:
     registry = registry or ModelRegistry(settings.repo, trust_pickle=settings.trust_pickle, warmup=warm_up)
-    metrics = Metrics()
+    metrics = Metrics.from_env()  # multiprocess mode when the CLI set PROMETHEUS_MULTIPROC_DIR for --workers
+    prediction_log = None
+    if settings.prediction_log:
+        from ferry.observability.predlog import PredictionLog
+
+        prediction_log = PredictionLog(settings.prediction_log, metrics, settings.prediction_log_max_bytes)
     service = InferenceService(
         registry,
         metrics,
         threads=settings.model_threads,
         request_timeout=settings.request_timeout,
         max_queue=settings.max_queue,
+        prediction_log=prediction_log,
     )
     endpoints = ModelEndpoints(settings, registry, service, metrics)
     health_routes = compat.health_paths(registry)  # compatibility health routes, like /isAlive, need no token
+    if settings.console:
+        health_routes = [*health_routes, "/"]  # the console page itself holds no data
     auth = TokenAuth.from_settings(settings.auth_tokens, settings.auth_tokens_file, exempt=health_routes)
 
     @contextlib.asynccontextmanager
@@ -60,7 +70,9 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fer
                 registry, service, metrics, settings.host, settings.grpc_port, settings.max_body_bytes, auth
             )
         watcher = asyncio.create_task(watch(registry)) if settings.watch else None
+        sampler = asyncio.create_task(ModelWatcher(registry, metrics).run())  # model states and gauges into metrics
         yield
+        sampler.cancel()
         if watcher is not None:
             watcher.cancel()
         # 3. On shutdown, stop gRPC, letting in-flight calls finish within the drain timeout.
@@ -69,16 +81,22 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fer
         # 4. Let the load finish (a thread cannot be cancelled), then release the pool.
         await loading
         service.close()
+        if prediction_log is not None:
+            prediction_log.close()
 
     routes = endpoints.routes() + ProtocolEndpoints(endpoints).routes() + docs.routes(registry)
     routes += compat.routes(registry, endpoints)
     if settings.admin:
         routes += AdminEndpoints(registry).routes()
+    if settings.console:
+        from ferry.http import console
+
+        routes += console.routes(metrics)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         message = f"no route {request.method} {request.url.path}" if exc.status_code == 404 else exc.detail
-        return json_response({"error": message, "code": f"http_{exc.status_code}"}, exc.status_code)
+        return json_response(with_request_id({"error": message, "code": f"http_{exc.status_code}"}), exc.status_code)
 
     async def internal_error(request: Request, exc: Exception) -> Response:
         return error_response(exc)
@@ -90,7 +108,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fer
     )
     app.state.registry = registry
     app.state.service = service
-    return FerryApp(app, hot_routes(endpoints), auth)
+    return FerryApp(app, hot_routes(endpoints), auth, access_log=settings.access_log)
 
 
 def create_app_from_env() -> FerryApp:

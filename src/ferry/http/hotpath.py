@@ -23,6 +23,7 @@ from ferry.errors import FerryError, InvalidInput, Unauthorized
 from ferry.http.compat import RESERVED_PREFIXES
 from ferry.http.endpoints import ModelEndpoints, parse_timeout
 from ferry.http.responses import error_response, read_asgi_body
+from ferry.observability.access import MODEL_KEY, RequestContext
 from ferry.protocol.native import parse_json
 
 Scope = MutableMapping[str, Any]
@@ -36,16 +37,23 @@ _JSON_HEADERS = [(b"content-type", b"application/json")]
 class FerryApp:
     """The ASGI app: the hot path first, Starlette for everything else (and the lifespan)."""
 
-    def __init__(self, app: Starlette, routes: dict[str, Handler], auth: TokenAuth | None = None) -> None:
+    def __init__(
+        self, app: Starlette, routes: dict[str, Handler], auth: TokenAuth | None = None, access_log: bool = True
+    ) -> None:
         self.app = app
         self.routes = routes
         self.auth = auth
+        # Outermost: every response, the hot path's and Starlette's, carries X-Request-ID and is access-logged.
+        self.entry = RequestContext(self.dispatch, access_log)
 
     @property
     def state(self) -> State:
         return self.app.state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.entry(scope, receive, send)
+
+    async def dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.auth is not None and scope["type"] == "http" and self.auth.requires(scope["path"]):
             try:
                 self.auth.check(scope["headers"])
@@ -88,6 +96,7 @@ def _predict_handler(endpoints: ModelEndpoints, name: str, version: str | None, 
 
     async def handler(scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
+        scope[MODEL_KEY] = name
         try:
             payload = parse_json(await read_asgi_body(scope, receive, limit, body_timeout))
             if spec is not None and spec.input.source == "body_key":

@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ferry.errors import FerryError, PayloadTooLarge, RequestTimeout
+from ferry.observability.context import with_request_id
 
 logger = logging.getLogger("ferry.http")
 
@@ -30,9 +31,9 @@ def error_response(exc: Exception) -> Response:
     if isinstance(exc, FerryError):
         if exc.status >= 500 and not exc.expected:
             logger.error("%s: %s", exc.code, exc.message, exc_info=exc.__cause__)
-        return json_response(exc.to_dict(), exc.status, exc.headers)
+        return json_response(with_request_id(exc.to_dict()), exc.status, exc.headers)
     logger.exception("unhandled error", exc_info=exc)
-    return json_response({"error": "internal server error", "code": "internal"}, 500)
+    return json_response(with_request_id({"error": "internal server error", "code": "internal"}), 500)
 
 
 async def read_body(request: Request, limit: int, timeout: float = 30.0) -> bytes:

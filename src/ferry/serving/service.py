@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -13,6 +14,12 @@ from ferry.runtimes import Prediction
 from ferry.serving.batcher import AdaptiveBatcher
 from ferry.serving.metrics import Metrics
 from ferry.serving.registry import ModelHandle, ModelRegistry
+
+
+class PredictionSink(Protocol):
+    """Where sampled predictions go (``ferry.observability.predlog.PredictionLog``); it must not block."""
+
+    def record(self, handle: ModelHandle, batch: Any, prediction: Prediction, latency_s: float) -> None: ...
 
 
 class ModelError(FerryError):
@@ -29,11 +36,13 @@ class InferenceService:
         threads: int = 1,
         request_timeout: float = 30.0,
         max_queue: int = 256,
+        prediction_log: PredictionSink | None = None,
     ) -> None:
         self.registry = registry
         self.metrics = metrics
         self.request_timeout = request_timeout
         self.max_queue = max_queue
+        self.prediction_log = prediction_log
         # Model compute runs off the event loop, so health and metrics never wait behind it.
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ferry-model")
         self._batchers: dict[int, AdaptiveBatcher] = {}
@@ -49,10 +58,12 @@ class InferenceService:
             enabled = config.enabled if config.enabled is not None else manifest.runtime != "python"
             batch_size = self.metrics.batch_size.labels(handle.name, handle.version)
             queue_wait = self.metrics.queue_wait.labels(handle.name, handle.version)
+            compute = self.metrics.compute.labels(handle.name, handle.version)
 
-            def on_batch(rows: int, waited: float) -> None:
+            def on_batch(rows: int, waited: float, computed: float) -> None:
                 batch_size.observe(rows)
                 queue_wait.observe(waited)
+                compute.observe(computed)
 
             batcher = AdaptiveBatcher(
                 handle.model.runtime.predict,
@@ -64,9 +75,7 @@ class InferenceService:
                 compute_s=handle.compute_s,
             )
             self._batchers[key] = batcher
-            depth, in_flight = self.metrics.queue_depth, self.metrics.in_flight
-            depth.labels(handle.name, handle.version).set_function(lambda: batcher.queue_depth)
-            in_flight.labels(handle.name, handle.version).set_function(lambda: batcher.in_flight_rows)
+            self.metrics.track(handle.name, handle.version, lambda: (batcher.queue_depth, batcher.in_flight_rows))
         return batcher
 
     async def predict(self, handle: ModelHandle, batch: Any, timeout: float | None = None) -> Prediction:
@@ -74,6 +83,8 @@ class InferenceService:
         assert handle.model is not None
         if timeout is None:
             timeout = handle.model.manifest.limits.timeout_s or self.request_timeout
+        log = self.prediction_log
+        started = time.perf_counter() if log is not None else 0.0
         try:
             prediction = await self.batcher(handle).predict(batch, len(batch), timeout)
         except Overloaded:
@@ -88,7 +99,10 @@ class InferenceService:
             raise ModelError(f"model '{handle.name}' failed to predict: {type(exc).__name__}") from exc
         self.metrics.predictions.labels(handle.name, handle.version).inc()
         self.metrics.rows.labels(handle.name, handle.version).inc(len(prediction.values))
-        return postprocess(prediction, handle.model.manifest.output)
+        result = postprocess(prediction, handle.model.manifest.output)
+        if log is not None:
+            log.record(handle, batch, result, time.perf_counter() - started)
+        return result
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=False)
