@@ -33,13 +33,15 @@ def main(folder: Path) -> None:
     flask, floor = get("flask-gunicorn", "sat", "rps"), get("asgi-floor", "sat", "rps")
     peer_rows = [r["rps"] * r["rows_per_req"] for (s, t), r in by.items() if t == "batch" and s in PEERS]
     best_peer_rows = max(peer_rows, default=None)
-    print("| target | ferry | ferry (OIP v2) | goal | met |")
-    print("|---|---:|---:|---|---|")
+    print("| target | ferry (native JSON) | met | ferry (OIP v2) | met | goal |")
+    print("|---|---:|---|---:|---|---|")
 
     def line(name: str, values: list[float | None], goal: str, ok: list[bool | None]) -> None:
-        shown = [f"{v:,.2f}" if v is not None else "-" for v in values]
-        verdict = "yes" if ok and all(o for o in ok if o is not None) and any(o is not None for o in ok) else "no"
-        print(f"| {name} | {shown[0]} | {shown[1]} | {goal} | {verdict} |")
+        cells = []
+        for value, met in zip(values, ok, strict=True):
+            cells.append(f"{value:,.2f}" if value is not None else "-")
+            cells.append("-" if met is None else "yes" if met else "**no**")
+        print(f"| {name} | {' | '.join(cells)} | {goal} |")
 
     def ratio(a: float | None, b: float | None) -> float | None:
         return a / b if a is not None and b else None
