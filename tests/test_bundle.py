@@ -204,3 +204,4 @@ def test_iris_example_reports_its_measured_accuracy(example_repo: Path) -> None:
     manifest = read_manifest(example_repo / "iris" / "1")
     assert manifest.metadata["metrics"]["accuracy"] == pytest.approx(0.8889, abs=1e-4)
     assert manifest.labels == ["setosa", "versicolor", "virginica"]
+    assert set(manifest.metadata["training_stats"]["features"]) == {"length", "width"}  # for drift monitoring

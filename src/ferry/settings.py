@@ -43,6 +43,7 @@ class Settings:
     prediction_log: str = _setting("", "File (or - for stdout) for the sampled predictions of models that opt in.")
     prediction_log_max_bytes: int = _setting(64 * 1024 * 1024, "Rotate the prediction log file past this size.")
     console: bool = _setting(True, "Serve the web console at / and live stats at /stats.")
+    routes: str = _setting("", "Routes file (routes.yaml): route requests between the models by header, query or body.")
 
     def to_env(self) -> dict[str, str]:
         """The settings as FERRY_* variables, so worker processes rebuild exactly these."""

@@ -74,13 +74,14 @@ class CompatInput(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True
 class CompatRoute(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """A route that reproduces a hand-written API, declared as data.
 
-    ``action`` is ``predict`` or ``health``; ``response_key`` wraps the answer in an
-    object under that key, and ``None`` returns the bare value.
+    ``action`` is ``predict``, ``health``, ``labels``, ``metadata`` (data and prediction type and
+    structure) or ``predict_test`` (the bundle's sample input); ``response_key`` wraps the answer
+    in an object under that key, and ``None`` returns the bare value.
     """
 
     method: Literal["GET", "POST"]
     path: str
-    action: Literal["predict", "health"] = "predict"
+    action: Literal["predict", "health", "labels", "metadata", "predict_test"] = "predict"
     input: CompatInput = msgspec.field(default_factory=CompatInput)
     response_key: str | None = "prediction"
 

@@ -93,6 +93,9 @@ def k8s_command(
     memory: Annotated[str, typer.Option(help="Memory request,limit.")] = "512Mi,1Gi",
     in_flight_target: Annotated[int, typer.Option(help="Also autoscale on in-flight requests per pod (0: off).")] = 0,
     kserve: Annotated[bool, typer.Option(help="Also write a KServe InferenceService.")] = False,
+    routes: Annotated[
+        Path | None, typer.Option(help="Routes file: also write an Istio VirtualService (+ DestinationRules).")
+    ] = None,
     out: Annotated[Path, typer.Option("--output", "-o", help="Folder for the manifests.")] = Path("k8s"),
 ) -> None:
     """Write Kubernetes manifests: Namespace, ConfigMap, Deployment, Service, HPA, PDB, kustomization."""
@@ -113,6 +116,12 @@ def k8s_command(
     for path in _run(lambda: k8s.write_manifests(spec, out, kserve=kserve)):
         console.print(f"[green]wrote[/green] {path}")
     console.print(f"apply them with: kubectl apply --server-side -k {out}")
+    if routes is not None:
+        from ferry.deploy import istio
+        from ferry.routing.spec import load_routes
+
+        istio_path = _run(lambda: istio.write_istio(load_routes(routes), namespace, out))
+        console.print(f"[green]wrote[/green] {istio_path}  (Istio routing; apply with: kubectl apply -f {istio_path})")
 
 
 def fetch_command(

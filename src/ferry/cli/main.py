@@ -116,11 +116,14 @@ app.command("serve")(_settings_command(serve))
 @examples_app.command("build")
 def examples_build_command(
     repo: Annotated[Path, typer.Argument(help="Model repository folder to write the examples into.")],
+    images: Annotated[bool, typer.Option(help="Build the two image classifiers (general, plants) instead.")] = False,
 ) -> None:
     """Train the reference examples (iris, diabetes, score, reviews) and bundle them into REPO."""
     from ferry.examples import build_examples
+    from ferry.examples.build import IMAGE_EXAMPLES
 
-    for path in _run(lambda: build_examples(repo)):
+    names = list(IMAGE_EXAMPLES) if images else None
+    for path in _run(lambda: build_examples(repo, names)):
         console.print(f"[green]built[/green] {path}")
 
 
@@ -129,13 +132,27 @@ def demo_command(
     port: Annotated[int, typer.Option(help="HTTP port.")] = Settings.port,
     host: Annotated[str, typer.Option(help="Address to bind.")] = Settings.host,
     cache: Annotated[Path, typer.Option(help="Where the example bundles are kept.")] = DEFAULT_CACHE,
+    routing: Annotated[
+        bool, typer.Option(help="Route by the reference routes file: `target: mountain` to plants, else general.")
+    ] = False,
 ) -> None:
     """Build the reference examples if missing, then serve them all."""
+    from importlib import resources
+
     from ferry.examples import build_examples
 
-    _run(lambda: build_examples(cache))
+    routes = ""
+    if routing:  # the image-classifier reference: its two models, routed by the `target` header
+        from ferry.examples.build import IMAGE_EXAMPLES
+
+        cache = cache / "images"
+        _run(lambda: build_examples(cache, list(IMAGE_EXAMPLES)))
+        routes = str(resources.files("ferry.examples").joinpath("data", "routes.yaml"))
+        console.print(f"routing by {routes}; try: curl -H 'target: mountain' http://{host}:{port}/predict/test")
+    else:
+        _run(lambda: build_examples(cache))
     console.print(f"serving the examples from {cache} on http://{host}:{port}  (try: curl http://{host}:{port}/models)")
-    _serve(Settings(repo=cache.resolve(), host=host, port=port))
+    _serve(Settings(repo=cache.resolve(), host=host, port=port, routes=routes))
 
 
 def _serve(settings: Settings) -> None:
@@ -150,6 +167,10 @@ def _serve(settings: Settings) -> None:
         raise typer.BadParameter(f"expected one of {', '.join(LOG_FORMATS)}", param_hint="--log-format")
     log_config = logging_config(settings.log_level, settings.log_format)  # applied by uvicorn in every worker too
     logging.config.dictConfig(log_config)
+    if settings.routes:
+        from ferry.routing.spec import load_routes
+
+        _run(lambda: load_routes(settings.routes))  # a bad routes file: the rule and field, not a traceback
     if settings.model_uri:
         from ferry.deploy.fetch import fetch_bundles  # model-load mode: bundles arrive at start-up
 
@@ -204,3 +225,7 @@ _deploy.register(app)
 from ferry.cli import monitor as _monitor  # noqa: E402  (registers monitor)
 
 _monitor.register(app)
+
+from ferry.cli import routing as _routing  # noqa: E402  (registers gateway)
+
+_routing.register(app)

@@ -10,6 +10,7 @@ from typing import Any
 
 from ferry.bundle.build import build
 from ferry.bundle.repository import scan_repository
+from ferry.examples.images import build_general, build_plants
 
 REVIEW_FEATURIZER = {"type": "char_ngrams", "analyzer": "char_wb", "ngram_range": [1, 3], "n_features": 2**14}
 
@@ -38,6 +39,7 @@ def build_iris(repo: Path) -> Path:
         repo,
         version="1",
         features=["length", "width"],
+        training_data=x_train,
         labels=[str(n) for n in iris.target_names],
         sample_input={"length": 5.1, "width": 2.4},
         metadata={
@@ -70,6 +72,7 @@ def build_diabetes(repo: Path) -> Path:
         repo,
         version="1",
         features=["bmi"],
+        training_data=x,
         sample_input={"bmi": 0.05},
         metadata={
             "metrics": {"r2": round(float(model.score(x, y)), 4)},
@@ -156,13 +159,16 @@ EXAMPLES: dict[str, Callable[[Path], Path]] = {
     "score": build_score,
     "reviews": build_reviews,
 }
+# The image-classifier reference (ferry.examples.images), served on its own: both declare `POST /predict`.
+IMAGE_EXAMPLES: dict[str, Callable[[Path], Path]] = {"general": build_general, "plants": build_plants}
 
 
 def build_examples(repo: Path, names: list[str] | None = None) -> list[Path]:
     """Build each example that ``repo`` does not hold yet; return the bundle folders built."""
     existing = scan_repository(repo)
+    builders = {**EXAMPLES, **IMAGE_EXAMPLES}
     built = []
     for name in names or list(EXAMPLES):
         if name not in existing:
-            built.append(EXAMPLES[name](repo))
+            built.append(builders[name](repo))
     return built

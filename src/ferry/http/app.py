@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -26,6 +27,9 @@ from ferry.serving.metrics import Metrics
 from ferry.serving.registry import ModelRegistry
 from ferry.serving.service import InferenceService
 from ferry.settings import Settings
+
+if TYPE_CHECKING:
+    from ferry.routing.inprocess import RoutingMiddleware
 
 logger = logging.getLogger("ferry.http")
 
@@ -51,6 +55,8 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fer
     if settings.console:
         health_routes = [*health_routes, "/"]  # the console page itself holds no data
     auth = TokenAuth.from_settings(settings.auth_tokens, settings.auth_tokens_file, exempt=health_routes)
+
+    routing = _routing(settings, registry, metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -81,6 +87,8 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fer
         # 4. Let the load finish (a thread cannot be cancelled), then release the pool.
         await loading
         service.close()
+        if routing is not None:
+            await routing.close()
         if prediction_log is not None:
             prediction_log.close()
 
@@ -108,7 +116,22 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fer
     )
     app.state.registry = registry
     app.state.service = service
-    return FerryApp(app, hot_routes(endpoints), auth, access_log=settings.access_log)
+    return FerryApp(
+        app, hot_routes(endpoints), auth, access_log=settings.access_log, routing=routing.wrap if routing else None
+    )
+
+
+def _routing(settings: Settings, registry: ModelRegistry, metrics: Metrics) -> RoutingMiddleware | None:
+    """The ``--routes`` router, or None; a bad routes file stops start-up with the rule and field named."""
+    if not settings.routes:
+        return None
+    from ferry.routing.inprocess import RoutingMiddleware
+    from ferry.routing.shadow import RoutingMetrics
+    from ferry.routing.spec import load_routes
+
+    routes = load_routes(settings.routes)
+    limit, body_timeout = settings.max_body_bytes, settings.body_timeout
+    return RoutingMiddleware(routes, RoutingMetrics(metrics.registry), compat.paths(registry), limit, body_timeout)
 
 
 def create_app_from_env() -> FerryApp:

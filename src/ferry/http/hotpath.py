@@ -20,7 +20,7 @@ from starlette.datastructures import State
 from ferry.auth import TokenAuth
 from ferry.bundle.manifest import CompatRoute, read_manifest
 from ferry.errors import FerryError, InvalidInput, Unauthorized
-from ferry.http.compat import RESERVED_PREFIXES
+from ferry.http.compat import RESERVED_PREFIXES, ROUTED_MODEL_KEY
 from ferry.http.endpoints import ModelEndpoints, parse_timeout
 from ferry.http.responses import error_response, read_asgi_body
 from ferry.observability.access import MODEL_KEY, RequestContext
@@ -38,11 +38,18 @@ class FerryApp:
     """The ASGI app: the hot path first, Starlette for everything else (and the lifespan)."""
 
     def __init__(
-        self, app: Starlette, routes: dict[str, Handler], auth: TokenAuth | None = None, access_log: bool = True
+        self,
+        app: Starlette,
+        routes: dict[str, Handler],
+        auth: TokenAuth | None = None,
+        access_log: bool = True,
+        routing: Callable[[Handler], Handler] | None = None,
     ) -> None:
         self.app = app
         self.routes = routes
         self.auth = auth
+        # ``--routes``: the router sits after auth and in front of the local dispatch, which it calls.
+        self.serve: Handler = self.serve_local if routing is None else routing(self.serve_local)
         # Outermost: every response, the hot path's and Starlette's, carries X-Request-ID and is access-logged.
         self.entry = RequestContext(self.dispatch, access_log)
 
@@ -60,6 +67,9 @@ class FerryApp:
             except Unauthorized as exc:
                 await error_response(exc)(scope, receive, send)
                 return
+        await self.serve(scope, receive, send)
+
+    async def serve_local(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             handler = self.routes.get(scope["path"])
             if handler is not None:
@@ -102,7 +112,8 @@ def _predict_handler(endpoints: ModelEndpoints, name: str, version: str | None, 
             if spec is not None and spec.input.source == "body_key":
                 payload = _body_key(payload, spec.input.key or "")
             timeout = parse_timeout(_header(scope, b"x-request-timeout"))
-            result = await endpoints.predict_payload(registry.get(name, version), payload, timeout)
+            model, routed_version = scope.get(ROUTED_MODEL_KEY, (name, version))
+            result = await endpoints.predict_payload(registry.get(model, routed_version), payload, timeout)
             if spec is not None:
                 value = result["prediction"] if "prediction" in result else result["predictions"]
                 result = value if spec.response_key is None else {spec.response_key: value}

@@ -10,6 +10,7 @@ import onnxruntime as ort
 
 from ferry.bundle.manifest import Manifest
 from ferry.runtimes.base import Prediction, Runtime, argmax_labels
+from ferry.runtimes.images import parse_preprocessing
 
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64}
 
@@ -24,6 +25,8 @@ class OnnxRuntime(Runtime):
         self.probability_output = manifest.options.get("probability_output")
         self.label_output = manifest.options.get("label_output")
         self.output_names = [o.name for o in session.get_outputs()]
+        # Image bundles: encoded images in, decoded and preprocessed as the manifest declares.
+        self.image = parse_preprocessing(manifest.options, f"{manifest.name}:{manifest.version}")
 
     @classmethod
     def load(cls, bundle_dir: Path, manifest: Manifest, trust_pickle: bool) -> Runtime:
@@ -35,6 +38,10 @@ class OnnxRuntime(Runtime):
         return cls(session, manifest)
 
     def predict(self, batch: Any) -> Prediction:
+        if self.image is not None:
+            from ferry.runtimes.images import decode_batch
+
+            batch = decode_batch(batch, self.image)
         feed = {self.input_name: np.asarray(batch, dtype=self.input_dtype)}
         outputs = dict(zip(self.output_names, self.session.run(None, feed), strict=True))
         if self.labels is None:

@@ -1,0 +1,345 @@
+"""``ferry gateway routes.yaml``: a standalone async reverse proxy that applies the routes file to upstreams.
+
+Per upstream: a pooled connection, a timeout, retries with jittered backoff only where a retry is
+safe (the connection never opened, or a 503 with Retry-After), a circuit breaker and a health
+check. An upstream that is down is answered with a 502 or 503 JSON error at once, never a hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from ferry.routing.router import Router, RouteRequest, named_paths, rewrite_path
+from ferry.routing.shadow import RoutingMetrics, ShadowJob, ShadowRunner
+from ferry.routing.spec import RoutesFile, Target, Upstream
+from ferry.serving.metrics import LATENCY_BUCKETS
+
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers", "transfer-encoding"}
+    | {"upgrade", "host", "content-length"}
+)
+BACKOFF_BASE_S, BACKOFF_CAP_S = 0.05, 2.0
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 8 * 1024 * 1024
+    health_interval_s: float = 5.0
+    max_connections: int = 256
+
+
+class UpstreamError(Exception):
+    """A failure answered to the client as JSON with ``status``; never raised past the handler."""
+
+    def __init__(self, status: int, code: str, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
+
+
+class GatewayMetrics(RoutingMetrics):
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__(registry)
+        self.requests = Counter(
+            "ferry_gateway_requests_total",
+            "Proxied requests by upstream and status",
+            ["upstream", "status"],
+            registry=registry,
+        )
+        self.upstream_latency = Histogram(
+            "ferry_gateway_upstream_seconds",
+            "Upstream call latency",
+            ["upstream"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.retries = Counter("ferry_gateway_retries_total", "Retries by upstream", ["upstream"], registry=registry)
+        self.breaker_open = Gauge(
+            "ferry_gateway_breaker_open",
+            "1 while an upstream's circuit breaker is open",
+            ["upstream"],
+            registry=registry,
+        )
+        self.healthy = Gauge(
+            "ferry_gateway_upstream_healthy", "1 when the last health check passed", ["upstream"], registry=registry
+        )
+
+
+@dataclass
+class Breaker:
+    """Closed, then open for ``reset_s`` after ``failures`` failures in a row, then one trial call (half-open)."""
+
+    failures: int
+    reset_s: float
+    consecutive: int = 0
+    opened_at: float | None = None
+    trial_running: bool = False
+
+    def check(self) -> float | None:
+        """None when a call may go ahead, else the seconds until the next trial."""
+        if self.opened_at is None:
+            return None
+        remaining = self.opened_at + self.reset_s - time.monotonic()
+        if remaining > 0 or self.trial_running:
+            return max(remaining, 0.1)
+        self.trial_running = True
+        return None
+
+    def record(self, ok: bool) -> None:
+        self.trial_running = False
+        if ok:
+            self.consecutive, self.opened_at = 0, None
+            return
+        self.consecutive += 1
+        if self.opened_at is not None or self.consecutive >= self.failures:
+            self.opened_at = time.monotonic()
+
+
+@dataclass
+class UpstreamClient:
+    name: str
+    spec: Upstream
+    session: aiohttp.ClientSession
+    metrics: GatewayMetrics
+    breaker: Breaker = field(init=False)
+    healthy: bool | None = None
+    rng: random.Random = field(default_factory=random.Random)
+
+    def __post_init__(self) -> None:
+        self.breaker = Breaker(self.spec.breaker_failures, self.spec.breaker_reset_s)
+        self.base = self.spec.url.rstrip("/")
+
+    async def call(self, method: str, path_qs: str, headers: dict[str, str], body: bytes) -> tuple[int, Any, bytes]:
+        wait = self.breaker.check()
+        if wait is not None:
+            raise UpstreamError(
+                503, "circuit_open", f"upstream '{self.name}' is failing; circuit open for {wait:.1f} s", wait
+            )
+        self.metrics.breaker_open.labels(self.name).set(0)
+        deadline = time.monotonic() + self.spec.timeout_s
+        attempt = 0
+        while True:
+            try:
+                result = await self._once(method, path_qs, headers, body, deadline)
+            except UpstreamError as exc:
+                retryable = exc.code == "upstream_unreachable"
+                if not (retryable and attempt < self.spec.retries and self._sleep_fits(attempt, None, deadline)):
+                    self._failed()
+                    raise
+                await self._backoff(attempt, None)
+            else:
+                status, response_headers, _ = result
+                retry_after = _retry_after(response_headers) if status == 503 else None
+                if (
+                    retry_after is None
+                    or attempt >= self.spec.retries
+                    or not self._sleep_fits(attempt, retry_after, deadline)
+                ):
+                    self.breaker.record(status < 500)
+                    if status >= 500:
+                        self._mark_if_open()
+                    return result
+                await self._backoff(attempt, retry_after)
+            attempt += 1
+            self.metrics.retries.labels(self.name).inc()
+
+    async def _once(
+        self, method: str, path_qs: str, headers: dict[str, str], body: bytes, deadline: float
+    ) -> tuple[int, Any, bytes]:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise UpstreamError(
+                504, "upstream_timeout", f"upstream '{self.name}' did not answer in {self.spec.timeout_s:g} s"
+            )
+        timeout = aiohttp.ClientTimeout(total=remaining, sock_connect=min(self.spec.connect_timeout_s, remaining))
+        started = time.perf_counter()
+        try:
+            async with self.session.request(
+                method, self.base + path_qs, headers=headers, data=body, timeout=timeout, allow_redirects=False
+            ) as response:
+                content = await response.read()
+                self.metrics.upstream_latency.labels(self.name).observe(time.perf_counter() - started)
+                return response.status, response.headers, content
+        except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, ConnectionError) as exc:
+            # The request never reached the model (or the connection dropped before an answer): 502.
+            raise UpstreamError(
+                502, "upstream_unreachable", f"upstream '{self.name}' at {self.base} is unreachable: {exc}"
+            ) from None
+        except TimeoutError:
+            raise UpstreamError(
+                504, "upstream_timeout", f"upstream '{self.name}' did not answer in {self.spec.timeout_s:g} s"
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(502, "upstream_error", f"upstream '{self.name}' failed: {exc}") from None
+
+    def _failed(self) -> None:
+        self.breaker.record(False)
+        self._mark_if_open()
+
+    def _mark_if_open(self) -> None:
+        self.metrics.breaker_open.labels(self.name).set(1 if self.breaker.opened_at is not None else 0)
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        backoff = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2.0**attempt) * self.rng.uniform(0.5, 1.5)
+        return max(backoff, min(retry_after, BACKOFF_CAP_S)) if retry_after is not None else backoff
+
+    def _sleep_fits(self, attempt: int, retry_after: float | None, deadline: float) -> bool:
+        return time.monotonic() + min(self._delay(attempt, retry_after), BACKOFF_CAP_S) < deadline
+
+    async def _backoff(self, attempt: int, retry_after: float | None) -> None:
+        await asyncio.sleep(self._delay(attempt, retry_after))
+
+    async def check_health(self) -> bool:
+        try:
+            timeout = aiohttp.ClientTimeout(total=min(2.0, self.spec.timeout_s))
+            async with self.session.get(self.base + self.spec.health_path, timeout=timeout) as response:
+                await response.read()
+                self.healthy = response.status == 200
+        except (aiohttp.ClientError, TimeoutError, ConnectionError):
+            self.healthy = False
+        self.metrics.healthy.labels(self.name).set(1 if self.healthy else 0)
+        return self.healthy
+
+
+def _retry_after(headers: Any) -> float | None:
+    value = headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        return None
+
+
+class Gateway:
+    """The proxy: route, forward to the chosen upstream, shadow off the client's path."""
+
+    def __init__(self, routes: RoutesFile, settings: GatewaySettings) -> None:
+        self.routes = routes
+        self.settings = settings
+        self.router = Router(routes)
+        self.registry = CollectorRegistry()
+        self.metrics = GatewayMetrics(self.registry)
+        self.shadows = ShadowRunner(self.metrics)
+        self.named = named_paths(routes.name)
+        self.clients: dict[str, UpstreamClient] = {}
+        self._health_task: asyncio.Task[None] | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.settings.max_body_bytes)
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/ready", self.ready)
+        app.router.add_get("/metrics", self.metrics_text)
+        app.router.add_route("*", "/{tail:.*}", self.proxy)
+        app.cleanup_ctx.append(self._lifespan)
+        return app
+
+    async def _lifespan(self, app: web.Application) -> AsyncIterator[None]:
+        # 1. One pooled session for every upstream; 2. health checks in the background.
+        connector = aiohttp.TCPConnector(limit=self.settings.max_connections, ttl_dns_cache=60)
+        session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        for target in self.routes.targets():
+            upstream = self.routes.upstream_for(target)
+            key = self._client_key(target)
+            if key not in self.clients:
+                self.clients[key] = UpstreamClient(key, upstream, session, self.metrics)
+        self._health_task = asyncio.create_task(self._check_health_forever())
+        yield
+        # 3. On shutdown: stop health checks, cancel shadows, then close the pool.
+        self._health_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._health_task
+        await self.shadows.close()
+        await session.close()
+
+    def _client_key(self, target: Target) -> str:
+        if target.model is None:
+            return target.url or ""
+        for key in (target.key, target.model):
+            if key in self.routes.services:
+                return key
+        return target.model
+
+    async def _check_health_forever(self) -> None:
+        while True:
+            await asyncio.gather(*(c.check_health() for c in self.clients.values()))
+            await asyncio.sleep(self.settings.health_interval_s)
+
+    async def health(self, request: web.Request) -> web.Response:
+        return _json({"health": "ok"})
+
+    async def ready(self, request: web.Request) -> web.Response:
+        states = {name: c.healthy for name, c in self.clients.items()}
+        ready = all(states.values())
+        return _json({"ready": ready, "upstreams": states}, 200 if ready else 503)
+
+    async def metrics_text(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.registry), content_type="text/plain", charset="utf-8")
+
+    async def proxy(self, request: web.Request) -> web.Response:
+        body = await request.read() if request.can_read_body else b""
+        parsed = None
+        if self.router.needs_body and body:
+            with contextlib.suppress(ValueError):
+                parsed = orjson.loads(body)
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        decision = self.router.decide(RouteRequest(request.path, headers, dict(request.query), parsed))
+        if decision is None:
+            return _json({"error": f"no rule matches {request.method} {request.path}", "code": "no_route"}, 404)
+        target = decision.target
+        self.metrics.routed.labels(decision.rule, target.key).inc()
+        forward = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        forward["X-Forwarded-For"] = request.remote or ""
+        started = time.perf_counter()
+        client = self.clients[self._client_key(target)]
+        path_qs = self._path(request, target)
+        try:
+            status, response_headers, content = await client.call(request.method, path_qs, forward, body)
+        except UpstreamError as exc:
+            self.metrics.requests.labels(client.name, str(exc.status)).inc()
+            extra = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after is not None else None
+            payload = {"error": exc.message, "code": exc.code, "upstream": client.name}
+            return _json(payload, exc.status, extra)
+        latency = time.perf_counter() - started
+        self.metrics.requests.labels(client.name, str(status)).inc()
+        self.metrics.latency.labels(decision.rule, "primary", target.key).observe(latency)
+        shadow = decision.shadow
+        if shadow is not None and status == 200:
+            shadow_client = self.clients[self._client_key(shadow)]
+            shadow_path = self._path(request, shadow)
+
+            async def call() -> tuple[int, bytes]:
+                code, _, answer = await shadow_client.call(request.method, shadow_path, forward, body)
+                return code, answer
+
+            route = decision.route
+            job = ShadowJob(decision.rule, shadow.key, content, latency, route.shadow_timeout_s, route.compare)
+            self.shadows.submit(job, call)
+        out_headers = {k: v for k, v in response_headers.items() if k.lower() not in HOP_BY_HOP}
+        out_headers["X-Ferry-Route"], out_headers["X-Ferry-Target"] = decision.rule, target.key
+        return web.Response(body=content, status=status, headers=out_headers)
+
+    def _path(self, request: web.Request, target: Target) -> str:
+        path = rewrite_path(self.named, request.path, target) or request.path
+        return path + (f"?{request.query_string}" if request.query_string else "")
+
+
+def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(content), status=status, headers=headers, content_type="application/json")
+
+
+def run_gateway(routes: RoutesFile, settings: GatewaySettings) -> None:
+    gateway = Gateway(routes, settings)
+    web.run_app(gateway.app(), host=settings.host, port=settings.port, print=None, access_log=None)

@@ -1,0 +1,99 @@
+"""Image decoding and preprocessing declared in a bundle (``options.image``), applied before the model.
+
+Resize, colour mode, channel order, scaling, mean/std normalisation and layout are data in the
+manifest, so a user's own exported classifier needs no code. Pillow decodes (``ferry[images]``).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from typing import TYPE_CHECKING, Any, Literal
+
+import msgspec
+import numpy as np
+
+from ferry.errors import InvalidInput, ManifestError, PayloadTooLarge
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+DEFAULT_MAX_PIXELS = 25_000_000
+
+
+class ImagePreprocessing(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """``size`` is [width, height]; pixels are scaled, then ``(x - mean) / std`` per channel."""
+
+    size: list[int]
+    mode: Literal["RGB", "L"] = "RGB"
+    channel_order: Literal["RGB", "BGR"] = "RGB"
+    layout: Literal["NCHW", "NHWC"] = "NCHW"
+    scale: float = 1.0 / 255.0
+    mean: list[float] = msgspec.field(default_factory=lambda: [0.0, 0.0, 0.0])
+    std: list[float] = msgspec.field(default_factory=lambda: [1.0, 1.0, 1.0])
+    resample: Literal["nearest", "bilinear", "bicubic"] = "bilinear"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+def parse_preprocessing(options: dict[str, Any], source: str) -> ImagePreprocessing | None:
+    raw = options.get("image")
+    if raw is None:
+        return None
+    try:
+        spec = msgspec.convert(raw, ImagePreprocessing)
+    except msgspec.ValidationError as exc:
+        raise ManifestError(f"{source}: {str(exc).replace('`$', '`$.options.image')}") from None
+    channels = 1 if spec.mode == "L" else 3
+    if len(spec.size) != 2 or min(spec.size) <= 0:
+        raise ManifestError(f"{source}: size must be [width, height] - at `$.options.image.size`")
+    if len(spec.mean) not in (1, channels) or len(spec.std) not in (1, channels) or 0.0 in spec.std:
+        raise ManifestError(f"{source}: mean and std need 1 or {channels} values, std non-zero - at `$.options.image`")
+    return spec
+
+
+def decode_batch(images: list[bytes], spec: ImagePreprocessing) -> np.ndarray:
+    """Encoded images (PNG, JPEG, ...) to one float32 batch in the declared layout."""
+    return np.stack([to_tensor(open_image(data, spec.max_pixels, f"$[{i}]"), spec) for i, data in enumerate(images)])
+
+
+def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, where: str = "$") -> Image:
+    """Decode one image; a size past ``max_pixels`` is refused from the header, before any decoding."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies, just below
+            image = Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, Image.DecompressionBombError):
+        raise InvalidInput("not a decodable image (expected PNG, JPEG, GIF, BMP or WebP bytes)", where) from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise PayloadTooLarge(f"image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels")
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InvalidInput(f"the image is truncated or corrupt: {exc}", where) from None
+    return image
+
+
+def to_tensor(image: Image, spec: ImagePreprocessing) -> np.ndarray:
+    """One decoded image to a float32 array: [C, H, W] (NCHW) or [H, W, C] (NHWC)."""
+    from PIL import Image as PILImage
+
+    resample = {
+        "nearest": PILImage.Resampling.NEAREST,
+        "bilinear": PILImage.Resampling.BILINEAR,
+        "bicubic": PILImage.Resampling.BICUBIC,
+    }[spec.resample]
+    image = image.convert(spec.mode).resize((spec.size[0], spec.size[1]), resample)
+    pixels = np.asarray(image, dtype=np.float32)
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    if spec.channel_order == "BGR":
+        pixels = pixels[:, :, ::-1]
+    mean = np.asarray(spec.mean, dtype=np.float32)
+    std = np.asarray(spec.std, dtype=np.float32)
+    pixels = (pixels * np.float32(spec.scale) - mean) / std
+    if spec.layout == "NCHW":
+        pixels = pixels.transpose(2, 0, 1)
+    return np.ascontiguousarray(pixels, dtype=np.float32)
