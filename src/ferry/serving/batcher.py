@@ -49,7 +49,7 @@ class AdaptiveBatcher:
         max_batch_size: int = 256,
         max_wait_s: float = 0.0,
         max_queue: int = 1024,
-        on_batch: Callable[[int, float, float], None] | None = None,
+        on_batch: Callable[[int, int, float, float], None] | None = None,
         compute_s: float | None = None,
     ) -> None:
         self._predict = predict
@@ -144,11 +144,14 @@ class AdaptiveBatcher:
         elapsed = time.monotonic() - started
         ewma = self._compute_ewma
         self._compute_ewma = elapsed if ewma is None else 0.8 * ewma + 0.2 * elapsed
-        if self._on_batch is not None:
-            self._on_batch(sum(g.rows for g in group), started - min(g.enqueued for g in group), elapsed)
+        answered = 0
         for item, part in zip(group, _split(prediction, [g.rows for g in group]), strict=True):
             if not item.future.done():
                 item.future.set_result(part)
+                answered += 1
+        if self._on_batch is not None:
+            rows = sum(g.rows for g in group)
+            self._on_batch(answered, rows, started - min(g.enqueued for g in group), elapsed)
 
 
 def _expire(future: asyncio.Future[Prediction], timeout: float) -> None:

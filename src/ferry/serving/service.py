@@ -60,7 +60,13 @@ class InferenceService:
             queue_wait = self.metrics.queue_wait.labels(handle.name, handle.version)
             compute = self.metrics.compute.labels(handle.name, handle.version)
 
-            def on_batch(rows: int, waited: float, computed: float) -> None:
+            predictions = self.metrics.predictions.labels(handle.name, handle.version)
+            predicted_rows = self.metrics.rows.labels(handle.name, handle.version)
+
+            def on_batch(answered: int, rows: int, waited: float, computed: float) -> None:
+                # Counted once per batch, not per request: the hot path stays lean under load.
+                predictions.inc(answered)
+                predicted_rows.inc(rows)
                 batch_size.observe(rows)
                 queue_wait.observe(waited)
                 compute.observe(computed)
@@ -97,8 +103,6 @@ class InferenceService:
             raise
         except Exception as exc:
             raise ModelError(f"model '{handle.name}' failed to predict: {type(exc).__name__}") from exc
-        self.metrics.predictions.labels(handle.name, handle.version).inc()
-        self.metrics.rows.labels(handle.name, handle.version).inc(len(prediction.values))
         result = postprocess(prediction, handle.model.manifest.output)
         if log is not None:
             log.record(handle, batch, result, time.perf_counter() - started)
