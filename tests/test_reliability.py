@@ -52,8 +52,14 @@ def test_deadline_is_a_fast_504(serve: Any, slow_repo: Path) -> None:
     assert elapsed < 0.4
     bad = httpx.post(server.url + "/models/sleepy/predict", json=[1.0], headers={"X-Request-Timeout": "soon"})
     assert bad.status_code == 400 and bad.json()["field"] == "X-Request-Timeout"
+    v2 = {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP64", "data": [1.0]}]}
+    for path in ("/v2/models/sleepy/infer", "/v2/models/sleepy/versions/1/infer"):  # OIP v2 honours it too
+        started = time.monotonic()
+        response = httpx.post(server.url + path, json=v2, headers={"X-Request-Timeout": "0.1"})
+        assert response.status_code == 504 and time.monotonic() - started < 0.4
+        assert response.json()["error"] == "request not served within its deadline of 0.1 s"
     metrics = httpx.get(server.url + "/metrics").text
-    assert 'ferry_deadline_misses_total{model="sleepy",version="1"} 1.0' in metrics
+    assert 'ferry_deadline_misses_total{model="sleepy",version="1"} 3.0' in metrics
 
 
 def test_overload_sheds_with_503_and_health_stays_fast(serve: Any, slow_repo: Path) -> None:

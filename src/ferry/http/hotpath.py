@@ -1,10 +1,10 @@
 """The lean hot path: POST predict routes dispatched by exact path, ahead of Starlette's stack.
 
 Starlette's middleware and regex routing cost more per request than a compiled model does, so
-the predict routes of every loaded model (and the POST compatibility routes) are looked up in one
-dict by their exact path and served as plain ASGI. They call the same ``predict_payload`` as the
-Starlette endpoints, and everything else (and any path not in the dict) falls through to Starlette,
-which serves the same routes too.
+the predict routes of every loaded model (native, OIP v2 infer, and the POST compatibility routes)
+are looked up in one dict by their exact path and served as plain ASGI. They call the same service
+layer as the Starlette endpoints; everything else (and any path not in the dict) falls through to
+Starlette, which serves the same routes too.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ from ferry.http.compat import RESERVED_PREFIXES, ROUTED_MODEL_KEY
 from ferry.http.endpoints import ModelEndpoints, parse_timeout
 from ferry.http.responses import error_response, read_asgi_body
 from ferry.observability.access import MODEL_KEY, RequestContext
+from ferry.protocol import v2, v2_rest
 from ferry.protocol.native import parse_json
+from ferry.serving.registry import ModelHandle
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -79,13 +81,14 @@ class FerryApp:
 
 
 def hot_routes(endpoints: ModelEndpoints) -> dict[str, Handler]:
-    """Exact paths of the native predict routes and the POST compatibility routes of every model."""
+    """Exact paths of the predict routes: native, OIP v2 infer, and the POST compatibility routes of every model."""
     routes: dict[str, Handler] = {}
     registry = endpoints.registry
     for name, versions in registry.models.items():
-        routes[f"/models/{name}/predict"] = _predict_handler(endpoints, name, None, None)
-        for version in versions:
-            routes[f"/models/{name}/versions/{version}/predict"] = _predict_handler(endpoints, name, version, None)
+        native, v2_infer = _native(endpoints, None), _v2_infer(endpoints)
+        for prefix, v in [(name, None), *((f"{name}/versions/{v}", v) for v in versions)]:
+            routes[f"/models/{prefix}/predict"] = _hot_handler(endpoints, name, v, "model/predict", "native", native)
+            routes[f"/v2/models/{prefix}/infer"] = _hot_handler(endpoints, name, v, "v2:infer", "v2", v2_infer)
         try:
             manifest = read_manifest(registry.newest(name).path)
         except FerryError:
@@ -93,14 +96,21 @@ def hot_routes(endpoints: ModelEndpoints) -> dict[str, Handler]:
         for spec in manifest.routes:
             hot = spec.method == "POST" and spec.action == "predict" and spec.input.source != "query"
             if hot and not spec.path.startswith(RESERVED_PREFIXES) and spec.path not in routes:
-                routes[spec.path] = _predict_handler(endpoints, name, None, spec)
+                compat = _native(endpoints, spec)
+                routes[spec.path] = _hot_handler(endpoints, name, None, f"compat:{spec.path}", "compat", compat)
     return routes
 
 
-def _predict_handler(endpoints: ModelEndpoints, name: str, version: str | None, spec: CompatRoute | None) -> Handler:
+# What a hot route does between reading the body and sending the answer: (content, extra headers).
+Respond = Callable[[Scope, bytes, ModelHandle, "float | None"], Awaitable[tuple[bytes, list[tuple[bytes, bytes]]]]]
+
+
+def _hot_handler(
+    endpoints: ModelEndpoints, name: str, version: str | None, route: str, protocol: str, respond: Respond
+) -> Handler:
+    """Read the body, find the model (or the one the router chose), respond, count; errors become 4xx/5xx JSON."""
     registry, metrics = endpoints.registry, endpoints.metrics
     limit, body_timeout = endpoints.settings.max_body_bytes, endpoints.settings.body_timeout
-    route, protocol = ("model/predict", "native") if spec is None else (f"compat:{spec.path}", "compat")
     latency = metrics.latency.labels(name, route)
     counters: dict[int, Any] = {}
 
@@ -108,17 +118,11 @@ def _predict_handler(endpoints: ModelEndpoints, name: str, version: str | None, 
         start = time.perf_counter()
         scope[MODEL_KEY] = name
         try:
-            payload = parse_json(await read_asgi_body(scope, receive, limit, body_timeout))
-            if spec is not None and spec.input.source == "body_key":
-                payload = _body_key(payload, spec.input.key or "")
+            body = await read_asgi_body(scope, receive, limit, body_timeout)
             timeout = parse_timeout(_header(scope, b"x-request-timeout"))
             model, routed_version = scope.get(ROUTED_MODEL_KEY, (name, version))
-            result = await endpoints.predict_payload(registry.get(model, routed_version), payload, timeout)
-            if spec is not None:
-                value = result["prediction"] if "prediction" in result else result["predictions"]
-                result = value if spec.response_key is None else {spec.response_key: value}
-            content = orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY)
-            headers = [*_JSON_HEADERS, (b"content-length", str(len(content)).encode())]
+            content, extra = await respond(scope, body, registry.get(model, routed_version), timeout)
+            headers = [*extra, (b"content-length", str(len(content)).encode())]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": content})
             status = 200
@@ -135,6 +139,45 @@ def _predict_handler(endpoints: ModelEndpoints, name: str, version: str | None, 
         latency.observe(time.perf_counter() - start)
 
     return handler
+
+
+def _native(endpoints: ModelEndpoints, spec: CompatRoute | None) -> Respond:
+    """Native JSON, or a compatibility route's reshaping of it (``body_key`` in, ``response_key`` out)."""
+
+    async def respond(
+        scope: Scope, body: bytes, handle: ModelHandle, timeout: float | None
+    ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+        payload = parse_json(body)
+        if spec is not None and spec.input.source == "body_key":
+            payload = _body_key(payload, spec.input.key or "")
+        result = await endpoints.predict_payload(handle, payload, timeout)
+        if spec is not None:
+            value = result["prediction"] if "prediction" in result else result["predictions"]
+            result = value if spec.response_key is None else {spec.response_key: value}
+        return orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY), _JSON_HEADERS
+
+    return respond
+
+
+def _v2_infer(endpoints: ModelEndpoints) -> Respond:
+    """Open Inference Protocol v2 REST infer, with the binary tensor extension; as ``ProtocolEndpoints.v2_infer``."""
+    service = endpoints.service
+
+    async def respond(
+        scope: Scope, body: bytes, handle: ModelHandle, timeout: float | None
+    ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+        header_length = _header(scope, v2_rest.HEADER_LENGTH.encode())
+        infer = v2_rest.decode_request(body, header_length.decode("latin-1") if header_length is not None else None)
+        v2.check_requested(infer, handle)
+        prediction = await service.predict(handle, v2.to_batch(infer.inputs, handle), timeout)
+        outputs = v2.to_outputs(prediction, handle, infer)
+        content, extra = v2_rest.encode_response(infer, handle.name, handle.version, outputs)
+        if not extra:
+            return content, _JSON_HEADERS
+        headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
+        return content, [(b"content-type", b"application/octet-stream"), *headers]
+
+    return respond
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

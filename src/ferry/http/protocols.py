@@ -7,7 +7,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ferry.errors import InvalidInput
-from ferry.http.endpoints import Endpoint, ModelEndpoints
+from ferry.http.endpoints import Endpoint, ModelEndpoints, parse_timeout
 from ferry.http.responses import json_response, read_body
 from ferry.protocol import kserve, seldon, v2, v2_rest
 from ferry.protocol.native import parse_json
@@ -21,7 +21,7 @@ class ProtocolEndpoints:
         self.endpoints = endpoints
         self.registry = endpoints.registry
         self.service = endpoints.service
-        self.limit = endpoints.settings.max_body_bytes
+        self.limit, self.body_timeout = endpoints.settings.max_body_bytes, endpoints.settings.body_timeout
 
     def routes(self) -> list[Route]:
         instrument = self.endpoints.instrument
@@ -75,10 +75,11 @@ class ProtocolEndpoints:
 
     async def v2_infer(self, request: Request) -> Response:
         handle = self.handle(request)
-        body = await read_body(request, self.limit)
+        body = await read_body(request, self.limit, self.body_timeout)
         infer = v2_rest.decode_request(body, request.headers.get(v2_rest.HEADER_LENGTH))
         v2.check_requested(infer, handle)
-        prediction = await self.service.predict(handle, v2.to_batch(infer.inputs, handle))
+        timeout = parse_timeout(request.headers.get("x-request-timeout"))
+        prediction = await self.service.predict(handle, v2.to_batch(infer.inputs, handle), timeout)
         outputs = v2.to_outputs(prediction, handle, infer)
         content, headers = v2_rest.encode_response(infer, handle.name, handle.version, outputs)
         media_type = "application/octet-stream" if headers else "application/json"
@@ -98,14 +99,15 @@ class ProtocolEndpoints:
     async def v1_predict(self, request: Request) -> Response:
         handle = self.handle(request)
         assert handle.codec is not None
-        batch = kserve.decode_request(parse_json(await read_body(request, self.limit)), handle.codec)
+        batch = kserve.decode_request(parse_json(await read_body(request, self.limit, self.body_timeout)), handle.codec)
         return json_response(kserve.encode_response(await self.service.predict(handle, batch)))
 
     # -- Seldon -----------------------------------------------------------------------------------
     async def seldon_predict(self, request: Request) -> Response:
         handle = self.handle(request)
         assert handle.codec is not None and handle.model is not None
-        message = seldon.decode_request(parse_json(await read_body(request, self.limit)), handle.codec)
+        body = await read_body(request, self.limit, self.body_timeout)
+        message = seldon.decode_request(parse_json(body), handle.codec)
         prediction = await self.service.predict(handle, message.batch)
         return json_response(seldon.encode_response(message, prediction, handle.model.manifest.labels))
 
