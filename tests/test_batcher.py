@@ -97,3 +97,21 @@ async def test_max_wait_collects_stragglers_under_concurrency() -> None:
 
     await asyncio.gather(*(late(0.001 * i) for i in range(20)))
     assert len(model.calls) - 1 <= 3
+
+
+@pytest.mark.parametrize("timeout", [0.2, 1.0])  # a precise loop timer below 1 s, the coarse ticker from 1 s
+async def test_a_deadline_fails_its_caller_on_time_and_its_rows_are_never_computed(timeout: float) -> None:
+    from ferry.errors import DeadlineExceeded
+    from ferry.serving.timers import TICK_S
+
+    model = Recorder(delay=timeout + 0.5)
+    batcher = make(model, compute_s=1.0)  # a slow model: it runs in the executor
+    busy = asyncio.ensure_future(batcher.predict(np.array([[1.0]]), 1))
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded, match=f"deadline of {timeout:g} s"):
+        await batcher.predict(np.array([[2.0]]), 1, timeout)  # queued behind the busy batch
+    assert timeout - 0.01 <= time.monotonic() - started < timeout + 2 * TICK_S + 0.05
+    await busy
+    await asyncio.sleep(0.01)
+    assert model.calls == [1]  # the expired request was dropped from the queue, not computed

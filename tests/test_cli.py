@@ -60,3 +60,19 @@ def test_settings_round_trip_through_the_environment() -> None:
 
     settings = Settings(repo=P("/m"), port=9, request_timeout=1.5, trust_pickle=True, max_queue=3)
     assert Settings.from_env(settings.to_env()) == settings
+
+
+def test_the_readme_documents_every_serve_setting() -> None:
+    """The README's settings table has a row per setting: its option, variable and help, as `ferry serve --help`."""
+    import dataclasses
+
+    from ferry.settings import Settings
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in readme.splitlines() if line.startswith("| `--")}
+    for field in dataclasses.fields(Settings):
+        if field.name == "repo":  # the positional argument
+            continue
+        option = f"`--{field.name.replace('_', '-')}`"
+        assert option in rows, f"README has no row for {option}"
+        assert f"`FERRY_{field.name.upper()}`" in rows[option] and field.metadata["help"] in rows[option]

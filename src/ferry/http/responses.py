@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -14,6 +13,7 @@ from starlette.responses import Response
 
 from ferry.errors import FerryError, PayloadTooLarge, RequestTimeout
 from ferry.observability.context import with_request_id
+from ferry.serving.timers import CoarseTimers
 
 logger = logging.getLogger("ferry.http")
 
@@ -49,8 +49,9 @@ async def read_asgi_body(scope: Scope, receive: Receive, limit: int, timeout: fl
             raise PayloadTooLarge(f"request body of {int(value)} bytes exceeds the limit of {limit} bytes")
     task = asyncio.current_task()
     assert task is not None
-    watchdog = BodyReadWatchdog.of(task.get_loop())
-    watchdog.watch(task, timeout)
+    loop = task.get_loop()
+    timers, expired = CoarseTimers.of(loop), _Expired()  # a body timeout needs no per-request loop timer
+    timers.add(loop, task, timeout, expired.cancel, task)
     try:
         message = await receive()
         body: bytes = message.get("body", b"")
@@ -66,59 +67,22 @@ async def read_asgi_body(scope: Scope, receive: Receive, limit: int, timeout: fl
             chunks.append(chunk)
         return b"".join(chunks)
     except asyncio.CancelledError:
-        if watchdog.expired(task):
+        if expired.fired:
+            task.uncancel()
             raise RequestTimeout(f"request body not received within {timeout:g} s") from None
         raise
     finally:
-        watchdog.done(task)
+        timers.cancel(task)
 
 
-class BodyReadWatchdog:
-    """Cancels body reads that overrun their timeout, from one coarse ticker for all requests.
+class _Expired:
+    """Cancels a body read whose timeout passed, and remembers that it did (not the client, not a shutdown)."""
 
-    One timer per request (``asyncio.timeout``) costs a heap push and a cancel on every prediction; a
-    dict entry costs a tenth of that, and a body timeout (seconds) needs no finer than 50 ms resolution.
-    """
-
-    TICK_S = 0.05
+    __slots__ = ("fired",)
 
     def __init__(self) -> None:
-        self._deadlines: dict[asyncio.Task[Any], float] = {}
-        self._cancelled: set[asyncio.Task[Any]] = set()
-        self._ticker: asyncio.TimerHandle | None = None
+        self.fired = False
 
-    @classmethod
-    def of(cls, loop: asyncio.AbstractEventLoop) -> BodyReadWatchdog:
-        """The watchdog of ``loop`` (one per event loop: tasks are cancelled from their own loop)."""
-        watchdog = _WATCHDOGS.get(loop)
-        if watchdog is None:
-            watchdog = _WATCHDOGS[loop] = cls()  # holds no reference to the loop while idle
-        return watchdog
-
-    def watch(self, task: asyncio.Task[Any], timeout: float) -> None:
-        loop = task.get_loop()
-        self._deadlines[task] = loop.time() + timeout
-        if self._ticker is None:
-            self._ticker = loop.call_later(self.TICK_S, self._tick, loop)
-
-    def done(self, task: asyncio.Task[Any]) -> None:
-        self._deadlines.pop(task, None)
-        self._cancelled.discard(task)
-
-    def expired(self, task: asyncio.Task[Any]) -> bool:
-        """True when the watchdog cancelled ``task``; the cancellation is then taken back."""
-        if task in self._cancelled:
-            task.uncancel()
-            return True
-        return False
-
-    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
-        now = loop.time()
-        for task, deadline in list(self._deadlines.items()):
-            if now >= deadline and task not in self._cancelled:
-                self._cancelled.add(task)
-                task.cancel()
-        self._ticker = loop.call_later(self.TICK_S, self._tick, loop) if self._deadlines else None
-
-
-_WATCHDOGS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, BodyReadWatchdog] = weakref.WeakKeyDictionary()
+    def cancel(self, task: asyncio.Task[Any]) -> None:
+        self.fired = True
+        task.cancel()

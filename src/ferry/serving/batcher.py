@@ -27,6 +27,7 @@ import numpy as np
 
 from ferry.errors import DeadlineExceeded, Overloaded
 from ferry.runtimes import Prediction
+from ferry.serving.timers import PRECISE_BELOW_S, CoarseTimers
 
 # A batch that computes faster than this runs on the event loop: handing it to a thread would
 # cost more than the compute itself. Slower models run in the executor so the loop stays free.
@@ -82,11 +83,18 @@ class AdaptiveBatcher:
             self._drainer = loop.create_task(self._drain())
         if timeout is None:
             return await future
-        timer = loop.call_later(timeout, _expire, future, timeout)
+        if timeout < PRECISE_BELOW_S:
+            timer = loop.call_later(timeout, _expire, (future, timeout))
+            try:
+                return await future
+            finally:
+                timer.cancel()
+        timers = CoarseTimers.of(loop)  # a long deadline: no per-request loop timer
+        timers.add(loop, future, timeout, _expire, (future, timeout))
         try:
             return await future
         finally:
-            timer.cancel()
+            timers.cancel(future)
 
     async def _drain(self) -> None:
         try:
@@ -154,7 +162,8 @@ class AdaptiveBatcher:
             self._on_batch(answered, rows, started - min(g.enqueued for g in group), elapsed)
 
 
-def _expire(future: asyncio.Future[Prediction], timeout: float) -> None:
+def _expire(waiting: tuple[asyncio.Future[Prediction], float]) -> None:
+    future, timeout = waiting
     if not future.done():
         future.set_exception(DeadlineExceeded(f"request not served within its deadline of {timeout:g} s"))
 
