@@ -89,7 +89,7 @@ def test_image_examples_build_deterministically(tmp_path: Path) -> None:
 
 
 def test_a_users_own_onnx_classifier_needs_only_labels_and_preprocessing(tmp_path: Path, serve: Any) -> None:
-    """The worked example of docs/routing.md: an NHWC, BGR model that finds the reddest image."""
+    """The worked example in the README (Routing): an NHWC, BGR model that finds the reddest image."""
     import ferry
 
     # Stands in for the user's export (MobileNetV2 from torch.onnx.export, say): input [N, 8, 8, 3] in BGR.
