@@ -234,3 +234,34 @@ def test_every_protocol_shapes_requests_the_server_accepts(examples: Any, protoc
         LoadTestOptions(examples.url, model="iris", protocol=protocol, schedule=Schedule.constant(40, 0.5))
     )
     assert summary["status_counts"] == {"200": 20}, summary["errors"]
+
+
+def test_cli_grpc_protocol_sends_model_infer_and_counts_grpc_codes(example_repo: Path, tmp_path: Path) -> None:
+    from conftest import free_port
+
+    grpc_port = free_port()
+    server = ServerProcess([str(example_repo), "--grpc-port", str(grpc_port)])
+    try:
+        out = tmp_path / "grpc.json"
+        target = f"127.0.0.1:{grpc_port}"
+        done = ferry(
+            "loadtest", server.url, "--model", "iris", "--protocol", "grpc", "--grpc-target", target,
+            "--rate", "100", "--duration", "1s", "--sla", "errors<1%", "--json", str(out),
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        result = json.loads(out.read_text())
+        assert result["status_counts"] == {"200": 100} and result["url"].startswith(f"grpc://{target}/inference.")
+        metrics = httpx.get(server.url + "/metrics").text  # the server saw them as gRPC ModelInfer calls
+        calls = [
+            line
+            for line in metrics.splitlines()
+            if line.startswith("ferry_requests_total{") and 'protocol="grpc"' in line
+        ]
+        assert len(calls) == 1 and 'model="iris"' in calls[0] and 'status="OK"' in calls[0]
+        assert float(calls[0].rsplit(" ", 1)[1]) == 101  # the 100 measured and the one warm-up call
+        # A body the server refuses comes back as the gRPC code's HTTP equivalent, named in the error kind.
+        spec = LoadSpec(f"grpc://{target}", [b"\x0a\x04nope"], schedule=Schedule.constant(20, 0.5), grpc_target=target)
+        summary = run_spec(spec, {"mode": "open"})
+        assert summary["status_counts"] == {"404": 10} and "grpc NOT_FOUND" in summary["errors"]
+    finally:
+        server.stop()

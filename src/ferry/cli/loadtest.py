@@ -46,7 +46,10 @@ def loadtest_command(
     data: Annotated[
         str | None, typer.Option(help="JSONL/CSV file, image folder, 'sample' or 'generated' (default: sample).")
     ] = None,
-    protocol: Annotated[str, typer.Option(help="native, v2, v1 or seldon.")] = "native",
+    protocol: Annotated[str, typer.Option(help="native, v2, v1, seldon, or grpc (OIP ModelInfer).")] = "native",
+    grpc_target: Annotated[
+        str | None, typer.Option(help="--protocol grpc: HOST:PORT of the gRPC server (default: URL's host, 8081).")
+    ] = None,
     processes: Annotated[int, typer.Option(help="Generator processes sharing the load.")] = 1,
     timeout: Annotated[str, typer.Option(help="Per-request timeout.")] = "10s",
     connections: Annotated[int, typer.Option(help="Most open connections (per run).")] = 1000,
@@ -78,6 +81,7 @@ def loadtest_command(
             url=url,
             model=model,
             protocol=protocol,
+            grpc_target=grpc_target,
             data=data,
             schedule=schedule,
             concurrency=concurrency or 0,

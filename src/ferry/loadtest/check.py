@@ -45,6 +45,8 @@ def run_check(
     seed: int = 0,
 ) -> tuple[ModelSchema, list[CaseResult]]:
     base = url.rstrip("/")
+    if protocol == "grpc":
+        raise LoadTestError("ferry check speaks the HTTP protocols (native, v2, v1, seldon); gRPC is for loadtest")
     schema = fetch_schema(base, model, prefer="v2" if protocol == "v2" else "native")
     if protocol == "native" and schema.source == "v2":
         protocol = "v2"  # a plain OIP v2 server: speak its protocol

@@ -7,6 +7,7 @@ import queue
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from ferry.loadtest.data import encode_bodies, load_records
 from ferry.loadtest.protocols import make_adapter
@@ -29,17 +30,23 @@ class LoadTestOptions:
     processes: int = 1
     timeout: float = 10.0
     connections: int = 1000
+    grpc_target: str | None = None  # --protocol grpc: host:port (default: the URL's host, port 8081)
 
 
 def prepare(options: LoadTestOptions) -> tuple[LoadSpec, dict[str, Any]]:
     """Resolve the model, shape the data for the protocol, and encode every body once."""
     base = options.url.rstrip("/")
-    schema = fetch_schema(base, options.model, prefer="v2" if options.protocol == "v2" else "native")
-    server_v2 = v2_inputs(base, schema.name) if options.protocol == "v2" else None
+    v2_shaped = options.protocol in ("v2", "grpc")  # gRPC carries the OIP v2 tensors
+    schema = fetch_schema(base, options.model, prefer="v2" if v2_shaped else "native")
+    server_v2 = v2_inputs(base, schema.name) if v2_shaped else None
     adapter = make_adapter(options.protocol, schema, server_v2)
     bodies = encode_bodies(load_records(options.data, schema), adapter)
+    grpc_target = None
+    if options.protocol == "grpc":
+        grpc_target = options.grpc_target or f"{urlsplit(base).hostname}:8081"
     spec = LoadSpec(
-        url=base + adapter.path(),
+        url=f"grpc://{grpc_target}{adapter.path()}" if grpc_target else base + adapter.path(),
+        grpc_target=grpc_target,
         bodies=bodies,
         schedule=options.schedule,
         concurrency=options.concurrency,

@@ -13,7 +13,10 @@ from typing import Any
 
 from ferry.loadtest.schema import DTYPE_TO_V2, LoadTestError, ModelSchema, TensorSpec
 
-PROTOCOLS = ("native", "v2", "v1", "seldon")
+PROTOCOLS = ("native", "v2", "v1", "seldon", "grpc")  # grpc: OIP ModelInfer (ferry.loadtest.grpc)
+
+
+METHOD_PATH = "/inference.GRPCInferenceService/ModelInfer"
 
 
 def dumps(value: Any) -> bytes:
@@ -34,6 +37,7 @@ class Adapter:
             "v1": f"/v1/models/{name}:predict",
             "v2": f"/v2/models/{name}/infer",
             "seldon": f"/seldon/{name}/api/v1.0/predictions",
+            "grpc": METHOD_PATH,
         }[self.protocol]
 
     def encode(self, record: Any) -> bytes:
@@ -43,6 +47,10 @@ class Adapter:
             return dumps({"instances": [record]})
         if self.protocol == "seldon":
             return dumps(self._seldon(record))
+        if self.protocol == "grpc":
+            from ferry.loadtest.grpc import encode_infer
+
+            return encode_infer(self.schema.name, self._v2(record))
         return dumps(self._v2(record))
 
     # -- Seldon: {"data": {"names": [...], "ndarray": [[...]]}} ---------------------------------------

@@ -13,12 +13,15 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 from ferry.loadtest.results import Recorder, interval_p99_ms
 from ferry.loadtest.schedule import Schedule
+
+if TYPE_CHECKING:
+    from ferry.loadtest.grpc import GrpcTransport
 
 Tick = Callable[[dict[str, Any]], None]
 HEADERS = {"content-type": "application/json"}
@@ -36,6 +39,7 @@ class LoadSpec:
     duration: float = 10.0
     timeout: float = 10.0
     connections: int = 1000
+    grpc_target: str | None = None  # host:port: send ModelInfer over gRPC instead of HTTP POSTs to ``url``
 
 
 def run_load(spec: LoadSpec, on_tick: Tick | None = None) -> Recorder:
@@ -60,9 +64,14 @@ async def _run(spec: LoadSpec, on_tick: Tick | None) -> Recorder:
         auto_decompress=False,
         skip_auto_headers=("User-Agent",),
     )
+    grpc = None
+    if spec.grpc_target is not None:
+        from ferry.loadtest.grpc import GrpcTransport
+
+        grpc = GrpcTransport(spec.grpc_target, spec.timeout)
     async with session:
-        await _warm_up(session, spec)
-        client = _Client(session, spec, recorder, time.perf_counter() + 0.05)
+        await _warm_up(session, spec, grpc)
+        client = _Client(session, spec, recorder, time.perf_counter() + 0.05, grpc)
         ticker = asyncio.create_task(_ticker(client, on_tick))
         try:
             if spec.schedule is not None:
@@ -74,14 +83,24 @@ async def _run(spec: LoadSpec, on_tick: Tick | None) -> Recorder:
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
         recorder.elapsed_s = time.perf_counter() - client.start
+    if grpc is not None:
+        await grpc.close()
     if on_tick is not None:
         on_tick(client.snapshot())
     return recorder
 
 
 class _Client:
-    def __init__(self, session: aiohttp.ClientSession, spec: LoadSpec, recorder: Recorder, start: float) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        spec: LoadSpec,
+        recorder: Recorder,
+        start: float,
+        grpc: GrpcTransport | None = None,
+    ) -> None:
         self.session = session
+        self.grpc = grpc
         self.spec = spec
         self.recorder = recorder
         self.start = start
@@ -128,6 +147,14 @@ class _Client:
         self.in_flight += 1
         status: int | None = None
         error: str | None = None
+        if self.grpc is not None:
+            try:
+                status, error = await self.grpc.send(next(self.bodies))
+            finally:
+                self.in_flight -= 1
+            done = time.perf_counter()
+            self.recorder.record(status, error, done - scheduled, done - self.start)
+            return
         try:
             async with self.session.post(self.spec.url, data=next(self.bodies)) as response:
                 body = await response.read()
@@ -166,8 +193,11 @@ class _Client:
         }
 
 
-async def _warm_up(session: aiohttp.ClientSession, spec: LoadSpec) -> None:
+async def _warm_up(session: aiohttp.ClientSession, spec: LoadSpec, grpc: GrpcTransport | None) -> None:
     """One unmeasured request first: lazy imports and the first connection are not the server's latency."""
+    if grpc is not None:
+        await grpc.send(spec.bodies[0])
+        return
     with contextlib.suppress(aiohttp.ClientError, TimeoutError):
         async with session.post(spec.url, data=spec.bodies[0]) as response:
             await response.read()
