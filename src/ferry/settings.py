@@ -42,6 +42,9 @@ class Settings:
     access_log: bool = _setting(True, "Log one line per request: method, path, status, latency, bytes, model, ID.")
     prediction_log: str = _setting("", "File (or - for stdout) for the sampled predictions of models that opt in.")
     prediction_log_max_bytes: int = _setting(64 * 1024 * 1024, "Rotate the prediction log file past this size.")
+    tracing: str = _setting(
+        "", "OpenTelemetry traces: otlp (OTEL_EXPORTER_OTLP_* variables), console, or a file path for JSON lines."
+    )
     console: bool = _setting(True, "Serve the web console at / and live stats at /stats.")
     routes: str = _setting("", "Routes file (routes.yaml): route requests between the models by header, query or body.")
 

@@ -167,6 +167,8 @@ def _serve(settings: Settings) -> None:
         raise typer.BadParameter(f"expected one of {', '.join(LOG_FORMATS)}", param_hint="--log-format")
     log_config = logging_config(settings.log_level, settings.log_format)  # applied by uvicorn in every worker too
     logging.config.dictConfig(log_config)
+    if settings.tracing:
+        _check_tracing(settings.tracing)
     if settings.routes:
         from ferry.routing.spec import load_routes
 
@@ -191,6 +193,15 @@ def _serve(settings: Settings) -> None:
             timeout_graceful_shutdown=settings.drain_timeout,
             limit_concurrency=settings.max_connections,
         )
+
+
+def _check_tracing(target: str) -> None:
+    """Refuse ``--tracing`` at start-up when the extra is missing or the file cannot be written."""
+    try:
+        from ferry.observability.tracing import check_target
+    except ImportError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--tracing") from None
+    _run(lambda: check_target(target))
 
 
 def _import_class(spec: str) -> Any:

@@ -17,6 +17,10 @@ def gateway_command(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     health_interval: Annotated[float, typer.Option(help="Seconds between upstream health checks.")] = 5.0,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body accepted (413 past it).")] = 8 * 1024 * 1024,
+    tracing: Annotated[
+        str,
+        typer.Option(help="OpenTelemetry traces: otlp, console or a JSON-lines file (off: traceparent passes as is)."),
+    ] = "",
 ) -> None:
     """Route requests to upstream services by the rules in ROUTES: pooling, retries, circuit breakers."""
     from ferry.errors import FerryError
@@ -27,12 +31,22 @@ def gateway_command(
         parsed = load_routes(routes)
         for target in parsed.targets():
             parsed.upstream_for(target)  # every model target needs a service: refuse now, not per request
+        if tracing:
+            _check_tracing(tracing)
     except FerryError as exc:
         console.print(f"[red]error:[/red] {exc.message}")
         raise typer.Exit(1) from None
-    settings = GatewaySettings(host, port, max_body_bytes, health_interval)
+    settings = GatewaySettings(host, port, max_body_bytes, health_interval, tracing=tracing)
     console.print(f"gateway on http://{host}:{port}  ({len(parsed.rules)} rules from {routes})")
     run_gateway(parsed, settings)
+
+
+def _check_tracing(target: str) -> None:
+    try:
+        from ferry.observability.tracing import check_target
+    except ImportError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--tracing") from None
+    check_target(target)
 
 
 def register(app: typer.Typer) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import numpy as np
@@ -19,6 +19,9 @@ from ferry.protocol.tensors import DATATYPES, Tensor, check_header, element_coun
 from ferry.serving.metrics import Metrics
 from ferry.serving.registry import ModelHandle, ModelRegistry
 from ferry.serving.service import InferenceService
+
+if TYPE_CHECKING:
+    from ferry.observability.tracing import Tracing
 
 logger = logging.getLogger("ferry.grpc")
 
@@ -52,10 +55,13 @@ Reply = TypeVar("Reply")
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
-    def __init__(self, registry: ModelRegistry, service: InferenceService, metrics: Metrics) -> None:
+    def __init__(
+        self, registry: ModelRegistry, service: InferenceService, metrics: Metrics, tracing: Tracing | None = None
+    ) -> None:
         self.registry = registry
         self.service = service
         self.metrics = metrics
+        self.tracing = tracing
 
     async def ServerLive(self, request: Any, context: Any) -> Any:
         return pb.ServerLiveResponse(live=True)
@@ -96,7 +102,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             outputs = v2.to_outputs(prediction, handle, infer_request)
             return encode_response(infer_request, handle, outputs, raw=len(request.raw_input_contents) > 0)
 
-        return await self._call("grpc:ModelInfer", request.model_name, context, infer)
+        def call() -> Awaitable[Any]:
+            return self._call("grpc:ModelInfer", request.model_name, context, infer)
+
+        if self.tracing is None:
+            return await call()
+        return await self.tracing.grpc("ModelInfer", request.model_name, context, call)
 
     async def _call(self, route: str, model: str, context: Any, action: Callable[[], Awaitable[Reply]]) -> Reply:
         """Count and time one per-model call; a FerryError becomes its gRPC status, anything else INTERNAL."""
@@ -217,12 +228,13 @@ async def start_server(
     port: int,
     max_message: int,
     auth: TokenAuth | None = None,
+    tracing: Tracing | None = None,
 ) -> grpc.aio.Server:
     """Bind and start; a port that cannot be bound is an error, never a silent gRPC-less server."""
     options = [("grpc.max_receive_message_length", max_message), ("grpc.max_send_message_length", max_message)]
     interceptors = [TokenInterceptor(auth)] if auth is not None else []
     server = grpc.aio.server(options=options, interceptors=interceptors)
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(registry, service, metrics), server)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(registry, service, metrics, tracing), server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     server.add_insecure_port(address)
     await server.start()

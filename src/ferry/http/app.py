@@ -37,6 +37,11 @@ logger = logging.getLogger("ferry.http")
 def create_app(settings: Settings, registry: ModelRegistry | None = None) -> FerryApp:
     registry = registry or ModelRegistry(settings.repo, trust_pickle=settings.trust_pickle, warmup=warm_up)
     metrics = Metrics.from_env()  # multiprocess mode when the CLI set PROMETHEUS_MULTIPROC_DIR for --workers
+    tracing = None
+    if settings.tracing:  # OpenTelemetry is imported only here, when asked for
+        from ferry.observability.tracing import Tracing
+
+        tracing = Tracing.from_setting(settings.tracing)
     prediction_log = None
     if settings.prediction_log:
         from ferry.observability.predlog import PredictionLog
@@ -49,6 +54,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fer
         request_timeout=settings.request_timeout,
         max_queue=settings.max_queue,
         prediction_log=prediction_log,
+        tracer=tracing,
     )
     endpoints = ModelEndpoints(settings, registry, service, metrics)
     health_routes = compat.health_paths(registry)  # compatibility health routes, like /isAlive, need no token
@@ -73,7 +79,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fer
             from ferry.grpc.server import start_server
 
             grpc_server = await start_server(
-                registry, service, metrics, settings.host, settings.grpc_port, settings.max_body_bytes, auth
+                registry, service, metrics, settings.host, settings.grpc_port, settings.max_body_bytes, auth, tracing
             )
         watcher = asyncio.create_task(watch(registry)) if settings.watch else None
         sampler = asyncio.create_task(ModelWatcher(registry, metrics).run())  # model states and gauges into metrics
@@ -91,6 +97,9 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fer
             await routing.close()
         if prediction_log is not None:
             prediction_log.close()
+        # 5. Export the spans still buffered.
+        if tracing is not None:
+            await asyncio.to_thread(tracing.shutdown)
 
     routes = endpoints.routes() + ProtocolEndpoints(endpoints).routes() + docs.routes(registry)
     routes += compat.routes(registry, endpoints)
@@ -117,7 +126,12 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fer
     app.state.registry = registry
     app.state.service = service
     return FerryApp(
-        app, hot_routes(endpoints), auth, access_log=settings.access_log, routing=routing.wrap if routing else None
+        app,
+        hot_routes(endpoints),
+        auth,
+        access_log=settings.access_log,
+        routing=routing.wrap if routing else None,
+        tracing=tracing.asgi if tracing else None,
     )
 
 

@@ -46,14 +46,17 @@ class FerryApp:
         auth: TokenAuth | None = None,
         access_log: bool = True,
         routing: Callable[[Handler], Handler] | None = None,
+        tracing: Callable[[Handler], Handler] | None = None,
     ) -> None:
         self.app = app
         self.routes = routes
         self.auth = auth
         # ``--routes``: the router sits after auth and in front of the local dispatch, which it calls.
         self.serve: Handler = self.serve_local if routing is None else routing(self.serve_local)
+        # ``--tracing``: marks each request's phases for its spans; absent otherwise, so it costs nothing.
+        traced = self.dispatch if tracing is None else tracing(self.dispatch)
         # Outermost: every response, the hot path's and Starlette's, carries X-Request-ID and is access-logged.
-        self.entry = RequestContext(self.dispatch, access_log)
+        self.entry = RequestContext(traced, access_log)
 
     @property
     def state(self) -> State:

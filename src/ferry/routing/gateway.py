@@ -13,7 +13,7 @@ import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
@@ -31,6 +31,9 @@ HOP_BY_HOP = frozenset(
 )
 BACKOFF_BASE_S, BACKOFF_CAP_S = 0.05, 2.0
 
+if TYPE_CHECKING:
+    from ferry.observability.tracing import Tracing
+
 
 @dataclass(frozen=True)
 class GatewaySettings:
@@ -39,6 +42,7 @@ class GatewaySettings:
     max_body_bytes: int = 8 * 1024 * 1024
     health_interval_s: float = 5.0
     max_connections: int = 256
+    tracing: str = ""  # off: a client's traceparent goes upstream as it came; on: the gateway's spans join it
 
 
 class UpstreamError(Exception):
@@ -236,13 +240,18 @@ class Gateway:
         self.named = named_paths(routes.name)
         self.clients: dict[str, UpstreamClient] = {}
         self._health_task: asyncio.Task[None] | None = None
+        self.tracing: Tracing | None = None
+        if settings.tracing:  # OpenTelemetry is imported only when asked for
+            from ferry.observability.tracing import Tracing
+
+            self.tracing = Tracing.from_setting(settings.tracing, service="ferry-gateway")
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.settings.max_body_bytes)
         app.router.add_get("/health", self.health)
         app.router.add_get("/ready", self.ready)
         app.router.add_get("/metrics", self.metrics_text)
-        app.router.add_route("*", "/{tail:.*}", self.proxy)
+        app.router.add_route("*", "/{tail:.*}", self.proxy if self.tracing is None else self.traced_proxy)
         app.cleanup_ctx.append(self._lifespan)
         return app
 
@@ -263,6 +272,9 @@ class Gateway:
             await self._health_task
         await self.shadows.close()
         await session.close()
+        # 4. Export the spans still buffered.
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.shutdown)
 
     def _client_key(self, target: Target) -> str:
         if target.model is None:
@@ -298,15 +310,15 @@ class Gateway:
         decision = self.router.decide(RouteRequest(request.path, headers, dict(request.query), parsed))
         if decision is None:
             return _json({"error": f"no rule matches {request.method} {request.path}", "code": "no_route"}, 404)
-        target = decision.target
-        self.metrics.routed.labels(decision.rule, target.key).inc()
+        target, rule = decision.target, decision.rule
+        self.metrics.routed.labels(rule, target.key).inc()
         forward = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         forward["X-Forwarded-For"] = request.remote or ""
         started = time.perf_counter()
         client = self.clients[self._client_key(target)]
         path_qs = self._path(request, target)
         try:
-            status, response_headers, content = await client.call(request.method, path_qs, forward, body)
+            status, response_headers, content = await self._call(client, request.method, path_qs, forward, body, rule)
         except UpstreamError as exc:
             self.metrics.requests.labels(client.name, str(exc.status)).inc()
             extra = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after is not None else None
@@ -321,7 +333,7 @@ class Gateway:
             shadow_path = self._path(request, shadow)
 
             async def call() -> tuple[int, bytes]:
-                code, _, answer = await shadow_client.call(request.method, shadow_path, forward, body)
+                code, _, answer = await self._call(shadow_client, request.method, shadow_path, forward, body, rule)
                 return code, answer
 
             route = decision.route
@@ -330,6 +342,32 @@ class Gateway:
         out_headers = {k: v for k, v in response_headers.items() if k.lower() not in HOP_BY_HOP}
         out_headers["X-Ferry-Route"], out_headers["X-Ferry-Target"] = decision.rule, target.key
         return web.Response(body=content, status=status, headers=out_headers)
+
+    async def traced_proxy(self, request: web.Request) -> web.Response:
+        """``proxy`` inside a server span that continues the client's trace (``--tracing``)."""
+        assert self.tracing is not None
+        attributes = {"http.request.method": request.method, "url.path": request.path}
+        with self.tracing.server_span(f"gateway {request.method}", request.headers, attributes) as span:
+            response = await self.proxy(request)
+            span.status(response.status)
+            return response
+
+    async def _call(
+        self, client: UpstreamClient, method: str, path_qs: str, headers: dict[str, str], body: bytes, rule: str
+    ) -> tuple[int, Any, bytes]:
+        """Call an upstream; with tracing on, in a client span whose context replaces the client's traceparent."""
+        if self.tracing is None:
+            return await client.call(method, path_qs, headers, body)
+        attributes = {
+            "http.request.method": method,
+            "url.full": client.base + path_qs.partition("?")[0],
+            "ferry.upstream": client.name,
+            "ferry.route.rule": rule,
+        }
+        with self.tracing.client_span(f"upstream {client.name}", headers, attributes) as span:
+            result = await client.call(method, path_qs, span.headers, body)
+            span.status(result[0])
+            return result
 
     def _path(self, request: web.Request, target: Target) -> str:
         path = rewrite_path(self.named, request.path, target) or request.path

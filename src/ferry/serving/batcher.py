@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -34,12 +34,19 @@ from ferry.serving.timers import PRECISE_BELOW_S, CoarseTimers
 INLINE_COMPUTE_S = 0.0005
 
 
+class BatchObserver(Protocol):
+    """Told when the batch a request went in ran (monotonic seconds): how tracing draws the shared batch per request."""
+
+    def batched(self, started: float, ended: float, rows: int, requests: int, failed: bool) -> None: ...
+
+
 @dataclass
 class _Pending:
     batch: Any
     rows: int
     future: asyncio.Future[Prediction]
     enqueued: float
+    observer: BatchObserver | None
 
 
 class AdaptiveBatcher:
@@ -52,6 +59,7 @@ class AdaptiveBatcher:
         max_queue: int = 1024,
         on_batch: Callable[[int, int, float, float], None] | None = None,
         compute_s: float | None = None,
+        observed: bool = False,
     ) -> None:
         self._predict = predict
         self._executor = executor
@@ -60,6 +68,7 @@ class AdaptiveBatcher:
         self.max_queue = max_queue
         self.in_flight_rows = 0
         self._on_batch = on_batch
+        self._observed = observed  # tracing is on: tell each request's observer about its batch
         self._queue: deque[_Pending] = deque()
         self._running = False
         self._arrived = asyncio.Event()
@@ -71,12 +80,14 @@ class AdaptiveBatcher:
     def queue_depth(self) -> int:
         return len(self._queue)
 
-    async def predict(self, batch: Any, rows: int, timeout: float | None = None) -> Prediction:
+    async def predict(
+        self, batch: Any, rows: int, timeout: float | None = None, observer: BatchObserver | None = None
+    ) -> Prediction:
         if len(self._queue) >= self.max_queue:
             raise Overloaded(f"model queue is full ({self.max_queue} requests waiting); retry shortly")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Prediction] = loop.create_future()
-        self._queue.append(_Pending(batch, rows, future, time.monotonic()))
+        self._queue.append(_Pending(batch, rows, future, time.monotonic(), observer))
         self._arrived.set()
         if not self._running:
             self._running = True
@@ -141,6 +152,8 @@ class AdaptiveBatcher:
             else:
                 prediction = await asyncio.get_running_loop().run_in_executor(self._executor, self._predict, merged)
         except BaseException as exc:
+            if self._observed:
+                _observe(group, started, time.monotonic(), True)
             for item in group:
                 if not item.future.done():
                     item.future.set_exception(exc)
@@ -150,6 +163,8 @@ class AdaptiveBatcher:
         finally:
             self.in_flight_rows = 0
         elapsed = time.monotonic() - started
+        if self._observed:
+            _observe(group, started, started + elapsed, False)
         ewma = self._compute_ewma
         self._compute_ewma = elapsed if ewma is None else 0.8 * ewma + 0.2 * elapsed
         answered = 0
@@ -160,6 +175,13 @@ class AdaptiveBatcher:
         if self._on_batch is not None:
             rows = sum(g.rows for g in group)
             self._on_batch(answered, rows, started - min(g.enqueued for g in group), elapsed)
+
+
+def _observe(group: list[_Pending], started: float, ended: float, failed: bool) -> None:
+    rows = sum(g.rows for g in group)
+    for item in group:
+        if item.observer is not None:
+            item.observer.batched(started, ended, rows, len(group), failed)
 
 
 def _expire(waiting: tuple[asyncio.Future[Prediction], float]) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 from ferry.bundle.manifest import OutputSchema
 from ferry.errors import DeadlineExceeded, FerryError, Overloaded
 from ferry.runtimes import Prediction
-from ferry.serving.batcher import AdaptiveBatcher
+from ferry.serving.batcher import AdaptiveBatcher, BatchObserver
 from ferry.serving.metrics import Metrics
 from ferry.serving.registry import ModelHandle, ModelRegistry
 
@@ -20,6 +20,18 @@ class PredictionSink(Protocol):
     """Where sampled predictions go (``ferry.observability.predlog.PredictionLog``); it must not block."""
 
     def record(self, handle: ModelHandle, batch: Any, prediction: Prediction, latency_s: float) -> None: ...
+
+
+class PredictionTrace(BatchObserver, Protocol):
+    """One request's marks for its spans (``ferry.observability.tracing.RequestTrace``)."""
+
+    def predicted(self, at: float) -> None: ...
+
+
+class Tracer(Protocol):
+    """Tracing, when on: the trace of the request being served, given once to the first predict that asks."""
+
+    def begin(self, name: str, version: str, at: float) -> PredictionTrace | None: ...
 
 
 class ModelError(FerryError):
@@ -37,12 +49,14 @@ class InferenceService:
         request_timeout: float = 30.0,
         max_queue: int = 256,
         prediction_log: PredictionSink | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.registry = registry
         self.metrics = metrics
         self.request_timeout = request_timeout
         self.max_queue = max_queue
         self.prediction_log = prediction_log
+        self.tracer = tracer
         # Model compute runs off the event loop, so health and metrics never wait behind it.
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ferry-model")
         self._batchers: dict[int, AdaptiveBatcher] = {}
@@ -79,6 +93,7 @@ class InferenceService:
                 on_batch=on_batch,
                 max_queue=manifest.limits.max_queue or self.max_queue,
                 compute_s=handle.compute_s,
+                observed=self.tracer is not None,
             )
             self._batchers[key] = batcher
             self.metrics.track(handle.name, handle.version, lambda: (batcher.queue_depth, batcher.in_flight_rows))
@@ -91,8 +106,10 @@ class InferenceService:
             timeout = handle.model.manifest.limits.timeout_s or self.request_timeout
         log = self.prediction_log
         started = time.perf_counter() if log is not None else 0.0
+        tracer = self.tracer
+        trace = tracer.begin(handle.name, handle.version, time.monotonic()) if tracer is not None else None
         try:
-            prediction = await self.batcher(handle).predict(batch, len(batch), timeout)
+            prediction = await self.batcher(handle).predict(batch, len(batch), timeout, trace)
         except Overloaded:
             self.metrics.rejections.labels(handle.name, handle.version).inc()
             raise
@@ -104,6 +121,8 @@ class InferenceService:
         except Exception as exc:
             raise ModelError(f"model '{handle.name}' failed to predict: {type(exc).__name__}") from exc
         result = postprocess(prediction, handle.model.manifest.output)
+        if trace is not None:
+            trace.predicted(time.monotonic())
         if log is not None:
             log.record(handle, batch, result, time.perf_counter() - started)
         return result
