@@ -12,7 +12,15 @@ from ferry.bundle.build import build
 from ferry.bundle.repository import scan_repository
 from ferry.examples.images import build_general, build_plants
 
-REVIEW_FEATURIZER = {"type": "char_ngrams", "analyzer": "char_wb", "ngram_range": [1, 3], "n_features": 2**14}
+REVIEW_FEATURIZER = {
+    "type": "char_ngrams",
+    "analyzer": "char_wb",
+    "ngram_range": [1, 3],
+    "n_features": 2**14,
+    "alternate_sign": False,
+    "norm": "l2",
+    "lowercase": True,
+}
 
 
 def build_iris(repo: Path) -> Path:

@@ -15,7 +15,8 @@ from ferry.runtimes.base import Prediction, Runtime, argmax_labels, warn_version
 def make_featurizer(spec: dict[str, Any]) -> Any:
     """A stateless text featurizer from its manifest spec: character n-grams, hashed.
 
-    Hashing needs no fitted vocabulary, so the spec alone rebuilds it exactly.
+    Hashing needs no fitted vocabulary, so the spec alone rebuilds it exactly; the example bundles
+    write every parameter out, so a server written by hand can rebuild it from the manifest too.
     """
     from sklearn.feature_extraction.text import HashingVectorizer
 
@@ -26,8 +27,9 @@ def make_featurizer(spec: dict[str, Any]) -> Any:
         analyzer=spec.get("analyzer", "char_wb"),
         ngram_range=(int(low), int(high)),
         n_features=int(spec.get("n_features", 2**14)),
-        alternate_sign=False,
-        norm="l2",
+        alternate_sign=bool(spec.get("alternate_sign", False)),
+        norm=spec.get("norm", "l2"),
+        lowercase=bool(spec.get("lowercase", True)),
     )
 
 
