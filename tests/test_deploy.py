@@ -30,7 +30,7 @@ from ferry.deploy import compose, dockerfile, k8s
 from ferry.deploy.fetch import INDEX_FILE, fetch_bundles, write_index
 from ferry.deploy.kubectl import service_address
 from ferry.deploy.spec import GRPC_PORT, HTTP_PORT, PRESTOP_SECONDS, UID, DeploySpec
-from ferry.errors import FetchError, IntegrityError
+from ferry.errors import FetchError, IntegrityError, SpecError
 
 IMAGE = "registry.example.com/team/ferry-examples:1.4.2"
 K8S_VERSIONS = ["1.29.0", "1.33.0"]
@@ -129,6 +129,20 @@ def test_requirements_are_pinned_for_the_runtimes_used(image_spec: dockerfile.Im
     assert {"numpy", "scikit-learn", "skops", "lightgbm", "uvicorn", "uvloop", "starlette"} <= names
     assert "ferry" not in names  # shipped as source in the context
     assert not {"onnxruntime", "pytest", "colorama"} & names  # unused runtime, test tools, Windows-only
+
+
+def test_image_models_and_requested_extras_bring_their_dependencies(
+    example_repo: Path, image_spec: dockerfile.ImageSpec
+) -> None:
+    from dataclasses import replace
+
+    photo = dockerfile.ModelRef("plants", "1", "onnx", "0" * 64, images=True)
+    spec = replace(image_spec, models=(*image_spec.models, photo), more_extras=("tracing",))
+    names = {line.split("==")[0] for line in dockerfile.render_requirements(spec).splitlines() if "==" in line}
+    assert {"onnxruntime", "pillow", "opentelemetry-sdk"} <= names  # decoding images; --extra tracing
+    assert {"onnx", "images", "tracing"} <= spec.extras
+    with pytest.raises(SpecError, match="unknown extra nope; Ferry's extras are .*tracing"):
+        dockerfile.image_spec_for(example_repo, IMAGE, extras=("nope",))
 
 
 def test_build_context_holds_source_and_readable_models(example_repo: Path, tmp_path: Path) -> None:

@@ -41,11 +41,19 @@ def containerize_command(
     source: Annotated[str, typer.Option(help="Source URL for the OCI label.")] = "",
     build: Annotated[bool, typer.Option(help="Build the image with docker (or podman).")] = False,
     push: Annotated[bool, typer.Option(help="Push the image after building.")] = False,
+    extra: Annotated[
+        list[str] | None, typer.Option(help="Also install this Ferry extra (tracing, fetch); repeatable.")
+    ] = None,
 ) -> None:
     """Write a Docker build context for REPO: Dockerfile, .dockerignore, pinned requirements, models."""
     spec = _run(
         lambda: dockerfile.image_spec_for(
-            repo, tag, include_models=models, base_image=base_image, source=source or _git_remote(repo)
+            repo,
+            tag,
+            include_models=models,
+            base_image=base_image,
+            source=source or _git_remote(repo),
+            extras=tuple(extra or ()),
         )
     )
     for path in _run(lambda: dockerfile.write_build_context(repo, out, spec)):

@@ -36,6 +36,7 @@ class ModelRef:
     version: str
     runtime: str
     digest: str
+    images: bool = False  # image input: decoding needs Pillow (the `images` extra)
 
 
 @dataclass(frozen=True)
@@ -47,10 +48,12 @@ class ImageSpec:
     ferry_version: str = "0.0.0"
     ferry_from_source: bool = True
     source: str = ""
+    more_extras: tuple[str, ...] = ()  # `--extra`: optional features the runtimes do not imply (tracing, fetch)
 
     @property
     def extras(self) -> set[str]:
-        return {e for m in self.models if (e := RUNTIME_EXTRAS.get(m.runtime))}
+        extras = {e for m in self.models if (e := RUNTIME_EXTRAS.get(m.runtime))} | set(self.more_extras)
+        return extras | ({"images"} if any(m.images for m in self.models) else set())
 
     @property
     def apt_packages(self) -> tuple[str, ...]:
@@ -64,7 +67,8 @@ def model_refs(repo: Path) -> tuple[ModelRef, ...]:
         for ref in bundles:
             manifest = read_manifest(ref.path)
             digest = hashlib.sha256((ref.path / MANIFEST_FILE).read_bytes()).hexdigest()
-            refs.append(ModelRef(ref.name, ref.version, manifest.runtime, digest))
+            images = manifest.input.kind == "image"
+            refs.append(ModelRef(ref.name, ref.version, manifest.runtime, digest, images))
     return tuple(refs)
 
 
@@ -178,15 +182,25 @@ def ferry_source_root() -> Path | None:
 
 
 def image_spec_for(
-    repo: Path, image: str, *, include_models: bool = True, base_image: str = DEFAULT_BASE_IMAGE, source: str = ""
+    repo: Path,
+    image: str,
+    *,
+    include_models: bool = True,
+    base_image: str = DEFAULT_BASE_IMAGE,
+    source: str = "",
+    extras: tuple[str, ...] = (),
 ) -> ImageSpec:
     models = model_refs(repo)
     if not models:
         raise SpecError(f"{repo}: no bundles found (expected REPO/<name>/<version>/{MANIFEST_FILE})")
     try:
         version = metadata.version("ferry")
+        known = set(metadata.metadata("ferry").get_all("Provides-Extra") or [])
     except metadata.PackageNotFoundError:
-        version = "0.0.0"
+        version, known = "0.0.0", set(extras)
+    unknown = sorted(set(extras) - known)
+    if unknown:
+        raise SpecError(f"unknown extra {', '.join(unknown)}; Ferry's extras are {', '.join(sorted(known))}")
     return ImageSpec(
         image=image,
         models=models,
@@ -195,6 +209,7 @@ def image_spec_for(
         ferry_version=version,
         ferry_from_source=ferry_source_root() is not None,
         source=source,
+        more_extras=tuple(sorted(set(extras))),
     )
 
 
