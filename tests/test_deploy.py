@@ -141,7 +141,7 @@ def test_image_models_and_requested_extras_bring_their_dependencies(
     names = {line.split("==")[0] for line in dockerfile.render_requirements(spec).splitlines() if "==" in line}
     assert {"onnxruntime", "pillow", "opentelemetry-sdk"} <= names  # decoding images; --extra tracing
     assert {"onnx", "images", "tracing"} <= spec.extras
-    with pytest.raises(SpecError, match="unknown extra nope; Ferry's extras are .*tracing"):
+    with pytest.raises(SpecError, match=r"unknown extra nope; Ferry's extras are .*tracing"):
         dockerfile.image_spec_for(example_repo, IMAGE, extras=("nope",))
 
 
