@@ -82,8 +82,9 @@ def test_console_in_headless_chromium(examples_server) -> None:
             assert page.locator("#result-iris .answer").inner_text() == "virginica"
             assert "X-Request-ID" in page.locator("#result-iris").inner_text()
             # live numbers: after two polls the iris p50 is drawn
+            # (null-safe: the cards are redrawn on every poll, so the element may briefly not exist)
             page.wait_for_function(
-                "document.querySelector('#model-iris .chart:nth-child(2) .value').textContent.includes('ms')",
+                "() => document.querySelector('#model-iris .chart:nth-child(2) .value')?.textContent.includes('ms')",
                 timeout=10_000,
             )
             # 5. the screenshot, kept as a CI artifact
