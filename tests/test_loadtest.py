@@ -53,7 +53,9 @@ def test_open_loop_latency_counts_from_the_schedule(fake_server: FakeServer) -> 
     assert latency["max"] >= 900
     assert latency["p90"] >= 500  # ~half the schedule fell inside the stall, waiting up to a second
     assert summary["sent"] == 200
-    assert summary["generator"]["behind_schedule"] is False  # the server stalled, not the generator
+    # The server stalled, not the generator: its worst lag is a fraction of the stall (on a busy 2-core CI box a
+    # few sends can still be a few ms late, so the late-send count is not asserted here).
+    assert summary["generator"]["max_lag_ms"] < 250
 
 
 def test_closed_loop_keeps_c_users_busy(fake_server: FakeServer) -> None:
