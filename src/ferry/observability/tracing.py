@@ -55,6 +55,9 @@ FILE_FLUSH_MS = 200  # spans reach a JSON-lines file within this, so a reader se
 _GRPC_SERVER_ERRORS = frozenset({"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE"})
 
 
+_WALL_MINUS_MONOTONIC_NS = time.time_ns() - time.monotonic_ns()  # monotonic marks -> span timestamps
+
+
 class TracingError(FerryError):
     """A ``--tracing`` value that cannot work; refused at start-up."""
 
@@ -76,14 +79,12 @@ class RequestTrace:
         "read",
         "responded",
         "start",
-        "start_ns",
         "status",
         "version",
     )
 
     def __init__(self) -> None:
         self.start = time.monotonic()
-        self.start_ns = time.time_ns()
         self.read: float | None = None  # the whole body is in
         self.predicting: float | None = None  # handed to the service (after decoding)
         self.batch_started: float | None = None
@@ -104,8 +105,12 @@ class RequestTrace:
         self.answered = at
 
     def ns(self, at: float) -> int:
-        """A monotonic mark as wall-clock nanoseconds, as spans carry them."""
-        return self.start_ns + int((at - self.start) * 1e9)
+        """A monotonic mark as wall-clock nanoseconds, as spans carry them.
+
+        One offset for the whole process, so the marks of a batch shared by several requests map to the
+        very same nanoseconds in each request's spans.
+        """
+        return int(at * 1e9) + _WALL_MINUS_MONOTONIC_NS
 
 
 class Tracing:
@@ -200,7 +205,7 @@ class Tracing:
             context=self.propagator.extract(carrier),
             kind=SpanKind.SERVER,
             attributes=attributes,
-            start_time=request.start_ns,
+            start_time=request.ns(request.start),
         )
         if span.is_recording():
             _phases(self.tracer, span, request, end)
