@@ -29,6 +29,7 @@ Name = Annotated[str, typer.Option(help="Name of the Deployment, Service and fri
 Namespace = Annotated[str, typer.Option("--namespace", "-n", help="Kubernetes namespace.")]
 Replicas = Annotated[int, typer.Option(help="Replicas (the autoscaler's minimum).")]
 ModelUri = Annotated[str, typer.Option(help="Model-load mode: fetch bundles from this URI at start-up.")]
+ServiceType = Annotated[str, typer.Option(help="LoadBalancer, ClusterIP or NodePort.")]
 Context = Annotated[str | None, typer.Option("--context", help="kubectl context (default: the current one).")]
 
 
@@ -93,7 +94,7 @@ def k8s_command(
     namespace: Namespace = "ferry",
     replicas: Replicas = 3,
     max_replicas: Annotated[int, typer.Option(help="Autoscaler maximum (default 3 x replicas).")] = 0,
-    service_type: Annotated[str, typer.Option(help="LoadBalancer, ClusterIP or NodePort.")] = "LoadBalancer",
+    service_type: ServiceType = "LoadBalancer",
     model_uri: ModelUri = "",
     auth_secret: Annotated[str, typer.Option(help="Secret whose 'tokens' key becomes FERRY_AUTH_TOKENS.")] = "",
     fetch_secret: Annotated[str, typer.Option(help="Secret with credentials for the model fetch (env).")] = "",
@@ -152,7 +153,7 @@ def deploy_command(
     name: Name = "ferry",
     namespace: Namespace = "ferry",
     replicas: Replicas = 3,
-    service_type: Annotated[str, typer.Option(help="LoadBalancer, ClusterIP or NodePort.")] = "LoadBalancer",
+    service_type: ServiceType = "LoadBalancer",
     model_uri: ModelUri = "",
     dry_run: Annotated[bool, typer.Option(help="Print the objects instead of applying them.")] = False,
     timeout: Annotated[int, typer.Option(help="Seconds to wait for the rollout.")] = 300,

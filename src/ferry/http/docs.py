@@ -213,6 +213,18 @@ _DATATYPE = {
     ],
 }
 _SHAPE = {"type": "array", "items": {"type": "integer", "minimum": 0}}
+# One tensor, as OIP v2 requests and responses both carry it.
+_TENSOR = {
+    "type": "object",
+    "required": ["name", "shape", "datatype"],
+    "properties": {
+        "name": {"type": "string"},
+        "shape": _SHAPE,
+        "datatype": _DATATYPE,
+        "parameters": {"type": "object"},
+        "data": _ref("TensorData"),
+    },
+}
 
 _SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -258,17 +270,7 @@ _SCHEMAS: dict[str, Any] = {
             "parameters": {"type": "object"},
             "inputs": {
                 "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["name", "shape", "datatype"],
-                    "properties": {
-                        "name": {"type": "string"},
-                        "shape": _SHAPE,
-                        "datatype": _DATATYPE,
-                        "parameters": {"type": "object"},
-                        "data": _ref("TensorData"),
-                    },
-                },
+                "items": _TENSOR,
             },
             "outputs": {
                 "type": "array",
@@ -289,17 +291,7 @@ _SCHEMAS: dict[str, Any] = {
             "id": {"type": "string"},
             "outputs": {
                 "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["name", "shape", "datatype"],
-                    "properties": {
-                        "name": {"type": "string"},
-                        "shape": _SHAPE,
-                        "datatype": _DATATYPE,
-                        "parameters": {"type": "object"},
-                        "data": _ref("TensorData"),
-                    },
-                },
+                "items": _TENSOR,
             },
         },
     },
