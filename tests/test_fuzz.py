@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +82,6 @@ v2_bodies = st.fixed_dictionaries(
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=v2_bodies)
 def test_v2_decoder_never_crashes(handles: dict[str, ModelHandle], body: dict[str, Any]) -> None:
-    import json
-
     raw = json.dumps(body).encode()
     for handle in handles.values():
 
@@ -91,3 +90,63 @@ def test_v2_decoder_never_crashes(handles: dict[str, ModelHandle], body: dict[st
             v2.to_batch(request.inputs, handle)
 
         _only_client_errors(decode)
+
+
+# -- hostile numbers: beyond float64 and int64, spliced into otherwise plausible bodies --------------
+hostile_numbers = st.sampled_from(
+    [b"1e400", b"-1e400", b"1e-400", b"1" * 5_000, b"-" + b"9" * 4_301, str(2**64).encode(), str(-(2**63) - 1).encode()]
+)
+templates = st.sampled_from(
+    [
+        b"%s",
+        b"[%s, 2.4]",
+        b'{"length": %s, "width": 2.4}',
+        b'{"instances": [[%s, 2.4]]}',
+        b'{"inputs": [{"name": "input", "datatype": "FP64", "shape": [1, 2], "data": [%s, 2.4]}]}',
+        b'{"inputs": [{"name": "input", "datatype": "INT64", "shape": [%s, 2], "data": [1, 2]}]}',
+        b'{"data": {"tensor": {"shape": [%s, 2], "values": [1, 2]}}}',
+        b'{"data": {"ndarray": [[%s, 2.4]]}}',
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(template=templates, number=hostile_numbers, depth=st.integers(0, 3_000), cut=st.integers(0, 40))
+def test_hostile_numbers_are_client_errors(
+    handles: dict[str, ModelHandle], template: bytes, number: bytes, depth: int, cut: int
+) -> None:
+    body = template % (b"[" * depth + number + b"]" * depth)
+    body = body[: len(body) - cut]  # truncated, and so malformed, for most cuts
+    for handle in handles.values():
+        assert handle.codec is not None
+
+        def decode(codec: Any = handle.codec, handle: ModelHandle = handle) -> None:
+            payload = parse_json(body)
+            decode_native(payload, codec)
+            kserve.decode_request(payload, codec)
+            seldon.decode_request(payload, codec)
+            v2.to_batch(v2_rest.decode_request(body, None).inputs, handle)
+
+        _only_client_errors(decode)
+
+
+# Powers of two whose product wraps a fixed-width integer around to 0 or to a small number.
+dimensions = st.sampled_from([0, 1, 2, 2**31, 2**32, 2**33, 2**63, 2**64]) | st.integers(-(2**65), 2**65)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(shape=st.lists(dimensions, min_size=1, max_size=4), values=st.lists(st.floats(), max_size=8))
+def test_tensor_shapes_never_overflow(handles: dict[str, ModelHandle], shape: list[int], values: list[float]) -> None:
+    seldon_body = {"data": {"tensor": {"shape": shape, "values": values}}}
+    v2_body = {"inputs": [{"name": "input", "datatype": "FP64", "shape": shape, "data": values}]}
+    for handle in handles.values():
+        assert handle.codec is not None
+
+        def decode(codec: Any = handle.codec, handle: ModelHandle = handle) -> None:
+            seldon.decode_request(seldon_body, codec)
+
+        def decode_v2(handle: ModelHandle = handle) -> None:
+            v2.to_batch(v2_rest.decode_request(json.dumps(v2_body).encode(), None).inputs, handle)
+
+        _only_client_errors(decode)
+        _only_client_errors(decode_v2)

@@ -21,15 +21,46 @@ def parse_json(body: bytes) -> Any:
         raise MalformedRequest("request body is empty; expected JSON")
     try:
         return _decoder.decode(body)
-    except msgspec.ValidationError:
-        # A number out of range such as 1e400: the stdlib reads it as infinity, which the schema
-        # check then refuses with the field's name (or accepts, where NaN is allowed).
-        return json.loads(body)
+    except msgspec.ValidationError as exc:
+        return _parse_out_of_range(body, exc)
     except RecursionError:
         raise InvalidInput("JSON is nested too deeply", "$") from None
     except msgspec.DecodeError as exc:
         hint = " (NaN and Infinity are not valid JSON)" if b"NaN" in body or b"Infinity" in body else ""
         raise MalformedRequest(f"malformed JSON: {exc}{hint}") from None
+
+
+def _parse_out_of_range(body: bytes, first: msgspec.ValidationError) -> Any:
+    """A number msgspec will not hold, such as 1e400: the stdlib reads it as infinity, which the schema
+    check then refuses with the field's name (or accepts, where NaN is allowed). The stdlib parse is
+    bounded too: integers stay within 64 bits, and its own errors are the client's, never a 500."""
+    try:
+        return json.loads(body, parse_int=_int64)
+    except _IntegerOutOfRange as exc:
+        where = _where(first) if str(first).startswith("Integer") else "$"
+        raise InvalidInput(f"integer with {exc.digits} digits is out of range (64-bit at most)", where) from None
+    except RecursionError:
+        raise InvalidInput("JSON is nested too deeply", "$") from None
+    except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8
+        raise MalformedRequest(f"malformed JSON: {exc}") from None
+
+
+class _IntegerOutOfRange(Exception):
+    def __init__(self, digits: int) -> None:
+        self.digits = digits
+
+
+def _int64(text: str) -> int:
+    digits = len(text.lstrip("-"))
+    if digits > 20 or not -(2**63) <= (value := int(text)) < 2**64:
+        raise _IntegerOutOfRange(digits)
+    return value
+
+
+def _where(error: msgspec.ValidationError) -> str:
+    """The path in msgspec's message (``... - at `$[0]` ``), where the first out-of-range number sits."""
+    _, _, path = str(error).partition(" - at `")
+    return path.rstrip("`") or "$"
 
 
 def decode_native(payload: Any, codec: InputCodec) -> tuple[Any, bool]:

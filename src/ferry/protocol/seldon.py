@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -94,10 +95,9 @@ def _tensor_rows(tensor: Any) -> list[Any]:
         raise InvalidInput("Expected `shape` as a non-empty array of positive integers", "$.data.tensor.shape")
     if not isinstance(values, list) or any(isinstance(v, list | dict) for v in values):
         raise InvalidInput("Expected `values` as a flat array", "$.data.tensor.values")
-    if int(np.prod(shape)) != len(values):
-        raise InvalidInput(
-            f"shape {shape} holds {int(np.prod(shape))} values but `values` has {len(values)}", "$.data.tensor.values"
-        )
+    size = math.prod(shape)  # Python integers: a shape such as [2**32, 2**32] cannot wrap around to 0
+    if size != len(values):
+        raise InvalidInput(f"shape {shape} holds {size} values but `values` has {len(values)}", "$.data.tensor.values")
     if len(shape) == 1:
         return [values]
     rows: list[Any] = np.asarray(values, dtype=object).reshape(shape).tolist()

@@ -82,7 +82,8 @@ def check_header(name: Any, datatype: Any, shape: Any, where: str) -> tuple[str,
         )
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         raise InvalidInput("Expected `shape` as an array of non-negative integers", f"{where}.shape")
-    if element_count(shape) > MAX_TENSOR_ELEMENTS:
+    # Each dimension too, so a zero elsewhere cannot carry one numpy cannot hold: [0, 2**64].
+    if element_count(shape) > MAX_TENSOR_ELEMENTS or any(d > MAX_TENSOR_ELEMENTS for d in shape):
         raise InvalidInput(f"shape {shape[:8]} exceeds the limit of {MAX_TENSOR_ELEMENTS} elements", f"{where}.shape")
     return name, datatype, shape
 
