@@ -14,7 +14,9 @@ import typer
 from rich.console import Console
 
 from ferry.deploy import compose, dockerfile, fetch, image, k8s, kubectl
-from ferry.deploy.spec import DEFAULT_BASE_IMAGE, DeploySpec, Resources
+from ferry.deploy.addons import Addons, render_with_addons
+from ferry.deploy.spec import DEFAULT_BASE_IMAGE, DeploySpec, Resources, Scaling
+from ferry.deploy.values import PlanValues, load_values
 from ferry.errors import FerryError, SpecError
 
 console = Console(stderr=True)
@@ -88,6 +90,7 @@ def compose_command(
 
 
 def k8s_command(
+    ctx: typer.Context,
     repo: OptionalRepo = None,
     image_ref: Image = "",
     name: Name = "ferry",
@@ -102,27 +105,70 @@ def k8s_command(
     memory: Annotated[str, typer.Option(help="Memory request,limit.")] = "512Mi,1Gi",
     in_flight_target: Annotated[int, typer.Option(help="Also autoscale on in-flight requests per pod (0: off).")] = 0,
     kserve: Annotated[bool, typer.Option(help="Also write a KServe InferenceService.")] = False,
+    knative: Annotated[bool, typer.Option(help="Also write a Knative Service (scales on concurrency).")] = False,
+    scale_to_zero: Annotated[bool, typer.Option(help="--knative: no pod while idle (min-scale 0).")] = False,
+    keda: Annotated[
+        bool, typer.Option(help="A KEDA ScaledObject on Ferry's queue and request rate instead of the HPA.")
+    ] = False,
+    service_monitor: Annotated[
+        bool, typer.Option(help="Also write a Prometheus Operator ServiceMonitor and PrometheusRule (alerts).")
+    ] = False,
+    concurrency_target: Annotated[
+        int, typer.Option(help="KEDA/Knative: requests in one replica at once before scaling out.")
+    ] = 10,
+    sla_p99_ms: Annotated[float, typer.Option(help="The p99 latency (ms) above which an alert fires.")] = 100.0,
+    prometheus_url: Annotated[
+        str, typer.Option(help="--keda: the Prometheus that KEDA queries.")
+    ] = Scaling.prometheus_url,
+    values: Annotated[
+        Path | None,
+        typer.Option(help="`ferry plan --values` output: replicas, resources, autoscaling (options given win)."),
+    ] = None,
     routes: Annotated[
         Path | None, typer.Option(help="Routes file: also write an Istio VirtualService (+ DestinationRules).")
     ] = None,
     out: Annotated[Path, typer.Option("--output", "-o", help="Folder for the manifests.")] = Path("k8s"),
 ) -> None:
-    """Write Kubernetes manifests: Namespace, ConfigMap, Deployment, Service, HPA, PDB, kustomization."""
+    """Write Kubernetes manifests: Namespace, ConfigMap, Deployment, Service, HPA, PDB, kustomization (and add-ons)."""
+    if scale_to_zero and not knative:
+        _run(lambda: _fail("--scale-to-zero applies to the Knative Service; add --knative"))
+    planned = _run(lambda: load_values(values)) if values is not None else PlanValues()
+
+    def pick(option: str, given: T, from_plan: T | None) -> T:
+        """The plan's value, unless the option was given on the command line."""
+        source = ctx.get_parameter_source(option)  # typer vendors click: compare the enum by name
+        explicit = source is not None and source.name != "DEFAULT"
+        return given if from_plan is None or explicit else from_plan
+
+    p99 = pick("sla_p99_ms", sla_p99_ms / 1000, planned.p99_seconds)
+    scaling = _run(
+        lambda: Scaling(
+            concurrency=pick("concurrency_target", concurrency_target, planned.concurrency),
+            rate=planned.rate or 0.0,
+            p99_seconds=p99,
+            scale_to_zero=scale_to_zero,
+            prometheus_url=prometheus_url,
+        )
+    )
     spec = _spec(
         repo,
         image_ref,
         name=name,
         namespace=namespace,
-        replicas=replicas,
-        max_replicas=max_replicas,
+        replicas=pick("replicas", replicas, planned.replicas),
+        max_replicas=pick("max_replicas", max_replicas, planned.max_replicas),
         service_type=service_type,
         model_uri=model_uri,
         auth_secret=auth_secret,
         fetch_secret=fetch_secret,
-        resources=_resources(cpu, memory),
+        resources=_resources(pick("cpu", cpu, planned.cpu), pick("memory", memory, planned.memory)),
         in_flight_target=in_flight_target,
+        cpu_target_percent=planned.cpu_target_percent or DeploySpec.cpu_target_percent,
+        scaling=scaling,
     )
-    for path in _run(lambda: k8s.write_manifests(spec, out, kserve=kserve)):
+    addons = Addons(kserve=kserve, knative=knative, keda=keda, service_monitor=service_monitor)
+    objects = render_with_addons(spec, addons)
+    for path in _run(lambda: k8s.write_manifests(spec, out, objects=objects)):
         console.print(f"[green]wrote[/green] {path}")
     console.print(f"apply them with: kubectl apply --server-side -k {out}")
     if routes is not None:
@@ -219,6 +265,10 @@ def _spec(repo: Path | None, image_ref: str, **options: object) -> DeploySpec:
         return DeploySpec(image=image_ref, **options)  # type: ignore[arg-type]
 
     return _run(build)
+
+
+def _fail(message: str) -> None:
+    raise SpecError(message)
 
 
 def _resources(cpu: str, memory: str) -> Resources:

@@ -33,7 +33,7 @@ Obj = dict[str, Any]
 SERVICE_HTTP_PORT = 80
 
 
-def _meta(spec: DeploySpec, name: str | None = None, namespaced: bool = True) -> Obj:
+def meta(spec: DeploySpec, name: str | None = None, namespaced: bool = True) -> Obj:
     meta: Obj = {"name": name or spec.name, "labels": dict(spec.labels)}
     if namespaced:
         meta["namespace"] = spec.namespace
@@ -41,14 +41,14 @@ def _meta(spec: DeploySpec, name: str | None = None, namespaced: bool = True) ->
 
 
 def render_namespace(spec: DeploySpec) -> Obj:
-    meta = _meta(spec, spec.namespace, namespaced=False)
+    metadata = meta(spec, spec.namespace, namespaced=False)
     # The pod below meets the "restricted" Pod Security Standard; enforcing it keeps it that way.
-    meta["labels"]["pod-security.kubernetes.io/enforce"] = "restricted"
-    return {"apiVersion": "v1", "kind": "Namespace", "metadata": meta}
+    metadata["labels"]["pod-security.kubernetes.io/enforce"] = "restricted"
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": metadata}
 
 
 def render_configmap(spec: DeploySpec) -> Obj:
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(spec), "data": spec.server_env()}
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(spec), "data": spec.server_env()}
 
 
 def _security_context() -> Obj:
@@ -165,7 +165,7 @@ def render_deployment(spec: DeploySpec) -> Obj:
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _meta(spec),
+        "metadata": meta(spec),
         "spec": {
             "replicas": spec.replicas,
             "revisionHistoryLimit": 5,
@@ -205,7 +205,7 @@ def render_service(spec: DeploySpec) -> Obj:
     }
     if spec.service_type == "LoadBalancer":
         service["externalTrafficPolicy"] = "Local"  # keeps client addresses, skips a second hop
-    return {"apiVersion": "v1", "kind": "Service", "metadata": _meta(spec), "spec": service}
+    return {"apiVersion": "v1", "kind": "Service", "metadata": meta(spec), "spec": service}
 
 
 def render_hpa(spec: DeploySpec) -> Obj:
@@ -232,7 +232,7 @@ def render_hpa(spec: DeploySpec) -> Obj:
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
-        "metadata": _meta(spec),
+        "metadata": meta(spec),
         "spec": {
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": spec.name},
             "minReplicas": spec.replicas,
@@ -247,7 +247,7 @@ def render_pdb(spec: DeploySpec) -> Obj:
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": _meta(spec),
+        "metadata": meta(spec),
         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": dict(spec.selector_labels)}},
     }
 
@@ -269,7 +269,7 @@ def render_inference_service(spec: DeploySpec) -> Obj:
     return {
         "apiVersion": "serving.kserve.io/v1beta1",
         "kind": "InferenceService",
-        "metadata": _meta(spec),
+        "metadata": meta(spec),
         "spec": {
             "predictor": {
                 "minReplicas": spec.replicas,
@@ -310,14 +310,21 @@ def to_yaml(objects: list[Obj]) -> str:
     return "---\n".join(yaml.safe_dump(obj, sort_keys=False) for obj in objects)
 
 
-def write_manifests(spec: DeploySpec, out: Path, kserve: bool = False) -> list[Path]:
+# Alternatives to the Deployment (the same pod under another controller): written, but left out of the kustomization.
+STANDALONE = ("60-inferenceservice.yaml", "65-knative-service.yaml")
+
+
+def write_manifests(
+    spec: DeploySpec, out: Path, kserve: bool = False, objects: dict[str, Obj] | None = None
+) -> list[Path]:
+    """Write ``objects`` (default: ``render_manifests``) and a kustomization over all but the standalone ones."""
     out.mkdir(parents=True, exist_ok=True)
-    manifests = render_manifests(spec, kserve=kserve)
+    manifests = objects if objects is not None else render_manifests(spec, kserve=kserve)
     written = []
     for name, obj in manifests.items():
         (out / name).write_text(yaml.safe_dump(obj, sort_keys=False), encoding="utf-8")
         written.append(out / name)
-    kustomization = render_kustomization(spec, [n for n in manifests if n != "60-inferenceservice.yaml"])
+    kustomization = render_kustomization(spec, [n for n in manifests if n not in STANDALONE])
     (out / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False), encoding="utf-8")
     written.append(out / "kustomization.yaml")
     return written

@@ -37,6 +37,23 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class Scaling:
+    """Per-replica targets for request-driven autoscaling (KEDA, Knative) and the alerts' SLA; see ``ferry plan``."""
+
+    concurrency: int = 10  # requests in a replica at once (queued + computing): KEDA threshold, Knative target
+    rate: float = 0.0  # req/s one replica should carry; 0: no request-rate trigger
+    p99_seconds: float = 0.1  # the PrometheusRule fires when p99 stays above this
+    scale_to_zero: bool = False  # Knative: no pod while no request comes
+    prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"  # where KEDA queries Ferry's metrics
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise SpecError(f"concurrency target must be at least 1, got {self.concurrency}")
+        if self.rate < 0 or self.p99_seconds <= 0:
+            raise SpecError("the request-rate target must be >= 0 and the p99 SLA > 0")
+
+
+@dataclass(frozen=True)
 class DeploySpec:
     """What to run and how; ``model_uri`` set means model-load mode (bundles fetched at start-up)."""
 
@@ -55,6 +72,7 @@ class DeploySpec:
     fetch_secret: str = ""
     cpu_target_percent: int = 70
     in_flight_target: int = 0  # 0: scale on CPU only
+    scaling: Scaling = field(default_factory=Scaling)
 
     def __post_init__(self) -> None:
         for what, value in (("name", self.name), ("namespace", self.namespace)):

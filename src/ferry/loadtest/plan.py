@@ -7,6 +7,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ferry.loadtest.schema import LoadTestError
+from ferry.loadtest.sla import parse_sla
+
+DEFAULT_LATENCY_S = 0.1  # the latency budget when the SLA names no latency
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,9 @@ class Plan:
     cpu_limit: str
     memory_request: str
     memory_limit: str
+    rate_per_replica: float  # req/s one replica carries at the planned utilisation: KEDA's request-rate threshold
+    concurrency_per_replica: int  # requests in one replica at once at that rate, within the SLA: KEDA and Knative
+    p99_seconds: float  # the SLA's latency bound, for the alerts
     reasoning: list[str]
 
     def to_dict(self) -> dict[str, Any]:
@@ -48,7 +54,10 @@ class Plan:
                 "minReplicas": self.hpa_min,
                 "maxReplicas": self.hpa_max,
                 "targetCPUUtilizationPercentage": self.hpa_target_cpu_percent,
+                "targetRequestsPerSecondPerReplica": self.rate_per_replica,
+                "targetConcurrencyPerReplica": self.concurrency_per_replica,
             },
+            "sla": {"p99Seconds": self.p99_seconds},
         }
 
 
@@ -65,6 +74,9 @@ def make_plan(p: PlanInputs) -> Plan:
     replicas = max(survive, min(2, zones))
     hpa_max = max(replicas + 1, math.ceil(replicas * p.burst))
     cpu_m = max(100, int(round(p.cpu_per_replica * 1000, -2)))
+    latency_s = _latency_budget_s(p.sla)
+    # Little's law: at `usable` req/s, each answered within `latency_s`, a replica holds at most this many at once.
+    concurrency = max(1, math.ceil(usable * latency_s))
     reasoning = [
         f"one replica sustains {p.replica_capacity:,.0f} req/s within the SLA {p.sla or '(none given)'}",
         f"at a {p.utilization:.0%} steady-state utilisation it should carry {usable:,.0f} req/s",
@@ -78,6 +90,8 @@ def make_plan(p: PlanInputs) -> Plan:
         f"target CPU {int(p.utilization * 100)}% (the utilisation the replica count assumes)",
         f"CPU request {cpu_m}m = measured use per replica; limit 2x for start-up and bursts",
         f"memory request {p.memory_mib}Mi = measured resident size; limit 1.5x",
+        f"KEDA/Knative: {usable:,.0f} req/s x {latency_s * 1000:g} ms (the SLA's latency) -> at most "
+        f"{concurrency} request(s) in one replica at once; scale out past that or past {usable:,.0f} req/s",
     ]
     return Plan(
         replicas=replicas,
@@ -88,8 +102,18 @@ def make_plan(p: PlanInputs) -> Plan:
         cpu_limit=f"{cpu_m * 2}m",
         memory_request=f"{p.memory_mib}Mi",
         memory_limit=f"{int(p.memory_mib * 1.5)}Mi",
+        rate_per_replica=round(usable, 1),
+        concurrency_per_replica=concurrency,
+        p99_seconds=latency_s,
         reasoning=reasoning,
     )
+
+
+def _latency_budget_s(sla: str) -> float:
+    """The SLA's p99 bound (else its tightest latency bound), in seconds."""
+    latencies = {c.metric: c.limit for c in parse_sla(sla) if c.metric != "errors"} if sla else {}
+    limit_ms = latencies.get("p99", min(latencies.values(), default=DEFAULT_LATENCY_S * 1000))
+    return limit_ms / 1000
 
 
 def capacity_from_results(results: dict[str, Any]) -> float:
