@@ -47,6 +47,12 @@ def loadtest_command(
         str | None, typer.Option(help="JSONL/CSV file, image folder, 'sample' or 'generated' (default: sample).")
     ] = None,
     protocol: Annotated[str, typer.Option(help="native, v2, v1, seldon, or grpc (OIP ModelInfer).")] = "native",
+    route: Annotated[
+        str | None, typer.Option(help="Any route instead, e.g. 'POST /predict' or 'GET /prediction/?f=0.05'.")
+    ] = None,
+    body: Annotated[
+        str | None, typer.Option(help="--route: the JSON body to send (else --data, else the sample).")
+    ] = None,
     grpc_target: Annotated[
         str | None, typer.Option(help="--protocol grpc: HOST:PORT of the gRPC server (default: URL's host, 8081).")
     ] = None,
@@ -55,7 +61,9 @@ def loadtest_command(
     connections: Annotated[int, typer.Option(help="Most open connections (per run).")] = 1000,
     sla: Annotated[str | None, typer.Option(help="Gate, e.g. 'p99<50ms,errors<0.1%'; exit 1 when it fails.")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the full results as JSON.")] = None,
-    report: Annotated[Path | None, typer.Option(help="Write an HTML report with charts.")] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="Write an HTML report with charts, and the charts as a PNG beside it.")
+    ] = None,
     find_max: Annotated[bool, typer.Option(help="Search the highest rate that meets --sla.")] = False,
     step_duration: Annotated[str, typer.Option(help="--find-max: length of each step.")] = "10s",
     max_rate: Annotated[float, typer.Option(help="--find-max: stop searching at this rate.")] = 1_000_000.0,
@@ -82,6 +90,8 @@ def loadtest_command(
             model=model,
             protocol=protocol,
             grpc_target=grpc_target,
+            route=route,
+            body=body,
             data=data,
             schedule=schedule,
             concurrency=concurrency or 0,
@@ -121,8 +131,19 @@ def loadtest_command(
         from ferry.loadtest.report import write_html
 
         err.print(f"report written to {write_html(summary, report)}")
+        _write_png(summary, report.with_suffix(".png"))
     if conditions and not summary["sla"]["passed"]:
         raise typer.Exit(1)
+
+
+def _write_png(summary: dict[str, Any], path: Path) -> None:
+    """The same charts as one picture; without matplotlib the HTML stands alone, and the user is told why."""
+    from ferry.loadtest.plots import write_png
+
+    try:
+        err.print(f"charts written to {write_png(summary, path)}")
+    except FerryError as exc:
+        err.print(f"[yellow]warning:[/yellow] no PNG: {exc.message}")
 
 
 def _progress(s: dict[str, Any], options: Any) -> Text:

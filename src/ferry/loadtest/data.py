@@ -36,13 +36,13 @@ def load_records(source: str | None, schema: ModelSchema, seed: int = 0) -> list
         return _images(path, schema)
     if not path.is_file():
         raise LoadTestError(f"--data {source}: no such file or folder (or use 'sample' or 'generated')")
-    records = _csv(path, schema) if path.suffix.lower() == ".csv" else _json_lines(path)
+    records = _csv(path, schema) if path.suffix.lower() == ".csv" else read_json_records(path)
     if not records:
         raise LoadTestError(f"--data {source}: no records in the file")
     return records
 
 
-def _json_lines(path: Path) -> list[Any]:
+def read_json_records(path: Path) -> list[Any]:
     text = path.read_text(encoding="utf-8")
     if path.suffix.lower() == ".json":
         value = json.loads(text)

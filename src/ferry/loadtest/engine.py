@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from ferry.loadtest.data import encode_bodies, load_records
 from ferry.loadtest.protocols import make_adapter
 from ferry.loadtest.results import Recorder, summarize
+from ferry.loadtest.route import parse_route, route_bodies
 from ferry.loadtest.runner import LoadSpec, Tick, run_load
 from ferry.loadtest.schedule import Schedule
 from ferry.loadtest.schema import LoadTestError, fetch_schema, v2_inputs
@@ -31,11 +32,17 @@ class LoadTestOptions:
     timeout: float = 10.0
     connections: int = 1000
     grpc_target: str | None = None  # --protocol grpc: host:port (default: the URL's host, port 8081)
+    route: str | None = None  # "POST /predict": any route, bodies sent as given (see ferry.loadtest.route)
+    body: str | None = None  # --route: one literal JSON body
 
 
 def prepare(options: LoadTestOptions) -> tuple[LoadSpec, dict[str, Any]]:
     """Resolve the model, shape the data for the protocol, and encode every body once."""
     base = options.url.rstrip("/")
+    if options.route is not None:
+        return _prepare_route(options, base)
+    if options.body is not None:
+        raise LoadTestError("--body goes with --route; the model's routes take --data")
     v2_shaped = options.protocol in ("v2", "grpc")  # gRPC carries the OIP v2 tensors
     schema = fetch_schema(base, options.model, prefer="v2" if v2_shaped else "native")
     server_v2 = v2_inputs(base, schema.name) if v2_shaped else None
@@ -62,6 +69,34 @@ def prepare(options: LoadTestOptions) -> tuple[LoadSpec, dict[str, Any]]:
         "concurrency": options.concurrency or None,
         "processes": options.processes,
         "data": options.data or ("sample" if schema.sample_input is not None else "generated"),
+        "distinct_bodies": len(bodies),
+    }
+    return spec, info
+
+
+def _prepare_route(options: LoadTestOptions, base: str) -> tuple[LoadSpec, dict[str, Any]]:
+    if options.protocol != "native":
+        raise LoadTestError("--route sends bodies as given; it takes no --protocol")
+    route = parse_route(options.route or "")
+    bodies = route_bodies(route, options.body, options.data, lambda: fetch_schema(base, options.model))
+    spec = LoadSpec(
+        url=base + route.path,
+        method=route.method,
+        bodies=bodies,
+        schedule=options.schedule,
+        concurrency=options.concurrency,
+        duration=options.duration,
+        timeout=options.timeout,
+        connections=options.connections,
+    )
+    info = {
+        "url": spec.url,
+        "model": str(route),
+        "protocol": "route",
+        "mode": "open" if options.schedule is not None else "closed",
+        "concurrency": options.concurrency or None,
+        "processes": options.processes,
+        "data": "body" if options.body is not None else options.data or "sample",
         "distinct_bodies": len(bodies),
     }
     return spec, info

@@ -109,7 +109,7 @@ def latency_svg(timeline: list[dict[str, Any]]) -> str:
     return "".join(out)
 
 
-def _status_colour(code: str) -> str:
+def status_colour(code: str) -> str:
     return STATUS_COLOURS.get(code[:1], NO_RESPONSE_COLOUR) if code[:1].isdigit() else NO_RESPONSE_COLOUR
 
 
@@ -129,10 +129,10 @@ def throughput_svg(timeline: list[dict[str, Any]]) -> str:
             top, bottom = _y(base + count, y_max), _y(base, y_max)
             out.append(
                 f"<rect class='bar' data-status='{html.escape(code)}' x='{_x(b['t'], n):.1f}' y='{top:.1f}' "
-                f"width='{bar:.1f}' height='{bottom - top:.1f}' fill='{_status_colour(code)}'/>"
+                f"width='{bar:.1f}' height='{bottom - top:.1f}' fill='{status_colour(code)}'/>"
             )
             base += count
-    out += _legend([(code, _status_colour(code)) for code in codes])
+    out += _legend([(code, status_colour(code)) for code in codes])
     out.append("</svg>")
     return "".join(out)
 

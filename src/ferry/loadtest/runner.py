@@ -40,6 +40,7 @@ class LoadSpec:
     timeout: float = 10.0
     connections: int = 1000
     grpc_target: str | None = None  # host:port: send ModelInfer over gRPC instead of HTTP POSTs to ``url``
+    method: str = "POST"  # ``--route``: any method; an empty body is sent as none
 
 
 def run_load(spec: LoadSpec, on_tick: Tick | None = None) -> Recorder:
@@ -156,7 +157,8 @@ class _Client:
             self.recorder.record(status, error, done - scheduled, done - self.start)
             return
         try:
-            async with self.session.post(self.spec.url, data=next(self.bodies)) as response:
+            request = self.session.request(self.spec.method, self.spec.url, data=next(self.bodies) or None)
+            async with request as response:
                 body = await response.read()
                 status = response.status
                 if not 200 <= status < 300:
@@ -199,7 +201,7 @@ async def _warm_up(session: aiohttp.ClientSession, spec: LoadSpec, grpc: GrpcTra
         await grpc.send(spec.bodies[0])
         return
     with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-        async with session.post(spec.url, data=spec.bodies[0]) as response:
+        async with session.request(spec.method, spec.url, data=spec.bodies[0] or None) as response:
             await response.read()
 
 
