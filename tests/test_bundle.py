@@ -31,7 +31,12 @@ def test_build_writes_manifest_with_hashes_and_inferred_schema(tmp_path: Path) -
     assert [f.name for f in manifest.input.features] == ["a", "b"]
     assert manifest.output.kind == "label"
     assert manifest.labels == ["no", "yes"]
-    assert set(manifest.artifacts) == {"model.skops"}
+    assert set(manifest.artifacts) == {
+        "model.skops",
+        "compiled-coef.npy",
+        "compiled-intercept.npy",
+        "compiled-classes.npy",
+    }
     assert len(manifest.artifacts["model.skops"]) == 64
     assert manifest.metadata["libraries"]["scikit-learn"]
     assert manifest.sample_input == {"a": 0.0, "b": 0.0}
@@ -80,9 +85,11 @@ def test_pickle_loads_only_when_trusted(tmp_path: Path) -> None:
     raw["trusted"] = False
     manifest_path.write_text(yaml.safe_dump(raw))
     with pytest.raises(UntrustedPickle, match=r"'model.joblib' is a pickle, and unpickling runs arbitrary code"):
-        load_bundle(path)
+        load_bundle(path, original=True)
     # ... unless the server says so.
-    assert load_bundle(path, trust_pickle=True).runtime.predict(np.array([[0.0, 0.0]])).values == ["0"]
+    assert load_bundle(path, trust_pickle=True, original=True).runtime.predict(np.array([[0.0, 0.0]])).values == ["0"]
+    # Its compiled form is plain arrays (no unpickling), verified at build by the builder who trusted it.
+    assert load_bundle(path).runtime.predict(np.array([[0.0, 0.0]])).values == ["0"]
 
 
 def test_library_version_drift_warns_with_both_versions(tmp_path: Path) -> None:
@@ -93,7 +100,8 @@ def test_library_version_drift_warns_with_both_versions(tmp_path: Path) -> None:
     manifest_path.write_text(yaml.safe_dump(raw))
     import sklearn
 
-    loaded = load_bundle(path)
+    assert load_bundle(path).warnings == []  # the compiled form does not run scikit-learn
+    loaded = load_bundle(path, original=True)
     assert loaded.warnings == [
         f"clf:1 was built with scikit-learn 0.20.0 but scikit-learn {sklearn.__version__} is installed; "
         "predictions may differ"

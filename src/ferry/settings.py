@@ -25,6 +25,9 @@ class Settings:
     grpc_port: int = _setting(8081, "Open Inference gRPC port (0: off).")
     workers: int = _setting(1, "Worker processes sharing the port.")
     trust_pickle: bool = _setting(False, "Load pickle/joblib artifacts (unpickling runs their code).")
+    original_models: bool = _setting(
+        False, "Load each model's original artifact (and framework) even where its bundle holds a compiled form."
+    )
     max_body_bytes: int = _setting(8 * 1024 * 1024, "Largest request body accepted (413 past it).")
     body_timeout: float = _setting(30.0, "Seconds a client may take to send its request body (408 past it).")
     max_connections: int = _setting(2048, "Open connections and requests per worker before new ones get 503.")

@@ -1,9 +1,30 @@
-"""Model bundles: the manifest schema, building a bundle from a model, and loading one back."""
+"""Model bundles: the manifest schema, building a bundle from a model, and loading one back.
 
-from ferry.bundle.build import build
-from ferry.bundle.load import LoadedModel, load_bundle
-from ferry.bundle.manifest import MANIFEST_FILE, Manifest, read_manifest
-from ferry.bundle.repository import BundleRef, scan_repository
+Names are imported on first use, so serving (``load``, ``manifest``, ``repository``) never imports the
+build side.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ferry.bundle.build import build
+    from ferry.bundle.load import LoadedModel, load_bundle
+    from ferry.bundle.manifest import MANIFEST_FILE, Manifest, read_manifest
+    from ferry.bundle.repository import BundleRef, scan_repository
+
+_WHERE = {
+    "MANIFEST_FILE": "manifest",
+    "BundleRef": "repository",
+    "LoadedModel": "load",
+    "Manifest": "manifest",
+    "build": "build",
+    "load_bundle": "load",
+    "read_manifest": "manifest",
+    "scan_repository": "repository",
+}
 
 __all__ = [
     "MANIFEST_FILE",
@@ -15,3 +36,10 @@ __all__ = [
     "read_manifest",
     "scan_repository",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ferry.bundle' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"ferry.bundle.{module}"), name)

@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from ferry.bundle.compile import compile_model, load_original
 from ferry.bundle.hashing import sha256_file
 from ferry.bundle.manifest import (
     CompatRoute,
@@ -44,13 +45,15 @@ def build(
     options: dict[str, Any] | None = None,
     trusted: bool = False,
     training_data: Any = None,
+    compile: bool = True,
 ) -> Path:
     """Write ``repo/name/version/`` and return its path.
 
     ``model`` is a fitted scikit-learn estimator or pipeline, a LightGBM model, a path to an
     ``.onnx`` file, or a Python class (or instance) with ``load()`` and ``predict(batch)``.
     ``training_data`` (rows in feature order), for a feature model, adds per-feature statistics
-    to the metadata, against which ``ferry monitor`` measures drift.
+    to the metadata, against which ``ferry monitor`` measures drift. ``compile`` adds the model's
+    verified numpy form where it has one (``ferry.bundle.compile``), which serves without the framework.
     """
     repo = Path(repo)
     version = version or next_version(repo, name)
@@ -65,6 +68,8 @@ def build(
         if runtime == "python":
             trusted = True  # the builder hands over its own code
         labels = labels or inferred_labels
+        if compile and runtime in ("sklearn", "lightgbm"):
+            compile_model(load_original(staging, runtime, options), runtime, staging, options, labels)
         raw: dict[str, Any] = {
             "name": name,
             "version": version,

@@ -22,12 +22,17 @@ class LoadedModel:
     warnings: list[str] = field(default_factory=list)
 
 
-def load_bundle(bundle_dir: Path, trust_pickle: bool = False) -> LoadedModel:
-    """Read the manifest, verify every artifact's SHA-256, then hand the bundle to its runtime."""
+def load_bundle(bundle_dir: Path, trust_pickle: bool = False, original: bool = False) -> LoadedModel:
+    """Read the manifest, verify every artifact's SHA-256, then hand the bundle to its runtime.
+
+    A bundle with a compiled form (``options.compiled``) loads that, without its framework, unless
+    ``original`` asks for the original artifact.
+    """
     manifest = read_manifest(bundle_dir)
     verify_artifacts(bundle_dir, manifest.artifacts)
+    name = "compiled" if manifest.options.get("compiled") and not original else manifest.runtime
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        runtime = runtime_class(manifest.runtime).load(bundle_dir, manifest, trust_pickle)
+        runtime = runtime_class(name).load(bundle_dir, manifest, trust_pickle)
     drift = [m for m in (str(w.message) for w in caught) if "was built with" in m]
     return LoadedModel(manifest=manifest, runtime=runtime, path=bundle_dir, warnings=drift)

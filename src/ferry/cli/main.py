@@ -6,6 +6,7 @@ import dataclasses
 import inspect
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -225,18 +226,20 @@ def _run(action: Any) -> Any:
         raise typer.Exit(1) from None
 
 
-from ferry.cli import loadtest as _loadtest  # noqa: E402  (registers loadtest, check, plan)
+def _register_commands() -> None:
+    """Add the other command groups, except when the process is ``ferry serve``.
 
-_loadtest.register(app)
+    Their modules import rich's live tables, urllib and the deploy renderers: tens of milliseconds of a
+    server's ready time that ``serve`` never uses (``ferry --help`` still lists every command).
+    """
+    if sys.argv[1:2] == ["serve"]:
+        return
+    from ferry.cli import deploy, loadtest, monitor, routing
 
-from ferry.cli import deploy as _deploy  # noqa: E402  (registers containerize, compose, k8s, fetch, deploy, ...)
+    loadtest.register(app)  # loadtest, check, plan
+    deploy.register(app)  # containerize, compose, k8s, fetch, deploy, ...
+    monitor.register(app)  # monitor
+    routing.register(app)  # gateway
 
-_deploy.register(app)
 
-from ferry.cli import monitor as _monitor  # noqa: E402  (registers monitor)
-
-_monitor.register(app)
-
-from ferry.cli import routing as _routing  # noqa: E402  (registers gateway)
-
-_routing.register(app)
+_register_commands()

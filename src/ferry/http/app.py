@@ -35,7 +35,9 @@ logger = logging.getLogger("ferry.http")
 
 
 def create_app(settings: Settings, registry: ModelRegistry | None = None) -> FerryApp:
-    registry = registry or ModelRegistry(settings.repo, trust_pickle=settings.trust_pickle, warmup=warm_up)
+    registry = registry or ModelRegistry(
+        settings.repo, trust_pickle=settings.trust_pickle, warmup=warm_up, original=settings.original_models
+    )
     metrics = Metrics.from_env()  # multiprocess mode when the CLI set PROMETHEUS_MULTIPROC_DIR for --workers
     tracing = None
     if settings.tracing:  # OpenTelemetry is imported only here, when asked for

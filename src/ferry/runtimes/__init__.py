@@ -11,6 +11,7 @@ _RUNTIMES = {
     "lightgbm": "ferry.runtimes.lightgbm:LightGBMRuntime",
     "onnx": "ferry.runtimes.onnx:OnnxRuntime",
     "python": "ferry.runtimes.python:PythonRuntime",
+    "compiled": "ferry.runtimes.compiled:CompiledRuntime",  # a bundle's verified numpy form (options.compiled)
 }
 
 

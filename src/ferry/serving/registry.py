@@ -56,10 +56,15 @@ class ModelRegistry:
     """Holds every version of every model in a repository, and picks the one a request means."""
 
     def __init__(
-        self, repo: Path, trust_pickle: bool = False, warmup: Callable[[ModelHandle], None] | None = None
+        self,
+        repo: Path,
+        trust_pickle: bool = False,
+        warmup: Callable[[ModelHandle], None] | None = None,
+        original: bool = False,
     ) -> None:
         self.repo = repo
         self.trust_pickle = trust_pickle
+        self.original = original  # load original artifacts even where a compiled form exists
         self.warmup = warmup
         self.draining = False  # set on SIGTERM: readiness turns 503 while in-flight work finishes
         self.models: dict[str, dict[str, ModelHandle]] = {}
@@ -82,7 +87,7 @@ class ModelRegistry:
         """Load one bundle; a failure marks it FAILED and is logged, never raised to the others."""
         handle.signature = signature(handle.path)
         try:
-            loaded = load_bundle(handle.path, trust_pickle=self.trust_pickle)
+            loaded = load_bundle(handle.path, trust_pickle=self.trust_pickle, original=self.original)
             handle.codec = InputCodec(loaded.manifest.input)
             handle.model, handle.warnings = loaded, loaded.warnings
             if self.warmup is not None:  # ready means loaded and warmed up, not merely loaded

@@ -1,0 +1,90 @@
+"""Ready time: milliseconds from exec of ``ferry serve`` to the first ``/ready`` 200, several runs each.
+
+    python bench/ready.py REPO [REPO ...] [--runs 5] [--ferry ferry] [-- extra serve options]
+
+Polls ``/ready`` every 2 ms (a connection refused is retried at once), so the figure is good to a few
+milliseconds. Also prints the server's CPU time (user + system) until ready, which a machine shared
+with other work inflates far less than wall time, and its RSS at ready. One markdown row per
+repository: min / median / max over the runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def ready_once(ferry: str, repo: str, extra: list[str], timeout_s: float = 60.0) -> tuple[float, int, float]:
+    port = free_port()
+    argv = [ferry, "serve", repo, "--port", str(port), "--grpc-port", "0", "--log-level", "warning", *extra]
+    started = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while time.perf_counter() - started < timeout_s:
+            if proc.poll() is not None:
+                raise RuntimeError(f"ferry serve exited with {proc.returncode}: {' '.join(argv)}")
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1.0)
+                conn.request("GET", "/ready")
+                status = conn.getresponse().status
+                conn.close()
+            except OSError:
+                status = 0
+            if status == 200:
+                elapsed = (time.perf_counter() - started) * 1000.0
+                return elapsed, _rss_kib(proc.pid), _cpu_ms(proc.pid)
+            time.sleep(0.002)
+        raise RuntimeError(f"not ready after {timeout_s} s")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _cpu_ms(pid: int) -> float:
+    """User + system CPU the server spent until ready: the figure a busy machine inflates least."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000.0 / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("repos", nargs="+")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--ferry", default=shutil.which("ferry") or "ferry")
+    args, extra = parser.parse_known_args()
+    extra = [e for e in extra if e != "--"]
+    print("| repository | options | ready ms (min / median / max) | CPU ms to ready (median) | RSS at ready (MiB) |")
+    print("|---|---|---:|---:|---:|")
+    for repo in args.repos:
+        ready_once(args.ferry, repo, extra)  # one unmeasured run warms the page cache
+        runs = [ready_once(args.ferry, repo, extra) for _ in range(args.runs)]
+        times = sorted(t for t, _, _ in runs)
+        rss = max(r for _, r, _ in runs) / 1024
+        cpu = statistics.median(c for _, _, c in runs)
+        row = f"{times[0]:.0f} / {statistics.median(times):.0f} / {times[-1]:.0f}"
+        print(f"| {repo} | {' '.join(extra) or '-'} | {row} | {cpu:.0f} | {rss:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

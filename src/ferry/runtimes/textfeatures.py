@@ -1,0 +1,79 @@
+"""Hashed character n-grams, as scikit-learn's ``HashingVectorizer(analyzer="char_wb")`` computes them.
+
+The serving side of a compiled text bundle: it needs ``mmh3`` (MurmurHash3, the hash scikit-learn uses)
+and numpy, not scikit-learn and scipy. Only the columns the model reads are materialised, but each
+row's L2 norm counts every n-gram, so the values are scikit-learn's exactly (the build checks that).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mmh3
+import numpy as np
+
+_INT_MIN = -(2**31)
+_CACHE_LIMIT = 1 << 18  # n-gram -> column entries kept between batches (bounded: cleared when full)
+
+
+class Unsupported(ValueError):
+    """A featurizer spec this module does not reproduce."""
+
+
+class HashedCharNgrams:
+    def __init__(self, spec: dict[str, Any], columns: np.ndarray) -> None:
+        """``columns``: the hashed feature indices the model reads, in the order it wants them."""
+        if spec.get("type") != "char_ngrams" or spec.get("analyzer", "char_wb") != "char_wb":
+            raise Unsupported(f"featurizer {spec.get('type')!r} / {spec.get('analyzer')!r}")
+        if spec.get("alternate_sign", False) or spec.get("norm", "l2") not in ("l2", None):
+            raise Unsupported("alternate_sign or a norm other than l2")
+        low, high = spec.get("ngram_range", [1, 3])
+        self.low, self.high = int(low), int(high)
+        self.n_features = int(spec.get("n_features", 2**14))
+        self.lowercase = bool(spec.get("lowercase", True))
+        self.l2 = spec.get("norm", "l2") == "l2"
+        self.width = int(columns.size)
+        self.position = np.full(self.n_features, -1, dtype=np.int64)  # hashed index -> model column
+        self.position[np.asarray(columns, dtype=np.int64)] = np.arange(self.width)
+        self._index: dict[str, int] = {}
+
+    def transform(self, texts: list[str]) -> np.ndarray:
+        """[rows, columns] float64: the model's columns of the normalised n-gram counts."""
+        out = np.zeros((len(texts), self.width))
+        for row, text in enumerate(texts):
+            indices = np.fromiter(map(self._hashed, self._ngrams(text)), dtype=np.int64)
+            if indices.size == 0:
+                continue
+            hashed, counts = np.unique(indices, return_counts=True)
+            values = counts.astype(np.float64)
+            if self.l2:  # counts are integers, so the sum of squares is exact in any order
+                values /= np.sqrt(np.dot(values, values))
+            where = self.position[hashed]
+            kept = where >= 0
+            out[row, where[kept]] = values[kept]
+        return out
+
+    def _ngrams(self, text: str) -> list[str]:
+        # scikit-learn's _char_wb_ngrams: each whitespace-separated word, padded with one space.
+        if self.lowercase:
+            text = text.lower()
+        grams: list[str] = []
+        for word in text.split():
+            padded = f" {word} "
+            length = len(padded)
+            for n in range(self.low, self.high + 1):
+                grams.extend(padded[i : i + n] for i in range(max(length - n, 0) + 1))
+                if length <= n:  # a short word is counted once, at its shortest n
+                    break
+        return grams
+
+    def _hashed(self, gram: str) -> int:
+        index = self._index.get(gram)
+        if index is None:
+            h = mmh3.hash(gram, 0, signed=True)
+            # abs(INT_MIN) overflows in C; scikit-learn defines it as below.
+            index = (2**31 - 1 - (self.n_features - 1)) % self.n_features if h == _INT_MIN else abs(h) % self.n_features
+            if len(self._index) >= _CACHE_LIMIT:
+                self._index.clear()
+            self._index[gram] = index
+        return index

@@ -1,0 +1,362 @@
+"""Decision-tree ensembles as plain arrays, evaluated level by level over the whole batch in numpy.
+
+Every tree of a LightGBM booster or a scikit-learn tree, forest or gradient-boosting model becomes rows
+of one node table. A leaf is a node whose children are itself, so ``depth`` rounds of "go left or right"
+leave every (row, tree) pair on its leaf with no masks. Leaf outputs are then summed tree by tree in the
+framework's own order (``cumsum`` is sequential), so the sums are bit-for-bit the framework's.
+
+The exporters (``from_lightgbm``, ``from_sklearn``) read fitted models at build time; evaluation needs
+numpy only. A model this module cannot match exactly (categorical splits, linear trees, unknown
+objectives) is refused with ``Unsupported`` and keeps its original runtime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+# LightGBM treats |x| <= kZeroThreshold (1e-35f) as zero, both when reading rows and in "Zero" splits.
+LIGHTGBM_ZERO = float(np.float32(1e-35))
+MISSING_NONE, MISSING_ZERO, MISSING_NAN = 0, 1, 2
+
+ARRAY_NAMES = (
+    "feature",
+    "threshold",
+    "children",
+    "default_left",
+    "missing",
+    "leaf_value",
+    "roots",
+    "tree_column",
+    "init",
+    "features_used",
+)
+
+
+class Unsupported(ValueError):
+    """The model has a construct the evaluator cannot reproduce exactly."""
+
+
+@dataclass
+class TreeEnsemble:
+    """The node table of every tree and how their leaves add up.
+
+    ``feature`` indexes ``features_used`` (the input columns any split reads); ``children`` is
+    [node, (left, right)]; ``leaf_value`` is [node, width] (zero for inner nodes); tree ``t`` adds its
+    leaf's ``width`` values to output columns ``tree_column[t]``...; the sum starts at ``init``.
+    """
+
+    feature: np.ndarray  # int32 [nodes]
+    threshold: np.ndarray  # float64 [nodes]
+    children: np.ndarray  # int32 [nodes, 2]
+    default_left: np.ndarray  # bool [nodes]
+    missing: np.ndarray  # uint8 [nodes]: MISSING_*
+    leaf_value: np.ndarray  # float64 [nodes, width]
+    roots: np.ndarray  # int32 [trees]
+    tree_column: np.ndarray  # int32 [trees]
+    init: np.ndarray  # float64 [outputs]
+    features_used: np.ndarray  # int64 [used]: input column of each compact feature
+    depth: int
+    float32_input: bool  # scikit-learn compares float32(x) <= threshold
+    zero_clamp: bool  # LightGBM: |x| <= 1e-35 reads as 0
+    average: bool  # forests: the sum divided by the number of trees
+
+    def __post_init__(self) -> None:
+        self._zero_splits = bool((self.missing == MISSING_ZERO).any())
+
+    @property
+    def n_outputs(self) -> int:
+        return int(self.init.shape[0])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {name: getattr(self, name) for name in ARRAY_NAMES}
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "depth": self.depth,
+            "float32_input": self.float32_input,
+            "zero_clamp": self.zero_clamp,
+            "average": self.average,
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], params: dict[str, Any]) -> TreeEnsemble:
+        return cls(
+            **{name: arrays[name] for name in ARRAY_NAMES},
+            depth=int(params["depth"]),
+            float32_input=bool(params["float32_input"]),
+            zero_clamp=bool(params["zero_clamp"]),
+            average=bool(params["average"]),
+        )
+
+    # -- evaluation ---------------------------------------------------------------------------------
+    def predict_raw(self, x: np.ndarray) -> np.ndarray:
+        """Raw scores [rows, outputs] for full-width rows ``x``."""
+        return self.predict_compact(np.asarray(x, dtype=np.float64)[:, self.features_used])
+
+    def predict_compact(self, x: np.ndarray) -> np.ndarray:
+        """Raw scores for rows holding only the ``features_used`` columns, in that order."""
+        leaves = self._leaves(self._prepared(x))
+        return self._sum(leaves)
+
+    def _prepared(self, x: np.ndarray) -> np.ndarray:
+        if self.float32_input:
+            x = x.astype(np.float32).astype(np.float64)
+        if self.zero_clamp:
+            x = np.where(np.abs(x) <= LIGHTGBM_ZERO, 0.0, x)
+        if x.shape[1] == 0:  # every tree is a single leaf; give the gathers a column to read
+            x = np.zeros((x.shape[0], 1))
+        return np.ascontiguousarray(x, dtype=np.float64)
+
+    def _leaves(self, x: np.ndarray) -> np.ndarray:
+        rows, width = x.shape
+        flat = x.ravel()
+        base = (np.arange(rows, dtype=np.int64) * width)[:, None]
+        node = np.broadcast_to(self.roots, (rows, self.roots.size)).astype(np.int64)
+        children = self.children.ravel()
+        # Without NaN in the rows and "Zero" splits in the model, every split is just "x > threshold".
+        plain = not (self._zero_splits or np.isnan(flat).any())
+        for _ in range(self.depth):
+            value = flat[base + self.feature[node]]
+            go_right = value > self.threshold[node] if plain else self._go_right(value, node)
+            node = children[node * 2 + go_right]
+        return node
+
+    def _go_right(self, value: np.ndarray, node: np.ndarray) -> np.ndarray:
+        """LightGBM's NumericalDecision (scikit-learn's NaN rule is its MISSING_NAN case)."""
+        missing = self.missing[node]
+        nan = np.isnan(value)
+        value = np.where(nan & (missing != MISSING_NAN), 0.0, value)
+        zero = (value >= -LIGHTGBM_ZERO) & (value <= LIGHTGBM_ZERO)
+        special = ((missing == MISSING_ZERO) & zero) | ((missing == MISSING_NAN) & nan)
+        right: np.ndarray = np.where(special, ~self.default_left[node], ~(value <= self.threshold[node]))
+        return right
+
+    def _sum(self, leaves: np.ndarray) -> np.ndarray:
+        rows, trees = leaves.shape
+        width = self.leaf_value.shape[1]
+        values = self.leaf_value[leaves]  # [rows, trees, width]
+        outputs = self.n_outputs
+        total = np.empty((rows, outputs))
+        if width == outputs:  # every tree adds to every column: forests, scikit-learn trees
+            total[:] = _sequential_sum(self.init, values)
+        else:  # one column per tree, in rounds: LightGBM multiclass, scikit-learn gradient boosting
+            per_column = values[:, :, 0].reshape(rows, trees // outputs, outputs)
+            for column in range(outputs):
+                total[:, column] = _sequential_sum(
+                    self.init[column : column + 1], per_column[:, :, column : column + 1]
+                )[:, 0]
+        if self.average:
+            total /= trees // (outputs if width != outputs else 1)
+        return total
+
+
+def _sequential_sum(init: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``init + v[0] + v[1] + ...`` added in that order, as the frameworks' loops do."""
+    if not init.any():
+        summed: np.ndarray = np.cumsum(values, axis=1)[:, -1, :]
+        return summed
+    start = np.broadcast_to(init, (values.shape[0], 1, values.shape[2]))
+    summed = np.cumsum(np.concatenate([start, values], axis=1), axis=1)[:, -1, :]
+    return summed
+
+
+# -- building the node table ------------------------------------------------------------------------
+class _Table:
+    """Collects nodes tree by tree; leaves point at themselves."""
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self.feature: list[int] = []
+        self.threshold: list[float] = []
+        self.children: list[tuple[int, int]] = []
+        self.default_left: list[bool] = []
+        self.missing: list[int] = []
+        self.leaf_value: list[np.ndarray] = []
+
+    def add(self, feature: int, threshold: float, default_left: bool, missing: int) -> int:
+        index = len(self.feature)
+        self.feature.append(feature)
+        self.threshold.append(threshold)
+        self.children.append((index, index))
+        self.default_left.append(default_left)
+        self.missing.append(missing)
+        self.leaf_value.append(np.zeros(self.width))
+        return index
+
+    def leaf(self, value: np.ndarray) -> int:
+        index = self.add(0, np.inf, True, MISSING_NONE)
+        self.leaf_value[index] = np.asarray(value, dtype=np.float64).reshape(self.width)
+        return index
+
+    def ensemble(
+        self, roots: list[int], tree_column: list[int], init: np.ndarray, depth: int, **params: Any
+    ) -> TreeEnsemble:
+        features = np.asarray(self.feature, dtype=np.int64)
+        inner = np.asarray([c != (i, i) for i, c in enumerate(self.children)], dtype=bool)
+        used = np.unique(features[inner]) if inner.any() else np.zeros(0, dtype=np.int64)
+        compact = np.searchsorted(used, features).astype(np.int32)
+        compact[~inner] = 0
+        return TreeEnsemble(
+            feature=compact,
+            threshold=np.asarray(self.threshold, dtype=np.float64),
+            children=np.asarray(self.children, dtype=np.int32).reshape(-1, 2),
+            default_left=np.asarray(self.default_left, dtype=bool),
+            missing=np.asarray(self.missing, dtype=np.uint8),
+            leaf_value=np.vstack(self.leaf_value) if self.leaf_value else np.zeros((0, self.width)),
+            roots=np.asarray(roots, dtype=np.int32),
+            tree_column=np.asarray(tree_column, dtype=np.int32),
+            init=np.asarray(init, dtype=np.float64),
+            features_used=used.astype(np.int64),
+            depth=depth,
+            **params,
+        )
+
+
+# -- LightGBM ----------------------------------------------------------------------------------------
+_LIGHTGBM_MISSING = {"None": MISSING_NONE, "Zero": MISSING_ZERO, "NaN": MISSING_NAN}
+LIGHTGBM_TRANSFORMS = {
+    "regression": "identity",
+    "regression_l1": "identity",
+    "huber": "identity",
+    "fair": "identity",
+    "quantile": "identity",
+    "mape": "identity",
+    "lambdarank": "identity",
+    "rank_xendcg": "identity",
+    "poisson": "exp",
+    "gamma": "exp",
+    "tweedie": "exp",
+    "binary": "sigmoid",
+    "multiclass": "softmax",
+}
+
+
+def from_lightgbm(dump: dict[str, Any]) -> tuple[TreeEnsemble, dict[str, Any]]:
+    """The ensemble of a ``Booster.dump_model()`` and its output transform (``objective`` head)."""
+    objective = str(dump.get("objective", "")).split()
+    name = objective[0] if objective else ""
+    if name not in LIGHTGBM_TRANSFORMS:
+        raise Unsupported(f"LightGBM objective {name!r}")
+    head: dict[str, Any] = {"transform": LIGHTGBM_TRANSFORMS[name]}
+    for part in objective[1:]:
+        key, _, value = part.partition(":")
+        if key == "sigmoid":
+            head["sigmoid"] = float(value)
+    outputs = int(dump["num_tree_per_iteration"])
+    table = _Table(width=1)
+    roots, depth = [], 0
+    for tree in dump["tree_info"]:
+        if tree.get("num_cat", 0) or "leaf_coeff" in str(tree.keys()):
+            raise Unsupported("LightGBM categorical splits or linear trees")
+        root, tree_depth = _lightgbm_node(tree["tree_structure"], table)
+        roots.append(root)
+        depth = max(depth, tree_depth)
+    columns = [t % outputs for t in range(len(roots))]
+    ensemble = table.ensemble(
+        roots,
+        columns,
+        np.zeros(outputs),
+        depth,
+        float32_input=False,
+        zero_clamp=True,
+        average=bool(dump.get("average_output", False)),
+    )
+    return ensemble, head
+
+
+def _lightgbm_node(node: dict[str, Any], table: _Table) -> tuple[int, int]:
+    if "split_feature" not in node:
+        return table.leaf(np.asarray([node["leaf_value"]])), 0
+    if node.get("decision_type") != "<=":
+        raise Unsupported(f"LightGBM decision type {node.get('decision_type')!r}")
+    index = table.add(
+        int(node["split_feature"]),
+        float(node["threshold"]),
+        bool(node["default_left"]),
+        _LIGHTGBM_MISSING[node["missing_type"]],
+    )
+    left, left_depth = _lightgbm_node(node["left_child"], table)
+    right, right_depth = _lightgbm_node(node["right_child"], table)
+    table.children[index] = (left, right)
+    return index, 1 + max(left_depth, right_depth)
+
+
+# -- scikit-learn ------------------------------------------------------------------------------------
+_SINGLE = {"DecisionTreeRegressor", "DecisionTreeClassifier", "ExtraTreeRegressor", "ExtraTreeClassifier"}
+_FORESTS = {"RandomForestRegressor", "RandomForestClassifier", "ExtraTreesRegressor", "ExtraTreesClassifier"}
+_BOOSTING = {"GradientBoostingRegressor", "GradientBoostingClassifier"}
+SKLEARN_TREE_MODELS = _SINGLE | _FORESTS | _BOOSTING
+
+
+def from_sklearn(model: Any) -> TreeEnsemble:
+    """The ensemble of a fitted scikit-learn tree, forest or gradient-boosting model (raw scores).
+
+    Classifier trees and forests give class probabilities; gradient boosting gives its decision
+    function. The caller maps scores to labels (see ``ferry.runtimes.compiled``).
+    """
+    name = type(model).__name__
+    if getattr(model, "n_outputs_", 1) != 1:
+        raise Unsupported("multi-output trees")
+    if name in _SINGLE:
+        return _sklearn_trees([model.tree_], classifier=hasattr(model, "classes_"), average=False)
+    if name in _FORESTS:
+        trees = [e.tree_ for e in model.estimators_]
+        return _sklearn_trees(trees, classifier=hasattr(model, "classes_"), average=True)
+    if name in _BOOSTING:
+        return _sklearn_boosting(model)
+    raise Unsupported(f"{name} is not a known tree model")
+
+
+def _sklearn_trees(trees: list[Any], classifier: bool, average: bool) -> TreeEnsemble:
+    first = trees[0].value
+    width = first.shape[2] if classifier else 1
+    table = _Table(width=width)
+    roots, depth = [], 0
+    for tree in trees:
+        values = tree.value[:, 0, :]
+        if classifier:  # DecisionTreeClassifier.predict_proba normalises each leaf exactly so
+            normalizer = values.sum(axis=1)[:, np.newaxis]
+            normalizer[normalizer == 0.0] = 1.0
+            values = values / normalizer
+        roots.append(_sklearn_tree(tree, values, table))
+        depth = max(depth, int(tree.max_depth))
+    return table.ensemble(
+        roots, [0] * len(roots), np.zeros(width), depth, float32_input=True, zero_clamp=False, average=average
+    )
+
+
+def _sklearn_tree(tree: Any, values: np.ndarray, table: _Table) -> int:
+    missing_left = getattr(tree, "missing_go_to_left", np.zeros(tree.node_count, dtype=bool))
+    offset = len(table.feature)
+    for i in range(tree.node_count):
+        if tree.children_left[i] == -1:
+            table.leaf(values[i])
+        else:
+            table.add(int(tree.feature[i]), float(tree.threshold[i]), bool(missing_left[i]), MISSING_NAN)
+    for i in range(tree.node_count):
+        if tree.children_left[i] != -1:
+            table.children[offset + i] = (offset + int(tree.children_left[i]), offset + int(tree.children_right[i]))
+    return offset
+
+
+def _sklearn_boosting(model: Any) -> TreeEnsemble:
+    """Gradient boosting: ``init + lr * tree_1 + lr * tree_2 ...`` per class, stage by stage."""
+    init = getattr(model, "init_", None)
+    if init is None or type(init).__name__ not in ("DummyRegressor", "DummyClassifier"):
+        raise Unsupported("gradient boosting with a custom or zero init estimator")
+    probe = np.zeros((1, int(model.n_features_in_)))
+    baseline = np.asarray(model._raw_predict_init(probe), dtype=np.float64)[0]
+    stages = model.estimators_  # [stages, K] of DecisionTreeRegressor
+    table = _Table(width=1)
+    roots, columns, depth = [], [], 0
+    rate = float(model.learning_rate)
+    for stage in stages:
+        for column, estimator in enumerate(stage):
+            tree = estimator.tree_
+            roots.append(_sklearn_tree(tree, rate * tree.value[:, 0, :], table))
+            columns.append(column)
+            depth = max(depth, int(tree.max_depth))
+    return table.ensemble(roots, columns, baseline, depth, float32_input=True, zero_clamp=False, average=False)
