@@ -17,6 +17,7 @@ import shutil
 import socket
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -71,7 +72,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("repos", nargs="+")
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--ferry", default=shutil.which("ferry") or "ferry")
+    # The script next to this Python, not a pyenv shim: a shim adds a bash and a pyenv process to every start.
+    beside = Path(sys.executable).parent / "ferry"
+    parser.add_argument("--ferry", default=str(beside) if beside.exists() else shutil.which("ferry") or "ferry")
     args, extra = parser.parse_known_args()
     extra = [e for e in extra if e != "--"]
     print("| repository | options | ready ms (min / median / max) | CPU ms to ready (median) | RSS at ready (MiB) |")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import joblib
 import numpy as np
@@ -76,3 +77,44 @@ def test_the_readme_documents_every_serve_setting() -> None:
         option = f"`--{field.name.replace('_', '-')}`"
         assert option in rows, f"README has no row for {option}"
         assert f"`FERRY_{field.name.upper()}`" in rows[option] and field.metadata["help"] in rows[option]
+
+
+SERVE_LINES = [
+    ["serve", "models"],
+    ["serve", "models", "--port", "9001", "--workers", "2", "--admin", "--no-console", "--request-timeout", "2.5"],
+    ["serve", "--trust-pickle", "--original-models", "models", "--auth-tokens", "a,b", "--log-format", "text"],
+]
+
+
+def test_plain_serve_lines_parse_as_typer_parses_them(monkeypatch: Any) -> None:
+    """``ferry serve`` starts without typer (for ready time); the settings must be typer's, option for option."""
+    from typer.testing import CliRunner
+
+    from ferry.cli import main
+    from ferry.cli.entry import plain_serve_settings
+
+    seen: list[Any] = []
+    monkeypatch.setattr(main, "_serve", seen.append)
+    monkeypatch.setenv("FERRY_MAX_QUEUE", "7")  # variables count on both paths
+    for argv in SERVE_LINES:
+        result = CliRunner().invoke(main.app, argv)
+        assert result.exit_code == 0, result.output
+        assert plain_serve_settings(argv) == seen[-1]
+    assert seen[-1].max_queue == 7
+
+
+def test_serve_lines_typer_must_explain_are_left_to_it() -> None:
+    from ferry.cli.entry import plain_serve_settings
+
+    for argv in (
+        ["serve", "--help"],
+        ["serve"],
+        ["serve", "m", "--port", "x"],
+        ["serve", "m", "--bogus"],
+        ["serve", "m", "--log-format", "xml"],
+        ["serve", "m", "--routes", "r.yaml"],
+        ["build", "m"],
+    ):
+        assert plain_serve_settings(argv) is None, argv
+    bad = run("serve", "models", "--port", "x")
+    assert bad.returncode == 2 and "--port" in bad.stderr  # typer's own message, not a traceback

@@ -1,3 +1,3 @@
-from ferry.cli.main import app
+from ferry.cli.entry import main
 
-app()
+main()

@@ -62,11 +62,11 @@ class Settings:
         for f in dataclasses.fields(cls):
             raw = env.get(ENV_PREFIX + f.name.upper())
             if raw is not None:
-                values[f.name] = _coerce(f.type, raw)
+                values[f.name] = coerce(f.type, raw)
         return cls(**values)
 
 
-def _coerce(type_name: Any, raw: str) -> Any:
+def coerce(type_name: Any, raw: str) -> Any:
     name = type_name if isinstance(type_name, str) else type_name.__name__
     if name == "bool":
         return raw.strip().lower() in ("1", "true", "yes", "on")

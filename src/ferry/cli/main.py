@@ -159,10 +159,8 @@ def demo_command(
 def _serve(settings: Settings) -> None:
     import logging.config
 
-    import uvicorn
-
+    from ferry.cli.serve import run_server
     from ferry.observability.logs import LOG_FORMATS, logging_config
-    from ferry.serving.metrics import multiprocess_folder
 
     if settings.log_format not in LOG_FORMATS:
         raise typer.BadParameter(f"expected one of {', '.join(LOG_FORMATS)}", param_hint="--log-format")
@@ -178,22 +176,7 @@ def _serve(settings: Settings) -> None:
         from ferry.deploy.fetch import fetch_bundles  # model-load mode: bundles arrive at start-up
 
         _run(lambda: fetch_bundles(settings.model_uri, settings.repo))
-    os.environ.update(settings.to_env())
-    with multiprocess_folder(settings.workers):  # metrics summed over workers; the folder goes at exit
-        uvicorn.run(
-            "ferry.http.app:create_app_from_env",
-            factory=True,
-            host=settings.host,
-            port=settings.port,
-            workers=settings.workers,
-            loop="uvloop",
-            http="httptools",
-            access_log=False,  # Ferry's own access log (ferry.access) carries the request ID and model
-            log_config=log_config,
-            log_level=settings.log_level,
-            timeout_graceful_shutdown=settings.drain_timeout,
-            limit_concurrency=settings.max_connections,
-        )
+    run_server(settings, log_config)
 
 
 def _check_tracing(target: str) -> None:
