@@ -469,7 +469,7 @@ def test_fetch_errors_name_the_source(tmp_path: Path, static_server: tuple[str, 
     with pytest.raises(FetchError, match=rf"{url}/empty/{INDEX_FILE}: HTTP 404"):
         fetch_bundles(f"{url}/empty", tmp_path / "d")
     (root / "empty" / INDEX_FILE).write_text(json.dumps({"format": "ferry-index/1", "files": {"../x": "0"}}))
-    with pytest.raises(FetchError, match=r"path '../x' leaves the repository"):
+    with pytest.raises(FetchError, match=r"path '../x' leaves the destination"):
         fetch_bundles(f"{url}/empty", tmp_path / "d")
     evil = io.BytesIO()
     with tarfile.open(fileobj=evil, mode="w:gz") as tar:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from ferry.bundle.artifacts import bundle_label, contained
 from ferry.errors import IntegrityError
 
 
@@ -17,14 +18,14 @@ def sha256_file(path: Path) -> str:
 
 
 def verify_artifacts(bundle_dir: Path, artifacts: dict[str, str]) -> None:
-    """Refuse the bundle when any listed artifact is missing or changed; the error names the file."""
+    """Refuse the bundle when any listed artifact is outside it, missing or changed; the error names the file.
+
+    Containment is checked before any byte is read, so no file outside the bundle is ever hashed.
+    """
     for name, expected in artifacts.items():
-        path = bundle_dir / name
-        if not path.is_file():
-            raise IntegrityError(f"{bundle_dir}: artifact '{name}' is listed in the manifest but missing")
-        actual = sha256_file(path)
+        actual = sha256_file(contained(bundle_dir, name))
         if actual != expected:
             raise IntegrityError(
-                f"{bundle_dir}: artifact '{name}' has changed since the bundle was built "
-                f"(sha256 {actual[:12]}..., manifest says {expected[:12]}...)"
+                f"{bundle_label(bundle_dir)}: artifact '{name}' has changed since the bundle was built "
+                f"(sha256 {actual[:12]}..., manifest says {str(expected)[:12]}...)"
             )

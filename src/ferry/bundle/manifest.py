@@ -130,16 +130,61 @@ class Manifest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     format_version: int = 1
 
 
+# Bounds on what ferry.yaml may cost to read: its bytes, and the values it expands to once YAML
+# aliases are followed (an alias bomb is a few lines that expand to billions of values).
+MAX_MANIFEST_BYTES = 1 << 20
+MAX_MANIFEST_VALUES = 1_000_000
+
+
 def read_manifest(bundle_dir: Path) -> Manifest:
-    """Read and validate ``ferry.yaml``; errors name the file and the field."""
+    """Read and validate ``ferry.yaml``; errors name the bundle (``name/version``), the file and the field."""
+    source = f"{bundle_dir.parent.name}/{bundle_dir.name}/{MANIFEST_FILE}"
     path = bundle_dir / MANIFEST_FILE
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise ManifestError(f"{source}: not a regular file in the bundle folder")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        with path.open("rb") as fh:
+            text = fh.read(MAX_MANIFEST_BYTES + 1)
     except FileNotFoundError:
-        raise ManifestError(f"{path}: no {MANIFEST_FILE} in the bundle folder") from None
+        raise ManifestError(f"{source}: no {MANIFEST_FILE} in the bundle folder") from None
+    if len(text) > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"{source}: larger than the limit of {MAX_MANIFEST_BYTES} bytes")
+    try:
+        raw = yaml.load(text, Loader=_BoundedLoader)
     except yaml.YAMLError as exc:
-        raise ManifestError(f"{path}: not valid YAML: {exc}") from None
-    return parse_manifest(raw, source=str(path))
+        raise ManifestError(f"{source}: not valid YAML: {exc}") from None
+    except RecursionError:
+        raise ManifestError(f"{source}: nested too deeply") from None
+    return parse_manifest(raw, source=source)
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a document whose aliases expand past ``MAX_MANIFEST_VALUES``."""
+
+    def compose_document(self) -> yaml.Node | None:
+        node: yaml.Node | None = super().compose_document()
+        if node is not None:
+            _count_values(node, {}, set())
+        return node
+
+
+def _count_values(node: yaml.Node, counted: dict[int, int], open_nodes: set[int]) -> int:
+    """How many values ``node`` expands to, each shared (aliased) node counted once per use but walked once."""
+    key = id(node)
+    if key in counted:
+        return counted[key]
+    if key in open_nodes:
+        raise yaml.YAMLError("an alias refers to a node that contains it")
+    open_nodes.add(key)
+    children = node.value if isinstance(node, yaml.SequenceNode) else []
+    if isinstance(node, yaml.MappingNode):
+        children = [item for pair in node.value for item in pair]
+    total = 1 + sum(_count_values(child, counted, open_nodes) for child in children)
+    open_nodes.discard(key)
+    if total > MAX_MANIFEST_VALUES:
+        raise yaml.YAMLError(f"expands to more than {MAX_MANIFEST_VALUES} values (YAML aliases)")
+    counted[key] = total
+    return total
 
 
 def parse_manifest(raw: Any, source: str = MANIFEST_FILE) -> Manifest:
@@ -152,6 +197,10 @@ def parse_manifest(raw: Any, source: str = MANIFEST_FILE) -> Manifest:
 
 
 def _check_consistency(m: Manifest, source: str) -> None:
+    for field, value in (("name", m.name), ("version", m.version)):
+        # Each becomes a folder name in a repository: one plain path component, never a way out of it.
+        if not value or value in (".", "..") or any(c in value for c in "/\\\0"):
+            raise ManifestError(f"{source}: {field} {value[:100]!r} is not a plain folder name - at `$.{field}`")
     if m.input.kind == "features" and not m.input.features:
         raise ManifestError(f"{source}: input.kind is 'features' but input.features is empty - at `$.input.features`")
     if m.input.kind == "tensor" and len(m.input.tensors) != 1:

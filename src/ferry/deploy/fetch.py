@@ -14,7 +14,7 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO, Any
 from urllib.parse import urlsplit
 
@@ -107,9 +107,7 @@ def _fetch_http_folder(base: str, staging: Path) -> None:
     if not isinstance(index, dict) or index.get("format") != INDEX_FORMAT or not isinstance(index.get("files"), dict):
         raise FetchError(f"{index_url}: expected {{'format': '{INDEX_FORMAT}', 'files': {{path: sha256}}}}")
     for rel, expected in index["files"].items():
-        target = (staging / rel).resolve()
-        if not target.is_relative_to(staging.resolve()):
-            raise FetchError(f"{index_url}: path '{rel}' leaves the repository")
+        target = _inside(staging, rel, f"{index_url}: path '{rel}'")
         target.parent.mkdir(parents=True, exist_ok=True)
         with _open_url(f"{base}/{rel}") as response, target.open("wb") as out:
             shutil.copyfileobj(response, out)
@@ -130,14 +128,28 @@ def _fetch_fsspec(uri: str, staging: Path) -> None:
             return
         root = path.rstrip("/")
         for remote in fs.find(root):
-            rel = remote[len(root) :].lstrip("/")
-            target = staging / rel
+            target = _inside(staging, remote[len(root) :].lstrip("/"), f"{uri}: key '{remote}'")
             target.parent.mkdir(parents=True, exist_ok=True)
             fs.get_file(remote, str(target))
     except ImportError as exc:  # e.g. s3fs or gcsfs missing for this scheme
         raise FetchError(f"{uri}: {exc}; pip install 'ferry[fetch]'") from None
     except (OSError, ValueError) as exc:
         raise FetchError(f"{uri}: {exc}") from None
+
+
+def _inside(staging: Path, rel: str, what: str) -> Path:
+    """Where ``rel`` lands under ``staging``, refused before anything is written if it would land elsewhere.
+
+    A bucket key or an index entry is the source's to choose: ``..``, an absolute path, or a link already
+    in the staging folder must not carry a write out of the destination.
+    """
+    parts = PurePosixPath(rel).parts
+    target = staging.joinpath(*parts)
+    if not parts or PurePosixPath(rel).is_absolute() or ".." in parts or "\\" in rel:
+        raise FetchError(f"{what} leaves the destination; refusing to fetch")
+    if not target.resolve().is_relative_to(staging.resolve()):
+        raise FetchError(f"{what} leaves the destination; refusing to fetch")
+    return target
 
 
 def _extract(fileobj: IO[bytes], staging: Path, source: str) -> None:

@@ -11,12 +11,11 @@ from typing import Any
 
 import numpy as np
 
+from ferry.bundle.artifacts import describe, sniff
 from ferry.bundle.manifest import Manifest
 from ferry.errors import UntrustedPickle
 
 logger = logging.getLogger("ferry.runtime")
-
-PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
 
 
 @dataclass
@@ -43,13 +42,29 @@ class Runtime(ABC):
 
 
 def require_trust(path: Path, manifest: Manifest, trust_pickle: bool, what: str = "") -> None:
-    """Refuse a pickle (or code) artifact unless the bundle or the server says it is trusted."""
-    what = what or ("a pickle, and unpickling runs arbitrary code" if path.suffix in PICKLE_SUFFIXES else "")
-    if what and not (manifest.trusted or trust_pickle):
-        raise UntrustedPickle(
-            f"{manifest.name}:{manifest.version}: artifact '{path.name}' is {what}. Rebuild the bundle with "
-            "--trusted, or start the server with --trust-pickle, only if you trust where it came from."
-        )
+    """Refuse code, or a file only unpickling can read, unless it is trusted.
+
+    What a file is comes from its content: anything that is not a skops file can only be unpickled,
+    whatever its name. Unpickling is trusted by the server alone (``--trust-pickle``); a bundle's own
+    ``trusted: true`` never counts, since whoever wrote the pickle could write that too. ``what`` names
+    another kind of code (a Python class), which the builder's ``--trusted`` vouches for as before.
+    """
+    label = f"{manifest.name}:{manifest.version}"
+    if what:
+        if not (manifest.trusted or trust_pickle):
+            raise UntrustedPickle(
+                f"{label}: artifact '{path.name}' is {what}. Rebuild the bundle with --trusted, or start the "
+                "server with --trust-pickle, only if you trust where it came from."
+            )
+        return
+    kind = sniff(path)
+    if kind == "skops" or trust_pickle:
+        return
+    held = "a pickle" if kind == "pickle" else f"{describe(kind)}, not a skops file, so only unpickling could read it"
+    raise UntrustedPickle(
+        f"{label}: artifact '{path.name}' is {held}, and unpickling runs arbitrary code. Start the server with "
+        "--trust-pickle only if you trust where it came from (the bundle's own `trusted: true` does not count)."
+    )
 
 
 def warn_version_drift(manifest: Manifest, library: str, installed: str) -> str | None:

@@ -8,6 +8,7 @@ from typing import Any
 import lightgbm
 import numpy as np
 
+from ferry.bundle.artifacts import model_artifact
 from ferry.bundle.manifest import Manifest
 from ferry.runtimes.base import Prediction, Runtime, argmax_labels, warn_version_drift
 
@@ -43,7 +44,7 @@ class LightGBMRuntime(Runtime):
     @classmethod
     def load(cls, bundle_dir: Path, manifest: Manifest, trust_pickle: bool) -> Runtime:
         warn_version_drift(manifest, "lightgbm", lightgbm.__version__)
-        path = bundle_dir / manifest.options.get("artifact", "model.txt")
+        path = model_artifact(bundle_dir, manifest, "model.txt", "lightgbm")
         return cls(lightgbm.Booster(model_file=str(path)), manifest)
 
     def predict(self, batch: Any) -> Prediction:

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from ferry.bundle.artifacts import model_artifact
 from ferry.bundle.manifest import Manifest
 from ferry.runtimes.base import Prediction, Runtime, argmax_labels
 from ferry.runtimes.images import parse_preprocessing
@@ -33,7 +34,7 @@ class OnnxRuntime(Runtime):
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(manifest.options.get("threads", 1))
         options.inter_op_num_threads = 1
-        path = bundle_dir / manifest.options.get("artifact", "model.onnx")
+        path = model_artifact(bundle_dir, manifest, "model.onnx", "onnx")
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         return cls(session, manifest)
 

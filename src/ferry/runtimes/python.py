@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ferry.bundle.artifacts import artifact_file
 from ferry.bundle.manifest import Manifest
 from ferry.errors import BundleError
 from ferry.runtimes.base import Prediction, Runtime, require_trust
@@ -23,7 +24,7 @@ class PythonRuntime(Runtime):
     def load(cls, bundle_dir: Path, manifest: Manifest, trust_pickle: bool) -> Runtime:
         entrypoint = manifest.options.get("entrypoint", "model.py:Model")
         filename, _, class_name = entrypoint.partition(":")
-        path = bundle_dir / filename
+        path = artifact_file(bundle_dir, manifest.artifacts, filename, "options.entrypoint")
         require_trust(path, manifest, trust_pickle, what="Python code, and importing it runs that code")
         module_name = f"ferry_bundle_{manifest.name}_{manifest.version}".replace(".", "_").replace("-", "_")
         spec = importlib.util.spec_from_file_location(module_name, path)

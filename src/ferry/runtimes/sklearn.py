@@ -1,15 +1,18 @@
-"""scikit-learn: skops (safe) or, when trusted, pickle/joblib artifacts."""
+"""scikit-learn: skops (safe) or, when the server trusts pickles, pickle/joblib artifacts."""
 
 from __future__ import annotations
 
+import importlib
+import inspect
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import sklearn
 
+from ferry.bundle.artifacts import describe, model_artifact, sniff
 from ferry.bundle.manifest import Manifest
-from ferry.errors import BundleError
+from ferry.errors import BundleError, UntrustedPickle
 from ferry.runtimes.base import Prediction, Runtime, class_labels, require_trust, warn_version_drift
 from ferry.runtimes.fastpath import compile_estimator
 
@@ -35,9 +38,8 @@ class SklearnRuntime(Runtime):
     @classmethod
     def load(cls, bundle_dir: Path, manifest: Manifest, trust_pickle: bool) -> Runtime:
         warn_version_drift(manifest, "scikit-learn", sklearn.__version__)
-        path = bundle_dir / manifest.options.get("artifact", "model.skops")
-        require_trust(path, manifest, trust_pickle)
-        return cls(_load_estimator(path, manifest), manifest)
+        path = model_artifact(bundle_dir, manifest, "model.skops")
+        return cls(_load_estimator(path, manifest, trust_pickle), manifest)
 
     def predict(self, batch: Any) -> Prediction:
         y = self.predict_fn(batch)
@@ -48,15 +50,48 @@ class SklearnRuntime(Runtime):
         return Prediction(values=values, probabilities=probabilities)
 
 
-def _load_estimator(path: Path, manifest: Manifest) -> Any:
-    if path.suffix == ".skops":
-        import skops.io as sio
-
-        allowed = set(manifest.options.get("skops_trusted_types", []))
-        unknown = [t for t in sio.get_untrusted_types(file=path) if t not in allowed]
-        if unknown:
-            raise BundleError(f"{path.name}: holds types the bundle did not declare as trusted: {', '.join(unknown)}")
-        return sio.load(path, trusted=sorted(allowed))
+def _load_estimator(path: Path, manifest: Manifest, trust_pickle: bool) -> Any:
+    """A skops file, or, with the server's trust, a pickle: decided by what the file holds, not its name."""
+    kind = sniff(path)
+    if kind == "skops":
+        return _load_skops(path, manifest, trust_pickle)
+    if kind in ("lightgbm", "onnx"):
+        raise BundleError(f"{path.name}: holds {describe(kind)}, not a scikit-learn model")
+    require_trust(path, manifest, trust_pickle)
     import joblib
 
     return joblib.load(path)
+
+
+def _load_skops(path: Path, manifest: Manifest, trust_pickle: bool) -> Any:
+    """skops builds only the types it trusts, plus those the bundle declares. A declared type is a callable
+    skops may call (``posix.system`` included), so beyond scikit-learn's own classes the declaration is the
+    bundle vouching for itself, and only the server's ``--trust-pickle`` can back it."""
+    import skops.io as sio
+
+    allowed = set(manifest.options.get("skops_trusted_types", []))
+    needed = sio.get_untrusted_types(file=path)
+    unknown = [t for t in needed if t not in allowed]
+    if unknown:
+        raise BundleError(f"{path.name}: holds types the bundle did not declare as trusted: {', '.join(unknown)}")
+    risky = [t for t in needed if not _sklearn_class(t)]
+    if risky and not trust_pickle:
+        raise UntrustedPickle(
+            f"{manifest.name}:{manifest.version}: artifact '{path.name}' needs types that are not scikit-learn "
+            f"classes: {', '.join(risky)}; loading them can run code. Start the server with --trust-pickle only "
+            "if you trust where the bundle came from."
+        )
+    return sio.load(path, trusted=sorted(needed))
+
+
+def _sklearn_class(dotted: str) -> bool:
+    """A class that scikit-learn itself defines (a tree's ``Tree``, say): skops only sets its state."""
+    module_name, _, name = dotted.rpartition(".")
+    if module_name.split(".")[0] != "sklearn":
+        return False
+    try:
+        found = getattr(importlib.import_module(module_name), name, None)
+    except ImportError:
+        return False
+    # Defined there, not merely imported there (``sklearn.utils._joblib`` re-exports joblib's classes).
+    return inspect.isclass(found) and found.__module__.split(".")[0] == "sklearn"

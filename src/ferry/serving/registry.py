@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import gc
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,22 @@ def signature(folder: Path) -> tuple[int, float]:
     return len(stats), max(stats, default=0.0)
 
 
+# An absolute path not inside a relative name or a URL: "/srv/models/x" but not "iris/1/x" or "http://h/x".
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])/(?:[^\s'\"`:,;()\[\]{}<>]+/)*([^\s'\"`:,;()\[\]{}<>/]*)")
+
+
+def public_error(message: str, bundle_dir: Path) -> str:
+    """A load error as ``/ready`` and ``/models`` show it: no server paths, bundle files named relatively.
+
+    The log keeps the full message for the operator; a probe or a client learns the bundle's
+    ``name/version`` and the file's name, never where the repository lives.
+    """
+    label = f"{bundle_dir.parent.name}/{bundle_dir.name}"
+    for folder in sorted({str(bundle_dir), str(bundle_dir.resolve())}, key=len, reverse=True):
+        message = message.replace(folder, label)
+    return _ABSOLUTE_PATH.sub(lambda m: f".../{m.group(1)}", message)
+
+
 class ModelRegistry:
     """Holds every version of every model in a repository, and picks the one a request means."""
 
@@ -97,11 +114,11 @@ class ModelRegistry:
             self._refresh_default(handle.name)
         except FerryError as exc:
             handle.model = None
-            handle.state, handle.error = ModelState.FAILED, exc.message
+            handle.state, handle.error = ModelState.FAILED, public_error(exc.message, handle.path)
             logger.error("model %s:%s FAILED to load: %s", handle.name, handle.version, exc.message)
         except Exception as exc:  # a broken artifact can raise anything; it must not stop the others
             handle.model = None
-            handle.state, handle.error = ModelState.FAILED, f"{type(exc).__name__}: {exc}"
+            handle.state, handle.error = ModelState.FAILED, public_error(f"{type(exc).__name__}: {exc}", handle.path)
             logger.exception("model %s:%s FAILED to load", handle.name, handle.version)
 
     def _refresh_default(self, name: str) -> None:
