@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 import yaml
 from sklearn.ensemble import RandomForestClassifier
-from sklearn.linear_model import LinearRegression, LogisticRegression
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsRegressor
 
 import ferry
 from ferry.bundle import load_bundle
@@ -47,6 +48,7 @@ def _classifier() -> LogisticRegression:
 def _edit_manifest(bundle: Path, **changes: Any) -> dict[str, Any]:
     path = bundle / "ferry.yaml"
     raw: dict[str, Any] = yaml.safe_load(path.read_text())
+    raw["options"].pop("compiled", None)  # a hostile manifest leaves out the compiled form, so the original loads
     for key, value in changes.items():
         if isinstance(value, dict) and isinstance(raw.get(key), dict):
             raw[key].update(value)
@@ -175,7 +177,8 @@ def test_serving_refuses_a_disguised_pickle_and_serves_a_trusted_one(serve: Any,
     assert not marker.exists()
 
     model_file = tmp_path / "lin.joblib"
-    joblib.dump(LinearRegression().fit(np.array([[0.0], [1.0]]), [0.0, 2.0]), model_file)
+    # k-nearest neighbours has no compiled form, so serving it means unpickling it.
+    joblib.dump(KNeighborsRegressor(n_neighbors=1).fit(np.array([[0.0], [1.0]]), [0.0, 2.0]), model_file)
     build = [
         "build",
         str(model_file),
