@@ -16,7 +16,8 @@ SCREENSHOT = ROOT / "artifacts" / "console.png"
 
 
 def test_console_page_is_self_contained(examples_server) -> None:
-    response = httpx.get(examples_server.url + "/")
+    browser = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+    response = httpx.get(examples_server.url + "/", headers=browser)
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
     csp = response.headers["content-security-policy"]
     assert "default-src 'none'" in csp and "connect-src 'self'" in csp
@@ -24,6 +25,9 @@ def test_console_page_is_self_contained(examples_server) -> None:
     assert "<title>Ferry console</title>" in page
     external = re.findall(r"""(?:src|href|url)\s*[=(]\s*["']?(?:https?:)?//""", page)
     assert external == [], "no CDN or external asset"
+    # Anyone else asking for / is a liveness probe, as KServe's servers answer it.
+    probe = httpx.get(examples_server.url + "/")
+    assert probe.status_code == 200 and probe.json() == {"status": "alive"}
 
 
 def test_stats_report_rate_latency_and_errors(examples_server) -> None:

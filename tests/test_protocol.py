@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import struct
@@ -169,8 +170,15 @@ def test_v2_one_tensor_per_feature(client: httpx.Client) -> None:
     "datatype", ["UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64"]
 )
 def test_v2_every_numeric_datatype_reaches_the_model(client: httpx.Client, datatype: str) -> None:
-    body = {"inputs": [{"name": "X", "datatype": datatype, "shape": [2, 2], "data": [[1, 2], [3, 4]]}]}
-    response = client.post("/v2/models/score/infer", json=body)
+    if datatype == "FP16":  # FP16 travels only as binary data
+        raw = np.array([[1, 2], [3, 4]], dtype="<f2").tobytes()
+        tensor = {"name": "X", "datatype": "FP16", "shape": [2, 2], "parameters": {"binary_data_size": len(raw)}}
+        header = json.dumps({"inputs": [tensor]}).encode()
+        length = {"Inference-Header-Content-Length": str(len(header))}
+        response = client.post("/v2/models/score/infer", content=header + raw, headers=length)
+    else:
+        body = {"inputs": [{"name": "X", "datatype": datatype, "shape": [2, 2], "data": [[1, 2], [3, 4]]}]}
+        response = client.post("/v2/models/score/infer", json=body)
     assert response.json()["outputs"] == [
         {"name": "prediction", "datatype": "FP64", "shape": [2, 2], "data": [1.0, 2.0, 3.0, 4.0]}
     ]
@@ -204,11 +212,89 @@ def test_v2_unknown_input_name_among_several(client: httpx.Client) -> None:
     assert response.status_code == 400 and "unknown input 'petal'" in response.json()["error"]
 
 
-def test_v2_a_lone_tensor_is_taken_whatever_its_name(client: httpx.Client) -> None:
-    """MLServer-style clients send ``input-0``; the harness's v2 body does too."""
+def test_v2_a_lone_matrix_is_taken_whatever_its_name(client: httpx.Client) -> None:
+    """MLServer-style clients send ``input-0`` as a tabular model's matrix; the harness's v2 body does too."""
     body = {"inputs": [{"name": "input-0", "shape": [2, 2], "datatype": "FP64", "data": [5.1, 2.4, 1.4, 0.2]}]}
     outputs = client.post("/v2/models/iris/infer", json=body).json()["outputs"]
     assert outputs[0]["name"] == "label" and outputs[0]["data"] == ["virginica", "setosa"]
+
+
+@pytest.mark.parametrize("model", ["score", "reviews"])
+def test_v2_input_names_are_checked_on_single_input_models(client: httpx.Client, model: str) -> None:
+    body = v2_body(model)
+    body["inputs"][0]["name"] = "bogus"
+    response = client.post(f"/v2/models/{model}/infer", json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["field"] == "$.inputs[0].name" and "unknown input 'bogus'" in response.json()["error"]
+
+
+@pytest.mark.parametrize("model", ["iris", "score"])
+def test_v2_an_extra_tensor_is_the_one_blamed(client: httpx.Client, model: str) -> None:
+    body = v2_body(model)
+    extra = {**body["inputs"][0], "name": "extra"}
+    body["inputs"].append(extra)
+    response = client.post(f"/v2/models/{model}/infer", json=body)
+    assert response.status_code == 400
+    assert response.json()["field"] == "$.inputs[1].name" and "unknown input 'extra'" in response.json()["error"]
+
+
+def test_v2_fp16_in_json_is_refused(client: httpx.Client) -> None:
+    body = {"inputs": [{"name": "input", "datatype": "FP16", "shape": [1, 2], "data": [1.4, 0.2]}]}
+    response = client.post("/v2/models/iris/infer", json=body)
+    assert response.status_code == 400
+    assert response.json()["error"] == (
+        "FP16 travels only as binary data (parameters.binary_data_size) - at `$.inputs[0].datatype`"
+    )
+
+
+def test_v2_model_index_and_triton_config(client: httpx.Client) -> None:
+    assert client.get("/v2/models").json() == {"models": ["diabetes", "iris", "reviews", "score"]}
+    index = client.post("/v2/repository/index").json()
+    assert {"name": "iris", "version": "1", "state": "READY", "reason": ""} in index
+    config = client.get("/v2/models/iris/config").json()
+    assert config["name"] == "iris" and config["max_batch_size"] == 256
+    assert config["input"] == [{"name": "input", "data_type": "TYPE_FP64", "dims": [2]}]
+    assert config["output"][0] == {"name": "label", "data_type": "TYPE_STRING", "dims": [1]}
+    assert client.get("/v2/models/nope/config").status_code == 404
+
+
+def test_kserve_explain_without_an_explainer(client: httpx.Client) -> None:
+    response = client.post("/v1/models/iris:explain", json={"instances": [[1.4, 0.2]]})
+    assert response.status_code == 501 and response.json()["code"] == "not_implemented"
+    assert client.post("/v1/models/nope:explain", json={}).status_code == 404
+
+
+def test_405_names_the_allowed_methods(client: httpx.Client) -> None:
+    for path in ("/models/iris/predict", "/v2/models/iris/infer", "/v2/models/nope/infer", "/predict"):
+        response = client.get(path)
+        assert response.status_code == 405 and response.headers["allow"] == "POST", path
+        assert response.json()["code"] == "http_405"
+    metadata = client.post("/v2/models/iris")
+    assert metadata.status_code == 405 and "GET" in metadata.headers["allow"]
+
+
+def test_grpc_contents_and_raw_together_are_invalid(server: ServerProcess) -> None:
+    import grpc
+
+    from ferry.grpc import inference_pb2 as pb
+    from ferry.grpc import inference_pb2_grpc as pb_grpc
+
+    request = pb.ModelInferRequest(model_name="iris")
+    request.inputs.add(name="input", datatype="FP64", shape=[1, 2]).contents.fp64_contents.extend([1.4, 0.2])
+    request.raw_input_contents.append(np.array([[5.1, 2.4]]).tobytes())
+    channel = grpc.insecure_channel(server.grpc_url)  # type: ignore[attr-defined]
+    with channel, pytest.raises(grpc.RpcError) as caught:
+        pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "contents and raw_input_contents are both set" in caught.value.details()
+
+
+def test_triton_request_compression(triton: triton_http.InferenceServerClient) -> None:
+    x = triton_http.InferInput("input", [1, 2], "FP64")
+    x.set_data_from_numpy(np.array([[1.4, 0.2]]), binary_data=True)
+    for algorithm in ("gzip", "deflate"):
+        result = triton.infer("iris", [x], request_compression_algorithm=algorithm)
+        assert result.as_numpy("label").tolist() == [b"setosa"], algorithm
 
 
 def test_v2_bytes_input(client: httpx.Client) -> None:
@@ -309,11 +395,27 @@ def test_seldon_forms(client: httpx.Client) -> None:
     as_json = client.post("/seldon/iris/api/v1.0/predictions", json={"jsonData": {"length": 1.4, "width": 0.2}})
     assert as_json.json() == {"jsonData": {"prediction": "setosa"}}
     text = client.post("/seldon/reviews/api/v1.0/predictions", json={"strData": ROWS["reviews"]}).json()
-    assert 1.0 <= float(text["strData"]) <= 5.0
+    assert list(text["data"]) == ["names", "ndarray"]  # numbers come back as data, as Seldon's wrapper answers
+    assert 1.0 <= text["data"]["ndarray"][0] <= 5.0
     ns = client.post(
         "/seldon/default/diabetes/api/v1.0/predictions", json={"data": {"tensor": {"shape": [1, 1], "values": [0.05]}}}
     )
     assert ns.json()["data"]["tensor"]["shape"] == [1] and ns.json()["data"]["names"] == ["prediction"]
+
+
+def test_seldon_names_reorder_columns_and_are_checked(client: httpx.Client) -> None:
+    path = "/seldon/iris/api/v1.0/predictions"
+    in_order = client.post(path, json={"data": {"names": ["length", "width"], "ndarray": [[5.1, 2.4]]}}).json()
+    swapped = client.post(path, json={"data": {"names": ["width", "length"], "ndarray": [[2.4, 5.1]]}}).json()
+    assert in_order["data"]["ndarray"] == swapped["data"]["ndarray"] == ["virginica"]
+    for names, message, field in (
+        (["length", "widht"], "unknown column 'widht'; expected length, width", "$.data.names[1]"),
+        (["length", "length"], "column 'length' is named twice", "$.data.names[1]"),
+        (["length"], "missing column 'width'; expected length, width", "$.data.names"),
+    ):
+        response = client.post(path, json={"data": {"names": names, "ndarray": [[5.1, 2.4]]}})
+        assert response.status_code == 400, names
+        assert response.json()["error"] == f"{message} - at `{field}`"
 
 
 def test_seldon_unnamed_route_needs_a_name_with_several_models(client: httpx.Client) -> None:

@@ -65,6 +65,22 @@ class PayloadTooLarge(ClientError):
     code = "payload_too_large"
 
 
+class UnsupportedEncoding(ClientError):
+    status = 415
+    code = "unsupported_encoding"
+
+
+class MethodNotAllowed(ClientError):
+    """A route that exists, asked with a method it does not answer; ``Allow`` lists those it does."""
+
+    status = 405
+    code = "http_405"
+
+    def __init__(self, message: str, allowed: list[str]) -> None:
+        super().__init__(message)
+        self.headers = {"Allow": ", ".join(allowed)}
+
+
 class NotFound(FerryError):
     status = 404
     code = "not_found"
@@ -107,6 +123,38 @@ class DeadlineExceeded(FerryError):
     status = 504
     code = "deadline_exceeded"
     expected = True
+
+
+class NotImplementedYet(FerryError):
+    """A standard route this model cannot answer, such as KServe's ``:explain`` without an explainer."""
+
+    status = 501
+    code = "not_implemented"
+    expected = True
+
+
+class ClientClosed(FerryError):
+    """The client went away (or its gRPC deadline passed) before the answer: counted, never answered."""
+
+    status = 499  # nginx's code for it; gRPC's CANCELLED
+    code = "client_closed"
+    expected = True
+
+
+class InternalError(FerryError):
+    """Anything unexpected: a 500 whose details stay in the server's log."""
+
+
+class ModelError(FerryError):
+    """The model itself raised while predicting: a server-side failure, reported without internals."""
+
+    code = "model_error"
+
+
+class ModelWarmupFailed(FerryError):
+    """The bundle's sample input failed at load: the version is FAILED and never takes traffic."""
+
+    code = "warmup_failed"
 
 
 class BundleError(FerryError):

@@ -1,4 +1,4 @@
-"""``inference.GRPCInferenceService`` on grpc.aio, in the REST server's event loop and over the same service."""
+"""``inference.GRPCInferenceService`` on grpc.aio, in the REST server's event loop, over ``DataPlane.infer``."""
 
 from __future__ import annotations
 
@@ -8,59 +8,28 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
-import numpy as np
 
 from ferry.auth import TokenAuth
-from ferry.errors import FerryError, InvalidInput, Unauthorized
+from ferry.errors import FerryError, Unauthorized
 from ferry.grpc import inference_pb2 as pb
 from ferry.grpc import inference_pb2_grpc as pb_grpc
 from ferry.protocol import v2
-from ferry.protocol.tensors import DATATYPES, Tensor, check_header, element_count, from_raw, to_raw
-from ferry.serving.metrics import Metrics
-from ferry.serving.registry import ModelHandle, ModelRegistry
-from ferry.serving.service import InferenceService
+from ferry.protocol.v2_grpc import GRPC_CODEC, status_code
+from ferry.serving.dataplane import UNKNOWN_MODEL, DataPlane, report
 
 if TYPE_CHECKING:
     from ferry.observability.tracing import Tracing
 
 logger = logging.getLogger("ferry.grpc")
 
-# FerryError status -> gRPC status code.
-_CODES = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    404: grpc.StatusCode.NOT_FOUND,
-    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    503: grpc.StatusCode.UNAVAILABLE,
-    504: grpc.StatusCode.DEADLINE_EXCEEDED,
-}
-
-# Which typed ``contents`` field carries each datatype (FP16 travels only as raw bytes).
-CONTENTS_FIELD = {
-    "BOOL": "bool_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
-}
-
 Reply = TypeVar("Reply")
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
-    def __init__(
-        self, registry: ModelRegistry, service: InferenceService, metrics: Metrics, tracing: Tracing | None = None
-    ) -> None:
-        self.registry = registry
-        self.service = service
-        self.metrics = metrics
+    def __init__(self, plane: DataPlane, tracing: Tracing | None = None) -> None:
+        self.plane = plane
+        self.registry = plane.registry
+        self.metrics = plane.metrics
         self.tracing = tracing
 
     async def ServerLive(self, request: Any, context: Any) -> Any:
@@ -94,103 +63,43 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         return await self._call("grpc:ModelMetadata", request.name, context, metadata)
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
-        async def infer() -> Any:
-            handle = self.registry.get(request.model_name, request.model_version or None)
-            infer_request = decode_request(request)
-            v2.check_requested(infer_request, handle, "outputs")
-            prediction = await self.service.predict(handle, v2.to_batch(infer_request.inputs, handle))
-            outputs = v2.to_outputs(prediction, handle, infer_request)
-            return encode_response(infer_request, handle, outputs, raw=len(request.raw_input_contents) > 0)
+        async def given() -> Any:
+            return request
 
-        def call() -> Awaitable[Any]:
-            return self._call("grpc:ModelInfer", request.model_name, context, infer)
+        async def call() -> Any:
+            try:
+                return await self.plane.infer(
+                    GRPC_CODEC, request.model_name, request.model_version or None, given, context.time_remaining()
+                )
+            except FerryError as exc:  # already counted and reported by infer
+                await context.abort(_code(exc), exc.message)
+                raise  # abort() raises; this line only satisfies the type checker
 
         if self.tracing is None:
             return await call()
         return await self.tracing.grpc("ModelInfer", request.model_name, context, call)
 
     async def _call(self, route: str, model: str, context: Any, action: Callable[[], Awaitable[Reply]]) -> Reply:
-        """Count and time one per-model call; a FerryError becomes its gRPC status, anything else INTERNAL."""
+        """Count and time one per-model call besides infer; errors take the shared ``report`` policy."""
         start = time.perf_counter()
-        label = model if model in self.registry.models else "_unknown"
+        label = model if model in self.registry.models else UNKNOWN_MODEL
         status = "OK"
         try:
             return await action()
-        except FerryError as exc:
-            code = _CODES.get(exc.status, grpc.StatusCode.INTERNAL)
-            status = code.name
-            self.metrics.errors.labels(label, exc.code).inc()
-            if exc.status >= 500:
-                logger.error("%s: %s", exc.code, exc.message, exc_info=exc.__cause__)
-            await context.abort(code, exc.message)
-            raise  # abort() raises; this line only satisfies the type checker
         except Exception as exc:
             if isinstance(exc, grpc.aio.AbortError):
                 raise
-            status = "INTERNAL"
-            self.metrics.errors.labels(label, "internal").inc()
-            logger.exception("unhandled error in %s", route)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal server error")
+            error = report(exc, self.metrics, label)
+            status = status_code(error)
+            await context.abort(_code(error), error.message)
             raise
         finally:
             self.metrics.requests.labels(label, route, "grpc", status).inc()
             self.metrics.latency.labels(label, route).observe(time.perf_counter() - start)
 
 
-def _parameters(parameters: Any) -> dict[str, Any]:
-    return {
-        key: getattr(value, value.WhichOneof("parameter_choice") or "bool_param") for key, value in parameters.items()
-    }
-
-
-def decode_request(request: Any) -> v2.InferRequest:
-    raw = list(request.raw_input_contents)
-    if raw and len(raw) != len(request.inputs):
-        raise InvalidInput(f"{len(request.inputs)} inputs but {len(raw)} raw_input_contents", "raw_input_contents")
-    inputs = []
-    for i, tensor in enumerate(request.inputs):
-        where = f"inputs[{i}]"
-        name, datatype, shape = check_header(tensor.name, tensor.datatype, list(tensor.shape), where)
-        if raw:
-            data = from_raw(raw[i], datatype, shape, f"raw_input_contents[{i}]")
-        else:
-            data = _from_contents(tensor.contents, datatype, shape, f"{where}.contents")
-        inputs.append(Tensor(name, datatype, shape, data, _parameters(tensor.parameters), where))
-    outputs = [v2.RequestedOutput(o.name) for o in request.outputs] or None
-    return v2.InferRequest(inputs, request.id or None, _parameters(request.parameters), outputs)
-
-
-def _from_contents(contents: Any, datatype: str, shape: list[int], where: str) -> np.ndarray:
-    field = CONTENTS_FIELD.get(datatype)
-    if field is None:
-        raise InvalidInput(f"{datatype} travels only in raw_input_contents", where)
-    values = list(getattr(contents, field))
-    count = element_count(shape)
-    if len(values) != count:
-        raise InvalidInput(f"shape {shape} holds {count} elements but {field} has {len(values)}", where)
-    if datatype == "BYTES":
-        array = np.empty(count, dtype=object)
-        array[:] = values
-        return array.reshape(shape)
-    try:
-        return np.asarray(values, dtype=DATATYPES[datatype]).reshape(shape)
-    except OverflowError:
-        raise InvalidInput(f"value out of range for {datatype}", where) from None
-
-
-def encode_response(request: v2.InferRequest, handle: ModelHandle, outputs: list[Tensor], raw: bool) -> Any:
-    """Raw output bytes when the client sent raw inputs (as Triton clients do), typed contents otherwise."""
-    response = pb.ModelInferResponse(model_name=handle.name, model_version=handle.version, id=request.id or "")
-    for tensor in outputs:
-        entry = response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
-        if raw or tensor.datatype not in CONTENTS_FIELD:
-            response.raw_output_contents.append(to_raw(tensor.data, tensor.datatype))
-            continue
-        values = tensor.data.reshape(-1).tolist()
-        if tensor.datatype == "BYTES":
-            values = [v if isinstance(v, bytes) else str(v).encode() for v in values]
-        getattr(entry.contents, CONTENTS_FIELD[tensor.datatype]).extend(values)
-    return response
+def _code(error: FerryError) -> grpc.StatusCode:
+    return getattr(grpc.StatusCode, status_code(error))
 
 
 class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -221,9 +130,7 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
 
 async def start_server(
-    registry: ModelRegistry,
-    service: InferenceService,
-    metrics: Metrics,
+    plane: DataPlane,
     host: str,
     port: int,
     max_message: int,
@@ -234,7 +141,7 @@ async def start_server(
     options = [("grpc.max_receive_message_length", max_message), ("grpc.max_send_message_length", max_message)]
     interceptors = [TokenInterceptor(auth)] if auth is not None else []
     server = grpc.aio.server(options=options, interceptors=interceptors)
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(registry, service, metrics, tracing), server)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane, tracing), server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     server.add_insecure_port(address)
     await server.start()

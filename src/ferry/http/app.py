@@ -12,20 +12,23 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from ferry.auth import TokenAuth
+from ferry.errors import FerryError
 from ferry.http import compat, docs
 from ferry.http.admin import AdminEndpoints, watch
-from ferry.http.endpoints import ModelEndpoints, warm_up
-from ferry.http.hotpath import FerryApp, hot_routes
+from ferry.http.dispatch import FerryApp
+from ferry.http.endpoints import Endpoint, ModelEndpoints
 from ferry.http.lifecycle import install_drain_handler
 from ferry.http.protocols import ProtocolEndpoints
-from ferry.http.responses import error_response, json_response
-from ferry.observability.context import with_request_id
+from ferry.http.responses import error_http, error_response, json_response
 from ferry.observability.watcher import ModelWatcher
+from ferry.serving.dataplane import DataPlane
 from ferry.serving.metrics import Metrics
 from ferry.serving.registry import ModelRegistry
 from ferry.serving.service import InferenceService
+from ferry.serving.warmup import warm_up
 from ferry.settings import Settings
 
 if TYPE_CHECKING:
@@ -58,10 +61,10 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fer
         prediction_log=prediction_log,
         tracer=tracing,
     )
-    endpoints = ModelEndpoints(settings, registry, service, metrics)
+    plane = DataPlane(registry, service, metrics, settings.request_timeout)
+    endpoints = ModelEndpoints(registry, metrics)
     health_routes = compat.health_paths(registry)  # compatibility health routes, like /isAlive, need no token
-    if settings.console:
-        health_routes = [*health_routes, "/"]  # the console page itself holds no data
+    health_routes = [*health_routes, "/"]  # liveness, or the console page, which itself holds no data
     auth = TokenAuth.from_settings(settings.auth_tokens, settings.auth_tokens_file, exempt=health_routes)
 
     routing = _routing(settings, registry, metrics)
@@ -81,7 +84,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fer
             from ferry.grpc.server import start_server
 
             grpc_server = await start_server(
-                registry, service, metrics, settings.host, settings.grpc_port, settings.max_body_bytes, auth, tracing
+                plane, settings.host, settings.grpc_port, settings.max_body_bytes, auth, tracing
             )
         watcher = asyncio.create_task(watch(registry)) if settings.watch else None
         sampler = asyncio.create_task(ModelWatcher(registry, metrics).run())  # model states and gauges into metrics
@@ -104,18 +107,24 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fer
             await asyncio.to_thread(tracing.shutdown)
 
     routes = endpoints.routes() + ProtocolEndpoints(endpoints).routes() + docs.routes(registry)
-    routes += compat.routes(registry, endpoints)
+    routes += compat.routes(registry)
     if settings.admin:
         routes += AdminEndpoints(registry).routes()
+    page = None
     if settings.console:
         from ferry.http import console
 
         routes += console.routes(metrics)
+        page = console.console
+    routes.append(Route("/", _root(page), methods=["GET"]))
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         message = f"no route {request.method} {request.url.path}" if exc.status_code == 404 else exc.detail
-        return json_response(with_request_id({"error": message, "code": f"http_{exc.status_code}"}), exc.status_code)
+        error = FerryError(message)
+        error.status, error.code = exc.status_code, f"http_{exc.status_code}"
+        error.headers = dict(exc.headers) if exc.headers else None
+        return error_http(error)
 
     async def internal_error(request: Request, exc: Exception) -> Response:
         return error_response(exc)
@@ -129,12 +138,24 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fer
     app.state.service = service
     return FerryApp(
         app,
-        hot_routes(endpoints),
+        plane,
+        (settings.max_body_bytes, settings.body_timeout),
         auth,
         access_log=settings.access_log,
         routing=routing.wrap if routing else None,
         tracing=tracing.asgi if tracing else None,
     )
+
+
+def _root(console: Endpoint | None) -> Endpoint:
+    """``GET /``: the console to a browser (``Accept: text/html``), KServe's liveness answer to anyone else."""
+
+    async def root(request: Request) -> Response:
+        if console is not None and "text/html" in request.headers.get("accept", ""):
+            return await console(request)
+        return json_response({"status": "alive"})
+
+    return root
 
 
 def _routing(settings: Settings, registry: ModelRegistry, metrics: Metrics) -> RoutingMiddleware | None:

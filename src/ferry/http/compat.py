@@ -10,25 +10,25 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ferry.bundle.manifest import CompatRoute, Manifest, read_manifest
-from ferry.errors import FerryError, InvalidInput
-from ferry.http.endpoints import ModelEndpoints
-from ferry.http.responses import json_response, read_body
-from ferry.protocol.native import parse_json
+from ferry.errors import FerryError
+from ferry.http.responses import json_response
+from ferry.routing.router import ROUTED_MODEL_KEY
 from ferry.serving.registry import ModelRegistry
 
 logger = logging.getLogger("ferry.http")
 
-# Set by ``ferry serve --routes`` on a routed request: (model, version) that a root route serves instead.
-ROUTED_MODEL_KEY = "ferry.routed_model"
-
 RESERVED_PREFIXES = ("/health", "/ready", "/models", "/metrics", "/v1", "/v2", "/api", "/seldon", "/docs", "/openapi")
+PREDICTING = ("predict", "predict_test")  # actions served by the predict dispatcher, the others here
 
 
-def routes(registry: ModelRegistry, endpoints: ModelEndpoints) -> list[Route]:
-    """One Starlette route per declared compatibility route, from each model's newest manifest."""
-    out: list[Route] = []
+def declared(registry: ModelRegistry, warn: bool = False) -> list[tuple[str, CompatRoute]]:
+    """(model, route) for every compatibility route that takes effect, from each model's newest manifest.
+
+    A route on a built-in prefix, or one another model declared first, is ignored (with a warning).
+    """
+    out: list[tuple[str, CompatRoute]] = []
     taken: dict[tuple[str, str], str] = {}
-    for name in registry.models:
+    for name in list(registry.models):
         try:
             manifest = read_manifest(registry.newest(name).path)
         except FerryError:
@@ -36,26 +36,36 @@ def routes(registry: ModelRegistry, endpoints: ModelEndpoints) -> list[Route]:
         for spec in manifest.routes:
             key = (spec.method, spec.path)
             if spec.path.startswith(RESERVED_PREFIXES) and spec.path != "/":
-                logger.warning(
-                    "model %s: compatibility route %s %s clashes with a built-in route; ignored",
-                    name,
-                    spec.method,
-                    spec.path,
-                )
+                if warn:
+                    logger.warning(
+                        "model %s: compatibility route %s %s clashes with a built-in route; ignored",
+                        name,
+                        spec.method,
+                        spec.path,
+                    )
                 continue
             if key in taken:
-                logger.warning(
-                    "model %s: compatibility route %s %s is already taken by model %s; ignored",
-                    name,
-                    spec.method,
-                    spec.path,
-                    taken[key],
-                )
+                if warn:
+                    logger.warning(
+                        "model %s: compatibility route %s %s is already taken by model %s; ignored",
+                        name,
+                        spec.method,
+                        spec.path,
+                        taken[key],
+                    )
                 continue
             taken[key] = name
-            handler = endpoints.instrument(f"compat:{spec.path}", _handler(name, spec, endpoints), "compat")
-            out.append(Route(spec.path, handler, methods=[spec.method]))
+            out.append((name, spec))
     return out
+
+
+def routes(registry: ModelRegistry) -> list[Route]:
+    """Starlette routes for the compatibility routes that do not predict (health, labels, metadata)."""
+    return [
+        Route(spec.path, _handler(name, spec, registry), methods=[spec.method])
+        for name, spec in declared(registry, warn=True)
+        if spec.action not in PREDICTING
+    ]
 
 
 def health_paths(registry: ModelRegistry) -> list[str]:
@@ -82,51 +92,19 @@ def paths(registry: ModelRegistry) -> set[str]:
     return out
 
 
-def _handler(name: str, spec: CompatRoute, endpoints: ModelEndpoints) -> Any:
+def _handler(name: str, spec: CompatRoute, registry: ModelRegistry) -> Any:
     async def endpoint(request: Request) -> Response:
-        model, version = request.scope.get(ROUTED_MODEL_KEY, (name, None))
-        request.path_params["name"] = model
-        handle = endpoints.registry.get(model, version)
+        model, version = request.scope.get(ROUTED_MODEL_KEY) or (name, None)
+        handle = registry.get(model, version)
         if spec.action == "health":
             return json_response(_shape(True, spec.response_key))
         assert handle.model is not None
         manifest = handle.model.manifest
         if spec.action == "labels":
             return json_response(_shape(manifest.labels or [], spec.response_key))
-        if spec.action == "metadata":
-            return json_response(_shape(reference_metadata(manifest), spec.response_key))
-        if spec.action == "predict_test":
-            if manifest.sample_input is None:
-                raise InvalidInput("this bundle has no sample input", "sample_input")
-            payload: Any = manifest.sample_input
-        else:
-            payload = await _payload(request, spec, endpoints, handle.codec)
-        result = await endpoints.predict_payload(handle, payload)
-        value = result["prediction"] if "prediction" in result else result["predictions"]
-        return json_response(_shape(value, spec.response_key))
+        return json_response(_shape(reference_metadata(manifest), spec.response_key))
 
     return endpoint
-
-
-async def _payload(request: Request, spec: CompatRoute, endpoints: ModelEndpoints, codec: Any) -> Any:
-    source = spec.input.source
-    if source == "query":
-        dtypes = {f.name: f.dtype for f in codec.features}
-        record: dict[str, Any] = {}
-        for param, feature in spec.input.names.items():
-            raw = request.query_params.get(param)
-            if raw is None:
-                raise InvalidInput(f"missing query parameter '{param}'", f"?{param}")
-            record[feature] = _parse_query_value(raw, dtypes.get(feature, "float64"), param)
-        return record
-    settings = endpoints.settings
-    body = parse_json(await read_body(request, settings.max_body_bytes, settings.body_timeout))
-    if source == "body_key":
-        key = spec.input.key or ""
-        if not isinstance(body, dict) or key not in body:
-            raise InvalidInput(f"missing field '{key}'", f"$.{key}")
-        return body[key]
-    return body
 
 
 def reference_metadata(manifest: Manifest) -> dict[str, Any]:
@@ -152,15 +130,6 @@ def reference_metadata(manifest: Manifest) -> dict[str, Any]:
     if "image" in manifest.options:
         out["preprocessing"] = manifest.options["image"]
     return out
-
-
-def _parse_query_value(raw: str, dtype: str, param: str) -> Any:
-    if dtype == "string":
-        return raw
-    try:
-        return int(raw) if dtype.startswith("int") else float(raw)
-    except ValueError:
-        raise InvalidInput(f"Expected a number, got '{raw[:40]}'", f"?{param}") from None
 
 
 def _shape(value: Any, key: str | None) -> Any:

@@ -30,14 +30,16 @@ def page() -> bytes:
     return resources.files("ferry.http").joinpath("static/console.html").read_bytes()
 
 
+async def console(request: Request) -> Response:
+    """The console page (``GET /`` from a browser)."""
+    headers = {"content-security-policy": CSP, "cache-control": "no-cache"}
+    return Response(page(), media_type="text/html; charset=utf-8", headers=headers)
+
+
 def routes(metrics: Metrics) -> list[Route]:
     window = StatsWindow(metrics)
-
-    async def console(request: Request) -> Response:
-        headers = {"content-security-policy": CSP, "cache-control": "no-cache"}
-        return Response(page(), media_type="text/html; charset=utf-8", headers=headers)
 
     async def stats(request: Request) -> Response:
         return json_response(window.stats(), headers={"cache-control": "no-store"})
 
-    return [Route("/", console, methods=["GET"]), Route("/stats", stats, methods=["GET"])]
+    return [Route("/stats", stats, methods=["GET"])]

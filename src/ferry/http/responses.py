@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import logging
+import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -11,11 +11,10 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ferry.errors import FerryError, PayloadTooLarge, RequestTimeout
+from ferry.errors import FerryError, MalformedRequest, PayloadTooLarge, RequestTimeout, UnsupportedEncoding
 from ferry.observability.context import with_request_id
+from ferry.serving.dataplane import report
 from ferry.serving.timers import CoarseTimers
-
-logger = logging.getLogger("ferry.http")
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -27,14 +26,24 @@ def json_response(content: Any, status: int = 200, headers: dict[str, str] | Non
     return Response(orjson.dumps(content, option=_OPTIONS), status, headers, media_type="application/json")
 
 
+def error_answer(error: FerryError) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """The one JSON shape of every HTTP error: ``error``, ``code``, (``field``) and the ``request_id``."""
+    headers = [(b"content-type", b"application/json")]
+    if error.headers:
+        headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in error.headers.items()]
+    return orjson.dumps(with_request_id(error.to_dict()), option=_OPTIONS), headers
+
+
+def error_http(error: FerryError) -> Response:
+    """A reported error as a Starlette response."""
+    content, headers = error_answer(error)
+    extra = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers[1:]}
+    return Response(content, error.status, extra, media_type="application/json")
+
+
 def error_response(exc: Exception) -> Response:
-    """A FerryError keeps its status and message; anything else is a 500 whose details stay in the log."""
-    if isinstance(exc, FerryError):
-        if exc.status >= 500 and not exc.expected:
-            logger.error("%s: %s", exc.code, exc.message, exc_info=exc.__cause__)
-        return json_response(with_request_id(exc.to_dict()), exc.status, exc.headers)
-    logger.exception("unhandled error", exc_info=exc)
-    return json_response(with_request_id({"error": "internal server error", "code": "internal"}), 500)
+    """A Starlette response for any error, after the shared ``report`` policy (logging) has seen it."""
+    return error_http(report(exc))
 
 
 async def read_body(request: Request, limit: int, timeout: float = 30.0) -> bytes:
@@ -43,10 +52,46 @@ async def read_body(request: Request, limit: int, timeout: float = 30.0) -> byte
 
 
 async def read_asgi_body(scope: Scope, receive: Receive, limit: int, timeout: float = 30.0) -> bytes:
-    """The whole body: 413 past ``limit`` bytes (declared or streamed), 408 if it takes over ``timeout`` s."""
+    """The whole body: 413 past ``limit`` bytes (declared or streamed), 408 if it takes over ``timeout`` s.
+
+    A body sent with ``Content-Encoding: gzip`` or ``deflate`` is decompressed, and the limit holds for
+    what it decompresses to as well, so a small bomb is refused before it grows.
+    """
+    encoding = None
     for key, value in scope["headers"]:
         if key == b"content-length" and value.isdigit() and int(value) > limit:
             raise PayloadTooLarge(f"request body of {int(value)} bytes exceeds the limit of {limit} bytes")
+        if key == b"content-encoding":
+            encoding = value.strip().lower()
+    body = await _read(scope, receive, limit, timeout)
+    if encoding is None or encoding == b"identity":
+        return body
+    return decompress(body, encoding, limit)
+
+
+def decompress(body: bytes, encoding: bytes, limit: int) -> bytes:
+    """A gzip or deflate body, inflated to at most ``limit`` bytes (413 past it, 415 for another coding)."""
+    if encoding in (b"gzip", b"x-gzip"):
+        wbits = 16 + zlib.MAX_WBITS
+    elif encoding == b"deflate":
+        wbits = zlib.MAX_WBITS if body[:1] == b"\x78" else -zlib.MAX_WBITS  # zlib-wrapped, or raw as some send
+    else:
+        raise UnsupportedEncoding(
+            f"Content-Encoding {encoding[:20].decode('latin-1')!r} is not supported; send gzip, deflate or identity"
+        )
+    inflater = zlib.decompressobj(wbits)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise MalformedRequest(f"request body is not valid {encoding.decode()} data: {exc}") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise PayloadTooLarge(f"decompressed request body exceeds the limit of {limit} bytes")
+    if not inflater.eof:
+        raise MalformedRequest(f"request body is truncated {encoding.decode()} data")
+    return out
+
+
+async def _read(scope: Scope, receive: Receive, limit: int, timeout: float) -> bytes:
     task = asyncio.current_task()
     assert task is not None
     loop = task.get_loop()

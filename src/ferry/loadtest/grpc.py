@@ -14,8 +14,8 @@ from typing import Any
 import grpc
 
 from ferry.grpc import inference_pb2 as pb
-from ferry.grpc.server import CONTENTS_FIELD
 from ferry.loadtest.protocols import METHOD_PATH
+from ferry.protocol.tensors import CONTENTS_FIELD
 
 HTTP_STATUS = {
     grpc.StatusCode.OK: 200,

@@ -81,10 +81,26 @@ def _data(data: Any, codec: InputCodec, meta: Any) -> SeldonRequest:
         return SeldonRequest(codec.from_rows(flat, where), form, names, meta)
     if all(not isinstance(r, list) for r in rows):
         rows = [rows]  # one bare row
-    if codec.kind == "features" and names and set(names) == codec.name_set and len(names) == len(codec.feature_names):
-        order = [names.index(n) for n in codec.feature_names]  # columns named in another order
+    if codec.kind == "features" and names:
+        order = _column_order(names, codec)
         rows = [[r[j] for j in order] if isinstance(r, list) and len(r) == len(order) else r for r in rows]
     return SeldonRequest(codec.from_rows(rows, where), form, names, meta)
+
+
+def _column_order(names: list[str], codec: InputCodec) -> list[int]:
+    """Where each of the model's features is among the columns ``names`` names; every name must be a feature."""
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        where = f"$.data.names[{i}]"
+        if name in seen:
+            raise InvalidInput(f"column '{name}' is named twice", where)
+        if name not in codec.name_set:
+            raise InvalidInput(f"unknown column '{name}'; expected {', '.join(codec.feature_names)}", where)
+        seen.add(name)
+    missing = [n for n in codec.feature_names if n not in seen]
+    if missing:
+        raise InvalidInput(f"missing column '{missing[0]}'; expected {', '.join(codec.feature_names)}", "$.data.names")
+    return [names.index(n) for n in codec.feature_names]
 
 
 def _tensor_rows(tensor: Any) -> list[Any]:
@@ -111,7 +127,7 @@ def encode_response(request: SeldonRequest, prediction: Prediction, labels: list
     if request.form == "jsonData":
         body["jsonData"] = encode_native(prediction, request.single, labels)
         return body
-    if request.form == "strData":
+    if request.form == "strData" and np.asarray(prediction.values).dtype.kind in "OUS":
         body["strData"] = str(prediction.values[0])
         return body
     names, values = _named_values(request, prediction, labels)

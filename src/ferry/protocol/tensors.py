@@ -38,6 +38,22 @@ FERRY_DATATYPES = {
     "string": "BYTES",
 }
 
+# Which typed ``contents`` field of a gRPC tensor carries each datatype (FP16 travels only as raw bytes).
+CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
 _INTEGER = ("UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64")
 _FLOAT = ("FP16", "FP32", "FP64")
 

@@ -55,6 +55,36 @@ def model_metadata(handle: ModelHandle, registry: ModelRegistry) -> dict[str, An
     }
 
 
+def model_config(handle: ModelHandle) -> dict[str, Any]:
+    """A minimal Triton model configuration, from the manifest: ``GET /v2/models/{name}/config``.
+
+    Tensors are listed without their batch dimension, as Triton does when ``max_batch_size`` > 0.
+    """
+    assert handle.model is not None
+    manifest = handle.model.manifest
+    batching = manifest.batching
+    enabled = batching.enabled if batching.enabled is not None else manifest.runtime != "python"
+    max_batch = batching.max_batch_size if enabled else 0
+
+    def entries(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out = []
+        for tensor in specs:
+            dims = tensor["shape"][1:] if max_batch > 0 and tensor["shape"] else tensor["shape"]
+            datatype = "STRING" if tensor["datatype"] == "BYTES" else tensor["datatype"]  # Triton's name for BYTES
+            out.append({"name": tensor["name"], "data_type": f"TYPE_{datatype}", "dims": dims or [1]})
+        return out
+
+    return {
+        "name": handle.name,
+        "platform": f"ferry_{manifest.runtime}",
+        "backend": "ferry",
+        "version_policy": {"specific": {"versions": [handle.version]}},
+        "max_batch_size": max_batch,
+        "input": entries(input_specs(manifest)),
+        "output": entries(output_specs(handle)),
+    }
+
+
 def spec(name: str, datatype: str, shape: list[int]) -> dict[str, Any]:
     return {"name": name, "datatype": datatype, "shape": shape}
 
@@ -129,14 +159,12 @@ def _describe(handle: ModelHandle) -> str:
 
 
 def _only(inputs: list[Tensor], name: str, handle: ModelHandle) -> Tensor:
-    """The model's one input. A lone tensor is taken whatever its name, as MLServer and Triton
-    clients often send ``input-0``; with several, each must be named as the model declares."""
-    if len(inputs) == 1:
-        return inputs[0]
+    """The model's one input, named as the model declares; an error blames the tensor that is not."""
     for tensor in inputs:
         if tensor.name != name:
+            takes = _describe(handle)
             raise InvalidInput(
-                f"unknown input '{tensor.name}'; model '{handle.name}' takes {_describe(handle)}", tensor.where
+                f"unknown input '{tensor.name}'; model '{handle.name}' takes {takes}", f"{tensor.where}.name"
             )
     return inputs[0]
 
@@ -184,6 +212,11 @@ def _features(inputs: list[Tensor], handle: ModelHandle) -> Any:
             _check_finite(tensor.data[:, j], feature.allow_nan, f"{tensor.where}.data (feature '{feature.name}')")
         return _cast(tensor.data, codec.dtype)
     by_name = {t.name: t for t in inputs}
+    if MATRIX_INPUT in by_name and MATRIX_INPUT not in codec.name_set:  # the matrix, and tensors beside it
+        extra = next(t for t in inputs if t.name != MATRIX_INPUT)
+        raise InvalidInput(
+            f"unknown input '{extra.name}'; model '{handle.name}' takes {_describe(handle)}", f"{extra.where}.name"
+        )
     for tensor in inputs:
         if tensor.name not in codec.name_set:
             raise InvalidInput(

@@ -72,6 +72,8 @@ def _input(raw: Any, where: str, binary: bytes, offset: int) -> tuple[Tensor, in
         return Tensor(name, datatype, shape, data, parameters, where), size
     if "data" not in raw:
         raise InvalidInput("missing field 'data'", f"{where}.data")
+    if datatype == "FP16":  # JSON numbers would be rounded in silence; the spec sends FP16 as binary only
+        raise InvalidInput("FP16 travels only as binary data (parameters.binary_data_size)", f"{where}.datatype")
     return Tensor(
         name, datatype, shape, from_json_data(raw["data"], datatype, shape, f"{where}.data"), parameters, where
     ), 0

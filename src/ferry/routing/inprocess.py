@@ -13,10 +13,9 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl
 
-from ferry.http.compat import ROUTED_MODEL_KEY
 from ferry.http.responses import error_response, read_asgi_body
 from ferry.protocol.native import parse_json
-from ferry.routing.router import Decision, Router, RouteRequest, named_paths, rewrite_path
+from ferry.routing.router import ROUTED_MODEL_KEY, Decision, Router, RouteRequest, named_paths, rewrite_path
 from ferry.routing.shadow import RoutingMetrics, ShadowJob, ShadowRunner
 from ferry.routing.spec import RoutesError, RoutesFile, Target
 

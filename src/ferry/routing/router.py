@@ -11,6 +11,9 @@ from typing import Any
 
 from ferry.routing.spec import Route, RoutesFile, StringMatch, Target
 
+# Set in the ASGI scope of a routed request to a root route (``/predict``): (model, version) to serve instead.
+ROUTED_MODEL_KEY = "ferry.routed_model"
+
 _MISSING = object()
 
 

@@ -86,8 +86,17 @@ class ModelRegistry:
         self.draining = False  # set on SIGTERM: readiness turns 503 while in-flight work finishes
         self.models: dict[str, dict[str, ModelHandle]] = {}
         self._defaults: dict[str, ModelHandle] = {}  # newest READY version per model, kept on every load
+        self._listeners: list[Callable[[], None]] = []
         for name, refs in scan_repository(repo).items():
             self.models[name] = {r.version: ModelHandle(name, r.version, r.path) for r in refs}
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` (on the event loop, cheaply) whenever a model or version is added or removed."""
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            listener()
 
     def handles(self) -> list[ModelHandle]:
         return [h for versions in self.models.values() for h in versions.values()]
@@ -161,11 +170,13 @@ class ModelRegistry:
         previous = self._defaults.get(handle.name)
         versions[handle.version] = handle
         self.models[handle.name] = dict(sorted(versions.items(), key=lambda kv: version_key(kv[0])))
+        self._changed()
         if handle.state is not ModelState.READY:
             return False
         self._refresh_default(handle.name)
         if previous is not None and previous.version != handle.version and self._defaults.get(handle.name) is handle:
             self.models[handle.name].pop(previous.version, None)
+            self._changed()
             logger.info(
                 "model %s: version %s now takes traffic; released %s", handle.name, handle.version, previous.version
             )
@@ -180,6 +191,7 @@ class ModelRegistry:
         if not versions or version is None:
             self.models.pop(name, None)
         self._refresh_default(name)
+        self._changed()
         return removed
 
     def get(self, name: str, version: str | None = None) -> ModelHandle:

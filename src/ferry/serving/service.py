@@ -9,7 +9,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ferry.bundle.manifest import OutputSchema
-from ferry.errors import DeadlineExceeded, FerryError, Overloaded
+from ferry.errors import DeadlineExceeded, FerryError, ModelError, Overloaded
 from ferry.runtimes import Prediction
 from ferry.serving.batcher import AdaptiveBatcher, BatchObserver
 from ferry.serving.metrics import Metrics
@@ -32,12 +32,6 @@ class Tracer(Protocol):
     """Tracing, when on: the trace of the request being served, given once to the first predict that asks."""
 
     def begin(self, name: str, version: str, at: float) -> PredictionTrace | None: ...
-
-
-class ModelError(FerryError):
-    """The model itself raised while predicting: a server-side failure, reported without internals."""
-
-    code = "model_error"
 
 
 class InferenceService:

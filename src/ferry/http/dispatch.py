@@ -1,0 +1,218 @@
+"""The one HTTP dispatcher: every predict route of every protocol, as plain ASGI, ahead of Starlette.
+
+Predict routes are found by their exact path in one table (native, OIP v2 infer, KServe v1,
+Seldon, each model's compatibility routes, for every model and version), rebuilt whenever the
+registry changes, so a version loaded later through the admin API is served here too. A predict
+path naming a model the registry does not hold, or a Seldon namespace, matches a template
+instead, so the client still gets the model's 404. Each route reads the body (bounded, and
+decompressed when the client sent ``Content-Encoding``), then makes exactly one call:
+``DataPlane.infer`` with the route's codec. Everything else falls through to Starlette.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.datastructures import State
+
+from ferry.auth import TokenAuth
+from ferry.bundle.manifest import CompatRoute
+from ferry.errors import FerryError, InvalidInput, MethodNotAllowed, Unauthorized
+from ferry.http import compat
+from ferry.http.responses import error_answer, read_asgi_body
+from ferry.observability.access import MODEL_KEY, RequestContext
+from ferry.protocol.codecs import CODECS, CompatCodec, HttpCodec, HttpMessage
+from ferry.routing.router import ROUTED_MODEL_KEY
+from ferry.serving.dataplane import DataPlane, report
+from ferry.serving.registry import ModelRegistry
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+SELDON_VERSIONS = ("v1.0", "v0.1")
+_TIMEOUT_HEADER = b"x-request-timeout"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a predict path means: a codec, a model and a pinned version (None: the default one)."""
+
+    codec: HttpCodec
+    model: str
+    version: str | None = None
+    refusal: FerryError | None = None  # a path that names no model when several are served
+
+
+# (method, template, codec): predict paths that name a model the table does not hold.
+_TEMPLATES: list[tuple[str, re.Pattern[str], str]] = [
+    ("POST", re.compile(r"/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/predict"), "native"),
+    ("GET", re.compile(r"/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/predict/test"), "sample"),
+    ("POST", re.compile(r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer"), "v2"),
+    ("POST", re.compile(r"/v1/models/(?P<model>[^/:]+):predict"), "kserve"),
+    ("POST", re.compile(r"/seldon/(?:[^/]+/)?(?P<model>[^/]+)/api/v(?:1\.0|0\.1)/predictions"), "seldon"),
+]
+
+
+class PredictRoutes:
+    """The exact-path table of every predict route, by method; rebuilt on the next request after a change."""
+
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
+        self._table: dict[str, dict[str, Target]] | None = None
+        registry.on_change(self.invalidate)
+
+    def invalidate(self) -> None:
+        self._table = None
+
+    def table(self) -> dict[str, dict[str, Target]]:
+        table = self._table
+        if table is None:
+            table = self._table = self._build()
+        return table
+
+    def find(self, method: str, path: str) -> Target | None:
+        """The route of ``method path``; a 405 naming the allowed methods if the path predicts by another."""
+        table = self.table()
+        by_path = table.get(method)
+        target = by_path.get(path) if by_path is not None else None
+        if target is not None:
+            return target
+        allowed = [m for m, paths in table.items() if m != method and path in paths]
+        for template_method, template, protocol in _TEMPLATES:
+            match = template.fullmatch(path)
+            if match is not None:
+                if template_method == method:
+                    return Target(CODECS[protocol], match["model"], match.groupdict().get("version"))
+                allowed.append(template_method)
+        if allowed:
+            raise MethodNotAllowed(f"method {method} not allowed on {path}", sorted(set(allowed)))
+        return None
+
+    def _build(self) -> dict[str, dict[str, Target]]:
+        post: dict[str, Target] = {}
+        get: dict[str, Target] = {}
+        names = list(self.registry.models)
+        for name in names:
+            versions = list(self.registry.models.get(name, {}))
+            for prefix, version in [(name, None), *((f"{name}/versions/{v}", v) for v in versions)]:
+                post[f"/models/{prefix}/predict"] = Target(CODECS["native"], name, version)
+                post[f"/v2/models/{prefix}/infer"] = Target(CODECS["v2"], name, version)
+                get[f"/models/{prefix}/predict/test"] = Target(CODECS["sample"], name, version)
+            post[f"/v1/models/{name}:predict"] = Target(CODECS["kserve"], name)
+            for seldon_version in SELDON_VERSIONS:
+                post[f"/seldon/{name}/api/{seldon_version}/predictions"] = Target(CODECS["seldon"], name)
+        for seldon_version in SELDON_VERSIONS:
+            post[f"/api/{seldon_version}/predictions"] = _unnamed(names, f"/api/{seldon_version}/predictions")
+        for name, spec in compat.declared(self.registry):
+            if spec.action in ("predict", "predict_test"):
+                (post if spec.method == "POST" else get)[spec.path] = _compat(name, spec)
+        return {"POST": post, "GET": get}
+
+
+def _compat(name: str, spec: CompatRoute) -> Target:
+    return Target(CompatCodec(spec), name)
+
+
+def _unnamed(names: list[str], path: str) -> Target:
+    """``/api/v1.0/predictions`` names no model: fine with one served, a 400 listing them with several."""
+    if len(names) == 1:
+        return Target(CODECS["seldon"], names[0])
+    refusal = InvalidInput(
+        f"{len(names)} models are served ({', '.join(sorted(names)) or 'none'}); name one: POST /seldon/{{model}}{path}"
+    )
+    return Target(CODECS["seldon"], "", refusal=refusal)
+
+
+class FerryApp:
+    """The ASGI app: request context, auth, the router, then the predict dispatcher, then Starlette."""
+
+    def __init__(
+        self,
+        app: Starlette,
+        plane: DataPlane,
+        limits: tuple[int, float],
+        auth: TokenAuth | None = None,
+        access_log: bool = True,
+        routing: Callable[[Handler], Handler] | None = None,
+        tracing: Callable[[Handler], Handler] | None = None,
+    ) -> None:
+        self.app = app
+        self.plane = plane
+        self.routes = PredictRoutes(plane.registry)
+        self.max_body_bytes, self.body_timeout = limits
+        self.auth = auth
+        # ``--routes``: the router sits after auth and in front of the local dispatch, which it calls.
+        self.serve: Handler = self.serve_local if routing is None else routing(self.serve_local)
+        # ``--tracing``: marks each request's phases for its spans; absent otherwise, so it costs nothing.
+        traced = self.dispatch if tracing is None else tracing(self.dispatch)
+        # Outermost: every response, the dispatcher's and Starlette's, carries X-Request-ID and is access-logged.
+        self.entry = RequestContext(traced, access_log)
+
+    @property
+    def state(self) -> State:
+        return self.app.state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.entry(scope, receive, send)
+
+    async def dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.auth is not None and scope["type"] == "http" and self.auth.requires(scope["path"]):
+            try:
+                self.auth.check(scope["headers"])
+            except Unauthorized as exc:
+                await _send_error(report(exc), send)
+                return
+        await self.serve(scope, receive, send)
+
+    async def serve_local(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            try:
+                target = self.routes.find(scope["method"], scope["path"])
+            except MethodNotAllowed as exc:
+                await _send_error(report(exc), send)
+                return
+            if target is not None:
+                await self.predict(target, scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    async def predict(self, target: Target, scope: Scope, receive: Receive, send: Send) -> None:
+        model, version = scope.get(ROUTED_MODEL_KEY) or (target.model, target.version)
+        scope[MODEL_KEY] = model
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        timeout = None
+        for key, value in headers:
+            if key == _TIMEOUT_HEADER:
+                timeout = value
+                break
+        refusal = target.refusal
+
+        async def read() -> HttpMessage:
+            if refusal is not None:
+                raise refusal
+            body = await read_asgi_body(scope, receive, self.max_body_bytes, self.body_timeout)
+            return HttpMessage(body, headers, scope.get("query_string", b""))
+
+        try:
+            content, extra = await self.plane.infer(target.codec, model, version, read, timeout)
+        except FerryError as exc:
+            await _send_error(exc, send)
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [*extra, _length(content)]})
+        await send({"type": "http.response.body", "body": content})
+
+
+def _length(content: bytes) -> tuple[bytes, bytes]:
+    return (b"content-length", str(len(content)).encode())
+
+
+async def _send_error(error: FerryError, send: Send) -> None:
+    content, headers = error_answer(error)
+    await send({"type": "http.response.start", "status": error.status, "headers": [*headers, _length(content)]})
+    await send({"type": "http.response.body", "body": content})

@@ -1,0 +1,111 @@
+"""Open Inference v2 over gRPC: ``ModelInferRequest`` in, ``ModelInferResponse`` out, as a codec for ``infer``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ferry.errors import FerryError, InvalidInput
+from ferry.grpc import inference_pb2 as pb
+from ferry.protocol import v2
+from ferry.protocol.tensors import CONTENTS_FIELD, DATATYPES, Tensor, check_header, element_count, from_raw, to_raw
+from ferry.runtimes import Prediction
+from ferry.serving.registry import ModelHandle
+
+# FerryError status -> gRPC status code name (``grpc.StatusCode`` member).
+STATUS_CODES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    404: "NOT_FOUND",
+    405: "UNIMPLEMENTED",
+    408: "DEADLINE_EXCEEDED",
+    413: "RESOURCE_EXHAUSTED",
+    415: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
+    501: "UNIMPLEMENTED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+def status_code(error: FerryError) -> str:
+    return STATUS_CODES.get(error.status, "INTERNAL")
+
+
+class GrpcCodec:
+    protocol, route = "grpc", "grpc:ModelInfer"
+
+    def status(self, error: FerryError | None) -> str:
+        return "OK" if error is None else status_code(error)
+
+    def decode(self, request: Any, handle: ModelHandle) -> tuple[Any, Any]:
+        infer = decode_request(request)
+        v2.check_requested(infer, handle, "outputs")
+        return v2.to_batch(infer.inputs, handle), (infer, len(request.raw_input_contents) > 0)
+
+    def encode(self, prediction: Prediction, handle: ModelHandle, context: Any) -> Any:
+        infer, raw = context
+        return encode_response(infer, handle, v2.to_outputs(prediction, handle, infer), raw)
+
+
+def _parameters(parameters: Any) -> dict[str, Any]:
+    return {
+        key: getattr(value, value.WhichOneof("parameter_choice") or "bool_param") for key, value in parameters.items()
+    }
+
+
+def decode_request(request: Any) -> v2.InferRequest:
+    raw = list(request.raw_input_contents)
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidInput(f"{len(request.inputs)} inputs but {len(raw)} raw_input_contents", "raw_input_contents")
+    inputs = []
+    for i, tensor in enumerate(request.inputs):
+        where = f"inputs[{i}]"
+        name, datatype, shape = check_header(tensor.name, tensor.datatype, list(tensor.shape), where)
+        if raw:
+            if tensor.contents.ListFields():  # the spec allows one or the other; never guess which wins
+                raise InvalidInput("contents and raw_input_contents are both set; send one", f"{where}.contents")
+            data = from_raw(raw[i], datatype, shape, f"raw_input_contents[{i}]")
+        else:
+            data = _from_contents(tensor.contents, datatype, shape, f"{where}.contents")
+        inputs.append(Tensor(name, datatype, shape, data, _parameters(tensor.parameters), where))
+    outputs = [v2.RequestedOutput(o.name) for o in request.outputs] or None
+    return v2.InferRequest(inputs, request.id or None, _parameters(request.parameters), outputs)
+
+
+def _from_contents(contents: Any, datatype: str, shape: list[int], where: str) -> np.ndarray:
+    field = CONTENTS_FIELD.get(datatype)
+    if field is None:
+        raise InvalidInput(f"{datatype} travels only in raw_input_contents", where)
+    values = list(getattr(contents, field))
+    count = element_count(shape)
+    if len(values) != count:
+        raise InvalidInput(f"shape {shape} holds {count} elements but {field} has {len(values)}", where)
+    if datatype == "BYTES":
+        array = np.empty(count, dtype=object)
+        array[:] = values
+        return array.reshape(shape)
+    try:
+        return np.asarray(values, dtype=DATATYPES[datatype]).reshape(shape)
+    except OverflowError:
+        raise InvalidInput(f"value out of range for {datatype}", where) from None
+
+
+def encode_response(request: v2.InferRequest, handle: ModelHandle, outputs: list[Tensor], raw: bool) -> Any:
+    """Raw output bytes when the client sent raw inputs (as Triton clients do), typed contents otherwise."""
+    response = pb.ModelInferResponse(model_name=handle.name, model_version=handle.version, id=request.id or "")
+    for tensor in outputs:
+        entry = response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        if raw or tensor.datatype not in CONTENTS_FIELD:
+            response.raw_output_contents.append(to_raw(tensor.data, tensor.datatype))
+            continue
+        values = tensor.data.reshape(-1).tolist()
+        if tensor.datatype == "BYTES":
+            values = [v if isinstance(v, bytes) else str(v).encode() for v in values]
+        getattr(entry.contents, CONTENTS_FIELD[tensor.datatype]).extend(values)
+    return response
+
+
+GRPC_CODEC = GrpcCodec()

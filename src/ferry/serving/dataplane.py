@@ -1,0 +1,164 @@
+"""The data plane: one transport-free ``infer`` that every protocol, REST or gRPC, calls exactly once.
+
+A protocol is only a ``Codec``: it decodes its wire message into a runtime batch for one model and
+encodes the prediction back. ``infer`` owns everything between: the model lookup, the deadline
+(the server's default, the model's manifest, and the client's, which may only lower it),
+admission and batching (``InferenceService``), the request metrics, and the error policy
+(``report``), so the same request gets the same answer and the same counts on every protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from ferry.errors import ClientClosed, FerryError, InternalError, InvalidInput
+from ferry.runtimes import Prediction
+from ferry.serving.metrics import Metrics
+from ferry.serving.registry import ModelHandle, ModelRegistry
+from ferry.serving.service import InferenceService
+
+logger = logging.getLogger("ferry.serving")
+
+MAX_TIMEOUT_S = 300.0
+UNKNOWN_MODEL = "_unknown"  # the metrics label of a model name the registry does not hold
+
+
+class Codec(Protocol):
+    """One protocol's wire format around ``infer``: ``decode`` a message, ``encode`` a prediction."""
+
+    protocol: str  # the ``protocol`` label of the request metrics
+    route: str  # the ``route`` label: a template, never a raw path
+
+    def decode(self, message: Any, handle: ModelHandle) -> tuple[Any, Any]:
+        """``(batch, context)``: the runtime batch, and what ``encode`` needs to answer in kind."""
+        ...
+
+    def encode(self, prediction: Prediction, handle: ModelHandle, context: Any) -> Any: ...
+
+    def status(self, error: FerryError | None) -> str:
+        """The ``status`` label: an HTTP code, or a gRPC code name."""
+        ...
+
+
+def parse_timeout(value: str | bytes | None) -> float | None:
+    """A client's deadline, ``X-Request-Timeout``: seconds (``0.5``) or milliseconds (``500ms``), at most 300 s."""
+    if value is None:
+        return None
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    text = text.strip().lower()
+    try:
+        seconds = float(text[:-2]) / 1000.0 if text.endswith("ms") else float(text.removesuffix("s"))
+    except ValueError:
+        raise InvalidInput(
+            f"X-Request-Timeout must be seconds or milliseconds, got '{text[:20]}'", "X-Request-Timeout"
+        ) from None
+    if not 0 < seconds <= MAX_TIMEOUT_S:  # also refuses nan
+        raise InvalidInput(f"X-Request-Timeout must be in (0, {MAX_TIMEOUT_S:g}] seconds", "X-Request-Timeout")
+    return seconds
+
+
+def report(exc: BaseException, metrics: Metrics | None = None, model: str = UNKNOWN_MODEL) -> FerryError:
+    """The one error policy of every transport: count it, log what an operator must see, return a FerryError.
+
+    A client's mistake (4xx) and an expected, counted 5xx (shedding, deadlines, a model still
+    loading) are not logged; an unexpected 5xx is, with its cause; anything that is not a FerryError
+    becomes a 500 whose details stay in the log.
+    """
+    if isinstance(exc, FerryError):
+        error = exc
+        if error.status >= 500 and not error.expected:
+            logger.error("%s: %s", error.code, error.message, exc_info=error.__cause__)
+    else:
+        logger.error("unhandled error", exc_info=exc)
+        error = InternalError("internal server error")
+    if metrics is not None:
+        metrics.errors.labels(model, error.code).inc()
+    return error
+
+
+_CLOSED = ClientClosed("the client closed the request")
+
+
+class _Meter:
+    """The request counters and latency histogram of one (model, route, protocol), labelled once."""
+
+    __slots__ = ("counters", "latency", "metrics", "model", "protocol", "route")
+
+    def __init__(self, metrics: Metrics, model: str, route: str, protocol: str) -> None:
+        self.metrics, self.model, self.route, self.protocol = metrics, model, route, protocol
+        self.latency = metrics.latency.labels(model, route)
+        self.counters: dict[str, Any] = {}
+
+    def count(self, status: str, elapsed: float) -> None:
+        counter = self.counters.get(status)
+        if counter is None:
+            counter = self.counters[status] = self.metrics.requests.labels(
+                self.model, self.route, self.protocol, status
+            )
+        counter.inc()
+        self.latency.observe(elapsed)
+
+
+class DataPlane:
+    """Lookup, deadline, admission, batching, metrics and errors for one request of any protocol."""
+
+    def __init__(
+        self, registry: ModelRegistry, service: InferenceService, metrics: Metrics, request_timeout: float = 30.0
+    ) -> None:
+        self.registry = registry
+        self.service = service
+        self.metrics = metrics
+        self.request_timeout = request_timeout
+        self._meters: dict[tuple[str, str, str], _Meter] = {}
+
+    def deadline(self, handle: ModelHandle, client: float | None) -> float:
+        """The server's default, or the model's own; a client may shorten it, never extend it."""
+        assert handle.model is not None
+        limit = handle.model.manifest.limits.timeout_s or self.request_timeout
+        return limit if client is None or client >= limit else client
+
+    async def infer(
+        self,
+        codec: Codec,
+        model: str,
+        version: str | None,
+        read: Callable[[], Awaitable[Any]],
+        timeout: float | bytes | None = None,
+    ) -> Any:
+        """Read and decode the message, predict within the deadline, encode; count and report either way.
+
+        ``read`` gives the wire message (an HTTP body is read here, so a body too large or too
+        slow is counted like any other error); ``timeout`` is the client's deadline in seconds, or
+        the raw ``X-Request-Timeout`` header. Raises the reported ``FerryError`` on failure.
+        """
+        start = time.perf_counter()
+        label = model if model in self.registry.models else UNKNOWN_MODEL
+        try:
+            message = await read()
+            client = parse_timeout(timeout) if isinstance(timeout, bytes) else timeout
+            handle = self.registry.get(model, version)
+            batch, context = codec.decode(message, handle)
+            prediction = await self.service.predict(handle, batch, self.deadline(handle, client))
+            result = codec.encode(prediction, handle, context)
+        except asyncio.CancelledError:
+            self._meter(label, codec).count(codec.status(_CLOSED), time.perf_counter() - start)
+            raise
+        except Exception as exc:
+            error = report(exc, self.metrics, label)
+            self._meter(label, codec).count(codec.status(error), time.perf_counter() - start)
+            if error is exc:
+                raise
+            raise error from exc
+        self._meter(label, codec).count(codec.status(None), time.perf_counter() - start)
+        return result
+
+    def _meter(self, model: str, codec: Codec) -> _Meter:
+        key = (model, codec.route, codec.protocol)
+        meter = self._meters.get(key)
+        if meter is None:
+            meter = self._meters[key] = _Meter(self.metrics, model, codec.route, codec.protocol)
+        return meter
