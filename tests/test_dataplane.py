@@ -29,7 +29,7 @@ from ferry.grpc import inference_pb2 as pb
 from ferry.grpc import inference_pb2_grpc as pb_grpc
 
 SLEEPY = Path(__file__).parent / "models" / "sleepy.py"
-SLEEP_S = 0.4
+SLEEP_S = 1.0  # a request the model answered would take this long; a 0.1 s deadline answers far sooner
 TOKEN = "s3cret"
 LIMIT = 4096
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
