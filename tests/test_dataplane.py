@@ -332,3 +332,66 @@ def test_compressed_bodies(proto: Protocol) -> None:
     assert reply.body["error"] == f"decompressed request body exceeds the limit of {LIMIT} bytes"
     reply = proto.send([], {"Content-Encoding": "br"}, content=raw)
     assert reply.status == 415 and reply.body["code"] == "unsupported_encoding"
+
+
+# -- in process: the pieces the matrix rests on ---------------------------------------------------------
+def test_every_ferry_error_lives_in_errors_py_and_is_drawn_there() -> None:
+    import importlib
+    import pkgutil
+
+    import ferry.errors
+
+    for module in pkgutil.walk_packages(ferry.__path__, "ferry."):
+        if module.name == "ferry.__main__":  # runs the CLI
+            continue
+        try:
+            importlib.import_module(module.name)
+        except ImportError:  # an optional extra that is not installed
+            continue
+    pending, found = [ferry.errors.FerryError], []
+    while pending:
+        for sub in pending.pop().__subclasses__():
+            found.append(sub)
+            pending.append(sub)
+    assert {cls.__module__ for cls in found} == {"ferry.errors"}, [c for c in found if c.__module__ != "ferry.errors"]
+    drawn = ferry.errors.__doc__ or ""
+    assert [cls.__name__ for cls in found if cls.__name__ not in drawn] == []
+
+
+def test_deadline_a_client_may_only_lower(example_repo: Path) -> None:
+    from ferry.serving.dataplane import DataPlane
+    from ferry.serving.metrics import Metrics
+    from ferry.serving.registry import ModelRegistry
+    from ferry.serving.service import InferenceService
+
+    registry = ModelRegistry(example_repo)
+    registry.load(registry.models["iris"]["1"])
+    metrics = Metrics()
+    plane = DataPlane(registry, InferenceService(registry, metrics), metrics, request_timeout=2.0)
+    handle = registry.get("iris")
+    assert plane.deadline(handle, None) == 2.0
+    assert plane.deadline(handle, 0.5) == 0.5
+    assert plane.deadline(handle, 60.0) == 2.0  # never extended past the server's (or the model's) own
+    plane.service.close()
+
+
+def test_the_predict_table_follows_the_registry(example_repo: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from ferry.http.dispatch import PredictRoutes
+    from ferry.serving.registry import ModelHandle, ModelRegistry
+
+    repo = tmp_path / "repo"
+    shutil.copytree(example_repo / "iris", repo / "iris")
+    registry = ModelRegistry(repo)
+    routes = PredictRoutes(registry)
+    assert "/models/iris/versions/1/predict" in routes.table()["POST"]
+    assert "/models/iris/versions/2/predict" not in routes.table()["POST"]
+    shutil.copytree(repo / "iris" / "1", repo / "iris" / "2")
+    handle = ModelHandle("iris", "2", repo / "iris" / "2")
+    registry.load(handle)
+    registry.activate(handle)  # as the admin API and --watch do
+    table = routes.table()["POST"]
+    assert table["/models/iris/versions/2/predict"].version == "2"
+    assert table["/v2/models/iris/versions/2/infer"].codec.protocol == "v2"
+    assert table["/predict"].codec.protocol == "compat"  # the compatibility route of the newest manifest

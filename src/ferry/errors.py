@@ -1,17 +1,37 @@
-"""Ferry's error types: raise them anywhere, translate them to HTTP in one place.
+"""Ferry's error types: raise them anywhere; ``serving.dataplane.report`` and one JSON shape answer them.
+
+Every error carries an HTTP status (gRPC maps it: ``protocol.v2_grpc.STATUS_CODES``) and a stable code.
 
 FerryError (500, internal)
-├── ClientError (400)
-│   ├── InvalidInput (400, invalid_input)     a request body that does not fit the schema
-│   ├── MalformedRequest (400, malformed)     a body that is not valid JSON at all
-│   └── PayloadTooLarge (413, payload_too_large)
-├── NotFound (404)
+├── ClientError (400, bad_request)                 the request is at fault; never logged
+│   ├── InvalidInput (400, invalid_input)          does not fit the schema; ``field`` says where
+│   ├── MalformedRequest (400, malformed_json)     not valid JSON (or not valid gzip/deflate) at all
+│   ├── MethodNotAllowed (405, http_405)           with ``Allow``
+│   ├── RequestTimeout (408, request_timeout)      the body did not arrive in time
+│   ├── PayloadTooLarge (413, payload_too_large)   past the body limit, sent or decompressed
+│   └── UnsupportedEncoding (415, unsupported_encoding)
+├── Unauthorized (401, unauthorized)               with ``WWW-Authenticate``
+├── NotFound (404, not_found)
 │   └── ModelNotFound (404, model_not_found)
-├── ModelNotReady (503, model_not_ready)
-└── BundleError (load-time; never a client's fault)
-    ├── ManifestError      ferry.yaml is missing or invalid
-    ├── IntegrityError     an artifact's SHA-256 does not match the manifest
-    └── UntrustedPickle    a pickle artifact without --trusted / --trust-pickle
+├── ClientClosed (499, client_closed)              expected: counted, never answered
+├── NotImplementedYet (501, not_implemented)       expected: e.g. ``:explain`` without an explainer
+├── ModelNotReady (503, model_not_ready)           expected: loading, failed, draining
+├── Overloaded (503, overloaded)                   expected: the queue is full; ``Retry-After``
+├── DeadlineExceeded (504, deadline_exceeded)      expected: not served within its deadline
+├── UpstreamError (status of the failure)          ``ferry gateway``: an upstream failed or timed out
+├── InternalError (500, internal)                  anything unexpected; details only in the log
+├── ModelError (500, model_error)                  the model raised while predicting
+├── ModelWarmupFailed (500, warmup_failed)         the sample input failed at load: FAILED
+├── BundleError (bundle_error)                     load-time; never a client's fault
+│   ├── ManifestError (manifest_invalid)           ferry.yaml is missing or invalid
+│   ├── IntegrityError (integrity_error)           an artifact's SHA-256 does not match the manifest
+│   └── UntrustedPickle (untrusted_pickle)         a pickle artifact without --trusted / --trust-pickle
+├── DeployError (deploy_error)
+│   ├── FetchError, ToolError, SpecError
+├── RoutesError (routes_invalid)                   the routes file, refused at start-up
+├── TracingError (tracing)                         a --tracing value that cannot work
+├── MonitorError (monitor_error)
+└── LoadTestError (loadtest_error)                 a load test or contract check cannot start
 """
 
 from __future__ import annotations
@@ -187,3 +207,33 @@ class ToolError(DeployError):
 
 class SpecError(DeployError):
     code = "spec_error"
+
+
+class UpstreamError(FerryError):
+    """``ferry gateway``: a failure answered to the client as JSON with ``status``; never raised past the handler."""
+
+    def __init__(self, status: int, code: str, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.retry_after = status, code, retry_after
+
+
+class RoutesError(FerryError):
+    """The routes file is missing or invalid; refused at start-up."""
+
+    code = "routes_invalid"
+
+
+class TracingError(FerryError):
+    """A ``--tracing`` value that cannot work; refused at start-up."""
+
+    code = "tracing"
+
+
+class MonitorError(FerryError):
+    code = "monitor_error"
+
+
+class LoadTestError(FerryError):
+    """A load test or contract check cannot start: unreachable service, unknown model, bad option."""
+
+    code = "loadtest_error"

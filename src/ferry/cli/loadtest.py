@@ -69,10 +69,10 @@ def loadtest_command(
     max_rate: Annotated[float, typer.Option(help="--find-max: stop searching at this rate.")] = 1_000_000.0,
 ) -> None:
     """Load-test a running model: open loop (--rate/--ramp) or closed loop (--concurrency)."""
+    from ferry.errors import LoadTestError
     from ferry.loadtest.engine import LoadTestOptions, gate, prepare, run_spec
     from ferry.loadtest.engine import find_max as search_max
     from ferry.loadtest.schedule import Schedule, parse_duration, parse_ramp
-    from ferry.loadtest.schema import LoadTestError
     from ferry.loadtest.sla import parse_sla
 
     def setup() -> tuple[Any, ...]:

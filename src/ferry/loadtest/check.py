@@ -18,9 +18,10 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
+from ferry.errors import LoadTestError
 from ferry.loadtest.generate import invalid_records, valid_record
 from ferry.loadtest.protocols import Adapter, make_adapter
-from ferry.loadtest.schema import DTYPE_TO_V2, LoadTestError, ModelSchema, fetch_schema, v2_inputs
+from ferry.loadtest.schema import DTYPE_TO_V2, ModelSchema, fetch_schema, v2_inputs
 
 OVERSIZE_BYTES = 9 * 1024 * 1024  # above Ferry's default 8 MiB body limit
 

@@ -12,9 +12,10 @@ import random
 from pathlib import Path
 from typing import Any
 
+from ferry.errors import LoadTestError
 from ferry.loadtest.generate import valid_record
 from ferry.loadtest.protocols import Adapter
-from ferry.loadtest.schema import LoadTestError, ModelSchema
+from ferry.loadtest.schema import ModelSchema
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 GENERATED_RECORDS = 256

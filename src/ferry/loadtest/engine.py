@@ -9,13 +9,14 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
+from ferry.errors import LoadTestError
 from ferry.loadtest.data import encode_bodies, load_records
 from ferry.loadtest.protocols import make_adapter
 from ferry.loadtest.results import Recorder, summarize
 from ferry.loadtest.route import parse_route, route_bodies
 from ferry.loadtest.runner import LoadSpec, Tick, run_load
 from ferry.loadtest.schedule import Schedule
-from ferry.loadtest.schema import LoadTestError, fetch_schema, v2_inputs
+from ferry.loadtest.schema import fetch_schema, v2_inputs
 from ferry.loadtest.sla import Condition, evaluate
 
 

@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ferry.loadtest.schema import LoadTestError
+from ferry.errors import LoadTestError
 from ferry.loadtest.sla import parse_sla
 
 DEFAULT_LATENCY_S = 0.1  # the latency budget when the SLA names no latency

@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ferry.errors import LoadTestError
 from ferry.loadtest.report import LINE_COLOURS, status_colour
-from ferry.loadtest.schema import LoadTestError
 
 
 def write_png(summary: dict[str, Any], path: Path) -> Path:

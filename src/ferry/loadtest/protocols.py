@@ -11,7 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ferry.loadtest.schema import DTYPE_TO_V2, LoadTestError, ModelSchema, TensorSpec
+from ferry.errors import LoadTestError
+from ferry.loadtest.schema import DTYPE_TO_V2, ModelSchema, TensorSpec
 
 PROTOCOLS = ("native", "v2", "v1", "seldon", "grpc")  # grpc: OIP ModelInfer (ferry.loadtest.grpc)
 

@@ -12,9 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ferry.errors import LoadTestError
 from ferry.loadtest.data import load_records, read_json_records
 from ferry.loadtest.protocols import dumps
-from ferry.loadtest.schema import LoadTestError, ModelSchema
+from ferry.loadtest.schema import ModelSchema
 
 BODYLESS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
 _ROUTE = re.compile(r"^(GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS)\s+(/\S*)$")

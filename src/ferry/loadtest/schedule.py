@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ferry.loadtest.schema import LoadTestError
+from ferry.errors import LoadTestError
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from dataclasses import field as _field
 from typing import Any
 
-from ferry.errors import FerryError
+from ferry.errors import LoadTestError as LoadTestError  # re-exported: its old home
 
 DTYPE_TO_V2 = {
     "float64": "FP64",
@@ -20,12 +20,6 @@ DTYPE_TO_V2 = {
     "string": "BYTES",
 }
 V2_TO_DTYPE = {v: k for k, v in DTYPE_TO_V2.items()} | {"FP16": "float32", "INT16": "int32", "INT8": "int32"}
-
-
-class LoadTestError(FerryError):
-    """A load test or contract check cannot start: unreachable service, unknown model, bad option."""
-
-    code = "loadtest_error"
 
 
 @dataclass(frozen=True)

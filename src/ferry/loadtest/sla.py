@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ferry.loadtest.schema import LoadTestError
+from ferry.errors import LoadTestError
 
 _CONDITION = re.compile(
     r"^\s*(p50|p90|p95|p99|p99\.9|p999|max|mean|errors)\s*(<=|<)\s*([0-9]*\.?[0-9]+)\s*(ms|s|%)\s*$"

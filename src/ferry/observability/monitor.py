@@ -16,12 +16,8 @@ import numpy as np
 import orjson
 
 from ferry.bundle.manifest import read_manifest
-from ferry.errors import FerryError
+from ferry.errors import FerryError, MonitorError
 from ferry.observability.drift import psi, verdict
-
-
-class MonitorError(FerryError):
-    code = "monitor_error"
 
 
 def read_records(paths: Iterable[Path]) -> list[dict[str, Any]]:

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import orjson
 
 from ferry import __version__
-from ferry.errors import FerryError
+from ferry.errors import TracingError
 from ferry.observability.access import MODEL_KEY
 from ferry.observability.context import current_request_id
 
@@ -56,12 +56,6 @@ _GRPC_SERVER_ERRORS = frozenset({"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED"
 
 
 _WALL_MINUS_MONOTONIC_NS = time.time_ns() - time.monotonic_ns()  # monotonic marks -> span timestamps
-
-
-class TracingError(FerryError):
-    """A ``--tracing`` value that cannot work; refused at start-up."""
-
-    code = "tracing"
 
 
 class RequestTrace:

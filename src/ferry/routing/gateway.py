@@ -20,6 +20,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from ferry.errors import UpstreamError
 from ferry.routing.router import Router, RouteRequest, named_paths, rewrite_path
 from ferry.routing.shadow import RoutingMetrics, ShadowJob, ShadowRunner
 from ferry.routing.spec import RoutesFile, Target, Upstream
@@ -43,14 +44,6 @@ class GatewaySettings:
     health_interval_s: float = 5.0
     max_connections: int = 256
     tracing: str = ""  # off: a client's traceparent goes upstream as it came; on: the gateway's spans join it
-
-
-class UpstreamError(Exception):
-    """A failure answered to the client as JSON with ``status``; never raised past the handler."""
-
-    def __init__(self, status: int, code: str, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
 
 
 class GatewayMetrics(RoutingMetrics):

@@ -13,13 +13,7 @@ from typing import Any, Literal
 import msgspec
 import yaml
 
-from ferry.errors import FerryError
-
-
-class RoutesError(FerryError):
-    """The routes file is missing or invalid; refused at start-up."""
-
-    code = "routes_invalid"
+from ferry.errors import RoutesError as RoutesError  # re-exported: its old home
 
 
 class StringMatch(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
