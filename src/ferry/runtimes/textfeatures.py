@@ -38,42 +38,56 @@ class HashedCharNgrams:
         self._index: dict[str, int] = {}
 
     def transform(self, texts: list[str]) -> np.ndarray:
-        """[rows, columns] float64: the model's columns of the normalised n-gram counts."""
+        """[rows, columns] float64: the model's columns of the normalised n-gram counts.
+
+        Python makes the n-grams (C-level slicing) and looks up their hashes; numpy then counts,
+        normalises and scatters the whole batch at once.
+        """
         out = np.zeros((len(texts), self.width))
-        for row, text in enumerate(texts):
-            indices = np.fromiter(map(self._hashed, self._ngrams(text)), dtype=np.int64)
-            if indices.size == 0:
-                continue
-            hashed, counts = np.unique(indices, return_counts=True)
-            values = counts.astype(np.float64)
-            if self.l2:  # counts are integers, so the sum of squares is exact in any order
-                values /= np.sqrt(np.dot(values, values))
-            where = self.position[hashed]
-            kept = where >= 0
-            out[row, where[kept]] = values[kept]
+        flat: list[str] = []
+        lengths = []
+        for text in texts:
+            before = len(flat)
+            self._ngrams(text, flat)
+            lengths.append(len(flat) - before)
+        if not flat:
+            return out
+        found = list(map(self._index.get, flat))
+        if None in found:
+            found = [self._hashed(gram) if index is None else index for gram, index in zip(flat, found, strict=True)]
+        rows = np.repeat(np.arange(len(texts), dtype=np.int64), lengths)
+        keys, counts = np.unique(rows * self.n_features + np.asarray(found, dtype=np.int64), return_counts=True)
+        row, column = np.divmod(keys, self.n_features)
+        values = counts.astype(np.float64)
+        if self.l2:  # counts are integers, so the sums of squares are exact in any order
+            values /= np.sqrt(np.bincount(row, weights=values * values, minlength=len(texts)))[row]
+        where = self.position[column]
+        kept = where >= 0
+        out[row[kept], where[kept]] = values[kept]
         return out
 
-    def _ngrams(self, text: str) -> list[str]:
-        # scikit-learn's _char_wb_ngrams: each whitespace-separated word, padded with one space.
+    def _ngrams(self, text: str, grams: list[str]) -> None:
+        """Append the text's n-grams as scikit-learn's _char_wb_ngrams makes them: each
+        whitespace-separated word, padded with one space."""
         if self.lowercase:
             text = text.lower()
-        grams: list[str] = []
         for word in text.split():
             padded = f" {word} "
             length = len(padded)
             for n in range(self.low, self.high + 1):
-                grams.extend(padded[i : i + n] for i in range(max(length - n, 0) + 1))
                 if length <= n:  # a short word is counted once, at its shortest n
+                    grams.append(padded)
                     break
-        return grams
+                if n == 1:
+                    grams.extend(padded)
+                else:
+                    grams.extend(map(padded.__getitem__, map(slice, range(length - n + 1), range(n, length + 1))))
 
     def _hashed(self, gram: str) -> int:
-        index = self._index.get(gram)
-        if index is None:
-            h = mmh3.hash(gram, 0, signed=True)
-            # abs(INT_MIN) overflows in C; scikit-learn defines it as below.
-            index = (2**31 - 1 - (self.n_features - 1)) % self.n_features if h == _INT_MIN else abs(h) % self.n_features
-            if len(self._index) >= _CACHE_LIMIT:
-                self._index.clear()
-            self._index[gram] = index
+        h = mmh3.hash(gram, 0, signed=True)
+        # abs(INT_MIN) overflows in C; scikit-learn defines it as below.
+        index = (2**31 - 1 - (self.n_features - 1)) % self.n_features if h == _INT_MIN else abs(h) % self.n_features
+        if len(self._index) >= _CACHE_LIMIT:
+            self._index.clear()
+        self._index[gram] = index
         return index

@@ -20,6 +20,10 @@ import numpy as np
 # LightGBM treats |x| <= kZeroThreshold (1e-35f) as zero, both when reading rows and in "Zero" splits.
 LIGHTGBM_ZERO = float(np.float32(1e-35))
 MISSING_NONE, MISSING_ZERO, MISSING_NAN = 0, 1, 2
+# Below this many rows the bitvector walk (fewer, wider numpy calls) beats the level-by-level one; above
+# it the [rows, splits] masks outgrow the cache. Reviews model (200 trees, 15 leaves), CPU time per row:
+# 1 row 232 vs 543 us, 32 rows 58 vs 83 us, 128 rows 92 vs 53 us (a busy 2-core VM: ratios, not figures).
+BITVECTOR_ROWS = 64
 
 ARRAY_NAMES = (
     "feature",
@@ -65,6 +69,7 @@ class TreeEnsemble:
 
     def __post_init__(self) -> None:
         self._zero_splits = bool((self.missing == MISSING_ZERO).any())
+        self._bitvectors: _Bitvectors | bool | None = False  # built on first use: see _Bitvectors
 
     @property
     def n_outputs(self) -> int:
@@ -98,8 +103,13 @@ class TreeEnsemble:
 
     def predict_compact(self, x: np.ndarray) -> np.ndarray:
         """Raw scores for rows holding only the ``features_used`` columns, in that order."""
-        leaves = self._leaves(self._prepared(x))
-        return self._sum(leaves)
+        x = self._prepared(x)
+        if x.shape[0] < BITVECTOR_ROWS:
+            if self._bitvectors is False:
+                self._bitvectors = _Bitvectors.of(self)
+            if isinstance(self._bitvectors, _Bitvectors):
+                return self._sum(self._bitvectors.leaves(self, x))
+        return self._sum(self._leaves(x))
 
     def _prepared(self, x: np.ndarray) -> np.ndarray:
         if self.float32_input:
@@ -151,6 +161,72 @@ class TreeEnsemble:
         if self.average:
             total /= trees // (outputs if width != outputs else 1)
         return total
+
+
+class _Bitvectors:
+    """QuickScorer (Lucchese et al., SIGIR 2015) in numpy, for ensembles whose trees have at most 64 leaves.
+
+    Number each tree's leaves left to right. A split that sends a row right rules out the leaves of its
+    left subtree, a contiguous run of bits; AND-ing those masks over all the splits a row fails leaves
+    its exit leaf as the lowest bit still set. Every split of every tree is then one vectorised compare
+    over the batch, with no per-level loop: a dozen numpy calls per batch instead of ~8 per tree level.
+    """
+
+    def __init__(self, inner: np.ndarray, masks: np.ndarray, starts: np.ndarray, leaf_of: np.ndarray) -> None:
+        self.inner = inner  # node ids of the splits, tree by tree
+        self.masks = masks  # uint64 per split: every bit but its left subtree's leaves
+        self.starts = starts  # first split of each tree (trees with no split excluded) for reduceat
+        self.leaf_of = leaf_of  # [tree, bit] -> node id of that leaf
+
+    @classmethod
+    def of(cls, ensemble: TreeEnsemble) -> _Bitvectors | None:
+        inner: list[int] = []
+        masks: list[int] = []
+        starts: list[int] = []
+        leaf_of = np.zeros((ensemble.roots.size, 64), dtype=np.int64)
+        children = ensemble.children
+        for tree, root in enumerate(ensemble.roots):
+            leaves: list[int] = []
+            splits: list[tuple[int, int, int]] = []  # node, first and end leaf of its left subtree
+
+            def walk(node: int, leaves: list[int] = leaves, splits: list[tuple[int, int, int]] = splits) -> None:
+                left, right = int(children[node, 0]), int(children[node, 1])
+                if left == node:
+                    leaves.append(node)
+                    return
+                first = len(leaves)
+                walk(left)
+                splits.append((node, first, len(leaves)))
+                walk(right)
+
+            walk(int(root))
+            if len(leaves) > 64:
+                return None
+            leaf_of[tree, : len(leaves)] = leaves
+            starts.append(len(inner))
+            for node, first, end in splits:
+                inner.append(node)
+                masks.append(((1 << 64) - 1) ^ (((1 << (end - first)) - 1) << first))
+        return cls(np.asarray(inner, dtype=np.int64), np.asarray(masks, dtype=np.uint64), np.asarray(starts), leaf_of)
+
+    def leaves(self, ensemble: TreeEnsemble, x: np.ndarray) -> np.ndarray:
+        rows = x.shape[0]
+        trees = ensemble.roots.size
+        bits = np.full((rows, trees), np.uint64((1 << 64) - 1))
+        if self.inner.size:
+            nodes = self.inner
+            value = x[:, ensemble.feature[nodes]]
+            if ensemble._zero_splits or np.isnan(value).any():
+                right = ensemble._go_right(value, np.broadcast_to(nodes, value.shape))
+            else:
+                right = value > ensemble.threshold[nodes]
+            masked = np.where(right, self.masks, np.uint64((1 << 64) - 1))
+            has_split = np.diff(np.append(self.starts, nodes.size)) > 0
+            bits[:, has_split] = np.bitwise_and.reduceat(masked, self.starts[has_split], axis=1)
+        lowest = bits & (~bits + np.uint64(1))
+        position = np.frexp(lowest.astype(np.float64))[1] - 1  # exact: a power of two is a float64
+        leaf: np.ndarray = self.leaf_of[np.arange(trees), position]
+        return leaf
 
 
 def _sequential_sum(init: np.ndarray, values: np.ndarray) -> np.ndarray:
