@@ -142,3 +142,63 @@ def image_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = tmp_path_factory.mktemp("images")
     build_examples(repo, ["general", "plants"])
     return repo
+
+
+# -- hostile images: the format allowlist, and the pixel bound from the header for every accepted format ------
+def encoded(image: Image.Image, format: str, **options: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=format, **options)
+    return buffer.getvalue()
+
+
+def ico_holding(png_bytes: bytes) -> bytes:
+    """An ICO whose one entry is a PNG: the directory says 256x256, the PNG inside says otherwise."""
+    import struct
+
+    return struct.pack("<HHH", 0, 1, 1) + struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, len(png_bytes), 22) + png_bytes
+
+
+@pytest.fixture(scope="module")
+def huge_png() -> bytes:
+    """A real 30000x30000 PNG (1 bit per pixel, so Pillow makes it in 112 MB): 900 million pixels."""
+    return encoded(Image.new("1", (30_000, 30_000)), "PNG")
+
+
+@pytest.mark.parametrize(
+    ("make", "status", "message"),
+    [
+        (
+            lambda: ico_holding(encoded(Image.new("1", (13_000, 13_000)), "PNG")),
+            400,
+            "image format ICO is not accepted",
+        ),
+        (lambda: encoded(Image.new("RGB", (16, 16)), "ICO"), 400, "image format ICO is not accepted"),
+        (lambda: encoded(Image.new("RGB", (16, 16)), "TIFF"), 400, "image format TIFF is not accepted"),
+        (lambda: encoded(Image.new("L", (2500, 2000)), "GIF"), 413, "2500x2000 pixels exceeds the limit"),
+        (lambda: encoded(Image.new("1", (2500, 2000)), "BMP"), 413, "2500x2000 pixels exceeds the limit"),
+        (lambda: encoded(Image.new("L", (2500, 2000)), "WEBP"), 413, "2500x2000 pixels exceeds the limit"),
+        (lambda: encoded(Image.new("L", (2500, 2000)), "JPEG"), 413, "2500x2000 pixels exceeds the limit"),
+    ],
+    ids=["ico-13000-png", "ico", "tiff", "gif", "bmp", "webp", "jpeg"],
+)
+def test_only_listed_formats_decode_and_every_one_is_bounded_before_decoding(
+    general: httpx.Client, make: Any, status: int, message: str
+) -> None:
+    response = general.post("/predict", json={"image_data": base64.b64encode(make()).decode()})
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
+    assert response.headers["content-type"] == "application/json"
+
+
+def test_a_30000_square_png_is_too_many_pixels_not_undecodable(general: httpx.Client, huge_png: bytes) -> None:
+    response = general.post("/predict", json={"image_data": base64.b64encode(huge_png).decode()})
+    assert response.status_code == 413, response.text
+    assert response.json()["error"] == "image of 900000000 pixels exceeds the limit of 4000000 pixels"
+
+
+def test_a_multi_picture_jpeg_decodes_as_a_jpeg(general: httpx.Client) -> None:
+    mpo = encoded(
+        Image.new("RGB", (40, 40), (200, 30, 30)), "MPO", save_all=True, append_images=[Image.new("RGB", (8, 8))]
+    )
+    response = general.post("/predict", json={"image_data": base64.b64encode(mpo).decode()})
+    assert response.status_code == 200, response.text

@@ -7,6 +7,7 @@ manifest, so a user's own exported classifier needs no code. Pillow decodes (``f
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -19,6 +20,27 @@ if TYPE_CHECKING:
     from PIL.Image import Image
 
 DEFAULT_MAX_PIXELS = 25_000_000
+
+# The formats Ferry decodes (Pillow's names; MPO, a JPEG with more pictures after it, opens as JPEG).
+ACCEPTED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")
+ACCEPTED_NAMES = "PNG, JPEG, GIF, BMP or WebP"
+# Formats refused by name, so the client learns what it sent.
+_REFUSED_SIGNATURES = (
+    ("ICO", b"\x00\x00\x01\x00"),
+    ("CUR", b"\x00\x00\x02\x00"),
+    ("TIFF", b"II*\x00"),
+    ("TIFF", b"MM\x00*"),
+    ("PSD", b"8BPS"),
+    ("JPEG 2000", b"\x00\x00\x00\x0cjP  "),
+    ("JPEG 2000", b"\xffO\xffQ"),
+    ("ICNS", b"icns"),
+    ("QOI", b"qoif"),
+    ("DDS", b"DDS "),
+    ("PDF", b"%PDF"),
+    ("PostScript", b"%!PS"),
+    ("SVG", b"<svg"),
+    ("SVG/XML", b"<?xml"),
+)
 
 
 class ImagePreprocessing(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -62,15 +84,24 @@ def decode_batch(images: list[bytes], spec: ImagePreprocessing) -> np.ndarray:
 
 
 def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, where: str = "$") -> Image:
-    """Decode one image; a size past ``max_pixels`` is refused from the header, before any decoding."""
+    """Decode one image of an accepted format; a size past ``max_pixels`` is refused from the header.
+
+    Only the formats the README lists are tried, so no other decoder (an ICO's embedded PNG, a TIFF's
+    strips) ever sees the bytes. Each accepted format's header gives the size that decoding allocates:
+    for a GIF, Pillow widens it to the first frame's extent when opening, and only that frame is decoded.
+    """
     from PIL import Image, UnidentifiedImageError
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies, just below
-            image = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, Image.DecompressionBombError):
-        raise InvalidInput("not a decodable image (expected PNG, JPEG, GIF, BMP or WebP bytes)", where) from None
+            image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+    except UnidentifiedImageError:
+        raise InvalidInput(_unaccepted(data), where) from None
+    except Image.DecompressionBombError as exc:  # past Pillow's own bound, far past any max_pixels
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{found.group(1)} pixels" if found else "its size"
+        raise PayloadTooLarge(f"image of {size} exceeds the limit of {max_pixels} pixels") from None
     width, height = image.size
     if width * height > max_pixels:
         raise PayloadTooLarge(f"image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels")
@@ -79,6 +110,17 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, where: str = "
     except (OSError, SyntaxError, ValueError) as exc:
         raise InvalidInput(f"the image is truncated or corrupt: {exc}", where) from None
     return image
+
+
+def _unaccepted(data: bytes) -> str:
+    """Name the format of bytes no accepted decoder took, where its signature is known."""
+    head = data[:16]
+    name = next((n for n, magic in _REFUSED_SIGNATURES if head.startswith(magic)), None)
+    if name is None and head[4:8] == b"ftyp":
+        name = "HEIF/AVIF"
+    if name is None:
+        return f"not a decodable image (expected {ACCEPTED_NAMES} bytes)"
+    return f"image format {name} is not accepted; send {ACCEPTED_NAMES}"
 
 
 def to_tensor(image: Image, spec: ImagePreprocessing) -> np.ndarray:
