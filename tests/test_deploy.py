@@ -358,7 +358,9 @@ def test_compose_runs_replicas_behind_nginx_with_the_deployment_settings(example
     assert ferry["deploy"]["replicas"] == 3 and ferry["image"] == IMAGE
     assert ferry["environment"] == by_kind(spec)["ConfigMap"]["data"]
     assert ferry["read_only"] is True and ferry["cap_drop"] == ["ALL"] and ferry["user"] == f"{UID}:{UID}"
-    assert ferry["healthcheck"]["test"][0] == "CMD" and "/health" in " ".join(ferry["healthcheck"]["test"])
+    # compose's "healthy" gates nginx (depends_on), so it is readiness: the models loaded, not only the process up
+    assert ferry["healthcheck"]["test"][0] == "CMD" and "'/ready'" in " ".join(ferry["healthcheck"]["test"])
+    assert "name" not in doc  # Debian's docker-compose 1.29 refuses a top-level name
     assert nginx["depends_on"] == {"ferry": {"condition": "service_healthy"}}
     assert "healthcheck" in nginx
     conf = (tmp_path / "nginx.conf").read_text()

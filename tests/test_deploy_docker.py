@@ -1,4 +1,4 @@
-"""The real image: built from the Dockerfile `ferry containerize` wrote, run under the Deployment's own settings.
+"""The real image, built from the Dockerfile `ferry containerize` wrote, run under the Deployment's own settings and in compose.
 
 Needs a Docker engine (scripts/ci-docker starts one). No registry is reachable, so the Dockerfile's base image is a
 stand-in built once by tests/docker/standin-base.sh (debootstrap bookworm + Debian's python3) and cached.
@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import importlib.util
 import ipaddress
+import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
+from conftest import free_port
 from ferry.bundle import build
 from ferry.deploy import dockerfile, k8s
 from ferry.deploy.fetch import write_index
@@ -250,3 +253,94 @@ def test_model_load_image_fetches_from_http_and_serves(
     finally:
         server.shutdown()
         server.server_close()
+
+
+# ---------------------------------------------------------------------------------------------------- compose
+
+NGINX_IMAGE = "ferry-test/nginx:ci"
+
+
+@pytest.fixture(scope="session")
+def compose_cli() -> list[str]:
+    """Debian's docker-compose 1.29 (what scripts/ci-docker installs), else the compose plugin."""
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    if docker("compose", "version", check=False).returncode == 0:
+        return ["docker", "compose"]
+    skip("no docker-compose and no compose plugin (scripts/ci-docker installs Debian's docker-compose)")
+    return []
+
+
+@pytest.fixture(scope="session")
+def nginx_image(base_image: str) -> str:
+    """nginx from Debian on the stand-in base: nginx:*-alpine cannot be pulled here."""
+    docker("build", "--network", "host", "--build-arg", f"BASE_IMAGE={base_image}", "--tag", NGINX_IMAGE,
+           "--file", str(HERE / "docker" / "nginx.Dockerfile"), str(HERE / "docker"))  # fmt: skip
+    return NGINX_IMAGE
+
+
+def ferry_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([sys.executable, "-m", "ferry", *args], capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"ferry {' '.join(args)}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def wait_http(url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer 200 within {timeout:g}s")
+
+
+def test_compose_serves_through_nginx_and_keeps_serving_while_a_replica_is_killed(
+    compose_cli: list[str], model_image: str, nginx_image: str, drain_repo: Path, tmp_path: Path
+) -> None:
+    http_port, grpc_port = free_port(), free_port()
+    ferry_cli("compose", str(drain_repo), "--image", model_image, "--replicas", "3", "--port", str(http_port),
+              "--grpc-port", str(grpc_port), "--nginx-image", nginx_image, "-o", str(tmp_path))  # fmt: skip
+    project = f"ferrytest{os.getpid()}"
+    compose = [*compose_cli, "--project-name", project, "--file", str(tmp_path / "docker-compose.yml")]
+
+    def run(*args: str, timeout: float = 300) -> str:
+        result = subprocess.run([*compose, *args], capture_output=True, text=True, timeout=timeout, check=False)
+        assert result.returncode == 0, f"{' '.join(args)}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        return result.stdout
+
+    try:
+        run("up", "--detach")  # nginx starts only once the replicas are healthy (depends_on: service_healthy)
+        front = f"http://127.0.0.1:{http_port}"
+        wait_http(front + "/ready", timeout=120)
+        replicas = run("ps", "--quiet", "ferry").split()
+        assert len(replicas) == 3
+        # Through nginx, round-robin: every replica answers some of 30 predictions.
+        for _ in range(30):
+            answer = httpx.post(front + "/models/iris/predict", json={"length": 1.4, "width": 0.2}, timeout=10)
+            assert answer.status_code == 200 and answer.json() == {"prediction": "setosa"}, answer.text
+        for replica in replicas:
+            ip = docker("inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", replica)
+            metrics = httpx.get(f"http://{ip.stdout.strip()}:{HTTP_PORT}/metrics", timeout=5).text
+            served = [line for line in metrics.splitlines() if line.startswith('ferry_requests_total{model="iris"')]
+            assert served, f"replica {replica[:12]} served none of the 30 requests through nginx"
+        if importlib.util.find_spec("ferry.grpc.server") is not None:
+            ready, values = grpc_ready_and_infer(f"127.0.0.1:{grpc_port}")  # gRPC through nginx's h2c proxy
+            assert ready and values == [1.5, 2.5]
+        # Kill one replica (SIGKILL: no drain) in the middle of a steady load through nginx: nothing is lost.
+        results = tmp_path / "load.json"
+        load = subprocess.Popen(
+            [sys.executable, "-m", "ferry", "loadtest", front, "--route", "POST /models/iris/predict",
+             "--body", '{"length":1.4,"width":0.2}', "--rate", "40", "--duration", "6s", "--json", str(results)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        time.sleep(2.5)
+        docker("kill", replicas[0])
+        _, stderr = load.communicate(timeout=120)
+        assert load.returncode == 0, stderr
+        summary = json.loads(results.read_text())
+        assert summary["status_counts"] == {"200": 240}, (summary["status_counts"], summary["errors"])
+    finally:
+        subprocess.run([*compose, "down", "--volumes", "--timeout", "5"], capture_output=True, timeout=120, check=False)

@@ -15,7 +15,7 @@ from rich.console import Console
 
 from ferry.deploy import compose, dockerfile, fetch, image, k8s, kubectl
 from ferry.deploy.addons import Addons, render_with_addons
-from ferry.deploy.spec import DEFAULT_BASE_IMAGE, DeploySpec, Resources, Scaling
+from ferry.deploy.spec import DEFAULT_BASE_IMAGE, GRPC_PORT, DeploySpec, Resources, Scaling
 from ferry.deploy.values import PlanValues, load_values
 from ferry.errors import FerryError, SpecError
 
@@ -81,12 +81,17 @@ def compose_command(
     out: Annotated[Path, typer.Option("--output", "-o", help="Folder for docker-compose.yml and nginx.conf.")] = Path(
         "."
     ),
+    port: Annotated[int, typer.Option(help="Host port nginx publishes for HTTP.")] = compose.PUBLISHED_HTTP_PORT,
+    grpc_port: Annotated[int, typer.Option(help="Host port nginx publishes for gRPC.")] = GRPC_PORT,
+    nginx_image: Annotated[str, typer.Option(help="nginx image (any nginx >= 1.22).")] = compose.NGINX_IMAGE,
 ) -> None:
     """Write docker-compose.yml: REPLICAS Ferry containers behind nginx, with health checks."""
     spec = _spec(repo, image_ref, name=name, replicas=replicas, model_uri=model_uri)
-    for path in _run(lambda: compose.write_compose(spec, out)):
+    front = compose.Front(image=nginx_image, http_port=port, grpc_port=grpc_port)
+    for path in _run(lambda: compose.write_compose(spec, out, front)):
         console.print(f"[green]wrote[/green] {path}")
-    console.print(f"run it with: docker compose -f {out / 'docker-compose.yml'} up -d   (then http://127.0.0.1:8080)")
+    compose_file = out / "docker-compose.yml"
+    console.print(f"run it with: docker compose -p {name} -f {compose_file} up -d   (then http://127.0.0.1:{port})")
 
 
 def k8s_command(

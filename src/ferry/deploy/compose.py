@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ferry.deploy.dockerfile import healthcheck_command
-from ferry.deploy.spec import GID, GRPC_PORT, HTTP_PORT, MODELS_DIR, TMP_DIR, UID, DeploySpec
+from ferry.deploy.spec import GID, GRPC_PORT, HTTP_PORT, MODELS_DIR, READINESS_PATH, TMP_DIR, UID, DeploySpec
 
 NGINX_IMAGE = "nginx:1.27-alpine"
 PUBLISHED_HTTP_PORT = 8080
+
+
+@dataclass(frozen=True)
+class Front:
+    """nginx in front of the replicas: its image, and the host ports it publishes for HTTP and gRPC."""
+
+    image: str = NGINX_IMAGE
+    http_port: int = PUBLISHED_HTTP_PORT
+    grpc_port: int = GRPC_PORT
 
 
 def render_nginx_conf() -> str:
@@ -20,6 +30,7 @@ def render_nginx_conf() -> str:
 # Written by `ferry compose`.
 worker_processes auto;
 pid /tmp/nginx.pid;
+error_log stderr warn;
 events {{ worker_connections 1024; }}
 http {{
     client_body_temp_path /tmp/client_body;
@@ -28,9 +39,10 @@ http {{
     uwsgi_temp_path /tmp/uwsgi;
     scgi_temp_path /tmp/scgi;
     client_max_body_size 8m;
+    access_log /dev/stdout;
 
     upstream ferry_http {{ server ferry:{HTTP_PORT} max_fails=1 fail_timeout=5s; keepalive 32; }}
-    upstream ferry_grpc {{ server ferry:{GRPC_PORT}; }}
+    upstream ferry_grpc {{ server ferry:{GRPC_PORT} max_fails=1 fail_timeout=5s; }}
 
     server {{
         listen 8080;
@@ -41,19 +53,21 @@ http {{
             proxy_set_header Connection "";
             proxy_set_header Host $host;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_next_upstream error timeout http_502 http_503;
+            # A replica that dies mid-request: resend to another. Predictions have no side effects, so POSTs too.
+            proxy_next_upstream error timeout http_502 http_503 non_idempotent;
+            # A killed replica's address answers nothing (no refusal): give up on it fast, not after 60 s.
+            proxy_connect_timeout 1s;
         }}
     }}
     server {{
-        listen {GRPC_PORT};
-        http2 on;
-        location / {{ grpc_pass grpc://ferry_grpc; }}
+        listen {GRPC_PORT} http2;  # not `http2 on;`: that needs nginx 1.25.1, Debian bookworm has 1.22
+        location / {{ grpc_pass grpc://ferry_grpc; grpc_connect_timeout 1s; }}
     }}
 }}
 """
 
 
-def render_compose(spec: DeploySpec) -> dict[str, Any]:
+def render_compose(spec: DeploySpec, front: Front = Front()) -> dict[str, Any]:
     """Same image, UID, read-only root, limits and FERRY_* environment as the Kubernetes Deployment."""
     environment = spec.server_env()
     ferry: dict[str, Any] = {
@@ -67,7 +81,8 @@ def render_compose(spec: DeploySpec) -> dict[str, Any]:
         "expose": [str(HTTP_PORT), str(GRPC_PORT)],
         "stop_grace_period": f"{spec.drain_timeout + 5}s",
         "healthcheck": {
-            "test": ["CMD", *healthcheck_command()],
+            # Readiness, not liveness: nginx (depends_on: service_healthy) starts once the models are loaded.
+            "test": ["CMD", *healthcheck_command(READINESS_PATH)],
             "interval": "10s",
             "timeout": "3s",
             "retries": 3,
@@ -83,8 +98,8 @@ def render_compose(spec: DeploySpec) -> dict[str, Any]:
         environment["FERRY_MODEL_URI"] = spec.model_uri
         ferry["tmpfs"] = [TMP_DIR, f"{MODELS_DIR}:uid={UID},gid={GID}"]
     nginx: dict[str, Any] = {
-        "image": NGINX_IMAGE,
-        "ports": [f"{PUBLISHED_HTTP_PORT}:8080", f"{GRPC_PORT}:{GRPC_PORT}"],
+        "image": front.image,
+        "ports": [f"{front.http_port}:8080", f"{front.grpc_port}:{GRPC_PORT}"],
         "volumes": ["./nginx.conf:/etc/nginx/nginx.conf:ro"],
         "read_only": True,
         "tmpfs": [TMP_DIR],
@@ -97,13 +112,14 @@ def render_compose(spec: DeploySpec) -> dict[str, Any]:
         },
         "restart": "unless-stopped",
     }
-    return {"name": spec.name, "services": {"ferry": ferry, "nginx": nginx}}
+    # No top-level `name:`: Debian's docker-compose 1.29 refuses it; the project name goes on the command line (-p).
+    return {"services": {"ferry": ferry, "nginx": nginx}}
 
 
-def write_compose(spec: DeploySpec, out: Path) -> list[Path]:
+def write_compose(spec: DeploySpec, out: Path, front: Front = Front()) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     compose = out / "docker-compose.yml"
-    compose.write_text(yaml.safe_dump(render_compose(spec), sort_keys=False), encoding="utf-8")
+    compose.write_text(yaml.safe_dump(render_compose(spec, front), sort_keys=False), encoding="utf-8")
     conf = out / "nginx.conf"
     conf.write_text(render_nginx_conf(), encoding="utf-8")
     return [compose, conf]

@@ -72,12 +72,12 @@ def model_refs(repo: Path) -> tuple[ModelRef, ...]:
     return tuple(refs)
 
 
-def healthcheck_command() -> list[str]:
+def healthcheck_command(path: str = LIVENESS_PATH) -> list[str]:
     """Python's own urllib, so the final stage needs no curl; the port comes from the same FERRY_PORT as serve."""
     probe = (
         "import os, urllib.request; "
         f"urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('FERRY_PORT', '{HTTP_PORT}') "
-        f"+ '{LIVENESS_PATH}', timeout=2)"
+        f"+ '{path}', timeout=2)"
     )
     return ["python", "-c", probe]
 
