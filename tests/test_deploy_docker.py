@@ -1,4 +1,4 @@
-"""The real image, built from the Dockerfile `ferry containerize` wrote, run under the Deployment's own settings and in compose.
+"""The real image, built from the Dockerfile `ferry containerize` wrote, run as the Deployment runs it, and in compose.
 
 Needs a Docker engine (scripts/ci-docker starts one). No registry is reachable, so the Dockerfile's base image is a
 stand-in built once by tests/docker/standin-base.sh (debootstrap bookworm + Debian's python3) and cached.
