@@ -119,7 +119,7 @@ class Metrics:
         )
         self.prediction_log_records = Counter(
             "ferry_prediction_log_records_total",
-            "Prediction log records, by outcome (written, or dropped when the buffer was full)",
+            "Prediction log records, by outcome (written; dropped: the buffer was full; failed: the write failed)",
             ["model", "outcome"],
             registry=r,
         )
