@@ -43,11 +43,12 @@ class ServerProcess:
             [sys.executable, "-m", "ferry", "serve", *args, "--port", str(self.port)],
             stdout=self.log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
+            # Ports are exclusive: gRPC and the probe port are off unless a test asks for them.
+            env={"FERRY_GRPC_PORT": "0", "FERRY_PROBE_PORT": "0", **os.environ, **(env or {})},
         )
         self.wait(ready=wait_ready)
 
-    def wait(self, ready: bool, timeout: float = 30.0) -> None:
+    def wait(self, ready: bool, timeout: float = 60.0) -> None:
         path = "/ready" if ready else "/health"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

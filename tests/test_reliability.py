@@ -325,6 +325,7 @@ def test_a_slow_client_gets_408_and_others_are_served(serve: Any, example_repo: 
 
 
 def test_auth_tokens_guard_grpc_infer_but_not_liveness(serve: Any, example_repo: Path) -> None:
+    """One token rule for both protocols: server liveness/readiness are open, per-model calls need a token."""
     import numpy as np
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
@@ -332,9 +333,16 @@ def test_auth_tokens_guard_grpc_infer_but_not_liveness(serve: Any, example_repo:
     from conftest import free_port
 
     grpc_port = free_port()
-    serve(str(example_repo), "--auth-tokens", "s3cret", "--grpc-port", str(grpc_port))
+    server = serve(str(example_repo), "--auth-tokens", "s3cret", "--grpc-port", str(grpc_port))
     client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
-    assert client.is_server_live() and client.is_model_ready("iris")
+    assert client.is_server_live() and client.is_server_ready()
+    assert httpx.get(server.url + "/v2/health/ready").status_code == 200
+    # Model readiness names a model: a token over gRPC exactly as over HTTP.
+    with pytest.raises(InferenceServerException, match="UNAUTHENTICATED"):
+        client.is_model_ready("iris")
+    assert httpx.get(server.url + "/v2/models/iris/ready").status_code == 401
+    assert client.is_model_ready("iris", headers={"authorization": "Bearer s3cret"})
+    assert httpx.get(server.url + "/v2/models/iris/ready", headers={"X-API-Key": "s3cret"}).status_code == 200
     x = grpcclient.InferInput("input", [1, 2], "FP64")
     x.set_data_from_numpy(np.array([[5.1, 2.4]]))
     with pytest.raises(InferenceServerException, match="UNAUTHENTICATED"):

@@ -10,7 +10,7 @@ import hmac
 from collections.abc import Iterable
 from pathlib import Path
 
-from ferry.errors import Unauthorized
+from ferry.errors import FerryError, Unauthorized
 
 EXEMPT_PATHS = frozenset(
     {"/health", "/ready", "/metrics", "/v2/health/live", "/v2/health/ready", "/docs", "/openapi.json"}
@@ -25,11 +25,24 @@ class TokenAuth:
 
     @classmethod
     def from_settings(cls, tokens: str, tokens_file: str, exempt: Iterable[str] = ()) -> TokenAuth | None:
-        """None when no token is configured: authentication is off."""
-        found = [t.strip() for t in tokens.split(",")]
+        """None when no token is asked for: authentication is off.
+
+        Asking for tokens and giving none (``--auth-tokens ,``, an empty or comments-only file, a
+        missing file) is an ``AuthMisconfigured`` error, never a server that starts with auth off.
+        """
+        found = [t.strip() for t in tokens.split(",") if t.strip()]
+        if tokens.strip() and not found:
+            raise AuthMisconfigured("--auth-tokens holds no token (only commas and spaces)")
         if tokens_file:
-            found += [line.strip() for line in Path(tokens_file).read_text().splitlines()]
-        found = [t for t in found if t and not t.startswith("#")]
+            try:
+                lines = Path(tokens_file).read_text().splitlines()
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+                raise AuthMisconfigured(f"--auth-tokens-file {tokens_file}: {reason}") from None
+            from_file = [t for t in (line.strip() for line in lines) if t and not t.startswith("#")]
+            if not from_file:
+                raise AuthMisconfigured(f"--auth-tokens-file {tokens_file} holds no token (empty or only comments)")
+            found += from_file
         return cls(found, exempt) if found else None
 
     def requires(self, path: str) -> bool:
@@ -52,3 +65,9 @@ class TokenAuth:
             matched |= hmac.compare_digest(presented, token)
         if not matched:
             raise Unauthorized("missing or invalid credentials: send Authorization: Bearer <token> or X-API-Key")
+
+
+class AuthMisconfigured(FerryError):
+    """Tokens were asked for but none can be read: the server refuses to start rather than run open."""
+
+    code = "auth_misconfigured"

@@ -30,7 +30,16 @@ class Settings:
     )
     max_body_bytes: int = _setting(8 * 1024 * 1024, "Largest request body accepted (413 past it).")
     body_timeout: float = _setting(30.0, "Seconds a client may take to send its request body (408 past it).")
-    max_connections: int = _setting(2048, "Open connections and requests per worker before new ones get 503.")
+    max_connections: int = _setting(
+        2048, "Open connections per worker; past it the longest idle or half-sent one is closed, else 503."
+    )
+    max_header_bytes: int = _setting(64 * 1024, "Largest request line plus headers (431 past it).")
+    max_headers: int = _setting(100, "Most header lines in one request (431 past it).")
+    header_timeout: float = _setting(10.0, "Seconds a client may take to send a request's line and headers (408).")
+    connection_max_age: float = _setting(
+        5.0, "Seconds a kept-alive connection lives; then Connection: close, so clients rebalance (0: forever)."
+    )
+    probe_port: int = _setting(8082, "Port answering /health, /ready and /metrics apart from the load (0: off).")
     request_timeout: float = _setting(30.0, "Default deadline of a prediction, in seconds (504 past it).")
     max_queue: int = _setting(256, "Requests that may wait per model before new ones get 503.")
     drain_timeout: int = _setting(30, "Seconds to finish in-flight requests on SIGTERM.")

@@ -22,14 +22,21 @@ _NEEDS_TYPER = ("tracing", "routes", "model_uri")
 
 
 def main() -> None:
+    from ferry.errors import FerryError
+
     settings = plain_serve_settings(sys.argv[1:])
+    if settings is not None:
+        from ferry.cli.serve import check_startup, run_server
+
+        try:
+            check_startup(settings)
+        except FerryError:
+            settings = None  # typer explains it, in one line
     if settings is None:
         from ferry.cli.main import app
 
         app()
         return
-    from ferry.cli.serve import run_server
-
     run_server(settings)
 
 

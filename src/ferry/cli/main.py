@@ -159,13 +159,14 @@ def demo_command(
 def _serve(settings: Settings) -> None:
     import logging.config
 
-    from ferry.cli.serve import run_server
+    from ferry.cli.serve import check_startup, run_server
     from ferry.observability.logs import LOG_FORMATS, logging_config
 
     if settings.log_format not in LOG_FORMATS:
         raise typer.BadParameter(f"expected one of {', '.join(LOG_FORMATS)}", param_hint="--log-format")
     log_config = logging_config(settings.log_level, settings.log_format)  # applied by uvicorn in every worker too
     logging.config.dictConfig(log_config)
+    _run(lambda: check_startup(settings))  # tokens asked for but none given, or a port in use: one line, exit 1
     if settings.tracing:
         _check_tracing(settings.tracing)
     if settings.routes:
@@ -205,7 +206,7 @@ def _run(action: Any) -> Any:
     try:
         return action()
     except FerryError as exc:
-        console.print(f"[red]error:[/red] {exc.message}")
+        console.print(f"[red]error:[/red] {exc.message}", soft_wrap=True)  # one line, however long
         raise typer.Exit(1) from None
 
 

@@ -1,19 +1,28 @@
-"""Start the server: uvicorn over the app factory, with the settings passed to every worker as FERRY_*."""
+"""Start the server: check what must hold before anything binds, then serve with the settings as FERRY_*."""
 
 from __future__ import annotations
 
 import logging.config
 import os
+import sys
 from typing import Any
 
 from ferry.settings import Settings
 
 
+def check_startup(settings: Settings) -> None:
+    """Raise a ``FerryError`` for settings that must stop start-up: tokens asked for but none given, a port in use."""
+    from ferry.auth import TokenAuth
+    from ferry.server.ports import check_ports
+
+    TokenAuth.from_settings(settings.auth_tokens, settings.auth_tokens_file)  # never run open by mistake
+    check_ports(settings)
+
+
 def run_server(settings: Settings, log_config: dict[str, Any] | None = None) -> None:
     """Run until stopped; ``settings`` are checked already (``ferry serve`` or ``ferry.cli.entry``)."""
-    import uvicorn
-
     from ferry.observability.logs import logging_config
+    from ferry.server import run
     from ferry.serving.metrics import multiprocess_folder
 
     if log_config is None:
@@ -21,17 +30,6 @@ def run_server(settings: Settings, log_config: dict[str, Any] | None = None) -> 
         logging.config.dictConfig(log_config)
     os.environ.update(settings.to_env())
     with multiprocess_folder(settings.workers):  # metrics summed over workers; the folder goes at exit
-        uvicorn.run(
-            "ferry.http.app:create_app_from_env",
-            factory=True,
-            host=settings.host,
-            port=settings.port,
-            workers=settings.workers,
-            loop="uvloop",
-            http="httptools",
-            access_log=False,  # Ferry's own access log (ferry.access) carries the request ID and model
-            log_config=log_config,
-            log_level=settings.log_level,
-            timeout_graceful_shutdown=settings.drain_timeout,
-            limit_concurrency=settings.max_connections,
-        )
+        started = run(settings, log_config)
+    if not started:
+        sys.exit(3)  # the app failed to start (uvicorn's status for it); its error is in the log above

@@ -105,10 +105,11 @@ def _code(error: FerryError) -> grpc.StatusCode:
 class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """The HTTP side's bearer tokens, for gRPC: ``authorization: Bearer <token>`` or ``x-api-key`` metadata.
 
-    Liveness and readiness calls never need a token.
+    Server liveness and readiness never need a token; ``ModelReady`` names a model, so it does, as
+    ``GET /v2/models/{name}/ready`` does over HTTP.
     """
 
-    EXEMPT = frozenset({"ServerLive", "ServerReady", "ModelReady"})
+    EXEMPT = frozenset({"ServerLive", "ServerReady"})
 
     def __init__(self, auth: TokenAuth) -> None:
         self.auth = auth
@@ -136,9 +137,15 @@ async def start_server(
     max_message: int,
     auth: TokenAuth | None = None,
     tracing: Tracing | None = None,
+    shared: bool = False,
 ) -> grpc.aio.Server:
-    """Bind and start; a port that cannot be bound is an error, never a silent gRPC-less server."""
+    """Bind and start; a port that cannot be bound is an error, never a silent gRPC-less server.
+
+    The port is this server's alone (gRPC would share it through SO_REUSEPORT by default), unless
+    ``shared``: the workers of one ``--workers N`` server, each with its own gRPC server.
+    """
     options = [("grpc.max_receive_message_length", max_message), ("grpc.max_send_message_length", max_message)]
+    options.append(("grpc.so_reuseport", int(shared)))
     interceptors = [TokenInterceptor(auth)] if auth is not None else []
     server = grpc.aio.server(options=options, interceptors=interceptors)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane, tracing), server)

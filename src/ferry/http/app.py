@@ -84,7 +84,13 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fer
             from ferry.grpc.server import start_server
 
             grpc_server = await start_server(
-                plane, settings.host, settings.grpc_port, settings.max_body_bytes, auth, tracing
+                plane,
+                settings.host,
+                settings.grpc_port,
+                settings.max_body_bytes,
+                auth,
+                tracing,
+                shared=settings.workers > 1,
             )
         watcher = asyncio.create_task(watch(registry)) if settings.watch else None
         sampler = asyncio.create_task(ModelWatcher(registry, metrics).run())  # model states and gauges into metrics

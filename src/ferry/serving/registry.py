@@ -168,6 +168,11 @@ class ModelRegistry:
         """
         versions = self.models.setdefault(handle.name, {})
         previous = self._defaults.get(handle.name)
+        held = versions.get(handle.version)
+        if handle.state is not ModelState.READY and held is not None and held.state is ModelState.READY:
+            # A failed reload of a version that serves: the serving copy stays, so readiness holds.
+            logger.error("model %s:%s: reload failed; the loaded copy keeps serving", handle.name, handle.version)
+            return False
         versions[handle.version] = handle
         self.models[handle.name] = dict(sorted(versions.items(), key=lambda kv: version_key(kv[0])))
         self._changed()

@@ -1,0 +1,11 @@
+"""Running the HTTP server: ports, connections, probes and worker processes around uvicorn.
+
+``run(settings)`` is what ``ferry serve`` calls. The app itself lives in ``ferry.http``; this
+package decides how clients reach it: exclusive ports (``ports``), bounded connections
+(``connections``), a probe listener that never waits behind work (``probes``) and a supervisor
+that stops accepting before its workers drain (``supervisor``).
+"""
+
+from ferry.server.run import run
+
+__all__ = ["run"]

@@ -1,0 +1,209 @@
+"""uvicorn's httptools protocol with every client-controlled connection resource bounded.
+
+Per connection, before anything is spent:
+
+- the request line and headers: at most ``max_head_bytes`` bytes and ``max_headers`` lines (431);
+- the time to send them: ``head_timeout`` seconds from the connection's start or the request's
+  first byte (408, or a silent close for a connection that never sent a byte);
+- open connections per worker: past ``max_connections``, the connection idle or stuck in its
+  head the longest is closed to make room; when every one is busy, the newcomer gets a JSON 503
+  with ``Retry-After`` and is closed (uvicorn's own ``limit_concurrency`` answers text/plain and
+  counts slow clients against everybody);
+- a kept-alive connection's age: past ``max_age`` seconds its next reply carries
+  ``Connection: close``, so clients reconnect and spread over workers and replicas again.
+
+Every refusal is JSON with a stable ``code``, as the app's own errors are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import httptools
+import orjson
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    max_head_bytes: int = 64 * 1024
+    max_headers: int = 100
+    head_timeout: float = 10.0
+    max_connections: int = 2048
+    max_age: float = 10.0  # 0: kept alive for as long as the client likes
+
+
+DEFAULT_LIMITS = ConnectionLimits()
+LINGER_S = 1.0  # after a refusal, how long the client may keep sending before the connection is cut
+LINGER_BYTES = 1024 * 1024
+
+
+class _HeadTooLarge(Exception):
+    pass
+
+
+class BoundedHttpProtocol(HttpToolsProtocol):
+    """One HTTP/1.1 connection; the bounds (see the module docstring) come as ``config.connection_limits``."""
+
+    def __init__(self, config: Config, *args: Any, **kwargs: Any) -> None:
+        super().__init__(config, *args, **kwargs)
+        self.limits: ConnectionLimits = getattr(config, "connection_limits", DEFAULT_LIMITS)
+        self.limit_concurrency = None  # the cap is applied at connection time, below
+        self.in_head = True  # the next bytes belong to a request head (from the last body's end to the next head's)
+        self.head_bytes = 0
+        self.header_count = 0
+        self.heads_done = 0
+        self.discarding, self.discarded = False, 0  # refused: reading only to let the answer arrive
+        self.head_timer: asyncio.TimerHandle | None = None
+        # When this connection began to wait on its client (connected, head begun, or reply sent).
+        self.opened = self.waiting_since = self.loop.time()
+
+    # -- connection -----------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.limits.max_connections and not self._evict_one():
+            self._refuse(503, "overloaded", "too many open connections; retry shortly", retry_after=True)
+            return
+        self.head_timer = self.loop.call_later(self.limits.head_timeout, self._head_timed_out)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def _evict_one(self) -> bool:
+        """Close the connection stuck in its head, else idle, the longest; False when all are busy."""
+        victim, oldest = None, float("inf")
+        for other in self.connections:
+            if other is self or not isinstance(other, BoundedHttpProtocol) or not other.evictable():
+                continue
+            if other.waiting_since < oldest:
+                victim, oldest = other, other.waiting_since
+        if victim is None:
+            return False
+        victim.transport.close()
+        self.connections.discard(victim)
+        return True
+
+    def evictable(self) -> bool:
+        return self.in_head and (self.cycle is None or self.cycle.response_complete)
+
+    # -- request head ---------------------------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        if self.discarding:
+            self.discarded += len(data)
+            if self.discarded > LINGER_BYTES:
+                self.transport.close()
+            return
+        self._unset_keepalive_if_required()
+        if self.in_head:
+            room = self.limits.max_head_bytes - self.head_bytes
+            if len(data) > room:
+                # Feed only what the head may still hold; an unfinished head past that is refused
+                # before httptools buffers any more of it.
+                heads = self.heads_done
+                if self._feed(data[:room]) and self.heads_done == heads:
+                    self._too_large(f"request line and headers exceed {self.limits.max_head_bytes} bytes")
+                elif not self.transport.is_closing():
+                    self._feed(data[room:])
+                return
+            self.head_bytes += len(data)
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> bool:
+        """Parse ``data``; False when the connection was refused."""
+        if self.parser is None or self.transport.is_closing():
+            return False
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            if not isinstance(exc.__context__, _HeadTooLarge):
+                raise
+            self._too_large(f"more than {self.limits.max_headers} header lines")
+            return False
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+        except httptools.HttpParserError:
+            self._refuse(400, "malformed", "invalid HTTP request")
+            return False
+        return True
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.in_head, self.header_count, self.waiting_since = True, 0, self.loop.time()
+        if self.head_timer is None:
+            self.head_timer = self.loop.call_later(self.limits.head_timeout, self._head_timed_out)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_count += 1
+        if self.header_count > self.limits.max_headers:
+            raise _HeadTooLarge
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        self.head_bytes = 0
+        self.heads_done += 1
+        self._cancel_head_timer()
+        super().on_headers_complete()
+        max_age = self.limits.max_age
+        if max_age and self.cycle is not None and self.loop.time() - self.opened > max_age:
+            self.cycle.keep_alive = False  # the reply says Connection: close; the client reconnects
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self.in_head = True  # the body is in: what comes next is the next request's head
+
+    def on_response_complete(self) -> None:
+        self.waiting_since = self.loop.time()
+        super().on_response_complete()
+
+    def _head_timed_out(self) -> None:
+        self.head_timer = None
+        if not self.in_head or self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            return  # a pipelined head waits behind a reply in progress: not the client's delay
+        if self.head_bytes or self.header_count:
+            limit = self.limits.head_timeout
+            self._refuse(408, "request_timeout", f"request headers not received within {limit:g} s")
+        else:
+            self.transport.close()  # connected and never sent a byte: nobody to answer
+
+    def _cancel_head_timer(self) -> None:
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
+
+    # -- refusals -------------------------------------------------------------------------------------
+    def _too_large(self, message: str) -> None:
+        self._refuse(431, "headers_too_large", message)
+
+    def _refuse(self, status: int, code: str, message: str, retry_after: bool = False) -> None:
+        """Answer JSON and close, unless a reply is already on its way (then only close)."""
+        if self.cycle is None or self.cycle.response_complete:
+            body = orjson.dumps({"error": message, "code": code})
+            head = [STATUS_LINE[status], b"content-type: application/json\r\n"]
+            if retry_after:
+                head.append(b"retry-after: 1\r\n")
+            head.append(b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body))
+            self.transport.write(b"".join(head) + body)
+        self._linger()
+
+    def _linger(self) -> None:
+        """Close after the client has read the answer: stop writing, discard what it still sends.
+
+        Closing with unread input makes the kernel send a reset, and the reset can destroy an
+        answer the client has not read yet (the 431 to a client still sending its headers).
+        """
+        self.discarding = True
+        self._cancel_head_timer()
+        self.connections.discard(self)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER_S, self.transport.close)

@@ -1,0 +1,184 @@
+"""The probe listener: ``/health``, ``/ready`` and ``/metrics`` on a port and a thread of their own.
+
+The request loop can be saturated (1,000 keep-alive clients), full (every connection slot held by
+slow clients) or wedged (a blocking call). Kubelet probes open a fresh connection each time, so a
+probe served by that loop waits behind its work and a healthy pod gets restarted. Here a second,
+tiny asyncio loop in a daemon thread answers probes from shared state:
+
+- liveness is the request loop's heartbeat: it ticks every 100 ms, and a tick older than
+  ``STALL_S`` reads as not live (503), so a wedged loop gets restarted and a busy one does not;
+- readiness is the registry's (every model READY, not draining) and the loop's liveness;
+- metrics are rendered from the same registry the request loop writes.
+
+The listener bounds what a client may hold: ``MAX_CLIENTS`` connections, ``HEAD_LIMIT`` bytes and
+``HEAD_TIMEOUT_S`` seconds per request; one request per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+
+from ferry.serving.metrics import Metrics
+from ferry.serving.registry import ModelRegistry
+
+logger = logging.getLogger("ferry.probes")
+
+TICK_S = 0.1  # the request loop's heartbeat period
+STALL_S = 5.0  # a heartbeat this old: the request loop is wedged
+MAX_CLIENTS = 64
+HEAD_LIMIT = 8192
+HEAD_TIMEOUT_S = 5.0
+
+LIVE_PATHS = frozenset({"/health", "/v2/health/live"})
+READY_PATHS = frozenset({"/ready", "/v2/health/ready"})
+
+Reply = tuple[int, bytes, bytes]  # status, content type, body
+_JSON = b"application/json"
+_REASONS = {200: b"OK", 404: b"Not Found", 405: b"Method Not Allowed", 503: b"Service Unavailable"}
+
+
+class Heartbeat:
+    """The request loop's last tick, written there and read by the probe thread."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+
+    async def run(self) -> None:
+        while True:
+            self.last = time.monotonic()
+            await asyncio.sleep(TICK_S)
+
+    def lag(self) -> float:
+        return time.monotonic() - self.last
+
+
+class ProbeAnswers:
+    """What each probe path answers, from the shared state; called on the probe thread."""
+
+    def __init__(self, registry: ModelRegistry, metrics: Metrics, heartbeat: Heartbeat) -> None:
+        self.registry = registry
+        self.metrics = metrics
+        self.heartbeat = heartbeat
+
+    def answer(self, method: str, path: str) -> Reply:
+        if method not in ("GET", "HEAD"):
+            return 405, _JSON, orjson.dumps({"error": f"method {method} not allowed", "code": "http_405"})
+        if path in LIVE_PATHS:
+            return self.live()
+        if path in READY_PATHS:
+            return self.ready()
+        if path == "/metrics":
+            return 200, b"text/plain; version=0.0.4; charset=utf-8", self.metrics.render()
+        return 404, _JSON, orjson.dumps({"error": f"no route {method} {path} on the probe port", "code": "http_404"})
+
+    def live(self) -> Reply:
+        lag = self.heartbeat.lag()
+        if lag > STALL_S:
+            body = {"health": "stalled", "error": f"the request loop has not run for {lag:.1f} s"}
+            return 503, _JSON, orjson.dumps(body)
+        return 200, _JSON, orjson.dumps({"health": "ok"})
+
+    def ready(self) -> Reply:
+        live = self.heartbeat.lag() <= STALL_S
+        ready = live and self.registry.is_ready()
+        body: dict[str, Any] = {"ready": ready, "models": [h.describe() for h in self.registry.handles()]}
+        if self.registry.draining:
+            body["draining"] = True
+        if not live:
+            body["error"] = "the request loop is stalled"
+        return (200 if ready else 503), _JSON, orjson.dumps(body)
+
+
+class ProbeListener:
+    """A daemon thread running its own event loop on ``sock``; ``close`` stops it."""
+
+    def __init__(self, sock: socket.socket, answer: Callable[[str, str], Reply]) -> None:
+        self.sock = sock
+        self.answer = answer
+        self.loop = asyncio.new_event_loop()
+        self.clients = 0
+        self.thread = threading.Thread(target=self._run, name="ferry-probes", daemon=True)
+        self._stopped = asyncio.Event()
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def close(self) -> None:
+        if self.thread.is_alive():
+            self.loop.call_soon_threadsafe(self._stopped.set)
+            self.thread.join(5)
+
+    def _run(self) -> None:
+        try:
+            self.loop.run_until_complete(self._serve())
+        finally:
+            self.loop.close()
+
+    async def _serve(self) -> None:
+        server = await asyncio.start_server(self._client, sock=self.sock, limit=HEAD_LIMIT)
+        async with server:
+            await self._stopped.wait()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.clients >= MAX_CLIENTS:
+            writer.close()
+            return
+        self.clients += 1
+        try:
+            async with _closing(writer):
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT_S)
+                method, _, rest = head.partition(b" ")
+                path = rest.partition(b" ")[0].partition(b"?")[0].decode("latin-1")
+                status, content_type, body = self.answer(method.decode("latin-1"), path)
+                writer.write(_response(status, content_type, b"" if method == b"HEAD" else body, len(body)))
+                await asyncio.wait_for(writer.drain(), HEAD_TIMEOUT_S)
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            pass  # a slow, oversized or vanished probe client is simply dropped
+        except Exception:  # a probe must never take the listener down
+            logger.exception("probe listener: answering failed")
+        finally:
+            self.clients -= 1
+
+
+def _response(status: int, content_type: bytes, body: bytes, length: int) -> bytes:
+    return b"".join(
+        [
+            b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"")),
+            b"content-type: " + content_type + b"\r\n",
+            b"content-length: %d\r\n" % length,
+            b"cache-control: no-store\r\nconnection: close\r\n\r\n",
+            body,
+        ]
+    )
+
+
+@contextlib.asynccontextmanager
+async def _closing(writer: asyncio.StreamWriter) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(writer.wait_closed(), HEAD_TIMEOUT_S)
+
+
+def bind_probe_socket(host: str, port: int, shared: bool) -> socket.socket:
+    """The probe port, listening; ``shared`` (``--workers N``) lets this server's workers bind it each."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if shared:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock

@@ -1,0 +1,60 @@
+"""``run(settings)``: check the ports, then serve with one process or a supervisor of workers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import uvicorn
+
+from ferry.server.connections import BoundedHttpProtocol, ConnectionLimits
+from ferry.server.ports import check_ports
+from ferry.server.supervisor import Supervisor
+from ferry.settings import Settings
+
+APP = "ferry.server.worker:create_app_from_env"
+
+
+class FerryConfig(uvicorn.Config):
+    """uvicorn's config plus the connection limits; pickled as it is to every worker."""
+
+    def __init__(self, *args: Any, connection_limits: ConnectionLimits, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.connection_limits = connection_limits
+
+
+def connection_limits(settings: Settings) -> ConnectionLimits:
+    return ConnectionLimits(
+        max_head_bytes=settings.max_header_bytes,
+        max_headers=settings.max_headers,
+        head_timeout=settings.header_timeout,
+        max_connections=settings.max_connections,
+        max_age=settings.connection_max_age,
+    )
+
+
+def run(settings: Settings, log_config: dict[str, Any]) -> bool:
+    """Serve until stopped; False when the server never started (a broken app, or a port taken meanwhile)."""
+    check_ports(settings)
+    config = FerryConfig(
+        APP,
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        loop="uvloop",
+        http=BoundedHttpProtocol,
+        access_log=False,  # Ferry's own access log (ferry.access) carries the request ID and model
+        log_config=log_config,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=settings.drain_timeout,
+        connection_limits=connection_limits(settings),
+    )
+    try:
+        if settings.workers > 1:
+            Supervisor(config, sockets=[config.bind_socket()]).run()
+            return True
+        server = uvicorn.Server(config)
+        server.run()
+        return server.started
+    except KeyboardInterrupt:
+        return True

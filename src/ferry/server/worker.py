@@ -1,0 +1,51 @@
+"""What each worker process serves: the Ferry app, plus its heartbeat and probe listener while it runs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from ferry.http.app import create_app
+from ferry.http.dispatch import FerryApp
+from ferry.server.probes import Heartbeat, ProbeAnswers, ProbeListener, bind_probe_socket
+from ferry.settings import Settings
+
+Lifespan = Callable[[Any], AbstractAsyncContextManager[Any]]
+
+
+def create_app_from_env() -> FerryApp:
+    """uvicorn's factory in every worker: settings arrive as FERRY_* variables."""
+    settings = Settings.from_env()
+    return with_probes(create_app(settings), settings)
+
+
+def with_probes(app: FerryApp, settings: Settings) -> FerryApp:
+    """Run the heartbeat and, with ``--probe-port``, the probe listener for as long as the app's lifespan."""
+    router = app.app.router
+    inner: Lifespan = router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(starlette: Any) -> AsyncIterator[None]:
+        heartbeat = Heartbeat()
+        beating = asyncio.create_task(heartbeat.run())
+        listener = None
+        if settings.probe_port:
+            # Bound before the models load, so /health answers at once; a port in use stops start-up.
+            sock = bind_probe_socket(settings.host, settings.probe_port, shared=settings.workers > 1)
+            state = app.state
+            answers = ProbeAnswers(state.registry, state.service.metrics, heartbeat)
+            listener = ProbeListener(sock, answers.answer)
+            listener.start()
+        try:
+            async with inner(starlette):
+                yield
+        finally:
+            if listener is not None:
+                listener.close()
+            beating.cancel()
+
+    router.lifespan_context = lifespan
+    return app
