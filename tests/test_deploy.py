@@ -29,7 +29,7 @@ from ferry.bundle import MANIFEST_FILE
 from ferry.deploy import compose, dockerfile, k8s
 from ferry.deploy.fetch import INDEX_FILE, fetch_bundles, write_index
 from ferry.deploy.kubectl import service_address
-from ferry.deploy.spec import GRPC_PORT, HTTP_PORT, PRESTOP_SECONDS, UID, DeploySpec
+from ferry.deploy.spec import GRPC_PORT, HTTP_PORT, PRESTOP_SECONDS, PROBE_PORT, UID, DeploySpec
 from ferry.errors import FetchError, IntegrityError, SpecError
 
 IMAGE = "registry.example.com/team/ferry-examples:1.4.2"
@@ -221,7 +221,7 @@ def test_names_and_namespaces_refer_to_each_other(spec: DeploySpec) -> None:
 def test_ports_agree_across_objects_and_dockerfile(spec: DeploySpec, image_spec: dockerfile.ImageSpec) -> None:
     objs = by_kind(spec)
     container_ports = {p["name"]: p["containerPort"] for p in server_of(spec)["ports"]}
-    assert container_ports == {"http": HTTP_PORT, "grpc": GRPC_PORT}
+    assert container_ports == {"http": HTTP_PORT, "grpc": GRPC_PORT, "probe": PROBE_PORT}
     for port in objs["Service"]["spec"]["ports"]:
         assert port["targetPort"] in container_ports and port["name"] == port["targetPort"]
     config = objs["ConfigMap"]["data"]
@@ -229,8 +229,8 @@ def test_ports_agree_across_objects_and_dockerfile(spec: DeploySpec, image_spec:
     assert int(config["FERRY_GRPC_PORT"]) == container_ports["grpc"]
     annotations = objs["Deployment"]["spec"]["template"]["metadata"]["annotations"]
     assert int(annotations["prometheus.io/port"]) == container_ports["http"]
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert server_of(spec)[probe]["httpGet"]["port"] == "http"
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):  # the probe listener, apart from the load
+        assert server_of(spec)[probe]["httpGet"]["port"] == "probe"
     text = dockerfile.render_dockerfile(image_spec)
     assert f"EXPOSE {container_ports['http']} {container_ports['grpc']}" in text
     assert f"FERRY_PORT={config['FERRY_PORT']}" in text and f"FERRY_GRPC_PORT={config['FERRY_GRPC_PORT']}" in text

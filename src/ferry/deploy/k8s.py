@@ -21,6 +21,7 @@ from ferry.deploy.spec import (
     METRICS_PATH,
     MODELS_DIR,
     PRESTOP_SECONDS,
+    PROBE_PORT,
     READINESS_PATH,
     TMP_DIR,
     UID,
@@ -65,7 +66,7 @@ def _security_context() -> Obj:
 
 def _http_probe(path: str, period: int, failures: int, timeout: int = 2) -> Obj:
     return {
-        "httpGet": {"path": path, "port": "http"},
+        "httpGet": {"path": path, "port": "probe"},  # the probe listener: never behind the request load
         "periodSeconds": period,
         "timeoutSeconds": timeout,
         "failureThreshold": failures,
@@ -99,6 +100,7 @@ def _server_container(spec: DeploySpec) -> Obj:
         "ports": [
             {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+            {"name": "probe", "containerPort": PROBE_PORT, "protocol": "TCP"},
         ],
         "envFrom": [{"configMapRef": {"name": spec.name}}],
         "resources": _resources(spec),
@@ -261,8 +263,8 @@ def render_inference_service(spec: DeploySpec) -> Obj:
         "ports": [{"containerPort": HTTP_PORT, "protocol": "TCP"}],  # KServe routes to exactly one port
         "envFrom": server["envFrom"],
         "resources": server["resources"],
-        "readinessProbe": server["readinessProbe"] | {"httpGet": {"path": READINESS_PATH, "port": HTTP_PORT}},
-        "livenessProbe": server["livenessProbe"] | {"httpGet": {"path": LIVENESS_PATH, "port": HTTP_PORT}},
+        "readinessProbe": server["readinessProbe"] | {"httpGet": {"path": READINESS_PATH, "port": PROBE_PORT}},
+        "livenessProbe": server["livenessProbe"] | {"httpGet": {"path": LIVENESS_PATH, "port": PROBE_PORT}},
         "securityContext": server["securityContext"],
         "volumeMounts": [{"name": "tmp", "mountPath": TMP_DIR}],
     }

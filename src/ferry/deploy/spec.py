@@ -15,6 +15,7 @@ UID = 10001
 GID = 10001
 HTTP_PORT = Settings.port
 GRPC_PORT = 8081
+PROBE_PORT = Settings.probe_port  # /health, /ready, /metrics on a listener that never waits behind work
 MODELS_DIR = "/models"
 TMP_DIR = "/tmp"
 VENV_DIR = "/opt/venv"
