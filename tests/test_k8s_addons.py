@@ -253,6 +253,8 @@ def test_bad_values_are_refused_with_the_place_named(tmp_path: Path) -> None:
     assert done.returncode == 1 and "none.json" in done.stderr and "Traceback" not in done.stderr
     done = run_ferry("k8s", "--image", IMAGE, "--model-uri", "s3://b/m", "--scale-to-zero")
     assert done.returncode == 1 and "add --knative" in done.stderr
+    done = run_ferry("k8s", "--image", IMAGE, "--model-uri", "s3://b/m", "--keda", "--in-flight-target", "8")
+    assert done.returncode == 1 and "--keda replaces the HPA" in done.stderr
 
 
 # ---------------------------------------------------------------------------------------------------- README

@@ -135,8 +135,8 @@ def k8s_command(
     out: Annotated[Path, typer.Option("--output", "-o", help="Folder for the manifests.")] = Path("k8s"),
 ) -> None:
     """Write Kubernetes manifests: Namespace, ConfigMap, Deployment, Service, HPA, PDB, kustomization (and add-ons)."""
-    if scale_to_zero and not knative:
-        _run(lambda: _fail("--scale-to-zero applies to the Knative Service; add --knative"))
+    addons = Addons(kserve=kserve, knative=knative, keda=keda, service_monitor=service_monitor)
+    _run(lambda: _check_addons(addons, scale_to_zero=scale_to_zero, in_flight_target=in_flight_target))
     planned = _run(lambda: load_values(values)) if values is not None else PlanValues()
 
     def pick(option: str, given: T, from_plan: T | None) -> T:
@@ -171,7 +171,6 @@ def k8s_command(
         cpu_target_percent=planned.cpu_target_percent or DeploySpec.cpu_target_percent,
         scaling=scaling,
     )
-    addons = Addons(kserve=kserve, knative=knative, keda=keda, service_monitor=service_monitor)
     objects = render_with_addons(spec, addons)
     for path in _run(lambda: k8s.write_manifests(spec, out, objects=objects)):
         console.print(f"[green]wrote[/green] {path}")
@@ -272,8 +271,12 @@ def _spec(repo: Path | None, image_ref: str, **options: object) -> DeploySpec:
     return _run(build)
 
 
-def _fail(message: str) -> None:
-    raise SpecError(message)
+def _check_addons(addons: Addons, scale_to_zero: bool, in_flight_target: int) -> None:
+    """Options that would be silently ignored are refused instead."""
+    if scale_to_zero and not addons.knative:
+        raise SpecError("--scale-to-zero applies to the Knative Service; add --knative")
+    if in_flight_target and addons.keda:
+        raise SpecError("--in-flight-target is an HPA metric, and --keda replaces the HPA; use --concurrency-target")
 
 
 def _resources(cpu: str, memory: str) -> Resources:
