@@ -337,3 +337,44 @@ def test_fsspec_keys_cannot_write_outside_the_destination(example_repo: Path, tm
         memory.rm("/evil", recursive=True)
     assert not list(tmp_path.rglob("owned.txt"))
     assert list(dest.iterdir()) == []
+
+
+def _onnx_with_external_weights(path: Path, location: str) -> None:
+    """y = x @ W, with W (ones, [2, 1]) stored outside the model file at ``location``."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = numpy_helper.from_array(np.ones((2, 1), dtype=np.float32), "W")
+    weights.ClearField("raw_data")
+    weights.data_location = TensorProto.EXTERNAL
+    for key, value in {"location": location, "offset": "0", "length": "8"}.items():
+        entry = weights.external_data.add()
+        entry.key, entry.value = key, value
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "external",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])],
+        [weights],
+    )
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+
+
+def test_onnx_external_weights_must_be_listed_artifacts(tmp_path: Path) -> None:
+    pytest.importorskip("onnx")
+    bundle = ferry.build(_classifier(), "ext", tmp_path / "repo")  # its manifest and model are replaced below
+    weights = np.ones((2, 1), dtype=np.float32).tobytes()
+    (bundle / "weights.bin").write_bytes(weights)
+    model = tmp_path / "model.onnx"
+    _onnx_with_external_weights(model, "weights.bin")
+    onnx_input = {"kind": "tensor", "tensors": [{"name": "x", "dtype": "float32"}]}
+    _add_artifact(bundle, "model.onnx", model.read_bytes(), runtime="onnx", input=onnx_input, output={"kind": "tensor"})
+    with pytest.raises(IntegrityError, match=r"external data of tensor 'W' 'weights.bin' is not listed"):
+        load_bundle(bundle)
+    _edit_manifest(bundle, artifacts={"weights.bin": hashlib.sha256(weights).hexdigest()})
+    assert load_bundle(bundle).runtime.predict(np.array([[1.0, 2.0]])).values == [3.0]
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(weights)
+    _onnx_with_external_weights(model, str(outside))
+    _add_artifact(bundle, "model.onnx", model.read_bytes())
+    with pytest.raises(IntegrityError, match=r"is not listed"):
+        load_bundle(bundle)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-from ferry.bundle.artifacts import model_artifact
+from ferry.bundle.artifacts import artifact_file, model_artifact
 from ferry.bundle.manifest import Manifest
 from ferry.runtimes.base import Prediction, Runtime, argmax_labels
 from ferry.runtimes.images import parse_preprocessing
@@ -35,6 +35,7 @@ class OnnxRuntime(Runtime):
         options.intra_op_num_threads = int(manifest.options.get("threads", 1))
         options.inter_op_num_threads = 1
         path = model_artifact(bundle_dir, manifest, "model.onnx", "onnx")
+        _check_external_data(path, bundle_dir, manifest)
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         return cls(session, manifest)
 
@@ -67,3 +68,21 @@ class OnnxRuntime(Runtime):
             if array.ndim == 2 and array.dtype.kind == "f" and array.shape[1] == len(self.labels):
                 return array
         return None
+
+
+def _check_external_data(path: Path, bundle_dir: Path, manifest: Manifest) -> None:
+    """Weights an ONNX model keeps in other files are files onnxruntime opens: each must be a listed
+    (so hashed) artifact inside the bundle, like the model itself."""
+    data = path.read_bytes()
+    if b"location" not in data:  # no external-data entry can exist without this key: skip the parse
+        return
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
+    folder = PurePosixPath(path.relative_to(bundle_dir).as_posix()).parent
+    for tensor in _get_all_tensors(onnx.load_model_from_string(data)):
+        if uses_external_data(tensor):
+            location = ExternalDataInfo(tensor).location
+            # Relative to the model's folder, as onnxruntime reads it; contained() refuses '..' and absolute.
+            name = location if PurePosixPath(location).is_absolute() else (folder / location).as_posix()
+            artifact_file(bundle_dir, manifest.artifacts, name, f"external data of tensor '{tensor.name}'")
