@@ -30,7 +30,8 @@ _AUTOSCALING = "autoscaling.knative.dev/"
 
 def _knative_container(deployment_container: Obj) -> Obj:
     container = {k: copy.deepcopy(v) for k, v in deployment_container.items() if k in _CONTAINER_FIELDS}
-    # One port only, named for the protocol; probes go to it (Knative fills the port in).
+    # One port only, named for the protocol. Knative refuses probes on any other port, so they go to this one
+    # (Knative fills it in), not to the Deployment's separate probe listener.
     container["ports"] = [{"name": "http1", "containerPort": HTTP_PORT, "protocol": "TCP"}]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         container[probe]["httpGet"].pop("port", None)
