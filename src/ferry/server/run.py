@@ -43,6 +43,7 @@ def run(settings: Settings, log_config: dict[str, Any]) -> bool:
         workers=settings.workers,
         loop="uvloop",
         http=BoundedHttpProtocol,
+        ws="none",  # Ferry serves no websockets: importing them costs every worker time and memory
         access_log=False,  # Ferry's own access log (ferry.access) carries the request ID and model
         log_config=log_config,
         log_level=settings.log_level,

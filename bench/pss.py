@@ -1,0 +1,86 @@
+"""Memory of a ``ferry serve`` process tree: RSS and PSS (proportional set size), summed over every process.
+
+    python bench/pss.py REPO [--workers 1 4] [--ferry PATH] [-- extra serve options]
+
+PSS splits each shared page between the processes that map it, so the sum over a server's processes is
+what the server as a whole costs the machine (read from /proc/PID/smaps_rollup). Each server is measured
+once it is ready and has answered one request per model (so every worker has loaded and warmed them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def tree(pid: int) -> list[int]:
+    found = [pid]
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        found += tree(int(child))
+    return found
+
+
+def rollup(pid: int) -> dict[str, int]:
+    values = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        key, value = line.split(":", 1)
+        values[key] = int(value.split()[0])
+    return values
+
+
+def measure(ferry: str, repo: str, workers: int, extra: list[str]) -> tuple[int, float, float]:
+    port = free_port()
+    argv = [ferry, "serve", repo, "--port", str(port), "--grpc-port", "0", "--log-level", "warning"]
+    proc = subprocess.Popen([*argv, "--workers", str(workers), *extra], stdout=subprocess.DEVNULL)
+    try:
+        import http.client
+
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                conn.request("GET", "/ready")
+                if conn.getresponse().status == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.05)
+        time.sleep(3.0 if workers > 1 else 0.5)  # every worker up and warm
+        pids = tree(proc.pid)
+        rolls = [rollup(p) for p in pids]
+        return len(pids), sum(r["Rss"] for r in rolls) / 1024, sum(r["Pss"] for r in rolls) / 1024
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("repo")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 4])
+    beside = Path(sys.executable).parent / "ferry"
+    parser.add_argument("--ferry", default=str(beside))
+    args, extra = parser.parse_known_args()
+    extra = [e for e in extra if e != "--"]
+    print("| workers | options | processes | RSS sum (MiB) | PSS sum (MiB) | PSS / 1 worker |")
+    print("|---:|---|---:|---:|---:|---:|")
+    base = None
+    for workers in args.workers:
+        count, rss, pss = measure(args.ferry, args.repo, workers, extra)
+        base = base or pss
+        print(f"| {workers} | {' '.join(extra) or '-'} | {count} | {rss:.0f} | {pss:.0f} | {pss / base:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
