@@ -71,7 +71,7 @@ def _fork_workers_after_imports() -> None:
         importlib.import_module(module)
     # prometheus_client picks its value class (multiprocess or not) when first imported, which here
     # was before the metrics folder was named; pick again, as a spawned worker importing it would.
-    values.ValueClass = values.get_value_class()
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
     assert ferry.__version__  # read once here (importlib.metadata), not in every worker
 
     if hasattr(uvicorn._subprocess, "spawn"):  # the context uvicorn's supervisor starts workers with
