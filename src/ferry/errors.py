@@ -31,7 +31,9 @@ FerryError (500, internal)
 ├── RoutesError (routes_invalid)                   the routes file, refused at start-up
 ├── TracingError (tracing)                         a --tracing value that cannot work
 ├── MonitorError (monitor_error)
-└── LoadTestError (loadtest_error)                 a load test or contract check cannot start
+├── LoadTestError (loadtest_error)                 a load test or contract check cannot start
+│   └── LoadTestUsage (usage)                      ... because of a bad option: the CLI exits 2
+└── UsageError (usage)                             a command-line argument or option that cannot work: CLI exit 2
 """
 
 from __future__ import annotations
@@ -237,3 +239,15 @@ class LoadTestError(FerryError):
     """A load test or contract check cannot start: unreachable service, unknown model, bad option."""
 
     code = "loadtest_error"
+
+
+class UsageError(FerryError):
+    """A command-line argument or option that cannot work: the CLI exits 2 (any other FerryError exits 1)."""
+
+    code = "usage"
+
+
+class LoadTestUsage(LoadTestError, UsageError):
+    """An option that cannot work (a bad duration, SLA or protocol): the CLI exits 2."""
+
+    code = "usage"

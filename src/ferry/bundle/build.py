@@ -6,6 +6,7 @@ import contextlib
 import inspect
 import shutil
 import tempfile
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -14,18 +15,22 @@ from typing import Any
 import msgspec
 
 from ferry.bundle.compile import compile_model, load_original
+from ferry.bundle.files import check_step, file_kind, read_estimator
 from ferry.bundle.hashing import sha256_file
 from ferry.bundle.manifest import (
     CompatRoute,
     Feature,
     InputSchema,
+    Manifest,
     OutputSchema,
     parse_manifest,
+    parse_route,
     write_manifest,
 )
 from ferry.bundle.repository import next_version
-from ferry.errors import ManifestError
+from ferry.errors import FerryError, ManifestError
 
+PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
 _LIBRARIES = {"sklearn": "scikit-learn", "lightgbm": "lightgbm", "onnx": "onnxruntime"}
 
 
@@ -40,8 +45,9 @@ def build(
     output_schema: OutputSchema | dict[str, Any] | None = None,
     labels: list[str] | None = None,
     sample_input: Any = None,
+    expected_output: Any = None,
     metadata: dict[str, Any] | None = None,
-    routes: list[CompatRoute | dict[str, Any]] | None = None,
+    routes: Sequence[CompatRoute | dict[str, Any] | str] | None = None,
     options: dict[str, Any] | None = None,
     trusted: bool = False,
     training_data: Any = None,
@@ -49,8 +55,11 @@ def build(
 ) -> Path:
     """Write ``repo/name/version/`` and return its path.
 
-    ``model`` is a fitted scikit-learn estimator or pipeline, a LightGBM model, a path to an
-    ``.onnx`` file, or a Python class (or instance) with ``load()`` and ``predict(batch)``.
+    ``model`` is a fitted scikit-learn estimator or pipeline, a LightGBM model, a model file
+    (skops, pickle/joblib, LightGBM text, ONNX), a list of files composed in order into one
+    pipeline, or a Python class (or instance) with ``predict(batch)``.
+    ``expected_output`` is what ``sample_input`` must answer, checked here through the built bundle
+    exactly as the server will run it, and again at every warm-up and by ``ferry check``.
     ``training_data`` (rows in feature order), for a feature model, adds per-feature statistics
     to the metadata, against which ``ferry monitor`` measures drift. ``compile`` adds the model's
     verified numpy form where it has one (``ferry.bundle.compile``), which serves without the framework.
@@ -67,7 +76,7 @@ def build(
         runtime, inferred_input, inferred_output, inferred_labels = _write_artifacts(model, staging, options, trusted)
         if runtime == "python":
             trusted = True  # the builder hands over its own code
-        labels = labels or inferred_labels
+        labels = [str(label) for label in labels] if labels else inferred_labels  # numpy.str_ too
         if compile and runtime in ("sklearn", "lightgbm"):
             compile_model(load_original(staging, runtime, options), runtime, staging, options, labels)
         raw: dict[str, Any] = {
@@ -78,14 +87,17 @@ def build(
             "output": _schema(output_schema) or inferred_output,
             "labels": labels,
             "sample_input": sample_input,
+            "expected_output": expected_output,
             "metadata": {**_default_metadata(runtime), **(metadata or {})},
             "options": options,
-            "routes": [msgspec.to_builtins(r) if isinstance(r, CompatRoute) else r for r in routes or []],
+            "routes": [_route(r) for r in routes or []],
             "trusted": trusted,
             "artifacts": {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file()},
         }
         if raw["input"] is None:
-            raise ManifestError(f"{name}: cannot infer the input schema; pass features= or input_schema=")
+            raise ManifestError(f"{name}: cannot infer the input schema; pass --features (features= in Python)")
+        if raw["sample_input"] is None and expected_output is not None:
+            raise ManifestError(f"{name}: --expect needs --sample (the input whose answer is expected)")
         if raw["sample_input"] is None:
             raw["sample_input"] = _default_sample(raw["input"])
         if training_data is not None and raw["input"]["kind"] == "features":
@@ -95,12 +107,40 @@ def build(
             raw["metadata"]["training_stats"] = training_stats(training_data, names)
         manifest = parse_manifest({k: v for k, v in raw.items() if v is not None}, source=f"{name}:{version}")
         write_manifest(staging, manifest)
+        if manifest.expected_output is not None:
+            _check_expectation(staging, manifest, trusted)
         target.parent.mkdir(parents=True, exist_ok=True)
         staging.rename(target)  # atomic: a half-written bundle is never visible
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def _route(route: CompatRoute | dict[str, Any] | str) -> Any:
+    if isinstance(route, str):
+        return parse_route(route)
+    return msgspec.to_builtins(route) if isinstance(route, CompatRoute) else route
+
+
+def _check_expectation(staging: Path, manifest: Manifest, trusted: bool) -> None:
+    """Load the staged bundle and answer its sample as the native predict route will."""
+    # The protocol layer sits above bundles; this is the one place a build borrows it.
+    from ferry.bundle.load import load_bundle
+    from ferry.protocol.expect import expectation_problem
+    from ferry.protocol.native import answer
+    from ferry.serving.inputs import InputCodec
+
+    loaded = load_bundle(staging, trust_pickle=trusted)
+    try:
+        got = answer(manifest.sample_input, InputCodec(manifest.input), loaded.runtime, manifest.labels)
+    except FerryError as exc:
+        raise ManifestError(f"{manifest.name}: the sample input fails: {exc.message}") from None
+    except Exception as exc:
+        raise ManifestError(f"{manifest.name}: the sample input fails: {type(exc).__name__}: {exc}") from None
+    problem = expectation_problem(manifest.expected_output, got)
+    if problem:
+        raise ManifestError(f"{manifest.name}: the sample input answers wrong: {problem}")
 
 
 def _mkdir(path: Path) -> Path:
@@ -139,6 +179,10 @@ Inferred = tuple[str, dict[str, Any] | None, dict[str, Any], list[str] | None]
 
 def _write_artifacts(model: Any, staging: Path, options: dict[str, Any], trusted: bool) -> Inferred:
     """Save ``model`` in its safest format and infer what the manifest can from it."""
+    if isinstance(model, list | tuple) and all(isinstance(m, str | Path) for m in model):
+        if len(model) == 1:
+            return _from_file(Path(model[0]), staging, options, trusted)
+        return _from_files([Path(m) for m in model], staging, options, trusted)
     if isinstance(model, str | Path):
         return _from_file(Path(model), staging, options, trusted)
     module = type(model).__module__
@@ -220,31 +264,43 @@ def _lightgbm(model: Any, staging: Path) -> Inferred:
 
 
 def _from_file(path: Path, staging: Path, options: dict[str, Any], trusted: bool) -> Inferred:
-    suffix = path.suffix.lower()
-    if suffix == ".onnx":
+    kind = file_kind(path)
+    if kind == "onnx":
         shutil.copy2(path, staging / "model.onnx")
         return ("onnx", _onnx_input(path), {"kind": "tensor", "dtype": "float32"}, None)
-    if suffix == ".txt":
+    if kind == "lightgbm":
         import lightgbm
 
         return _lightgbm(lightgbm.Booster(model_file=str(path)), staging)
-    if suffix == ".skops":
-        import skops.io as sio
+    _, model = read_estimator(path, trusted)
+    check_step(model, path, last=True)
+    if kind == "skops":
+        return _sklearn(model, staging, options)
+    suffix = path.suffix.lower() if path.suffix.lower() in PICKLE_SUFFIXES else ".pkl"
+    shutil.copy2(path, staging / f"model{suffix}")
+    options["artifact"] = f"model{suffix}"
+    return ("sklearn", _sklearn_input(model), *_sklearn_output(model))
 
-        return _sklearn(sio.load(path, trusted=sio.get_untrusted_types(file=path)), staging, options)
-    if suffix in (".pkl", ".pickle", ".joblib"):
-        if not trusted:
-            raise ManifestError(
-                f"{path.name} is a pickle, and unpickling runs arbitrary code; "
-                "pass --trusted only if you trust its source"
-            )
-        import joblib
 
-        model = joblib.load(path)
-        shutil.copy2(path, staging / f"model{suffix}")
-        options["artifact"] = f"model{suffix}"
-        return ("sklearn", _sklearn_input(model), *_sklearn_output(model))
-    raise ManifestError(f"{path.name}: unknown model file type (expected .onnx, .txt, .skops, .pkl or .joblib)")
+def _from_files(paths: list[Path], staging: Path, options: dict[str, Any], trusted: bool) -> Inferred:
+    """Several files, in order, composed into one pipeline; each file is kept as it was saved."""
+    steps, names, trusted_types = [], [], set()
+    for i, path in enumerate(paths, start=1):
+        kind, obj = read_estimator(path, trusted)
+        check_step(obj, path, last=i == len(paths))
+        name = f"step-{i}.skops" if kind == "skops" else f"step-{i}.pkl"
+        shutil.copy2(path, staging / name)
+        if kind == "skops":
+            import skops.io as sio
+
+            trusted_types |= set(sio.get_untrusted_types(file=path))
+        steps.append(obj)
+        names.append(name)
+    options["steps"] = names
+    options["sources"] = [p.name for p in paths]
+    if trusted_types:
+        options["skops_trusted_types"] = sorted(trusted_types)
+    return ("sklearn", _sklearn_input(steps[0]), *_sklearn_output(steps[-1]))
 
 
 def _onnx_input(path: Path) -> dict[str, Any]:
@@ -258,6 +314,13 @@ def _onnx_input(path: Path) -> dict[str, Any]:
 
 def _python_class(model: Any, staging: Path, options: dict[str, Any]) -> Inferred:
     cls = model if inspect.isclass(model) else type(model)
+    state = sorted(vars(model)) if not inspect.isclass(model) and hasattr(model, "__dict__") else []
+    if state:  # the bundle carries the class's source, not this object: its state would be lost
+        raise ManifestError(
+            f"{cls.__name__} instance has state ({', '.join(state)}) that a bundle cannot carry: "
+            "Ferry builds the class from its source, as `Class()`. Pass the class and set the state "
+            "in its __init__ defaults or load() (reading a file shipped with --include)"
+        )
     try:
         source = inspect.getsourcefile(cls)
     except TypeError:  # a class whose module is not in sys.modules: ask its own code where it lives
@@ -266,7 +329,11 @@ def _python_class(model: Any, staging: Path, options: dict[str, Any]) -> Inferre
         raise ManifestError(f"cannot find the source file of {cls.__name__}")
     shutil.copy2(source, staging / "model.py")
     options.setdefault("entrypoint", f"model.py:{cls.__name__}")
-    return "python", None, {"kind": "tensor"}, None
+    return "python", _ANY_ROWS, {"kind": "tensor"}, None
+
+
+# A class takes rows of numbers of any width unless the builder declares its features.
+_ANY_ROWS = {"kind": "tensor", "tensors": [{"name": "input", "dtype": "float64", "shape": [-1, -1]}]}
 
 
 __all__ = ["Feature", "build"]

@@ -318,6 +318,10 @@ def load_original(staging: Path, runtime: str, options: dict[str, Any]) -> Any:
         import lightgbm
 
         return lightgbm.Booster(model_file=str(staging / options.get("artifact", "model.txt")))
+    if runtime == "sklearn" and options.get("steps"):  # several files composed at build
+        from sklearn.pipeline import make_pipeline
+
+        return make_pipeline(*(load_original(staging, runtime, {**options, "artifact": s}) for s in options["steps"]))
     if runtime == "sklearn":
         path = staging / options.get("artifact", "model.skops")
         if path.suffix == ".skops":

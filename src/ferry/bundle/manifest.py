@@ -120,6 +120,8 @@ class Manifest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     artifacts: dict[str, str]
     labels: list[str] | None = None
     sample_input: Any = None
+    # What the native predict route answers for ``sample_input``: checked at build, warm-up and ``ferry check``.
+    expected_output: Any = None
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     options: dict[str, Any] = msgspec.field(default_factory=dict)
     routes: list[CompatRoute] = msgspec.field(default_factory=list)
@@ -134,6 +136,23 @@ class Manifest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
 # aliases are followed (an alias bomb is a few lines that expand to billions of values).
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_MANIFEST_VALUES = 1_000_000
+
+
+def parse_route(text: str) -> dict[str, Any]:
+    """A route from the command line: ``'POST /predict'``, or a YAML mapping in the full form."""
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            route = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ManifestError(f"--route {text!r}: not a valid YAML mapping: {exc}") from None
+        if not isinstance(route, dict):
+            raise ManifestError(f"--route {text!r}: expected a mapping such as {{method: POST, path: /score}}")
+        return route
+    method, _, path = text.partition(" ")
+    if method.upper() not in ("GET", "POST") or not path.strip().startswith("/"):
+        raise ManifestError(f"--route {text!r}: expected 'POST /path' (or GET), or a YAML mapping")
+    return {"method": method.upper(), "path": path.strip()}
 
 
 def read_manifest(bundle_dir: Path) -> Manifest:

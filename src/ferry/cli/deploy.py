@@ -6,18 +6,18 @@ Each renders with ``ferry.deploy``, then writes or acts; ``register(app)`` adds 
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
 
+from ferry.cli.errors import run as _run
 from ferry.deploy import compose, dockerfile, fetch, image, k8s, kubectl
 from ferry.deploy.addons import Addons, render_with_addons
 from ferry.deploy.spec import DEFAULT_BASE_IMAGE, GRPC_PORT, DeploySpec, Resources, Scaling
 from ferry.deploy.values import PlanValues, load_values
-from ferry.errors import FerryError, SpecError
+from ferry.errors import SpecError
 
 console = Console(stderr=True)
 T = TypeVar("T")
@@ -309,12 +309,3 @@ def _git_remote(repo: Path) -> str:
     except (OSError, subprocess.TimeoutExpired):
         return ""
     return result.stdout.strip()
-
-
-def _run(action: Callable[[], T]) -> T:
-    """A FerryError is printed plainly and exits 1, never as a traceback."""
-    try:
-        return action()
-    except FerryError as exc:
-        console.print(f"[red]error:[/red] {exc.message}")
-        raise typer.Exit(1) from None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -13,6 +12,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from ferry.cli.errors import run as _run
 from ferry.errors import FerryError
 
 T = TypeVar("T")
@@ -24,14 +24,6 @@ def register(app: typer.Typer) -> None:
     app.command("loadtest")(loadtest_command)
     app.command("check")(check_command)
     app.command("plan")(plan_command)
-
-
-def _run(action: Callable[[], T]) -> T:
-    try:
-        return action()
-    except FerryError as exc:
-        err.print(f"[red]error:[/red] {exc.message}")
-        raise typer.Exit(2) from None
 
 
 def loadtest_command(

@@ -14,10 +14,11 @@ import typer
 from rich.console import Console
 
 import ferry
-from ferry.errors import FerryError
+from ferry.cli.errors import FerryTyper
+from ferry.cli.errors import run as _run
 from ferry.settings import ENV_PREFIX, Settings
 
-app = typer.Typer(
+app = FerryTyper(
     help="Ferry: from a trained model to a fast, standing prediction service.",
     no_args_is_help=True,
     add_completion=False,
@@ -46,19 +47,32 @@ def main(
 
 @app.command("build")
 def build_command(
-    model: Annotated[str, typer.Argument(help="Model file (.skops, .txt, .onnx, .pkl/.joblib) or module.py:Class.")],
+    model: Annotated[
+        list[str],
+        typer.Argument(
+            help="Model file(s): .skops, .pkl/.joblib, LightGBM .txt, .onnx; several compose, in order, into one "
+            "pipeline. Or module.py:Class."
+        ),
+    ],
     name: Annotated[str, typer.Option(help="Model name.")],
     repo: Annotated[Path, typer.Option(help="Model repository folder.")] = Path("models"),
     version: Annotated[str | None, typer.Option(help="Version (default: next integer).")] = None,
     features: Annotated[str | None, typer.Option(help="Comma-separated feature names, in column order.")] = None,
     labels: Annotated[str | None, typer.Option(help="Comma-separated class labels, by class index.")] = None,
     sample: Annotated[str | None, typer.Option(help="Sample input as JSON.")] = None,
+    expect: Annotated[
+        str | None, typer.Option(help="What --sample must answer (JSON, or a bare label); the build fails otherwise.")
+    ] = None,
+    route: Annotated[
+        list[str] | None,
+        typer.Option(help="A client API to answer: 'POST /predict', or a YAML mapping (full form); repeatable."),
+    ] = None,
     trusted: Annotated[bool, typer.Option(help="Allow a pickle/joblib artifact (unpickling runs code).")] = False,
 ) -> None:
-    """Bundle a model file into REPO/NAME/VERSION with a manifest and artifact hashes."""
+    """Bundle a model into REPO/NAME/VERSION with a manifest and artifact hashes."""
     target: Any = model
-    if ".py:" in model:
-        target = _import_class(model)
+    if len(model) == 1 and ".py:" in model[0]:
+        target = _run(lambda: _import_class(model[0]))
     path = _run(
         lambda: ferry.build(
             target,
@@ -67,11 +81,30 @@ def build_command(
             version=version,
             features=features.split(",") if features else None,
             labels=labels.split(",") if labels else None,
-            sample_input=json.loads(sample) if sample else None,
+            sample_input=_json_option(sample, "--sample") if sample else None,
+            expected_output=_expected(expect),
+            routes=list(route or []),
             trusted=trusted,
         )
     )
     console.print(f"[green]built[/green] {path}")
+
+
+def _json_option(text: str, option: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"not valid JSON: {exc}", param_hint=option) from None
+
+
+def _expected(text: str | None) -> Any:
+    """``--expect setosa`` is the label itself; anything that parses as JSON is that JSON value."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 def _settings_command(run: Any) -> Any:
@@ -108,7 +141,39 @@ def _settings_command(run: Any) -> Any:
 
 def serve(settings: Settings) -> None:
     """Serve every model in REPO over HTTP."""
+    if not settings.model_uri:  # with --model-uri the bundles arrive at start-up
+        _check_repository(settings.repo, may_start_empty=settings.watch or settings.admin)
     _serve(settings)
+
+
+REPOSITORY_LAYOUT = (
+    "a model repository holds REPO/<name>/<version>/ferry.yaml; "
+    "make one with: ferry build MODEL --name NAME --repo REPO"
+)
+
+
+def _check_repository(repo: Path, may_start_empty: bool) -> None:
+    """Refuse, naming the path, to serve a repository that does not exist or holds no model."""
+    from ferry.bundle import MANIFEST_FILE, scan_repository
+    from ferry.cli.errors import fail
+
+    if not repo.is_dir():
+        fail(f"{repo}: {'not a folder' if repo.exists() else 'no such folder'}; {REPOSITORY_LAYOUT}")
+    if (repo / MANIFEST_FILE).is_file():
+        fail(
+            f"{repo} is one bundle (a model version), not a repository: "
+            f"serve its repository, ferry serve {repo.parent.parent}"
+        )
+    if any((child / MANIFEST_FILE).is_file() for child in repo.iterdir() if child.is_dir()):
+        fail(
+            f"{repo} holds the versions of one model, not a repository: serve the folder above, "
+            f"ferry serve {repo.parent}"
+        )
+    if scan_repository(repo):
+        return
+    if not may_start_empty:
+        fail(f"{repo}: no model bundles in it; {REPOSITORY_LAYOUT}")
+    console.print(f"[yellow]warning:[/yellow] {repo} holds no model yet; serving it empty until one arrives")
 
 
 app.command("serve")(_settings_command(serve))
@@ -190,24 +255,30 @@ def _check_tracing(target: str) -> None:
 
 
 def _import_class(spec: str) -> Any:
+    """``module.py:Class``, imported with its own folder on the path, as ``python module.py`` would."""
     import importlib.util
+    import sys
+
+    from ferry.errors import ManifestError
 
     filename, _, class_name = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location(Path(filename).stem, filename)
+    path = Path(filename).resolve()
+    if not path.is_file():
+        raise ManifestError(f"{filename}: no such file")
+    module_spec = importlib.util.spec_from_file_location(path.stem, path)
     if module_spec is None or module_spec.loader is None:
-        raise typer.BadParameter(f"cannot import {filename}")
+        raise ManifestError(f"cannot import {filename}")
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return getattr(module, class_name)
-
-
-def _run(action: Any) -> Any:
-    """Run a library call; a FerryError is printed plainly and exits 1, never as a traceback."""
+    sys.path.insert(0, str(path.parent))
     try:
-        return action()
-    except FerryError as exc:
-        console.print(f"[red]error:[/red] {exc.message}", soft_wrap=True)  # one line, however long
-        raise typer.Exit(1) from None
+        module_spec.loader.exec_module(module)
+    except Exception as exc:
+        raise ManifestError(f"importing {filename} failed: {type(exc).__name__}: {exc}") from None
+    finally:
+        sys.path.remove(str(path.parent))
+    if not hasattr(module, class_name):
+        raise ManifestError(f"{filename} defines no '{class_name}'")
+    return getattr(module, class_name)
 
 
 def _register_commands() -> None:

@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     ) -> None:
         """Summarise a prediction log: predictions over time, and input drift (PSI) per feature."""
-        from ferry.cli.main import _run
+        from ferry.cli.errors import run as _run
         from ferry.observability.monitor import read_records, render_text, summarize
 
         summary = _run(lambda: summarize(read_records(logfiles), repo, intervals))

@@ -23,6 +23,7 @@ def gateway_command(
     ] = "",
 ) -> None:
     """Route requests to upstream services by the rules in ROUTES: pooling, retries, circuit breakers."""
+    from ferry.cli.errors import fail
     from ferry.errors import FerryError
     from ferry.routing.gateway import GatewaySettings, run_gateway
     from ferry.routing.spec import load_routes
@@ -34,8 +35,7 @@ def gateway_command(
         if tracing:
             _check_tracing(tracing)
     except FerryError as exc:
-        console.print(f"[red]error:[/red] {exc.message}")
-        raise typer.Exit(1) from None
+        fail(exc.message)
     settings = GatewaySettings(host, port, max_body_bytes, health_interval, tracing=tracing)
     console.print(f"gateway on http://{host}:{port}  ({len(parsed.rules)} rules from {routes})")
     run_gateway(parsed, settings)

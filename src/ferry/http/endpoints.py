@@ -126,5 +126,6 @@ def model_metadata(handle: ModelHandle, registry: ModelRegistry) -> dict[str, An
         "output": msgspec.to_builtins(manifest.output),
         "labels": manifest.labels,
         "sample_input": manifest.sample_input,
+        "expected_output": manifest.expected_output,
         "metadata": manifest.metadata,
     }

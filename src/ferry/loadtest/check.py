@@ -18,10 +18,11 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-from ferry.errors import LoadTestError
+from ferry.errors import LoadTestError, LoadTestUsage
 from ferry.loadtest.generate import invalid_records, valid_record
 from ferry.loadtest.protocols import Adapter, make_adapter
 from ferry.loadtest.schema import DTYPE_TO_V2, ModelSchema, fetch_schema, v2_inputs
+from ferry.protocol.expect import expectation_problem
 
 OVERSIZE_BYTES = 9 * 1024 * 1024  # above Ferry's default 8 MiB body limit
 
@@ -47,7 +48,7 @@ def run_check(
 ) -> tuple[ModelSchema, list[CaseResult]]:
     base = url.rstrip("/")
     if protocol == "grpc":
-        raise LoadTestError("ferry check speaks the HTTP protocols (native, v2, v1, seldon); gRPC is for loadtest")
+        raise LoadTestUsage("ferry check speaks the HTTP protocols (native, v2, v1, seldon); gRPC is for loadtest")
     schema = fetch_schema(base, model, prefer="v2" if protocol == "v2" else "native")
     if protocol == "native" and schema.source == "v2":
         protocol = "v2"  # a plain OIP v2 server: speak its protocol
@@ -59,9 +60,9 @@ def run_check(
         body = adapter.encode(valid_record(schema, rng))
         results.append(_expect_ok(f"valid input #{i + 1}", target, body, adapter, timeout))
     if schema.sample_input is not None:
-        results.append(
-            _expect_ok("the model's sample input", target, adapter.encode(schema.sample_input), adapter, timeout)
-        )
+        expected = schema.expected_output if adapter.protocol == "native" else None
+        body = adapter.encode(schema.sample_input)
+        results.append(_expect_ok("the model's sample input", target, body, adapter, timeout, expected))
     good = adapter.encode(valid_record(schema, rng))
     raw_cases: list[tuple[str, bytes]] = [
         (name, adapter.encode(record)) for name, record in invalid_records(schema, rng)
@@ -166,13 +167,21 @@ def _example(body: bytes) -> str:
     return text + (f"... ({len(body):,} bytes)" if len(body) > 160 else "")
 
 
-def _expect_ok(name: str, url: str, body: bytes, adapter: Adapter, timeout: float) -> CaseResult:
+def _expect_ok(name: str, url: str, body: bytes, adapter: Adapter, timeout: float, expected: Any = None) -> CaseResult:
+    """A 200 whose output fits the schema, and is ``expected`` (a native answer) where that is given."""
     status, answer, problem = _post(url, body, timeout)
     if not problem and status != 200:
         problem = f"expected 200, got {status}: {answer[:200].decode(errors='replace')}"
     if not problem:
         problem = output_problem(answer, adapter)
-    return CaseResult(name, "200", not problem, status, problem or "output matches the schema", _example(body))
+    detail = "output matches the schema"
+    if not problem and expected is not None:
+        parsed = json.loads(answer)
+        got = parsed.get("prediction", parsed.get("predictions")) if isinstance(parsed, dict) else parsed
+        wrong = expectation_problem(expected, got)
+        problem = f"the sample input answers wrong: {wrong}" if wrong else ""
+        detail = f"answers the expected {json.dumps(got)[:80]}"
+    return CaseResult(name, "200", not problem, status, problem or detail, _example(body))
 
 
 def _expect_client_error(name: str, url: str, body: bytes, timeout: float) -> CaseResult:

@@ -12,7 +12,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from ferry.errors import LoadTestError
+from ferry.errors import LoadTestError, LoadTestUsage
 from ferry.loadtest.generate import valid_record
 from ferry.loadtest.protocols import Adapter
 from ferry.loadtest.schema import ModelSchema
@@ -36,7 +36,7 @@ def load_records(source: str | None, schema: ModelSchema, seed: int = 0) -> list
     if path.is_dir():
         return _images(path, schema)
     if not path.is_file():
-        raise LoadTestError(f"--data {source}: no such file or folder (or use 'sample' or 'generated')")
+        raise LoadTestUsage(f"--data {source}: no such file or folder (or use 'sample' or 'generated')")
     records = _csv(path, schema) if path.suffix.lower() == ".csv" else read_json_records(path)
     if not records:
         raise LoadTestError(f"--data {source}: no records in the file")

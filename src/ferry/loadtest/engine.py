@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
-from ferry.errors import LoadTestError
+from ferry.errors import LoadTestError, LoadTestUsage
 from ferry.loadtest.data import encode_bodies, load_records
 from ferry.loadtest.protocols import make_adapter
 from ferry.loadtest.results import Recorder, summarize
@@ -105,7 +105,7 @@ def _prepare_route(options: LoadTestOptions, base: str) -> tuple[LoadSpec, dict[
 
 def run_spec(spec: LoadSpec, info: dict[str, Any], processes: int = 1, on_tick: Tick | None = None) -> dict[str, Any]:
     if spec.schedule is None and spec.concurrency <= 0:
-        raise LoadTestError("give a rate (--rate or --ramp, open loop) or --concurrency (closed loop)")
+        raise LoadTestUsage("give a rate (--rate or --ramp, open loop) or --concurrency (closed loop)")
     recorder = run_load(spec, on_tick) if processes <= 1 else _run_parallel(spec, processes, on_tick)
     requested = spec.schedule.mean_rate if spec.schedule is not None else None
     return summarize(recorder, requested, info)

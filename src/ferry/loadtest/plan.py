@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ferry.errors import LoadTestError
+from ferry.errors import LoadTestError, LoadTestUsage
 from ferry.loadtest.sla import parse_sla
 
 DEFAULT_LATENCY_S = 0.1  # the latency budget when the SLA names no latency
@@ -65,7 +65,7 @@ def make_plan(p: PlanInputs) -> Plan:
     if p.replica_capacity <= 0:
         raise LoadTestError("the measured capacity of one replica is 0 req/s: it never met the SLA")
     if not 0 < p.utilization <= 1:
-        raise LoadTestError("utilization must be in (0, 1]")
+        raise LoadTestUsage("utilization must be in (0, 1]")
     usable = p.replica_capacity * p.utilization
     needed = max(1, math.ceil(p.target_rate / usable))
     # N+1 per failure domain: after losing one of Z zones, the rest must still carry the peak.

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ferry.errors import LoadTestError
+from ferry.errors import LoadTestUsage
 from ferry.loadtest.schema import DTYPE_TO_V2, ModelSchema, TensorSpec
 
 PROTOCOLS = ("native", "v2", "v1", "seldon", "grpc")  # grpc: OIP ModelInfer (ferry.loadtest.grpc)
@@ -128,5 +128,5 @@ def _shape(value: Any) -> list[int]:
 
 def make_adapter(protocol: str, schema: ModelSchema, v2_inputs: list[TensorSpec] | None = None) -> Adapter:
     if protocol not in PROTOCOLS:
-        raise LoadTestError(f"unknown protocol '{protocol}'; expected one of {', '.join(PROTOCOLS)}")
+        raise LoadTestUsage(f"unknown protocol '{protocol}'; expected one of {', '.join(PROTOCOLS)}")
     return Adapter(protocol, schema, v2_inputs)

@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ferry.errors import LoadTestError
+from ferry.errors import LoadTestUsage
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def parse_duration(text: str) -> float:
     """``30s``, ``2m``, ``500ms``, ``1h`` or a bare number of seconds."""
     match = _DURATION.match(text)
     if not match:
-        raise LoadTestError(f"not a duration: '{text}' (expected e.g. 30s, 2m, 500ms)")
+        raise LoadTestUsage(f"not a duration: '{text}' (expected e.g. 30s, 2m, 500ms)")
     value, unit = float(match.group(1)), match.group(2) or "s"
     return value * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
 
@@ -78,12 +78,12 @@ def parse_ramp(text: str) -> Schedule:
     for part in text.split(","):
         pieces = part.strip().split(":")
         if len(pieces) != 3:
-            raise LoadTestError(f"not a ramp stage: '{part}' (expected START:END:DURATION, e.g. 100:2000:60s)")
+            raise LoadTestUsage(f"not a ramp stage: '{part}' (expected START:END:DURATION, e.g. 100:2000:60s)")
         try:
             start, end = float(pieces[0]), float(pieces[1])
         except ValueError:
-            raise LoadTestError(f"not a ramp stage: '{part}' (rates must be numbers)") from None
+            raise LoadTestUsage(f"not a ramp stage: '{part}' (rates must be numbers)") from None
         if start <= 0 or end <= 0:
-            raise LoadTestError(f"ramp rates must be positive: '{part}'")
+            raise LoadTestUsage(f"ramp rates must be positive: '{part}'")
         stages.append(Stage(start, end, parse_duration(pieces[2])))
     return Schedule(tuple(stages))

@@ -10,6 +10,7 @@ from dataclasses import field as _field
 from typing import Any
 
 from ferry.errors import LoadTestError as LoadTestError  # re-exported: its old home
+from ferry.errors import LoadTestUsage as LoadTestUsage
 
 DTYPE_TO_V2 = {
     "float64": "FP64",
@@ -50,6 +51,7 @@ class ModelSchema:
     field: str = "text"
     max_length: int | None = None
     sample_input: Any = None
+    expected_output: Any = None  # what the sample answers, when the bundle declares it
     source: str = "native"
     v2_outputs: list[TensorSpec] = _field(default_factory=list)
 
@@ -107,6 +109,7 @@ def from_native(meta: dict[str, Any]) -> ModelSchema:
         field=spec.get("field", "text"),
         max_length=spec.get("max_length"),
         sample_input=meta.get("sample_input"),
+        expected_output=meta.get("expected_output"),
     )
 
 

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ferry.errors import LoadTestError
+from ferry.errors import LoadTestUsage
 
 _CONDITION = re.compile(
     r"^\s*(p50|p90|p95|p99|p99\.9|p999|max|mean|errors)\s*(<=|<)\s*([0-9]*\.?[0-9]+)\s*(ms|s|%)\s*$"
@@ -43,17 +43,17 @@ def parse_sla(text: str) -> list[Condition]:
             continue
         match = _CONDITION.match(part)
         if not match:
-            raise LoadTestError(
+            raise LoadTestUsage(
                 f"not an SLA condition: '{part.strip()}' (expected e.g. p99<50ms, p999<=1s or errors<0.1%)"
             )
         metric, op, number, unit = match.groups()
         metric = _KEYS.get(metric, metric)
         if (metric == "errors") != (unit == "%"):
-            raise LoadTestError(f"'{part.strip()}': errors take a %, latencies take ms or s")
+            raise LoadTestUsage(f"'{part.strip()}': errors take a %, latencies take ms or s")
         limit = float(number) * {"ms": 1.0, "s": 1000.0, "%": 0.01}[unit]
         conditions.append(Condition(metric, op == "<=", limit, part.strip()))
     if not conditions:
-        raise LoadTestError("empty SLA")
+        raise LoadTestUsage("empty SLA")
     return conditions
 
 

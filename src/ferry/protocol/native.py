@@ -109,3 +109,10 @@ def _probability_maps(probabilities: np.ndarray | None, labels: list[str] | None
     if probabilities is None or not labels or probabilities.shape[1] != len(labels):
         return None
     return [dict(zip(labels, row, strict=True)) for row in probabilities.tolist()]
+
+
+def answer(payload: Any, codec: InputCodec, runtime: Any, labels: list[str] | None) -> Any:
+    """What a client posting ``payload`` to the native predict route gets under ``prediction(s)``."""
+    batch, single = decode_native(payload, codec)
+    body = encode_native(runtime.predict(batch), single, labels)
+    return body["prediction"] if single else body["predictions"]

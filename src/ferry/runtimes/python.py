@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,13 @@ from ferry.runtimes.base import Prediction, Runtime, require_trust
 
 
 class PythonRuntime(Runtime):
-    def __init__(self, model: Any, labels: list[str] | None) -> None:
+    """Calls ``predict(X)``, or Seldon's ``predict(X, feature_names)`` / ``predict(X, feature_names, meta)``."""
+
+    def __init__(self, model: Any, manifest: Manifest) -> None:
         self.model = model
-        self.labels = labels
+        self.labels = manifest.labels
+        self.feature_names = [f.name for f in manifest.input.features]
+        self.arity = _positional_arity(model.predict)
 
     @classmethod
     def load(cls, bundle_dir: Path, manifest: Manifest, trust_pickle: bool) -> Runtime:
@@ -36,9 +41,26 @@ class PythonRuntime(Runtime):
         model = getattr(module, class_name)()
         if hasattr(model, "load"):
             model.load()
-        return cls(model, manifest.labels)
+        return cls(model, manifest)
 
     def predict(self, batch: Any) -> Prediction:
-        result = self.model.predict(batch)
+        if self.arity >= 3:
+            result = self.model.predict(batch, self.feature_names, {})
+        elif self.arity == 2:
+            result = self.model.predict(batch, self.feature_names)
+        else:
+            result = self.model.predict(batch)
         values = result.tolist() if isinstance(result, np.ndarray) else list(result)
         return Prediction(values=values)
+
+
+def _positional_arity(method: Any) -> int:
+    """How many positional arguments a bound ``predict`` takes (1, or Seldon's 2 or 3)."""
+    try:
+        parameters = inspect.signature(method).parameters.values()
+    except (TypeError, ValueError):
+        return 1
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters):
+        return 1
+    return sum(1 for p in parameters if p.kind in kinds and p.default is inspect.Parameter.empty) or 1

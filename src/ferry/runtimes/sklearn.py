@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import sklearn
 
-from ferry.bundle.artifacts import describe, model_artifact, sniff
+from ferry.bundle.artifacts import artifact_file, describe, model_artifact, sniff
 from ferry.bundle.manifest import Manifest
 from ferry.errors import BundleError, UntrustedPickle
 from ferry.runtimes.base import Prediction, Runtime, class_labels, require_trust, warn_version_drift
@@ -38,6 +38,12 @@ class SklearnRuntime(Runtime):
     @classmethod
     def load(cls, bundle_dir: Path, manifest: Manifest, trust_pickle: bool) -> Runtime:
         warn_version_drift(manifest, "scikit-learn", sklearn.__version__)
+        steps = manifest.options.get("steps")
+        if steps:  # several files composed at build: every step but the last transforms
+            from sklearn.pipeline import make_pipeline
+
+            paths = [artifact_file(bundle_dir, manifest.artifacts, step, "options.steps") for step in steps]
+            return cls(make_pipeline(*(_load_estimator(p, manifest, trust_pickle) for p in paths)), manifest)
         path = model_artifact(bundle_dir, manifest, "model.skops")
         return cls(_load_estimator(path, manifest, trust_pickle), manifest)
 

@@ -1,0 +1,65 @@
+"""The CLI's one error policy, for every command: one line on stderr, no traceback.
+
+Exit 2 for usage (a bad argument or option), 1 for a failure (a bad model, an unreachable service).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
+
+import typer
+
+from ferry.errors import FerryError, UsageError
+
+T = TypeVar("T")
+
+USAGE, FAILURE = 2, 1
+
+
+def fail(message: str, code: int = FAILURE) -> NoReturn:
+    """Print ``error: message`` as one line and exit with ``code``."""
+    line = " ".join(message.split())  # one line, however the message was written
+    typer.echo(f"error: {line}", err=True)
+    raise typer.Exit(code)
+
+
+def run(action: Callable[[], T]) -> T:
+    """Run a library call; a FerryError becomes one line and exit 2 (usage) or 1 (failure)."""
+    try:
+        return action()
+    except FerryError as exc:
+        fail(exc.message, USAGE if isinstance(exc, UsageError) else FAILURE)
+
+
+class FerryTyper(typer.Typer):
+    """A Typer app whose every error, click's usage errors and unexpected exceptions included, is one line."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().__call__(*args, **kwargs)
+        except typer.TyperException as exc:  # Typer's own click: usage errors (exit 2) and the like
+            _typer_error(exc)
+        except typer.Abort:
+            _exit_line("aborted", FAILURE)
+        except FerryError as exc:
+            _exit_line(exc.message, USAGE if isinstance(exc, UsageError) else FAILURE)
+        except Exception as exc:  # a bug, or an error no command expected: still one line
+            _exit_line(f"{type(exc).__name__}: {exc}", FAILURE)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _typer_error(exc: Any) -> NoReturn:
+    if type(exc).__name__ == "NoArgsIsHelpError":  # a bare ``ferry`` or ``ferry examples``: the help
+        exc.show()
+        sys.exit(USAGE)
+    ctx = getattr(exc, "ctx", None)
+    hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    _exit_line(exc.format_message() + hint, int(getattr(exc, "exit_code", FAILURE)))
+
+
+def _exit_line(message: str, code: int) -> NoReturn:
+    typer.echo(f"error: {' '.join(message.split())}", err=True)
+    sys.exit(code)

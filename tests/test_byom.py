@@ -1,0 +1,267 @@
+"""Bring your own model, from the CLI only, with files made the way users make them.
+
+The iris talk's two joblib pickles, the diabetes and /score client APIs declared with --route,
+a build-time expectation, and the CLI's loud refusals.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import joblib
+import pytest
+import yaml
+from tests.conftest import ServerProcess
+
+IRIS_LABELS = "setosa,versicolor,virginica"
+
+
+def ferry(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ferry", *args], capture_output=True, text=True, timeout=180, cwd=cwd)
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], code: int = 1) -> str:
+    """The CLI's error policy: exit ``code``, one line on stderr starting ``error:``, no traceback."""
+    assert result.returncode == code, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def talk_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The talk's files: a StandardScaler and a Perceptron on petal length/width, dumped separately with joblib."""
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import Perceptron
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import StandardScaler
+
+    folder = tmp_path_factory.mktemp("talk")
+    iris = load_iris()
+    x, y = iris.data[:, [2, 3]], iris.target
+    x_train, _, y_train, _ = train_test_split(x, y, test_size=0.3, random_state=0)
+    sc = StandardScaler().fit(x_train)
+    ppn = Perceptron(max_iter=40, eta0=0.1, random_state=0).fit(sc.transform(x_train), y_train)
+    joblib.dump(sc, folder / "sc_iris_petal.pkl")
+    joblib.dump(ppn, folder / "ppn_iris.pkl")
+    joblib.dump({"eta0": 0.1, "max_iter": 40}, folder / "params.pkl")
+    return folder
+
+
+def build_iris(files: Path, repo: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return ferry(
+        "build",
+        str(files / "sc_iris_petal.pkl"),
+        str(files / "ppn_iris.pkl"),
+        "--name",
+        "iris",
+        "--repo",
+        str(repo),
+        "--trusted",
+        "--features",
+        "length,width",
+        "--labels",
+        IRIS_LABELS,
+        *extra,
+    )
+
+
+def test_two_pickles_compose_into_one_pipeline_served_on_the_talks_route(
+    talk_files: Path, tmp_path: Path, serve: Callable[..., ServerProcess]
+) -> None:
+    repo = tmp_path / "models"
+    built = build_iris(talk_files, repo, "--route", "POST /predict", "--sample", '{"length":1.4,"width":0.2}')
+    assert built.returncode == 0, built.stderr
+    server = serve(str(repo))
+    virginica = httpx.post(server.url + "/predict", json={"length": 5.1, "width": 2.4})
+    assert virginica.json() == {"prediction": "virginica"}
+    setosa = httpx.post(server.url + "/predict", json={"length": 1.4, "width": 0.2})
+    assert setosa.json() == {"prediction": "setosa"}
+    # the files are kept as the user saved them, each hashed
+    manifest = yaml.safe_load((repo / "iris" / "1" / "ferry.yaml").read_text())
+    assert set(manifest["artifacts"]) == {"step-1.pkl", "step-2.pkl"}
+    assert manifest["options"]["sources"] == ["sc_iris_petal.pkl", "ppn_iris.pkl"]
+
+
+def test_expectation_fails_a_build_that_lost_its_scaler(talk_files: Path, tmp_path: Path) -> None:
+    """The Perceptron alone answers versicolor for a setosa flower: the build says so, and writes nothing."""
+    result = ferry(
+        "build",
+        str(talk_files / "ppn_iris.pkl"),
+        "--name",
+        "iris",
+        "--repo",
+        str(tmp_path),
+        "--trusted",
+        "--features",
+        "length,width",
+        "--labels",
+        IRIS_LABELS,
+        "--sample",
+        '{"length":1.4,"width":0.2}',
+        "--expect",
+        "setosa",
+    )
+    line = one_line_error(result)
+    assert "expected setosa, got versicolor" in line
+    assert not (tmp_path / "iris").exists()
+
+
+def test_expectation_is_kept_and_checked_at_warm_up_and_by_ferry_check(
+    talk_files: Path, tmp_path: Path, serve: Callable[..., ServerProcess]
+) -> None:
+    repo = tmp_path / "models"
+    sample = '{"length":1.4,"width":0.2}'
+    assert build_iris(talk_files, repo, "--sample", sample, "--expect", "setosa").returncode == 0
+    manifest_path = repo / "iris" / "1" / "ferry.yaml"
+    assert yaml.safe_load(manifest_path.read_text())["expected_output"] == "setosa"
+    server = serve(str(repo))
+    checked = ferry("check", server.url, "--model", "iris")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "answers the expected" in checked.stdout.replace("\n", " ")
+    server.stop()
+
+    # A manifest edited to expect another answer: the warm-up refuses the version, naming both values.
+    manifest = yaml.safe_load(manifest_path.read_text())
+    manifest["expected_output"] = "virginica"
+    manifest_path.write_text(yaml.safe_dump(manifest))
+    server = serve(str(repo), wait_ready=False)
+    models = _models(server)
+    assert models["iris"]["state"] == "FAILED"
+    assert "expected virginica, got setosa" in models["iris"]["error"]
+
+
+def _models(server: ServerProcess, timeout: float = 60.0) -> dict[str, Any]:
+    """Each model's newest version, once every one has finished loading."""
+    deadline = time.monotonic() + timeout
+    while True:
+        listing = httpx.get(server.url + "/models").json()["models"]
+        newest = {m["name"]: m["versions"][-1] for m in listing}
+        if all(v["state"] != "LOADING" for v in newest.values()) or time.monotonic() > deadline:
+            return newest
+        time.sleep(0.1)
+
+
+def test_a_file_that_holds_no_model_is_refused_naming_what_it_holds(talk_files: Path, tmp_path: Path) -> None:
+    args = ("--name", "x", "--repo", str(tmp_path), "--trusted")
+    line = one_line_error(ferry("build", str(talk_files / "sc_iris_petal.pkl"), str(talk_files / "params.pkl"), *args))
+    assert "params.pkl holds a dict (keys: eta0, max_iter), not a model or transformer" in line
+    line = one_line_error(ferry("build", str(talk_files / "params.pkl"), *args))
+    assert "params.pkl holds a dict" in line
+    line = one_line_error(
+        ferry("build", str(talk_files / "ppn_iris.pkl"), str(talk_files / "sc_iris_petal.pkl"), *args)
+    )
+    assert "ppn_iris.pkl holds a Perceptron, which has no transform()" in line
+    untrusted = ferry("build", str(talk_files / "sc_iris_petal.pkl"), str(talk_files / "ppn_iris.pkl"), "--name", "x")
+    assert "is a pickle, and unpickling runs arbitrary code" in one_line_error(untrusted)
+
+
+def test_skops_and_pickle_mix_in_one_pipeline(talk_files: Path, tmp_path: Path) -> None:
+    import skops.io as sio
+
+    scaler = joblib.load(talk_files / "sc_iris_petal.pkl")
+    sio.dump(scaler, tmp_path / "scaler.skops")
+    result = ferry(
+        "build",
+        str(tmp_path / "scaler.skops"),
+        str(talk_files / "ppn_iris.pkl"),
+        "--name",
+        "iris",
+        "--repo",
+        str(tmp_path / "models"),
+        "--trusted",
+        "--labels",
+        IRIS_LABELS,
+        "--sample",
+        "[5.1, 2.4]",
+        "--expect",
+        "virginica",
+    )
+    assert result.returncode == 0, result.stderr
+    manifest = yaml.safe_load((tmp_path / "models" / "iris" / "1" / "ferry.yaml").read_text())
+    assert manifest["options"]["steps"] == ["step-1.skops", "step-2.pkl"]
+
+
+def test_diabetes_and_score_client_apis_from_the_cli(tmp_path: Path, serve: Callable[..., ServerProcess]) -> None:
+    import numpy as np
+    from sklearn.datasets import load_diabetes
+    from sklearn.linear_model import LinearRegression
+
+    data = load_diabetes()
+    bmi = data.data[:, [2]]
+    joblib.dump(LinearRegression().fit(bmi, data.target), tmp_path / "diabetes.joblib")
+    expected = float(LinearRegression().fit(bmi, data.target).predict(np.array([[0.05]]))[0])
+    repo = tmp_path / "models"
+    diabetes = ferry(
+        "build",
+        str(tmp_path / "diabetes.joblib"),
+        "--name",
+        "diabetes",
+        "--repo",
+        str(repo),
+        "--trusted",
+        "--features",
+        "bmi",
+        "--route",
+        "{method: GET, path: /isAlive, action: health, response_key: null}",
+        "--route",
+        "{method: GET, path: /prediction/, input: {source: query, names: {f: bmi}}, response_key: null}",
+    )
+    assert diabetes.returncode == 0, diabetes.stderr
+    (tmp_path / "MLScore.py").write_text(
+        "class MLScore:\n    def predict(self, X, feature_names):\n        return X\n", encoding="utf-8"
+    )
+    score = ferry(
+        "build",
+        "MLScore.py:MLScore",
+        "--name",
+        "score",
+        "--repo",
+        str(repo),
+        "--route",
+        "{method: POST, path: /score, input: {source: body_key, key: X}, response_key: score}",
+        cwd=tmp_path,
+    )
+    assert score.returncode == 0, score.stderr
+    server = serve(str(repo))
+    assert httpx.get(server.url + "/isAlive").json() is True
+    assert httpx.get(server.url + "/prediction/", params={"f": "0.05"}).json() == pytest.approx(expected)
+    assert httpx.post(server.url + "/score", json={"X": [1, 2]}).json() == {"score": [1, 2]}
+
+
+def test_a_bad_route_is_refused_naming_it(tmp_path: Path, talk_files: Path) -> None:
+    line = one_line_error(build_iris(talk_files, tmp_path, "--route", "PUT predict"))
+    assert "--route 'PUT predict'" in line
+
+
+@pytest.mark.parametrize("layout", ["missing", "empty", "bundle", "model"])
+def test_serve_refuses_a_path_that_is_no_repository(talk_files: Path, tmp_path: Path, layout: str) -> None:
+    repo = tmp_path / "models"
+    assert build_iris(talk_files, repo).returncode == 0
+    (tmp_path / "empty").mkdir()
+    target = {
+        "missing": tmp_path / "modles",
+        "empty": tmp_path / "empty",
+        "bundle": repo / "iris" / "1",
+        "model": repo / "iris",
+    }[layout]
+    line = one_line_error(ferry("serve", str(target)))
+    assert str(target) in line
+    if layout in ("missing", "empty"):
+        assert "REPO/<name>/<version>/ferry.yaml" in line
+    else:
+        assert f"ferry serve {repo}" in line
+
+
+def test_usage_errors_exit_2_on_one_line() -> None:
+    assert "Missing option '--name'" in one_line_error(ferry("build", "x.pkl"), code=2)
+    assert "No such option: --bogus" in one_line_error(ferry("serve", ".", "--bogus"), code=2)
+    assert "not an SLA condition" in one_line_error(
+        ferry("loadtest", "http://127.0.0.1:9", "--rate", "1", "--sla", "p50<1us"), code=2
+    )
