@@ -321,7 +321,8 @@ def load_original(staging: Path, runtime: str, options: dict[str, Any]) -> Any:
     if runtime == "sklearn" and options.get("steps"):  # several files composed at build
         from sklearn.pipeline import make_pipeline
 
-        return make_pipeline(*(load_original(staging, runtime, {**options, "artifact": s}) for s in options["steps"]))
+        single = {k: v for k, v in options.items() if k != "steps"}
+        return make_pipeline(*(load_original(staging, runtime, {**single, "artifact": s}) for s in options["steps"]))
     if runtime == "sklearn":
         path = staging / options.get("artifact", "model.skops")
         if path.suffix == ".skops":
