@@ -71,4 +71,8 @@ def plain_serve_settings(argv: list[str]) -> Settings | None:
 
     if settings.log_format not in LOG_FORMATS or any(getattr(settings, name) for name in _NEEDS_TYPER):
         return None
+    from ferry.cli.serve import repository_problem
+
+    if repository_problem(settings):
+        return None  # typer explains it
     return settings

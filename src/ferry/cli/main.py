@@ -141,39 +141,7 @@ def _settings_command(run: Any) -> Any:
 
 def serve(settings: Settings) -> None:
     """Serve every model in REPO over HTTP."""
-    if not settings.model_uri:  # with --model-uri the bundles arrive at start-up
-        _check_repository(settings.repo, may_start_empty=settings.watch or settings.admin)
     _serve(settings)
-
-
-REPOSITORY_LAYOUT = (
-    "a model repository holds REPO/<name>/<version>/ferry.yaml; "
-    "make one with: ferry build MODEL --name NAME --repo REPO"
-)
-
-
-def _check_repository(repo: Path, may_start_empty: bool) -> None:
-    """Refuse, naming the path, to serve a repository that does not exist or holds no model."""
-    from ferry.bundle import MANIFEST_FILE, scan_repository
-    from ferry.cli.errors import fail
-
-    if not repo.is_dir():
-        fail(f"{repo}: {'not a folder' if repo.exists() else 'no such folder'}; {REPOSITORY_LAYOUT}")
-    if (repo / MANIFEST_FILE).is_file():
-        fail(
-            f"{repo} is one bundle (a model version), not a repository: "
-            f"serve its repository, ferry serve {repo.parent.parent}"
-        )
-    if any((child / MANIFEST_FILE).is_file() for child in repo.iterdir() if child.is_dir()):
-        fail(
-            f"{repo} holds the versions of one model, not a repository: serve the folder above, "
-            f"ferry serve {repo.parent}"
-        )
-    if scan_repository(repo):
-        return
-    if not may_start_empty:
-        fail(f"{repo}: no model bundles in it; {REPOSITORY_LAYOUT}")
-    console.print(f"[yellow]warning:[/yellow] {repo} holds no model yet; serving it empty until one arrives")
 
 
 app.command("serve")(_settings_command(serve))
@@ -224,7 +192,8 @@ def demo_command(
 def _serve(settings: Settings) -> None:
     import logging.config
 
-    from ferry.cli.serve import check_startup, run_server
+    from ferry.cli.errors import fail
+    from ferry.cli.serve import check_startup, repository_problem, run_server
     from ferry.observability.logs import LOG_FORMATS, logging_config
 
     if settings.log_format not in LOG_FORMATS:
@@ -238,6 +207,9 @@ def _serve(settings: Settings) -> None:
         from ferry.routing.spec import load_routes
 
         _run(lambda: load_routes(settings.routes))  # a bad routes file: the rule and field, not a traceback
+    problem = repository_problem(settings)
+    if problem:
+        fail(problem)
     if settings.model_uri:
         from ferry.deploy.fetch import fetch_bundles  # model-load mode: bundles arrive at start-up
 

@@ -9,6 +9,38 @@ from typing import Any
 
 from ferry.settings import Settings
 
+REPOSITORY_LAYOUT = (
+    "a model repository holds REPO/<name>/<version>/ferry.yaml; "
+    "make one with: ferry build MODEL --name NAME --repo REPO"
+)
+
+
+def repository_problem(settings: Settings) -> str | None:
+    """Why ``settings.repo`` cannot be served, naming the path; None when it can.
+
+    A typo'd path, or one with no model, must not start an empty server in silence. A bundle folder or
+    a model folder given instead of its repository gets the command that serves it. With ``--watch`` or
+    ``--admin`` an existing empty folder may start empty (models arrive later); with ``--model-uri``
+    the bundles are fetched at start-up.
+    """
+    from ferry.bundle.manifest import MANIFEST_FILE
+    from ferry.bundle.repository import scan_repository
+
+    repo = settings.repo
+    if settings.model_uri:
+        return None
+    if not repo.is_dir():
+        return f"{repo}: {'not a folder' if repo.exists() else 'no such folder'}; {REPOSITORY_LAYOUT}"
+    if (repo / MANIFEST_FILE).is_file():
+        return (
+            f"{repo} is one bundle (a model version), not a repository: serve it with ferry serve {repo.parent.parent}"
+        )
+    if any((child / MANIFEST_FILE).is_file() for child in repo.iterdir() if child.is_dir()):
+        return f"{repo} holds the versions of one model, not a repository: serve it with ferry serve {repo.parent}"
+    if scan_repository(repo) or settings.watch or settings.admin:
+        return None
+    return f"{repo}: no model bundles in it; {REPOSITORY_LAYOUT}"
+
 
 def check_startup(settings: Settings) -> None:
     """Raise a ``FerryError`` for settings that must stop start-up: tokens asked for but none given, a port in use."""
