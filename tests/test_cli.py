@@ -86,9 +86,13 @@ SERVE_LINES = [
 ]
 
 
-def test_plain_serve_lines_parse_as_typer_parses_them(monkeypatch: Any) -> None:
+def test_plain_serve_lines_parse_as_typer_parses_them(monkeypatch: Any, tmp_path: Path) -> None:
     """``ferry serve`` starts without typer (for ready time); the settings must be typer's, option for option."""
     from typer.testing import CliRunner
+
+    (tmp_path / "models" / "m" / "1").mkdir(parents=True)  # a repository: a missing one goes to typer, to explain
+    (tmp_path / "models" / "m" / "1" / "ferry.yaml").write_text("name: m\n")
+    monkeypatch.chdir(tmp_path)
 
     from ferry.cli import main
     from ferry.cli.entry import plain_serve_settings
