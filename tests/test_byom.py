@@ -17,7 +17,7 @@ import httpx
 import joblib
 import pytest
 import yaml
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, free_port
 
 IRIS_LABELS = "setosa,versicolor,virginica"
 
@@ -251,7 +251,7 @@ def test_serve_refuses_a_path_that_is_no_repository(talk_files: Path, tmp_path: 
         "bundle": repo / "iris" / "1",
         "model": repo / "iris",
     }[layout]
-    line = one_line_error(ferry("serve", str(target)))
+    line = one_line_error(ferry("serve", str(target), "--grpc-port", "0", "--port", str(free_port())))
     assert str(target) in line
     if layout in ("missing", "empty"):
         assert "REPO/<name>/<version>/ferry.yaml" in line

@@ -200,16 +200,16 @@ def _serve(settings: Settings) -> None:
         raise typer.BadParameter(f"expected one of {', '.join(LOG_FORMATS)}", param_hint="--log-format")
     log_config = logging_config(settings.log_level, settings.log_format)  # applied by uvicorn in every worker too
     logging.config.dictConfig(log_config)
-    _run(lambda: check_startup(settings))  # tokens asked for but none given, or a port in use: one line, exit 1
     if settings.tracing:
         _check_tracing(settings.tracing)
     if settings.routes:
         from ferry.routing.spec import load_routes
 
         _run(lambda: load_routes(settings.routes))  # a bad routes file: the rule and field, not a traceback
-    problem = repository_problem(settings)
+    problem = repository_problem(settings)  # a typo'd or empty path: named, with what a repository looks like
     if problem:
         fail(problem)
+    _run(lambda: check_startup(settings))  # tokens asked for but none given, or a port in use: one line, exit 1
     if settings.model_uri:
         from ferry.deploy.fetch import fetch_bundles  # model-load mode: bundles arrive at start-up
 
