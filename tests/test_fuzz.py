@@ -150,3 +150,52 @@ def test_tensor_shapes_never_overflow(handles: dict[str, ModelHandle], shape: li
 
         _only_client_errors(decode)
         _only_client_errors(decode_v2)
+
+
+# -- hostile images: random bytes behind real and refused formats' signatures ----------------------------
+accepted = [b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF89a", b"BM", b"RIFF\x00\x00\x00\x00WEBPVP8 "]
+signatures = st.sampled_from([*accepted, b"\x00\x00\x01\x00", b"II*\x00", b"MM\x00*", b"8BPS", b"%PDF", b"<svg"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(head=signatures, tail=st.binary(max_size=300))
+def test_image_decoder_never_crashes(head: bytes, tail: bytes) -> None:
+    from ferry.runtimes.images import open_image
+
+    _only_client_errors(lambda: open_image(head + tail, max_pixels=1_000_000))
+
+
+# -- hostile artifact names and fetched keys: inside the bundle (or destination), or refused -------------
+names = st.lists(st.sampled_from(["..", ".", "", "a", "model.skops", "/", "\\", "/etc", "~"]), max_size=6).map("/".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=names | st.text(max_size=30))
+def test_artifact_names_stay_inside_the_bundle(tmp_path_factory: pytest.TempPathFactory, name: str) -> None:
+    from ferry.bundle.artifacts import contained
+    from ferry.errors import IntegrityError
+
+    bundle = tmp_path_factory.getbasetemp() / "fuzz-repo" / "m" / "1"
+    (bundle / "a").mkdir(parents=True, exist_ok=True)
+    (bundle / "model.skops").write_bytes(b"x")
+    (bundle.parent.parent / "outside").write_bytes(b"secret")
+    try:
+        path = contained(bundle, name)
+    except IntegrityError:
+        return
+    assert path.resolve().is_relative_to(bundle.resolve()) and path.resolve().is_file()
+
+
+@settings(max_examples=300, deadline=None)
+@given(key=names | st.text(max_size=30))
+def test_fetched_keys_stay_inside_the_destination(tmp_path_factory: pytest.TempPathFactory, key: str) -> None:
+    from ferry.deploy.fetch import _inside
+    from ferry.errors import FetchError
+
+    staging = tmp_path_factory.getbasetemp() / "fuzz-dest" / ".ferry-fetch-x"
+    staging.mkdir(parents=True, exist_ok=True)
+    try:
+        target = _inside(staging, key, f"key {key!r}")
+    except FetchError:
+        return
+    assert target.resolve().is_relative_to(staging.resolve()) and target.resolve() != staging.resolve()

@@ -145,7 +145,7 @@ def _inside(staging: Path, rel: str, what: str) -> Path:
     """
     parts = PurePosixPath(rel).parts
     target = staging.joinpath(*parts)
-    if not parts or PurePosixPath(rel).is_absolute() or ".." in parts or "\\" in rel:
+    if not parts or PurePosixPath(rel).is_absolute() or ".." in parts or "\\" in rel or "\0" in rel:
         raise FetchError(f"{what} leaves the destination; refusing to fetch")
     if not target.resolve().is_relative_to(staging.resolve()):
         raise FetchError(f"{what} leaves the destination; refusing to fetch")

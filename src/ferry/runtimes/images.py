@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import re
+import struct
 import warnings
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -24,6 +25,8 @@ DEFAULT_MAX_PIXELS = 25_000_000
 # The formats Ferry decodes (Pillow's names; MPO, a JPEG with more pictures after it, opens as JPEG).
 ACCEPTED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")
 ACCEPTED_NAMES = "PNG, JPEG, GIF, BMP or WebP"
+# What Pillow raises for a broken header or body (its plugins parse with struct and read to EOF).
+_CORRUPT = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error)
 # Formats refused by name, so the client learns what it sent.
 _REFUSED_SIGNATURES = (
     ("ICO", b"\x00\x00\x01\x00"),
@@ -102,12 +105,14 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, where: str = "
         found = re.search(r"\((\d+) pixels\)", str(exc))
         size = f"{found.group(1)} pixels" if found else "its size"
         raise PayloadTooLarge(f"image of {size} exceeds the limit of {max_pixels} pixels") from None
+    except _CORRUPT as exc:  # a known signature with a broken header
+        raise InvalidInput(f"the image is truncated or corrupt: {exc}", where) from None
     width, height = image.size
     if width * height > max_pixels:
         raise PayloadTooLarge(f"image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels")
     try:
         image.load()
-    except (OSError, SyntaxError, ValueError) as exc:
+    except _CORRUPT as exc:
         raise InvalidInput(f"the image is truncated or corrupt: {exc}", where) from None
     return image
 
