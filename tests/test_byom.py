@@ -265,3 +265,174 @@ def test_usage_errors_exit_2_on_one_line() -> None:
     assert "not an SLA condition" in one_line_error(
         ferry("loadtest", "http://127.0.0.1:9", "--rate", "1", "--sla", "p50<1us"), code=2
     )
+
+
+# -- Python classes as users write them ----------------------------------------------------------------
+REVIEWS = [
+    ("a wonderful, moving film. loved it", 5.0),
+    ("great acting and a great story", 5.0),
+    ("really good, I would watch it again", 4.0),
+    ("fine, nothing special", 3.0),
+    ("boring and far too long", 2.0),
+    ("awful script, terrible acting. hated it", 1.0),
+    ("the worst film of the year, awful", 1.0),
+    ("loved the music, great film", 5.0),
+]
+
+REVIEWS_CLASS = """\
+from pathlib import Path
+
+import joblib
+import lightgbm
+
+from featurizer import clean
+
+HERE = Path(__file__).parent
+
+
+class Reviews:
+    def load(self):
+        self.vectorizer = joblib.load(HERE / "vectorizer.pkl")
+        self.booster = lightgbm.Booster(model_file=str(HERE / "stars.txt"))
+
+    def predict(self, texts):
+        return self.booster.predict(self.vectorizer.transform([clean(t) for t in texts]))
+"""
+
+
+@pytest.fixture(scope="module")
+def reviews_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A user's folder: featurizer.py, a fitted vectorizer that calls it, a LightGBM model file and the class."""
+    import lightgbm
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    folder = tmp_path_factory.mktemp("reviews")
+    (folder / "featurizer.py").write_text("def clean(text):\n    return ' '.join(text.lower().split())\n")
+    (folder / "reviews.py").write_text(REVIEWS_CLASS)
+    (folder / "requirements.txt").write_text("lightgbm\njoblib\nscikit-learn\n")
+    sys.path.insert(0, str(folder))
+    try:
+        from featurizer import clean  # the vectorizer pickles a reference to it, as at the user's desk
+
+        texts, stars = [t for t, _ in REVIEWS], [s for _, s in REVIEWS]
+        vectorizer = TfidfVectorizer(analyzer="word", preprocessor=clean).fit(texts)
+        model = lightgbm.LGBMRegressor(n_estimators=30, min_child_samples=1, min_data_in_bin=1, verbose=-1)
+        model.fit(vectorizer.transform(texts).astype("float64"), stars)
+        joblib.dump(vectorizer, folder / "vectorizer.pkl")
+        model.booster_.save_model(str(folder / "stars.txt"))
+    finally:
+        sys.path.remove(str(folder))
+        sys.modules.pop("featurizer", None)
+    return folder
+
+
+def build_reviews(folder: Path, repo: Path, name: str = "reviews") -> subprocess.CompletedProcess[str]:
+    return ferry(
+        "build",
+        "reviews.py:Reviews",
+        "--name",
+        name,
+        "--repo",
+        str(repo),
+        "--text",
+        "text",
+        "--include",
+        "featurizer.py",
+        "--include",
+        "vectorizer.pkl",
+        "--include",
+        "stars.txt",
+        "--requirements",
+        "requirements.txt",
+        "--sample",
+        '{"text": "great film"}',
+        cwd=folder,
+    )
+
+
+def test_a_class_with_its_featurizer_vectorizer_and_lightgbm_file(
+    reviews_files: Path, tmp_path: Path, serve: Callable[..., ServerProcess]
+) -> None:
+    repo = tmp_path / "models"
+    built = build_reviews(reviews_files, repo)
+    assert built.returncode == 0, built.stderr
+    bundle = repo / "reviews" / "1"
+    manifest = yaml.safe_load((bundle / "ferry.yaml").read_text())
+    assert {"reviews.py", "featurizer.py", "vectorizer.pkl", "stars.txt", "requirements.txt"} <= set(
+        manifest["artifacts"]
+    )
+    assert manifest["options"]["requirements"] == "requirements.txt"
+    server = serve(str(repo), "--grpc-port", "0")
+    good = httpx.post(server.url + "/models/reviews/predict", json={"text": "A wonderful film, I loved it"}).json()
+    bad = httpx.post(server.url + "/models/reviews/predict", json={"text": "Awful, boring and terrible"}).json()
+    assert good["prediction"] > bad["prediction"] + 1.0, (good, bad)
+    assert not list(bundle.rglob("__pycache__")), "loading wrote bytecode into a hashed bundle"
+    server.stop()
+
+    # A featurizer.py changed after the build is refused, naming the file.
+    (bundle / "featurizer.py").write_text("def clean(text):\n    return 'tampered'\n")
+    server = serve(str(repo), "--grpc-port", "0", wait_ready=False)
+    version = _models(server)["reviews"]
+    assert version["state"] == "FAILED" and "featurizer.py" in version["error"], version
+
+
+def test_two_bundles_each_with_its_own_featurizer(tmp_path: Path, serve: Callable[..., ServerProcess]) -> None:
+    repo = tmp_path / "models"
+    for name in ("alpha", "beta"):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "featurizer.py").write_text(f"def clean(text):\n    return '{name}:' + text\n")
+        (folder / "tag.py").write_text(
+            "from featurizer import clean\n\n\nclass Tag:\n"
+            "    def predict(self, texts):\n        return [clean(t) for t in texts]\n"
+        )
+        built = ferry(
+            "build", "tag.py:Tag", "--name", name, "--repo", str(repo), "--text", "text", "--include", "featurizer.py",
+            cwd=folder,
+        )  # fmt: skip
+        assert built.returncode == 0, built.stderr
+    server = serve(str(repo), "--grpc-port", "0")
+    for name in ("alpha", "beta"):
+        answer = httpx.post(server.url + f"/models/{name}/predict", json={"text": "x"}).json()
+        assert answer == {"prediction": f"{name}:x"}
+
+
+def test_seldon_classes_with_feature_names_and_meta(tmp_path: Path, serve: Callable[..., ServerProcess]) -> None:
+    (tmp_path / "MLScore.py").write_text(
+        "class MLScore:\n    def predict(self, X, feature_names):\n        return X\n\n\n"
+        "class WithMeta:\n    def predict(self, X, feature_names, meta):\n"
+        "        return [[len(feature_names), len(meta)] for _ in X]\n"
+    )
+    repo = tmp_path / "models"
+    assert ferry("build", "MLScore.py:MLScore", "--name", "score", "--repo", str(repo), cwd=tmp_path).returncode == 0
+    meta = ferry(
+        "build", "MLScore.py:WithMeta", "--name", "meta", "--repo", str(repo), "--features", "a,b", cwd=tmp_path
+    )
+    assert meta.returncode == 0, meta.stderr
+    server = serve(str(repo), "--grpc-port", "0")
+    rows = httpx.post(server.url + "/models/score/predict", json=[[1, 2, 3], [4, 5, 6]]).json()
+    assert rows == {"predictions": [[1, 2, 3], [4, 5, 6]]}  # any width: no --features needed
+    seldon = httpx.post(server.url + "/seldon/score/api/v1.0/predictions", json={"data": {"ndarray": [[1, 2]]}})
+    assert seldon.status_code == 200, seldon.text
+    assert seldon.json()["data"]["ndarray"] == [[1, 2]]
+    assert httpx.post(server.url + "/models/meta/predict", json={"a": 1, "b": 2}).json() == {"prediction": [2, 0]}
+
+
+def test_an_instance_with_state_is_refused_not_rebuilt_without_it(tmp_path: Path) -> None:
+    import ferry as ferry_api
+    from ferry.errors import ManifestError
+
+    (tmp_path / "scale.py").write_text(
+        "class Scale:\n    def __init__(self, factor=1.0):\n        self.factor = factor\n\n"
+        "    def predict(self, X):\n        return X * self.factor\n"
+    )
+    sys.path.insert(0, str(tmp_path))
+    try:
+        from scale import Scale  # type: ignore[import-not-found]
+
+        with pytest.raises(ManifestError, match=r"Scale instance has state \(factor\)"):
+            ferry_api.build(Scale(factor=10.0), name="scale", repo=tmp_path / "models")
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("scale", None)
+    assert not (tmp_path / "models" / "scale").exists()

@@ -18,6 +18,7 @@ from ferry.bundle.compile import compile_model, load_original
 from ferry.bundle.files import check_step, file_kind, read_estimator
 from ferry.bundle.hashing import sha256_file
 from ferry.bundle.manifest import (
+    MANIFEST_FILE,
     CompatRoute,
     Feature,
     InputSchema,
@@ -31,6 +32,7 @@ from ferry.bundle.repository import next_version
 from ferry.errors import FerryError, ManifestError
 
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
+REQUIREMENTS_FILE = "requirements.txt"
 _LIBRARIES = {"sklearn": "scikit-learn", "lightgbm": "lightgbm", "onnx": "onnxruntime"}
 
 
@@ -51,6 +53,8 @@ def build(
     options: dict[str, Any] | None = None,
     trusted: bool = False,
     training_data: Any = None,
+    include: Sequence[str | Path] = (),
+    requirements: str | Path | None = None,
     compile: bool = True,
 ) -> Path:
     """Write ``repo/name/version/`` and return its path.
@@ -60,6 +64,8 @@ def build(
     pipeline, or a Python class (or instance) with ``predict(batch)``.
     ``expected_output`` is what ``sample_input`` must answer, checked here through the built bundle
     exactly as the server will run it, and again at every warm-up and by ``ferry check``.
+    ``include`` (files or folders) ships with a Python class, importable from it and hashed like
+    every artifact; ``requirements`` (a pip requirements file) is kept for ``ferry containerize``.
     ``training_data`` (rows in feature order), for a feature model, adds per-feature statistics
     to the metadata, against which ``ferry monitor`` measures drift. ``compile`` adds the model's
     verified numpy form where it has one (``ferry.bundle.compile``), which serves without the framework.
@@ -74,6 +80,15 @@ def build(
     staging.chmod(0o755)  # mkdtemp makes it private; a bundle is read by other users (a container's, say)
     try:
         runtime, inferred_input, inferred_output, inferred_labels = _write_artifacts(model, staging, options, trusted)
+        if include:
+            if runtime != "python":
+                raise ManifestError(f"{name}: --include ships files with a Python class; a {runtime} model needs none")
+            _include(include, staging)
+        if requirements:
+            if not Path(requirements).is_file():
+                raise ManifestError(f"--requirements {requirements}: no such file")
+            shutil.copy2(requirements, staging / REQUIREMENTS_FILE)
+            options["requirements"] = REQUIREMENTS_FILE
         if runtime == "python":
             trusted = True  # the builder hands over its own code
         labels = [str(label) for label in labels] if labels else inferred_labels  # numpy.str_ too
@@ -92,7 +107,7 @@ def build(
             "options": options,
             "routes": [_route(r) for r in routes or []],
             "trusted": trusted,
-            "artifacts": {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file()},
+            "artifacts": _artifacts(staging),
         }
         if raw["input"] is None:
             raise ManifestError(f"{name}: cannot infer the input schema; pass --features (features= in Python)")
@@ -327,9 +342,31 @@ def _python_class(model: Any, staging: Path, options: dict[str, Any]) -> Inferre
         source = getattr(getattr(getattr(cls, "predict", None), "__code__", None), "co_filename", None)
     if source is None:
         raise ManifestError(f"cannot find the source file of {cls.__name__}")
-    shutil.copy2(source, staging / "model.py")
-    options.setdefault("entrypoint", f"model.py:{cls.__name__}")
+    # Under its own name, so the files it ships with (--include) can import it as they do at home.
+    shutil.copy2(source, staging / Path(source).name)
+    options.setdefault("entrypoint", f"{Path(source).name}:{cls.__name__}")
     return "python", _ANY_ROWS, {"kind": "tensor"}, None
+
+
+def _include(paths: Sequence[str | Path], staging: Path) -> None:
+    """Copy a class's neighbours (files or folders) into the bundle, under their own names."""
+    for given in paths:
+        path = Path(given)
+        target = staging / path.name
+        if not path.exists():
+            raise ManifestError(f"--include {given}: no such file or folder")
+        if target.exists() or path.name == MANIFEST_FILE:
+            raise ManifestError(f"--include {given}: the bundle already holds a file named {path.name}")
+        if path.is_dir():
+            shutil.copytree(path, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*"))
+        else:
+            shutil.copy2(path, target)
+
+
+def _artifacts(staging: Path) -> dict[str, str]:
+    """Every file in the bundle, folders included, by its path inside the bundle: all hashed."""
+    files = sorted(p for p in staging.rglob("*") if p.is_file())
+    return {p.relative_to(staging).as_posix(): sha256_file(p) for p in files}
 
 
 # A class takes rows of numbers of any width unless the builder declares its features.

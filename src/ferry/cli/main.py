@@ -68,6 +68,16 @@ def build_command(
         typer.Option(help="A client API to answer: 'POST /predict', or a YAML mapping (full form); repeatable."),
     ] = None,
     trusted: Annotated[bool, typer.Option(help="Allow a pickle/joblib artifact (unpickling runs code).")] = False,
+    include: Annotated[
+        list[Path] | None,
+        typer.Option(help="A file or folder a Python class needs (its modules, fitted files); repeatable."),
+    ] = None,
+    requirements: Annotated[
+        Path | None, typer.Option(help="pip requirements file of a Python class, installed by ferry containerize.")
+    ] = None,
+    text: Annotated[
+        str | None, typer.Option(help="The model takes text: the JSON field that carries it (e.g. text).")
+    ] = None,
 ) -> None:
     """Bundle a model into REPO/NAME/VERSION with a manifest and artifact hashes."""
     target: Any = model
@@ -85,6 +95,9 @@ def build_command(
             expected_output=_expected(expect),
             routes=list(route or []),
             trusted=trusted,
+            include=list(include or []),
+            requirements=requirements,
+            input_schema={"kind": "text", "field": text} if text else None,
         )
     )
     console.print(f"[green]built[/green] {path}")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import inspect
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +38,13 @@ class PythonRuntime(Runtime):
         if spec is None or spec.loader is None:
             raise BundleError(f"{manifest.name}: cannot import {filename}")
         module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-        model = getattr(module, class_name)()
-        if hasattr(model, "load"):
-            model.load()
+        with _bundle_on_path(path.parent):  # `from featurizer import clean` finds the bundle's own file
+            sys.modules[module_name] = module
+            spec.loader.exec_module(module)
+            model = getattr(module, class_name)()
+            if hasattr(model, "load"):
+                model.load()
+        sys.modules[module_name] = module  # the class's own module stays, by its bundle-unique name
         return cls(model, manifest)
 
     def predict(self, batch: Any) -> Prediction:
@@ -64,3 +68,28 @@ def _positional_arity(method: Any) -> int:
     if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters):
         return 1
     return sum(1 for p in parameters if p.kind in kinds and p.default is inspect.Parameter.empty) or 1
+
+
+@contextlib.contextmanager
+def _bundle_on_path(folder: Path) -> Iterator[None]:
+    """Import from ``folder`` while the class loads, then forget the modules found there.
+
+    The class keeps the modules it imported; taking them out of ``sys.modules`` lets the next bundle
+    import its own ``featurizer.py`` rather than this one's. No bytecode is written into the bundle,
+    whose files are hashed.
+    """
+    root = str(folder.resolve())
+    before = set(sys.modules)
+    writes_bytecode = sys.dont_write_bytecode
+    sys.path.insert(0, root)
+    sys.dont_write_bytecode = True
+    try:
+        yield
+    finally:
+        sys.dont_write_bytecode = writes_bytecode
+        with contextlib.suppress(ValueError):
+            sys.path.remove(root)
+        for name in set(sys.modules) - before:
+            origin = getattr(sys.modules[name], "__file__", None) or ""
+            if origin.startswith(root + "/"):
+                del sys.modules[name]
