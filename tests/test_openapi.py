@@ -33,8 +33,6 @@ EXPECTED_PATHS = [
     "/v1/models",
     "/v1/models/{name}",
     "/v1/models/{name}:predict",
-    "/api/v1.0/predictions",
-    "/api/v0.1/predictions",
     "/seldon/{name}/api/v1.0/predictions",
     "/seldon/{name}/api/v0.1/predictions",
 ]
@@ -58,6 +56,8 @@ def document(server: ServerProcess) -> dict[str, Any]:
 def test_openapi_covers_native_and_every_protocol(document: dict[str, Any]) -> None:
     assert document["openapi"].startswith("3.0")
     assert [p for p in EXPECTED_PATHS if p not in document["paths"]] == []
+    # Seldon's unnamed route answers only 400 with several models served, so the document leaves it out.
+    assert "/api/v1.0/predictions" not in document["paths"]
     tags = {op["tags"][0] for item in document["paths"].values() for key, op in item.items() if key != "parameters"}
     assert tags == {"native", "v2", "kserve", "seldon"}
     infer = document["paths"]["/v2/models/{name}/infer"]

@@ -126,7 +126,14 @@ def openapi_document(models: list[str] | None = None, versions: list[str] | None
             }
         },
     }
-    native_body = {"oneOf": [{"type": "object"}, {"type": "array"}, {"type": "string"}]}
+    # What decoding accepts before a model's own schema: a non-empty record, list of rows or records, or text.
+    native_body = {
+        "oneOf": [
+            {"type": "object", "minProperties": 1},
+            {"type": "array", "minItems": 1},
+            {"type": "string", "minLength": 1},
+        ]
+    }
     for suffix, operation in (
         ("/metadata", _get("native", "Model metadata")),
         ("/labels", _get("native", "Class labels")),
@@ -157,7 +164,8 @@ def openapi_document(models: list[str] | None = None, versions: list[str] | None
 
     for version in ("v1.0", "v0.1"):
         operation = _post("seldon", "Predict (SeldonMessage)", _ref("SeldonMessage"), _ref("SeldonMessage"))
-        paths[f"/api/{version}/predictions"] = operation
+        if models is None or len(models) == 1:  # it names no model: usable only when one is served
+            paths[f"/api/{version}/predictions"] = operation
         paths[f"/seldon/{{name}}/api/{version}/predictions"] = {"parameters": _path_params("name"), **operation}
         paths[f"/seldon/{{namespace}}/{{name}}/api/{version}/predictions"] = {
             "parameters": _path_params("namespace", "name"),
@@ -218,7 +226,7 @@ _TENSOR = {
     "type": "object",
     "required": ["name", "shape", "datatype"],
     "properties": {
-        "name": {"type": "string"},
+        "name": {"type": "string", "minLength": 1},
         "shape": _SHAPE,
         "datatype": _DATATYPE,
         "parameters": {"type": "object"},
@@ -270,6 +278,7 @@ _SCHEMAS: dict[str, Any] = {
             "parameters": {"type": "object"},
             "inputs": {
                 "type": "array",
+                "minItems": 1,
                 "items": _TENSOR,
             },
             "outputs": {
@@ -298,27 +307,36 @@ _SCHEMAS: dict[str, Any] = {
     "KServeRequest": {
         "type": "object",
         "required": ["instances"],
-        "properties": {"instances": {"type": "array", "items": {}}},
+        "properties": {
+            "instances": {
+                "type": "array",
+                "minItems": 1,
+                "items": {"anyOf": [{"type": "array"}, {"type": "object"}, {"type": "string"}]},
+            }
+        },
     },
     "KServeResponse": {
         "type": "object",
         "required": ["predictions"],
         "properties": {"predictions": {"type": "array", "items": {}}},
     },
+    # Exactly one form: ``data`` (with one of ``ndarray`` and ``tensor``), ``strData``, ``jsonData``, ``binData``.
     "SeldonMessage": {
         "type": "object",
+        "oneOf": [{"required": [form]} for form in ("data", "strData", "jsonData", "binData")],
         "properties": {
             "meta": {"type": "object"},
             "data": {
                 "type": "object",
+                "oneOf": [{"required": ["ndarray"]}, {"required": ["tensor"]}],
                 "properties": {
-                    "names": {"type": "array", "items": {"type": "string"}},
-                    "ndarray": {"type": "array", "items": {}},
+                    "names": {"type": "array", "items": {"type": "string"}, "uniqueItems": True},
+                    "ndarray": {"type": "array", "minItems": 1, "items": {}},
                     "tensor": {
                         "type": "object",
                         "required": ["shape", "values"],
                         "properties": {
-                            "shape": {"type": "array", "items": {"type": "integer"}},
+                            "shape": {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 1}},
                             "values": {"type": "array", "items": {"type": "number"}},
                         },
                     },
