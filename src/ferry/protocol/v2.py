@@ -208,9 +208,11 @@ def _features(inputs: list[Tensor], handle: ModelHandle) -> Any:
             )
         _check_datatype(tensor, codec.dtype, f"model '{handle.name}'")
         _check_rows(tensor, (2,), len(features))
-        for j, feature in enumerate(features):
-            _check_finite(tensor.data[:, j], feature.allow_nan, f"{tensor.where}.data (feature '{feature.name}')")
-        return _cast(tensor.data, codec.dtype)
+        data = tensor.data
+        if data.dtype.kind == "f" and not np.isfinite(data).all():  # one check for the common, finite case
+            for j, feature in enumerate(features):
+                _check_finite(data[:, j], feature.allow_nan, f"{tensor.where}.data (feature '{feature.name}')")
+        return _cast(data, codec.dtype)
     by_name = {t.name: t for t in inputs}
     if MATRIX_INPUT in by_name and MATRIX_INPUT not in codec.name_set:  # the matrix, and tensors beside it
         extra = next(t for t in inputs if t.name != MATRIX_INPUT)
