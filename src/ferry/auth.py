@@ -10,7 +10,8 @@ import hmac
 from collections.abc import Iterable
 from pathlib import Path
 
-from ferry.errors import FerryError, Unauthorized
+from ferry.errors import AuthMisconfigured as AuthMisconfigured  # re-exported: raised here
+from ferry.errors import Unauthorized
 
 EXEMPT_PATHS = frozenset(
     {"/health", "/ready", "/metrics", "/v2/health/live", "/v2/health/ready", "/docs", "/openapi.json"}
@@ -65,9 +66,3 @@ class TokenAuth:
             matched |= hmac.compare_digest(presented, token)
         if not matched:
             raise Unauthorized("missing or invalid credentials: send Authorization: Bearer <token> or X-API-Key")
-
-
-class AuthMisconfigured(FerryError):
-    """Tokens were asked for but none can be read: the server refuses to start rather than run open."""
-
-    code = "auth_misconfigured"

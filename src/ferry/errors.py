@@ -28,6 +28,8 @@ FerryError (500, internal)
 │   └── UntrustedPickle (untrusted_pickle)         a pickle artifact without --trusted / --trust-pickle
 ├── DeployError (deploy_error)
 │   ├── FetchError, ToolError, SpecError
+├── AuthMisconfigured (auth_misconfigured)         tokens asked for but unreadable: no start-up
+├── PortInUse (port_in_use)                        a port taken or shared: no start-up
 ├── RoutesError (routes_invalid)                   the routes file, refused at start-up
 ├── TracingError (tracing)                         a --tracing value that cannot work
 ├── MonitorError (monitor_error)
@@ -217,6 +219,18 @@ class UpstreamError(FerryError):
     def __init__(self, status: int, code: str, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.status, self.code, self.retry_after = status, code, retry_after
+
+
+class AuthMisconfigured(FerryError):
+    """Tokens were asked for but none can be read: the server refuses to start rather than run open."""
+
+    code = "auth_misconfigured"
+
+
+class PortInUse(FerryError):
+    """A port another process holds, or two options share: start-up stops naming the option."""
+
+    code = "port_in_use"
 
 
 class RoutesError(FerryError):

@@ -11,12 +11,8 @@ from __future__ import annotations
 import errno
 import socket
 
-from ferry.errors import FerryError
+from ferry.errors import PortInUse as PortInUse  # re-exported: raised here
 from ferry.settings import Settings
-
-
-class PortInUse(FerryError):
-    code = "port_in_use"
 
 
 def check_ports(settings: Settings) -> None:
