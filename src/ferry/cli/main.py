@@ -160,6 +160,45 @@ def serve(settings: Settings) -> None:
 app.command("serve")(_settings_command(serve))
 
 
+@app.command("verify")
+def verify_command(
+    repo: Annotated[Path, typer.Argument(help="Model repository folder.")],
+    trust_pickle: Annotated[
+        bool, typer.Option(help="Also load pickle/joblib artifacts (unpickling runs their code).")
+    ] = False,
+) -> None:
+    """Load every bundle in REPO as the server would (hashes, framework, warm-up); exit 1 if any fails.
+
+    ``ferry containerize`` ends the image build with it, so a missing dependency fails the build.
+    A pickle that only --trust-pickle may load is reported, not failed: its framework is imported.
+    """
+    from ferry.bundle import read_manifest
+    from ferry.cli.errors import fail
+    from ferry.cli.serve import repository_problem
+    from ferry.runtimes import runtime_class
+    from ferry.serving.registry import ModelRegistry, ModelState
+    from ferry.serving.warmup import warm_up
+
+    problem = repository_problem(Settings(repo=repo.resolve()))
+    if problem:
+        fail(problem)
+    registry = ModelRegistry(repo.resolve(), trust_pickle=trust_pickle, warmup=warm_up)
+    failed = []
+    for handle in registry.handles():
+        registry.load(handle)
+        label = f"{handle.name}:{handle.version}"
+        if handle.state is ModelState.READY:
+            console.print(f"[green]ok[/green] {label}", soft_wrap=True)
+            continue
+        if "--trust-pickle" in (handle.error or ""):  # only the operator's server may unpickle it
+            runtime_class(read_manifest(handle.path).runtime)  # but its framework must import here
+            console.print(f"[yellow]needs --trust-pickle[/yellow] {label}: {handle.error}", soft_wrap=True)
+            continue
+        failed.append(f"{label}: {handle.error}")
+    if failed:
+        fail(f"{len(failed)} bundle(s) do not load: " + "; ".join(failed))
+
+
 @examples_app.command("build")
 def examples_build_command(
     repo: Annotated[Path, typer.Argument(help="Model repository folder to write the examples into.")],

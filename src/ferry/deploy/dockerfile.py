@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ferry.bundle import MANIFEST_FILE, read_manifest, scan_repository
-from ferry.deploy.pins import RUNTIME_APT_PACKAGES, RUNTIME_EXTRAS, pinned_requirements
+from ferry.deploy.pins import RUNTIME_APT_PACKAGES, RUNTIME_EXTRAS, pin_if_installed, pinned_requirements
 from ferry.deploy.spec import (
     DEFAULT_BASE_IMAGE,
     GID,
@@ -37,6 +37,7 @@ class ModelRef:
     runtime: str
     digest: str
     images: bool = False  # image input: decoding needs Pillow (the `images` extra)
+    requirements: tuple[str, ...] = ()  # the bundle's own pip requirements (a Python class's, --requirements)
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,16 @@ def model_refs(repo: Path) -> tuple[ModelRef, ...]:
             manifest = read_manifest(ref.path)
             digest = hashlib.sha256((ref.path / MANIFEST_FILE).read_bytes()).hexdigest()
             images = manifest.input.kind == "image"
-            refs.append(ModelRef(ref.name, ref.version, manifest.runtime, digest, images))
+            requirements = _bundle_requirements(ref.path, manifest.options.get("requirements"))
+            refs.append(ModelRef(ref.name, ref.version, manifest.runtime, digest, images, requirements))
     return tuple(refs)
+
+
+def _bundle_requirements(bundle_dir: Path, name: str | None) -> tuple[str, ...]:
+    if not name:
+        return ()
+    lines = (bundle_dir / name).read_text(encoding="utf-8").splitlines()
+    return tuple(line.split("#", 1)[0].strip() for line in lines if line.split("#", 1)[0].strip())
 
 
 def healthcheck_command(path: str = LIVENESS_PATH) -> list[str]:
@@ -118,6 +127,8 @@ def render_dockerfile(spec: ImageSpec) -> str:
         if spec.include_models
         else f"RUN install -d -o {UID} -g {GID} {MODELS_DIR}\n"
     )
+    # Every bundle loads once at build: a dependency missing from the image fails `docker build`, not the pod.
+    verify = f'RUN ["ferry", "verify", "{MODELS_DIR}"]\n' if spec.include_models else ""
     labels = " \\\n      ".join(f"{k}={json.dumps(v)}" for k, v in image_labels(spec).items())
     env = {
         "PATH": f"{VENV_DIR}/bin:$PATH",
@@ -149,7 +160,7 @@ RUN groupadd --system --gid {GID} ferry \\
        --shell /usr/sbin/nologin ferry
 COPY --from=builder {VENV_DIR} {VENV_DIR}
 {models_dir_step}ENV {env_lines}
-USER {UID}:{GID}
+{verify}USER {UID}:{GID}
 EXPOSE {HTTP_PORT} {GRPC_PORT}
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \\
     CMD {json.dumps(healthcheck_command())}
@@ -163,6 +174,12 @@ def render_dockerignore() -> str:
 
 def render_requirements(spec: ImageSpec) -> str:
     lines = pinned_requirements(spec.extras)
+    pinned = {line.split("==")[0] for line in lines}
+    for requirement in sorted({r for m in spec.models for r in m.requirements}):
+        line = pin_if_installed(requirement)
+        if line.split("==")[0] not in pinned:  # one pin per package: the environment's, which built the models
+            lines.append(line)
+            pinned.add(line.split("==")[0])
     if not spec.ferry_from_source:
         extras = f"[{','.join(sorted(spec.extras))}]" if spec.extras else ""
         lines.append(f"ferry{extras}=={spec.ferry_version}")

@@ -59,3 +59,14 @@ def pinned_requirements(extras: set[str], root: str = "ferry") -> list[str]:
             pending.append((name, frozenset(e.strip() for e in sub_extras.split(",") if e.strip())))
     pins.pop(normalize(root), None)
     return [f"{name}=={version}" for name, version in sorted(pins.items())]
+
+
+def pin_if_installed(requirement: str) -> str:
+    """A bare package name pinned to the version installed here (which built the models); anything else as written."""
+    match = _REQUIREMENT.match(requirement)
+    if match is None or match.end() != len(requirement.rstrip()):
+        return requirement
+    try:
+        return f"{normalize(match.group(1))}=={metadata.version(match.group(1))}"
+    except metadata.PackageNotFoundError:
+        return requirement
