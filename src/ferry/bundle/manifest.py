@@ -8,6 +8,7 @@ from typing import Any, Literal
 import msgspec
 import yaml
 
+from ferry.bundle.artifacts import bundle_label
 from ferry.errors import ManifestError
 
 MANIFEST_FILE = "ferry.yaml"
@@ -157,7 +158,7 @@ def parse_route(text: str) -> dict[str, Any]:
 
 def read_manifest(bundle_dir: Path) -> Manifest:
     """Read and validate ``ferry.yaml``; errors name the bundle (``name/version``), the file and the field."""
-    source = f"{bundle_dir.parent.name}/{bundle_dir.name}/{MANIFEST_FILE}"
+    source = f"{bundle_label(bundle_dir)}/{MANIFEST_FILE}"
     path = bundle_dir / MANIFEST_FILE
     if path.is_symlink() or (path.exists() and not path.is_file()):
         raise ManifestError(f"{source}: not a regular file in the bundle folder")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ferry.bundle.artifacts import bundle_label
 from ferry.bundle.load import LoadedModel, load_bundle
 from ferry.bundle.repository import scan_repository, version_key
 from ferry.errors import FerryError, ModelNotFound, ModelNotReady
@@ -63,7 +64,7 @@ def public_error(message: str, bundle_dir: Path) -> str:
     The log keeps the full message for the operator; a probe or a client learns the bundle's
     ``name/version`` and the file's name, never where the repository lives.
     """
-    label = f"{bundle_dir.parent.name}/{bundle_dir.name}"
+    label = bundle_label(bundle_dir)
     for folder in sorted({str(bundle_dir), str(bundle_dir.resolve())}, key=len, reverse=True):
         message = message.replace(folder, label)
     return _ABSOLUTE_PATH.sub(lambda m: f".../{m.group(1)}", message)
