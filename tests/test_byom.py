@@ -36,13 +36,16 @@ def one_line_error(result: subprocess.CompletedProcess[str], code: int = 1) -> s
 
 @pytest.fixture(scope="module")
 def talk_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_talk_files(tmp_path_factory.mktemp("talk"))
+
+
+def write_talk_files(folder: Path) -> Path:
     """The talk's files: a StandardScaler and a Perceptron on petal length/width, dumped separately with joblib."""
     from sklearn.datasets import load_iris
     from sklearn.linear_model import Perceptron
     from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import StandardScaler
 
-    folder = tmp_path_factory.mktemp("talk")
     iris = load_iris()
     x, y = iris.data[:, [2, 3]], iris.target
     x_train, _, y_train, _ = train_test_split(x, y, test_size=0.3, random_state=0)
@@ -302,11 +305,14 @@ class Reviews:
 
 @pytest.fixture(scope="module")
 def reviews_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_reviews_files(tmp_path_factory.mktemp("reviews"))
+
+
+def write_reviews_files(folder: Path) -> Path:
     """A user's folder: featurizer.py, a fitted vectorizer that calls it, a LightGBM model file and the class."""
     import lightgbm
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    folder = tmp_path_factory.mktemp("reviews")
     (folder / "featurizer.py").write_text("def clean(text):\n    return ' '.join(text.lower().split())\n")
     (folder / "reviews.py").write_text(REVIEWS_CLASS)
     (folder / "requirements.txt").write_text("lightgbm\njoblib\nscikit-learn\n")

@@ -1,0 +1,75 @@
+"""The README's "Bring your own model" blocks, run as written in a folder holding the user's files."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import joblib
+import pytest
+from tests.conftest import ServerProcess
+from tests.test_byom import write_reviews_files, write_talk_files
+
+README = Path(__file__).parent.parent / "README.md"
+
+
+def blocks() -> dict[str, str]:
+    """``<!-- byom:NAME -->`` followed by a bash block: NAME -> the block's text."""
+    text = README.read_text(encoding="utf-8")
+    return dict(re.findall(r"<!-- byom:(\w+) -->\n```bash\n(.*?)```", text, flags=re.S))
+
+
+def run_block(name: str, folder: Path) -> None:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    done = subprocess.run(["bash", "-e", "-c", blocks()[name]], cwd=folder, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, f"README block byom:{name} failed:\n{done.stderr}"
+
+
+def test_every_story_has_a_block() -> None:
+    assert set(blocks()) == {"iris", "diabetes", "seldon", "reviews"}
+
+
+def test_two_pickles_and_the_old_routes(tmp_path: Path, serve: Callable[..., ServerProcess]) -> None:
+    from sklearn.datasets import load_diabetes
+    from sklearn.linear_model import LinearRegression
+
+    write_talk_files(tmp_path)
+    data = load_diabetes()
+    joblib.dump(LinearRegression().fit(data.data[:, [2]], data.target), tmp_path / "diabetes.joblib")
+    (tmp_path / "MLScore.py").write_text("class MLScore:\n    def predict(self, X, feature_names):\n        return X\n")
+    for name in ("iris", "diabetes", "seldon"):
+        run_block(name, tmp_path)
+    server = serve(str(tmp_path / "models"), "--grpc-port", "0")
+    assert httpx.post(server.url + "/predict", json={"length": 5.1, "width": 2.4}).json() == {"prediction": "virginica"}
+    assert httpx.get(server.url + "/isAlive").json() is True
+    assert httpx.get(server.url + "/prediction/", params={"f": "0.05"}).json() == pytest.approx(199.6, abs=0.1)
+    assert httpx.post(server.url + "/score", json={"X": [1, 2]}).json() == {"score": [1, 2]}
+
+
+def test_a_class_with_its_featurizer(tmp_path: Path, serve: Callable[..., ServerProcess]) -> None:
+    write_reviews_files(tmp_path)
+    readme_class = re.search(
+        r"where `reviews.py` is the user's own class:\n\n```python\n(.*?)```", README.read_text(), re.S
+    )
+    assert readme_class is not None
+    (tmp_path / "reviews.py").write_text(readme_class.group(1))  # the README's class, as printed
+    run_block("reviews", tmp_path)
+    server = serve(str(tmp_path / "models"), "--grpc-port", "0")
+    good = httpx.post(server.url + "/models/reviews/predict", json={"text": "A wonderful film, I loved it"}).json()
+    bad = httpx.post(server.url + "/models/reviews/predict", json={"text": "Awful, boring and terrible"}).json()
+    assert good["prediction"] > bad["prediction"]
+
+
+def test_the_first_python_example_builds(tmp_path: Path) -> None:
+    """``labels=list(iris.target_names)`` holds numpy.str_ values: the build must take them as labels."""
+    found = re.search(r"From Python:\n\n```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+    assert found is not None
+    done = subprocess.run([sys.executable, "-c", found.group(1)], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    manifest = (tmp_path / "models" / "flowers" / "1" / "ferry.yaml").read_text()
+    assert "- setosa" in manifest
