@@ -237,7 +237,15 @@ def test_answer_and_metrics_labels(proto: Protocol, server: ServerProcess) -> No
 def test_client_deadline_lowers_the_servers(proto: Protocol, server: ServerProcess) -> None:
     """The server's deadline is 30 s; the client's 0.1 s wins, as a 504 long before the model would answer."""
     if isinstance(proto, Grpc):
+        labels = {"model": "sleepy", "protocol": "grpc", "route": proto.route}
+        ended = ("DEADLINE_EXCEEDED", "CANCELLED")
+        before = sum(counter(server, "ferry_requests_total", **labels, status=s) for s in ended)
         reply = proto.send([[1.0]], timeout=0.1)
+        # The server ended the call within the gRPC deadline too, with its own 504 or by the cancellation.
+        deadline = time.monotonic() + 5
+        while sum(counter(server, "ferry_requests_total", **labels, status=s) for s in ended) == before:
+            assert time.monotonic() < deadline, "the server did not end the gRPC call at its deadline"
+            time.sleep(0.05)
     else:
         reply = proto.send([[1.0]], {"X-Request-Timeout": "100ms"})
     assert reply.status == 504, reply.body
