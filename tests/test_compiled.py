@@ -105,6 +105,7 @@ def test_the_build_stores_a_hashed_compiled_form_that_serves(bundles: dict[str, 
     arrays_listed = [f for f in manifest["artifacts"] if f.startswith("compiled-")]
     assert arrays_listed and all(f.endswith(".npy") for f in arrays_listed)
     assert json.dumps(files).count(".npy") == len(arrays_listed)  # every array the program names is listed
+    assert manifest["metadata"]["compiled"].startswith("yes: ")
     assert isinstance(load_bundle(bundles[name]).runtime, CompiledRuntime)
     assert not isinstance(load_bundle(bundles[name], original=True).runtime, CompiledRuntime)
 
@@ -155,6 +156,7 @@ def test_a_model_without_a_compiled_form_serves_its_original(tmp_path: Path) -> 
     path = ferry.build(KNeighborsClassifier(3).fit(_X, _Y2), "knn", tmp_path)
     manifest = yaml.safe_load((path / "ferry.yaml").read_text())
     assert "compiled" not in manifest["options"]
+    assert manifest["metadata"]["compiled"] == "no: KNeighborsClassifier has no compiled form"  # says why
     assert not [f for f in manifest["artifacts"] if f.startswith("compiled-")]
     assert load_bundle(path).runtime.predict(_X[:3]).values == [
         str(v) for v in KNeighborsClassifier(3).fit(_X, _Y2).predict(_X[:3])
@@ -220,3 +222,14 @@ def test_serving_compiled_examples_imports_no_training_stack(example_repo: Path)
     assert report["models"]["iris"][1] == ["virginica"]
     reviews = load_bundle(example_repo / "reviews" / "1", original=True).runtime.predict(["最高の映画でした！"])
     assert report["models"]["reviews"][1] == reviews.values  # the original's number, bit for bit
+
+
+def test_a_served_process_maps_no_framework_library(serve: Any, example_repo: Path) -> None:
+    """The real ``ferry serve`` of the examples: no scikit-learn, scipy or LightGBM shared object is mapped."""
+    server = serve(str(example_repo), "--grpc-port", "0")
+    import httpx
+
+    answer = httpx.post(server.url + "/models/reviews/predict", json={"text": "最高の映画でした！"}).json()
+    assert isinstance(answer["prediction"], float)
+    mapped = Path(f"/proc/{server.proc.pid}/maps").read_text()
+    assert not [name for name in ("sklearn", "scipy", "lightgbm") if f"/{name}/" in mapped]

@@ -92,8 +92,9 @@ def build(
         if runtime == "python":
             trusted = True  # the builder hands over its own code
         labels = [str(label) for label in labels] if labels else inferred_labels  # numpy.str_ too
+        compiled = None
         if compile and runtime in ("sklearn", "lightgbm"):
-            compile_model(load_original(staging, runtime, options), runtime, staging, options, labels)
+            compiled = compile_model(load_original(staging, runtime, options), runtime, staging, options, labels)
         raw: dict[str, Any] = {
             "name": name,
             "version": version,
@@ -103,7 +104,11 @@ def build(
             "labels": labels,
             "sample_input": sample_input,
             "expected_output": expected_output,
-            "metadata": {**_default_metadata(runtime), **(metadata or {})},
+            "metadata": {
+                **_default_metadata(runtime),
+                **({"compiled": compiled} if compiled else {}),
+                **(metadata or {}),
+            },
             "options": options,
             "routes": [_route(r) for r in routes or []],
             "trusted": trusted,

@@ -64,10 +64,14 @@ class _Writer:
             np.save(self.staging / filename, array, allow_pickle=False)
 
 
-def compile_model(model: Any, runtime: str, staging: Path, options: dict[str, Any], labels: list[str] | None) -> bool:
+COMPILED = "yes: numpy arrays, verified equal to the original"
+
+
+def compile_model(model: Any, runtime: str, staging: Path, options: dict[str, Any], labels: list[str] | None) -> str:
     """Write the verified compiled form of ``model`` into ``staging`` and ``options['compiled']``.
 
-    Returns False (and writes nothing) when the model does not compile or does not verify.
+    Returns the outcome as the manifest's ``metadata.compiled`` says it: ``COMPILED``, or ``no: why``
+    (and then nothing is written).
     """
     write = _Writer(staging)
     try:
@@ -76,15 +80,15 @@ def compile_model(model: Any, runtime: str, staging: Path, options: dict[str, An
         elif runtime == "sklearn":
             spec, check = _sklearn(model, write)
         else:
-            return False
+            return f"no: the {runtime} runtime has no compiled form"
         program = Program(spec, write.read)
         check(program)
     except (Unsupported, AttributeError, TypeError, ValueError, IndexError) as exc:
         logger.info("%s: not compiled (%s); the original artifact serves", type(model).__name__, exc)
-        return False
+        return f"no: {exc}"
     write.save()
     options["compiled"] = spec
-    return True
+    return COMPILED
 
 
 Check = Callable[[Program], None]

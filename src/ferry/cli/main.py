@@ -101,6 +101,11 @@ def build_command(
         )
     )
     console.print(f"[green]built[/green] {path}")
+    from ferry.bundle.manifest import read_manifest
+
+    compiled = read_manifest(path).metadata.get("compiled")
+    if compiled:  # whether it serves without its framework, and if not, why
+        console.print(f"compiled form: {compiled}")
 
 
 def _json_option(text: str, option: str) -> Any:
