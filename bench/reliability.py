@@ -1,6 +1,7 @@
 """Overload figures for the README: a model driven at several times its capacity (stdlib + aiohttp + ferry).
 
     python bench/reliability.py [--multiple 10] [--duration 10]
+    python bench/reliability.py connections [--multiple 10] [--duration 10]   (see bench/connections.py)
 
 Builds a deliberately slow model (50 ms per call, batching off: 20 req/s capacity), serves it with
 ``ferry serve --max-queue 8`` on a free loopback port, sends an open-loop load of MULTIPLE x capacity,
@@ -85,9 +86,16 @@ async def drive(url: str, rate: float, duration: float) -> dict[str, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("suite", nargs="?", choices=["overload", "connections"], default="overload")
     parser.add_argument("--multiple", type=float, default=10.0)
     parser.add_argument("--duration", type=float, default=10.0)
     args = parser.parse_args()
+    if args.suite == "connections":  # Ferry and a plain FastAPI app side by side (bench/connections.py)
+        sys.path.insert(0, str(Path(__file__).parent))
+        from connections import run
+
+        run(args.duration, args.multiple)
+        return
     import ferry
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -13,6 +14,7 @@ from ferry.http.dispatch import FerryApp
 from ferry.server.probes import Heartbeat, ProbeAnswers, ProbeListener, bind_probe_socket
 from ferry.settings import Settings
 
+PROBE_SWITCH_INTERVAL_S = 0.001
 Lifespan = Callable[[Any], AbstractAsyncContextManager[Any]]
 
 
@@ -39,6 +41,9 @@ def with_probes(app: FerryApp, settings: Settings) -> FerryApp:
             answers = ProbeAnswers(state.registry, state.service.metrics, heartbeat)
             listener = ProbeListener(sock, answers.answer)
             listener.start()
+            # The probe thread needs the GIL for each step of a reply; while the request loop is busy it
+            # gets it only every switch interval (5 ms by default), several times per probe.
+            sys.setswitchinterval(PROBE_SWITCH_INTERVAL_S)
         try:
             async with inner(starlette):
                 yield
