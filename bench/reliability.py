@@ -124,6 +124,8 @@ def main() -> None:
                 str(port),
                 "--grpc-port",
                 "0",
+                "--probe-port",
+                "0",
                 "--max-queue",
                 "8",
                 "--log-level",
