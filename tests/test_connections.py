@@ -198,8 +198,9 @@ def test_probes_answer_on_fresh_connections_while_keep_alive_clients_saturate_pr
         stop.set()
         load.join(60)
     assert served[0] > 20  # the load was running throughout
-    # Generous for a shared CI box: the bench measures the p99 (README); the bug made these 5-10 s.
-    assert max(waits) < 1.0, waits
+    # Generous for a shared CI box (both CPUs oversubscribed, a probe thread waits for one): the bench
+    # measures the p99 (README); the bug made these 5-10 s.
+    assert max(waits) < 2.5, waits
     ready = httpx.get(probe + "/ready").json()
     assert ready["ready"] is True and {m["name"] for m in ready["models"]} == {"iris", "sleepy", "wedge"}
     assert "ferry_requests_total" in httpx.get(probe + "/metrics").text
