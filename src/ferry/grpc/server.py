@@ -58,7 +58,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
         async def metadata() -> Any:
             handle = self.registry.get(request.name, request.version or None)
-            return pb.ModelMetadataResponse(**v2.model_metadata(handle, self.registry))
+            return pb.ModelMetadataResponse(**v2.model_metadata(handle, list(self.registry.models[handle.name])))
 
         return await self._call("grpc:ModelMetadata", request.name, context, metadata)
 

@@ -62,7 +62,8 @@ class ProtocolEndpoints:
         return json_response(v2.server_metadata())
 
     async def v2_model_metadata(self, request: Request) -> Response:
-        return json_response(v2.model_metadata(self.handle(request), self.registry))
+        handle = self.handle(request)
+        return json_response(v2.model_metadata(handle, list(self.registry.models[handle.name])))
 
     async def v2_model_ready(self, request: Request) -> Response:
         handle = self.handle(request)  # 404 when unknown, 503 when not ready

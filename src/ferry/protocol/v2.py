@@ -17,7 +17,7 @@ from ferry.errors import FerryError, InvalidInput
 from ferry.protocol.tensors import ACCEPTS, DATATYPES, FERRY_DATATYPES, Tensor
 from ferry.runtimes import Prediction
 from ferry.serving.inputs import InputCodec
-from ferry.serving.registry import ModelHandle, ModelRegistry
+from ferry.serving.registry import ModelHandle
 
 EXTENSIONS = ["binary_tensor_data"]
 MATRIX_INPUT = "input"  # the one [-1, n_features] tensor of a tabular model
@@ -43,12 +43,13 @@ def server_metadata() -> dict[str, Any]:
     return {"name": "ferry", "version": ferry.__version__, "extensions": EXTENSIONS}
 
 
-def model_metadata(handle: ModelHandle, registry: ModelRegistry) -> dict[str, Any]:
+def model_metadata(handle: ModelHandle, versions: list[str]) -> dict[str, Any]:
+    """The model's OIP metadata; ``versions`` are the versions the server holds (the codec never sees the registry)."""
     assert handle.model is not None
     manifest = handle.model.manifest
     return {
         "name": handle.name,
-        "versions": list(registry.models[handle.name]),
+        "versions": versions,
         "platform": f"ferry_{manifest.runtime}",
         "inputs": input_specs(manifest),
         "outputs": output_specs(handle),
