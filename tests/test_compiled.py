@@ -122,6 +122,7 @@ def test_compiled_answers_equal_the_original(
         assert compiled.values == original.values
     else:  # BLAS may round a dot product differently
         np.testing.assert_allclose(np.asarray(compiled.values), np.asarray(original.values), rtol=1e-9, atol=1e-9)
+    assert getattr(runtimes[name][0], "has_proba", None) == (original.probabilities is not None)  # output lists
     if original.probabilities is None:
         assert compiled.probabilities is None
     else:

@@ -164,6 +164,8 @@ class CompiledRuntime(Runtime):
         elif program.decision != "value":
             self.labels = manifest.labels
         self.lookup = np.asarray(self.labels, dtype=object) if self.labels else None
+        # Whether predictions carry probabilities (a Perceptron has none), as the protocols' output lists ask.
+        self.has_proba = self.lookup is not None and program.transform != "identity"
 
     @classmethod
     def load(cls, bundle_dir: Path, manifest: Manifest, trust_pickle: bool) -> Runtime:
