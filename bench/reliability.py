@@ -130,6 +130,7 @@ def main() -> None:
                 "8",
                 "--log-level",
                 "warning",
+                "--trust-code",  # the Sleepy class above is this script's own code
             ],
             env={**os.environ},
             stdout=subprocess.DEVNULL,

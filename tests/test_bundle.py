@@ -162,7 +162,7 @@ def test_python_class_bundle(tmp_path: Path) -> None:
     )
     manifest = read_manifest(path)
     assert manifest.runtime == "python" and manifest.options["entrypoint"] == "model.py:Doubler"
-    assert load_bundle(path).runtime.predict(np.array([[1.0, 2.5]])).values == [[2.0, 5.0]]
+    assert load_bundle(path, trust_code=True).runtime.predict(np.array([[1.0, 2.5]])).values == [[2.0, 5.0]]
 
 
 def test_onnx_bundle_matches_numpy(tmp_path: Path) -> None:

@@ -25,7 +25,8 @@ FerryError (500, internal)
 ├── BundleError (bundle_error)                     load-time; never a client's fault
 │   ├── ManifestError (manifest_invalid)           ferry.yaml is missing or invalid
 │   ├── IntegrityError (integrity_error)           an artifact's SHA-256 does not match the manifest
-│   └── UntrustedPickle (untrusted_pickle)         a pickle artifact without --trusted / --trust-pickle
+│   ├── UntrustedPickle (untrusted_pickle)         a pickle artifact without --trust-pickle / --trust-code
+│   └── UntrustedCode (untrusted_code)             a Python class bundle without --trust-code
 ├── DeployError (deploy_error)
 │   ├── FetchError, ToolError, SpecError
 ├── AuthMisconfigured (auth_misconfigured)         tokens asked for but unreadable: no start-up
@@ -195,6 +196,10 @@ class IntegrityError(BundleError):
 
 class UntrustedPickle(BundleError):
     code = "untrusted_pickle"
+
+
+class UntrustedCode(BundleError):
+    code = "untrusted_code"
 
 
 class DeployError(FerryError):

@@ -25,6 +25,9 @@ class Settings:
     grpc_port: int = _setting(8081, "Open Inference gRPC port (0: off).")
     workers: int = _setting(1, "Worker processes sharing the port.")
     trust_pickle: bool = _setting(False, "Load pickle/joblib artifacts (unpickling runs their code).")
+    trust_code: bool = _setting(
+        False, "Import bundles' Python classes, and load pickles too (both run the bundle's code)."
+    )
     original_models: bool = _setting(
         False, "Load each model's original artifact (and framework) even where its bundle holds a compiled form."
     )

@@ -151,7 +151,7 @@ def _check_expectation(staging: Path, manifest: Manifest, trusted: bool) -> None
     from ferry.protocol.native import answer
     from ferry.serving.inputs import InputCodec
 
-    loaded = load_bundle(staging, trust_pickle=trusted)
+    loaded = load_bundle(staging, trust_pickle=trusted, trust_code=trusted)  # the builder's own files
     try:
         got = answer(manifest.sample_input, InputCodec(manifest.input), loaded.runtime, manifest.labels)
     except FerryError as exc:

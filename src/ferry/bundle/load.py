@@ -10,6 +10,7 @@ from pathlib import Path
 from ferry.bundle.hashing import verify_artifacts
 from ferry.bundle.manifest import Manifest, read_manifest
 from ferry.runtimes import Runtime, runtime_class
+from ferry.runtimes.base import require_code_trust
 
 logger = logging.getLogger("ferry.bundle")
 
@@ -22,17 +23,22 @@ class LoadedModel:
     warnings: list[str] = field(default_factory=list)
 
 
-def load_bundle(bundle_dir: Path, trust_pickle: bool = False, original: bool = False) -> LoadedModel:
+def load_bundle(
+    bundle_dir: Path, trust_pickle: bool = False, original: bool = False, trust_code: bool = False
+) -> LoadedModel:
     """Read the manifest, verify every artifact's SHA-256, then hand the bundle to its runtime.
 
     A bundle with a compiled form (``options.compiled``) loads that, without its framework, unless
-    ``original`` asks for the original artifact.
+    ``original`` asks for the original artifact. Trust is the server's alone: ``trust_pickle`` lets
+    pickles load; ``trust_code`` lets a bundle's Python class be imported, and pickles load too.
     """
     manifest = read_manifest(bundle_dir)
     verify_artifacts(bundle_dir, manifest.artifacts)
     name = "compiled" if manifest.options.get("compiled") and not original else manifest.runtime
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        runtime = runtime_class(name).load(bundle_dir, manifest, trust_pickle)
+        runtime_cls = runtime_class(name)
+        require_code_trust(runtime_cls, manifest, trust_code)
+        runtime = runtime_cls.load(bundle_dir, manifest, trust_pickle or trust_code)
     drift = [m for m in (str(w.message) for w in caught) if "was built with" in m]
     return LoadedModel(manifest=manifest, runtime=runtime, path=bundle_dir, warnings=drift)

@@ -33,6 +33,10 @@ Replicas = Annotated[int, typer.Option(help="Replicas (the autoscaler's minimum)
 ModelUri = Annotated[str, typer.Option(help="Model-load mode: fetch bundles from this URI at start-up.")]
 ServiceType = Annotated[str, typer.Option(help="LoadBalancer, ClusterIP or NodePort.")]
 Context = Annotated[str | None, typer.Option("--context", help="kubectl context (default: the current one).")]
+TrustCode = Annotated[
+    bool,
+    typer.Option(help="Serve with FERRY_TRUST_CODE: import the bundles' Python classes (and load pickles)."),
+]
 
 
 def containerize_command(
@@ -47,6 +51,7 @@ def containerize_command(
     extra: Annotated[
         list[str] | None, typer.Option(help="Also install this Ferry extra (tracing, fetch); repeatable.")
     ] = None,
+    trust_code: TrustCode = False,
 ) -> None:
     """Write a Docker build context for REPO: Dockerfile, .dockerignore, pinned requirements, models."""
     spec = _run(
@@ -57,6 +62,7 @@ def containerize_command(
             base_image=base_image,
             source=source or _git_remote(repo),
             extras=tuple(extra or ()),
+            trust_code=trust_code,
         )
     )
     for path in _run(lambda: dockerfile.write_build_context(repo, out, spec)):
@@ -84,9 +90,10 @@ def compose_command(
     port: Annotated[int, typer.Option(help="Host port nginx publishes for HTTP.")] = compose.PUBLISHED_HTTP_PORT,
     grpc_port: Annotated[int, typer.Option(help="Host port nginx publishes for gRPC.")] = GRPC_PORT,
     nginx_image: Annotated[str, typer.Option(help="nginx image (any nginx >= 1.22).")] = compose.NGINX_IMAGE,
+    trust_code: TrustCode = False,
 ) -> None:
     """Write docker-compose.yml: REPLICAS Ferry containers behind nginx, with health checks."""
-    spec = _spec(repo, image_ref, name=name, replicas=replicas, model_uri=model_uri)
+    spec = _spec(repo, image_ref, name=name, replicas=replicas, model_uri=model_uri, trust_code=trust_code)
     front = compose.Front(image=nginx_image, http_port=port, grpc_port=grpc_port)
     for path in _run(lambda: compose.write_compose(spec, out, front)):
         console.print(f"[green]wrote[/green] {path}")
@@ -133,6 +140,7 @@ def k8s_command(
         Path | None, typer.Option(help="Routes file: also write an Istio VirtualService (+ DestinationRules).")
     ] = None,
     out: Annotated[Path, typer.Option("--output", "-o", help="Folder for the manifests.")] = Path("k8s"),
+    trust_code: TrustCode = False,
 ) -> None:
     """Write Kubernetes manifests: Namespace, ConfigMap, Deployment, Service, HPA, PDB, kustomization (and add-ons)."""
     addons = Addons(kserve=kserve, knative=knative, keda=keda, service_monitor=service_monitor)
@@ -170,6 +178,7 @@ def k8s_command(
         in_flight_target=in_flight_target,
         cpu_target_percent=planned.cpu_target_percent or DeploySpec.cpu_target_percent,
         scaling=scaling,
+        trust_code=trust_code,
     )
     objects = render_with_addons(spec, addons)
     for path in _run(lambda: k8s.write_manifests(spec, out, objects=objects)):
@@ -208,6 +217,7 @@ def deploy_command(
     dry_run: Annotated[bool, typer.Option(help="Print the objects instead of applying them.")] = False,
     timeout: Annotated[int, typer.Option(help="Seconds to wait for the rollout.")] = 300,
     context: Context = None,
+    trust_code: TrustCode = False,
 ) -> None:
     """Apply the objects with `kubectl apply --server-side`, wait for the rollout, print the address."""
     spec = _spec(
@@ -218,6 +228,7 @@ def deploy_command(
         replicas=replicas,
         service_type=service_type,
         model_uri=model_uri,
+        trust_code=trust_code,
     )
     objects = list(k8s.render_manifests(spec).values())
     if dry_run:

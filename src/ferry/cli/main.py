@@ -171,11 +171,15 @@ def verify_command(
     trust_pickle: Annotated[
         bool, typer.Option(help="Also load pickle/joblib artifacts (unpickling runs their code).")
     ] = False,
+    trust_code: Annotated[
+        bool, typer.Option(help="Also import bundles' Python classes, and load pickles (both run their code).")
+    ] = False,
 ) -> None:
     """Load every bundle in REPO as the server would (hashes, framework, warm-up); exit 1 if any fails.
 
     ``ferry containerize`` ends the image build with it, so a missing dependency fails the build.
-    A pickle that only --trust-pickle may load is reported, not failed: its framework is imported.
+    A pickle or class that only --trust-pickle / --trust-code may load is reported, not failed: its
+    framework is imported.
     """
     from ferry.bundle import read_manifest
     from ferry.cli.errors import fail
@@ -187,7 +191,7 @@ def verify_command(
     problem = repository_problem(Settings(repo=repo.resolve()))
     if problem:
         fail(problem)
-    registry = ModelRegistry(repo.resolve(), trust_pickle=trust_pickle, warmup=warm_up)
+    registry = ModelRegistry(repo.resolve(), trust_pickle=trust_pickle, warmup=warm_up, trust_code=trust_code)
     failed = []
     for handle in registry.handles():
         registry.load(handle)
@@ -195,9 +199,10 @@ def verify_command(
         if handle.state is ModelState.READY:
             console.print(f"[green]ok[/green] {label}", soft_wrap=True)
             continue
-        if "--trust-pickle" in (handle.error or ""):  # only the operator's server may unpickle it
+        needs = next((flag for flag in ("--trust-pickle", "--trust-code") if flag in (handle.error or "")), None)
+        if needs:  # only the operator's server may unpickle or import it
             runtime_class(read_manifest(handle.path).runtime)  # but its framework must import here
-            console.print(f"[yellow]needs --trust-pickle[/yellow] {label}: {handle.error}", soft_wrap=True)
+            console.print(f"[yellow]needs {needs}[/yellow] {label}: {handle.error}", soft_wrap=True)
             continue
         failed.append(f"{label}: {handle.error}")
     if failed:
@@ -243,7 +248,8 @@ def demo_command(
     else:
         _run(lambda: build_examples(cache))
     console.print(f"serving the examples from {cache} on http://{host}:{port}  (try: curl http://{host}:{port}/models)")
-    _serve(Settings(repo=cache.resolve(), host=host, port=port, routes=routes))
+    # The operator runs our own examples: the `score` identity class is Ferry's code, so demo trusts it.
+    _serve(Settings(repo=cache.resolve(), host=host, port=port, routes=routes, trust_code=True))
 
 
 def _serve(settings: Settings) -> None:

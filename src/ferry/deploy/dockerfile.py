@@ -50,6 +50,7 @@ class ImageSpec:
     ferry_from_source: bool = True
     source: str = ""
     more_extras: tuple[str, ...] = ()  # `--extra`: optional features the runtimes do not imply (tracing, fetch)
+    trust_code: bool = False  # the operator's --trust-code: the image imports the bundles' Python classes
 
     @property
     def extras(self) -> set[str]:
@@ -128,7 +129,8 @@ def render_dockerfile(spec: ImageSpec) -> str:
         else f"RUN install -d -o {UID} -g {GID} {MODELS_DIR}\n"
     )
     # Every bundle loads once at build: a dependency missing from the image fails `docker build`, not the pod.
-    verify = f'RUN ["ferry", "verify", "{MODELS_DIR}"]\n' if spec.include_models else ""
+    trust = ', "--trust-code"' if spec.trust_code else ""
+    verify = f'RUN ["ferry", "verify", "{MODELS_DIR}"{trust}]\n' if spec.include_models else ""
     labels = " \\\n      ".join(f"{k}={json.dumps(v)}" for k, v in image_labels(spec).items())
     env = {
         "PATH": f"{VENV_DIR}/bin:$PATH",
@@ -138,6 +140,7 @@ def render_dockerfile(spec: ImageSpec) -> str:
         "FERRY_HOST": "0.0.0.0",
         "FERRY_PORT": str(HTTP_PORT),
         "FERRY_GRPC_PORT": str(GRPC_PORT),
+        **({"FERRY_TRUST_CODE": "true"} if spec.trust_code else {}),
     }
     env_lines = " \\\n    ".join(f"{k}={v}" for k, v in env.items())
     return f"""\
@@ -206,6 +209,7 @@ def image_spec_for(
     base_image: str = DEFAULT_BASE_IMAGE,
     source: str = "",
     extras: tuple[str, ...] = (),
+    trust_code: bool = False,
 ) -> ImageSpec:
     models = model_refs(repo)
     if not models:
@@ -227,6 +231,7 @@ def image_spec_for(
         ferry_from_source=ferry_source_root() is not None,
         source=source,
         more_extras=tuple(sorted(set(extras))),
+        trust_code=trust_code,
     )
 
 

@@ -74,6 +74,7 @@ class DeploySpec:
     cpu_target_percent: int = 70
     in_flight_target: int = 0  # 0: scale on CPU only
     scaling: Scaling = field(default_factory=Scaling)
+    trust_code: bool = False  # the operator's --trust-code: the pods import the bundles' Python classes
 
     def __post_init__(self) -> None:
         for what, value in (("name", self.name), ("namespace", self.namespace)):
@@ -120,6 +121,7 @@ class DeploySpec:
             "FERRY_WORKERS": str(self.workers),
             "FERRY_DRAIN_TIMEOUT": str(self.drain_timeout),
             "FERRY_LOG_LEVEL": self.log_level,
+            **({"FERRY_TRUST_CODE": "true"} if self.trust_code else {}),
         }
 
 

@@ -39,7 +39,11 @@ logger = logging.getLogger("ferry.http")
 
 def create_app(settings: Settings, registry: ModelRegistry | None = None) -> FerryApp:
     registry = registry or ModelRegistry(
-        settings.repo, trust_pickle=settings.trust_pickle, warmup=warm_up, original=settings.original_models
+        settings.repo,
+        trust_pickle=settings.trust_pickle,
+        warmup=warm_up,
+        original=settings.original_models,
+        trust_code=settings.trust_code,
     )
     metrics = Metrics.from_env()  # multiprocess mode when the CLI set PROMETHEUS_MULTIPROC_DIR for --workers
     tracing = None

@@ -7,13 +7,13 @@ import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from ferry.bundle.artifacts import describe, sniff
 from ferry.bundle.manifest import Manifest
-from ferry.errors import UntrustedPickle
+from ferry.errors import UntrustedCode, UntrustedPickle
 
 logger = logging.getLogger("ferry.runtime")
 
@@ -33,6 +33,8 @@ class Runtime(ABC):
     list of ``bytes`` for images.
     """
 
+    imports_code: ClassVar[bool] = False  # loading imports the bundle's own Python code (needs --trust-code)
+
     @classmethod
     @abstractmethod
     def load(cls, bundle_dir: Path, manifest: Manifest, trust_pickle: bool) -> Runtime: ...
@@ -41,30 +43,34 @@ class Runtime(ABC):
     def predict(self, batch: Any) -> Prediction: ...
 
 
-def require_trust(path: Path, manifest: Manifest, trust_pickle: bool, what: str = "") -> None:
-    """Refuse code, or a file only unpickling can read, unless it is trusted.
+def require_trust(path: Path, manifest: Manifest, trust_pickle: bool) -> None:
+    """Refuse a file only unpickling can read unless the server trusts pickles.
 
     What a file is comes from its content: anything that is not a skops file can only be unpickled,
-    whatever its name. Unpickling is trusted by the server alone (``--trust-pickle``); a bundle's own
-    ``trusted: true`` never counts, since whoever wrote the pickle could write that too. ``what`` names
-    another kind of code (a Python class), which the builder's ``--trusted`` vouches for as before.
+    whatever its name. Unpickling is trusted by the server alone (``--trust-pickle`` or ``--trust-code``);
+    a bundle's own ``trusted: true`` never counts, since whoever wrote the pickle could write that too.
     """
-    label = f"{manifest.name}:{manifest.version}"
-    if what:
-        if not (manifest.trusted or trust_pickle):
-            raise UntrustedPickle(
-                f"{label}: artifact '{path.name}' is {what}. Rebuild the bundle with --trusted, or start the "
-                "server with --trust-pickle, only if you trust where it came from."
-            )
-        return
     kind = sniff(path)
     if kind == "skops" or trust_pickle:
         return
     held = "a pickle" if kind == "pickle" else f"{describe(kind)}, not a skops file, so only unpickling could read it"
     raise UntrustedPickle(
-        f"{label}: artifact '{path.name}' is {held}, and unpickling runs arbitrary code. Start the server with "
-        "--trust-pickle only if you trust where it came from (the bundle's own `trusted: true` does not count)."
+        f"{manifest.name}:{manifest.version}: artifact '{path.name}' is {held}, and unpickling runs arbitrary code. "
+        "Start the server with --trust-pickle only if you trust where it came from (the bundle's own "
+        "`trusted: true` does not count)."
     )
+
+
+def require_code_trust(runtime: type[Runtime], manifest: Manifest, trust_code: bool) -> None:
+    """Refuse, before anything is imported, a runtime that imports the bundle's code, unless the server
+    trusts code (``--trust-code``). Like a pickle, the bundle's own ``trusted: true`` never counts."""
+    if runtime.imports_code and not trust_code:
+        entrypoint = manifest.options.get("entrypoint", "model.py:Model")
+        raise UntrustedCode(
+            f"{manifest.name}:{manifest.version}: its Python class ({entrypoint}) is code, and importing it runs "
+            "that code. Start the server with --trust-code only if you trust where the bundle came from (the "
+            "bundle's own `trusted: true` does not count)."
+        )
 
 
 def warn_version_drift(manifest: Manifest, library: str, installed: str) -> str | None:

@@ -15,11 +15,13 @@ import numpy as np
 from ferry.bundle.artifacts import artifact_file
 from ferry.bundle.manifest import Manifest
 from ferry.errors import BundleError
-from ferry.runtimes.base import Prediction, Runtime, require_trust
+from ferry.runtimes.base import Prediction, Runtime
 
 
 class PythonRuntime(Runtime):
     """Calls ``predict(X)``, or Seldon's ``predict(X, feature_names)`` / ``predict(X, feature_names, meta)``."""
+
+    imports_code = True  # load_bundle refuses it without the server's --trust-code
 
     def __init__(self, model: Any, manifest: Manifest) -> None:
         self.model = model
@@ -32,7 +34,6 @@ class PythonRuntime(Runtime):
         entrypoint = manifest.options.get("entrypoint", "model.py:Model")
         filename, _, class_name = entrypoint.partition(":")
         path = artifact_file(bundle_dir, manifest.artifacts, filename, "options.entrypoint")
-        require_trust(path, manifest, trust_pickle, what="Python code, and importing it runs that code")
         module_name = f"ferry_bundle_{manifest.name}_{manifest.version}".replace(".", "_").replace("-", "_")
         spec = importlib.util.spec_from_file_location(module_name, path)
         if spec is None or spec.loader is None:

@@ -79,9 +79,11 @@ class ModelRegistry:
         trust_pickle: bool = False,
         warmup: Callable[[ModelHandle], None] | None = None,
         original: bool = False,
+        trust_code: bool = False,
     ) -> None:
         self.repo = repo
         self.trust_pickle = trust_pickle
+        self.trust_code = trust_code  # the operator's --trust-code: import bundles' classes (and unpickle)
         self.original = original  # load original artifacts even where a compiled form exists
         self.warmup = warmup
         self.draining = False  # set on SIGTERM: readiness turns 503 while in-flight work finishes
@@ -114,7 +116,9 @@ class ModelRegistry:
         """Load one bundle; a failure marks it FAILED and is logged, never raised to the others."""
         handle.signature = signature(handle.path)
         try:
-            loaded = load_bundle(handle.path, trust_pickle=self.trust_pickle, original=self.original)
+            loaded = load_bundle(
+                handle.path, trust_pickle=self.trust_pickle, original=self.original, trust_code=self.trust_code
+            )
             handle.codec = InputCodec(loaded.manifest.input)
             handle.model, handle.warnings = loaded, loaded.warnings
             if self.warmup is not None:  # ready means loaded and warmed up, not merely loaded
