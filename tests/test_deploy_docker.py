@@ -344,3 +344,65 @@ def test_compose_serves_through_nginx_and_keeps_serving_while_a_replica_is_kille
         assert summary["status_counts"] == {"200": 240}, (summary["status_counts"], summary["errors"])
     finally:
         subprocess.run([*compose, "down", "--volumes", "--timeout", "5"], capture_output=True, timeout=120, check=False)
+
+
+CLASS_WITH_LIGHTGBM = """\
+from pathlib import Path
+
+import lightgbm
+
+from featurizer import features
+
+HERE = Path(__file__).parent
+
+
+class Stars:
+    def load(self):
+        self.booster = lightgbm.Booster(model_file=str(HERE / "stars.txt"))
+
+    def predict(self, X):
+        return self.booster.predict(features(X))
+"""
+
+
+def _class_bundle_repo(folder: Path, requirements: str | None) -> Path:
+    """A user's class that imports lightgbm and its own featurizer.py, built with the CLI."""
+    import lightgbm
+    import numpy as np
+
+    folder.mkdir()
+    (folder / "featurizer.py").write_text("import numpy as np\n\n\ndef features(X):\n    return np.asarray(X) * 2.0\n")
+    (folder / "stars.py").write_text(CLASS_WITH_LIGHTGBM)
+    x = np.array([[0.0], [1.0], [2.0], [3.0], [4.0], [5.0]] * 4)
+    model = lightgbm.LGBMRegressor(n_estimators=5, min_child_samples=1, verbose=-1).fit(x * 2.0, x[:, 0])
+    model.booster_.save_model(str(folder / "stars.txt"))
+    args = ["build", "stars.py:Stars", "--name", "stars", "--repo", "models", "--sample", "[[1.0]]"]
+    args += ["--include", "featurizer.py", "--include", "stars.txt"]
+    if requirements is not None:
+        (folder / "requirements.txt").write_text(requirements)
+        args += ["--requirements", "requirements.txt"]
+    built = subprocess.run([sys.executable, "-m", "ferry", *args], cwd=folder, capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    return folder / "models"
+
+
+def test_a_class_bundle_brings_its_requirements_and_a_missing_one_fails_the_build(
+    base_image: str, tmp_path: Path, containers: list[Container]
+) -> None:
+    repo = _class_bundle_repo(tmp_path / "with", "lightgbm\nnumpy\n")
+    build_image(repo, tmp_path / "ctx", "ferry-test/class:ci", include_models=True)
+    container = Container("ferry-test/class:ci", DeploySpec(image="ferry-test/class:ci"))
+    containers.append(container)
+    container.wait_ready()
+    answer = httpx.post(container.url + "/models/stars/predict", json=[[4.0]])
+    assert answer.status_code == 200 and answer.json()["predictions"][0] == pytest.approx(4.0, abs=1.0), answer.text
+
+    # Without its requirements the image must not build: the last step loads every bundle.
+    repo = _class_bundle_repo(tmp_path / "without", None)
+    spec = dockerfile.image_spec_for(repo, "ferry-test/class-broken:ci", include_models=True)
+    dockerfile.write_build_context(repo, tmp_path / "ctx-broken", spec)
+    result = docker(
+        "build", "--network", "host", "--tag", "ferry-test/class-broken:ci", str(tmp_path / "ctx-broken"), check=False
+    )
+    assert result.returncode != 0
+    assert "No module named 'lightgbm'" in result.stdout + result.stderr

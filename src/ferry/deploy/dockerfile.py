@@ -10,7 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ferry.bundle import MANIFEST_FILE, read_manifest, scan_repository
-from ferry.deploy.pins import RUNTIME_APT_PACKAGES, RUNTIME_EXTRAS, pin_if_installed, pinned_requirements
+from ferry.deploy.pins import (
+    RUNTIME_APT_PACKAGES,
+    RUNTIME_EXTRAS,
+    pin_if_installed,
+    pinned_requirements,
+    requirement_name,
+)
 from ferry.deploy.spec import (
     DEFAULT_BASE_IMAGE,
     GID,
@@ -59,7 +65,11 @@ class ImageSpec:
 
     @property
     def apt_packages(self) -> tuple[str, ...]:
-        return tuple(sorted({p for m in self.models for p in RUNTIME_APT_PACKAGES.get(m.runtime, ())}))
+        packages = {p for m in self.models for p in RUNTIME_APT_PACKAGES.get(m.runtime, ())}
+        # A class bundle that pip-installs a framework needs that framework's system libraries too.
+        wanted = {requirement_name(r) for m in self.models for r in m.requirements}
+        packages |= {p for runtime in wanted & set(RUNTIME_APT_PACKAGES) for p in RUNTIME_APT_PACKAGES[runtime]}
+        return tuple(sorted(packages))
 
 
 def model_refs(repo: Path) -> tuple[ModelRef, ...]:

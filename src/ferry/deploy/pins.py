@@ -70,3 +70,9 @@ def pin_if_installed(requirement: str) -> str:
         return f"{normalize(match.group(1))}=={metadata.version(match.group(1))}"
     except metadata.PackageNotFoundError:
         return requirement
+
+
+def requirement_name(requirement: str) -> str:
+    """The normalized package name of a requirement line (``LightGBM>=4`` -> ``lightgbm``)."""
+    match = _REQUIREMENT.match(requirement)
+    return normalize(match.group(1)) if match else ""
