@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -442,3 +443,72 @@ def test_an_instance_with_state_is_refused_not_rebuilt_without_it(tmp_path: Path
         sys.path.remove(str(tmp_path))
         sys.modules.pop("scale", None)
     assert not (tmp_path / "models" / "scale").exists()
+
+
+# -- MLflow model folders --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def mlflow_folders(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folders written by mlflow itself: the sklearn flavor in each format, and the lightgbm flavor."""
+    mlflow_sklearn = pytest.importorskip("mlflow.sklearn", reason="mlflow is a test extra (pip install mlflow-skinny)")
+    import mlflow.lightgbm
+    from mlflow.models import infer_signature
+
+    folder = tmp_path_factory.mktemp("mlflow")
+    with warnings.catch_warnings():  # mlflow warns about pickle formats, and about its own environment
+        warnings.simplefilter("ignore")
+        _save_mlflow_models(folder, mlflow_sklearn, mlflow.lightgbm, infer_signature)
+    return folder
+
+
+def _save_mlflow_models(folder: Path, mlflow_sklearn: Any, mlflow_lightgbm: Any, infer_signature: Any) -> None:
+    import lightgbm
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    iris = load_iris(as_frame=True)
+    x = iris.data.rename(columns=lambda c: c.replace(" (cm)", "").replace(" ", "_"))
+    classifier = LogisticRegression(max_iter=500).fit(x, iris.target)
+    for fmt in ("skops", "pickle", "cloudpickle"):
+        signature = infer_signature(x, classifier.predict(x))
+        mlflow_sklearn.save_model(classifier, str(folder / fmt), serialization_format=fmt, signature=signature)
+    regressor = lightgbm.LGBMRegressor(n_estimators=10, verbose=-1).fit(x, iris.target.astype(float))
+    mlflow_lightgbm.save_model(regressor, str(folder / "lightgbm"), signature=infer_signature(x, regressor.predict(x)))
+
+
+SETOSA = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+
+
+@pytest.mark.timeout(900)  # importing mlflow and writing four folders is slow on a busy box
+@pytest.mark.parametrize("flavor", ["skops", "pickle", "cloudpickle", "lightgbm"])
+def test_an_mlflow_folder_builds_with_its_signature_as_schema(
+    mlflow_folders: Path, tmp_path: Path, flavor: str, serve: Callable[..., ServerProcess]
+) -> None:
+    import json
+
+    repo = tmp_path / "models"
+    args = [
+        "build",
+        str(mlflow_folders / flavor),
+        "--name",
+        "flowers",
+        "--repo",
+        str(repo),
+        "--sample",
+        json.dumps(SETOSA),
+    ]
+    if flavor in ("pickle", "cloudpickle"):
+        assert "unpickling runs arbitrary code" in one_line_error(ferry(*args))  # the builder's trust, as ever
+        args.append("--trusted")
+    if flavor != "lightgbm":
+        args += ["--labels", IRIS_LABELS, "--expect", "setosa"]
+    built = ferry(*args)
+    assert built.returncode == 0, built.stderr
+    manifest = yaml.safe_load((repo / "flowers" / "1" / "ferry.yaml").read_text())
+    assert [f["name"] for f in manifest["input"]["features"]] == list(SETOSA)  # from the MLmodel signature
+    assert not [a for a in manifest["artifacts"] if a.endswith(".pkl")], "the pickle is rebuilt as skops"
+    server = serve(str(repo), "--grpc-port", "0")
+    answer = httpx.post(server.url + "/models/flowers/predict", json=SETOSA).json()
+    if flavor == "lightgbm":
+        assert answer["prediction"] == pytest.approx(0.0, abs=0.5)
+    else:
+        assert answer == {"prediction": "setosa", "probabilities": answer["probabilities"]}

@@ -31,7 +31,7 @@ def run_block(name: str, folder: Path) -> None:
 
 
 def test_every_story_has_a_block() -> None:
-    assert set(blocks()) == {"iris", "diabetes", "seldon", "reviews"}
+    assert set(blocks()) == {"iris", "diabetes", "seldon", "reviews", "mlflow"}
 
 
 def test_two_pickles_and_the_old_routes(tmp_path: Path, serve: Callable[..., ServerProcess]) -> None:
@@ -73,3 +73,24 @@ def test_the_first_python_example_builds(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     manifest = (tmp_path / "models" / "flowers" / "1" / "ferry.yaml").read_text()
     assert "- setosa" in manifest
+
+
+@pytest.mark.timeout(600)  # importing mlflow is slow on a busy box
+def test_an_mlflow_folder(tmp_path: Path, serve: Callable[..., ServerProcess]) -> None:
+    import warnings
+
+    mlflow_sklearn = pytest.importorskip("mlflow.sklearn", reason="mlflow is a test extra (pip install mlflow-skinny)")
+    from mlflow.models import infer_signature
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    iris = load_iris(as_frame=True)
+    x = iris.data.rename(columns=lambda c: c.replace(" (cm)", "").replace(" ", "_"))
+    classifier = LogisticRegression(max_iter=500).fit(x, iris.target)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # mlflow warns about the (default) cloudpickle format
+        mlflow_sklearn.save_model(classifier, str(tmp_path / "model"), signature=infer_signature(x, iris.target))
+    run_block("mlflow", tmp_path)
+    server = serve(str(tmp_path / "models"), "--grpc-port", "0")
+    setosa = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+    assert httpx.post(server.url + "/models/flowers/predict", json=setosa).json()["prediction"] == "setosa"

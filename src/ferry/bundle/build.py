@@ -28,6 +28,7 @@ from ferry.bundle.manifest import (
     parse_route,
     write_manifest,
 )
+from ferry.bundle.mlflow import is_mlflow_folder, read_mlflow
 from ferry.bundle.repository import next_version
 from ferry.errors import FerryError, ManifestError
 
@@ -199,6 +200,12 @@ Inferred = tuple[str, dict[str, Any] | None, dict[str, Any], list[str] | None]
 
 def _write_artifacts(model: Any, staging: Path, options: dict[str, Any], trusted: bool) -> Inferred:
     """Save ``model`` in its safest format and infer what the manifest can from it."""
+    if isinstance(model, list | tuple) and len(model) == 1 and isinstance(model[0], str | Path):
+        model = model[0]
+    if isinstance(model, str | Path) and is_mlflow_folder(Path(model)):
+        fitted, signature_schema = read_mlflow(Path(model), trusted)
+        runtime, inferred, output, labels = _write_artifacts(fitted, staging, options, trusted)
+        return runtime, signature_schema or inferred, output, labels
     if isinstance(model, list | tuple) and all(isinstance(m, str | Path) for m in model):
         if len(model) == 1:
             return _from_file(Path(model[0]), staging, options, trusted)
