@@ -34,7 +34,7 @@ payloads = (
 
 @pytest.fixture(scope="module")
 def handles(example_repo: Path) -> dict[str, ModelHandle]:
-    registry = ModelRegistry(example_repo)
+    registry = ModelRegistry(example_repo, trust_code=True)  # Ferry's own examples: the `score` class too
     registry.load_all()
     return {name: registry.get(name) for name in registry.models}
 

@@ -167,3 +167,18 @@ def test_containerize_compose_and_k8s_carry_the_operators_trust_code(
     services = yaml.safe_load((tmp_path / "c" / "docker-compose.yml").read_text())["services"]
     environments = [s.get("environment", {}) for s in services.values() if "nginx" not in str(s.get("image"))]
     assert environments and all(env.get("FERRY_TRUST_CODE") == ("true" if trust else None) for env in environments)
+
+
+def test_demo_trusts_the_code_of_ferrys_own_examples(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``ferry demo`` serves the examples it built itself, `score` class included, so it passes --trust-code."""
+    from typer.testing import CliRunner
+
+    import ferry.cli.main as cli
+    import ferry.examples
+
+    served: list[Settings] = []
+    monkeypatch.setattr(ferry.examples, "build_examples", lambda repo, names=None: [])
+    monkeypatch.setattr(cli, "_serve", served.append)
+    result = CliRunner().invoke(cli.app, ["demo", "--cache", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert [s.trust_code for s in served] == [True] and not served[0].trust_pickle
