@@ -70,8 +70,8 @@ def base_image() -> str:
     return DEFAULT_BASE_IMAGE
 
 
-def build_image(repo: Path, context: Path, tag: str, include_models: bool) -> None:
-    spec = dockerfile.image_spec_for(repo, tag, include_models=include_models)
+def build_image(repo: Path, context: Path, tag: str, include_models: bool, trust_code: bool = False) -> None:
+    spec = dockerfile.image_spec_for(repo, tag, include_models=include_models, trust_code=trust_code)
     dockerfile.write_build_context(repo, context, spec)
     # Host networking for the build only: pip needs the index, and the sandbox's bridge has no NAT.
     docker("build", "--network", "host", "--tag", tag, str(context))
@@ -98,13 +98,14 @@ def drain_repo(example_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 @pytest.fixture(scope="session")
 def model_image(base_image: str, drain_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
-    build_image(drain_repo, tmp_path_factory.mktemp("ctx"), IMAGE, include_models=True)
+    # Ferry's own classes (the `score` example, the slow model): the operator trusts them, so the image does.
+    build_image(drain_repo, tmp_path_factory.mktemp("ctx"), IMAGE, include_models=True, trust_code=True)
     return IMAGE
 
 
 @pytest.fixture(scope="session")
 def load_image(base_image: str, example_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
-    build_image(example_repo, tmp_path_factory.mktemp("ctx-load"), LOAD_IMAGE, include_models=False)
+    build_image(example_repo, tmp_path_factory.mktemp("ctx-load"), LOAD_IMAGE, include_models=False, trust_code=True)
     return LOAD_IMAGE
 
 
@@ -389,9 +390,10 @@ def _class_bundle_repo(folder: Path, requirements: str | None) -> Path:
 def test_a_class_bundle_brings_its_requirements_and_a_missing_one_fails_the_build(
     base_image: str, tmp_path: Path, containers: list[Container]
 ) -> None:
+    # The operator trusts the class (containerize --trust-code): the build's verify imports it, the image serves it.
     repo = _class_bundle_repo(tmp_path / "with", "lightgbm\nnumpy\n")
-    build_image(repo, tmp_path / "ctx", "ferry-test/class:ci", include_models=True)
-    container = Container("ferry-test/class:ci", DeploySpec(image="ferry-test/class:ci"))
+    build_image(repo, tmp_path / "ctx", "ferry-test/class:ci", include_models=True, trust_code=True)
+    container = Container("ferry-test/class:ci", DeploySpec(image="ferry-test/class:ci", trust_code=True))
     containers.append(container)
     container.wait_ready()
     answer = httpx.post(container.url + "/models/stars/predict", json=[[4.0]])
@@ -399,7 +401,7 @@ def test_a_class_bundle_brings_its_requirements_and_a_missing_one_fails_the_buil
 
     # Without its requirements the image must not build: the last step loads every bundle.
     repo = _class_bundle_repo(tmp_path / "without", None)
-    spec = dockerfile.image_spec_for(repo, "ferry-test/class-broken:ci", include_models=True)
+    spec = dockerfile.image_spec_for(repo, "ferry-test/class-broken:ci", include_models=True, trust_code=True)
     dockerfile.write_build_context(repo, tmp_path / "ctx-broken", spec)
     result = docker(
         "build", "--network", "host", "--tag", "ferry-test/class-broken:ci", str(tmp_path / "ctx-broken"), check=False
