@@ -512,3 +512,38 @@ def test_an_mlflow_folder_builds_with_its_signature_as_schema(
         assert answer["prediction"] == pytest.approx(0.0, abs=0.5)
     else:
         assert answer == {"prediction": "setosa", "probabilities": answer["probabilities"]}
+
+
+@pytest.mark.timeout(900)
+def test_mlflow_clients_keep_their_scoring_protocol(
+    mlflow_folders: Path, tmp_path: Path, serve: Callable[..., ServerProcess]
+) -> None:
+    repo = tmp_path / "models"
+    built = ferry(
+        "build", str(mlflow_folders / "skops"), "--name", "flowers", "--repo", str(repo), "--labels", IRIS_LABELS
+    )
+    assert built.returncode == 0, built.stderr
+    server = serve(str(repo), "--grpc-port", "0")
+    virginica = {"sepal_length": 6.9, "sepal_width": 3.1, "petal_length": 5.4, "petal_width": 2.1}
+    columns = list(reversed(SETOSA))  # another column order than the signature's: matched by name
+    bodies = [
+        {
+            "dataframe_split": {
+                "columns": columns,
+                "data": [[SETOSA[c] for c in columns], [virginica[c] for c in columns]],
+            }
+        },
+        {"dataframe_records": [SETOSA, virginica]},
+        {"instances": [SETOSA, virginica]},
+        {"inputs": {c: [SETOSA[c], virginica[c]] for c in columns}},
+        {"inputs": [list(SETOSA.values()), list(virginica.values())]},
+    ]
+    for path in ("/invocations", "/models/flowers/invocations"):
+        for body in bodies:
+            answer = httpx.post(server.url + path, json=body)
+            assert answer.json() == {"predictions": ["setosa", "virginica"]}, (path, body, answer.text)
+    assert httpx.get(server.url + "/ping").status_code == 200
+    bad = httpx.post(server.url + "/invocations", json={"dataframe_split": {"columns": ["a"], "data": [[1]]}})
+    assert bad.status_code == 400 and "missing feature 'sepal_length'" in bad.json()["error"]
+    both = httpx.post(server.url + "/invocations", json={"instances": [SETOSA], "inputs": [SETOSA]})
+    assert both.status_code == 400 and "expected exactly one of" in both.json()["error"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -94,3 +95,11 @@ def test_an_mlflow_folder(tmp_path: Path, serve: Callable[..., ServerProcess]) -
     server = serve(str(tmp_path / "models"), "--grpc-port", "0")
     setosa = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
     assert httpx.post(server.url + "/models/flowers/predict", json=setosa).json()["prediction"] == "setosa"
+    # the README's MLflow client call, against this server
+    found = re.search(
+        r"```bash\n(curl -s -X POST localhost:8000/invocations.*?)\n# (.*?)\n```", README.read_text(), re.S
+    )
+    assert found is not None
+    command = found.group(1).replace("localhost:8000", server.url)
+    done = subprocess.run(["bash", "-e", "-c", command], capture_output=True, text=True)
+    assert json.loads(done.stdout) == json.loads(found.group(2)), done.stdout + done.stderr

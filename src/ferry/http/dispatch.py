@@ -105,8 +105,11 @@ class PredictRoutes:
                 post[f"/v2/models/{prefix}/infer"] = Target(CODECS["v2"], name, version)
                 get[f"/models/{prefix}/predict/test"] = Target(CODECS["sample"], name, version)
             post[f"/v1/models/{name}:predict"] = Target(CODECS["kserve"], name)
+            post[f"/models/{name}/invocations"] = Target(CODECS["mlflow"], name)
             for seldon_version in SELDON_VERSIONS:
                 post[f"/seldon/{name}/api/{seldon_version}/predictions"] = Target(CODECS["seldon"], name)
+        if len(names) == 1:  # as `mlflow models serve` does for its one model
+            post["/invocations"] = Target(CODECS["mlflow"], names[0])
         for seldon_version in SELDON_VERSIONS:
             post[f"/api/{seldon_version}/predictions"] = _unnamed(names, f"/api/{seldon_version}/predictions")
         for name, spec in compat.declared(self.registry):

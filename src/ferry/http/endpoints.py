@@ -37,6 +37,7 @@ class ModelEndpoints:
         routes = [
             Route("/health", self.health, methods=["GET"]),
             Route("/ready", self.ready, methods=["GET"]),
+            Route("/ping", self.ready, methods=["GET"]),  # MLflow's readiness probe (`mlflow models serve`)
             Route("/models", self.models, methods=["GET"]),
             Route("/metrics", self.metrics_text, methods=["GET"]),
         ]

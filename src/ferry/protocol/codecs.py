@@ -16,7 +16,7 @@ import orjson
 
 from ferry.bundle.manifest import CompatRoute
 from ferry.errors import FerryError, InvalidInput
-from ferry.protocol import kserve, seldon, v2, v2_rest
+from ferry.protocol import kserve, mlflow, seldon, v2, v2_rest
 from ferry.protocol.native import decode_native, encode_native, parse_json
 from ferry.runtimes import Prediction
 from ferry.serving.registry import ModelHandle
@@ -148,6 +148,19 @@ class SeldonCodec(HttpCodec):
         return json_answer(seldon.encode_response(request, prediction, handle.model.manifest.labels))
 
 
+class MlflowCodec(HttpCodec):
+    """MLflow's scoring protocol: ``dataframe_split``, ``dataframe_records``, ``instances`` or ``inputs``."""
+
+    protocol, route = "mlflow", "mlflow:invocations"
+
+    def decode(self, message: HttpMessage, handle: ModelHandle) -> tuple[Any, Any]:
+        assert handle.codec is not None
+        return mlflow.decode_request(parse_json(message.body), handle.codec), None
+
+    def encode(self, prediction: Prediction, handle: ModelHandle, context: Any) -> Answer:
+        return json_answer(mlflow.encode_response(prediction))
+
+
 class CompatCodec(HttpCodec):
     """A compatibility route: native JSON reshaped as the hand-written API it replaces declared.
 
@@ -216,4 +229,5 @@ CODECS: dict[str, HttpCodec] = {
     "v2": V2RestCodec(),
     "kserve": KServeCodec(),
     "seldon": SeldonCodec(),
+    "mlflow": MlflowCodec(),
 }
