@@ -5,7 +5,7 @@
 #
 # Builds the examples (`ferry examples build DIR` and `ferry examples build DIR --images`) into one
 # repository, then serves it two ways, one at a time, each as ONE worker pinned to CPU 1:
-#   ferry  : ferry serve DIR --port 18750 --grpc-port 0 --no-access-log --log-level warning
+#   ferry  : ferry serve DIR --port 18750 --grpc-port 0 --no-access-log --log-level warning --trust-code
 #   flask  : gunicorn -w 1 -k sync bench/flask_examples/app.py (as the harness's flask-gunicorn peer),
 #            loading the same artifacts with skops / lightgbm / onnxruntime + Pillow by hand
 # Before any timing both servers answer each sample and the predictions are compared (printed).
@@ -110,8 +110,9 @@ start() { # name port -> pid in STARTED
   local name=$1 port=$2
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then die "port $port is already in use"; fi
   case $name in
+    # --trust-code: the examples' `score` identity class is Ferry's own code.
     ferry) setsid taskset -c "$SERVER_CPU" "$FERRY" serve "$REPO" --port "$port" --grpc-port 0 \
-             --no-access-log --log-level warning >>"$OUT/logs/ferry.log" 2>&1 </dev/null & ;;
+             --no-access-log --log-level warning --trust-code >>"$OUT/logs/ferry.log" 2>&1 </dev/null & ;;
     flask) EXAMPLES_DIR="$REPO" setsid taskset -c "$SERVER_CPU" "$VENV/bin/gunicorn" -w 1 -k sync \
              -b "127.0.0.1:$port" --pythonpath "$ROOT/bench/flask_examples" app:app \
              >>"$OUT/logs/flask.log" 2>&1 </dev/null & ;;
