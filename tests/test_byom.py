@@ -264,7 +264,7 @@ def test_serve_refuses_a_path_that_is_no_repository(talk_files: Path, tmp_path: 
 
 
 def test_usage_errors_exit_2_on_one_line() -> None:
-    assert "Missing option '--name'" in one_line_error(ferry("build", "x.pkl"), code=2)
+    assert "--name: a model needs a name" in one_line_error(ferry("build", "x.pkl"), code=2)
     assert "No such option: --bogus" in one_line_error(ferry("serve", ".", "--bogus"), code=2)
     assert "not an SLA condition" in one_line_error(
         ferry("loadtest", "http://127.0.0.1:9", "--rate", "1", "--sla", "p50<1us"), code=2
@@ -547,3 +547,72 @@ def test_mlflow_clients_keep_their_scoring_protocol(
     assert bad.status_code == 400 and "missing feature 'sepal_length'" in bad.json()["error"]
     both = httpx.post(server.url + "/invocations", json={"instances": [SETOSA], "inputs": [SETOSA]})
     assert both.status_code == 400 and "expected exactly one of" in both.json()["error"]
+
+
+# -- MLServer repositories ------------------------------------------------------------------------------------
+def write_mlserver_repository(folder: Path) -> Path:
+    """Two MLServer model folders, as MLServer users write them: a joblib scikit-learn model and a LightGBM booster."""
+    import json
+
+    import lightgbm
+    import numpy as np
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    iris = load_iris()
+    (folder / "iris").mkdir(parents=True)
+    joblib.dump(LogisticRegression(max_iter=500).fit(iris.data, iris.target), folder / "iris" / "model.joblib")
+    settings = {
+        "name": "iris",
+        "implementation": "mlserver_sklearn.SKLearnModel",
+        "parameters": {"uri": "./model.joblib", "version": "v0.1.0"},
+    }
+    (folder / "iris" / "model-settings.json").write_text(json.dumps(settings))
+    (folder / "petals").mkdir()
+    x = iris.data[:, [2]]
+    booster = lightgbm.train({"verbose": -1, "min_data_in_leaf": 1}, lightgbm.Dataset(x, x[:, 0] * 2.0), 10)
+    booster.save_model(str(folder / "petals" / "model.bst"))
+    settings = {"name": "petals", "implementation": "mlserver_lightgbm.LightGBMModel", "parameters": {"version": "2"}}
+    (folder / "petals" / "model-settings.json").write_text(json.dumps(settings))
+    assert np.isfinite(booster.predict(x)).all()
+    return folder
+
+
+def test_an_mlserver_repository_is_served_as_it_is_on_v2_rest_and_grpc(
+    tmp_path: Path, serve: Callable[..., ServerProcess]
+) -> None:
+    import grpc
+    from tests.conftest import free_port
+
+    from ferry.grpc import inference_pb2, inference_pb2_grpc
+
+    source = write_mlserver_repository(tmp_path / "mlserver")
+    refused = ferry("serve", str(source), "--grpc-port", "0", "--port", str(free_port()))
+    assert "model.joblib is a pickle" in one_line_error(refused) and "--trust-pickle" in refused.stderr
+    grpc_port = free_port()
+    server = serve(str(source), "--trust-pickle", "--grpc-port", str(grpc_port))
+    body = {"inputs": [{"name": "input-0", "datatype": "FP64", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]}
+    answer = httpx.post(server.url + "/v2/models/iris/versions/v0.1.0/infer", json=body)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["model_version"] == "v0.1.0" and answer.json()["outputs"][0]["data"] == ["0"]
+    petals = {"inputs": [{"name": "x", "datatype": "FP64", "shape": [1, 1], "data": [1.4]}]}
+    answer = httpx.post(server.url + "/v2/models/petals/versions/2/infer", json=petals)
+    import lightgbm
+
+    expected = lightgbm.Booster(model_file=str(source / "petals" / "model.bst")).predict([[1.4]])[0]
+    assert answer.status_code == 200 and answer.json()["outputs"][0]["data"][0] == pytest.approx(expected, rel=1e-9)
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+        tensor = inference_pb2.ModelInferRequest.InferInputTensor(name="x", datatype="FP64", shape=[1, 1])
+        tensor.contents.fp64_contents.extend([1.4])
+        request = inference_pb2.ModelInferRequest(model_name="petals", model_version="2", inputs=[tensor])
+        reply = stub.ModelInfer(request, timeout=30)
+        assert reply.model_version == "2"
+
+
+def test_an_mlserver_repository_converts_into_bundles(tmp_path: Path) -> None:
+    source = write_mlserver_repository(tmp_path / "mlserver")
+    built = ferry("build", str(source), "--repo", str(tmp_path / "models"), "--trusted")
+    assert built.returncode == 0, built.stderr
+    assert (tmp_path / "models" / "iris" / "v0.1.0" / "ferry.yaml").is_file()
+    assert (tmp_path / "models" / "petals" / "2" / "ferry.yaml").is_file()

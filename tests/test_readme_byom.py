@@ -14,7 +14,7 @@ import httpx
 import joblib
 import pytest
 from tests.conftest import ServerProcess
-from tests.test_byom import write_reviews_files, write_talk_files
+from tests.test_byom import write_mlserver_repository, write_reviews_files, write_talk_files
 
 README = Path(__file__).parent.parent / "README.md"
 
@@ -32,7 +32,7 @@ def run_block(name: str, folder: Path) -> None:
 
 
 def test_every_story_has_a_block() -> None:
-    assert set(blocks()) == {"iris", "diabetes", "seldon", "reviews", "mlflow"}
+    assert set(blocks()) == {"iris", "diabetes", "seldon", "reviews", "mlflow", "mlserver"}
 
 
 def test_two_pickles_and_the_old_routes(tmp_path: Path, serve: Callable[..., ServerProcess]) -> None:
@@ -103,3 +103,10 @@ def test_an_mlflow_folder(tmp_path: Path, serve: Callable[..., ServerProcess]) -
     command = found.group(1).replace("localhost:8000", server.url)
     done = subprocess.run(["bash", "-e", "-c", command], capture_output=True, text=True)
     assert json.loads(done.stdout) == json.loads(found.group(2)), done.stdout + done.stderr
+
+
+def test_an_mlserver_repository(tmp_path: Path) -> None:
+    write_mlserver_repository(tmp_path / "mlserver-models")
+    run_block("mlserver", tmp_path)
+    assert (tmp_path / "models" / "iris" / "v0.1.0" / "ferry.yaml").is_file()
+    assert (tmp_path / "models" / "petals" / "2" / "ferry.yaml").is_file()

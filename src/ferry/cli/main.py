@@ -54,7 +54,7 @@ def build_command(
             "pipeline. Or module.py:Class."
         ),
     ],
-    name: Annotated[str, typer.Option(help="Model name.")],
+    name: Annotated[str | None, typer.Option(help="Model name (an MLServer repository names its own).")] = None,
     repo: Annotated[Path, typer.Option(help="Model repository folder.")] = Path("models"),
     version: Annotated[str | None, typer.Option(help="Version (default: next integer).")] = None,
     features: Annotated[str | None, typer.Option(help="Comma-separated feature names, in column order.")] = None,
@@ -80,6 +80,14 @@ def build_command(
     ] = None,
 ) -> None:
     """Bundle a model into REPO/NAME/VERSION with a manifest and artifact hashes."""
+    from ferry.bundle.mlserver import is_mlserver_repository
+
+    if len(model) == 1 and is_mlserver_repository(Path(model[0])):
+        for path in _run(lambda: _convert_mlserver(Path(model[0]), repo, trusted)):
+            console.print(f"[green]built[/green] {path}")
+        return
+    if name is None:
+        raise typer.BadParameter("a model needs a name", param_hint="--name")
     target: Any = model
     if len(model) == 1 and ".py:" in model[0]:
         target = _run(lambda: _import_class(model[0]))
@@ -106,6 +114,16 @@ def build_command(
     compiled = read_manifest(path).metadata.get("compiled")
     if compiled:  # whether it serves without its framework, and if not, why
         console.print(f"compiled form: {compiled}")
+
+
+def _convert_mlserver(source: Path, repo: Path, trusted: bool) -> list[Path]:
+    """Every model folder of an MLServer repository, built as a hashed bundle of the same name and version."""
+    from ferry.bundle.mlserver import mlserver_models
+
+    return [
+        ferry.build(file, name, repo, version=version, trusted=trusted)
+        for name, version, file in mlserver_models(source)
+    ]
 
 
 def _json_option(text: str, option: str) -> Any:
@@ -256,7 +274,7 @@ def _serve(settings: Settings) -> None:
     import logging.config
 
     from ferry.cli.errors import fail
-    from ferry.cli.serve import check_startup, repository_problem, run_server
+    from ferry.cli.serve import check_startup, repository_problem, run_server, serve_mlserver_repository
     from ferry.observability.logs import LOG_FORMATS, logging_config
 
     if settings.log_format not in LOG_FORMATS:
@@ -269,6 +287,10 @@ def _serve(settings: Settings) -> None:
         from ferry.routing.spec import load_routes
 
         _run(lambda: load_routes(settings.routes))  # a bad routes file: the rule and field, not a traceback
+    from ferry.bundle.mlserver import is_mlserver_repository
+
+    if settings.repo.is_dir() and is_mlserver_repository(settings.repo) and not settings.model_uri:
+        settings = _run(lambda: serve_mlserver_repository(settings))
     problem = repository_problem(settings)  # a typo'd or empty path: named, with what a repository looks like
     if problem:
         fail(problem)

@@ -35,6 +35,10 @@ def repository_problem(settings: Settings) -> str | None:
         return (
             f"{repo} is one bundle (a model version), not a repository: serve it with ferry serve {repo.parent.parent}"
         )
+    from ferry.bundle.mlserver import is_mlserver_repository
+
+    if is_mlserver_repository(repo) and not scan_repository(repo):
+        return f"{repo} is an MLServer repository: converted into bundles when served"  # the typer path does it
     if any((child / MANIFEST_FILE).is_file() for child in repo.iterdir() if child.is_dir()):
         return f"{repo} holds the versions of one model, not a repository: serve it with ferry serve {repo.parent}"
     if scan_repository(repo) or settings.watch or settings.admin:
@@ -49,6 +53,33 @@ def check_startup(settings: Settings) -> None:
 
     TokenAuth.from_settings(settings.auth_tokens, settings.auth_tokens_file)  # never run open by mistake
     check_ports(settings)
+
+
+def serve_mlserver_repository(settings: Settings) -> Settings:
+    """An MLServer repository, served as it is: its models built into hashed bundles in a private folder.
+
+    Pickles load only with the operator's ``--trust-pickle``, as in any Ferry repository.
+    """
+    import dataclasses
+    import tempfile
+    from pathlib import Path
+
+    from ferry.bundle.build import build
+    from ferry.bundle.mlserver import mlserver_models
+    from ferry.errors import ManifestError
+
+    target = Path(tempfile.mkdtemp(prefix="ferry-mlserver-"))
+    for name, version, file in mlserver_models(settings.repo):
+        try:
+            build(file, name, target, version=version, trusted=settings.trust_pickle)
+        except ManifestError as exc:
+            if "unpickling" not in exc.message:
+                raise
+            raise ManifestError(
+                f"{name}: {file.name} is a pickle, and unpickling runs arbitrary code; "
+                "serve with --trust-pickle only if you trust where it came from"
+            ) from None
+    return dataclasses.replace(settings, repo=target)
 
 
 def run_server(settings: Settings, log_config: dict[str, Any] | None = None) -> None:
