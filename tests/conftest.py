@@ -45,7 +45,8 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             # Ports are exclusive: gRPC and the probe port are off unless a test asks for them. The repositories
             # served here hold Ferry's own classes (the `score` example, test models), which the test, as the
-            # operator, trusts like `ferry demo` does; tests/test_trust_code.py checks the default (off).
+            # operator, trusts like `ferry demo` does; --trust-code allows pickles too, so a test of a refusal
+            # passes env={"FERRY_TRUST_CODE": "0"}. tests/test_trust_code.py checks the default (off).
             env={"FERRY_GRPC_PORT": "0", "FERRY_PROBE_PORT": "0", "FERRY_TRUST_CODE": "1", **os.environ, **(env or {})},
         )
         self.wait(ready=wait_ready)

@@ -171,7 +171,8 @@ def test_serving_refuses_a_disguised_pickle_and_serves_a_trusted_one(serve: Any,
     repo = tmp_path / "repo"
     bundle = ferry.build(_classifier(), "evil", repo)
     _add_artifact(bundle, "model.bin", _payload(marker, "joblib"), trusted=True)
-    server = serve(str(repo), wait_ready=False)
+    untrusting = {"FERRY_TRUST_CODE": "0"}  # the test servers trust Ferry's own classes; this one trusts nothing
+    server = serve(str(repo), wait_ready=False, env=untrusting)
     evil = _wait_loaded(server.url)["evil"]
     assert evil["state"] == "FAILED" and "artifact 'model.bin' is a pickle" in evil["error"]
     assert not marker.exists()
@@ -192,7 +193,7 @@ def test_serving_refuses_a_disguised_pickle_and_serves_a_trusted_one(serve: Any,
     ]
     built = subprocess.run([sys.executable, "-m", "ferry", *build], capture_output=True, text=True, check=False)
     assert built.returncode == 0, built.stderr
-    refused = serve(str(tmp_path / "mine"), wait_ready=False)
+    refused = serve(str(tmp_path / "mine"), wait_ready=False, env=untrusting)
     assert _wait_loaded(refused.url)["lin"]["state"] == "FAILED"
     trusted = serve(str(tmp_path / "mine"), "--trust-pickle")
     assert httpx.post(trusted.url + "/models/lin/predict", json={"x": 1.0}).json() == {"prediction": pytest.approx(2.0)}
@@ -236,7 +237,7 @@ def test_a_python_entrypoint_must_be_listed(tmp_path: Path) -> None:
     (bundle / "extra.py").write_text(f"open({str(marker)!r}, 'w')\nclass Doubler:\n    pass\n")
     _edit_manifest(bundle, options={"entrypoint": "extra.py:Doubler"})
     with pytest.raises(IntegrityError, match=r"options.entrypoint 'extra.py' is not listed"):
-        load_bundle(bundle)
+        load_bundle(bundle, trust_code=True)  # even a server that trusts code imports only listed files
     assert not marker.exists()
 
 
