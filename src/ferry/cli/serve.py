@@ -60,7 +60,9 @@ def serve_mlserver_repository(settings: Settings) -> Settings:
 
     Pickles load only with the operator's ``--trust-pickle``, as in any Ferry repository.
     """
+    import atexit
     import dataclasses
+    import shutil
     import tempfile
     from pathlib import Path
 
@@ -69,6 +71,7 @@ def serve_mlserver_repository(settings: Settings) -> Settings:
     from ferry.errors import ManifestError
 
     target = Path(tempfile.mkdtemp(prefix="ferry-mlserver-"))
+    atexit.register(shutil.rmtree, target, True)  # the server (and its workers) is done with it at exit
     for name, version, file in mlserver_models(settings.repo):
         try:
             build(file, name, target, version=version, trusted=settings.trust_pickle)
