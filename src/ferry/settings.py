@@ -62,6 +62,14 @@ class Settings:
     )
     console: bool = _setting(True, "Serve the web console at / and live stats at /stats.")
     routes: str = _setting("", "Routes file (routes.yaml): route requests between the models by header, query or body.")
+    max_memory: str = _setting(
+        "",
+        "Memory budget for loaded models, like 1GiB or 512MiB: the index is verified at start, models load on "
+        "demand and the least recently used are unloaded past it (empty: load every model at start).",
+    )
+    preload: bool = _setting(
+        True, "With --max-memory: load models at start while they fit (--no-preload: each on its first request)."
+    )
 
     def to_env(self) -> dict[str, str]:
         """The settings as FERRY_* variables, so worker processes rebuild exactly these."""

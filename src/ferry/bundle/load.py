@@ -23,6 +23,27 @@ class LoadedModel:
     warnings: list[str] = field(default_factory=list)
 
 
+MODEL_OVERHEAD_BYTES = 64 * 1024  # the Python objects around a loaded model: runtime, codec, batcher
+
+
+def verify_bundle(bundle_dir: Path, original: bool = False) -> int:
+    """Check a bundle without loading it (manifest read, every artifact's SHA-256); its estimated loaded bytes.
+
+    The estimate is the size of the files its runtime opens (the compiled ``.npy`` arrays where
+    there is a compiled form, else every artifact) plus a fixed overhead per model.
+    """
+    manifest = read_manifest(bundle_dir)
+    verify_artifacts(bundle_dir, manifest.artifacts)
+    return loaded_bytes(bundle_dir, manifest, original)
+
+
+def loaded_bytes(bundle_dir: Path, manifest: Manifest, original: bool = False) -> int:
+    names = list(manifest.artifacts)
+    if manifest.options.get("compiled") and not original:
+        names = [n for n in names if n.endswith(".npy")]
+    return MODEL_OVERHEAD_BYTES + sum((bundle_dir / n).stat().st_size for n in names)
+
+
 def load_bundle(
     bundle_dir: Path, trust_pickle: bool = False, original: bool = False, trust_code: bool = False
 ) -> LoadedModel:

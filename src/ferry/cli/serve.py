@@ -49,7 +49,16 @@ def repository_problem(settings: Settings) -> str | None:
 def check_startup(settings: Settings) -> None:
     """Raise a ``FerryError`` for settings that must stop start-up: tokens asked for but none given, a port in use."""
     from ferry.auth import TokenAuth
+    from ferry.errors import UsageError
     from ferry.server.ports import check_ports
+
+    if settings.max_memory:
+        from ferry.serving.budget import parse_size
+
+        try:
+            parse_size(settings.max_memory)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
 
     TokenAuth.from_settings(settings.auth_tokens, settings.auth_tokens_file)  # never run open by mistake
     check_ports(settings)

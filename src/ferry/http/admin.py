@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ferry.errors import FerryError, ModelNotFound
+from ferry.errors import ModelNotFound
 from ferry.http.responses import json_response
 from ferry.serving.registry import ModelHandle, ModelRegistry, ModelState, signature
 
@@ -71,10 +71,7 @@ class AdminEndpoints:
         return self._answer(name, await roll_out(self.registry, handles))
 
     def _answer(self, name: str, results: list[dict[str, Any]]) -> Response:
-        try:
-            default: str | None = self.registry.get(name).version
-        except FerryError:
-            default = None
+        default = self.registry.default_version(name)
         failed = any(r["state"] == ModelState.FAILED.value for r in results)
         return json_response({"model": name, "default_version": default, "loaded": results}, 409 if failed else 200)
 

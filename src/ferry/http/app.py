@@ -24,6 +24,7 @@ from ferry.http.lifecycle import install_drain_handler
 from ferry.http.protocols import ProtocolEndpoints
 from ferry.http.responses import error_http, error_response, json_response
 from ferry.observability.watcher import ModelWatcher
+from ferry.serving.budget import MemoryBudget, parse_size
 from ferry.serving.dataplane import DataPlane
 from ferry.serving.metrics import Metrics
 from ferry.serving.registry import ModelRegistry
@@ -44,6 +45,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fer
         warmup=warm_up,
         original=settings.original_models,
         trust_code=settings.trust_code,
+        lazy=bool(settings.max_memory),
     )
     metrics = Metrics.from_env()  # multiprocess mode when the CLI set PROMETHEUS_MULTIPROC_DIR for --workers
     tracing = None
@@ -65,7 +67,10 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fer
         prediction_log=prediction_log,
         tracer=tracing,
     )
-    plane = DataPlane(registry, service, metrics, settings.request_timeout)
+    budget = None
+    if settings.max_memory:
+        budget = MemoryBudget(registry, parse_size(settings.max_memory), settings.preload, service.forget)
+    plane = DataPlane(registry, service, metrics, settings.request_timeout, budget)
     endpoints = ModelEndpoints(registry, metrics)
     health_routes = compat.health_paths(registry)  # compatibility health routes, like /isAlive, need no token
     health_routes = [*health_routes, "/"]  # liveness, or the console page, which itself holds no data
@@ -77,7 +82,8 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fer
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         install_drain_handler(registry)
         # 1. Load every bundle off the event loop, so /health answers while models load.
-        loading = asyncio.create_task(asyncio.to_thread(registry.load_all))
+        #    With --max-memory, verify the index instead, then load on demand (or preload what fits).
+        loading = asyncio.create_task(budget.start() if budget else asyncio.to_thread(registry.load_all))
         if settings.workers > 1:
             # Workers share one listening socket: a (re)started worker starts accepting only once its
             # models are loaded and warm, so the others keep taking the traffic meanwhile.

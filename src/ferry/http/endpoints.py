@@ -14,7 +14,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ferry.errors import FerryError
 from ferry.http.responses import error_http, json_response
 from ferry.serving.dataplane import UNKNOWN_MODEL, report
 from ferry.serving.metrics import Metrics
@@ -85,10 +84,7 @@ class ModelEndpoints:
     async def models(self, request: Request) -> Response:
         listing = []
         for name, versions in self.registry.models.items():
-            try:
-                default: str | None = self.registry.get(name).version
-            except FerryError:
-                default = None
+            default = self.registry.default_version(name)
             listing.append(
                 {
                     "name": name,

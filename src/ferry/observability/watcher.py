@@ -26,8 +26,9 @@ class ModelWatcher:
     def sample(self) -> None:
         states = []
         for handle in self.registry.handles():
-            states.append((handle.name, handle.version, handle.state.value))
-            if handle.state is ModelState.LOADING:
+            held = handle.state in (ModelState.READY, ModelState.LOADING)
+            states.append((handle.name, handle.version, handle.state.value, handle.bytes if held else 0))
+            if handle.state in (ModelState.LOADING, ModelState.UNLOADED):
                 continue
             key = (handle.name, handle.version)
             seen = self._seen.get(key)

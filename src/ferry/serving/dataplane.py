@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from ferry.errors import ClientClosed, FerryError, InternalError, InvalidInput
 from ferry.runtimes import Prediction
+from ferry.serving.budget import MemoryBudget
 from ferry.serving.metrics import Metrics
 from ferry.serving.registry import ModelHandle, ModelRegistry
 from ferry.serving.service import InferenceService
@@ -107,9 +108,15 @@ class DataPlane:
     """Lookup, deadline, admission, batching, metrics and errors for one request of any protocol."""
 
     def __init__(
-        self, registry: ModelRegistry, service: InferenceService, metrics: Metrics, request_timeout: float = 30.0
+        self,
+        registry: ModelRegistry,
+        service: InferenceService,
+        metrics: Metrics,
+        request_timeout: float = 30.0,
+        budget: MemoryBudget | None = None,
     ) -> None:
         self.registry = registry
+        self.budget = budget  # --max-memory: models load on demand and are held while they predict
         self.service = service
         self.metrics = metrics
         self.request_timeout = request_timeout
@@ -140,10 +147,15 @@ class DataPlane:
         try:
             message = await read()
             client = parse_timeout(timeout) if isinstance(timeout, bytes) else timeout
-            handle = self.registry.get(model, version)
-            batch, context = codec.decode(message, handle)
-            prediction = await self.service.predict(handle, batch, self.deadline(handle, client))
-            result = codec.encode(prediction, handle, context)
+            budget = self.budget
+            if budget is None:
+                result = await self._predict(codec, self.registry.get(model, version), message, client)
+            else:
+                handle = await budget.acquire(model, version)
+                try:
+                    result = await self._predict(codec, handle, message, client)
+                finally:
+                    budget.release(handle)
         except asyncio.CancelledError:
             self._meter(label, codec).count(codec.status(_CLOSED), time.perf_counter() - start)
             raise
@@ -155,6 +167,11 @@ class DataPlane:
             raise error from exc
         self._meter(label, codec).count(codec.status(None), time.perf_counter() - start)
         return result
+
+    async def _predict(self, codec: Codec, handle: ModelHandle, message: Any, client: float | None) -> Any:
+        batch, context = codec.decode(message, handle)
+        prediction = await self.service.predict(handle, batch, self.deadline(handle, client))
+        return codec.encode(prediction, handle, context)
 
     def _meter(self, model: str, codec: Codec) -> _Meter:
         key = (model, codec.route, codec.protocol)

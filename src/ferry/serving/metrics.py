@@ -26,7 +26,7 @@ from prometheus_client.metrics_core import Metric
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-MODEL_STATES = ("LOADING", "READY", "FAILED")
+MODEL_STATES = ("LOADING", "READY", "FAILED", "UNLOADED")
 SWEEP_S = 5.0  # how often a worker looks for the gauge files of dead workers
 
 # Sources of live gauge values, read at refresh: (model, version) -> (queue depth, rows in flight).
@@ -112,9 +112,22 @@ class Metrics:
         )
         self.model_state = Gauge(
             "ferry_model_state",
-            "1 for the state a model version is in (LOADING, READY, FAILED), else 0; the most of any worker",
+            "1 for the state a model version is in (LOADING, READY, FAILED, UNLOADED), else 0; the most of any worker",
             ["model", "version", "state"],
             multiprocess_mode="livemax",
+            registry=r,
+        )
+        self.model_bytes = Gauge(
+            "ferry_model_loaded_bytes",
+            "Estimated memory of a loaded model version (its artifacts), 0 when not loaded; summed over workers",
+            ["model", "version"],
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.models_bytes = Gauge(
+            "ferry_models_loaded_bytes",
+            "Estimated memory of every loaded model version; --max-memory bounds it per worker",
+            multiprocess_mode="livesum",
             registry=r,
         )
         self.prediction_log_records = Counter(
@@ -147,16 +160,27 @@ class Metrics:
         """Sample (queue depth, rows in flight) of one model version at every refresh."""
         self._live[(model, version)] = source
 
-    def set_states(self, states: Iterable[tuple[str, str, str]]) -> None:
-        """The state of every (model, version); versions no longer held are removed."""
+    def untrack(self, model: str, version: str) -> None:
+        """Stop sampling a model version's live gauges (it was unloaded)."""
+        if self._live.pop((model, version), None) is not None:
+            self.queue_depth.remove(model, version)
+            self.in_flight.remove(model, version)
+
+    def set_states(self, states: Iterable[tuple[str, str, str, int]]) -> None:
+        """The state and loaded bytes of every (model, version); versions no longer held are removed."""
         held: set[tuple[str, str]] = set()
-        for model, version, state in states:
+        total = 0
+        for model, version, state, loaded in states:
             held.add((model, version))
             for name in MODEL_STATES:
                 self.model_state.labels(model, version, name).set(1.0 if name == state else 0.0)
+            self.model_bytes.labels(model, version).set(loaded)
+            total += loaded
+        self.models_bytes.set(total)
         for model, version in self._states - held:
             for name in MODEL_STATES:
                 self.model_state.remove(model, version, name)
+            self.model_bytes.remove(model, version)
         self._states = held
         for key in list(self._live):
             if key not in held:

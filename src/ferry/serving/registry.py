@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ferry.bundle.artifacts import bundle_label
-from ferry.bundle.load import LoadedModel, load_bundle
+from ferry.bundle.load import LoadedModel, load_bundle, loaded_bytes, verify_bundle
 from ferry.bundle.repository import scan_repository, version_key
 from ferry.errors import FerryError, ModelNotFound, ModelNotReady
 from ferry.serving.inputs import InputCodec
@@ -24,6 +24,7 @@ class ModelState(enum.StrEnum):
     LOADING = "LOADING"
     READY = "READY"
     FAILED = "FAILED"
+    UNLOADED = "UNLOADED"  # verified and routable, loaded on its next request (``--max-memory``)
 
 
 @dataclass
@@ -38,6 +39,9 @@ class ModelHandle:
     warnings: list[str] = field(default_factory=list)
     compute_s: float | None = None  # one model call on the sample input, measured at warm-up
     signature: tuple[int, float] = (0, 0.0)  # files and newest mtime in the bundle folder, at load
+    bytes: int = 0  # estimated memory when loaded (``--max-memory``), from its artifacts
+    in_flight: int = 0  # requests holding it now; a model with any is never unloaded
+    last_used: int = 0  # a tick of the memory budget's clock, for least-recently-used unloading
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"name": self.name, "version": self.version, "state": self.state.value}
@@ -45,6 +49,8 @@ class ModelHandle:
             info["error"] = self.error
         if self.warnings:
             info["warnings"] = self.warnings
+        if self.bytes:
+            info["bytes"] = self.bytes if self.state in (ModelState.READY, ModelState.LOADING) else 0
         return info
 
 
@@ -80,6 +86,7 @@ class ModelRegistry:
         warmup: Callable[[ModelHandle], None] | None = None,
         original: bool = False,
         trust_code: bool = False,
+        lazy: bool = False,
     ) -> None:
         self.repo = repo
         self.trust_pickle = trust_pickle
@@ -87,6 +94,8 @@ class ModelRegistry:
         self.original = original  # load original artifacts even where a compiled form exists
         self.warmup = warmup
         self.draining = False  # set on SIGTERM: readiness turns 503 while in-flight work finishes
+        self.lazy = lazy  # ``--max-memory``: verify the index at start, load on demand (see serving.budget)
+        self.indexed = False
         self.models: dict[str, dict[str, ModelHandle]] = {}
         self._defaults: dict[str, ModelHandle] = {}  # newest READY version per model, kept on every load
         self._listeners: list[Callable[[], None]] = []
@@ -112,6 +121,29 @@ class ModelRegistry:
         gc.collect()
         gc.freeze()
 
+    def index(self) -> None:
+        """Verify every bundle (manifest and artifact hashes) without loading it: UNLOADED, or FAILED."""
+        for handle in self.handles():
+            self.verify(handle)
+        self.indexed = True
+
+    def verify(self, handle: ModelHandle) -> None:
+        handle.signature = signature(handle.path)
+        try:
+            handle.bytes = verify_bundle(handle.path, original=self.original)
+            handle.state, handle.error = ModelState.UNLOADED, None
+        except Exception as exc:  # a bad bundle must not stop the others; it shows FAILED
+            message = exc.message if isinstance(exc, FerryError) else f"{type(exc).__name__}: {exc}"
+            handle.state, handle.error = ModelState.FAILED, public_error(message, handle.path)
+            logger.error("model %s:%s FAILED verification: %s", handle.name, handle.version, message)
+        self._refresh_default(handle.name)
+
+    def unload(self, handle: ModelHandle) -> None:
+        """Release a loaded model's memory; it stays routable and loads again on its next request."""
+        handle.model, handle.codec = None, None
+        handle.state = ModelState.UNLOADED
+        logger.info("model %s:%s UNLOADED", handle.name, handle.version)
+
     def load(self, handle: ModelHandle) -> None:
         """Load one bundle; a failure marks it FAILED and is logged, never raised to the others."""
         handle.signature = signature(handle.path)
@@ -121,6 +153,7 @@ class ModelRegistry:
             )
             handle.codec = InputCodec(loaded.manifest.input)
             handle.model, handle.warnings = loaded, loaded.warnings
+            handle.bytes = loaded_bytes(handle.path, loaded.manifest, self.original)
             if self.warmup is not None:  # ready means loaded and warmed up, not merely loaded
                 self.warmup(handle)
             handle.state, handle.error = ModelState.READY, None
@@ -136,7 +169,8 @@ class ModelRegistry:
             logger.exception("model %s:%s FAILED to load", handle.name, handle.version)
 
     def _refresh_default(self, name: str) -> None:
-        ready = [h for h in self.models.get(name, {}).values() if h.state is ModelState.READY]
+        servable = (ModelState.READY, ModelState.UNLOADED)  # an UNLOADED version loads on its first request
+        ready = [h for h in self.models.get(name, {}).values() if h.state in servable]
         if ready:
             self._defaults[name] = ready[-1]
         else:
@@ -206,6 +240,13 @@ class ModelRegistry:
 
     def get(self, name: str, version: str | None = None) -> ModelHandle:
         """The pinned version, or the newest READY one; 404 for unknown, 503 when none is ready."""
+        handle = self.lookup(name, version)
+        if handle.state is not ModelState.READY:
+            raise ModelNotReady(f"model '{name}' version '{handle.version}' is {handle.state.value}")
+        return handle
+
+    def lookup(self, name: str, version: str | None = None) -> ModelHandle:
+        """The pinned version, or the default one, in whatever state it is; 404 for unknown."""
         versions = self.models.get(name)
         if versions is None:
             known = ", ".join(sorted(self.models)) or "none"
@@ -216,9 +257,12 @@ class ModelRegistry:
                 raise ModelNotFound(f"model '{name}' has no version '{version}'; versions: {', '.join(versions)}")
         else:
             handle = self._defaults.get(name) or list(versions.values())[-1]
-        if handle.state is not ModelState.READY:
-            raise ModelNotReady(f"model '{name}' version '{handle.version}' is {handle.state.value}")
         return handle
+
+    def default_version(self, name: str) -> str | None:
+        """The version a request that pins none gets: READY, or UNLOADED (it loads on that request)."""
+        handle = self._defaults.get(name)
+        return handle.version if handle is not None else None
 
     def newest(self, name: str) -> ModelHandle:
         return list(self.models[name].values())[-1]
@@ -227,6 +271,9 @@ class ModelRegistry:
         """Every model has a READY version, nothing is still loading, and the server is not draining."""
         if self.draining or not self.models:
             return False
+        if self.lazy:  # ready once the index is verified: every model has a version that can load
+            servable = (ModelState.READY, ModelState.UNLOADED, ModelState.LOADING)
+            return self.indexed and all(any(h.state in servable for h in v.values()) for v in self.models.values())
         if any(h.state is ModelState.LOADING for h in self.handles()):
             return False
         return all(any(h.state is ModelState.READY for h in v.values()) for v in self.models.values())

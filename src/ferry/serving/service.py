@@ -93,6 +93,12 @@ class InferenceService:
             self.metrics.track(handle.name, handle.version, lambda: (batcher.queue_depth, batcher.in_flight_rows))
         return batcher
 
+    def forget(self, handle: ModelHandle) -> None:
+        """Drop the batcher of a model being unloaded (``--max-memory``), so its memory can go."""
+        if handle.model is not None:
+            self._batchers.pop(id(handle.model), None)
+        self.metrics.untrack(handle.name, handle.version)
+
     async def predict(self, handle: ModelHandle, batch: Any, timeout: float | None = None) -> Prediction:
         """Predict through the model's batcher, within ``timeout`` (else the model's or server's default)."""
         assert handle.model is not None
