@@ -182,3 +182,18 @@ def test_demo_trusts_the_code_of_ferrys_own_examples(monkeypatch: pytest.MonkeyP
     result = CliRunner().invoke(cli.app, ["demo", "--cache", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert [s.trust_code for s in served] == [True] and not served[0].trust_pickle
+
+
+def test_an_mlserver_repository_follows_the_same_rule(tmp_path: Path) -> None:
+    """Its pickles convert with --trust-pickle or --trust-code, never without the operator's trust."""
+    from tests.test_byom import write_mlserver_repository
+
+    from ferry.cli.serve import serve_mlserver_repository
+    from ferry.errors import ManifestError
+
+    source = write_mlserver_repository(tmp_path / "mlserver")
+    with pytest.raises(ManifestError, match="is a pickle"):
+        serve_mlserver_repository(Settings(repo=source))
+    for trust in ({"trust_pickle": True}, {"trust_code": True}):
+        served = serve_mlserver_repository(Settings(repo=source, **trust))
+        assert load_bundle(next(served.repo.glob("iris/*")), original=True, **trust).manifest.name == "iris"

@@ -67,7 +67,7 @@ def check_startup(settings: Settings) -> None:
 def serve_mlserver_repository(settings: Settings) -> Settings:
     """An MLServer repository, served as it is: its models built into hashed bundles in a private folder.
 
-    Pickles load only with the operator's ``--trust-pickle``, as in any Ferry repository.
+    Pickles load only with the operator's ``--trust-pickle`` (or ``--trust-code``), as in any Ferry repository.
     """
     import atexit
     import dataclasses
@@ -83,7 +83,7 @@ def serve_mlserver_repository(settings: Settings) -> Settings:
     atexit.register(shutil.rmtree, target, True)  # the server (and its workers) is done with it at exit
     for name, version, file in mlserver_models(settings.repo):
         try:
-            build(file, name, target, version=version, trusted=settings.trust_pickle)
+            build(file, name, target, version=version, trusted=settings.trust_pickle or settings.trust_code)
         except ManifestError as exc:
             if "unpickling" not in exc.message:
                 raise
