@@ -193,6 +193,14 @@ def test_a_tampered_artifact_is_refused_at_start(many_repo: Path, tmp_path: Path
     failed = next(m for m in ready.json()["models"] if m["name"] == "m1")
     assert failed["state"] == "FAILED" and "compiled-coef.npy" in failed["error"] and "changed" in failed["error"]
     assert _states(server.url)["m0/1"][0] == "UNLOADED"  # verified, not loaded
+    # An unloaded model is ready to serve; reading its metadata loads it.
+    assert httpx.get(server.url + "/v2/models/m0/ready").json()["ready"] is True
+    assert httpx.get(server.url + "/v1/models/m0").json()["ready"] is True
+    assert _states(server.url)["m0/1"][0] == "UNLOADED"
+    metadata = httpx.get(server.url + "/v2/models/m0", timeout=30)
+    assert metadata.status_code == 200 and metadata.json()["name"] == "m0"
+    assert httpx.get(server.url + "/models/m0/metadata", timeout=30).json()["input"]["features"][0]["name"] == "a"
+    assert _states(server.url)["m0/1"][0] == "READY"
     refused = httpx.post(server.url + "/models/m1/predict", json=ONES)
     assert refused.status_code == 503 and "FAILED" in refused.json()["error"]
     assert _predict(server.url, "m2") == pytest.approx(12.0)

@@ -71,7 +71,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fer
     if settings.max_memory:
         budget = MemoryBudget(registry, parse_size(settings.max_memory), settings.preload, service.forget)
     plane = DataPlane(registry, service, metrics, settings.request_timeout, budget)
-    endpoints = ModelEndpoints(registry, metrics)
+    endpoints = ModelEndpoints(registry, metrics, budget)
     health_routes = compat.health_paths(registry)  # compatibility health routes, like /isAlive, need no token
     health_routes = [*health_routes, "/"]  # liveness, or the console page, which itself holds no data
     auth = TokenAuth.from_settings(settings.auth_tokens, settings.auth_tokens_file, exempt=health_routes)

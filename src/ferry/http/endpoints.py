@@ -14,18 +14,21 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ferry.errors import ModelNotReady
 from ferry.http.responses import error_http, json_response
+from ferry.serving.budget import MemoryBudget
 from ferry.serving.dataplane import UNKNOWN_MODEL, report
 from ferry.serving.metrics import Metrics
-from ferry.serving.registry import ModelHandle, ModelRegistry
+from ferry.serving.registry import ModelHandle, ModelRegistry, ModelState
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 class ModelEndpoints:
-    def __init__(self, registry: ModelRegistry, metrics: Metrics):
+    def __init__(self, registry: ModelRegistry, metrics: Metrics, budget: MemoryBudget | None = None):
         self.registry = registry
         self.metrics = metrics
+        self.budget = budget  # --max-memory: a route that reads the model loads it first
 
     def routes(self) -> list[Route]:
         per_model = [
@@ -67,8 +70,24 @@ class ModelEndpoints:
         # Bounded cardinality: an unknown name from a client is never a label value.
         return name if name in self.registry.models else UNKNOWN_MODEL
 
-    def handle(self, request: Request) -> ModelHandle:
-        return self.registry.get(request.path_params["name"], request.path_params.get("version"))
+    async def handle(self, request: Request) -> ModelHandle:
+        """The model version a request names, loaded (under ``--max-memory`` an unloaded one loads now)."""
+        name, version = request.path_params["name"], request.path_params.get("version")
+        if self.budget is None:
+            return self.registry.get(name, version)
+        handle = await self.budget.acquire(name, version)
+        self.budget.release(handle)  # read at once, with no await between: it cannot be unloaded meanwhile
+        return handle
+
+    def available(self, request: Request) -> ModelHandle:
+        """The model version a request names, ready to serve (under ``--max-memory``, UNLOADED is), unloaded."""
+        name, version = request.path_params["name"], request.path_params.get("version")
+        if self.budget is None:
+            return self.registry.get(name, version)
+        handle = self.registry.lookup(name, version)
+        if handle.state is ModelState.FAILED:
+            raise ModelNotReady(f"model '{name}' version '{handle.version}' is FAILED")
+        return handle
 
     # -- server-wide -------------------------------------------------------------------------------
     async def health(self, request: Request) -> Response:
@@ -99,15 +118,15 @@ class ModelEndpoints:
 
     # -- per model ---------------------------------------------------------------------------------
     async def metadata(self, request: Request) -> Response:
-        return json_response(model_metadata(self.handle(request), self.registry))
+        return json_response(model_metadata(await self.handle(request), self.registry))
 
     async def labels(self, request: Request) -> Response:
-        handle = self.handle(request)
+        handle = await self.handle(request)
         assert handle.model is not None
         return json_response({"labels": handle.model.manifest.labels or []})
 
     async def model_health(self, request: Request) -> Response:
-        handle = self.handle(request)
+        handle = self.available(request)
         return json_response({"health": "ok", "name": handle.name, "version": handle.version})
 
 

@@ -47,8 +47,8 @@ class ProtocolEndpoints:
             routes.append(Route("/v2/models/{name}/versions/{version}" + suffix, wrapped, methods=[method]))
         return routes
 
-    def handle(self, request: Request) -> ModelHandle:
-        return self.registry.get(request.path_params["name"], request.path_params.get("version"))
+    async def handle(self, request: Request) -> ModelHandle:
+        return await self.endpoints.handle(request)
 
     # -- Open Inference Protocol v2 -----------------------------------------------------------------
     async def v2_live(self, request: Request) -> Response:
@@ -62,11 +62,11 @@ class ProtocolEndpoints:
         return json_response(v2.server_metadata())
 
     async def v2_model_metadata(self, request: Request) -> Response:
-        handle = self.handle(request)
+        handle = await self.handle(request)
         return json_response(v2.model_metadata(handle, list(self.registry.models[handle.name])))
 
     async def v2_model_ready(self, request: Request) -> Response:
-        handle = self.handle(request)  # 404 when unknown, 503 when not ready
+        handle = self.endpoints.available(request)  # 404 when unknown, 503 when not ready
         return json_response({"name": handle.name, "version": handle.version, "ready": True})
 
     async def v2_models(self, request: Request) -> Response:
@@ -79,7 +79,7 @@ class ProtocolEndpoints:
         return json_response(index)
 
     async def v2_model_config(self, request: Request) -> Response:
-        return json_response(v2.model_config(self.handle(request)))
+        return json_response(v2.model_config(await self.handle(request)))
 
     # -- KServe v1 --------------------------------------------------------------------------------
     async def v1_models(self, request: Request) -> Response:
@@ -89,11 +89,12 @@ class ProtocolEndpoints:
         name = request.path_params["name"]
         if name not in self.registry.models:
             self.registry.get(name)  # raises the 404 that lists the served models
-        ready = any(h.state is ModelState.READY for h in self.registry.models[name].values())
+        servable = (ModelState.READY, ModelState.UNLOADED, ModelState.LOADING) if self.registry.lazy else ()
+        ready = any(h.state is ModelState.READY or h.state in servable for h in self.registry.models[name].values())
         return json_response({"name": name, "ready": ready}, 200 if ready else 503)
 
     async def v1_explain(self, request: Request) -> Response:
-        handle = self.handle(request)  # 404 for an unknown model, as KServe answers
+        handle = self.endpoints.available(request)  # 404 for an unknown model, as KServe answers
         raise NotImplementedYet(f"model '{handle.name}' has no explainer")
 
 
