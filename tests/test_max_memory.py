@@ -17,13 +17,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import numpy as np
 import pytest
 from sklearn.linear_model import LinearRegression
 
 import ferry
+from conftest import free_port
 from ferry.bundle.load import MODEL_OVERHEAD_BYTES
+from ferry.grpc import inference_pb2 as pb
+from ferry.grpc import inference_pb2_grpc as pb_grpc
 from ferry.serving.budget import parse_size
 from test_connections import _module
 
@@ -184,7 +188,8 @@ def test_a_tampered_artifact_is_refused_at_start(many_repo: Path, tmp_path: Path
     data = bytearray(coef.read_bytes())
     data[-1] ^= 1
     coef.write_bytes(bytes(data))
-    server = serve(str(repo), "--max-memory", "1MiB", "--no-preload", wait_ready=False)
+    grpc_port = free_port()
+    server = serve(str(repo), "--max-memory", "1MiB", "--no-preload", "--grpc-port", str(grpc_port), wait_ready=False)
     deadline = time.monotonic() + 30
     while _states(server.url)["m1/1"][0] == "LOADING" and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -197,6 +202,12 @@ def test_a_tampered_artifact_is_refused_at_start(many_repo: Path, tmp_path: Path
     assert httpx.get(server.url + "/v2/models/m0/ready").json()["ready"] is True
     assert httpx.get(server.url + "/v1/models/m0").json()["ready"] is True
     assert _states(server.url)["m0/1"][0] == "UNLOADED"
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        assert stub.ModelReady(pb.ModelReadyRequest(name="m2"), timeout=10).ready is True
+        assert stub.ModelReady(pb.ModelReadyRequest(name="m1"), timeout=10).ready is False  # FAILED
+        assert stub.ModelMetadata(pb.ModelMetadataRequest(name="m2"), timeout=30).name == "m2"
+    assert _states(server.url)["m2/1"][0] == "READY"
     metadata = httpx.get(server.url + "/v2/models/m0", timeout=30)
     assert metadata.status_code == 200 and metadata.json()["name"] == "m0"
     assert httpx.get(server.url + "/models/m0/metadata", timeout=30).json()["input"]["features"][0]["name"] == "a"

@@ -16,6 +16,7 @@ from ferry.grpc import inference_pb2_grpc as pb_grpc
 from ferry.protocol import v2
 from ferry.protocol.v2_grpc import GRPC_CODEC, status_code
 from ferry.serving.dataplane import UNKNOWN_MODEL, DataPlane, report
+from ferry.serving.registry import ModelState
 
 if TYPE_CHECKING:
     from ferry.observability.tracing import Tracing
@@ -46,7 +47,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             if request.name not in self.registry.models:
                 self.registry.get(request.name)  # the 404 that lists the served models
             try:
-                self.registry.get(request.name, request.version or None)
+                handle = self.registry.lookup(request.name, request.version or None)
+                if self.plane.budget is None or handle.state is ModelState.FAILED:  # --max-memory: UNLOADED serves
+                    self.registry.get(request.name, request.version or None)
             except FerryError as exc:
                 if exc.status != 503:
                     raise
@@ -57,7 +60,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
         async def metadata() -> Any:
-            handle = self.registry.get(request.name, request.version or None)
+            budget = self.plane.budget
+            if budget is None:
+                handle = self.registry.get(request.name, request.version or None)
+            else:  # --max-memory: metadata loads an unloaded model, like a prediction
+                handle = await budget.acquire(request.name, request.version or None)
+                budget.release(handle)
             return pb.ModelMetadataResponse(**v2.model_metadata(handle, list(self.registry.models[handle.name])))
 
         return await self._call("grpc:ModelMetadata", request.name, context, metadata)
