@@ -152,6 +152,18 @@ def test_preload_fills_the_budget_at_start(many_repo: Path, model_bytes: int, se
     assert sum(b for _, b in _states(server.url).values()) <= budget
 
 
+def test_sigterm_during_preload_stops_at_once(tmp_path: Path, serve: Any) -> None:
+    """A preload stops at the next model: shutdown never waits for the rest of the repository to load."""
+    tensor = {"kind": "tensor", "tensors": [{"name": "x", "shape": [-1, -1]}]}
+    for i in range(8):  # each takes a second to load (its warm-up call sleeps)
+        ferry.build(_module("sleepy").Sleepy, f"s{i}", tmp_path, version="1", input_schema=tensor, sample_input=[1.0])
+    server = serve(str(tmp_path), "--max-memory", "1GiB", env={"FERRY_TEST_SLEEP": "1"})
+    started = time.monotonic()
+    assert server.stop() == 0
+    assert time.monotonic() - started < 5  # the whole preload would take 8 s
+    assert "s7:1 READY" not in server.log_path.read_text()
+
+
 def test_a_model_with_a_request_in_flight_is_never_unloaded(
     many_repo: Path, model_bytes: int, tmp_path: Path, serve: Any
 ) -> None:

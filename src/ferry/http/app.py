@@ -111,8 +111,12 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fer
         # 3. On shutdown, stop gRPC, letting in-flight calls finish within the drain timeout.
         if grpc_server is not None:
             await grpc_server.stop(settings.drain_timeout)
-        # 4. Let the load finish (a thread cannot be cancelled), then release the pool.
-        await loading
+        # 4. Let the load finish (a thread cannot be cancelled; --max-memory's preload stops at the next model),
+        #    then release the pool.
+        if budget is not None:
+            loading.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loading
         service.close()
         if routing is not None:
             await routing.close()
