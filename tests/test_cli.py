@@ -83,6 +83,7 @@ SERVE_LINES = [
     ["serve", "models"],
     ["serve", "models", "--port", "9001", "--workers", "2", "--admin", "--no-console", "--request-timeout", "2.5"],
     ["serve", "--trust-pickle", "--original-models", "models", "--auth-tokens", "a,b", "--log-format", "text"],
+    ["serve", "models", "--max-memory", "512MiB", "--no-preload"],
 ]
 
 
