@@ -45,7 +45,9 @@ def test_models_lists_versions_and_states(client: httpx.Client) -> None:
     models = {m["name"]: m for m in client.get("/models").json()["models"]}
     assert set(models) == {"iris", "diabetes", "score", "reviews"}
     assert models["iris"]["default_version"] == "1"
-    assert models["iris"]["versions"] == [{"name": "iris", "version": "1", "state": "READY"}]
+    [iris] = models["iris"]["versions"]
+    assert iris == {"name": "iris", "version": "1", "state": "READY", "bytes": iris["bytes"]}
+    assert iris["bytes"] > 64 * 1024  # estimated from its compiled arrays, plus the objects around them
 
 
 def test_metrics_count_requests_per_model_and_route(client: httpx.Client) -> None:
