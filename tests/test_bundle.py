@@ -161,7 +161,7 @@ def test_python_class_bundle(tmp_path: Path) -> None:
         input_schema={"kind": "tensor", "tensors": [{"name": "x", "shape": [-1, -1]}]},
     )
     manifest = read_manifest(path)
-    assert manifest.runtime == "python" and manifest.options["entrypoint"] == "model.py:Doubler"
+    assert manifest.runtime == "python" and manifest.options["entrypoint"] == "doubler.py:Doubler"
     assert load_bundle(path, trust_code=True).runtime.predict(np.array([[1.0, 2.5]])).values == [[2.0, 5.0]]
 
 

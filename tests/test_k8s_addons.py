@@ -172,7 +172,9 @@ def test_queries_name_metrics_and_labels_a_live_server_exports(examples_server: 
     assert used <= exported, f"not exported by ferry serve: {used - exported}"
     # The label values the alerts compare with are the ones the server writes.
     states = {s.labels["state"] for s in samples if s.name == monitoring.MODEL_STATE}
-    assert "READY" in states and states <= {"LOADING", "READY", "FAILED"}
+    assert "READY" in states and states <= {"LOADING", "READY", "FAILED", "UNLOADED"}
+    alerted = {v for q in promql(spec) for v in re.findall(r'state=~"([^"]+)"', q) for v in v.split("|")}
+    assert alerted == {"LOADING", "FAILED"}  # UNLOADED under --max-memory is servable, never an alert
     assert any(s.name == monitoring.LATENCY_BUCKETS and "le" in s.labels for s in samples)
     assert any(s.name == monitoring.QUEUE_DEPTH for s in samples)  # the queue gauge exists once a model served
 

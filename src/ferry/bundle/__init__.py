@@ -1,7 +1,8 @@
 """Model bundles: the manifest schema, building a bundle from a model, and loading one back.
 
 Names are imported on first use, so serving (``load``, ``manifest``, ``repository``) never imports the
-build side.
+build side. ``build`` is not re-exported here: ``ferry.bundle.build`` is the module (importing it binds that
+name on this package), and the function is ``ferry.build`` or ``ferry.bundle.build.build``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ferry.bundle.build import build
     from ferry.bundle.load import LoadedModel, load_bundle
     from ferry.bundle.manifest import MANIFEST_FILE, Manifest, read_manifest
     from ferry.bundle.repository import BundleRef, scan_repository
@@ -20,7 +20,6 @@ _WHERE = {
     "BundleRef": "repository",
     "LoadedModel": "load",
     "Manifest": "manifest",
-    "build": "build",
     "load_bundle": "load",
     "read_manifest": "manifest",
     "scan_repository": "repository",
@@ -31,7 +30,6 @@ __all__ = [
     "BundleRef",
     "LoadedModel",
     "Manifest",
-    "build",
     "load_bundle",
     "read_manifest",
     "scan_repository",

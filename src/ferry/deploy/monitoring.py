@@ -93,10 +93,10 @@ def render_prometheus_rule(spec: DeploySpec) -> Obj:
         _alert(
             "FerryModelNotReady",
             f'max by (pod, model, version) ({MODEL_STATE}{{namespace="{spec.namespace}",job="{spec.name}",'
-            f'state!="READY"}}) == 1',
+            f'state=~"LOADING|FAILED"}}) == 1',  # UNLOADED (--max-memory) is a normal, servable state
             "5m",
             "critical",
-            f"{spec.name}: a model version is not READY (still loading, or FAILED) on a pod",
+            f"{spec.name}: a model version is stuck LOADING or FAILED on a pod",
         ),
     ]
     return {
