@@ -17,27 +17,11 @@ from typing import Any
 import numpy as np
 
 from ferry.runtimes.compiled import FORMAT, Program
+from ferry.runtimes.fastpath import LINEAR_CLASSIFIERS, LINEAR_REGRESSORS  # the models both paths compile
 from ferry.runtimes.trees import SKLEARN_TREE_MODELS, TreeEnsemble, Unsupported, from_lightgbm, from_sklearn
 
 logger = logging.getLogger("ferry.compile")
 
-LINEAR_REGRESSORS = {
-    "LinearRegression",
-    "Ridge",
-    "Lasso",
-    "ElasticNet",
-    "SGDRegressor",
-    "BayesianRidge",
-    "HuberRegressor",
-}
-LINEAR_CLASSIFIERS = {
-    "Perceptron",
-    "LogisticRegression",
-    "SGDClassifier",
-    "RidgeClassifier",
-    "LinearSVC",
-    "PassiveAggressiveClassifier",
-}
 PREFIX = "compiled-"
 
 

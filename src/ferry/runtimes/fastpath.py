@@ -21,7 +21,7 @@ logger = logging.getLogger("ferry.fastpath")
 
 Transform = Callable[[np.ndarray], np.ndarray]
 
-_LINEAR_REGRESSORS = {
+LINEAR_REGRESSORS = {
     "LinearRegression",
     "Ridge",
     "Lasso",
@@ -30,7 +30,7 @@ _LINEAR_REGRESSORS = {
     "BayesianRidge",
     "HuberRegressor",
 }
-_LINEAR_CLASSIFIERS = {
+LINEAR_CLASSIFIERS = {
     "Perceptron",
     "LogisticRegression",
     "SGDClassifier",
@@ -70,10 +70,10 @@ def _compile(estimator: Any) -> CompiledModel | None:
     name = type(final).__name__
     if name == "StandardScaler":
         return None
-    if name in _LINEAR_REGRESSORS:
+    if name in LINEAR_REGRESSORS:
         coef, intercept = np.asarray(final.coef_, dtype=np.float64), np.asarray(final.intercept_, dtype=np.float64)
         return CompiledModel(predict=lambda x: head(x) @ coef.T + intercept, predict_proba=None)
-    if name in _LINEAR_CLASSIFIERS:
+    if name in LINEAR_CLASSIFIERS:
         return _linear_classifier(final, head)
     return None
 
