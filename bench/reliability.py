@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+from connections import free_port, pct  # one copy of the port and percentile helpers, beside this file
 
 SLEEPY = """
 import time
@@ -31,17 +31,6 @@ class Sleepy:
         time.sleep(0.05)
         return batch
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else float("nan")
 
 
 async def drive(url: str, rate: float, duration: float) -> dict[str, object]:
