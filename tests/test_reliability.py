@@ -100,7 +100,10 @@ def test_overload_sheds_with_503_and_health_stays_fast(serve: Any, slow_repo: Pa
     for i, response in enumerate(responses):
         if response.status_code == 200:
             assert response.json() == {"prediction": [float(i)]}  # each client got its own answer
-    assert max(health_times) < 0.1
+    # /health never queues behind the model: the 5 shed-bounded predicts alone hold the model for 0.25 s. The first
+    # probe also opens its connection while 50 others are being accepted, so on 2 shared cores only the median is tight.
+    assert sorted(health_times)[2] < 0.05, health_times
+    assert max(health_times) < 0.2, health_times
     # after the burst, the model answers at its normal latency again
     started = time.monotonic()
     assert httpx.post(server.url + "/models/sleepy/predict", json=[7.0]).json() == {"prediction": [7.0]}
