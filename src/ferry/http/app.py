@@ -88,31 +88,14 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fer
             # Workers share one listening socket: a (re)started worker starts accepting only once its
             # models are loaded and warm, so the others keep taking the traffic meanwhile.
             await loading
-        # 2. Open Inference gRPC on this same event loop and over the same service; a failed bind stops start-up.
-        grpc_server = None
-        if settings.grpc_port:
-            from ferry.grpc.server import start_server
-
-            grpc_server = await start_server(
-                plane,
-                settings.host,
-                settings.grpc_port,
-                settings.max_body_bytes,
-                auth,
-                tracing,
-                shared=settings.workers > 1,
-            )
         watcher = asyncio.create_task(watch(registry)) if settings.watch else None
         sampler = asyncio.create_task(ModelWatcher(registry, metrics).run())  # model states and gauges into metrics
         yield
         sampler.cancel()
         if watcher is not None:
             watcher.cancel()
-        # 3. On shutdown, stop gRPC, letting in-flight calls finish within the drain timeout.
-        if grpc_server is not None:
-            await grpc_server.stop(settings.drain_timeout)
-        # 4. Let the load finish (a thread cannot be cancelled; --max-memory's preload stops at the next model),
-        #    then release the pool.
+        # 2. On shutdown (gRPC, served beside this app, has stopped already), let the load finish (a thread
+        #    cannot be cancelled; --max-memory's preload stops at the next model), then release the pool.
         if budget is not None:
             loading.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -122,7 +105,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fer
             await routing.close()
         if prediction_log is not None:
             prediction_log.close()
-        # 5. Export the spans still buffered.
+        # 3. Export the spans still buffered.
         if tracing is not None:
             await asyncio.to_thread(tracing.shutdown)
 
@@ -156,6 +139,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fer
     )
     app.state.registry = registry
     app.state.service = service
+    app.state.tracing = tracing  # for gRPC, started beside this app by ``ferry.server.transports``
     return FerryApp(
         app,
         plane,
@@ -189,8 +173,3 @@ def _routing(settings: Settings, registry: ModelRegistry, metrics: Metrics) -> R
     routes = load_routes(settings.routes)
     limit, body_timeout = settings.max_body_bytes, settings.body_timeout
     return RoutingMiddleware(routes, RoutingMetrics(metrics.registry), compat.paths(registry), limit, body_timeout)
-
-
-def create_app_from_env() -> FerryApp:
-    """Entry point for uvicorn worker processes: settings arrive as FERRY_* variables."""
-    return create_app(Settings.from_env())

@@ -1,4 +1,4 @@
-"""What each worker process serves: the Ferry app, plus its heartbeat and probe listener while it runs."""
+"""What each worker process serves: the Ferry app, gRPC beside it, and its heartbeat and probe listener."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 from ferry.http.app import create_app
 from ferry.http.dispatch import FerryApp
 from ferry.server.probes import Heartbeat, ProbeAnswers, ProbeListener, bind_probe_socket
+from ferry.server.transports import with_grpc
 from ferry.settings import Settings
 
 PROBE_SWITCH_INTERVAL_S = 0.001
@@ -21,7 +22,7 @@ Lifespan = Callable[[Any], AbstractAsyncContextManager[Any]]
 def create_app_from_env() -> FerryApp:
     """uvicorn's factory in every worker: settings arrive as FERRY_* variables."""
     settings = Settings.from_env()
-    return with_probes(create_app(settings), settings)
+    return with_probes(with_grpc(create_app(settings), settings), settings)
 
 
 def with_probes(app: FerryApp, settings: Settings) -> FerryApp:
