@@ -139,12 +139,20 @@ def k8s_command(
     routes: Annotated[
         Path | None, typer.Option(help="Routes file: also write an Istio VirtualService (+ DestinationRules).")
     ] = None,
+    shard: Annotated[
+        bool,
+        typer.Option(help="Spread the models over the replicas: Istio consistent hash on x-ferry-model (needs Istio)."),
+    ] = False,
+    max_memory: Annotated[
+        str, typer.Option(help="--shard: each replica's budget for loaded models, like 1GiB (below --memory's limit).")
+    ] = "",
     out: Annotated[Path, typer.Option("--output", "-o", help="Folder for the manifests.")] = Path("k8s"),
     trust_code: TrustCode = False,
 ) -> None:
     """Write Kubernetes manifests: Namespace, ConfigMap, Deployment, Service, HPA, PDB, kustomization (and add-ons)."""
     addons = Addons(kserve=kserve, knative=knative, keda=keda, service_monitor=service_monitor)
     _run(lambda: _check_addons(addons, scale_to_zero=scale_to_zero, in_flight_target=in_flight_target))
+    _run(lambda: _check_shard(addons, shard=shard, max_memory=max_memory))
     planned = _run(lambda: load_values(values)) if values is not None else PlanValues()
 
     def pick(option: str, given: T, from_plan: T | None) -> T:
@@ -181,6 +189,12 @@ def k8s_command(
         trust_code=trust_code,
     )
     objects = render_with_addons(spec, addons)
+    if shard:
+        from ferry.bundle import scan_repository
+        from ferry.deploy.shard import Sharding, apply_sharding
+
+        sharding = Sharding(max_memory, tuple(sorted(scan_repository(repo))) if repo is not None else ())
+        objects = _run(lambda: apply_sharding(objects, spec, sharding))
     for path in _run(lambda: k8s.write_manifests(spec, out, objects=objects)):
         console.print(f"[green]wrote[/green] {path}")
     console.print(f"apply them with: kubectl apply --server-side -k {out}")
@@ -288,6 +302,17 @@ def _check_addons(addons: Addons, scale_to_zero: bool, in_flight_target: int) ->
         raise SpecError("--scale-to-zero applies to the Knative Service; add --knative")
     if in_flight_target and addons.keda:
         raise SpecError("--in-flight-target is an HPA metric, and --keda replaces the HPA; use --concurrency-target")
+
+
+def _check_shard(addons: Addons, shard: bool, max_memory: str) -> None:
+    if max_memory and not shard:
+        raise SpecError("--max-memory applies to --shard; add --shard")
+    if not shard:
+        return
+    if not max_memory:
+        raise SpecError("--shard needs --max-memory SIZE: each replica's budget for the models it loads")
+    if addons.knative or addons.kserve:
+        raise SpecError("--shard hashes over the Deployment's pods behind its Service; drop --knative and --kserve")
 
 
 def _resources(cpu: str, memory: str) -> Resources:

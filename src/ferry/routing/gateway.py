@@ -21,7 +21,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from ferry.errors import UpstreamError
-from ferry.routing.router import Router, RouteRequest, named_paths, rewrite_path
+from ferry.routing.router import MODEL_HEADER, Router, RouteRequest, model_from_path, named_paths, rewrite_path
 from ferry.routing.shadow import RoutingMetrics, ShadowJob, ShadowRunner
 from ferry.routing.spec import RoutesFile, Target, Upstream
 from ferry.serving.metrics import LATENCY_BUCKETS
@@ -310,8 +310,9 @@ class Gateway:
         started = time.perf_counter()
         client = self.clients[self._client_key(target)]
         path_qs = self._path(request, target)
+        headers = _with_model(forward, path_qs, target)
         try:
-            status, response_headers, content = await self._call(client, request.method, path_qs, forward, body, rule)
+            status, response_headers, content = await self._call(client, request.method, path_qs, headers, body, rule)
         except UpstreamError as exc:
             self.metrics.requests.labels(client.name, str(exc.status)).inc()
             extra = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after is not None else None
@@ -324,9 +325,12 @@ class Gateway:
         if shadow is not None and status == 200:
             shadow_client = self.clients[self._client_key(shadow)]
             shadow_path = self._path(request, shadow)
+            shadow_headers = _with_model(forward, shadow_path, shadow)
 
             async def call() -> tuple[int, bytes]:
-                code, _, answer = await self._call(shadow_client, request.method, shadow_path, forward, body, rule)
+                code, _, answer = await self._call(
+                    shadow_client, request.method, shadow_path, shadow_headers, body, rule
+                )
                 return code, answer
 
             route = decision.route
@@ -365,6 +369,20 @@ class Gateway:
     def _path(self, request: web.Request, target: Target) -> str:
         path = rewrite_path(self.named, request.path, target) or request.path
         return path + (f"?{request.query_string}" if request.query_string else "")
+
+
+def _with_model(forward: dict[str, str], path_qs: str, target: Target) -> dict[str, str]:
+    """``forward`` with ``x-ferry-model`` set to the model the upstream serves, for a sharded deployment's hash.
+
+    The model named in the forwarded path wins, then the target's model (a root route such as ``/predict``);
+    when neither names one, a header the client sent is passed on as it came.
+    """
+    model = model_from_path(path_qs.partition("?")[0]) or target.model
+    if model is None:
+        return forward
+    headers = {k: v for k, v in forward.items() if k.lower() != MODEL_HEADER}
+    headers[MODEL_HEADER] = model
+    return headers
 
 
 def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

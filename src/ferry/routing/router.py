@@ -13,6 +13,14 @@ from ferry.routing.spec import Route, RoutesFile, StringMatch, Target
 
 # Set in the ASGI scope of a routed request to a root route (``/predict``): (model, version) to serve instead.
 ROUTED_MODEL_KEY = "ferry.routed_model"
+# The model a request is for, as a header: what a sharded deployment's consistent hash reads (``ferry k8s --shard``).
+MODEL_HEADER = "x-ferry-model"
+# The model's name in every path that names one: native (and its versions), Open Inference v2, KServe v1, Seldon.
+_MODEL_IN_PATH = re.compile(
+    r"^/(?:v2/)?models/(?P<native>[^/]+)(?:/|$)"
+    r"|^/v1/models/(?P<kserve>[^/:]+)(?::|/|$)"
+    r"|^/seldon/(?:[^/]+/)?(?P<seldon>[^/]+)/api/"
+)
 
 _MISSING = object()
 
@@ -52,6 +60,14 @@ def rewrite_path(pattern: re.Pattern[str], path: str, target: Target) -> str | N
     if target.version is not None and prefix in ("/models/", "/v2/models/"):
         middle += f"/versions/{target.version}"
     return prefix + middle + path[named.end() :]
+
+
+def model_from_path(path: str) -> str | None:
+    """``/v2/models/iris/versions/2/infer`` -> ``iris``; None for a path that names no model (``/predict``)."""
+    match = _MODEL_IN_PATH.match(path)
+    if match is None:
+        return None
+    return match.group("native") or match.group("kserve") or match.group("seldon")
 
 
 class Router:
