@@ -17,6 +17,7 @@ import sys
 import tarfile
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from tests.conftest import free_port
 
 from ferry.bundle import MANIFEST_FILE
 from ferry.deploy import compose, dockerfile, k8s
@@ -93,17 +95,23 @@ def test_dockerfile_is_hadolint_clean(image_spec: dockerfile.ImageSpec, include_
 
 
 def test_dockerfile_stages_and_runtime(image_spec: dockerfile.ImageSpec) -> None:
-    text = dockerfile.render_dockerfile(image_spec)
+    from dataclasses import replace
+
+    text = dockerfile.render_dockerfile(replace(image_spec, original_models=True))
     assert text.count("\nFROM ${BASE_IMAGE}") == 2
     assert "ARG BASE_IMAGE=python:3.11-slim-bookworm\n" in text
     final = final_stage(text)
     assert "pip install" not in final and "build-essential" not in final and "gcc" not in final
     assert "COPY --from=builder /opt/venv /opt/venv" in final
     assert f"USER {UID}:{UID}" in final and f"--uid {UID}" in final
-    assert f"EXPOSE {HTTP_PORT} {GRPC_PORT}" in final
+    assert f"EXPOSE {HTTP_PORT} {GRPC_PORT} {PROBE_PORT}" in final
     assert text.rstrip().endswith('ENTRYPOINT ["ferry", "serve"]')
-    # lightgbm (the reviews example) links libgomp, which its wheel does not ship
+    # serving the original LightGBM booster (the reviews example) links libgomp, which its wheel does not ship ...
     assert re.search(r"apt-get install -y --no-install-recommends libgomp1=\S+", final)
+    assert "FERRY_ORIGINAL_MODELS=true" in final and '"verify", "/models", "--original-models"]' in final
+    # ... while its compiled form is numpy alone
+    compiled = final_stage(dockerfile.render_dockerfile(image_spec))
+    assert "apt-get" not in compiled and "FERRY_ORIGINAL_MODELS" not in compiled and '"verify", "/models"]' in compiled
 
 
 def test_dockerfile_layer_order_is_cache_friendly(image_spec: dockerfile.ImageSpec) -> None:
@@ -122,13 +130,47 @@ def test_dockerfile_labels_name_models_and_their_hashes(example_repo: Path, imag
     assert f'io.ferry.model.iris.1="sha256:{iris_digest}"' in dockerfile.render_dockerfile(image_spec)
 
 
-def test_requirements_are_pinned_for_the_runtimes_used(image_spec: dockerfile.ImageSpec) -> None:
-    lines = [x for x in dockerfile.render_requirements(image_spec).splitlines() if not x.startswith("#")]
+def requirement_names(spec: dockerfile.ImageSpec) -> set[str]:
+    lines = [x for x in dockerfile.render_requirements(spec).splitlines() if not x.startswith("#")]
     assert lines and all(re.fullmatch(r"[a-z0-9-]+==\S+", line) for line in lines), lines
-    names = {line.split("==")[0] for line in lines}
+    return {line.split("==")[0] for line in lines}
+
+
+TRAINING_STACK = {"scikit-learn", "skops", "joblib", "scipy", "lightgbm", "threadpoolctl"}
+
+
+def test_requirements_are_pinned_for_the_runtimes_used(example_repo: Path) -> None:
+    names = requirement_names(dockerfile.image_spec_for(example_repo, IMAGE, original_models=True))
     assert {"numpy", "scikit-learn", "skops", "lightgbm", "uvicorn", "uvloop", "starlette"} <= names
     assert "ferry" not in names  # shipped as source in the context
     assert not {"onnxruntime", "pytest", "colorama"} & names  # unused runtime, test tools, Windows-only
+
+
+def test_compiled_bundles_need_no_training_stack_in_the_image(
+    example_repo: Path, image_spec: dockerfile.ImageSpec, tmp_path: Path
+) -> None:
+    """iris, diabetes (scikit-learn) and reviews (LightGBM) serve from their compiled form: numpy, not the framework."""
+    from dataclasses import replace
+
+    assert {m.name for m in image_spec.models if m.compiled} == {"iris", "diabetes", "reviews"}
+    names = requirement_names(image_spec)
+    assert {"numpy", "mmh3", "uvicorn", "starlette"} <= names and not TRAINING_STACK & names, names
+    assert image_spec.extras == set() and image_spec.apt_packages == ()
+    # a bundle with no compiled form brings its framework back: an uncompiled sklearn bundle, then a class that
+    # pip-installs one (its own requirement)
+    uncompiled = dockerfile.ModelRef("churn", "1", "sklearn", "0" * 64)
+    assert {"scikit-learn", "skops", "joblib"} <= requirement_names(replace(image_spec, models=(uncompiled,)))
+    root = tmp_path / "repo"
+    shutil.copytree(example_repo / "score", root / "score")
+    manifest = root / "score" / "1" / MANIFEST_FILE
+    (root / "score" / "1" / "requirements.txt").write_text("lightgbm\n")
+    manifest.write_text(manifest.read_text().replace("options:", "options:\n  requirements: requirements.txt", 1))
+    classy = dockerfile.image_spec_for(root, IMAGE)
+    assert [(m.runtime, m.compiled, m.requirements) for m in classy.models] == [("python", False, ("lightgbm",))]
+    assert "lightgbm" in requirement_names(classy) and classy.apt_packages  # and LightGBM's libgomp
+    # --original-models puts the frameworks back for the compiled ones too
+    original = replace(image_spec, original_models=True)
+    assert {"sklearn", "lightgbm"} <= original.extras and {"scikit-learn", "lightgbm"} <= requirement_names(original)
 
 
 def test_image_models_and_requested_extras_bring_their_dependencies(
@@ -143,6 +185,45 @@ def test_image_models_and_requested_extras_bring_their_dependencies(
     assert {"onnx", "images", "tracing"} <= spec.extras
     with pytest.raises(SpecError, match=r"unknown extra nope; Ferry's extras are .*tracing"):
         dockerfile.image_spec_for(example_repo, IMAGE, extras=("nope",))
+
+
+# What the image leaves out, as the modules the server would import: hidden from a real `ferry serve` below.
+HIDDEN_MODULES = ("sklearn", "skops", "joblib", "scipy", "lightgbm", "threadpoolctl")
+WITHOUT_TRAINING_STACK = (
+    "import runpy, sys\n"
+    f"sys.modules.update(dict.fromkeys({HIDDEN_MODULES!r}))  # None: `import sklearn` raises ImportError\n"
+    "sys.argv = ['ferry', *sys.argv[1:]]\n"
+    "runpy.run_module('ferry', run_name='__main__')\n"
+)
+
+
+def test_the_compiled_examples_serve_without_the_training_stack(example_repo: Path) -> None:
+    """The image's requirement set is enough: with the training stack unimportable, every compiled example answers."""
+    port = free_port()
+    env = {**os.environ, "FERRY_GRPC_PORT": "0", "FERRY_PROBE_PORT": "0", "FERRY_TRUST_CODE": "1"}
+    argv = [sys.executable, "-c", WITHOUT_TRAINING_STACK, "serve", str(example_repo), "--port", str(port)]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(600):
+            assert proc.poll() is None, proc.communicate()[0].decode()[-2000:]
+            try:
+                if httpx.get(url + "/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        for model in ("iris", "diabetes", "reviews"):
+            response = httpx.get(f"{url}/models/{model}/predict/test", timeout=30)
+            assert response.status_code == 200 and "prediction" in response.json(), (model, response.text)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    # and with the originals asked for, the server does need the framework it was told to load
+    done = subprocess.run(
+        [*argv[:3], "verify", str(example_repo), "--original-models"], env=env, capture_output=True, timeout=120
+    )
+    assert done.returncode == 1 and b"iris:1" in done.stdout + done.stderr
 
 
 def test_build_context_holds_source_and_readable_models(example_repo: Path, tmp_path: Path) -> None:
@@ -232,7 +313,8 @@ def test_ports_agree_across_objects_and_dockerfile(spec: DeploySpec, image_spec:
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):  # the probe listener, apart from the load
         assert server_of(spec)[probe]["httpGet"]["port"] == "probe"
     text = dockerfile.render_dockerfile(image_spec)
-    assert f"EXPOSE {container_ports['http']} {container_ports['grpc']}" in text
+    assert f"EXPOSE {container_ports['http']} {container_ports['grpc']} {container_ports['probe']}" in text
+    assert f"FERRY_PROBE_PORT={container_ports['probe']}" in text
     assert f"FERRY_PORT={config['FERRY_PORT']}" in text and f"FERRY_GRPC_PORT={config['FERRY_GRPC_PORT']}" in text
     kserve = objs["InferenceService"]["spec"]["predictor"]["containers"][0]
     assert kserve["ports"][0]["containerPort"] == container_ports["http"]
@@ -324,6 +406,22 @@ def test_probe_paths_are_the_servers_real_routes(examples_server: Any, image_spe
     assert server["livenessProbe"]["httpGet"]["path"] in " ".join(dockerfile.healthcheck_command())
 
 
+def test_healthcheck_asks_the_probe_listener(serve: Any, example_repo: Path, image_spec: dockerfile.ImageSpec) -> None:
+    """The Dockerfile's HEALTHCHECK command, run as Docker runs it, against a live server's probe port."""
+    command = dockerfile.healthcheck_command()
+    assert f"CMD {json.dumps(command)}" in dockerfile.render_dockerfile(image_spec)
+    probe_port = free_port()
+    server = serve(str(example_repo), env={"FERRY_PROBE_PORT": str(probe_port)})
+
+    def check(**env: str) -> int:
+        environment = {**os.environ, "FERRY_PORT": str(server.port), **env}
+        return subprocess.run(command, env=environment, capture_output=True, timeout=30, check=False).returncode
+
+    assert check(FERRY_PROBE_PORT=str(probe_port)) == 0
+    assert check(FERRY_PROBE_PORT=str(free_port())) != 0  # nothing listening there: unhealthy, not the HTTP port
+    assert check(FERRY_PROBE_PORT="0") == 0  # the probe listener off: the HTTP port answers instead
+
+
 def test_k8s_command_writes_valid_manifests_and_kustomization(example_repo: Path, tmp_path: Path) -> None:
     result = run_ferry("k8s", str(example_repo), "--image", IMAGE, "-n", "prod", "--replicas", "4", "--kserve",
                        "-o", str(tmp_path))  # fmt: skip
@@ -359,7 +457,8 @@ def test_compose_runs_replicas_behind_nginx_with_the_deployment_settings(example
     assert ferry["environment"] == by_kind(spec)["ConfigMap"]["data"]
     assert ferry["read_only"] is True and ferry["cap_drop"] == ["ALL"] and ferry["user"] == f"{UID}:{UID}"
     # compose's "healthy" gates nginx (depends_on), so it is readiness: the models loaded, not only the process up
-    assert ferry["healthcheck"]["test"][0] == "CMD" and "'/ready'" in " ".join(ferry["healthcheck"]["test"])
+    assert ferry["healthcheck"]["test"] == ["CMD", *dockerfile.healthcheck_command("/ready")]
+    assert "FERRY_PROBE_PORT" in " ".join(ferry["healthcheck"]["test"])  # the probe listener, not the load
     assert "name" not in doc  # Debian's docker-compose 1.29 refuses a top-level name
     assert nginx["depends_on"] == {"ferry": {"condition": "service_healthy"}}
     assert "healthcheck" in nginx

@@ -52,6 +52,12 @@ def containerize_command(
         list[str] | None, typer.Option(help="Also install this Ferry extra (tracing, fetch); repeatable.")
     ] = None,
     trust_code: TrustCode = False,
+    original_models: Annotated[
+        bool,
+        typer.Option(
+            help="Serve the original artifacts (installs scikit-learn/LightGBM) even where a bundle is compiled."
+        ),
+    ] = False,
 ) -> None:
     """Write a Docker build context for REPO: Dockerfile, .dockerignore, pinned requirements, models."""
     spec = _run(
@@ -63,6 +69,7 @@ def containerize_command(
             source=source or _git_remote(repo),
             extras=tuple(extra or ()),
             trust_code=trust_code,
+            original_models=original_models,
         )
     )
     for path in _run(lambda: dockerfile.write_build_context(repo, out, spec)):

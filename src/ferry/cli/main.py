@@ -192,6 +192,9 @@ def verify_command(
     trust_code: Annotated[
         bool, typer.Option(help="Also import bundles' Python classes, and load pickles (both run their code).")
     ] = False,
+    original_models: Annotated[
+        bool, typer.Option(help="Load the original artifacts even where a bundle holds a compiled form.")
+    ] = False,
 ) -> None:
     """Load every bundle in REPO as the server would (hashes, framework, warm-up); exit 1 if any fails.
 
@@ -209,7 +212,9 @@ def verify_command(
     problem = repository_problem(Settings(repo=repo.resolve()))
     if problem:
         fail(problem)
-    registry = ModelRegistry(repo.resolve(), trust_pickle=trust_pickle, warmup=warm_up, trust_code=trust_code)
+    registry = ModelRegistry(
+        repo.resolve(), trust_pickle=trust_pickle, warmup=warm_up, trust_code=trust_code, original=original_models
+    )
     failed = []
     for handle in registry.handles():
         registry.load(handle)

@@ -24,6 +24,7 @@ from ferry.deploy.spec import (
     HTTP_PORT,
     LIVENESS_PATH,
     MODELS_DIR,
+    PROBE_PORT,
     UID,
     VENV_DIR,
     image_tag,
@@ -44,6 +45,7 @@ class ModelRef:
     digest: str
     images: bool = False  # image input: decoding needs Pillow (the `images` extra)
     requirements: tuple[str, ...] = ()  # the bundle's own pip requirements (a Python class's, --requirements)
+    compiled: bool = False  # the bundle holds a verified compiled form, which serves with numpy alone
 
 
 @dataclass(frozen=True)
@@ -57,15 +59,21 @@ class ImageSpec:
     source: str = ""
     more_extras: tuple[str, ...] = ()  # `--extra`: optional features the runtimes do not imply (tracing, fetch)
     trust_code: bool = False  # the operator's --trust-code: the image imports the bundles' Python classes
+    original_models: bool = False  # --original-models: serve the original artifacts, so install their frameworks
+
+    def serving_runtime(self, model: ModelRef) -> str:
+        """The runtime the image's server loads the bundle with: its compiled form unless the originals are asked."""
+        return "compiled" if model.compiled and not self.original_models else model.runtime
 
     @property
     def extras(self) -> set[str]:
-        extras = {e for m in self.models if (e := RUNTIME_EXTRAS.get(m.runtime))} | set(self.more_extras)
+        runtimes = {self.serving_runtime(m) for m in self.models}
+        extras = {e for r in runtimes if (e := RUNTIME_EXTRAS.get(r))} | set(self.more_extras)
         return extras | ({"images"} if any(m.images for m in self.models) else set())
 
     @property
     def apt_packages(self) -> tuple[str, ...]:
-        packages = {p for m in self.models for p in RUNTIME_APT_PACKAGES.get(m.runtime, ())}
+        packages = {p for m in self.models for p in RUNTIME_APT_PACKAGES.get(self.serving_runtime(m), ())}
         # A class bundle that pip-installs a framework needs that framework's system libraries too.
         wanted = {requirement_name(r) for m in self.models for r in m.requirements}
         packages |= {p for runtime in wanted & set(RUNTIME_APT_PACKAGES) for p in RUNTIME_APT_PACKAGES[runtime]}
@@ -81,7 +89,8 @@ def model_refs(repo: Path) -> tuple[ModelRef, ...]:
             digest = hashlib.sha256((ref.path / MANIFEST_FILE).read_bytes()).hexdigest()
             images = manifest.input.kind == "image"
             requirements = _bundle_requirements(ref.path, manifest.options.get("requirements"))
-            refs.append(ModelRef(ref.name, ref.version, manifest.runtime, digest, images, requirements))
+            compiled = bool(manifest.options.get("compiled"))
+            refs.append(ModelRef(ref.name, ref.version, manifest.runtime, digest, images, requirements, compiled))
     return tuple(refs)
 
 
@@ -93,11 +102,16 @@ def _bundle_requirements(bundle_dir: Path, name: str | None) -> tuple[str, ...]:
 
 
 def healthcheck_command(path: str = LIVENESS_PATH) -> list[str]:
-    """Python's own urllib, so the final stage needs no curl; the port comes from the same FERRY_PORT as serve."""
+    """Python's own urllib, so the final stage needs no curl.
+
+    It asks the probe listener (FERRY_PROBE_PORT, as serve reads it), which answers apart from the request
+    load, so a busy server is not marked unhealthy; with the probe port off (0) it asks the HTTP port.
+    """
     probe = (
         "import os, urllib.request; "
-        f"urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('FERRY_PORT', '{HTTP_PORT}') "
-        f"+ '{path}', timeout=2)"
+        f"port = os.environ.get('FERRY_PROBE_PORT', '{PROBE_PORT}'); "
+        f"port = os.environ.get('FERRY_PORT', '{HTTP_PORT}') if port == '0' else port; "
+        f"urllib.request.urlopen('http://127.0.0.1:' + port + '{path}', timeout=2)"
     )
     return ["python", "-c", probe]
 
@@ -139,8 +153,8 @@ def render_dockerfile(spec: ImageSpec) -> str:
         else f"RUN install -d -o {UID} -g {GID} {MODELS_DIR}\n"
     )
     # Every bundle loads once at build: a dependency missing from the image fails `docker build`, not the pod.
-    trust = ', "--trust-code"' if spec.trust_code else ""
-    verify = f'RUN ["ferry", "verify", "{MODELS_DIR}"{trust}]\n' if spec.include_models else ""
+    flags = (', "--trust-code"' if spec.trust_code else "") + (', "--original-models"' if spec.original_models else "")
+    verify = f'RUN ["ferry", "verify", "{MODELS_DIR}"{flags}]\n' if spec.include_models else ""
     labels = " \\\n      ".join(f"{k}={json.dumps(v)}" for k, v in image_labels(spec).items())
     env = {
         "PATH": f"{VENV_DIR}/bin:$PATH",
@@ -150,7 +164,9 @@ def render_dockerfile(spec: ImageSpec) -> str:
         "FERRY_HOST": "0.0.0.0",
         "FERRY_PORT": str(HTTP_PORT),
         "FERRY_GRPC_PORT": str(GRPC_PORT),
+        "FERRY_PROBE_PORT": str(PROBE_PORT),
         **({"FERRY_TRUST_CODE": "true"} if spec.trust_code else {}),
+        **({"FERRY_ORIGINAL_MODELS": "true"} if spec.original_models else {}),
     }
     env_lines = " \\\n    ".join(f"{k}={v}" for k, v in env.items())
     return f"""\
@@ -174,7 +190,7 @@ RUN groupadd --system --gid {GID} ferry \\
 COPY --from=builder {VENV_DIR} {VENV_DIR}
 {models_dir_step}ENV {env_lines}
 {verify}USER {UID}:{GID}
-EXPOSE {HTTP_PORT} {GRPC_PORT}
+EXPOSE {HTTP_PORT} {GRPC_PORT} {PROBE_PORT}
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \\
     CMD {json.dumps(healthcheck_command())}
 ENTRYPOINT ["ferry", "serve"]
@@ -220,6 +236,7 @@ def image_spec_for(
     source: str = "",
     extras: tuple[str, ...] = (),
     trust_code: bool = False,
+    original_models: bool = False,
 ) -> ImageSpec:
     models = model_refs(repo)
     if not models:
@@ -242,6 +259,7 @@ def image_spec_for(
         source=source,
         more_extras=tuple(sorted(set(extras))),
         trust_code=trust_code,
+        original_models=original_models,
     )
 
 
