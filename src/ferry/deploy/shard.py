@@ -82,7 +82,11 @@ def render_destination_rule(spec: DeploySpec) -> Obj:
 
 
 def model_route(spec: DeploySpec, model: str) -> Obj:
-    """One model's paths on the HTTP port: the header set to its name, for clients that do not send it."""
+    """One model's paths on the HTTP port: the header set to its name, for clients that do not send it.
+
+    Envoy adds a route's headers after it has chosen the host in the releases read (router.cc), so on those
+    the header reaches the pod but does not steer this proxy's hash: the gateway or the client must send it.
+    """
     return {
         "name": f"model:{model}",
         "match": [{"uri": {"regex": _PATH_FORMS.format(m=re.escape(model))}, "port": SERVICE_HTTP_PORT}],
