@@ -23,7 +23,7 @@ from tests.conftest import ServerProcess, free_port
 
 from ferry.deploy.shard import _PATH_FORMS
 from ferry.routing.gateway import Gateway, GatewaySettings
-from ferry.routing.router import MODEL_HEADER, model_from_path
+from ferry.routing.router import MODEL_HEADER, model_from_path, model_header_value
 from ferry.routing.spec import parse_routes
 from ferry.serving.budget import parse_size
 from ferry.settings import Settings
@@ -143,6 +143,9 @@ def test_the_gateway_sets_the_model_header_from_the_forwarded_path() -> None:
             assert response.status == 200
         async with session.post(url + "/shadowed", json={}) as response:
             assert response.status == 200
+        # a name that may not stand in a header as it is (non-ASCII, a space) is percent-encoded, not a 500
+        async with session.post(url + "/models/café x/predict", json={}) as response:
+            assert response.status == 200
 
     seen = run_gateway(routes, check)
     primary = [s for s in seen if s["upstream"] == "a"]
@@ -151,6 +154,8 @@ def test_the_gateway_sets_the_model_header_from_the_forwarded_path() -> None:
     assert by_path["/models/a/predict"]["model"] == "a"  # /models/classifier/... rewritten to the target
     assert by_path["/predict"]["model"] == "a"
     assert by_path["/shadowed"]["model"] == "a"
+    assert by_path["/models/café x/predict"]["model"] == "caf%C3%A9%20x"
+    assert model_header_value("a\r\nx-evil: 1") == "a%0D%0Ax-evil%3A%201"  # no header injection
     shadow = [s for s in seen if s["upstream"] == "b"]
     assert shadow == [{"upstream": "b", "path": "/shadowed", "model": "b"}]  # the shadow's own model
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 import copy
 import re
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from ferry.deploy.k8s import SERVICE_HTTP_PORT, Obj
 from ferry.deploy.spec import GRPC_PORT, DeploySpec
 from ferry.errors import SpecError
-from ferry.routing.router import MODEL_HEADER
+from ferry.routing.router import MODEL_HEADER, model_header_value
 from ferry.serving.budget import parse_size
 
 API_VERSION = "networking.istio.io/v1"
@@ -89,8 +90,11 @@ def model_route(spec: DeploySpec, model: str) -> Obj:
     """
     return {
         "name": f"model:{model}",
-        "match": [{"uri": {"regex": _PATH_FORMS.format(m=re.escape(model))}, "port": SERVICE_HTTP_PORT}],
-        "headers": {"request": {"set": {MODEL_HEADER: model}}},
+        # Envoy matches the path as sent: a name with characters outside A-Z a-z 0-9 -._~ as percent-encoded
+        "match": [
+            {"uri": {"regex": _PATH_FORMS.format(m=re.escape(quote(model, safe="")))}, "port": SERVICE_HTTP_PORT}
+        ],
+        "headers": {"request": {"set": {MODEL_HEADER: model_header_value(model)}}},
         "route": [{"destination": {"host": service_host(spec)}}],
     }
 

@@ -21,7 +21,15 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from ferry.errors import UpstreamError
-from ferry.routing.router import MODEL_HEADER, Router, RouteRequest, model_from_path, named_paths, rewrite_path
+from ferry.routing.router import (
+    MODEL_HEADER,
+    Router,
+    RouteRequest,
+    model_from_path,
+    model_header_value,
+    named_paths,
+    rewrite_path,
+)
 from ferry.routing.shadow import RoutingMetrics, ShadowJob, ShadowRunner
 from ferry.routing.spec import RoutesFile, Target, Upstream
 from ferry.serving.metrics import LATENCY_BUCKETS
@@ -381,7 +389,7 @@ def _with_model(forward: dict[str, str], path_qs: str, target: Target) -> dict[s
     if model is None:
         return forward
     headers = {k: v for k, v in forward.items() if k.lower() != MODEL_HEADER}
-    headers[MODEL_HEADER] = model
+    headers[MODEL_HEADER] = model_header_value(model)
     return headers
 
 

@@ -8,6 +8,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from ferry.routing.spec import Route, RoutesFile, StringMatch, Target
 
@@ -60,6 +61,11 @@ def rewrite_path(pattern: re.Pattern[str], path: str, target: Target) -> str | N
     if target.version is not None and prefix in ("/models/", "/v2/models/"):
         middle += f"/versions/{target.version}"
     return prefix + middle + path[named.end() :]
+
+
+def model_header_value(model: str) -> str:
+    """The header's value for a model: its name, percent-encoded where a character may not stand in a header."""
+    return quote(model, safe="")
 
 
 def model_from_path(path: str) -> str | None:
