@@ -41,7 +41,8 @@ def rollup(pid: int) -> dict[str, int]:
 
 def measure(ferry: str, repo: str, workers: int, extra: list[str]) -> tuple[int, float, float]:
     port = free_port()
-    argv = [ferry, "serve", repo, "--port", str(port), "--grpc-port", "0", "--log-level", "warning"]
+    argv = [ferry, "serve", repo, "--port", str(port), "--probe-port", str(free_port()), "--grpc-port", "0"]
+    argv += ["--log-level", "warning"]
     proc = subprocess.Popen([*argv, "--workers", str(workers), *extra], stdout=subprocess.DEVNULL)
     try:
         import http.client

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import os
 import sys
 from pathlib import Path
@@ -22,6 +23,10 @@ _NEEDS_TYPER = ("tracing", "routes", "model_uri")
 
 
 def main() -> None:
+    # No collections while start-up imports: each full one walks every object the imports made so
+    # far (tens of ms). The server freezes those objects and turns the collector back on once its
+    # app is built (``ferry.server.worker``); any other command turns it back on below.
+    gc.disable()
     from ferry.errors import FerryError
 
     settings = plain_serve_settings(sys.argv[1:])
@@ -35,6 +40,7 @@ def main() -> None:
     if settings is None:
         from ferry.cli.main import app
 
+        gc.enable()
         app()
         return
     run_server(settings)

@@ -140,16 +140,13 @@ def _fork_workers_after_imports() -> None:
     import uvicorn._subprocess
     from prometheus_client import values
 
-    import ferry
-
     for module in _WORKER_MODULES:  # (the import is the point: the workers inherit it)
         importlib.import_module(module)
     # prometheus_client picks its value class (multiprocess or not) when first imported, which here
     # was before the metrics folder was named; pick again, as a spawned worker importing it would.
     values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
-    assert ferry.__version__  # read once here (importlib.metadata), not in every worker
 
     if hasattr(uvicorn._subprocess, "spawn"):  # the context uvicorn's supervisor starts workers with
         uvicorn._subprocess.spawn = multiprocessing.get_context("fork")  # type: ignore[assignment]
-    gc.collect()
-    gc.freeze()
+    gc.freeze()  # (no collection first: what start-up left unreachable is a few hundred objects)
+    gc.enable()

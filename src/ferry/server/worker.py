@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
@@ -22,7 +23,13 @@ Lifespan = Callable[[Any], AbstractAsyncContextManager[Any]]
 def create_app_from_env() -> FerryApp:
     """uvicorn's factory in every worker: settings arrive as FERRY_* variables."""
     settings = Settings.from_env()
-    return with_probes(with_grpc(create_app(settings), settings), settings)
+    app = with_probes(with_grpc(create_app(settings), settings), settings)
+    # Start-up's imports stay for good: frozen, no collection walks them again (the load's own
+    # collection, and every full one while serving, stays short), and a forked worker leaves
+    # their pages shared. The collector is off until here when ``ferry.cli.entry`` started us.
+    gc.freeze()
+    gc.enable()
+    return app
 
 
 def with_probes(app: FerryApp, settings: Settings) -> FerryApp:

@@ -1,0 +1,46 @@
+"""What start-up does and does not do: a served process loads no gRPC it will not serve, and the app
+freezes start-up's objects out of the collector's reach. (How fast it starts is measured in bench/ready.py.)
+"""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from tests.conftest import free_port
+
+from ferry.server.worker import create_app_from_env
+
+
+def test_a_server_without_grpc_maps_no_grpc_library(serve: Any, example_repo: Path) -> None:
+    """gRPC (a large C extension, slow to import) is loaded only when its port is on."""
+    server = serve(str(example_repo), "--grpc-port", "0")
+    assert httpx.post(server.url + "/models/iris/predict", json={"length": 5.1, "width": 2.4}).status_code == 200
+    mapped = Path(f"/proc/{server.proc.pid}/maps").read_text()
+    assert "/grpc/" not in mapped and "cygrpc" not in mapped
+
+
+def test_a_server_with_grpc_maps_it(serve: Any, example_repo: Path) -> None:
+    """The check above can see gRPC when it is there."""
+    server = serve(str(example_repo), "--grpc-port", str(free_port()))
+    assert "cygrpc" in Path(f"/proc/{server.proc.pid}/maps").read_text()
+
+
+def test_the_app_factory_freezes_start_ups_objects_and_turns_the_collector_on(
+    example_repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ferry serve`` imports with the collector off; the factory every worker runs freezes what start-up
+    made (so no collection walks it again, and forked workers keep its pages shared), then turns it on."""
+    monkeypatch.setenv("FERRY_REPO", str(example_repo))
+    monkeypatch.setenv("FERRY_CONSOLE", "0")
+    gc.disable()  # as ferry.cli.entry leaves it
+    try:
+        create_app_from_env()
+        assert gc.isenabled()
+        assert gc.get_freeze_count() > 10_000  # the imported server, not a handful of objects
+    finally:
+        gc.unfreeze()
+        gc.enable()
