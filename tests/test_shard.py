@@ -249,6 +249,14 @@ def test_shard_options_are_checked(example_repo: Path, tmp_path: Path) -> None:
     ):
         done = run_ferry(*base, *extra)
         assert done.returncode == 1 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+    # a routes file's versions of the sharded Service would need a second DestinationRule on its host
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(yaml.safe_dump({"name": "front", "default": {"to": {"model": "ferry", "version": "1"}}}))
+    done = run_ferry(*base, "--shard", "--max-memory", "512MiB", "--routes", str(routes))
+    assert done.returncode == 1 and "Istio takes one per host" in done.stderr, done.stderr
+    routes.write_text(yaml.safe_dump({"name": "front", "default": {"to": {"model": "other", "version": "1"}}}))
+    done = run_ferry(*base, "--shard", "--max-memory", "512MiB", "--routes", str(routes))
+    assert done.returncode == 0, done.stderr
     # model-load mode: no names to route by, so the DestinationRule only
     done = run_ferry("k8s", "--image", IMAGE, "--model-uri", "s3://b/m", "--shard", "--max-memory", "512MiB",
                      "-o", str(tmp_path / "load"))  # fmt: skip

@@ -202,6 +202,12 @@ def k8s_command(
 
         sharding = Sharding(max_memory, tuple(sorted(scan_repository(repo))) if repo is not None else ())
         objects = _run(lambda: apply_sharding(objects, spec, sharding))
+        if routes is not None:
+            from ferry.deploy.istio import render_destination_rules
+            from ferry.deploy.shard import check_routes
+            from ferry.routing.spec import load_routes
+
+            _run(lambda: check_routes(spec, render_destination_rules(load_routes(routes), namespace)))
     for path in _run(lambda: k8s.write_manifests(spec, out, objects=objects)):
         console.print(f"[green]wrote[/green] {path}")
     console.print(f"apply them with: kubectl apply --server-side -k {out}")

@@ -111,6 +111,17 @@ def render_virtual_service(spec: DeploySpec, models: tuple[str, ...]) -> Obj:
     }
 
 
+def check_routes(spec: DeploySpec, destination_rules: list[Obj]) -> None:
+    """A routes file's DestinationRule on the sharded Service would be a second one for its host: refused."""
+    names = {spec.name, f"{spec.name}.{spec.namespace}", f"{spec.name}.{spec.namespace}.svc", service_host(spec)}
+    for rule in destination_rules:
+        if rule["spec"]["host"] in names:
+            raise SpecError(
+                f"the routes file's versions of '{rule['spec']['host']}' need a DestinationRule on the Service that "
+                "--shard hashes over; Istio takes one per host, so route versions to another Service"
+            )
+
+
 def apply_sharding(objects: dict[str, Obj], spec: DeploySpec, sharding: Sharding) -> dict[str, Obj]:
     """``objects`` with the Deployment's server given the budget, plus the DestinationRule and VirtualService."""
     sharding.check(spec)
