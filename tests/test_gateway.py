@@ -49,7 +49,7 @@ def run_with_gateway(
         else:
             url = f"http://127.0.0.1:{free_port()}"
         routes = parse_routes({"services": {"m": {"url": url, **service}}, "default": {"to": {"model": "m"}}})
-        gateway_runner, gateway_url = await _start(Gateway(routes, GatewaySettings(health_interval_s=0.1)).app())
+        gateway_runner, gateway_url = await _start(Gateway(routes, GatewaySettings(health_interval=0.1)).app())
         try:
             async with aiohttp.ClientSession() as session:
                 await check(session, gateway_url)

@@ -147,8 +147,8 @@ def _route(route: CompatRoute | dict[str, Any] | str) -> Any:
 def _check_expectation(staging: Path, manifest: Manifest, trusted: bool) -> None:
     """Load the staged bundle and answer its sample as the native predict route will."""
     # The protocol layer sits above bundles; this is the one place a build borrows it.
+    from ferry.bundle.expect import expectation_problem
     from ferry.bundle.load import load_bundle
-    from ferry.protocol.expect import expectation_problem
     from ferry.protocol.native import answer
     from ferry.serving.inputs import InputCodec
 

@@ -15,9 +15,10 @@ from rich.console import Console
 from ferry.cli.errors import run as _run
 from ferry.deploy import compose, dockerfile, fetch, image, k8s, kubectl
 from ferry.deploy.addons import Addons, render_with_addons
-from ferry.deploy.spec import DEFAULT_BASE_IMAGE, GRPC_PORT, DeploySpec, Resources, Scaling
+from ferry.deploy.spec import CLUSTER_REPLICAS, DEFAULT_BASE_IMAGE, GRPC_PORT, DeploySpec, Resources, Scaling
 from ferry.deploy.values import PlanValues, load_values
 from ferry.errors import SpecError
+from ferry.settings import Settings
 
 console = Console(stderr=True)
 T = TypeVar("T")
@@ -51,13 +52,13 @@ def containerize_command(
     extra: Annotated[
         list[str] | None, typer.Option(help="Also install this Ferry extra (tracing, fetch); repeatable.")
     ] = None,
-    trust_code: TrustCode = False,
+    trust_code: TrustCode = DeploySpec.trust_code,
     original_models: Annotated[
         bool,
         typer.Option(
             help="Serve the original artifacts (installs scikit-learn/LightGBM) even where a bundle is compiled."
         ),
-    ] = False,
+    ] = Settings.original_models,
 ) -> None:
     """Write a Docker build context for REPO: Dockerfile, .dockerignore, pinned requirements, models."""
     spec = _run(
@@ -88,16 +89,16 @@ def containerize_command(
 def compose_command(
     repo: OptionalRepo = None,
     image_ref: Image = "",
-    replicas: Replicas = 2,
-    name: Name = "ferry",
-    model_uri: ModelUri = "",
+    replicas: Replicas = DeploySpec.replicas,
+    name: Name = DeploySpec.name,
+    model_uri: ModelUri = DeploySpec.model_uri,
     out: Annotated[Path, typer.Option("--output", "-o", help="Folder for docker-compose.yml and nginx.conf.")] = Path(
         "."
     ),
     port: Annotated[int, typer.Option(help="Host port nginx publishes for HTTP.")] = compose.PUBLISHED_HTTP_PORT,
     grpc_port: Annotated[int, typer.Option(help="Host port nginx publishes for gRPC.")] = GRPC_PORT,
     nginx_image: Annotated[str, typer.Option(help="nginx image (any nginx >= 1.22).")] = compose.NGINX_IMAGE,
-    trust_code: TrustCode = False,
+    trust_code: TrustCode = DeploySpec.trust_code,
 ) -> None:
     """Write docker-compose.yml: REPLICAS Ferry containers behind nginx, with health checks."""
     spec = _spec(repo, image_ref, name=name, replicas=replicas, model_uri=model_uri, trust_code=trust_code)
@@ -112,17 +113,27 @@ def k8s_command(
     ctx: typer.Context,
     repo: OptionalRepo = None,
     image_ref: Image = "",
-    name: Name = "ferry",
-    namespace: Namespace = "ferry",
-    replicas: Replicas = 3,
-    max_replicas: Annotated[int, typer.Option(help="Autoscaler maximum (default 3 x replicas).")] = 0,
-    service_type: ServiceType = "LoadBalancer",
-    model_uri: ModelUri = "",
-    auth_secret: Annotated[str, typer.Option(help="Secret whose 'tokens' key becomes FERRY_AUTH_TOKENS.")] = "",
-    fetch_secret: Annotated[str, typer.Option(help="Secret with credentials for the model fetch (env).")] = "",
-    cpu: Annotated[str, typer.Option(help="CPU request,limit.")] = "250m,1",
-    memory: Annotated[str, typer.Option(help="Memory request,limit.")] = "512Mi,1Gi",
-    in_flight_target: Annotated[int, typer.Option(help="Also autoscale on in-flight requests per pod (0: off).")] = 0,
+    name: Name = DeploySpec.name,
+    namespace: Namespace = DeploySpec.namespace,
+    replicas: Replicas = CLUSTER_REPLICAS,
+    max_replicas: Annotated[
+        int, typer.Option(help="Autoscaler maximum (default 3 x replicas).")
+    ] = DeploySpec.max_replicas,
+    service_type: ServiceType = DeploySpec.service_type,
+    model_uri: ModelUri = DeploySpec.model_uri,
+    auth_secret: Annotated[
+        str, typer.Option(help="Secret whose 'tokens' key becomes FERRY_AUTH_TOKENS.")
+    ] = DeploySpec.auth_secret,
+    fetch_secret: Annotated[
+        str, typer.Option(help="Secret with credentials for the model fetch (env).")
+    ] = DeploySpec.fetch_secret,
+    cpu: Annotated[str, typer.Option(help="CPU request,limit.")] = f"{Resources.cpu_request},{Resources.cpu_limit}",
+    memory: Annotated[
+        str, typer.Option(help="Memory request,limit.")
+    ] = f"{Resources.memory_request},{Resources.memory_limit}",
+    in_flight_target: Annotated[
+        int, typer.Option(help="Also autoscale on in-flight requests per pod (0: off).")
+    ] = DeploySpec.in_flight_target,
     kserve: Annotated[bool, typer.Option(help="Also write a KServe InferenceService.")] = False,
     knative: Annotated[bool, typer.Option(help="Also write a Knative Service (scales on concurrency).")] = False,
     scale_to_zero: Annotated[bool, typer.Option(help="--knative: no pod while idle (min-scale 0).")] = False,
@@ -134,8 +145,10 @@ def k8s_command(
     ] = False,
     concurrency_target: Annotated[
         int, typer.Option(help="KEDA/Knative: requests in one replica at once before scaling out.")
-    ] = 10,
-    sla_p99_ms: Annotated[float, typer.Option(help="The p99 latency (ms) above which an alert fires.")] = 100.0,
+    ] = Scaling.concurrency,
+    sla_p99_ms: Annotated[
+        float, typer.Option(help="The p99 latency (ms) above which an alert fires.")
+    ] = Scaling.p99_seconds * 1000,
     prometheus_url: Annotated[
         str, typer.Option(help="--keda: the Prometheus that KEDA queries.")
     ] = Scaling.prometheus_url,
@@ -154,7 +167,7 @@ def k8s_command(
         str, typer.Option(help="--shard: each replica's budget for loaded models, like 1GiB (below --memory's limit).")
     ] = "",
     out: Annotated[Path, typer.Option("--output", "-o", help="Folder for the manifests.")] = Path("k8s"),
-    trust_code: TrustCode = False,
+    trust_code: TrustCode = DeploySpec.trust_code,
 ) -> None:
     """Write Kubernetes manifests: Namespace, ConfigMap, Deployment, Service, HPA, PDB, kustomization (and add-ons)."""
     addons = Addons(kserve=kserve, knative=knative, keda=keda, service_monitor=service_monitor)
@@ -236,15 +249,15 @@ def index_command(repo: Repo) -> None:
 def deploy_command(
     repo: OptionalRepo = None,
     image_ref: Image = "",
-    name: Name = "ferry",
-    namespace: Namespace = "ferry",
-    replicas: Replicas = 3,
-    service_type: ServiceType = "LoadBalancer",
-    model_uri: ModelUri = "",
+    name: Name = DeploySpec.name,
+    namespace: Namespace = DeploySpec.namespace,
+    replicas: Replicas = CLUSTER_REPLICAS,
+    service_type: ServiceType = DeploySpec.service_type,
+    model_uri: ModelUri = DeploySpec.model_uri,
     dry_run: Annotated[bool, typer.Option(help="Print the objects instead of applying them.")] = False,
     timeout: Annotated[int, typer.Option(help="Seconds to wait for the rollout.")] = 300,
     context: Context = None,
-    trust_code: TrustCode = False,
+    trust_code: TrustCode = DeploySpec.trust_code,
 ) -> None:
     """Apply the objects with `kubectl apply --server-side`, wait for the rollout, print the address."""
     spec = _spec(
@@ -269,8 +282,8 @@ def deploy_command(
 
 
 def undeploy_command(
-    name: Name = "ferry",
-    namespace: Namespace = "ferry",
+    name: Name = DeploySpec.name,
+    namespace: Namespace = DeploySpec.namespace,
     delete_namespace: Annotated[bool, typer.Option(help="Also delete the namespace and all in it.")] = False,
     context: Context = None,
 ) -> None:
@@ -281,7 +294,9 @@ def undeploy_command(
         console.print(line)
 
 
-def status_command(name: Name = "ferry", namespace: Namespace = "ferry", context: Context = None) -> None:
+def status_command(
+    name: Name = DeploySpec.name, namespace: Namespace = DeploySpec.namespace, context: Context = None
+) -> None:
     """Ready replicas and the Service's address."""
     spec = _run(lambda: DeploySpec(image="ferry:status", name=name, namespace=namespace))
     _print_status(_run(lambda: kubectl.status(spec, context=context)))

@@ -1,6 +1,7 @@
 """The CLI's one error policy, for every command: one line on stderr, no traceback.
 
-Exit 2 for usage (a bad argument or option), 1 for a failure (a bad model, an unreachable service).
+Exit ``USAGE`` (2) for a bad argument or option, ``FAILURE`` (1) for a failure (a bad model, an unreachable
+service); the codes are ``ferry.cli``'s, so ``ferry serve``'s typer-free path uses the same.
 """
 
 from __future__ import annotations
@@ -11,11 +12,10 @@ from typing import Any, NoReturn, TypeVar
 
 import typer
 
+from ferry.cli import FAILURE, USAGE
 from ferry.errors import FerryError, UsageError
 
 T = TypeVar("T")
-
-USAGE, FAILURE = 2, 1
 
 
 def fail(message: str, code: int = FAILURE) -> NoReturn:

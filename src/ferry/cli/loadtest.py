@@ -12,8 +12,11 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from ferry.cli import FAILURE
 from ferry.cli.errors import run as _run
+from ferry.cli.options import settings_command
 from ferry.errors import FerryError
+from ferry.settings import LoadTestSettings
 
 T = TypeVar("T")
 out = Console()
@@ -21,93 +24,61 @@ err = Console(stderr=True)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("loadtest")(loadtest_command)
+    app.command("loadtest")(settings_command(loadtest, LoadTestSettings, arguments=("url",)))
     app.command("check")(check_command)
     app.command("plan")(plan_command)
 
 
-def loadtest_command(
-    url: Annotated[str, typer.Argument(help="Base URL of the service, e.g. http://127.0.0.1:8000")],
-    model: Annotated[str | None, typer.Option(help="Model name (default: the only model served).")] = None,
-    rate: Annotated[float | None, typer.Option(help="Open loop: requests per second on a fixed schedule.")] = None,
-    concurrency: Annotated[int | None, typer.Option(help="Closed loop: this many concurrent users.")] = None,
-    duration: Annotated[str, typer.Option(help="How long: 30s, 2m, 500ms.")] = "30s",
-    ramp: Annotated[
-        str | None, typer.Option(help="Open-loop ramp START:END:DURATION[,...], e.g. 100:2000:60s.")
-    ] = None,
-    data: Annotated[
-        str | None, typer.Option(help="JSONL/CSV file, image folder, 'sample' or 'generated' (default: sample).")
-    ] = None,
-    protocol: Annotated[str, typer.Option(help="native, v2, v1, seldon, or grpc (OIP ModelInfer).")] = "native",
-    route: Annotated[
-        str | None, typer.Option(help="Any route instead, e.g. 'POST /predict' or 'GET /prediction/?f=0.05'.")
-    ] = None,
-    body: Annotated[
-        str | None, typer.Option(help="--route: the JSON body to send (else --data, else the sample).")
-    ] = None,
-    grpc_target: Annotated[
-        str | None, typer.Option(help="--protocol grpc: HOST:PORT of the gRPC server (default: URL's host, 8081).")
-    ] = None,
-    processes: Annotated[int, typer.Option(help="Generator processes sharing the load.")] = 1,
-    timeout: Annotated[str, typer.Option(help="Per-request timeout.")] = "10s",
-    connections: Annotated[int, typer.Option(help="Most open connections (per run).")] = 1000,
-    sla: Annotated[str | None, typer.Option(help="Gate, e.g. 'p99<50ms,errors<0.1%'; exit 1 when it fails.")] = None,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the full results as JSON.")] = None,
-    report: Annotated[
-        Path | None, typer.Option(help="Write an HTML report with charts, and the charts as a PNG beside it.")
-    ] = None,
-    find_max: Annotated[bool, typer.Option(help="Search the highest rate that meets --sla.")] = False,
-    step_duration: Annotated[str, typer.Option(help="--find-max: length of each step.")] = "10s",
-    max_rate: Annotated[float, typer.Option(help="--find-max: stop searching at this rate.")] = 1_000_000.0,
-) -> None:
+def loadtest(settings: LoadTestSettings) -> None:
     """Load-test a running model: open loop (--rate/--ramp) or closed loop (--concurrency)."""
     from ferry.errors import LoadTestError
-    from ferry.loadtest.engine import LoadTestOptions, gate, prepare, run_spec
+    from ferry.loadtest.engine import DEFAULT_RATE, LoadTestOptions, gate, prepare, run_spec
     from ferry.loadtest.engine import find_max as search_max
     from ferry.loadtest.schedule import Schedule, parse_duration, parse_ramp
     from ferry.loadtest.sla import parse_sla
 
+    s = settings
+    rate = s.rate or DEFAULT_RATE
+
     def setup() -> tuple[Any, ...]:
-        if sum(x is not None for x in (rate, concurrency, ramp)) > 1:
+        if sum(x is not None for x in (s.rate, s.concurrency, s.ramp)) > 1:
             raise LoadTestError("give one of --rate, --ramp or --concurrency")
-        seconds = parse_duration(duration)
-        schedule = parse_ramp(ramp) if ramp else None
-        if schedule is None and concurrency is None:
-            schedule = Schedule.constant(rate or 100.0, seconds)
-        conditions = parse_sla(sla) if sla else []
-        if find_max and not conditions:
+        seconds = parse_duration(s.duration)
+        schedule = parse_ramp(s.ramp) if s.ramp else None
+        if schedule is None and s.concurrency is None:
+            schedule = Schedule.constant(rate, seconds)
+        conditions = parse_sla(s.sla) if s.sla else []
+        if s.find_max and not conditions:
             raise LoadTestError("--find-max needs --sla: the highest rate that meets *what*?")
         options = LoadTestOptions(
-            url=url,
-            model=model,
-            protocol=protocol,
-            grpc_target=grpc_target,
-            route=route,
-            body=body,
-            data=data,
+            url=s.url,
+            model=s.model,
+            protocol=s.protocol,
+            grpc_target=s.grpc_target,
+            route=s.route,
+            body=s.body,
+            data=s.data,
             schedule=schedule,
-            concurrency=concurrency or 0,
+            concurrency=s.concurrency or 0,
             duration=seconds,
-            processes=max(1, processes),
-            timeout=parse_duration(timeout),
-            connections=connections,
+            processes=max(1, s.processes),
+            timeout=parse_duration(s.timeout),
+            connections=s.connections,
         )
         spec, info = prepare(options)
-        return options, spec, info, conditions, parse_duration(step_duration)
+        return options, spec, info, conditions, parse_duration(s.step_duration)
 
     options, spec, info, conditions, step = _run(setup)
-    if find_max:
-        err.print(f"searching the highest rate meeting [bold]{sla}[/bold], {step:g}s per step ...")
+    if s.find_max:
+        err.print(f"searching the highest rate meeting [bold]{s.sla}[/bold], {step:g}s per step ...")
         result = _run(
-            lambda: search_max(
-                spec, info, conditions, rate or 100.0, step, options.processes, max_rate, on_step=_print_step
-            )
+            lambda: search_max(spec, info, conditions, rate, step, options.processes, s.max_rate, on_step=_print_step)
         )
         out.print(f"[bold]max rate within the SLA: {result['max_rate']:,.1f} req/s[/bold]")
         if result["generator_limited"]:
             err.print("[yellow]warning:[/yellow] the generator fell behind at some steps; try --processes")
-        _write_json(json_path, result)
-        raise typer.Exit(0 if result["max_rate"] > 0 else 1)
+        _write_json(s.json_path, result)
+        raise typer.Exit(0 if result["max_rate"] > 0 else FAILURE)
 
     with Live(Text("starting ..."), console=err, refresh_per_second=4, transient=True) as live:
 
@@ -118,14 +89,15 @@ def loadtest_command(
     if conditions:
         gate(summary, conditions)
     _print_summary(summary)
-    _write_json(json_path, summary)
+    _write_json(s.json_path, summary)
+    report = s.report
     if report is not None:
         from ferry.loadtest.report import write_html
 
         err.print(f"report written to {write_html(summary, report)}")
         _write_png(summary, report.with_suffix(".png"))
     if conditions and not summary["sla"]["passed"]:
-        raise typer.Exit(1)
+        raise typer.Exit(FAILURE)
 
 
 def _write_png(summary: dict[str, Any], path: Path) -> None:
@@ -195,10 +167,12 @@ def _write_json(path: Path | None, value: dict[str, Any]) -> None:
 def check_command(
     url: Annotated[str, typer.Argument(help="Base URL of the service.")],
     model: Annotated[str | None, typer.Option(help="Model name (default: the only model served).")] = None,
-    protocol: Annotated[str, typer.Option(help="native, v2, v1 or seldon.")] = "native",
+    protocol: Annotated[str, typer.Option(help="native, v2, v1 or seldon.")] = LoadTestSettings.protocol,
     samples: Annotated[int, typer.Option(help="How many random valid inputs to send.")] = 5,
     oversize_mb: Annotated[int, typer.Option(help="Size of the oversized payload, in MiB.")] = 9,
-    timeout: Annotated[str, typer.Option(help="A request with no answer after this is a hang.")] = "10s",
+    timeout: Annotated[
+        str, typer.Option(help="A request with no answer after this is a hang.")
+    ] = LoadTestSettings.timeout,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON.")] = None,
 ) -> None:
     """Contract-test a running model from its own metadata; exit 1 when any check fails."""
@@ -223,7 +197,7 @@ def check_command(
     out.print(f"{len(results) - len(failed)}/{len(results)} checks passed")
     _write_json(json_path, {"model": schema.name, "passed": not failed, "results": [asdict(r) for r in results]})
     if failed:
-        raise typer.Exit(1)
+        raise typer.Exit(FAILURE)
 
 
 def plan_command(
@@ -244,7 +218,7 @@ def plan_command(
     ] = None,
 ) -> None:
     """Recommend replicas, CPU/memory and HPA settings from one replica's measured capacity."""
-    from ferry.loadtest.engine import LoadTestOptions, find_max, prepare
+    from ferry.loadtest.engine import DEFAULT_RATE, LoadTestOptions, find_max, prepare
     from ferry.loadtest.plan import PlanInputs, capacity_from_results, make_plan
     from ferry.loadtest.schedule import parse_duration
     from ferry.loadtest.schema import LoadTestError
@@ -257,7 +231,7 @@ def plan_command(
             return capacity_from_results(json.loads(from_path.read_text(encoding="utf-8")))
         assert measure is not None
         spec, info = prepare(LoadTestOptions(url=measure, model=model))
-        result = find_max(spec, info, parse_sla(sla), 100.0, parse_duration(step_duration), on_step=_print_step)
+        result = find_max(spec, info, parse_sla(sla), DEFAULT_RATE, parse_duration(step_duration), on_step=_print_step)
         return float(result["max_rate"])
 
     measured = _run(capacity)

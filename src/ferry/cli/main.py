@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import os
 import sys
@@ -16,7 +15,8 @@ from rich.console import Console
 import ferry
 from ferry.cli.errors import FerryTyper
 from ferry.cli.errors import run as _run
-from ferry.settings import ENV_PREFIX, Settings
+from ferry.cli.options import settings_command
+from ferry.settings import Settings
 
 app = FerryTyper(
     help="Ferry: from a trained model to a fast, standing prediction service.",
@@ -143,44 +143,12 @@ def _expected(text: str | None) -> Any:
         return text
 
 
-def _settings_command(run: Any) -> Any:
-    """A typer command whose options are the fields of ``Settings``, declared once there.
-
-    REPO is the positional argument; every other field becomes ``--option`` with its help text
-    and its ``FERRY_*`` environment variable.
-    """
-    parameters, annotations = [], {}
-    for field in dataclasses.fields(Settings):
-        env = ENV_PREFIX + field.name.upper()
-        kind = {"Path": Path, "str": str, "int": int, "float": float, "bool": bool}[str(field.type)]
-        if field.name == "repo":
-            marker: Any = typer.Argument(help=field.metadata["help"], envvar=env)
-            default: Any = inspect.Parameter.empty
-        else:
-            marker, default = typer.Option(help=field.metadata["help"], envvar=env), field.default
-        annotations[field.name] = Annotated[kind, marker]
-        parameters.append(
-            inspect.Parameter(
-                field.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotations[field.name]
-            )
-        )
-
-    def command(**values: Any) -> None:
-        values["repo"] = Path(values["repo"]).resolve()
-        run(Settings(**values))
-
-    command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
-    command.__annotations__ = annotations
-    command.__doc__ = run.__doc__
-    return command
-
-
 def serve(settings: Settings) -> None:
     """Serve every model in REPO over HTTP."""
-    _serve(settings)
+    _serve(dataclasses.replace(settings, repo=settings.repo.resolve()))
 
 
-app.command("serve")(_settings_command(serve))
+app.command("serve")(settings_command(serve, Settings, arguments=("repo",), panels=True))
 
 
 @app.command("verify")
@@ -205,15 +173,19 @@ def verify_command(
     from ferry.bundle import read_manifest
     from ferry.cli.errors import fail
     from ferry.cli.serve import repository_problem
+    from ferry.protocol.native import native_warm_up
     from ferry.runtimes import runtime_class
     from ferry.serving.registry import ModelRegistry, ModelState
-    from ferry.serving.warmup import warm_up
 
     problem = repository_problem(Settings(repo=repo.resolve()))
     if problem:
         fail(problem)
     registry = ModelRegistry(
-        repo.resolve(), trust_pickle=trust_pickle, warmup=warm_up, trust_code=trust_code, original=original_models
+        repo.resolve(),
+        trust_pickle=trust_pickle,
+        warmup=native_warm_up(),
+        trust_code=trust_code,
+        original=original_models,
     )
     failed = []
     for handle in registry.handles():
@@ -246,20 +218,20 @@ def examples_build_command(
         console.print(f"[green]built[/green] {path}")
 
 
-@app.command("demo")
-def demo_command(
-    port: Annotated[int, typer.Option(help="HTTP port.")] = Settings.port,
-    host: Annotated[str, typer.Option(help="Address to bind.")] = Settings.host,
+def demo(
     cache: Annotated[Path, typer.Option(help="Where the example bundles are kept.")] = DEFAULT_CACHE,
     routing: Annotated[
         bool, typer.Option(help="Route by the reference routes file: `target: mountain` to plants, else general.")
     ] = False,
+    *,
+    settings: Settings,
 ) -> None:
     """Build the reference examples if missing, then serve them all."""
     from importlib import resources
 
     from ferry.examples import build_examples
 
+    url = f"http://{settings.host}:{settings.port}"
     routes = ""
     if routing:  # the image-classifier reference: its two models, routed by the `target` header
         from ferry.examples.build import IMAGE_EXAMPLES
@@ -267,12 +239,15 @@ def demo_command(
         cache = cache / "images"
         _run(lambda: build_examples(cache, list(IMAGE_EXAMPLES)))
         routes = str(resources.files("ferry.examples").joinpath("data", "routes.yaml"))
-        console.print(f"routing by {routes}; try: curl -H 'target: mountain' http://{host}:{port}/predict/test")
+        console.print(f"routing by {routes}; try: curl -H 'target: mountain' {url}/predict/test")
     else:
         _run(lambda: build_examples(cache))
-    console.print(f"serving the examples from {cache} on http://{host}:{port}  (try: curl http://{host}:{port}/models)")
+    console.print(f"serving the examples from {cache} on {url}  (try: curl {url}/models)")
     # The operator runs our own examples: the `score` identity class is Ferry's code, so demo trusts it.
-    _serve(Settings(repo=cache.resolve(), host=host, port=port, routes=routes, trust_code=True))
+    _serve(dataclasses.replace(settings, repo=cache.resolve(), routes=routes, trust_code=True))
+
+
+app.command("demo")(settings_command(demo, Settings, only=("host", "port")))
 
 
 def _serve(settings: Settings) -> None:

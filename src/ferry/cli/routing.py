@@ -3,41 +3,40 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
+from ferry.cli.options import settings_command
+from ferry.settings import GatewaySettings
+
+if TYPE_CHECKING:
+    from ferry.routing.spec import RoutesFile
+
 console = Console(stderr=True)
 
 
-def gateway_command(
+def gateway(
     routes: Annotated[Path, typer.Argument(help="Routes file (routes.yaml) with `services` for each model.")],
-    port: Annotated[int, typer.Option(help="HTTP port.")] = 8080,
-    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
-    health_interval: Annotated[float, typer.Option(help="Seconds between upstream health checks.")] = 5.0,
-    max_body_bytes: Annotated[int, typer.Option(help="Largest request body accepted (413 past it).")] = 8 * 1024 * 1024,
-    tracing: Annotated[
-        str,
-        typer.Option(help="OpenTelemetry traces: otlp, console or a JSON-lines file (off: traceparent passes as is)."),
-    ] = "",
+    *,
+    settings: GatewaySettings,
 ) -> None:
     """Route requests to upstream services by the rules in ROUTES: pooling, retries, circuit breakers."""
-    from ferry.cli.errors import fail
-    from ferry.errors import FerryError
-    from ferry.routing.gateway import GatewaySettings, run_gateway
+    from ferry.cli.errors import run
+    from ferry.routing.gateway import run_gateway
     from ferry.routing.spec import load_routes
 
-    try:
+    def check() -> RoutesFile:
         parsed = load_routes(routes)
         for target in parsed.targets():
             parsed.upstream_for(target)  # every model target needs a service: refuse now, not per request
-        if tracing:
-            _check_tracing(tracing)
-    except FerryError as exc:
-        fail(exc.message)
-    settings = GatewaySettings(host, port, max_body_bytes, health_interval, tracing=tracing)
-    console.print(f"gateway on http://{host}:{port}  ({len(parsed.rules)} rules from {routes})")
+        if settings.tracing:
+            _check_tracing(settings.tracing)
+        return parsed
+
+    parsed = run(check)
+    console.print(f"gateway on http://{settings.host}:{settings.port}  ({len(parsed.rules)} rules from {routes})")
     run_gateway(parsed, settings)
 
 
@@ -50,4 +49,4 @@ def _check_tracing(target: str) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("gateway")(gateway_command)
+    app.command("gateway")(settings_command(gateway, GatewaySettings))

@@ -7,6 +7,7 @@ import os
 import sys
 from typing import Any
 
+from ferry.cli import FAILURE
 from ferry.settings import Settings
 
 REPOSITORY_LAYOUT = (
@@ -109,7 +110,7 @@ def run_server(settings: Settings, log_config: dict[str, Any] | None = None) -> 
             _fork_workers_after_imports()
         started = run(settings, log_config)
     if not started:
-        sys.exit(3)  # the app failed to start (uvicorn's status for it); its error is in the log above
+        sys.exit(FAILURE)  # the app failed to start; its error is in the log above
 
 
 # What a worker imports to serve compiled models (found with python -X importtime on a worker).

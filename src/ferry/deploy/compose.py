@@ -10,6 +10,7 @@ import yaml
 
 from ferry.deploy.dockerfile import healthcheck_command
 from ferry.deploy.spec import GID, GRPC_PORT, HTTP_PORT, MODELS_DIR, READINESS_PATH, TMP_DIR, UID, DeploySpec
+from ferry.settings import Settings
 
 NGINX_IMAGE = "nginx:1.27-alpine"
 PUBLISHED_HTTP_PORT = 8080
@@ -95,7 +96,7 @@ def render_compose(spec: DeploySpec, front: Front = Front()) -> dict[str, Any]:
         "restart": "unless-stopped",
     }
     if spec.model_uri:
-        environment["FERRY_MODEL_URI"] = spec.model_uri
+        environment[Settings.env_name("model_uri")] = spec.model_uri
         ferry["tmpfs"] = [TMP_DIR, f"{MODELS_DIR}:uid={UID},gid={GID}"]
     nginx: dict[str, Any] = {
         "image": front.image,

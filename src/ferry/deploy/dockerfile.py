@@ -27,9 +27,11 @@ from ferry.deploy.spec import (
     PROBE_PORT,
     UID,
     VENV_DIR,
+    container_env,
     image_tag,
 )
 from ferry.errors import SpecError
+from ferry.settings import Settings
 
 SOURCE_DIR = "ferry-src"
 MODELS_CONTEXT_DIR = "models"
@@ -107,10 +109,11 @@ def healthcheck_command(path: str = LIVENESS_PATH) -> list[str]:
     It asks the probe listener (FERRY_PROBE_PORT, as serve reads it), which answers apart from the request
     load, so a busy server is not marked unhealthy; with the probe port off (0) it asks the HTTP port.
     """
+    probe_variable, port_variable = Settings.env_name("probe_port"), Settings.env_name("port")
     probe = (
         "import os, urllib.request; "
-        f"port = os.environ.get('FERRY_PROBE_PORT', '{PROBE_PORT}'); "
-        f"port = os.environ.get('FERRY_PORT', '{HTTP_PORT}') if port == '0' else port; "
+        f"port = os.environ.get('{probe_variable}', '{PROBE_PORT}'); "
+        f"port = os.environ.get('{port_variable}', '{HTTP_PORT}') if port == '0' else port; "
         f"urllib.request.urlopen('http://127.0.0.1:' + port + '{path}', timeout=2)"
     )
     return ["python", "-c", probe]
@@ -160,13 +163,10 @@ def render_dockerfile(spec: ImageSpec) -> str:
         "PATH": f"{VENV_DIR}/bin:$PATH",
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONUNBUFFERED": "1",
-        "FERRY_REPO": MODELS_DIR,
-        "FERRY_HOST": "0.0.0.0",
-        "FERRY_PORT": str(HTTP_PORT),
-        "FERRY_GRPC_PORT": str(GRPC_PORT),
-        "FERRY_PROBE_PORT": str(PROBE_PORT),
-        **({"FERRY_TRUST_CODE": "true"} if spec.trust_code else {}),
-        **({"FERRY_ORIGINAL_MODELS": "true"} if spec.original_models else {}),
+        **container_env(
+            **({"trust_code": True} if spec.trust_code else {}),
+            **({"original_models": True} if spec.original_models else {}),
+        ),
     }
     env_lines = " \\\n    ".join(f"{k}={v}" for k, v in env.items())
     return f"""\

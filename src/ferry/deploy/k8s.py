@@ -29,6 +29,7 @@ from ferry.deploy.spec import (
     image_name,
     image_tag,
 )
+from ferry.settings import Settings
 
 Obj = dict[str, Any]
 SERVICE_HTTP_PORT = 80
@@ -86,7 +87,7 @@ def _server_container(spec: DeploySpec) -> Obj:
     if spec.auth_secret:
         env.append(
             {
-                "name": "FERRY_AUTH_TOKENS",
+                "name": Settings.env_name("auth_tokens"),
                 "valueFrom": {"secretKeyRef": {"name": spec.auth_secret, "key": "tokens"}},
             }
         )

@@ -19,6 +19,7 @@ from ferry.deploy.spec import GRPC_PORT, DeploySpec
 from ferry.errors import SpecError
 from ferry.routing.router import MODEL_HEADER, model_header_value
 from ferry.serving.budget import parse_size
+from ferry.settings import Settings
 
 API_VERSION = "networking.istio.io/v1"
 # Points on Envoy's hash ring; more points, a more even share per replica (about 1/sqrt(points per replica)).
@@ -58,8 +59,8 @@ def service_host(spec: DeploySpec) -> str:
 def shard_env(sharding: Sharding) -> list[Obj]:
     """The budget, and no preload: each replica loads only the models its share of the hash sends it."""
     return [
-        {"name": "FERRY_MAX_MEMORY", "value": sharding.max_memory},
-        {"name": "FERRY_PRELOAD", "value": "false"},
+        {"name": Settings.env_name("max_memory"), "value": sharding.max_memory},
+        {"name": Settings.env_name("preload"), "value": "false"},
     ]
 
 

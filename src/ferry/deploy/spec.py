@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from ferry.errors import SpecError
 from ferry.settings import Settings
@@ -14,15 +16,17 @@ from ferry.settings import Settings
 UID = 10001
 GID = 10001
 HTTP_PORT = Settings.port
-GRPC_PORT = 8081
+GRPC_PORT = Settings.grpc_port
 PROBE_PORT = Settings.probe_port  # /health, /ready, /metrics on a listener that never waits behind work
 MODELS_DIR = "/models"
+CONTAINER_HOST = "0.0.0.0"  # a container serves on every interface; its ports are what is published
 TMP_DIR = "/tmp"
 VENV_DIR = "/opt/venv"
 LIVENESS_PATH = "/health"
 READINESS_PATH = "/ready"
 METRICS_PATH = "/metrics"
 PRESTOP_SECONDS = 5
+CLUSTER_REPLICAS = 3  # ferry k8s / deploy: one replica per zone of three survives losing a zone
 DEFAULT_BASE_IMAGE = "python:3.11-slim-bookworm"
 IN_FLIGHT_METRIC = "ferry_in_flight_rows"
 
@@ -66,7 +70,7 @@ class DeploySpec:
     service_type: str = "LoadBalancer"
     model_uri: str = ""
     drain_timeout: int = Settings.drain_timeout
-    workers: int = 1
+    workers: int = Settings.workers
     log_level: str = Settings.log_level
     resources: Resources = field(default_factory=Resources)
     auth_secret: str = ""
@@ -113,16 +117,19 @@ class DeploySpec:
 
     def server_env(self) -> dict[str, str]:
         """The serve settings as FERRY_* variables: the ConfigMap, compose's environment and ``docker run -e``."""
-        return {
-            "FERRY_REPO": MODELS_DIR,
-            "FERRY_HOST": "0.0.0.0",
-            "FERRY_PORT": str(HTTP_PORT),
-            "FERRY_GRPC_PORT": str(GRPC_PORT),
-            "FERRY_WORKERS": str(self.workers),
-            "FERRY_DRAIN_TIMEOUT": str(self.drain_timeout),
-            "FERRY_LOG_LEVEL": self.log_level,
-            **({"FERRY_TRUST_CODE": "true"} if self.trust_code else {}),
-        }
+        chosen: dict[str, Any] = {"workers": self.workers, "drain_timeout": self.drain_timeout}
+        chosen |= {"log_level": self.log_level} | ({"trust_code": True} if self.trust_code else {})
+        return container_env(**chosen)
+
+
+def container_env(**settings: Any) -> dict[str, str]:
+    """Where a container serves, plus ``settings``, as the FERRY_* variables ``Settings.to_env`` names.
+
+    Built through ``Settings``, so a renamed or misspelt setting fails here rather than being ignored by the server.
+    """
+    ports = {"port": HTTP_PORT, "grpc_port": GRPC_PORT, "probe_port": PROBE_PORT}
+    values = {"repo": Path(MODELS_DIR), "host": CONTAINER_HOST, **ports, **settings}
+    return Settings(**values).to_env(tuple(values))
 
 
 def image_tag(image: str) -> str:

@@ -24,12 +24,12 @@ from ferry.http.lifecycle import install_drain_handler
 from ferry.http.protocols import ProtocolEndpoints
 from ferry.http.responses import error_http, error_response, json_response
 from ferry.observability.watcher import ModelWatcher
+from ferry.protocol.native import native_warm_up
 from ferry.serving.budget import MemoryBudget, parse_size
 from ferry.serving.dataplane import DataPlane
 from ferry.serving.metrics import Metrics
 from ferry.serving.registry import ModelRegistry
 from ferry.serving.service import InferenceService
-from ferry.serving.warmup import warm_up
 from ferry.settings import Settings
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fer
     registry = registry or ModelRegistry(
         settings.repo,
         trust_pickle=settings.trust_pickle,
-        warmup=warm_up,
+        warmup=native_warm_up(),
         original=settings.original_models,
         trust_code=settings.trust_code,
         lazy=bool(settings.max_memory),

@@ -18,11 +18,13 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
+from ferry.bundle.expect import expectation_problem
 from ferry.errors import LoadTestError, LoadTestUsage
 from ferry.loadtest.generate import invalid_records, valid_record
 from ferry.loadtest.protocols import Adapter, make_adapter
+from ferry.loadtest.schedule import parse_duration
 from ferry.loadtest.schema import DTYPE_TO_V2, ModelSchema, fetch_schema, v2_inputs
-from ferry.protocol.expect import expectation_problem
+from ferry.settings import LoadTestSettings
 
 OVERSIZE_BYTES = 9 * 1024 * 1024  # above Ferry's default 8 MiB body limit
 
@@ -40,10 +42,10 @@ class CaseResult:
 def run_check(
     url: str,
     model: str | None = None,
-    protocol: str = "native",
+    protocol: str = LoadTestSettings.protocol,
     valid_samples: int = 5,
     oversize_bytes: int = OVERSIZE_BYTES,
-    timeout: float = 10.0,
+    timeout: float = parse_duration(LoadTestSettings.timeout),
     seed: int = 0,
 ) -> tuple[ModelSchema, list[CaseResult]]:
     base = url.rstrip("/")

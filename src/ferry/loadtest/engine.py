@@ -15,24 +15,27 @@ from ferry.loadtest.protocols import make_adapter
 from ferry.loadtest.results import Recorder, summarize
 from ferry.loadtest.route import parse_route, route_bodies
 from ferry.loadtest.runner import LoadSpec, Tick, run_load
-from ferry.loadtest.schedule import Schedule
+from ferry.loadtest.schedule import Schedule, parse_duration
 from ferry.loadtest.schema import fetch_schema, v2_inputs
 from ferry.loadtest.sla import Condition, evaluate
+from ferry.settings import LoadTestSettings, Settings
+
+DEFAULT_RATE = 100.0  # req/s: the open loop without --rate, and where --find-max starts
 
 
 @dataclass(frozen=True)
 class LoadTestOptions:
     url: str
     model: str | None = None
-    protocol: str = "native"
+    protocol: str = LoadTestSettings.protocol
     data: str | None = None
     schedule: Schedule | None = None  # open loop; None with concurrency > 0 is a closed loop
     concurrency: int = 0
-    duration: float = 30.0
-    processes: int = 1
-    timeout: float = 10.0
-    connections: int = 1000
-    grpc_target: str | None = None  # --protocol grpc: host:port (default: the URL's host, port 8081)
+    duration: float = parse_duration(LoadTestSettings.duration)
+    processes: int = LoadTestSettings.processes
+    timeout: float = parse_duration(LoadTestSettings.timeout)
+    connections: int = LoadTestSettings.connections
+    grpc_target: str | None = None  # --protocol grpc: host:port (default: the URL's host, the server's gRPC port)
     route: str | None = None  # "POST /predict": any route, bodies sent as given (see ferry.loadtest.route)
     body: str | None = None  # --route: one literal JSON body
 
@@ -51,7 +54,7 @@ def prepare(options: LoadTestOptions) -> tuple[LoadSpec, dict[str, Any]]:
     bodies = encode_bodies(load_records(options.data, schema), adapter)
     grpc_target = None
     if options.protocol == "grpc":
-        grpc_target = options.grpc_target or f"{urlsplit(base).hostname}:8081"
+        grpc_target = options.grpc_target or f"{urlsplit(base).hostname}:{Settings.grpc_port}"
     spec = LoadSpec(
         url=f"grpc://{grpc_target}{adapter.path()}" if grpc_target else base + adapter.path(),
         grpc_target=grpc_target,
@@ -103,7 +106,9 @@ def _prepare_route(options: LoadTestOptions, base: str) -> tuple[LoadSpec, dict[
     return spec, info
 
 
-def run_spec(spec: LoadSpec, info: dict[str, Any], processes: int = 1, on_tick: Tick | None = None) -> dict[str, Any]:
+def run_spec(
+    spec: LoadSpec, info: dict[str, Any], processes: int = LoadTestSettings.processes, on_tick: Tick | None = None
+) -> dict[str, Any]:
     if spec.schedule is None and spec.concurrency <= 0:
         raise LoadTestUsage("give a rate (--rate or --ramp, open loop) or --concurrency (closed loop)")
     recorder = run_load(spec, on_tick) if processes <= 1 else _run_parallel(spec, processes, on_tick)
@@ -182,8 +187,8 @@ def find_max(
     conditions: list[Condition],
     start_rate: float,
     step_duration: float,
-    processes: int = 1,
-    max_rate: float = 1_000_000.0,
+    processes: int = LoadTestSettings.processes,
+    max_rate: float = LoadTestSettings.max_rate,
     precision: float = 0.05,
     on_step: Callable[[float, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:

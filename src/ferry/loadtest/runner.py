@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from ferry.loadtest.results import Recorder, interval_p99_ms
-from ferry.loadtest.schedule import Schedule
+from ferry.loadtest.schedule import Schedule, parse_duration
+from ferry.settings import LoadTestSettings
 
 if TYPE_CHECKING:
     from ferry.loadtest.grpc import GrpcTransport
@@ -36,9 +37,9 @@ class LoadSpec:
     bodies: list[bytes]
     schedule: Schedule | None = None
     concurrency: int = 0
-    duration: float = 10.0
-    timeout: float = 10.0
-    connections: int = 1000
+    duration: float = parse_duration(LoadTestSettings.duration)
+    timeout: float = parse_duration(LoadTestSettings.timeout)
+    connections: int = LoadTestSettings.connections
     grpc_target: str | None = None  # host:port: send ModelInfer over gRPC instead of HTTP POSTs to ``url``
     method: str = "POST"  # ``--route``: any method; an empty body is sent as none
 

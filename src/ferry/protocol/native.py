@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import numpy as np
@@ -11,6 +11,9 @@ import numpy as np
 from ferry.errors import InvalidInput, MalformedRequest
 from ferry.runtimes import Prediction
 from ferry.serving.inputs import InputCodec
+
+if TYPE_CHECKING:
+    from ferry.serving.warmup import WarmUp
 
 _decoder = msgspec.json.Decoder()
 
@@ -114,5 +117,17 @@ def _probability_maps(probabilities: np.ndarray | None, labels: list[str] | None
 def answer(payload: Any, codec: InputCodec, runtime: Any, labels: list[str] | None) -> Any:
     """What a client posting ``payload`` to the native predict route gets under ``prediction(s)``."""
     batch, single = decode_native(payload, codec)
-    body = encode_native(runtime.predict(batch), single, labels)
+    return answer_of(runtime.predict(batch), single, labels)
+
+
+def answer_of(prediction: Prediction, single: bool, labels: list[str] | None) -> Any:
+    """``prediction(s)`` of the native body: what a bundle's ``expected_output`` is compared with."""
+    body = encode_native(prediction, single, labels)
     return body["prediction"] if single else body["predictions"]
+
+
+def native_warm_up() -> WarmUp:
+    """The registry's warm-up: bundles' sample inputs are written in this protocol."""
+    from ferry.serving.warmup import sample_warm_up
+
+    return sample_warm_up(decode_native, answer_of)

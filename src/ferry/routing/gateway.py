@@ -33,6 +33,7 @@ from ferry.routing.router import (
 from ferry.routing.shadow import RoutingMetrics, ShadowJob, ShadowRunner
 from ferry.routing.spec import RoutesFile, Target, Upstream
 from ferry.serving.metrics import LATENCY_BUCKETS
+from ferry.settings import GatewaySettings
 
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers", "transfer-encoding"}
@@ -42,16 +43,6 @@ BACKOFF_BASE_S, BACKOFF_CAP_S = 0.05, 2.0
 
 if TYPE_CHECKING:
     from ferry.observability.tracing import Tracing
-
-
-@dataclass(frozen=True)
-class GatewaySettings:
-    host: str = "127.0.0.1"
-    port: int = 8080
-    max_body_bytes: int = 8 * 1024 * 1024
-    health_interval_s: float = 5.0
-    max_connections: int = 256
-    tracing: str = ""  # off: a client's traceparent goes upstream as it came; on: the gateway's spans join it
 
 
 class GatewayMetrics(RoutingMetrics):
@@ -288,7 +279,7 @@ class Gateway:
     async def _check_health_forever(self) -> None:
         while True:
             await asyncio.gather(*(c.check_health() for c in self.clients.values()))
-            await asyncio.sleep(self.settings.health_interval_s)
+            await asyncio.sleep(self.settings.health_interval)
 
     async def health(self, request: web.Request) -> web.Response:
         return _json({"health": "ok"})

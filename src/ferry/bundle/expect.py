@@ -1,6 +1,7 @@
 """A bundle's expected answer to its sample input, compared at build, at warm-up and by ``ferry check``.
 
-Standard library only: the load-test client imports it too.
+It belongs to the bundle (the manifest's ``expected_output``), so every layer above may use it;
+standard library only: the load-test client imports it too.
 """
 
 from __future__ import annotations
