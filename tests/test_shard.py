@@ -98,7 +98,7 @@ def run_gateway(routes: dict[str, Any], check: Callable[[aiohttp.ClientSession, 
             runners.append(runner)
             urls[name] = f"http://127.0.0.1:{port}"
         spec = parse_routes({**routes, "services": {n: {"url": u} for n, u in urls.items()}})
-        gateway = web.AppRunner(Gateway(spec, GatewaySettings(health_interval_s=0.1)).app())
+        gateway = web.AppRunner(Gateway(spec, GatewaySettings(health_interval=0.1)).app())
         await gateway.setup()
         port = free_port()
         await web.TCPSite(gateway, "127.0.0.1", port).start()
