@@ -38,6 +38,7 @@ def params(name: str) -> dict[str, Any]:
     [
         ("serve", Settings, None),
         ("demo", Settings, ("host", "port")),
+        ("verify", Settings, ("repo", "trust_pickle", "trust_code", "original_models")),
         ("gateway", GatewaySettings, None),
         ("loadtest", LoadTestSettings, None),
     ],
@@ -82,6 +83,11 @@ def test_deploy_command_defaults_are_the_deploy_spec_defaults() -> None:
             assert param.default == expected, f"ferry {name} --{option}"
             checked += 1
     assert checked >= 20
+
+
+def test_build_and_fetch_name_the_repository_as_serve_does() -> None:
+    assert params("build")["repo"].default == Settings.repo
+    assert params("fetch")["dest"].envvar == Settings.env_name("repo")
 
 
 def test_check_shares_the_load_test_protocol_and_timeout() -> None:

@@ -234,7 +234,7 @@ def k8s_command(
 
 def fetch_command(
     uri: Annotated[str, typer.Argument(help="Local path, http(s):// URL, s3:// or gs:// URI.")],
-    dest: Annotated[Path, typer.Argument(help="Model repository to fetch into.", envvar="FERRY_REPO")],
+    dest: Annotated[Path, typer.Argument(help="Model repository to fetch into.", envvar=Settings.env_name("repo"))],
 ) -> None:
     """Fetch bundles into DEST and verify every artifact's SHA-256 (the init container's job)."""
     for path in _run(lambda: fetch.fetch_bundles(uri, dest)):

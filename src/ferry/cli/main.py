@@ -55,7 +55,7 @@ def build_command(
         ),
     ],
     name: Annotated[str | None, typer.Option(help="Model name (an MLServer repository names its own).")] = None,
-    repo: Annotated[Path, typer.Option(help="Model repository folder.")] = Path("models"),
+    repo: Annotated[Path, typer.Option(help="Model repository folder.")] = Settings.repo,
     version: Annotated[str | None, typer.Option(help="Version (default: next integer).")] = None,
     features: Annotated[str | None, typer.Option(help="Comma-separated feature names, in column order.")] = None,
     labels: Annotated[str | None, typer.Option(help="Comma-separated class labels, by class index.")] = None,
@@ -151,19 +151,7 @@ def serve(settings: Settings) -> None:
 app.command("serve")(settings_command(serve, Settings, arguments=("repo",), panels=True))
 
 
-@app.command("verify")
-def verify_command(
-    repo: Annotated[Path, typer.Argument(help="Model repository folder.")],
-    trust_pickle: Annotated[
-        bool, typer.Option(help="Also load pickle/joblib artifacts (unpickling runs their code).")
-    ] = False,
-    trust_code: Annotated[
-        bool, typer.Option(help="Also import bundles' Python classes, and load pickles (both run their code).")
-    ] = False,
-    original_models: Annotated[
-        bool, typer.Option(help="Load the original artifacts even where a bundle holds a compiled form.")
-    ] = False,
-) -> None:
+def verify(settings: Settings) -> None:
     """Load every bundle in REPO as the server would (hashes, framework, warm-up); exit 1 if any fails.
 
     ``ferry containerize`` ends the image build with it, so a missing dependency fails the build.
@@ -177,15 +165,16 @@ def verify_command(
     from ferry.runtimes import runtime_class
     from ferry.serving.registry import ModelRegistry, ModelState
 
-    problem = repository_problem(Settings(repo=repo.resolve()))
+    repo = settings.repo.resolve()
+    problem = repository_problem(dataclasses.replace(settings, repo=repo))
     if problem:
         fail(problem)
     registry = ModelRegistry(
-        repo.resolve(),
-        trust_pickle=trust_pickle,
+        repo,
+        trust_pickle=settings.trust_pickle,
         warmup=native_warm_up(),
-        trust_code=trust_code,
-        original=original_models,
+        trust_code=settings.trust_code,
+        original=settings.original_models,
     )
     failed = []
     for handle in registry.handles():
@@ -202,6 +191,13 @@ def verify_command(
         failed.append(f"{label}: {handle.error}")
     if failed:
         fail(f"{len(failed)} bundle(s) do not load: " + "; ".join(failed))
+
+
+app.command("verify")(
+    settings_command(
+        verify, Settings, arguments=("repo",), only=("repo", "trust_pickle", "trust_code", "original_models")
+    )
+)
 
 
 @examples_app.command("build")
