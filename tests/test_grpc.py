@@ -121,6 +121,12 @@ ERRORS: dict[str, tuple[Callable[[], Any], grpc.StatusCode, str]] = {
         grpc.StatusCode.INVALID_ARGUMENT,
         "shape [2, 2] holds 4 elements but fp64_contents has 1",
     ),
+    "wrong_input_name": (  # the shared codec's check: the same rule and message as v2 REST
+        lambda: infer_request("iris", "bogus", "FP64", [1, 2], fp64_contents=[1.0, 2.0]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "unknown input 'bogus'; model 'iris' takes 'input' FP64 [-1, 2], or one [-1] tensor per feature: length, width"
+        " - at `inputs[0].name`",
+    ),
     "unknown_output": (
         lambda: _with_output(infer_request("iris", "input", "FP64", [1, 2], fp64_contents=[1.0, 2.0]), "probabilities"),
         grpc.StatusCode.INVALID_ARGUMENT,

@@ -13,6 +13,8 @@ from typing import Any
 from ferry.errors import ManifestError
 
 SETTINGS_FILE = "model-settings.json"
+# ``metadata.source`` of a converted bundle: its v2 input takes any name, as MLServer's runtimes do.
+SOURCE = "mlserver"
 
 # MLServer's implementation -> the files it looks for when parameters.uri is not given.
 _IMPLEMENTATIONS = {

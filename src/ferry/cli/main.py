@@ -118,10 +118,10 @@ def build_command(
 
 def _convert_mlserver(source: Path, repo: Path, trusted: bool) -> list[Path]:
     """Every model folder of an MLServer repository, built as a hashed bundle of the same name and version."""
-    from ferry.bundle.mlserver import mlserver_models
+    from ferry.bundle.mlserver import SOURCE, mlserver_models
 
     return [
-        ferry.build(file, name, repo, version=version, trusted=trusted)
+        ferry.build(file, name, repo, version=version, trusted=trusted, metadata={"source": SOURCE})
         for name, version, file in mlserver_models(source)
     ]
 

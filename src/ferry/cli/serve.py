@@ -77,14 +77,15 @@ def serve_mlserver_repository(settings: Settings) -> Settings:
     from pathlib import Path
 
     from ferry.bundle.build import build
-    from ferry.bundle.mlserver import mlserver_models
+    from ferry.bundle.mlserver import SOURCE, mlserver_models
     from ferry.errors import ManifestError
 
     target = Path(tempfile.mkdtemp(prefix="ferry-mlserver-"))
     atexit.register(shutil.rmtree, target, True)  # the server (and its workers) is done with it at exit
     for name, version, file in mlserver_models(settings.repo):
         try:
-            build(file, name, target, version=version, trusted=settings.trust_pickle or settings.trust_code)
+            trusted = settings.trust_pickle or settings.trust_code
+            build(file, name, target, version=version, trusted=trusted, metadata={"source": SOURCE})
         except ManifestError as exc:
             if "unpickling" not in exc.message:
                 raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,10 @@ from starlette.responses import FileResponse, HTMLResponse, Response
 from starlette.routing import Route
 
 import ferry
+from ferry.bundle.manifest import InputSchema, Manifest, read_manifest
+from ferry.errors import FerryError
 from ferry.http.responses import json_response
+from ferry.protocol import schemas, v2
 from ferry.serving.registry import ModelRegistry
 
 STATIC = Path(__file__).parent / "static" / "swagger-ui"
@@ -34,11 +38,16 @@ DOCS_PAGE = """<!doctype html>
 
 
 def routes(registry: ModelRegistry) -> list[Route]:
-    versions = sorted({v for vs in registry.models.values() for v in vs})
-    document = openapi_document(sorted(registry.models), versions)
+    cache: dict[str, Any] = {}
 
     async def openapi(request: Request) -> Response:
-        return json_response(document)
+        # Built on first use and again when the models change: a version loaded later is described too.
+        described = served(registry)
+        key = [(m.name, m.version, id(m.schema)) for m in described]
+        if cache.get("key") != key:
+            versions = sorted({v for vs in registry.models.values() for v in vs})
+            cache["key"], cache["document"] = key, openapi_document(described, sorted(registry.models), versions)
+        return json_response(cache["document"])
 
     async def docs(request: Request) -> Response:
         return HTMLResponse(DOCS_PAGE)
@@ -54,6 +63,42 @@ def routes(registry: ModelRegistry) -> list[Route]:
         Route("/docs", docs, methods=["GET"]),
         Route("/docs/static/{asset}", asset, methods=["GET"]),
     ]
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """What the document says of one model version: its input schema, v2 inputs and outputs."""
+
+    name: str
+    version: str
+    schema: InputSchema
+    v2_inputs: list[dict[str, Any]]
+    outputs: list[str]
+    default: bool  # the version a path without ``/versions/{version}`` serves
+
+
+def served(registry: ModelRegistry) -> list[ServedModel]:
+    """Every version whose manifest is known (loaded, or readable from its bundle), in name and version order."""
+    out = []
+    for name in sorted(registry.models):
+        default = registry.default_version(name)
+        for version, handle in sorted(registry.models[name].items()):
+            manifest = handle.model.manifest if handle.model is not None else _manifest(handle.path)
+            if manifest is None:
+                continue
+            outputs = [s["name"] for s in v2.output_specs(handle)] if handle.model is not None else ["prediction"]
+            if handle.model is None and manifest.output.kind == "label":
+                outputs = ["label"]
+            entry = ServedModel(name, version, manifest.input, v2.input_specs(manifest), outputs, version == default)
+            out.append(entry)
+    return out
+
+
+def _manifest(path: Path) -> Manifest | None:
+    try:
+        return read_manifest(path)
+    except FerryError:
+        return None
 
 
 # -- the document ----------------------------------------------------------------------------------------
@@ -78,28 +123,44 @@ def _served(document: dict[str, Any], models: list[str], versions: list[str]) ->
                 param["schema"] = {"type": "string", "enum": values[param["name"]]}
 
 
-_ERRORS = {
-    "400": _json(_ref("Error"), "Invalid request"),
-    "404": _json(_ref("Error"), "Unknown model or version"),
-    "413": _json(_ref("Error"), "Body too large"),
-    "503": _json(_ref("Error"), "Model not ready"),
+# Every status a route can answer besides 200, each with the one error shape.
+_STATUS = {
+    "400": "Invalid request: the error names the field",
+    "401": "Missing or wrong token (when the server asks for one)",
+    "404": "Unknown model or version",
+    "408": "The body arrived too slowly",
+    "413": "Body too large",
+    "415": "Unsupported Content-Encoding",
+    "500": "The model failed",
+    "503": "Model not ready, or the server is overloaded",
+    "504": "The request's deadline passed",
 }
+_GET_STATUS = ("401", "404", "503")
+
+
+def _errors(statuses: tuple[str, ...] | None = None) -> dict[str, Any]:
+    return {k: _json(_ref("Error"), v) for k, v in _STATUS.items() if statuses is None or k in statuses}
 
 
 def _get(tag: str, summary: str, schema: dict[str, Any] | None = None, errors: bool = True) -> dict[str, Any]:
     responses: dict[str, Any] = {"200": _json(schema or {"type": "object"})}
     if errors:
-        responses.update({k: v for k, v in _ERRORS.items() if k in ("404", "503")})
+        responses.update(_errors(_GET_STATUS))
     return {"get": {"tags": [tag], "summary": summary, "responses": responses}}
 
 
-def _post(tag: str, summary: str, request: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
+def _post(
+    tag: str, summary: str, request: dict[str, Any], response: dict[str, Any], binary: bool = False
+) -> dict[str, Any]:
+    ok = _json(response)
+    if binary:  # the binary tensor data extension: a JSON header, then raw tensors
+        ok["content"]["application/octet-stream"] = {"schema": {"type": "string", "format": "binary"}}
     return {
         "post": {
             "tags": [tag],
             "summary": summary,
             "requestBody": {"required": True, "content": {"application/json": {"schema": request}}},
-            "responses": {"200": _json(response), **_ERRORS},
+            "responses": {"200": ok, **_errors()},
         }
     }
 
@@ -113,7 +174,46 @@ def _per_model(paths: dict[str, Any], prefix: str, suffix: str, operation: dict[
         paths[path] = {"parameters": _path_params(*params), **operation}
 
 
-def openapi_document(models: list[str] | None = None, versions: list[str] | None = None) -> dict[str, Any]:
+_V2_DESCRIPTION = (
+    "JSON, or the binary tensor data extension: an `Inference-Header-Content-Length` header gives the "
+    "length of the JSON header, raw tensors follow it. The schema shows one row; any batch works, with "
+    "`shape` `[n, ...]` and its values. A tabular model also takes one `[-1]` tensor per feature, named "
+    "after it."
+)
+
+
+def _predict_routes(model: ServedModel, models: int) -> dict[str, Any]:
+    """The predict routes of one model version, each with the request body its codec accepts."""
+    schema, paths = model.schema, {}
+    native = _post(
+        "native", "Predict: a record, records, a row or rows", schemas.native_body(schema), _ref("Prediction")
+    )
+    infer = _post(
+        "v2", "Inference", schemas.v2_body(schema, model.v2_inputs, model.outputs), _ref("InferenceResponse"), True
+    )
+    infer["post"]["description"] = _V2_DESCRIPTION
+    pinned = f"{model.name}/versions/{model.version}"
+    for prefix in [pinned, model.name] if model.default else [pinned]:
+        paths[f"/models/{prefix}/predict"] = native
+        paths[f"/v2/models/{prefix}/infer"] = infer
+    if model.default:
+        paths[f"/v1/models/{model.name}:predict"] = _post(
+            "kserve", "Predict", schemas.kserve_body(schema), _ref("KServeResponse")
+        )
+        seldon = _post("seldon", "Predict (SeldonMessage)", schemas.seldon_body(schema), _ref("SeldonMessage"))
+        for version in ("v1.0", "v0.1"):
+            paths[f"/seldon/{model.name}/api/{version}/predictions"] = seldon
+            paths[f"/seldon/{{namespace}}/{model.name}/api/{version}/predictions"] = {
+                "parameters": _path_params("namespace"),
+                **seldon,
+            }
+            if models == 1:  # the unnamed route serves the one model
+                paths[f"/api/{version}/predictions"] = seldon
+    return paths
+
+
+def openapi_document(described: list[ServedModel], models: list[str], versions: list[str]) -> dict[str, Any]:
+    """The document: each served model's predict routes carry the request schemas its codecs accept."""
     paths: dict[str, Any] = {
         "/health": _get("native", "Liveness", errors=False),
         "/ready": _get("native", "Readiness of every model", errors=False),
@@ -126,20 +226,11 @@ def openapi_document(models: list[str] | None = None, versions: list[str] | None
             }
         },
     }
-    # What decoding accepts before a model's own schema: a non-empty record, list of rows or records, or text.
-    native_body = {
-        "oneOf": [
-            {"type": "object", "minProperties": 1},
-            {"type": "array", "minItems": 1},
-            {"type": "string", "minLength": 1},
-        ]
-    }
     for suffix, operation in (
         ("/metadata", _get("native", "Model metadata")),
         ("/labels", _get("native", "Class labels")),
         ("/health", _get("native", "Model health")),
         ("/predict/test", _get("native", "Predict the bundle's sample input")),
-        ("/predict", _post("native", "Predict: a record, records, a row or rows", native_body, {"type": "object"})),
     ):
         _per_model(paths, "/models/{name}", suffix, operation)
 
@@ -148,29 +239,11 @@ def openapi_document(models: list[str] | None = None, versions: list[str] | None
     paths["/v2"] = _get("v2", "Server metadata", _ref("ServerMetadata"), errors=False)
     _per_model(paths, "/v2/models/{name}", "", _get("v2", "Model metadata", _ref("ModelMetadata")))
     _per_model(paths, "/v2/models/{name}", "/ready", _get("v2", "Model ready"))
-    infer = _post("v2", "Inference", _ref("InferenceRequest"), _ref("InferenceResponse"))
-    infer["post"]["description"] = (
-        "JSON, or the binary tensor data extension: an `Inference-Header-Content-Length` header gives the "
-        "length of the JSON header, raw tensors follow it."
-    )
-    _per_model(paths, "/v2/models/{name}", "/infer", infer)
 
     paths["/v1/models"] = _get("kserve", "Served models", errors=False)
     paths["/v1/models/{name}"] = {"parameters": _path_params("name"), **_get("kserve", "Model status")}
-    paths["/v1/models/{name}:predict"] = {
-        "parameters": _path_params("name"),
-        **_post("kserve", "Predict", _ref("KServeRequest"), _ref("KServeResponse")),
-    }
-
-    for version in ("v1.0", "v0.1"):
-        operation = _post("seldon", "Predict (SeldonMessage)", _ref("SeldonMessage"), _ref("SeldonMessage"))
-        if models is None or len(models) == 1:  # it names no model: usable only when one is served
-            paths[f"/api/{version}/predictions"] = operation
-        paths[f"/seldon/{{name}}/api/{version}/predictions"] = {"parameters": _path_params("name"), **operation}
-        paths[f"/seldon/{{namespace}}/{{name}}/api/{version}/predictions"] = {
-            "parameters": _path_params("namespace", "name"),
-            **operation,
-        }
+    for model in described:
+        paths.update(_predict_routes(model, len(models)))
     document = {
         "openapi": "3.0.3",
         "info": {
@@ -187,7 +260,7 @@ def openapi_document(models: list[str] | None = None, versions: list[str] | None
         "paths": paths,
         "components": {"schemas": _SCHEMAS},
     }
-    _served(document, models or [], versions or [])
+    _served(document, models, versions)
     return document
 
 
@@ -237,8 +310,22 @@ _TENSOR = {
 _SCHEMAS: dict[str, Any] = {
     "Error": {
         "type": "object",
-        "required": ["error"],
-        "properties": {"error": {"type": "string"}, "code": {"type": "string"}, "field": {"type": "string"}},
+        "required": ["error", "code", "request_id"],
+        "properties": {
+            "error": {"type": "string", "description": "What is wrong, naming the field and the problem"},
+            "code": {"type": "string", "description": "A stable, machine-readable name, such as invalid_input"},
+            "field": {"type": "string", "description": "Where in the request, as a JSONPath such as $.inputs[0].name"},
+            "request_id": {"type": "string", "description": "The X-Request-ID of the request, also in the logs"},
+        },
+    },
+    "Prediction": {
+        "type": "object",
+        "description": "`prediction` for one record or row, `predictions` for a batch; classifiers add `probabilities`",
+        "properties": {
+            "prediction": {},
+            "predictions": {"type": "array", "items": {}},
+            "probabilities": {},
+        },
     },
     "ServerMetadata": {
         "type": "object",
@@ -270,27 +357,6 @@ _SCHEMAS: dict[str, Any] = {
         },
     },
     "TensorData": _TENSOR_DATA,
-    "InferenceRequest": {
-        "type": "object",
-        "required": ["inputs"],
-        "properties": {
-            "id": {"type": "string"},
-            "parameters": {"type": "object"},
-            "inputs": {
-                "type": "array",
-                "minItems": 1,
-                "items": _TENSOR,
-            },
-            "outputs": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["name"],
-                    "properties": {"name": {"type": "string"}, "parameters": {"type": "object"}},
-                },
-            },
-        },
-    },
     "InferenceResponse": {
         "type": "object",
         "required": ["model_name", "outputs"],
@@ -302,17 +368,6 @@ _SCHEMAS: dict[str, Any] = {
                 "type": "array",
                 "items": _TENSOR,
             },
-        },
-    },
-    "KServeRequest": {
-        "type": "object",
-        "required": ["instances"],
-        "properties": {
-            "instances": {
-                "type": "array",
-                "minItems": 1,
-                "items": {"anyOf": [{"type": "array"}, {"type": "object"}, {"type": "string"}]},
-            }
         },
     },
     "KServeResponse": {

@@ -64,8 +64,10 @@ def decode_request(payload: Any, codec: InputCodec) -> SeldonRequest:
 def _data(data: Any, codec: InputCodec, meta: Any) -> SeldonRequest:
     if not isinstance(data, dict):
         raise InvalidInput("Expected `data` as an object", "$.data")
-    names = data.get("names") or []
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+    names = data.get("names")
+    if names is None:
+        names = []
+    elif not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise InvalidInput("Expected `names` as an array of strings", "$.data.names")
     form: Form
     if "ndarray" in data:

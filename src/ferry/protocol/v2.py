@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 import ferry
+from ferry.bundle import mlserver
 from ferry.bundle.manifest import Manifest
 from ferry.errors import FerryError, InvalidInput
 from ferry.protocol.tensors import ACCEPTS, DATATYPES, FERRY_DATATYPES, Tensor
@@ -170,6 +171,12 @@ def _only(inputs: list[Tensor], name: str, handle: ModelHandle) -> Tensor:
     return inputs[0]
 
 
+def _any_name(handle: ModelHandle) -> bool:
+    """A model converted from an MLServer repository takes its one input whatever its name, as MLServer does."""
+    assert handle.model is not None
+    return handle.model.manifest.metadata.get("source") == mlserver.SOURCE
+
+
 def _check_datatype(tensor: Tensor, dtype: str, what: str) -> None:
     if tensor.datatype not in ACCEPTS[dtype]:
         raise InvalidInput(
@@ -198,9 +205,14 @@ def _features(inputs: list[Tensor], handle: ModelHandle) -> Any:
     assert handle.codec is not None
     codec = handle.codec
     features = codec.features
-    # One tensor that is not named after a feature is the [rows, features] matrix, whatever its name.
+    # One tensor that is not named after a feature is the [rows, features] matrix, named as the metadata says.
     if len(inputs) == 1 and inputs[0].name not in codec.name_set:
         tensor = inputs[0]
+        if tensor.name != MATRIX_INPUT and not _any_name(handle):
+            raise InvalidInput(
+                f"unknown input '{tensor.name}'; model '{handle.name}' takes {_describe(handle)}",
+                f"{tensor.where}.name",
+            )
         if codec.dtype == "string" and len({f.dtype for f in features}) > 1:
             raise InvalidInput(
                 f"model '{handle.name}' has features of several types; send one tensor per feature: "
@@ -223,7 +235,8 @@ def _features(inputs: list[Tensor], handle: ModelHandle) -> Any:
     for tensor in inputs:
         if tensor.name not in codec.name_set:
             raise InvalidInput(
-                f"unknown input '{tensor.name}'; model '{handle.name}' takes {_describe(handle)}", tensor.where
+                f"unknown input '{tensor.name}'; model '{handle.name}' takes {_describe(handle)}",
+                f"{tensor.where}.name",
             )
     missing = [name for name in codec.feature_names if name not in by_name]
     if missing:

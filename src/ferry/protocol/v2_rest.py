@@ -17,6 +17,7 @@ from ferry.protocol.tensors import Tensor, check_header, from_json_data, from_ra
 from ferry.protocol.v2 import InferRequest, RequestedOutput
 
 HEADER_LENGTH = "inference-header-content-length"
+_ABSENT = object()
 
 
 def decode_request(body: bytes, header_length: str | None) -> InferRequest:
@@ -35,6 +36,7 @@ def decode_request(body: bytes, header_length: str | None) -> InferRequest:
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidInput("Expected `id` as a string", "$.id")
     parameters = _parameters(payload.get("parameters"), "$.parameters")
+    _flag(parameters, "binary_data_output", "$.parameters")
     raw_inputs = payload.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InvalidInput("Expected `inputs` as a non-empty array of tensors", "$.inputs")
@@ -56,13 +58,23 @@ def _parameters(value: Any, where: str) -> dict[str, Any]:
     return value
 
 
+def _flag(parameters: dict[str, Any], key: str, where: str) -> bool | None:
+    """A boolean parameter of the binary extension: absent is None, anything but a boolean is the client's error."""
+    flag = parameters.get(key, _ABSENT)
+    if flag is _ABSENT:
+        return None
+    if not isinstance(flag, bool):
+        raise InvalidInput(f"Expected `{key}` as a boolean", f"{where}.{key}")
+    return flag
+
+
 def _input(raw: Any, where: str, binary: bytes, offset: int) -> tuple[Tensor, int]:
     if not isinstance(raw, dict):
         raise InvalidInput("Expected a tensor object", where)
     name, datatype, shape = check_header(raw.get("name"), raw.get("datatype"), raw.get("shape"), where)
     parameters = _parameters(raw.get("parameters"), f"{where}.parameters")
-    size = parameters.get("binary_data_size")
-    if size is not None:
+    size = parameters.get("binary_data_size", _ABSENT)
+    if size is not _ABSENT:
         if type(size) is not int or size < 0 or offset + size > len(binary):
             raise InvalidInput(
                 f"binary_data_size {size!r} does not fit the {len(binary) - offset} bytes of binary data left",
@@ -90,8 +102,7 @@ def _requested(value: Any) -> list[RequestedOutput] | None:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise InvalidInput("Expected an object with a string `name`", where)
         parameters = _parameters(item.get("parameters"), f"{where}.parameters")
-        binary = parameters.get("binary_data")
-        out.append(RequestedOutput(item["name"], binary if isinstance(binary, bool) else None))
+        out.append(RequestedOutput(item["name"], _flag(parameters, "binary_data", f"{where}.parameters")))
     return out
 
 

@@ -29,6 +29,21 @@ _NUMPY_DTYPES: dict[str, Any] = {
 # Text inputs longer than this are refused unless the schema sets its own ``max_length``.
 MAX_STRING_LENGTH = 1_000_000
 
+# The largest magnitude each numeric dtype holds: JSON integers are unbounded, and numpy refuses (or, for
+# float32, turns into infinity) a value beyond it.
+LIMITS: dict[str, float | int] = {
+    "float64": float(np.finfo(np.float64).max),
+    "float32": float(np.finfo(np.float32).max),
+    "int64": 2**63 - 1,
+    "int32": 2**31 - 1,
+}
+
+
+def _in_range(value: float | int, dtype: str, where: str) -> None:
+    limit = LIMITS[dtype]
+    if not -limit - (dtype[:3] == "int") <= value <= limit:  # an int's range reaches one further below zero
+        raise InvalidInput(f"value out of range for {dtype}", where)
+
 
 def _json_type(value: Any) -> str:
     return {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}.get(
@@ -41,10 +56,15 @@ def check_value(value: Any, dtype: str, allow_nan: bool, where: str) -> Any:
     kind = type(value)
     if dtype.startswith("float"):
         if kind is float:
-            if not allow_nan and not math.isfinite(value):
-                raise InvalidInput("NaN or infinity is not allowed", where)
+            if not math.isfinite(value):
+                if not allow_nan:
+                    raise InvalidInput("NaN or infinity is not allowed", where)
+                return value
+            if dtype == "float32":
+                _in_range(value, dtype, where)
             return value
         if kind is int:
+            _in_range(value, dtype, where)
             return value
         if value is None and allow_nan:
             return math.nan
@@ -53,8 +73,10 @@ def check_value(value: Any, dtype: str, allow_nan: bool, where: str) -> Any:
         raise InvalidInput(f"Expected `number`, got `{_json_type(value)}`", where)
     if dtype.startswith("int"):
         if kind is int:
+            _in_range(value, dtype, where)
             return value
         if kind is float and value.is_integer():
+            _in_range(value, dtype, where)
             return int(value)
         raise InvalidInput(f"Expected `integer`, got `{_json_type(value)}`", where)
     if dtype == "bool":
