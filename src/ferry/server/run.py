@@ -35,9 +35,14 @@ def connection_limits(settings: Settings) -> ConnectionLimits:
 def run(settings: Settings, log_config: dict[str, Any]) -> bool:
     """Serve until stopped; False when the server never started (a broken app, or a port taken meanwhile)."""
     check_ports(settings)
+    app = None
+    if settings.workers > 1:
+        from ferry.server.worker import create_app_before_fork  # (imports the app: not for other commands)
+
+        app = create_app_before_fork(settings)  # the workers fork from it; None: each builds its own
     config = FerryConfig(
-        APP,
-        factory=True,
+        APP if app is None else app,
+        factory=app is None,
         host=settings.host,
         port=settings.port,
         workers=settings.workers,

@@ -32,6 +32,25 @@ def create_app_from_env() -> FerryApp:
     return app
 
 
+def create_app_before_fork(settings: Settings) -> FerryApp | None:
+    """The app that ``--workers N`` fork from, its compiled models loaded and warm; None where it cannot be.
+
+    A worker that builds the app and loads the models itself writes to most of the pages it shares with
+    the parent (reference counts, allocations in the parent's half-used memory): about 8 MiB each. Built
+    once here, the workers inherit it, and each starts serving at once, a restarted one too. Not with
+    ``--tracing``, ``--prediction-log`` or ``--routes``, whose threads and connections a fork does not
+    carry; framework models (ONNX Runtime, LightGBM, a Python class) and ``--max-memory`` still load in
+    each worker.
+    """
+    if settings.tracing or settings.prediction_log or settings.routes:
+        return None
+    app = create_app_from_env()
+    app.state.service.metrics.workers.set(0)  # the parent serves nothing; each worker counts itself
+    if not settings.max_memory:
+        app.state.registry.load_all(compiled_only=True)
+    return app
+
+
 def with_probes(app: FerryApp, settings: Settings) -> FerryApp:
     """Run the heartbeat and, with ``--probe-port``, the probe listener for as long as the app's lifespan."""
     router = app.app.router
@@ -40,6 +59,8 @@ def with_probes(app: FerryApp, settings: Settings) -> FerryApp:
     @contextlib.asynccontextmanager
     async def lifespan(starlette: Any) -> AsyncIterator[None]:
         heartbeat = Heartbeat()
+        # Counted by the process that serves (prometheus_client starts a forked worker's values afresh).
+        app.state.service.metrics.workers.set(1)
         beating = asyncio.create_task(heartbeat.run())
         listener = None
         if settings.probe_port:

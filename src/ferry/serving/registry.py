@@ -13,6 +13,7 @@ from typing import Any
 
 from ferry.bundle.artifacts import bundle_label
 from ferry.bundle.load import LoadedModel, load_bundle, loaded_bytes, verify_bundle
+from ferry.bundle.manifest import read_manifest
 from ferry.bundle.repository import scan_repository, version_key
 from ferry.errors import FerryError, ModelNotFound, ModelNotReady
 from ferry.serving.inputs import InputCodec
@@ -113,13 +114,26 @@ class ModelRegistry:
     def handles(self) -> list[ModelHandle]:
         return [h for versions in self.models.values() for h in versions.values()]
 
-    def load_all(self) -> None:
+    def load_all(self, compiled_only: bool = False) -> None:
+        """Load every bundle not loaded yet; ``compiled_only``: only those served by their compiled form.
+
+        ``--workers N`` loads the compiled ones before forking (``ferry.server.worker``): numpy arrays,
+        memory-mapped, are safe to share across a fork, where a framework's threads or sessions are not.
+        """
         for handle in self.handles():
-            self.load(handle)
+            if handle.state is ModelState.LOADING and (not compiled_only or self.serves_compiled(handle)):
+                self.load(handle)
         # Move everything loaded so far out of the collector's reach: a full collection over the
         # frameworks' objects otherwise pauses the event loop for tens of milliseconds.
         gc.collect()
         gc.freeze()
+
+    def serves_compiled(self, handle: ModelHandle) -> bool:
+        """Whether ``handle`` would load its compiled numpy form (False for a bundle that cannot be read)."""
+        try:
+            return bool(read_manifest(handle.path).options.get("compiled")) and not self.original
+        except FerryError:
+            return False  # its own load reports why
 
     def index(self) -> None:
         """Verify every bundle (manifest and artifact hashes) without loading it: UNLOADED, or FAILED."""
