@@ -595,6 +595,11 @@ def test_an_mlserver_repository_is_served_as_it_is_on_v2_rest_and_grpc(
     answer = httpx.post(server.url + "/v2/models/iris/versions/v0.1.0/infer", json=body)
     assert answer.status_code == 200, answer.text
     assert answer.json()["model_version"] == "v0.1.0" and answer.json()["outputs"][0]["data"] == ["0"]
+    # MLServer takes a model's one input whatever its name; so do the converted models, and their schema says so.
+    document = httpx.get(server.url + "/openapi.json").json()
+    body = document["paths"]["/v2/models/iris/infer"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    name = body["properties"]["inputs"]["items"]["oneOf"][0]["properties"]["name"]
+    assert "enum" not in name and name["not"]["enum"]  # any name but a feature's
     petals = {"inputs": [{"name": "x", "datatype": "FP64", "shape": [1, 1], "data": [1.4]}]}
     answer = httpx.post(server.url + "/v2/models/petals/versions/2/infer", json=petals)
     import lightgbm

@@ -175,3 +175,14 @@ def test_schemathesis_finds_no_failure_with_every_check(server: ServerProcess, t
     assert re.search(r"\d{3,} generated, \d{3,} passed", output), output[-2000:]
     for code in ("ST101", "ST201", "ST202", "ST204", "failed"):
         assert code not in output, output[-6000:]
+
+
+def test_a_version_loaded_later_is_described(example_repo: Path, tmp_path: Path, serve: Any) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(example_repo / "iris", repo / "iris")
+    server: ServerProcess = serve(str(repo), "--admin")
+    assert "/v2/models/iris/versions/2/infer" not in httpx.get(server.url + "/openapi.json").json()["paths"]
+    shutil.copytree(repo / "iris" / "1", repo / "iris" / "2")
+    assert httpx.post(server.url + "/models/iris/load").status_code == 200
+    paths = httpx.get(server.url + "/openapi.json").json()["paths"]
+    assert "/v2/models/iris/versions/2/infer" in paths and "/models/iris/versions/2/predict" in paths

@@ -75,6 +75,7 @@ class ServedModel:
     v2_inputs: list[dict[str, Any]]
     outputs: list[str]
     default: bool  # the version a path without ``/versions/{version}`` serves
+    any_name: bool = False  # its v2 matrix input takes any name (a model converted from MLServer)
 
 
 def served(registry: ModelRegistry) -> list[ServedModel]:
@@ -89,7 +90,15 @@ def served(registry: ModelRegistry) -> list[ServedModel]:
             outputs = [s["name"] for s in v2.output_specs(handle)] if handle.model is not None else ["prediction"]
             if handle.model is None and manifest.output.kind == "label":
                 outputs = ["label"]
-            entry = ServedModel(name, version, manifest.input, v2.input_specs(manifest), outputs, version == default)
+            entry = ServedModel(
+                name,
+                version,
+                manifest.input,
+                v2.input_specs(manifest),
+                outputs,
+                version == default,
+                v2.takes_any_name(manifest),
+            )
             out.append(entry)
     return out
 
@@ -189,7 +198,11 @@ def _predict_routes(model: ServedModel, models: int) -> dict[str, Any]:
         "native", "Predict: a record, records, a row or rows", schemas.native_body(schema), _ref("Prediction")
     )
     infer = _post(
-        "v2", "Inference", schemas.v2_body(schema, model.v2_inputs, model.outputs), _ref("InferenceResponse"), True
+        "v2",
+        "Inference",
+        schemas.v2_body(schema, model.v2_inputs, model.outputs, model.any_name),
+        _ref("InferenceResponse"),
+        True,
     )
     infer["post"]["description"] = _V2_DESCRIPTION
     pinned = f"{model.name}/versions/{model.version}"

@@ -221,7 +221,7 @@ def _datatype_values(datatype: str) -> Schema:
     return _bounded("number", float(np.finfo(dtype).max))
 
 
-def v2_tensor(name: str, dtype: str, shape: list[int], max_length: int | None = None) -> Schema:
+def v2_tensor(name: str | Schema, dtype: str, shape: list[int], max_length: int | None = None) -> Schema:
     """One input tensor as JSON: its name, a datatype that converts without loss, ``shape`` and ``data``.
 
     ``shape`` is one row (``[1, ...]``, free dimensions as 1); ``data`` holds its values flat or nested.
@@ -243,7 +243,7 @@ def v2_tensor(name: str, dtype: str, shape: list[int], max_length: int | None = 
                 "type": "object",
                 "required": ["name", "datatype", "shape", "data"],
                 "properties": {
-                    "name": {"type": "string", "enum": [name]},
+                    "name": {"type": "string", "enum": [name]} if isinstance(name, str) else name,
                     "datatype": {"type": "string", "enum": [datatype]},
                     "shape": {"type": "array", "items": {"type": "integer"}, "enum": [shape]},
                     "data": _one_of(_array(element, count), nested) if len(shape) > 1 else _array(element, count),
@@ -254,13 +254,14 @@ def v2_tensor(name: str, dtype: str, shape: list[int], max_length: int | None = 
     return _one_of(*variants)
 
 
-def v2_body(schema: InputSchema, inputs: list[dict[str, Any]], outputs: list[str]) -> Schema:
+def v2_body(schema: InputSchema, inputs: list[dict[str, Any]], outputs: list[str], any_name: bool = False) -> Schema:
     """An inference request for this model: its inputs as its metadata names them, and its outputs by name.
 
     ``inputs`` are the model's v2 input specs (``ferry.protocol.v2.input_specs``). A tabular model with one
     dtype also takes one ``[-1]`` tensor per feature; the schema shows that form for a one-feature model.
+    ``any_name``: the model takes its one matrix under any name that is not a feature's (MLServer's rule).
     """
-    tensors = [_one_row_tensor(spec, schema) for spec in inputs]
+    tensors = [_one_row_tensor(spec, schema, any_name) for spec in inputs]
     if schema.kind == "features" and len(inputs) == 1 and len(schema.features) == 1:
         feature = schema.features[0]
         tensors.append(
@@ -294,10 +295,13 @@ def v2_body(schema: InputSchema, inputs: list[dict[str, Any]], outputs: list[str
     }
 
 
-def _one_row_tensor(spec: dict[str, Any], schema: InputSchema) -> Schema:
+def _one_row_tensor(spec: dict[str, Any], schema: InputSchema, any_name: bool) -> Schema:
     shape = [1, *(d if d >= 0 else 1 for d in spec["shape"][1:])]
     dtype = next(k for k, v in FERRY_DATATYPES.items() if v == spec["datatype"])
     if schema.kind == "features" and len(schema.features) > 1 and len(spec["shape"]) == 1:
         shape = [1]  # one of several per-feature tensors
     max_length = (schema.max_length or MAX_STRING_LENGTH) if schema.kind in ("text", "image") else None
-    return v2_tensor(spec["name"], dtype, shape, max_length)
+    name: str | Schema = spec["name"]
+    if any_name and schema.kind == "features" and len(spec["shape"]) == 2:  # the matrix, not a feature's tensor
+        name = {"type": "string", "minLength": 1, "not": {"enum": [f.name for f in schema.features]}}
+    return v2_tensor(name, dtype, shape, max_length)

@@ -171,10 +171,14 @@ def _only(inputs: list[Tensor], name: str, handle: ModelHandle) -> Tensor:
     return inputs[0]
 
 
-def _any_name(handle: ModelHandle) -> bool:
+def takes_any_name(manifest: Manifest) -> bool:
     """A model converted from an MLServer repository takes its one input whatever its name, as MLServer does."""
+    return manifest.metadata.get("source") == mlserver.SOURCE
+
+
+def _any_name(handle: ModelHandle) -> bool:
     assert handle.model is not None
-    return handle.model.manifest.metadata.get("source") == mlserver.SOURCE
+    return takes_any_name(handle.model.manifest)
 
 
 def _check_datatype(tensor: Tensor, dtype: str, what: str) -> None:
