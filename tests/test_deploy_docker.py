@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from conftest import free_port
-from ferry.bundle.build import build  # the function: `ferry.bundle.build` is also its module
+from ferry.builder import build
 from ferry.deploy import dockerfile, k8s
 from ferry.deploy.fetch import write_index
 from ferry.deploy.spec import DEFAULT_BASE_IMAGE, GRPC_PORT, HTTP_PORT, DeploySpec

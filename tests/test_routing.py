@@ -161,7 +161,7 @@ class Slow:
 
 @pytest.fixture(scope="module")
 def routed_repo(image_repo: Path, example_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from ferry.bundle.build import build
+    from ferry.builder import build
 
     repo = tmp_path_factory.mktemp("routed")
     for name in ("general", "plants"):

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from ferry._version import __version__
 
 if TYPE_CHECKING:
-    from ferry.bundle.build import build
+    from ferry.builder import build
     from ferry.bundle.load import load_bundle
 
 __all__ = ["__version__", "build", "load_bundle"]
@@ -21,7 +21,7 @@ __all__ = ["__version__", "build", "load_bundle"]
 
 def __getattr__(name: str) -> Any:
     if name == "build":
-        from ferry.bundle.build import build
+        from ferry.builder import build
 
         return build
     if name == "load_bundle":

@@ -1,8 +1,8 @@
-"""Model bundles: the manifest schema, building a bundle from a model, and loading one back.
+"""Model bundles: the manifest schema, the pieces a bundle is built from, and loading one back.
 
 Names are imported on first use, so serving (``load``, ``manifest``, ``repository``) never imports the
-build side. ``build`` is not re-exported here: ``ferry.bundle.build`` is the module (importing it binds that
-name on this package), and the function is ``ferry.build`` or ``ferry.bundle.build.build``.
+build side. Building itself is ``ferry.build`` (``ferry.builder``): it checks the new bundle's sample
+through the native codec, as the server will answer it, so it sits above the protocols, not in here.
 """
 
 from __future__ import annotations

@@ -76,7 +76,7 @@ def serve_mlserver_repository(settings: Settings) -> Settings:
     import tempfile
     from pathlib import Path
 
-    from ferry.bundle.build import build
+    from ferry.builder import build
     from ferry.bundle.mlserver import SOURCE, mlserver_models
     from ferry.errors import ManifestError
 

@@ -8,7 +8,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ferry.bundle.build import build
+from ferry.builder import build
 from ferry.bundle.repository import scan_repository
 from ferry.examples.images import build_general, build_plants
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ferry.bundle.build import build
+from ferry.builder import build
 from ferry.bundle.manifest import CompatRoute
 from ferry.runtimes.images import ImagePreprocessing, to_tensor
 

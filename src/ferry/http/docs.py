@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, Response
 from starlette.routing import Route
 
-import ferry
+from ferry._version import __version__
 from ferry.bundle.manifest import InputSchema, Manifest, read_manifest
 from ferry.errors import FerryError
 from ferry.http.responses import json_response
@@ -261,7 +261,7 @@ def openapi_document(described: list[ServedModel], models: list[str], versions: 
         "openapi": "3.0.3",
         "info": {
             "title": "Ferry",
-            "version": ferry.__version__,
+            "version": __version__,
             "description": "Native JSON API, Open Inference Protocol v2, KServe v1 and Seldon, over one service layer.",
         },
         "tags": [

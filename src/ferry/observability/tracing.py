@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from ferry import __version__
+from ferry._version import __version__
 from ferry.errors import TracingError
 from ferry.observability.access import MODEL_KEY
 from ferry.observability.context import current_request_id

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-import ferry
+from ferry._version import __version__
 from ferry.bundle import mlserver
 from ferry.bundle.manifest import Manifest
 from ferry.errors import FerryError, InvalidInput
@@ -41,7 +41,7 @@ class InferRequest:
 
 
 def server_metadata() -> dict[str, Any]:
-    return {"name": "ferry", "version": ferry.__version__, "extensions": EXTENSIONS}
+    return {"name": "ferry", "version": __version__, "extensions": EXTENSIONS}
 
 
 def model_metadata(handle: ModelHandle, versions: list[str]) -> dict[str, Any]:

@@ -1,4 +1,8 @@
-"""Build a bundle folder from a fitted model: artifacts, their hashes, and ``ferry.yaml``."""
+"""Build a bundle folder from a fitted model: artifacts, their hashes, and ``ferry.yaml``.
+
+``ferry.build``. Above the protocol codecs: ``--expect`` is checked by answering the staged bundle's
+sample input as the native predict route will.
+"""
 
 from __future__ import annotations
 
@@ -146,7 +150,6 @@ def _route(route: CompatRoute | dict[str, Any] | str) -> Any:
 
 def _check_expectation(staging: Path, manifest: Manifest, trusted: bool) -> None:
     """Load the staged bundle and answer its sample as the native predict route will."""
-    # The protocol layer sits above bundles; this is the one place a build borrows it.
     from ferry.bundle.expect import expectation_problem
     from ferry.bundle.load import load_bundle
     from ferry.protocol.native import answer
