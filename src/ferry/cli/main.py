@@ -15,7 +15,7 @@ from rich.console import Console
 import ferry
 from ferry.cli.errors import FerryTyper
 from ferry.cli.errors import run as _run
-from ferry.cli.options import settings_command
+from ferry.cli.options import check_tracing, settings_command
 from ferry.settings import Settings
 
 app = FerryTyper(
@@ -258,7 +258,7 @@ def _serve(settings: Settings) -> None:
     log_config = logging_config(settings.log_level, settings.log_format)  # applied by uvicorn in every worker too
     logging.config.dictConfig(log_config)
     if settings.tracing:
-        _check_tracing(settings.tracing)
+        check_tracing(settings.tracing)
     if settings.routes:
         from ferry.routing.spec import load_routes
 
@@ -276,15 +276,6 @@ def _serve(settings: Settings) -> None:
 
         _run(lambda: fetch_bundles(settings.model_uri, settings.repo))
     run_server(settings, log_config)
-
-
-def _check_tracing(target: str) -> None:
-    """Refuse ``--tracing`` at start-up when the extra is missing or the file cannot be written."""
-    try:
-        from ferry.observability.tracing import check_target
-    except ImportError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--tracing") from None
-    _run(lambda: check_target(target))
 
 
 def _import_class(spec: str) -> Any:

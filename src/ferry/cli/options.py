@@ -67,3 +67,14 @@ def _marker(group: type[SettingsGroup], field: dataclasses.Field[Any], argument:
     declared = (field.metadata["option"],) if field.metadata.get("option") else ()
     panel = PANEL_TITLES[field.metadata["panel"]] if panels else None
     return typer.Option(*declared, help=help_text, envvar=env, rich_help_panel=panel), field.default
+
+
+def check_tracing(target: str) -> None:
+    """Refuse ``--tracing`` at start-up when the extra is missing or the target cannot be written."""
+    from ferry.cli.errors import run
+
+    try:
+        from ferry.observability.tracing import check_target
+    except ImportError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--tracing") from None
+    run(lambda: check_target(target))

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
-from ferry.cli.options import settings_command
+from ferry.cli.options import check_tracing, settings_command
 from ferry.settings import GatewaySettings
 
 if TYPE_CHECKING:
@@ -31,21 +31,13 @@ def gateway(
         parsed = load_routes(routes)
         for target in parsed.targets():
             parsed.upstream_for(target)  # every model target needs a service: refuse now, not per request
-        if settings.tracing:
-            _check_tracing(settings.tracing)
         return parsed
 
     parsed = run(check)
+    if settings.tracing:
+        check_tracing(settings.tracing)
     console.print(f"gateway on http://{settings.host}:{settings.port}  ({len(parsed.rules)} rules from {routes})")
     run_gateway(parsed, settings)
-
-
-def _check_tracing(target: str) -> None:
-    try:
-        from ferry.observability.tracing import check_target
-    except ImportError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--tracing") from None
-    check_target(target)
 
 
 def register(app: typer.Typer) -> None:
