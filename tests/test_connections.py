@@ -134,6 +134,17 @@ def test_a_silent_connection_is_closed_after_the_header_timeout(serve: Any, slow
         assert 0.8 < time.monotonic() - started < 5
 
 
+def test_an_idle_kept_alive_connection_is_closed_after_the_keep_alive_timeout(serve: Any, slow_repo: Path) -> None:
+    """After a reply, a client that keeps the connection and sends nothing holds it only uvicorn's 5 s."""
+    server: ServerProcess = serve(str(slow_repo), "--header-timeout", "30")
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        started = time.monotonic()
+        reply = _reply(sock, 15)
+        assert reply.startswith(b"HTTP/1.1 200 ") and b'{"health":"ok"}' in reply  # answered, then closed idle
+        assert 4.5 < time.monotonic() - started < 10
+
+
 def test_past_the_connection_cap_a_json_503_with_retry_after(serve: Any, slow_repo: Path) -> None:
     """Every connection busy: a newcomer is refused at once in JSON, and closed; uvicorn answered text/plain."""
     server: ServerProcess = serve(str(slow_repo), "--max-connections", "4", env={"FERRY_TEST_SLEEP": "1.0"})

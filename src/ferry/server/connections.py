@@ -13,6 +13,10 @@ Per connection, before anything is spent:
   ``Connection: close``, so clients reconnect and spread over workers and replicas again.
 
 Every refusal is JSON with a stable ``code``, as the app's own errors are.
+
+The time bounds (the head timeout, and uvicorn's keep-alive timeout) are enforced by one sweep per
+worker every ``SWEEP_S``, not by timers: uvicorn arms and cancels a timer per request, and a second
+one for the head would double that on the hot path. A bound is thus met within ``SWEEP_S`` late.
 """
 
 from __future__ import annotations
@@ -39,6 +43,32 @@ class ConnectionLimits:
 DEFAULT_LIMITS = ConnectionLimits()
 LINGER_S = 1.0  # after a refusal, how long the client may keep sending before the connection is cut
 LINGER_BYTES = 1024 * 1024
+SWEEP_S = 0.25  # how often the time bounds are checked, at most
+
+
+class _Sweeper:
+    """Every ``SWEEP_S``, applies the time bounds to each open connection of one server (one worker)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, connections: set[Any]) -> None:
+        self.loop, self.connections = loop, connections
+        self.loop.call_later(SWEEP_S, self.sweep)
+
+    @classmethod
+    def of(cls, protocol: HttpToolsProtocol) -> _Sweeper:
+        """The sweep of ``protocol``'s server, started by its first connection; kept on uvicorn's server state."""
+        state = protocol.server_state
+        sweeper: _Sweeper | None = getattr(state, "ferry_sweeper", None)
+        if sweeper is None:
+            sweeper = cls(protocol.loop, protocol.connections)
+            state.ferry_sweeper = sweeper  # type: ignore[attr-defined]
+        return sweeper
+
+    def sweep(self) -> None:
+        now = self.loop.time()
+        for connection in list(self.connections):
+            if isinstance(connection, BoundedHttpProtocol):
+                connection.check_time(now)
+        self.loop.call_later(SWEEP_S, self.sweep)
 
 
 class _HeadTooLarge(Exception):
@@ -57,21 +87,15 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self.header_count = 0
         self.heads_done = 0
         self.discarding, self.discarded = False, 0  # refused: reading only to let the answer arrive
-        self.head_timer: asyncio.TimerHandle | None = None
         # When this connection began to wait on its client (connected, head begun, or reply sent).
         self.opened = self.waiting_since = self.loop.time()
+        _Sweeper.of(self)
 
     # -- connection -----------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if len(self.connections) > self.limits.max_connections and not self._evict_one():
             self._refuse(503, "overloaded", "too many open connections; retry shortly", retry_after=True)
-            return
-        self.head_timer = self.loop.call_later(self.limits.head_timeout, self._head_timed_out)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_head_timer()
-        super().connection_lost(exc)
 
     def _evict_one(self) -> bool:
         """Close the connection stuck in its head, else idle, the longest; False when all are busy."""
@@ -97,7 +121,6 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             if self.discarded > LINGER_BYTES:
                 self.transport.close()
             return
-        self._unset_keepalive_if_required()
         if self.in_head:
             room = self.limits.max_head_bytes - self.head_bytes
             if len(data) > room:
@@ -133,52 +156,54 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             return False
         return True
 
+    # The per-request callbacks call uvicorn's by name, not through super(): they run on every request.
     def on_message_begin(self) -> None:
-        super().on_message_begin()
+        HttpToolsProtocol.on_message_begin(self)
         self.in_head, self.header_count, self.waiting_since = True, 0, self.loop.time()
-        if self.head_timer is None:
-            self.head_timer = self.loop.call_later(self.limits.head_timeout, self._head_timed_out)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.header_count += 1
         if self.header_count > self.limits.max_headers:
             raise _HeadTooLarge
-        super().on_header(name, value)
+        HttpToolsProtocol.on_header(self, name, value)
 
     def on_headers_complete(self) -> None:
         self.in_head = False
-        self.head_bytes = 0
+        self.head_bytes = self.header_count = 0
         self.heads_done += 1
-        self._cancel_head_timer()
-        super().on_headers_complete()
+        HttpToolsProtocol.on_headers_complete(self)
         max_age = self.limits.max_age
         if max_age and self.cycle is not None and self.loop.time() - self.opened > max_age:
             self.cycle.keep_alive = False  # the reply says Connection: close; the client reconnects
 
     def on_message_complete(self) -> None:
-        super().on_message_complete()
+        HttpToolsProtocol.on_message_complete(self)
         self.in_head = True  # the body is in: what comes next is the next request's head
 
     def on_response_complete(self) -> None:
+        """uvicorn's, less its keep-alive timer: the sweep closes an idle connection (``check_time``)."""
         self.waiting_since = self.loop.time()
-        super().on_response_complete()
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
 
-    def _head_timed_out(self) -> None:
-        self.head_timer = None
-        if not self.in_head or self.transport.is_closing():
+    def check_time(self, now: float) -> None:
+        """The sweep's visit: a head past the head timeout gets a 408; an idle connection past its timeout closes."""
+        if not self.in_head or self.discarding or self.transport.is_closing():
             return
         if self.cycle is not None and not self.cycle.response_complete:
-            return  # a pipelined head waits behind a reply in progress: not the client's delay
+            return  # a reply is in progress (a pipelined head waits behind it): not the client's delay
+        waited = now - self.waiting_since
         if self.head_bytes or self.header_count:
             limit = self.limits.head_timeout
-            self._refuse(408, "request_timeout", f"request headers not received within {limit:g} s")
-        else:
-            self.transport.close()  # connected and never sent a byte: nobody to answer
-
-    def _cancel_head_timer(self) -> None:
-        if self.head_timer is not None:
-            self.head_timer.cancel()
-            self.head_timer = None
+            if waited > limit:
+                self._refuse(408, "request_timeout", f"request headers not received within {limit:g} s")
+        elif waited > (self.timeout_keep_alive if self.heads_done else self.limits.head_timeout):
+            self.transport.close()  # kept alive and idle, or connected and never sent a byte: nobody to answer
 
     # -- refusals -------------------------------------------------------------------------------------
     def _too_large(self, message: str) -> None:
@@ -202,7 +227,6 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         answer the client has not read yet (the 431 to a client still sending its headers).
         """
         self.discarding = True
-        self._cancel_head_timer()
         self.connections.discard(self)
         if self.transport.can_write_eof():
             self.transport.write_eof()
