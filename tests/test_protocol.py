@@ -426,6 +426,18 @@ SCHEMA_EXCLUDED = {
         "$.instances.bmi",
         "value out of range for float64",
     ),
+    "integer_beyond_float64_in_v2": (
+        "/v2/models/iris/infer",
+        {"inputs": [{**v2_body("iris")["inputs"][0], "data": [10**309, 1]}]},
+        "$.inputs[0].data",
+        "value out of range for FP64",
+    ),
+    "seldon_two_forms": (  # a oneof in Seldon's proto
+        "/seldon/reviews/api/v1.0/predictions",
+        {"data": {"ndarray": ["good"]}, "strData": "bad"},
+        "$",
+        "send one of `data`, `strData`, `jsonData` or `binData`; got data, strData",
+    ),
     "binary_data_not_a_boolean": (
         "/v2/models/iris/infer",
         {**v2_body("iris"), "outputs": [{"name": "label", "parameters": {"binary_data": None}}]},

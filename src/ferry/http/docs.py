@@ -42,11 +42,11 @@ def routes(registry: ModelRegistry) -> list[Route]:
 
     async def openapi(request: Request) -> Response:
         # Built on first use and again when the models change: a version loaded later is described too.
-        described = served(registry)
-        key = [(m.name, m.version, id(m.schema)) for m in described]
+        key = [(h.name, h.version, id(h.model), registry.default_version(h.name)) for h in registry.handles()]
         if cache.get("key") != key:
             versions = sorted({v for vs in registry.models.values() for v in vs})
-            cache["key"], cache["document"] = key, openapi_document(described, sorted(registry.models), versions)
+            document = openapi_document(served(registry), sorted(registry.models), versions)
+            cache["key"], cache["document"] = key, document
         return json_response(cache["document"])
 
     async def docs(request: Request) -> Response:

@@ -21,7 +21,11 @@ from ferry.serving.inputs import MAX_STRING_LENGTH
 
 Schema = dict[str, Any]
 
-_FLOAT_LIMITS = {"float64": float(np.finfo(np.float64).max), "float32": float(np.finfo(np.float32).max)}
+# A float64 value is any JSON number a double holds ("format: double"), with no written bound: the shortest
+# decimal of the largest double is below its exact value, so a validator reading the bound as a decimal would
+# refuse integers the server rightly takes. float32 keeps its bound, or generators draw numbers it cannot hold.
+_DOUBLE: Schema = {"type": "number", "format": "double"}
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _bounded(type_: str, limit: float | int, low: float | int | None = None) -> Schema:
@@ -30,8 +34,10 @@ def _bounded(type_: str, limit: float | int, low: float | int | None = None) -> 
 
 def value(dtype: str, allow_nan: bool = False) -> Schema:
     """One JSON value of a feature or tensor element of a manifest dtype; ``null`` is NaN where allowed."""
-    if dtype in _FLOAT_LIMITS:
-        schema = _bounded("number", _FLOAT_LIMITS[dtype])
+    if dtype == "float64":
+        schema = dict(_DOUBLE)
+    elif dtype == "float32":
+        schema = {**_bounded("number", _FLOAT32_MAX), "format": "float"}
     elif dtype.startswith("int"):
         info = np.iinfo(dtype)
         schema = _bounded("integer", int(info.max), int(info.min))
@@ -217,8 +223,8 @@ def _datatype_values(datatype: str) -> Schema:
         info = np.iinfo(dtype)
         return _bounded("integer", int(info.max), int(info.min))
     if datatype == "FP32":  # a larger number still rounds to the largest float32; from 2**128 - 2**103 on, infinity
-        return _bounded("number", float(np.nextafter(2.0**128 - 2.0**103, 0)))
-    return _bounded("number", float(np.finfo(dtype).max))
+        return {**_bounded("number", float(np.nextafter(2.0**128 - 2.0**103, 0))), "format": "float"}
+    return dict(_DOUBLE)  # FP64 (FP16 travels only as binary)
 
 
 def v2_tensor(name: str | Schema, dtype: str, shape: list[int], max_length: int | None = None) -> Schema:

@@ -21,6 +21,7 @@ from ferry.serving.inputs import InputCodec
 
 Form = Literal["ndarray", "tensor", "strData", "jsonData", "binData"]
 FORMS: tuple[Form, ...] = ("strData", "jsonData", "binData")
+_PAYLOADS = ("data", *FORMS)
 
 
 @dataclass
@@ -38,6 +39,9 @@ def decode_request(payload: Any, codec: InputCodec) -> SeldonRequest:
     meta = payload.get("meta")
     if meta is not None and not isinstance(meta, dict):
         raise InvalidInput("Expected `meta` as an object", "$.meta")
+    given = [form for form in _PAYLOADS if form in payload]
+    if len(given) > 1:  # a oneof in Seldon's proto: never guess which one the client meant
+        raise InvalidInput(f"send one of `data`, `strData`, `jsonData` or `binData`; got {', '.join(given)}", "$")
     if "data" in payload:
         return _data(payload["data"], codec, meta)
     if "strData" in payload:

@@ -152,8 +152,11 @@ def from_json_data(data: Any, datatype: str, shape: list[int], where: str) -> np
         low, high = min(flat), max(flat)
         if low < info.min or high > info.max:
             raise InvalidInput(f"value out of range for {datatype} [{info.min}, {info.max}]", where)
-    with np.errstate(over="ignore"):
-        array = np.asarray(flat, dtype=dtype)
+    try:
+        with np.errstate(over="ignore"):
+            array = np.asarray(flat, dtype=dtype)
+    except OverflowError:  # an integer beyond even float64, such as 10**309
+        raise InvalidInput(f"value out of range for {datatype}", where) from None
     if datatype in _FLOAT and not np.isfinite(array).all():  # JSON has no NaN or infinity, so this is overflow
         raise InvalidInput(f"value out of range for {datatype}", where)
     return array.reshape(shape)
