@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+import orjson
 
 from ferry.errors import InvalidInput
 from ferry.protocol.native import decode_native, encode_native
@@ -37,8 +38,8 @@ def decode_request(payload: Any, codec: InputCodec) -> SeldonRequest:
     if not isinstance(payload, dict):
         raise InvalidInput("Expected a SeldonMessage object", "$")
     meta = payload.get("meta")
-    if meta is not None and not isinstance(meta, dict):
-        raise InvalidInput("Expected `meta` as an object", "$.meta")
+    if meta is not None:
+        _check_meta(meta)
     given = [form for form in _PAYLOADS if form in payload]
     if len(given) > 1:  # a oneof in Seldon's proto: never guess which one the client meant
         raise InvalidInput(f"send one of `data`, `strData`, `jsonData` or `binData`; got {', '.join(given)}", "$")
@@ -63,6 +64,17 @@ def decode_request(payload: Any, codec: InputCodec) -> SeldonRequest:
             raise InvalidInput("not valid base64", "$.binData") from None
         return SeldonRequest([image], "binData", meta=meta)
     raise InvalidInput("Expected one of `data`, `strData`, `jsonData` or `binData`", "$")
+
+
+def _check_meta(meta: Any) -> None:
+    """``meta`` is echoed in the answer, so it must be an object the answer's JSON encoder can write back."""
+    if not isinstance(meta, dict):
+        raise InvalidInput("Expected `meta` as an object", "$.meta")
+    if meta:
+        try:
+            orjson.dumps(meta)
+        except TypeError as exc:  # an integer beyond 64 bits, which Python's parser reads but orjson never writes
+            raise InvalidInput(f"`meta` cannot be echoed: {exc}", "$.meta") from None
 
 
 def _data(data: Any, codec: InputCodec, meta: Any) -> SeldonRequest:
