@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -38,8 +39,8 @@ def decode_request(payload: Any, codec: InputCodec) -> SeldonRequest:
     if not isinstance(payload, dict):
         raise InvalidInput("Expected a SeldonMessage object", "$")
     meta = payload.get("meta")
-    if meta is not None:
-        _check_meta(meta)
+    if meta is not None and not isinstance(meta, dict):
+        raise InvalidInput("Expected `meta` as an object", "$.meta")
     given = [form for form in _PAYLOADS if form in payload]
     if len(given) > 1:  # a oneof in Seldon's proto: never guess which one the client meant
         raise InvalidInput(f"send one of `data`, `strData`, `jsonData` or `binData`; got {', '.join(given)}", "$")
@@ -64,17 +65,6 @@ def decode_request(payload: Any, codec: InputCodec) -> SeldonRequest:
             raise InvalidInput("not valid base64", "$.binData") from None
         return SeldonRequest([image], "binData", meta=meta)
     raise InvalidInput("Expected one of `data`, `strData`, `jsonData` or `binData`", "$")
-
-
-def _check_meta(meta: Any) -> None:
-    """``meta`` is echoed in the answer, so it must be an object the answer's JSON encoder can write back."""
-    if not isinstance(meta, dict):
-        raise InvalidInput("Expected `meta` as an object", "$.meta")
-    if meta:
-        try:
-            orjson.dumps(meta)
-        except TypeError as exc:  # an integer beyond 64 bits, which Python's parser reads but orjson never writes
-            raise InvalidInput(f"`meta` cannot be echoed: {exc}", "$.meta") from None
 
 
 def _data(data: Any, codec: InputCodec, meta: Any) -> SeldonRequest:
@@ -141,7 +131,7 @@ def _tensor_rows(tensor: Any) -> list[Any]:
 def encode_response(request: SeldonRequest, prediction: Prediction, labels: list[str] | None) -> dict[str, Any]:
     body: dict[str, Any] = {}
     if request.meta is not None:
-        body["meta"] = request.meta
+        body["meta"] = _echo(request.meta)
     if request.form == "jsonData":
         body["jsonData"] = encode_native(prediction, request.single, labels)
         return body
@@ -154,6 +144,14 @@ def encode_response(request: SeldonRequest, prediction: Prediction, labels: list
     else:
         body["data"] = {"names": names, "ndarray": values.tolist()}
     return body
+
+
+def _echo(meta: dict[str, Any]) -> orjson.Fragment:
+    """``meta`` as the client sent it; the standard library writes what orjson cannot (integers beyond 64 bits)."""
+    try:
+        return orjson.Fragment(orjson.dumps(meta))
+    except TypeError:
+        return orjson.Fragment(json.dumps(meta).encode())
 
 
 def _named_values(request: SeldonRequest, prediction: Prediction, labels: list[str] | None) -> tuple[list[str], Any]:
