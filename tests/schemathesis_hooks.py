@@ -19,7 +19,7 @@ def ragged(value: Any) -> bool:
         return any(ragged(v) for v in value.values())
     if not isinstance(value, list):
         return False
-    if len(value) > 1 and all(isinstance(v, list) for v in value) and len({len(v) for v in value}) > 1:
+    if len(value) > 1 and all(isinstance(v, list) for v in value) and len({_dims(v) for v in value}) > 1:
         return True
     if len(value) > 1 and all(isinstance(v, dict) for v in value):
         for key in {k for v in value for k in v}:
@@ -27,6 +27,15 @@ def ragged(value: Any) -> bool:
             if len(lengths) > 1 and -1 not in lengths:
                 return True
     return any(ragged(v) for v in value)
+
+
+def _dims(value: Any) -> tuple[int, ...]:
+    """The lengths down the first items of nested arrays: ``[[1, 2]]`` is (1, 2)."""
+    dims = []
+    while isinstance(value, list):
+        dims.append(len(value))
+        value = value[0] if value else None
+    return tuple(dims)
 
 
 @schemathesis.hook

@@ -51,6 +51,7 @@ EXPECTED_PATHS += [
         f"/seldon/{m}/api/v1.0/predictions",
         f"/seldon/{m}/api/v0.1/predictions",
         f"/seldon/{{namespace}}/{m}/api/v1.0/predictions",
+        f"/models/{m}/invocations",
     )
 ]
 
@@ -81,7 +82,7 @@ def test_openapi_covers_native_and_every_protocol(document: dict[str, Any]) -> N
     # Seldon's unnamed route answers only 400 with several models served, so the document leaves it out.
     assert "/api/v1.0/predictions" not in document["paths"]
     tags = {op["tags"][0] for item in document["paths"].values() for key, op in item.items() if key != "parameters"}
-    assert tags == {"native", "v2", "kserve", "seldon"}
+    assert tags == {"native", "v2", "kserve", "seldon", "mlflow"}
     # Path parameters list the models this server serves.
     metadata = document["paths"]["/v2/models/{name}"]
     assert metadata["parameters"][0]["schema"]["enum"] == MODELS
@@ -105,6 +106,10 @@ def test_request_schemas_are_each_models_own(document: dict[str, Any]) -> None:
     assert [form["required"] for form in seldon] == [["data"], ["jsonData"]]  # strData and binData: other kinds
     names = seldon[0]["properties"]["data"]["properties"]["names"]
     assert names["items"]["enum"] == ["length", "width"] and names["uniqueItems"] is True
+    mlflow = {form["required"][0]: form["properties"] for form in _body(document, "/models/iris/invocations")["oneOf"]}
+    assert list(mlflow) == ["dataframe_split", "dataframe_records", "instances", "inputs"]
+    named = mlflow["dataframe_split"]["dataframe_split"]["oneOf"][1]["properties"]["columns"]
+    assert named["items"]["enum"] == ["length", "width"] and named["uniqueItems"] is True
     kserve = _body(document, "/v1/models/score:predict")["oneOf"][0]["properties"]["instances"]["oneOf"]
     assert kserve[0]["items"]["required"] == ["X"] and kserve[1]["items"]["type"] == "array"
 

@@ -210,6 +210,10 @@ def _predict_routes(model: ServedModel, models: int) -> dict[str, Any]:
         paths[f"/models/{prefix}/predict"] = native
         paths[f"/v2/models/{prefix}/infer"] = infer
     if model.default:
+        mlflow = _post("mlflow", "Predict (MLflow scoring)", schemas.mlflow_body(schema), _ref("MlflowResponse"))
+        paths[f"/models/{model.name}/invocations"] = mlflow
+        if models == 1:  # as `mlflow models serve` does for its one model
+            paths["/invocations"] = mlflow
         paths[f"/v1/models/{model.name}:predict"] = _post(
             "kserve", "Predict", schemas.kserve_body(schema), _ref("KServeResponse")
         )
@@ -269,6 +273,7 @@ def openapi_document(described: list[ServedModel], models: list[str], versions: 
             {"name": "v2", "description": "Open Inference Protocol v2 (REST)"},
             {"name": "kserve", "description": "KServe v1"},
             {"name": "seldon", "description": "Seldon protocol"},
+            {"name": "mlflow", "description": "MLflow's scoring protocol (mlflow models serve)"},
         ],
         "paths": paths,
         "components": {"schemas": _SCHEMAS},
@@ -382,6 +387,11 @@ _SCHEMAS: dict[str, Any] = {
                 "items": _TENSOR,
             },
         },
+    },
+    "MlflowResponse": {
+        "type": "object",
+        "required": ["predictions"],
+        "properties": {"predictions": {"type": "array", "items": {}}},
     },
     "KServeResponse": {
         "type": "object",

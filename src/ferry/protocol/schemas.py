@@ -202,6 +202,70 @@ def _seldon_tensor(schema: InputSchema) -> Schema:
     }
 
 
+# -- MLflow's scoring protocol ---------------------------------------------------------------------------
+def mlflow_body(schema: InputSchema) -> Schema:
+    """Exactly one of ``dataframe_split``, ``dataframe_records``, ``instances`` and ``inputs``.
+
+    ``inputs`` as column arrays is shown for a one-column input; with several, the columns must also be of
+    one length, which JSON Schema cannot state.
+    """
+    listed = (
+        _one_of(*batch(schema), *_lone(schema)) if schema.kind in ("features", "tensor") else _one_of(*batch(schema))
+    )
+    inputs = _one_of(listed, columns) if (columns := _columns(schema)) else listed
+    forms = {
+        "dataframe_split": _split(schema),
+        "dataframe_records": listed,
+        "instances": listed,
+        "inputs": inputs,
+    }
+    return {
+        "oneOf": [
+            {
+                "type": "object",
+                "required": [key],
+                "properties": {key: form},
+                "not": {"anyOf": [{"required": [other]} for other in forms if other != key]},
+            }
+            for key, form in forms.items()
+        ]
+    }
+
+
+def _split(schema: InputSchema) -> Schema:
+    """``{"data": rows}``, or ``{"columns": names, "data": rows}`` with the columns named in any order."""
+    unnamed = {
+        "type": "object",
+        "required": ["data"],
+        "properties": {
+            "data": _array(row(schema), min_items=1),
+            "columns": {"type": "string", "nullable": True, "enum": [None]},
+        },
+    }
+    named_record = record(schema)
+    names = list(named_record["properties"])
+    cells = list(named_record["properties"].values())
+    cell = cells[0] if all(c == cells[0] for c in cells) else {"anyOf": cells}
+    named = {
+        "type": "object",
+        "required": ["columns", "data"],
+        "properties": {
+            "columns": {**_array({"type": "string", "enum": names}, len(names)), "uniqueItems": True},
+            "data": _array(_array(cell, len(names)), min_items=1),
+        },
+    }
+    return {"oneOf": [unnamed, named]}
+
+
+def _columns(schema: InputSchema) -> Schema | None:
+    """``{"column": [values...]}`` for an input of one column (a feature, a text field or a tensor)."""
+    one = record(schema)
+    if len(one["properties"]) != 1:
+        return None
+    ((name, cell),) = one["properties"].items()
+    return {**one, "properties": {name: _array(cell, min_items=1)}}
+
+
 def _row_width(schema: InputSchema) -> int:
     """How many values one row holds (a free dimension counts as one)."""
     if schema.kind == "features":
