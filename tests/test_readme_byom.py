@@ -55,7 +55,7 @@ def test_two_pickles_and_the_old_routes(tmp_path: Path, serve: Callable[..., Ser
 def test_a_class_with_its_featurizer(tmp_path: Path, serve: Callable[..., ServerProcess]) -> None:
     write_reviews_files(tmp_path)
     readme_class = re.search(
-        r"where `reviews.py` is the user's own class:\n\n```python\n(.*?)```", README.read_text(), re.S
+        r"where `reviews.py` is the user's own class:\n\n<!-- .*? -->\n```python\n(.*?)```", README.read_text(), re.S
     )
     assert readme_class is not None
     (tmp_path / "reviews.py").write_text(readme_class.group(1))  # the README's class, as printed
@@ -68,7 +68,7 @@ def test_a_class_with_its_featurizer(tmp_path: Path, serve: Callable[..., Server
 
 def test_the_first_python_example_builds(tmp_path: Path) -> None:
     """``labels=list(iris.target_names)`` holds numpy.str_ values: the build must take them as labels."""
-    found = re.search(r"From Python:\n\n```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+    found = re.search(r"From Python:\n\n<!-- .*? -->\n```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
     assert found is not None
     done = subprocess.run([sys.executable, "-c", found.group(1)], cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

@@ -1,0 +1,284 @@
+"""The README is executable: every fenced block is run by a test or marked illustrative, with the reason.
+
+A block's marker is an HTML comment on the line just before its opening fence:
+
+- ``<!-- tested: tests/test_x.py::test_name -->``: that test reads the block from README.md and runs or checks it;
+- ``<!-- byom:NAME -->``: a "Bring your own model" story, run by tests/test_readme_byom.py;
+- ``<!-- illustrative: REASON -->``: not run, and REASON says why (a cluster, a long benchmark, output shown).
+
+The tests below the marker checks run the blocks that name this file, against one served copy of the examples.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import shlex
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from tests.conftest import ServerProcess, free_port
+
+ROOT = Path(__file__).parent.parent
+README = ROOT / "README.md"
+MARKER = re.compile(r"<!-- (?:(tested): (\S+)|(byom):(\w+)|(illustrative): (.+?)) -->")
+
+
+@dataclass(frozen=True)
+class Block:
+    line: int  # of the opening fence, 1-based
+    lang: str
+    text: str
+    marker: str  # the comment line just before the fence ("" when there is none)
+
+    def __str__(self) -> str:
+        first = self.text.splitlines()[0] if self.text else ""
+        return f"README.md:{self.line}: ```{self.lang} {first[:80]}"
+
+
+def fenced_blocks(text: str) -> list[Block]:
+    """Every ``` block of ``text``, in order."""
+    lines = text.splitlines()
+    blocks, start = [], None
+    for number, line in enumerate(lines, 1):
+        if not line.startswith("```"):
+            continue
+        if start is None:
+            start = number
+        else:
+            opening = lines[start - 1]
+            marker = lines[start - 2].strip() if start >= 2 else ""
+            blocks.append(Block(start, opening[3:].strip(), "\n".join(lines[start : number - 1]) + "\n", marker))
+            start = None
+    assert start is None, f"README.md:{start}: a fence is never closed"
+    return blocks
+
+
+def readme_blocks(test: str) -> list[Block]:
+    """The README's blocks marked ``<!-- tested: tests/test_readme.py::TEST -->``."""
+    tag = f"<!-- tested: tests/test_readme.py::{test} -->"
+    found = [block for block in fenced_blocks(README.read_text(encoding="utf-8")) if block.marker == tag]
+    assert found, f"no README block is marked {tag}"
+    return found
+
+
+def _test_source(path: Path, name: str) -> str | None:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef) and node.name == name:
+            return ast.get_source_segment(path.read_text(encoding="utf-8"), node)
+    return None
+
+
+def marker_problem(block: Block) -> str | None:
+    """Why ``block``'s marker does not hold, or None."""
+    found = MARKER.fullmatch(block.marker)
+    if found is None:
+        return "no marker (<!-- tested: tests/FILE.py::TEST --> or <!-- illustrative: REASON -->) on the line before"
+    if found.group(5):
+        return None if len(found.group(6).split()) >= 3 else "an illustrative marker needs a reason of a few words"
+    if found.group(3):
+        from tests.test_readme_byom import blocks
+
+        return None if found.group(4) in blocks() else f"tests/test_readme_byom.py runs no block byom:{found.group(4)}"
+    file, _, test = found.group(2).partition("::")
+    if not (ROOT / file).is_file() or not test:
+        return f"{found.group(2)}: not FILE::TEST with an existing test file"
+    source = _test_source(ROOT / file, test)
+    if source is None:
+        return f"{file} defines no {test}"
+    if "README" not in source and "readme_block" not in source:
+        return f"{file}::{test} never reads README.md"
+    return None
+
+
+def test_every_block_is_run_or_marked_illustrative() -> None:
+    problems = [
+        f"{block}\n    {problem}"
+        for block in fenced_blocks(README.read_text(encoding="utf-8"))
+        if (problem := marker_problem(block))
+    ]
+    assert not problems, "README blocks without a valid marker:\n" + "\n".join(problems)
+
+
+def test_the_check_finds_an_unmarked_block() -> None:
+    text = (
+        "Intro\n\n```bash\nferry build x\n```\n\n<!-- illustrative: needs a Kubernetes cluster -->\n```bash\nk\n```\n"
+    )
+    first, second = fenced_blocks(text)
+    assert marker_problem(first) is not None and str(first).startswith("README.md:3: ```bash ferry build x")
+    assert marker_problem(second) is None
+    assert marker_problem(Block(1, "", "x\n", "<!-- tested: tests/nope.py::test_x -->")) is not None
+    assert marker_problem(Block(1, "", "x\n", "<!-- tested: tests/test_readme.py::test_nope -->")) is not None
+    assert marker_problem(Block(1, "", "x\n", "<!-- illustrative: -->")) is not None
+
+
+# ------------------------------------------------------------------------------------- the blocks run here
+
+
+@pytest.fixture(scope="module")
+def demo(example_repo: Path) -> Iterator[tuple[ServerProcess, int]]:
+    """The examples served as ``ferry demo`` serves them (code trusted), with gRPC on."""
+    grpc_port = free_port()
+    server = ServerProcess([str(example_repo)], env={"FERRY_GRPC_PORT": str(grpc_port)})
+    yield server, grpc_port
+    server.stop()
+
+
+def _commands(block: Block) -> Iterator[tuple[str, str]]:
+    """(command, expected output) pairs: ``$ cmd`` console lines with the lines after them, or bash lines
+    with their ``# comment`` (on the same line or the next)."""
+    lines = block.text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i].removeprefix("$ ") if block.lang == "console" else lines[i]
+        i += 1
+        if not line.strip() or line.startswith("#"):
+            continue
+        while _unfinished(line) and i < len(lines):
+            joined = line.rstrip()
+            line = joined[:-1] + " " + lines[i] if joined.endswith("\\") else line + "\n" + lines[i]
+            i += 1
+        command, _, comment = _split_comment(line)
+        expected = comment
+        if block.lang == "console":
+            output = []
+            while i < len(lines) and not lines[i].startswith("$ "):
+                output.append(lines[i])
+                i += 1
+            expected = "".join(output)
+        elif i < len(lines) and lines[i].startswith("# {"):
+            expected = lines[i][2:]
+            i += 1
+        yield command, expected.strip()
+
+
+def _unfinished(line: str) -> bool:
+    if line.rstrip().endswith("\\"):
+        return True
+    try:
+        shlex.split(line, comments=True)
+    except ValueError:  # an open quote: the command goes on
+        return True
+    return False
+
+
+def _split_comment(line: str) -> tuple[str, str, str]:
+    """``cmd  # comment`` -> (cmd, '#', comment), leaving a # inside quotes alone."""
+    quote, position = None, 0
+    for position, char in enumerate(line):
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == "#" and (position == 0 or line[position - 1].isspace()):
+            return line[:position].rstrip(), "#", line[position + 1 :].strip()
+    return line, "", ""
+
+
+def _matches(expected: str, out: str) -> bool:
+    """Whether ``out`` is what the README shows: equal JSON (keys shown, as a subset), or a prefix before ``...``."""
+    shortened = re.fullmatch(r"(.*?)(-?\d+\.(\d+))\.\.\..*", expected, re.S)
+    if shortened:  # a number shown to some decimals: the answer, to that precision
+        head, number, decimals = shortened.groups()
+        got = re.match(r"-?\d+(\.\d+)?(e-?\d+)?", out.removeprefix(head))
+        tolerance = 10 ** -len(decimals)
+        return out.startswith(head) and got is not None and abs(float(got[0]) - float(number)) <= tolerance
+    try:
+        want = json.loads(expected)
+    except ValueError:
+        return True  # prose, not output
+    got = json.loads(out)
+    if isinstance(want, dict) and isinstance(got, dict):
+        return all(got.get(key) == value for key, value in want.items())
+    return bool(got == want)
+
+
+def _curl(command: str, url: str) -> tuple[int, str]:
+    command = command.replace("localhost:8000", url.removeprefix("http://"))
+    done = subprocess.run(
+        ["bash", "-e", "-c", command + " -w '\\n%{http_code}'"], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, f"{command}\n{done.stderr}"
+    out, _, status = done.stdout.rpartition("\n")
+    return int(status), out
+
+
+def test_curl_blocks(demo: tuple[ServerProcess, int]) -> None:
+    """Every curl of the marked blocks answers as the README shows; 2xx unless it shows an error."""
+    server, _ = demo
+    ran = 0
+    for block in readme_blocks("test_curl_blocks"):
+        for command, expected in _commands(block):
+            assert command.startswith("curl "), f"{block}: {command}"
+            status, out = _curl(command, server.url)
+            showing_error = '"error"' in expected
+            assert (400 <= status < 500) if showing_error else status == 200, f"{command}\n{status} {out}"
+            assert _matches(expected, out), f"{command}\nREADME shows {expected}\nserver said {out}"
+            ran += 1
+    assert ran >= 25
+
+
+def _python_output(block: Block, replace: dict[str, str]) -> tuple[str, str]:
+    code = block.text
+    for old, new in replace.items():
+        code = code.replace(old, new)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"{block}\n{done.stderr}"
+    shown = code.strip().splitlines()[-1].split("#", 1)[1].strip()
+    return done.stdout.strip(), shown
+
+
+def test_tritonclient_blocks(demo: tuple[ServerProcess, int]) -> None:
+    """The tritonclient snippets (HTTP binary tensors and gRPC) print what their last comment shows."""
+    pytest.importorskip("tritonclient.grpc", reason="tritonclient is a test extra")
+    server, grpc_port = demo
+    address = server.url.removeprefix("http://")
+    for block in readme_blocks("test_tritonclient_blocks"):
+        out, shown = _python_output(block, {"localhost:8000": address, "localhost:8081": f"127.0.0.1:{grpc_port}"})
+        assert _matches(shown, out) and (out == shown or "..." in shown), f"{block}: printed {out}, README {shown}"
+
+
+def test_routes_file_block() -> None:
+    """The routes file reference parses as it is printed."""
+    from ferry.routing.spec import parse_routes
+
+    (block,) = readme_blocks("test_routes_file_block")
+    routes = parse_routes(yaml.safe_load(block.text))
+    assert routes.name == "classifier"
+
+
+def test_manifest_routes_block(example_repo: Path) -> None:
+    """The compatibility routes shown are the diabetes example's own."""
+    (block,) = readme_blocks("test_manifest_routes_block")
+    shown = yaml.safe_load(block.text)["routes"]
+    manifest: dict[str, Any] = yaml.safe_load((example_repo / "diabetes" / "1" / "ferry.yaml").read_text())
+    for route in shown:
+        assert any(all(r.get(k) == v for k, v in route.items()) for r in manifest["routes"]), route
+
+
+def test_deploy_blocks(example_repo: Path, tmp_path: Path) -> None:
+    """The image, compose and Kubernetes blocks: each ``ferry ... -o DIR`` line writes its files here; the lines
+    that build, push, run or apply need Docker, a registry or a cluster (tests/test_deploy_docker.py builds one)."""
+    (tmp_path / "models").symlink_to(example_repo)
+    written = []
+    for block in readme_blocks("test_deploy_blocks"):
+        for command, _ in _commands(block):
+            argv = shlex.split(command.replace("IMAGE:TAG", "registry.example.com/team/ferry:1.0"))
+            if argv[0] != "ferry" or "-o" not in argv:
+                assert argv[0] in ("docker", "kubectl") or "--push" in argv, command
+                continue
+            done = subprocess.run([sys.executable, "-m", *argv], cwd=tmp_path, capture_output=True, text=True)
+            assert done.returncode == 0, f"{command}\n{done.stderr}"
+            written.append(argv[argv.index("-o") + 1])
+    assert written == ["build/", "deploy/", "k8s/"]
+    assert (tmp_path / "build" / "Dockerfile").is_file()
+    assert (tmp_path / "deploy" / "docker-compose.yml").is_file()
+    assert (tmp_path / "k8s" / "kustomization.yaml").is_file()
