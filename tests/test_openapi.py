@@ -94,7 +94,7 @@ def test_request_schemas_are_each_models_own(document: dict[str, Any]) -> None:
     assert record["properties"]["length"]["type"] == "number"
     # v2: the tensor the metadata names, in every datatype that converts without loss (FP16 only as binary).
     tensors = _body(document, "/v2/models/iris/infer")["properties"]["inputs"]["items"]["oneOf"]
-    assert {t["properties"]["name"]["enum"][0] for t in tensors} == {"input"}
+    assert all(t["properties"]["name"]["enum"] == ["input", "input-0"] for t in tensors)
     datatypes = {t["properties"]["datatype"]["enum"][0] for t in tensors}
     assert {"FP64", "FP32", "INT64", "UINT8"} <= datatypes and "FP16" not in datatypes and "BYTES" not in datatypes
     text = _body(document, "/v2/models/reviews/infer")["properties"]["inputs"]["items"]

@@ -200,7 +200,7 @@ def _predict_routes(model: ServedModel, models: int) -> dict[str, Any]:
     infer = _post(
         "v2",
         "Inference",
-        schemas.v2_body(schema, model.v2_inputs, model.outputs, model.any_name),
+        schemas.v2_body(schema, model.v2_inputs, model.outputs, model.any_name, v2.MATRIX_NAMES),
         _ref("InferenceResponse"),
         True,
     )

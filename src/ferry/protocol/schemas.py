@@ -324,14 +324,21 @@ def v2_tensor(name: str | Schema, dtype: str, shape: list[int], max_length: int 
     return _one_of(*variants)
 
 
-def v2_body(schema: InputSchema, inputs: list[dict[str, Any]], outputs: list[str], any_name: bool = False) -> Schema:
+def v2_body(
+    schema: InputSchema,
+    inputs: list[dict[str, Any]],
+    outputs: list[str],
+    any_name: bool = False,
+    matrix_names: tuple[str, ...] = ("input",),
+) -> Schema:
     """An inference request for this model: its inputs as its metadata names them, and its outputs by name.
 
     ``inputs`` are the model's v2 input specs (``ferry.protocol.v2.input_specs``). A tabular model with one
     dtype also takes one ``[-1]`` tensor per feature; the schema shows that form for a one-feature model.
-    ``any_name``: the model takes its one matrix under any name that is not a feature's (MLServer's rule).
+    ``matrix_names``: the names a tabular model's matrix goes by; with ``any_name``, any name that is not a
+    feature's (MLServer's rule).
     """
-    tensors = [_one_row_tensor(spec, schema, any_name) for spec in inputs]
+    tensors = [_one_row_tensor(spec, schema, any_name, matrix_names) for spec in inputs]
     if schema.kind == "features" and len(inputs) == 1 and len(schema.features) == 1:
         feature = schema.features[0]
         tensors.append(
@@ -365,13 +372,15 @@ def v2_body(schema: InputSchema, inputs: list[dict[str, Any]], outputs: list[str
     }
 
 
-def _one_row_tensor(spec: dict[str, Any], schema: InputSchema, any_name: bool) -> Schema:
+def _one_row_tensor(spec: dict[str, Any], schema: InputSchema, any_name: bool, matrix_names: tuple[str, ...]) -> Schema:
     shape = [1, *(d if d >= 0 else 1 for d in spec["shape"][1:])]
     dtype = next(k for k, v in FERRY_DATATYPES.items() if v == spec["datatype"])
     if schema.kind == "features" and len(schema.features) > 1 and len(spec["shape"]) == 1:
         shape = [1]  # one of several per-feature tensors
     max_length = (schema.max_length or MAX_STRING_LENGTH) if schema.kind in ("text", "image") else None
     name: str | Schema = spec["name"]
-    if any_name and schema.kind == "features" and len(spec["shape"]) == 2:  # the matrix, not a feature's tensor
-        name = {"type": "string", "minLength": 1, "not": {"enum": [f.name for f in schema.features]}}
+    if schema.kind == "features" and len(spec["shape"]) == 2:  # the matrix, not a feature's tensor
+        name = {"type": "string", "enum": list(matrix_names)}
+        if any_name:
+            name = {"type": "string", "minLength": 1, "not": {"enum": [f.name for f in schema.features]}}
     return v2_tensor(name, dtype, shape, max_length)

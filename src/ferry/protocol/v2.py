@@ -22,6 +22,9 @@ from ferry.serving.registry import ModelHandle
 
 EXTENSIONS = ["binary_tensor_data"]
 MATRIX_INPUT = "input"  # the one [-1, n_features] tensor of a tabular model
+# The names the matrix goes by: the one the metadata publishes, and the one MLServer's and KServe's clients
+# give a model's first input (the manifest names features, not the matrix). Any other is a 400.
+MATRIX_NAMES = (MATRIX_INPUT, "input-0")
 
 _NUMPY = {"float64": np.float64, "float32": np.float32, "int64": np.int64, "int32": np.int32, "bool": np.bool_}
 
@@ -212,7 +215,7 @@ def _features(inputs: list[Tensor], handle: ModelHandle) -> Any:
     # One tensor that is not named after a feature is the [rows, features] matrix, named as the metadata says.
     if len(inputs) == 1 and inputs[0].name not in codec.name_set:
         tensor = inputs[0]
-        if tensor.name != MATRIX_INPUT and not _any_name(handle):
+        if tensor.name not in MATRIX_NAMES and not _any_name(handle):
             raise InvalidInput(
                 f"unknown input '{tensor.name}'; model '{handle.name}' takes {_describe(handle)}",
                 f"{tensor.where}.name",
@@ -231,8 +234,9 @@ def _features(inputs: list[Tensor], handle: ModelHandle) -> Any:
                 _check_finite(data[:, j], feature.allow_nan, f"{tensor.where}.data (feature '{feature.name}')")
         return _cast(data, codec.dtype)
     by_name = {t.name: t for t in inputs}
-    if MATRIX_INPUT in by_name and MATRIX_INPUT not in codec.name_set:  # the matrix, and tensors beside it
-        extra = next(t for t in inputs if t.name != MATRIX_INPUT)
+    matrix = next((name for name in MATRIX_NAMES if name in by_name and name not in codec.name_set), None)
+    if matrix is not None:  # the matrix, and tensors beside it: blame one beside it
+        extra = next(t for t in inputs if t.name != matrix)
         raise InvalidInput(
             f"unknown input '{extra.name}'; model '{handle.name}' takes {_describe(handle)}", f"{extra.where}.name"
         )
