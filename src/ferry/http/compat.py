@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ferry.bundle.manifest import CompatRoute, Manifest, read_manifest
+from ferry.bundle.manifest import CompatRoute, Manifest
 from ferry.errors import FerryError
 from ferry.http.responses import json_response
 from ferry.routing.router import ROUTED_MODEL_KEY
@@ -30,10 +30,10 @@ def declared(registry: ModelRegistry, warn: bool = False) -> list[tuple[str, Com
     taken: dict[tuple[str, str], str] = {}
     for name in list(registry.models):
         try:
-            manifest = read_manifest(registry.newest(name).path)
+            declared_routes = registry.compat_routes(name)
         except FerryError:
             continue  # the load will fail too, and report it
-        for spec in manifest.routes:
+        for spec in declared_routes:
             key = (spec.method, spec.path)
             if spec.path.startswith(RESERVED_PREFIXES) and spec.path != "/":
                 if warn:
@@ -73,10 +73,10 @@ def health_paths(registry: ModelRegistry) -> list[str]:
     paths = []
     for name in registry.models:
         try:
-            manifest = read_manifest(registry.newest(name).path)
+            declared_routes = registry.compat_routes(name)
         except FerryError:
             continue
-        paths += [r.path for r in manifest.routes if r.action == "health"]
+        paths += [r.path for r in declared_routes if r.action == "health"]
     return paths
 
 
@@ -85,10 +85,10 @@ def paths(registry: ModelRegistry) -> set[str]:
     out: set[str] = set()
     for name in registry.models:
         try:
-            manifest = read_manifest(registry.newest(name).path)
+            declared_routes = registry.compat_routes(name)
         except FerryError:
             continue
-        out |= {r.path for r in manifest.routes if not r.path.startswith(RESERVED_PREFIXES) or r.path == "/"}
+        out |= {r.path for r in declared_routes if not r.path.startswith(RESERVED_PREFIXES) or r.path == "/"}
     return out
 
 
