@@ -271,14 +271,15 @@ def test_a_symlink_within_the_bundle_is_fine(tmp_path: Path) -> None:
     assert load_bundle(bundle).runtime.predict(np.array([[1.0, 1.0]])).values == ["1"]
 
 
-def test_a_yaml_alias_bomb_is_refused_quickly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16"])  # the alias check reads bytes: any encoding YAML reads
+def test_a_yaml_alias_bomb_is_refused_quickly(tmp_path: Path, encoding: str) -> None:
     bundle = ferry.build(_classifier(), "clf", tmp_path / "repo")
     lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
     lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 10)]
     bomb = "metadata:\n" + "".join(f"  {line}\n" for line in lines)  # 10**10 strings once expanded
     path = bundle / "ferry.yaml"
     text = path.read_text()
-    path.write_text(text.replace("metadata:\n", bomb, 1))
+    path.write_bytes(text.replace("metadata:\n", bomb, 1).encode(encoding))  # utf-16: with a byte-order mark
     started = time.monotonic()
     with pytest.raises(ManifestError, match=r"clf/1/ferry.yaml: not valid YAML: expands to more than 1000000 values"):
         load_bundle(bundle)

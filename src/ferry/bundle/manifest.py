@@ -169,8 +169,11 @@ def read_manifest(bundle_dir: Path) -> Manifest:
         raise ManifestError(f"{source}: no {MANIFEST_FILE} in the bundle folder") from None
     if len(text) > MAX_MANIFEST_BYTES:
         raise ManifestError(f"{source}: larger than the limit of {MAX_MANIFEST_BYTES} bytes")
+    # Only an alias (``*name``) can expand a document past its own size, and every encoding YAML reads
+    # spells ``*`` with the byte 0x2A: without one, counting the values is not needed.
+    loader = _BoundedLoader if b"*" in text else _SafeLoader
     try:
-        raw = yaml.load(text, Loader=_BoundedLoader)
+        raw = yaml.load(text, Loader=loader)
     except yaml.YAMLError as exc:
         raise ManifestError(f"{source}: not valid YAML: {exc}") from None
     except RecursionError:
