@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from tests.conftest import ServerProcess, free_port
@@ -282,3 +283,51 @@ def test_deploy_blocks(example_repo: Path, tmp_path: Path) -> None:
     assert (tmp_path / "build" / "Dockerfile").is_file()
     assert (tmp_path / "deploy" / "docker-compose.yml").is_file()
     assert (tmp_path / "k8s" / "kustomization.yaml").is_file()
+
+
+def _ferry(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    assert argv[0] == "ferry", argv
+    return subprocess.run([sys.executable, "-m", *argv], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_check_block(demo: tuple[ServerProcess, int], tmp_path: Path) -> None:
+    """``ferry check`` passes against the examples on both protocols shown; the third line's server is elsewhere."""
+    server, _ = demo
+    (block,) = readme_blocks("test_check_block")
+    commands = [shlex.split(command) for command, _ in _commands(block)]
+    assert "http://other-server:8080" in commands.pop()
+    for argv in commands:
+        done = _ferry([a.replace("http://127.0.0.1:8000", server.url) for a in argv], tmp_path)
+        assert done.returncode == 0, f"{argv}\n{done.stdout}\n{done.stderr}"
+        assert re.search(r"(\d+)/\1 checks passed", done.stdout), done.stdout
+
+
+def test_trusted_pickle_block(tmp_path: Path, serve: Any) -> None:
+    """A user's joblib file, built with ``--trusted`` and served with ``--trust-pickle`` (and no other trust)."""
+    import joblib
+    import numpy as np
+    from sklearn.neighbors import KNeighborsRegressor  # no compiled form: serving it unpickles it
+
+    joblib.dump(
+        KNeighborsRegressor(n_neighbors=1).fit(np.array([[0.0, 0.0], [1.0, 1.0]]), [0.0, 2.0]),
+        tmp_path / "model.joblib",
+    )
+    (block,) = readme_blocks("test_trusted_pickle_block")
+    build, serving = (shlex.split(command) for command, _ in _commands(block))
+    done = _ferry(build, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert serving[:3] == ["ferry", "serve", "models"]
+    server = serve(str(tmp_path / "models"), *serving[3:], env={"FERRY_TRUST_CODE": "0"})
+    answer = httpx.post(server.url + "/models/mine/predict", json={"x": 1.0, "y": 1.0}).json()
+    assert answer == {"prediction": pytest.approx(2.0)}
+
+
+def test_prediction_log_block() -> None:
+    """The ``prediction_log`` excerpt is a valid part of a manifest."""
+    import msgspec
+
+    from ferry.bundle.manifest import PredictionLogSpec
+
+    (block,) = readme_blocks("test_prediction_log_block")
+    spec = msgspec.convert(yaml.safe_load(block.text)["prediction_log"], PredictionLogSpec)
+    assert spec.sample_rate == 0.1 and list(spec.redact) == ["ssn", "email"]
