@@ -17,6 +17,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -331,3 +332,37 @@ def test_prediction_log_block() -> None:
     (block,) = readme_blocks("test_prediction_log_block")
     spec = msgspec.convert(yaml.safe_load(block.text)["prediction_log"], PredictionLogSpec)
     assert spec.sample_rate == 0.1 and list(spec.redact) == ["ssn", "email"]
+
+
+def test_routes_errors_block() -> None:
+    """The two errors shown: the routes file above with its canary's split taken out, and a bad regex."""
+    from ferry.routing.spec import RoutesError, parse_routes
+
+    shown = readme_blocks("test_routes_errors_block")[0].text.splitlines()
+    reference = yaml.safe_load(readme_blocks("test_routes_file_block")[0].text)
+    canary = reference["rules"][3]
+    assert canary["name"] == "canary"
+    canary["to"] = canary.pop("split")[0]
+    bad_regex = {"rules": [{"name": "a", "match": {"headers": {"h": {"regex": "("}}}, "to": {"model": "m"}}]}
+    for raw, line in zip([reference, {**bad_regex, "default": {"to": {"model": "m"}}}], shown, strict=True):
+        with pytest.raises(RoutesError) as refused:
+            parse_routes(raw)
+        assert f"error: {refused.value}" == line
+
+
+def test_access_log_block(demo: tuple[ServerProcess, int]) -> None:
+    """An access-log line of a prediction has exactly the fields shown."""
+    server, _ = demo
+    (block,) = readme_blocks("test_access_log_block")
+    assert httpx.post(server.url + "/models/iris/predict", json={"length": 1.4, "width": 0.2}).status_code == 200
+    shown = re.findall(r'"(\w+)":', block.text)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        lines = [json.loads(line) for line in server.output().splitlines() if line.startswith('{"')]
+        logged = [r for r in lines if r.get("logger") == "ferry.access" and r.get("path") == "/models/iris/predict"]
+        if logged:
+            break
+        time.sleep(0.1)
+    assert logged, server.output()[-2000:]
+    assert sorted(logged[-1]) == sorted(shown), logged[-1]
+    assert logged[-1]["msg"] == "POST /models/iris/predict 200" and logged[-1]["model"] == "iris"
