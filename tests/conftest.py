@@ -31,6 +31,14 @@ def example_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return repo
 
 
+@pytest.fixture(scope="session")
+def image_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The two image classifiers of the routing reference (general and plants), built once."""
+    repo = tmp_path_factory.mktemp("images")
+    build_examples(repo, ["general", "plants"])
+    return repo
+
+
 class ServerProcess:
     """A ``ferry serve`` child process; ``url`` is its base address."""
 

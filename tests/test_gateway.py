@@ -244,12 +244,3 @@ def _wait(url: str, timeout: float = 20.0) -> None:
             pass
         time.sleep(0.05)
     raise RuntimeError(f"{url} not ready")
-
-
-@pytest.fixture(scope="module")
-def image_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from ferry.examples import build_examples
-
-    repo = tmp_path_factory.mktemp("images")
-    build_examples(repo, ["general", "plants"])
-    return repo

@@ -203,10 +203,10 @@ def _matches(expected: str, out: str) -> bool:
     return bool(got == want)
 
 
-def _curl(command: str, url: str) -> tuple[int, str]:
+def _curl(command: str, url: str, cwd: Path | None = None) -> tuple[int, str]:
     command = command.replace("localhost:8000", url.removeprefix("http://"))
     done = subprocess.run(
-        ["bash", "-e", "-c", command + " -w '\\n%{http_code}'"], capture_output=True, text=True, timeout=30
+        ["bash", "-e", "-c", command + " -w '\\n%{http_code}'"], capture_output=True, text=True, timeout=30, cwd=cwd
     )
     assert done.returncode == 0, f"{command}\n{done.stderr}"
     out, _, status = done.stdout.rpartition("\n")
@@ -366,3 +366,24 @@ def test_access_log_block(demo: tuple[ServerProcess, int]) -> None:
     assert logged, server.output()[-2000:]
     assert sorted(logged[-1]) == sorted(shown), logged[-1]
     assert logged[-1]["msg"] == "POST /models/iris/predict 200" and logged[-1]["model"] == "iris"
+
+
+def test_routing_reference_block(image_repo: Path, tmp_path: Path, serve: Any) -> None:
+    """``ferry demo --routing``'s answers, from the same two models served with the reference routes file; the
+    user's photo is the plants model's own sample image."""
+    import base64
+
+    (block,) = readme_blocks("test_routing_reference_block")
+    commands = list(_commands(block))
+    assert commands.pop(0)[0] == "ferry demo --routing"
+    manifest = yaml.safe_load((image_repo / "plants" / "1" / "ferry.yaml").read_text())
+    (tmp_path / "flower.jpg").write_bytes(base64.b64decode(manifest["sample_input"]["image_data"]))
+    routes = ROOT / "src" / "ferry" / "examples" / "data" / "routes.yaml"
+    server = serve(str(image_repo), "--routes", str(routes))
+    for command, expected in commands:
+        if not command.startswith("curl "):
+            done = subprocess.run(["bash", "-e", "-c", command], cwd=tmp_path, capture_output=True, text=True)
+            assert done.returncode == 0, f"{command}\n{done.stderr}"
+            continue
+        status, out = _curl(command, server.url, cwd=tmp_path)
+        assert status == 200 and json.loads(out) == json.loads(expected), f"{command}\n{status} {out}"

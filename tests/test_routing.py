@@ -264,12 +264,3 @@ def test_serve_refuses_a_bad_routes_file_naming_the_rule(routed_repo: Path, tmp_
 def _sample(repo: Path, name: str) -> str:
     manifest = yaml.safe_load((repo / name / "1" / "ferry.yaml").read_text())
     return str(manifest["sample_input"]["image_data"])
-
-
-@pytest.fixture(scope="module")
-def image_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from ferry.examples import build_examples
-
-    repo = tmp_path_factory.mktemp("images")
-    build_examples(repo, ["general", "plants"])
-    return repo
