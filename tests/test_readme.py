@@ -351,21 +351,21 @@ def test_routes_errors_block() -> None:
 
 
 def test_access_log_block(demo: tuple[ServerProcess, int]) -> None:
-    """An access-log line of a prediction has exactly the fields shown."""
+    """The access-log line of a prediction has exactly the fields shown."""
     server, _ = demo
     (block,) = readme_blocks("test_access_log_block")
-    assert httpx.post(server.url + "/models/iris/predict", json={"length": 1.4, "width": 0.2}).status_code == 200
-    shown = re.findall(r'"(\w+)":', block.text)
+    body, request_id = {"length": 1.4, "width": 0.2}, "readme-access-log"
+    answer = httpx.post(server.url + "/models/iris/predict", json=body, headers={"x-request-id": request_id})
+    assert answer.status_code == 200
+    logged: list[dict[str, Any]] = []
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        lines = [json.loads(line) for line in server.output().splitlines() if line.startswith('{"')]
-        logged = [r for r in lines if r.get("logger") == "ferry.access" and r.get("path") == "/models/iris/predict"]
-        if logged:
-            break
+    while not logged and time.monotonic() < deadline:  # the line is written after the response
         time.sleep(0.1)
+        lines = [json.loads(line) for line in server.output().splitlines() if line.startswith('{"')]
+        logged = [r for r in lines if r.get("logger") == "ferry.access" and r.get("request_id") == request_id]
     assert logged, server.output()[-2000:]
-    assert sorted(logged[-1]) == sorted(shown), logged[-1]
-    assert logged[-1]["msg"] == "POST /models/iris/predict 200" and logged[-1]["model"] == "iris"
+    assert sorted(logged[0]) == sorted(re.findall(r'"(\w+)":', block.text)), logged[0]
+    assert logged[0]["msg"] == "POST /models/iris/predict 200" and logged[0]["model"] == "iris"
 
 
 def test_routing_reference_block(image_repo: Path, tmp_path: Path, serve: Any) -> None:
@@ -387,3 +387,51 @@ def test_routing_reference_block(image_repo: Path, tmp_path: Path, serve: Any) -
             continue
         status, out = _curl(command, server.url, cwd=tmp_path)
         assert status == 200 and json.loads(out) == json.loads(expected), f"{command}\n{status} {out}"
+
+
+def test_gateway_block(image_repo: Path, tmp_path: Path, serve: Any) -> None:
+    """The same two models behind ``ferry gateway``, each in its own server, as the block runs them; the ports
+    are free ones, written into a copy of the reference routes file in place of 8001 and 8002."""
+    (block,) = readme_blocks("test_gateway_block")
+    commands = [command for command, _ in _commands(block)]
+    assert commands[0] == "ferry examples build --images images"  # what image_repo holds, built once per run
+    (tmp_path / "images").symlink_to(image_repo)
+    done = subprocess.run(["bash", "-e", "-c", commands[1]], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    ports = {}
+    for command in commands[2:4]:
+        argv = shlex.split(command.rstrip("& "))
+        at = argv.index("--port")
+        assert argv[:2] == ["ferry", "serve"]
+        ports[argv[at + 1]] = serve(str(tmp_path / argv[2]), *argv[3:at], *argv[at + 2 :]).port
+    argv = shlex.split(commands[4])
+    routes = (ROOT / argv[2]).read_text()
+    for readme_port, port in ports.items():
+        routes = routes.replace(f"127.0.0.1:{readme_port}", f"127.0.0.1:{port}")
+    (tmp_path / "routes.yaml").write_text(routes)
+    port = free_port()
+    with (tmp_path / "gateway.log").open("wb") as log:
+        gateway = subprocess.Popen(
+            [sys.executable, "-m", "ferry", "gateway", "routes.yaml", "--port", str(port)],
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:  # the gateway is ready once both upstreams' health checks pass
+        deadline = time.monotonic() + 60
+        while not _answers(f"http://127.0.0.1:{port}/ready") and time.monotonic() < deadline:
+            assert gateway.poll() is None, (tmp_path / "gateway.log").read_text()
+            time.sleep(0.1)
+        assert len(commands) == 6 and commands[5].endswith("localhost:8080/predict/test")
+        status, out = _curl(commands[5].replace("localhost:8080", f"127.0.0.1:{port}"), "")
+        assert status == 200 and json.loads(out) == {"prediction": "flower"}, out  # the plants model's answer
+    finally:
+        gateway.terminate()
+        gateway.wait(30)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
