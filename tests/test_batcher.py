@@ -115,3 +115,32 @@ async def test_a_deadline_fails_its_caller_on_time_and_its_rows_are_never_comput
     await busy
     await asyncio.sleep(0.01)
     assert model.calls == [1]  # the expired request was dropped from the queue, not computed
+
+
+class SlowHandOff(ThreadPoolExecutor):
+    """A pool whose threads start each task late, as they do when the GIL is held by a busy event loop."""
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        def late() -> Any:
+            time.sleep(0.01)
+            return fn(*args, **kwargs)
+
+        return super().submit(late)
+
+
+async def test_a_fast_model_runs_on_the_loop_however_slow_the_hand_off_to_a_thread() -> None:
+    """Only the model's own time decides: a 10 ms wait for a thread once must not keep a 10 µs model off the loop."""
+    import threading
+
+    threads: list[str] = []
+
+    def model(batch: Any) -> Prediction:
+        threads.append(threading.current_thread().name)
+        return Prediction(values=[0.0] * len(batch))
+
+    with SlowHandOff(max_workers=1, thread_name_prefix="pool") as pool:
+        batcher = AdaptiveBatcher(model, pool)  # compute unknown: the first batch runs in the pool
+        for _ in range(3):
+            await batcher.predict(np.ones((1, 2)), 1, timeout=5.0)
+    assert threads[0].startswith("pool")
+    assert threads[1:] == [threading.current_thread().name] * 2  # measured fast, then on the loop

@@ -75,6 +75,52 @@ class _HeadTooLarge(Exception):
     pass
 
 
+class _OnePacketReply:
+    """The transport a request's reply is written to: its head is held until its first body bytes.
+
+    uvicorn writes a reply's head and its body separately, and with TCP_NODELAY each write is a send
+    syscall and a packet; a reply of a few hundred bytes then costs two of each. The held head goes
+    out with the body, or alone when the reply ends without one (HEAD, 204) or the connection closes.
+    """
+
+    __slots__ = ("head_next", "held", "transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.held: bytes | None = None
+        # The next write is a reply's head: none is in progress (a pipelined request's reply starts only
+        # once the one before it is complete).
+        self.head_next = True
+
+    def write(self, data: bytes) -> None:
+        if self.head_next and not data.startswith(b"HTTP/1.1 100 "):  # "100 Continue" goes at once, alone
+            self.head_next = False
+            self.held = data
+            return
+        held = self.held
+        if held is not None:
+            self.held = None
+            data = held + data
+        self.transport.write(data)
+
+    def flush(self) -> None:
+        held = self.held
+        if held is not None:
+            self.held = None
+            self.transport.write(held)
+
+    def reply_complete(self) -> None:
+        self.flush()  # a reply without a body (HEAD, 204, 304) ends here
+        self.head_next = True
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+
 class BoundedHttpProtocol(HttpToolsProtocol):
     """One HTTP/1.1 connection; the bounds (see the module docstring) come as ``config.connection_limits``."""
 
@@ -94,6 +140,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     # -- connection -----------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.reply = _OnePacketReply(transport)
         if len(self.connections) > self.limits.max_connections and not self._evict_one():
             self._refuse(503, "overloaded", "too many open connections; retry shortly", retry_after=True)
 
@@ -172,6 +219,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self.head_bytes = self.header_count = 0
         self.heads_done += 1
         HttpToolsProtocol.on_headers_complete(self)
+        if self.cycle is not None:
+            self.cycle.transport = self.reply  # type: ignore[assignment]
         max_age = self.limits.max_age
         if max_age and self.cycle is not None and self.loop.time() - self.opened > max_age:
             self.cycle.keep_alive = False  # the reply says Connection: close; the client reconnects
@@ -182,6 +231,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         """uvicorn's, less its keep-alive timer: the sweep closes an idle connection (``check_time``)."""
+        self.reply.reply_complete()
         self.waiting_since = self.loop.time()
         self.server_state.total_requests += 1
         if self.transport.is_closing():

@@ -148,9 +148,11 @@ class AdaptiveBatcher:
         self.in_flight_rows = sum(g.rows for g in group)
         try:
             if self._compute_ewma is not None and self._compute_ewma < INLINE_COMPUTE_S:
-                prediction = self._predict(merged)
+                prediction, computed = self._timed(merged)
             else:
-                prediction = await asyncio.get_running_loop().run_in_executor(self._executor, self._predict, merged)
+                prediction, computed = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self._timed, merged
+                )
         except BaseException as exc:
             if self._observed:
                 _observe(group, started, time.monotonic(), True)
@@ -165,8 +167,10 @@ class AdaptiveBatcher:
         elapsed = time.monotonic() - started
         if self._observed:
             _observe(group, started, started + elapsed, False)
+        # The model's own time, not the hand-off to a thread: that waits for the GIL behind the loop under load,
+        # and counting it would keep a fast model off the loop for good once one busy moment had pushed it there.
         ewma = self._compute_ewma
-        self._compute_ewma = elapsed if ewma is None else 0.8 * ewma + 0.2 * elapsed
+        self._compute_ewma = computed if ewma is None else 0.8 * ewma + 0.2 * computed
         answered = 0
         for item, part in zip(group, _split(prediction, [g.rows for g in group]), strict=True):
             if not item.future.done():
@@ -175,6 +179,12 @@ class AdaptiveBatcher:
         if self._on_batch is not None:
             rows = sum(g.rows for g in group)
             self._on_batch(answered, rows, started - min(g.enqueued for g in group), elapsed)
+
+    def _timed(self, batch: Any) -> tuple[Prediction, float]:
+        """The prediction and the seconds the model took, measured where it runs (the loop or a thread)."""
+        started = time.perf_counter()
+        prediction = self._predict(batch)
+        return prediction, time.perf_counter() - started
 
 
 def _observe(group: list[_Pending], started: float, ended: float, failed: bool) -> None:
