@@ -414,3 +414,43 @@ def test_x_request_timeout_can_lower_the_deadline_but_never_raise_it(serve: Any,
     assert longer.json()["error"] == "request not served within its deadline of 0.3 s"
     shorter = httpx.post(server.url + "/models/sleepy/predict", json=[1.0], headers={"X-Request-Timeout": "100ms"})
     assert shorter.status_code == 504 and shorter.json()["error"] == "request not served within its deadline of 0.1 s"
+
+
+def test_replies_go_out_whole_and_in_order(serve: Any, slow_repo: Path) -> None:
+    """Each reply is one write (head held for its body); pipelined, HEAD and 100-continue requests still get theirs."""
+    from ferry.server.connections import _OnePacketReply
+
+    class Recording:
+        def __init__(self) -> None:
+            self.writes: list[bytes] = []
+
+        def write(self, data: bytes) -> None:
+            self.writes.append(data)
+
+    transport = Recording()
+    reply = _OnePacketReply(transport)  # type: ignore[arg-type]
+    reply.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # goes at once, alone
+    reply.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+    reply.write(b"{}")
+    reply.reply_complete()
+    reply.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")  # a HEAD reply: no body, out at its end
+    assert transport.writes == [b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]
+    reply.reply_complete()
+    assert transport.writes[-1] == b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+
+    server: ServerProcess = serve(str(slow_repo))
+    body = b'{"length": 5.1, "width": 2.4}'
+    post = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n" % len(body)
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(post + b"\r\n" + body + b"HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n" + post + b"\r\n" + body)
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        replies = _reply(sock).split(b"HTTP/1.1 ")[1:]
+    assert [r.split(b"\r\n")[0] for r in replies] == [b"200 OK"] * 4
+    answer = b'{"prediction":"virginica"}'
+    assert [r.partition(b"\r\n\r\n")[2] for r in replies] == [answer, b"", answer, b'{"health":"ok"}']
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:  # the client waits for 100 before its body
+        sock.sendall(post + b"Expect: 100-continue\r\nConnection: close\r\n\r\n")
+        sock.settimeout(5)
+        assert sock.recv(100).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        sock.sendall(body)
+        assert _reply(sock).endswith(b'{"prediction":"virginica"}')
