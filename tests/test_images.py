@@ -135,15 +135,6 @@ def test_a_bad_preprocessing_block_fails_the_load_naming_the_field(
     assert "FAILED" in deadline_text and "options.image.layout" in deadline_text
 
 
-@pytest.fixture(scope="module")
-def image_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from ferry.examples import build_examples
-
-    repo = tmp_path_factory.mktemp("images")
-    build_examples(repo, ["general", "plants"])
-    return repo
-
-
 # -- hostile images: the format allowlist, and the pixel bound from the header for every accepted format ------
 def encoded(image: Image.Image, format: str, **options: Any) -> bytes:
     buffer = io.BytesIO()

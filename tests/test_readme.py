@@ -435,3 +435,24 @@ def _answers(url: str) -> bool:
         return httpx.get(url, timeout=1).status_code == 200
     except httpx.TransportError:
         return False
+
+
+def test_onnx_classifier_block(tmp_path: Path, serve: Any) -> None:
+    """The ONNX image recipe as printed, on a stand-in for the user's export: a [N, 3, 224, 224] softmax graph
+    (tests/test_images.py checks the preprocessing itself), two labels, and a real image as the sample."""
+    import numpy as np
+    from PIL import Image
+
+    from ferry.examples.images import png_base64, softmax_onnx
+
+    weights = np.random.default_rng(1).normal(size=(3 * 224 * 224, 2)).astype(np.float32)
+    softmax_onnx(weights, np.zeros(2, dtype=np.float32), [3, 224, 224], tmp_path / "mobilenet_v2.onnx")
+    (tmp_path / "imagenet_labels.txt").write_text("tabby\nteapot\n")
+    (block,) = readme_blocks("test_onnx_classifier_block")
+    assert block.text.count("<base64 of a small sample image>") == 1
+    code = block.text.replace("<base64 of a small sample image>", png_base64(Image.new("RGB", (32, 32), "teal")))
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    server = serve(str(tmp_path / "models"))
+    assert httpx.get(server.url + "/label").json() == ["tabby", "teapot"]
+    assert httpx.get(server.url + "/predict/test").json()["prediction"] in ("tabby", "teapot")
