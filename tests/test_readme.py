@@ -15,6 +15,7 @@ import ast
 import json
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -456,3 +457,48 @@ def test_onnx_classifier_block(tmp_path: Path, serve: Any) -> None:
     server = serve(str(tmp_path / "models"))
     assert httpx.get(server.url + "/label").json() == ["tabby", "teapot"]
     assert httpx.get(server.url + "/predict/test").json()["prediction"] in ("tabby", "teapot")
+
+
+def _serve_lines(block: Block, tmp_path: Path) -> Iterator[tuple[dict[str, str], list[str]]]:
+    """(environment, arguments after ``ferry serve models``) of each line, log paths moved into ``tmp_path``."""
+    for command, _ in _commands(block):
+        words = shlex.split(command.replace("/var/log/ferry/", f"{tmp_path}/"))
+        at = words.index("ferry")
+        assert words[at : at + 3] == ["ferry", "serve", "models"], command
+        yield dict(word.split("=", 1) for word in words[:at]), words[at + 3 :]
+
+
+def test_tracing_blocks(example_repo: Path, tmp_path: Path, serve: Any) -> None:
+    """Each ``--tracing`` form serves, and traces a prediction: spans on stdout or in the file; for otlp, with the
+    collector's variables set, the server answers while its exporter has no collector to reach."""
+    iris = {"length": 1.4, "width": 0.2}
+    lines = [line for block in readme_blocks("test_tracing_blocks") for line in _serve_lines(block, tmp_path)]
+    targets = ["otlp", "console", str(tmp_path / "spans.jsonl"), "otlp"]
+    assert [args for _, args in lines] == [["--tracing", target] for target in targets]
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" in lines[3][0]
+    for env, args in lines:
+        server = serve(str(example_repo), *args, env=env)
+        assert httpx.post(server.url + "/models/iris/predict", json=iris).status_code == 200
+        # otlp: no collector is there, and a graceful stop would spend its export retries on it
+        server.stop(signal.SIGKILL if args[1] == "otlp" else signal.SIGTERM)
+        if args[1] == "console":
+            assert '"name": "predict iris"' in server.log_path.read_text()
+        elif args[1] != "otlp":
+            assert any(json.loads(line)["name"] == "predict iris" for line in Path(args[1]).read_text().splitlines())
+
+
+def test_prediction_log_serve_block(example_repo: Path, tmp_path: Path, serve: Any) -> None:
+    """``--prediction-log FILE`` with the size given: the records of a model that opts in reach the file."""
+    import shutil
+
+    shutil.copytree(example_repo / "iris", tmp_path / "models" / "iris")
+    manifest_path = tmp_path / "models" / "iris" / "1" / "ferry.yaml"
+    manifest = yaml.safe_load(manifest_path.read_text())
+    manifest["prediction_log"] = {"sample_rate": 1.0}
+    manifest_path.write_text(yaml.safe_dump(manifest, sort_keys=False))
+    ((env, args),) = _serve_lines(readme_blocks("test_prediction_log_serve_block")[0], tmp_path)
+    server = serve(str(tmp_path / "models"), *args, env=env)
+    assert httpx.post(server.url + "/models/iris/predict", json={"length": 1.4, "width": 0.2}).status_code == 200
+    server.stop()  # the writer thread flushes at exit
+    records = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert [(r["model"], r["outputs"]) for r in records] == [("iris", ["setosa"])]
