@@ -488,7 +488,8 @@ def test_tracing_blocks(example_repo: Path, tmp_path: Path, serve: Any) -> None:
 
 
 def test_prediction_log_serve_block(example_repo: Path, tmp_path: Path, serve: Any) -> None:
-    """``--prediction-log FILE`` with the size given: the records of a model that opts in reach the file."""
+    """``--prediction-log FILE`` with the size given: the records of a model that opts in reach the file; then
+    ``ferry monitor`` over it and its rotated part, with and without the optional arguments."""
     import shutil
 
     shutil.copytree(example_repo / "iris", tmp_path / "models" / "iris")
@@ -498,7 +499,22 @@ def test_prediction_log_serve_block(example_repo: Path, tmp_path: Path, serve: A
     manifest_path.write_text(yaml.safe_dump(manifest, sort_keys=False))
     ((env, args),) = _serve_lines(readme_blocks("test_prediction_log_serve_block")[0], tmp_path)
     server = serve(str(tmp_path / "models"), *args, env=env)
-    assert httpx.post(server.url + "/models/iris/predict", json={"length": 1.4, "width": 0.2}).status_code == 200
+    for body in [{"length": 1.4, "width": 0.2}] * 3 + [{"length": 5.1, "width": 2.4}]:
+        assert httpx.post(server.url + "/models/iris/predict", json=body).status_code == 200
     server.stop()  # the writer thread flushes at exit
-    records = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
-    assert [(r["model"], r["outputs"]) for r in records] == [("iris", ["setosa"])]
+    log = tmp_path / "predictions.jsonl"
+    records = log.read_text().splitlines(keepends=True)
+    assert [json.loads(r)["outputs"] for r in records] == [["setosa"]] * 3 + [["virginica"]]
+    (tmp_path / "predictions.jsonl.1").write_text("".join(records[:2]))  # the older half, as rotation leaves it
+    log.write_text("".join(records[2:]))
+
+    (block,) = readme_blocks("test_prediction_log_serve_block")[1:]
+    (command, _), *_ = _commands(block)
+    full = shlex.split(command.replace("[", "").replace("]", ""))
+    short = shlex.split(re.sub(r" \[[^]]*\]", "", command))
+    assert full == [*short, "--intervals", "6", "--json"]
+    printed = _ferry(short, tmp_path)
+    assert printed.returncode == 0 and "iris" in printed.stdout, printed.stdout + printed.stderr
+    summary = _ferry(full, tmp_path)
+    assert summary.returncode == 0, summary.stderr
+    assert '"iris"' in summary.stdout and json.loads(summary.stdout), summary.stdout
