@@ -2,7 +2,8 @@
 
 A block's marker is an HTML comment on the line just before its opening fence:
 
-- ``<!-- tested: tests/test_x.py::test_name -->``: that test reads the block from README.md and runs or checks it;
+- ``<!-- tested: tests/test_x.py::NAME -->``: that test (or fixture) reads the block from README.md and runs or
+  checks it;
 - ``<!-- byom:NAME -->``: a "Bring your own model" story, run by tests/test_readme_byom.py;
 - ``<!-- illustrative: REASON -->``: not run, and REASON says why (a cluster, a long benchmark, output shown).
 
@@ -128,9 +129,14 @@ def test_the_check_finds_an_unmarked_block() -> None:
 
 @pytest.fixture(scope="module")
 def demo(example_repo: Path) -> Iterator[tuple[ServerProcess, int]]:
-    """The examples served as ``ferry demo`` serves them (code trusted), with gRPC on."""
+    """The examples served as ``ferry demo`` serves them (code trusted), with gRPC on as the README's
+    ``ferry serve models --grpc-port 8081`` line turns it on, on a free port instead of 8081."""
+    (block,) = readme_blocks("demo")
+    ((command, _),) = _commands(block)
+    argv = shlex.split(command)
+    assert argv[:3] == ["ferry", "serve", "models"] and argv[3:] == ["--grpc-port", "8081"], command
     grpc_port = free_port()
-    server = ServerProcess([str(example_repo)], env={"FERRY_GRPC_PORT": str(grpc_port)})
+    server = ServerProcess([str(example_repo), "--grpc-port", str(grpc_port)])
     yield server, grpc_port
     server.stop()
 
