@@ -524,3 +524,20 @@ def test_prediction_log_serve_block(example_repo: Path, tmp_path: Path, serve: A
     summary = _ferry(full, tmp_path)
     assert summary.returncode == 0, summary.stderr
     assert '"iris"' in summary.stdout and json.loads(summary.stdout), summary.stdout
+
+
+def test_loadtest_block(demo: tuple[ServerProcess, int], tmp_path: Path) -> None:
+    """The load-test lines against the examples, each run shortened to a second (every ``Ns`` becomes ``1s``).
+    Not run: the 1,000 req/s ``p99<50ms`` gate, which a shared 2-core box cannot promise, and ``--find-max``, a
+    search of many steps; tests/test_loadtest.py runs both forms with a loose gate."""
+    server, _ = demo
+    (block,) = readme_blocks("test_loadtest_block")
+    commands = [shlex.split(command) for command, _ in _commands(block)]
+    gate, find_max = commands.pop(2), commands.pop()
+    assert "--sla" in gate and "--find-max" in find_max
+    assert len(commands) == 4
+    for argv in commands:
+        argv = [re.sub(r"\b\d+s\b", "1s", a.replace("http://127.0.0.1:8000", server.url)) for a in argv]
+        done = _ferry(argv, ROOT)
+        assert done.returncode == 0, f"{argv}\n{done.stdout}\n{done.stderr}"
+        assert re.search(r"status codes\s+│\s+200: [\d,]+", done.stdout), done.stdout
