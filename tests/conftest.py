@@ -110,3 +110,16 @@ def examples_server(example_repo: Path) -> Iterator[ServerProcess]:
     server = ServerProcess([str(example_repo)])
     yield server
     server.stop()
+
+
+def run_ferry(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m ferry ARGS`` in a child process, output captured, on a wide terminal (help text unwrapped)."""
+    return subprocess.run(
+        [sys.executable, "-m", "ferry", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+        timeout=60,
+        check=False,
+        cwd=cwd,
+    )

@@ -5,11 +5,8 @@ and PromQL that names only metrics a live ``ferry serve`` really exports.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +14,7 @@ import httpx
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from tests.conftest import run_ferry
 
 from ferry.deploy import keda, knative, monitoring
 from ferry.deploy.addons import Addons, render_with_addons
@@ -180,18 +178,6 @@ def test_queries_name_metrics_and_labels_a_live_server_exports(examples_server: 
 
 
 # ---------------------------------------------------------------------------------------------------- --values
-
-
-def run_ferry(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ferry", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "COLUMNS": "200"},
-        timeout=60,
-        check=False,
-        cwd=cwd,
-    )
 
 
 def load(folder: Path) -> dict[str, dict[str, Any]]:

@@ -5,11 +5,8 @@ objects that agree with each other, and a replica that serves any model lazily u
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import shlex
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +16,7 @@ import httpx
 import pytest
 import yaml
 from aiohttp import web
-from tests.conftest import ServerProcess, free_port
+from tests.conftest import ServerProcess, free_port, run_ferry
 
 from ferry.deploy.shard import _PATH_FORMS
 from ferry.routing.gateway import Gateway, GatewaySettings
@@ -161,18 +158,6 @@ def test_the_gateway_sets_the_model_header_from_the_forwarded_path() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- k8s objects
-
-
-def run_ferry(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ferry", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "COLUMNS": "200"},
-        timeout=60,
-        check=False,
-        cwd=cwd,
-    )
 
 
 def istio_strict(obj: dict[str, Any]) -> None:
