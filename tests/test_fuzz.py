@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,74 @@ def test_v2_decoder_never_crashes(handles: dict[str, ModelHandle], body: dict[st
             v2.to_batch(request.inputs, handle)
 
         _only_client_errors(decode)
+
+
+numbers = st.floats(allow_nan=False, allow_infinity=False) | st.integers(-3, 3) | st.sampled_from([1e39, -3.5e38, 0.0])
+DEFECTS = ["name", "datatype", "shape", "size", "data", "parameters", "id", "request parameters", "outputs"]
+
+
+@st.composite
+def float_bodies(draw: st.DrawFn) -> dict[str, Any]:
+    """Well-formed float requests (data sized to the shape), half of them with one defect, big or small."""
+    defect = draw(st.sampled_from([None] * len(DEFECTS) + DEFECTS))
+    inputs = []
+    for _ in range(draw(st.integers(1, 2))):
+        shape = draw(st.lists(st.integers(0, 3), min_size=1, max_size=3))
+        size = math.prod(shape)
+        if defect == "size":
+            size += draw(st.sampled_from([1, -1])) if size else 1
+        tensor: dict[str, Any] = {
+            "name": draw(st.sampled_from(["", "bogus", "length"] if defect == "name" else ["input", "input-0"])),
+            "datatype": draw(st.sampled_from(["INT64", "FP16", "fp64"] if defect == "datatype" else ["FP64", "FP32"])),
+            "shape": [-1, *shape[1:]] if defect == "shape" else shape,
+            "data": [[1.0, 2.0], [True]] if defect == "data" else draw(st.lists(numbers, min_size=size, max_size=size)),
+        }
+        if defect == "parameters":
+            tensor["parameters"] = draw(st.sampled_from([{"binary_data_size": 8}, {"content_type": "np"}, []]))
+        elif draw(st.booleans()):
+            tensor["parameters"] = {}
+        inputs.append(tensor)
+    body: dict[str, Any] = {"inputs": inputs}
+    if defect == "id":
+        body["id"] = draw(st.sampled_from([7, [], ""]))
+    elif draw(st.booleans()):
+        body["id"] = draw(st.sampled_from(["r1", None]))
+    if defect == "request parameters":
+        body["parameters"] = draw(st.sampled_from([{"binary_data_output": True}, {"binary_data_output": 1}, []]))
+    if defect == "outputs":
+        body["outputs"] = draw(st.sampled_from([[], [{"name": "label"}], {}]))
+    return body
+
+
+def _outcome(call: Any) -> Any:
+    try:
+        return ("ok", call())
+    except FerryError as exc:
+        return ("error", exc.status, str(exc), getattr(exc, "field", None))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=float_bodies())
+def test_v2_float_fast_path_answers_as_the_long_path(handles: dict[str, ModelHandle], body: dict[str, Any]) -> None:
+    """The typed decoder for the common float request only takes what the long path takes, to the same batch."""
+    raw = json.dumps(body).encode()
+    fast = v2_rest._decode_floats(raw)
+    if fast is None:
+        return
+    slow = v2_rest._decode_any(raw, None)
+    assert (fast.id, fast.parameters, fast.outputs) == (slow.id, slow.parameters, slow.outputs)
+    for a, b in zip(fast.inputs, slow.inputs, strict=True):
+        fields = ("name", "datatype", "shape", "where", "parameters")
+        assert [getattr(a, f) for f in fields] == [getattr(b, f) for f in fields]
+        assert a.data.dtype == b.data.dtype and a.data.tobytes() == b.data.tobytes()
+    for handle in handles.values():
+        fast_batch = _outcome(lambda handle=handle: v2.to_batch(fast.inputs, handle))
+        slow_batch = _outcome(lambda handle=handle: v2.to_batch(slow.inputs, handle))
+        if fast_batch[0] == "ok" and slow_batch[0] == "ok":
+            assert fast_batch[1].dtype == slow_batch[1].dtype
+            assert fast_batch[1].tobytes() == slow_batch[1].tobytes()
+        else:
+            assert fast_batch == slow_batch
 
 
 # -- hostile numbers: beyond float64 and int64, spliced into otherwise plausible bodies --------------

@@ -79,6 +79,7 @@ class Tensor:
     data: np.ndarray
     parameters: dict[str, Any] = field(default_factory=dict)
     where: str = "$"  # where the tensor sits in the request, for error messages
+    finite: bool = False  # known to hold no NaN or infinity (JSON numbers), so no one checks again
 
 
 # A bound on one tensor's elements, checked from its shape before any data is read or allocated.
@@ -219,8 +220,11 @@ def to_raw(array: np.ndarray, datatype: str) -> bytes:
 
 def to_json_data(array: np.ndarray, datatype: str) -> list[Any]:
     """Row-major flattened JSON values; BYTES as text."""
-    flat = array.reshape(-1)
+    values: list[Any] = array.reshape(-1).tolist()
     if datatype == "BYTES":
-        return [item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item) for item in flat]
-    values: list[Any] = flat.tolist()
+        return [item if type(item) is str else _text(item) for item in values]
     return values
+
+
+def _text(item: Any) -> str:
+    return item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item)

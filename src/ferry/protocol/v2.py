@@ -229,7 +229,7 @@ def _features(inputs: list[Tensor], handle: ModelHandle) -> Any:
         _check_datatype(tensor, codec.dtype, f"model '{handle.name}'")
         _check_rows(tensor, (2,), len(features))
         data = tensor.data
-        if data.dtype.kind == "f" and not np.isfinite(data).all():  # one check for the common, finite case
+        if not tensor.finite and data.dtype.kind == "f" and not np.isfinite(data).all():  # one check when finite
             for j, feature in enumerate(features):
                 _check_finite(data[:, j], feature.allow_nan, f"{tensor.where}.data (feature '{feature.name}')")
         return _cast(data, codec.dtype)
@@ -261,7 +261,8 @@ def _features(inputs: list[Tensor], handle: ModelHandle) -> Any:
             )
         rows = n
         column = tensor.data.reshape(-1)
-        _check_finite(column, feature.allow_nan, f"{tensor.where}.data")
+        if not tensor.finite:
+            _check_finite(column, feature.allow_nan, f"{tensor.where}.data")
         columns.append(_strings_of(column, tensor.where) if feature.dtype == "string" else column)
     if codec.dtype != "string":
         return _cast(np.column_stack(columns), codec.dtype)
@@ -279,7 +280,8 @@ def _tensor(tensor: Tensor, codec: InputCodec) -> Any:
     if shape[0] == 0:
         raise InvalidInput("empty batch: send at least one row", f"{tensor.where}.shape")
     _check_datatype(tensor, codec.dtype, "the model")
-    _check_finite(tensor.data, codec.allow_nan, f"{tensor.where}.data")
+    if not tensor.finite:
+        _check_finite(tensor.data, codec.allow_nan, f"{tensor.where}.data")
     return _cast(tensor.data, codec.dtype)
 
 

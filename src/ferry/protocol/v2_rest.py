@@ -7,20 +7,92 @@ with ``binary_data`` (per output) or ``binary_data_output`` (request-wide).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
+import msgspec
+import numpy as np
 import orjson
 
 from ferry.errors import InvalidInput, MalformedRequest
 from ferry.protocol.native import parse_json
-from ferry.protocol.tensors import Tensor, check_header, from_json_data, from_raw, to_json_data, to_raw
+from ferry.protocol.tensors import (
+    MAX_TENSOR_ELEMENTS,
+    Tensor,
+    check_header,
+    from_json_data,
+    from_raw,
+    to_json_data,
+    to_raw,
+)
 from ferry.protocol.v2 import InferRequest, RequestedOutput
 
 HEADER_LENGTH = "inference-header-content-length"
 _ABSENT = object()
 
 
+class _FloatTensor(msgspec.Struct):
+    name: str
+    datatype: Literal["FP64", "FP32"]
+    shape: list[int]
+    data: list[float]  # flat; msgspec refuses booleans, strings and numbers beyond a double
+    parameters: dict[str, Any] | None = None
+
+
+class _FloatRequest(msgspec.Struct):
+    inputs: list[_FloatTensor]
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    outputs: list[Any] | None = None
+
+
+_float_request = msgspec.json.Decoder(_FloatRequest)
+
+
 def decode_request(body: bytes, header_length: str | None) -> InferRequest:
+    """The request; the common all-JSON float request is checked in C first, anything else the long way."""
+    if header_length is None:
+        fast = _decode_floats(body)
+        if fast is not None:
+            return fast
+    return _decode_any(body, header_length)
+
+
+def _decode_floats(body: bytes) -> InferRequest | None:
+    """Flat FP64/FP32 JSON tensors and nothing else to interpret (no parameters, no requested outputs),
+    validated by a typed decoder. None sends every other request, and every error, the long way, which
+    names the field; so this path only ever accepts what ``_decode_any`` accepts, with the same result."""
+    try:
+        request = _float_request.decode(body)
+    except msgspec.DecodeError:  # ValidationError included
+        return None
+    if request.parameters or request.outputs is not None or not request.inputs:
+        return None
+    inputs = []
+    for i, raw in enumerate(request.inputs):
+        shape, data = raw.shape, raw.data
+        if raw.parameters or not raw.name or not data:
+            return None
+        count = 1
+        for d in shape:
+            if d < 0 or d > MAX_TENSOR_ELEMENTS:
+                return None
+            count *= d
+        if count != len(data) or count > MAX_TENSOR_ELEMENTS:
+            return None
+        # JSON holds no NaN or infinity and msgspec refuses numbers beyond a double, so only FP32 can overflow.
+        if raw.datatype == "FP64":
+            array = np.array(data, dtype=np.float64)
+        else:
+            with np.errstate(over="ignore"):
+                array = np.array(data, dtype=np.float32)
+            if not np.isfinite(array).all():
+                return None
+        where = f"$.inputs[{i}]"
+        inputs.append(Tensor(raw.name, raw.datatype, shape, array.reshape(shape), {}, where, finite=True))
+    return InferRequest(inputs, request.id, {}, None)
+
+
+def _decode_any(body: bytes, header_length: str | None) -> InferRequest:
     binary = b""
     if header_length is not None:
         if not header_length.isdigit() or int(header_length) > len(body):
@@ -86,9 +158,8 @@ def _input(raw: Any, where: str, binary: bytes, offset: int) -> tuple[Tensor, in
         raise InvalidInput("missing field 'data'", f"{where}.data")
     if datatype == "FP16":  # JSON numbers would be rounded in silence; the spec sends FP16 as binary only
         raise InvalidInput("FP16 travels only as binary data (parameters.binary_data_size)", f"{where}.datatype")
-    return Tensor(
-        name, datatype, shape, from_json_data(raw["data"], datatype, shape, f"{where}.data"), parameters, where
-    ), 0
+    data = from_json_data(raw["data"], datatype, shape, f"{where}.data")  # refuses overflow: JSON has no NaN
+    return Tensor(name, datatype, shape, data, parameters, where, finite=True), 0
 
 
 def _requested(value: Any) -> list[RequestedOutput] | None:
@@ -110,8 +181,8 @@ def encode_response(
     request: InferRequest, model_name: str, model_version: str, outputs: list[Tensor]
 ) -> tuple[bytes, dict[str, str]]:
     """The response body and its extra headers; binary outputs follow the JSON header in order."""
-    wanted = {r.name: r.binary for r in request.outputs or []}
-    default_binary = request.parameters.get("binary_data_output") is True
+    wanted = {r.name: r.binary for r in request.outputs} if request.outputs else {}
+    default_binary = request.parameters.get("binary_data_output") is True if request.parameters else False
     body: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
     if request.id is not None:
         body["id"] = request.id
