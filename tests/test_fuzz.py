@@ -7,13 +7,16 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ferry.errors import ClientError, FerryError
 from ferry.protocol import kserve, seldon, v2, v2_rest
+from ferry.protocol.codecs import CODECS
 from ferry.protocol.native import decode_native, parse_json
+from ferry.runtimes import Prediction
 from ferry.serving.registry import ModelHandle, ModelRegistry
 
 json_values = st.recursive(
@@ -159,6 +162,41 @@ def test_v2_float_fast_path_answers_as_the_long_path(handles: dict[str, ModelHan
             assert fast_batch[1].tobytes() == slow_batch[1].tobytes()
         else:
             assert fast_batch == slow_batch
+
+
+predictions = st.builds(
+    Prediction,
+    values=st.lists(st.sampled_from(["setosa", "virginica", "é ☃", 3, 2.5, -1]), min_size=1, max_size=4),
+    probabilities=st.none() | st.just(np.array([[0.25, 0.75]])) | st.just(np.array([[0.5, 0.5]], dtype=np.float32)),
+)
+v2_requests = st.builds(
+    v2.InferRequest,
+    inputs=st.just([]),
+    id=st.none() | st.sampled_from(["r1", ""]),
+    parameters=st.sampled_from([{}, {"binary_data_output": False}, {"binary_data_output": True}, {"x": 1}]),
+    outputs=st.none() | st.just([v2.RequestedOutput("label")]) | st.just([v2.RequestedOutput("prediction", False)]),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(prediction=predictions, request=v2_requests)
+def test_v2_json_answer_is_the_tensor_answer(
+    handles: dict[str, ModelHandle], prediction: Prediction, request: v2.InferRequest
+) -> None:
+    """The all-JSON response written straight from the prediction has the bytes of the tensor-by-tensor one."""
+    for handle in handles.values():
+        if handle.model is not None and handle.model.manifest.output.kind != "label":
+            prediction = Prediction([v for v in prediction.values if not isinstance(v, str)] or [1.0])
+        try:
+            tensors = v2.to_outputs(prediction, handle, request)
+        except FerryError:  # an output this model does not have, asked for by name: not the JSON path's case
+            assert not v2_rest.all_json(request)
+            continue
+        long_way = v2_rest.encode_response(request, handle.name, handle.version, tensors)
+        answer = CODECS["v2"].encode(prediction, handle, request)
+        assert answer[0] == long_way[0]
+        if v2_rest.all_json(request):
+            assert not long_way[1]
 
 
 # -- hostile numbers: beyond float64 and int64, spliced into otherwise plausible bodies --------------

@@ -112,6 +112,10 @@ class V2RestCodec(HttpCodec):
         return v2.to_batch(infer.inputs, handle), infer
 
     def encode(self, prediction: Prediction, handle: ModelHandle, infer: Any) -> Answer:
+        if v2_rest.all_json(infer):
+            return v2_rest.encode_json(
+                infer, handle.name, handle.version, v2.output_columns(prediction, handle)
+            ), JSON_HEADERS
         outputs = v2.to_outputs(prediction, handle, infer)
         content, extra = v2_rest.encode_response(infer, handle.name, handle.version, outputs)
         if not extra:

@@ -315,21 +315,30 @@ def _cast(array: np.ndarray, dtype: str) -> np.ndarray:
 
 
 # -- prediction -> response tensors ---------------------------------------------------------------------
-def to_outputs(prediction: Prediction, handle: ModelHandle, request: InferRequest) -> list[Tensor]:
+# A response tensor before it is one: name, datatype, shape and values (labels as a list of text).
+Column = tuple[str, str, list[int], "list[Any] | np.ndarray"]
+
+
+def output_columns(prediction: Prediction, handle: ModelHandle) -> list[Column]:
+    """Every output of the model's signature that the prediction holds, in signature order."""
     assert handle.model is not None
-    output = handle.model.manifest.output
-    tensors: list[Tensor] = []
-    if output.kind == "label":
-        labels = np.empty(len(prediction.values), dtype=object)
-        labels[:] = [str(v) for v in prediction.values]
-        tensors.append(Tensor("label", "BYTES", [len(labels)], labels))
+    if handle.model.manifest.output.kind == "label":
+        labels = [str(v) for v in prediction.values]
+        columns: list[Column] = [("label", "BYTES", [len(labels)], labels)]
         if prediction.probabilities is not None:
             probabilities = np.asarray(prediction.probabilities)
             datatype = "FP32" if probabilities.dtype == np.float32 else "FP64"
-            tensors.append(Tensor("probabilities", datatype, list(probabilities.shape), probabilities))
-    else:
-        values = np.asarray(prediction.values)
-        tensors.append(Tensor("prediction", datatype_of(values, handle.name), list(values.shape), values))
+            columns.append(("probabilities", datatype, list(probabilities.shape), probabilities))
+        return columns
+    values = np.asarray(prediction.values)
+    return [("prediction", datatype_of(values, handle.name), list(values.shape), values)]
+
+
+def to_outputs(prediction: Prediction, handle: ModelHandle, request: InferRequest) -> list[Tensor]:
+    tensors = [
+        Tensor(name, datatype, shape, _array(values))
+        for name, datatype, shape, values in output_columns(prediction, handle)
+    ]
     if request.outputs is None:
         return tensors
     by_name = {t.name: t for t in tensors}
@@ -337,6 +346,14 @@ def to_outputs(prediction: Prediction, handle: ModelHandle, request: InferReques
     if missing:
         raise InvalidInput(f"model '{handle.name}' produced no output '{missing[0]}' for this request", "$.outputs")
     return [by_name[r.name] for r in request.outputs]
+
+
+def _array(values: list[Any] | np.ndarray) -> np.ndarray:
+    if isinstance(values, np.ndarray):
+        return values
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    return array
 
 
 def datatype_of(array: np.ndarray, model: str) -> str:

@@ -24,7 +24,7 @@ from ferry.protocol.tensors import (
     to_json_data,
     to_raw,
 )
-from ferry.protocol.v2 import InferRequest, RequestedOutput
+from ferry.protocol.v2 import Column, InferRequest, RequestedOutput
 
 HEADER_LENGTH = "inference-header-content-length"
 _ABSENT = object()
@@ -175,6 +175,28 @@ def _requested(value: Any) -> list[RequestedOutput] | None:
         parameters = _parameters(item.get("parameters"), f"{where}.parameters")
         out.append(RequestedOutput(item["name"], _flag(parameters, "binary_data", f"{where}.parameters")))
     return out
+
+
+def all_json(request: InferRequest) -> bool:
+    """Every output, each as JSON: the common response, which ``encode_json`` writes without tensors."""
+    return request.outputs is None and not (request.parameters and request.parameters.get("binary_data_output") is True)
+
+
+def encode_json(request: InferRequest, model_name: str, model_version: str, columns: list[Column]) -> bytes:
+    """The same bytes ``encode_response`` writes for ``all_json`` requests, straight from the output columns."""
+    body: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
+    if request.id is not None:
+        body["id"] = request.id
+    body["outputs"] = [
+        {
+            "name": name,
+            "datatype": datatype,
+            "shape": shape,
+            "data": values if isinstance(values, list) else to_json_data(values, datatype),
+        }
+        for name, datatype, shape, values in columns
+    ]
+    return orjson.dumps(body)
 
 
 def encode_response(
