@@ -12,6 +12,7 @@ objectives) is refused with ``Unsupported`` and keeps its original runtime.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,11 +20,12 @@ import numpy as np
 
 # LightGBM treats |x| <= kZeroThreshold (1e-35f) as zero, both when reading rows and in "Zero" splits.
 LIGHTGBM_ZERO = float(np.float32(1e-35))
+LIGHTGBM_INF = 1e300  # what Booster.dump_model() writes for an infinite threshold (the build check probes it)
 MISSING_NONE, MISSING_ZERO, MISSING_NAN = 0, 1, 2
-# Below this many rows the bitvector walk (fewer, wider numpy calls) beats the level-by-level one; above
-# it the [rows, splits] masks outgrow the cache. Reviews model (200 trees, 15 leaves), CPU time per row:
-# 1 row 232 vs 543 us, 32 rows 58 vs 83 us, 128 rows 92 vs 53 us (a busy 2-core VM: ratios, not figures).
-BITVECTOR_ROWS = 64
+# QuickScorer takes a batch this many rows at a time: its [rows, splits] arrays then stay in the cache.
+# Reviews model (200 trees of 15 leaves), CPU us per row, 20/100/1000 rows: QuickScorer in chunks of 32
+# 31/33/16, whole 31/73/31, level by level 65/52/56 (bench/trees.py; a busy 2-core VM: ratios only).
+QUICKSCORER_ROWS = 32
 
 ARRAY_NAMES = (
     "feature",
@@ -68,8 +70,15 @@ class TreeEnsemble:
     average: bool  # forests: the sum divided by the number of trees
 
     def __post_init__(self) -> None:
+        # Mapped arrays lose numpy.memmap's Python-level hooks (a cost on every gather); the data stays mapped.
+        for name in ARRAY_NAMES:
+            setattr(self, name, np.asarray(getattr(self, name)))
         self._zero_splits = bool((self.missing == MISSING_ZERO).any())
-        self._bitvectors: _Bitvectors | bool | None = False  # built on first use: see _Bitvectors
+        # Reading |x| <= 1e-35 as 0 changes a "<=" split only if its threshold lies in [-1e-35, 1e-35).
+        self._clamp = self.zero_clamp and bool(
+            ((self.threshold >= -LIGHTGBM_ZERO) & (self.threshold < LIGHTGBM_ZERO)).any()
+        )
+        self._quickscorer: _QuickScorer | bool | None = False  # built on first use: see _QuickScorer
 
     @property
     def n_outputs(self) -> int:
@@ -104,45 +113,42 @@ class TreeEnsemble:
     def predict_compact(self, x: np.ndarray) -> np.ndarray:
         """Raw scores for rows holding only the ``features_used`` columns, in that order."""
         x = self._prepared(x)
-        if x.shape[0] < BITVECTOR_ROWS:
-            if self._bitvectors is False:
-                self._bitvectors = _Bitvectors.of(self)
-            if isinstance(self._bitvectors, _Bitvectors):
-                return self._sum(self._bitvectors.leaves(self, x))
-        return self._sum(self._leaves(x))
+        # Without NaN in the rows and "Zero" splits in the model, every split is just "x > threshold".
+        # (A sum is NaN if a value is, or if it adds +inf and -inf: then the exact rule runs, harmlessly.)
+        plain = not (self._zero_splits or math.isnan(x.sum()))
+        if self._quickscorer is False:
+            self._quickscorer = _QuickScorer.of(self)
+        if not isinstance(self._quickscorer, _QuickScorer) or not QUICKSCORER_ROWS:
+            return self._sum(self._leaves(x, plain))
+        scorer, step = self._quickscorer, QUICKSCORER_ROWS
+        if x.shape[0] <= step:
+            return scorer.scores(self, x, plain)
+        return np.concatenate([scorer.scores(self, x[i : i + step], plain) for i in range(0, x.shape[0], step)])
 
     def _prepared(self, x: np.ndarray) -> np.ndarray:
         if self.float32_input:
             x = x.astype(np.float32).astype(np.float64)
-        if self.zero_clamp:
+        if self._clamp:
             x = np.where(np.abs(x) <= LIGHTGBM_ZERO, 0.0, x)
         if x.shape[1] == 0:  # every tree is a single leaf; give the gathers a column to read
             x = np.zeros((x.shape[0], 1))
         return np.ascontiguousarray(x, dtype=np.float64)
 
-    def _leaves(self, x: np.ndarray) -> np.ndarray:
+    def _leaves(self, x: np.ndarray, plain: bool) -> np.ndarray:
+        """The leaf of every (row, tree), level by level: ``depth`` rounds over all trees at once."""
         rows, width = x.shape
         flat = x.ravel()
         base = (np.arange(rows, dtype=np.int64) * width)[:, None]
         node = np.broadcast_to(self.roots, (rows, self.roots.size)).astype(np.int64)
         children = self.children.ravel()
-        # Without NaN in the rows and "Zero" splits in the model, every split is just "x > threshold".
-        plain = not (self._zero_splits or np.isnan(flat).any())
         for _ in range(self.depth):
             value = flat[base + self.feature[node]]
-            go_right = value > self.threshold[node] if plain else self._go_right(value, node)
+            if plain:
+                go_right = value > self.threshold[node]
+            else:
+                go_right = _go_right(value, self.threshold[node], self.missing[node], self.default_left[node])
             node = children[node * 2 + go_right]
         return node
-
-    def _go_right(self, value: np.ndarray, node: np.ndarray) -> np.ndarray:
-        """LightGBM's NumericalDecision (scikit-learn's NaN rule is its MISSING_NAN case)."""
-        missing = self.missing[node]
-        nan = np.isnan(value)
-        value = np.where(nan & (missing != MISSING_NAN), 0.0, value)
-        zero = (value >= -LIGHTGBM_ZERO) & (value <= LIGHTGBM_ZERO)
-        special = ((missing == MISSING_ZERO) & zero) | ((missing == MISSING_NAN) & nan)
-        right: np.ndarray = np.where(special, ~self.default_left[node], ~(value <= self.threshold[node]))
-        return right
 
     def _sum(self, leaves: np.ndarray) -> np.ndarray:
         rows, trees = leaves.shape
@@ -163,27 +169,57 @@ class TreeEnsemble:
         return total
 
 
-class _Bitvectors:
+class _QuickScorer:
     """QuickScorer (Lucchese et al., SIGIR 2015) in numpy, for ensembles whose trees have at most 64 leaves.
 
     Number each tree's leaves left to right. A split that sends a row right rules out the leaves of its
-    left subtree, a contiguous run of bits; AND-ing those masks over all the splits a row fails leaves
-    its exit leaf as the lowest bit still set. Every split of every tree is then one vectorised compare
-    over the batch, with no per-level loop: a dozen numpy calls per batch instead of ~8 per tree level.
+    left subtree, a contiguous run of bits; OR-ing those runs over the splits a row sends right leaves
+    its exit leaf as the lowest bit still clear. Every split of every tree is one compare over the
+    batch, then about ten numpy calls in all, whatever the depth: no per-level loop.
+
+    Everything a call reads is laid out per split (feature, threshold, ...) or per (tree, leaf bit)
+    (the leaf's value), so a call gathers nothing but the batch's own columns. The sum's start,
+    ``init``, is one leaf-only tree per output in front, so one ``cumsum`` adds it in the frameworks'
+    order.
     """
 
-    def __init__(self, inner: np.ndarray, masks: np.ndarray, starts: np.ndarray, leaf_of: np.ndarray) -> None:
-        self.inner = inner  # node ids of the splits, tree by tree
-        self.masks = masks  # uint64 per split: every bit but its left subtree's leaves
-        self.starts = starts  # first split of each tree (trees with no split excluded) for reduceat
-        self.leaf_of = leaf_of  # [tree, bit] -> node id of that leaf
+    def __init__(
+        self,
+        ensemble: TreeEnsemble,
+        nodes: list[int],
+        excluded: list[int],
+        starts: list[int],
+        leaf_of: np.ndarray,
+        leaf_count: int,
+    ) -> None:
+        split = np.asarray(nodes, dtype=np.intp)
+        self.feature = ensemble.feature[split].astype(np.intp)
+        self.threshold = np.ascontiguousarray(ensemble.threshold[split])
+        self.missing = ensemble.missing[split]
+        self.default_left = ensemble.default_left[split]
+        words = next(t for t in (np.uint8, np.uint16, np.uint32, np.uint64) if np.iinfo(t).bits >= leaf_count)
+        self.excluded = np.asarray(excluded, dtype=words)  # the bits of the split's left subtree
+        self.starts = np.asarray(starts, dtype=np.intp)  # each tree's first split, for reduceat
+        trees, outputs = leaf_of.shape[0], ensemble.n_outputs
+        width = ensemble.leaf_value.shape[1]
+        fronts = outputs if width == 1 else 1  # leaf-only trees holding ``init``, one per output column
+        values = np.zeros((fronts + trees, leaf_count, width))
+        values[:fronts, 0, :] = ensemble.init.reshape(fronts, width)
+        values[fronts:] = ensemble.leaf_value[leaf_of[:, :leaf_count]]
+        # [tree, trailing ones + 1] -> leaf value: ``_exit_bit`` counts one more than the exit leaf's index.
+        self.values = values.reshape(-1, width)
+        self.offset = np.arange(fronts + trees, dtype=np.intp) * leaf_count - 1
+        self.trees_per_output = trees // (outputs if width == 1 else 1)
 
     @classmethod
-    def of(cls, ensemble: TreeEnsemble) -> _Bitvectors | None:
-        inner: list[int] = []
-        masks: list[int] = []
+    def of(cls, ensemble: TreeEnsemble) -> _QuickScorer | None:
+        if not ensemble.roots.size:
+            return None
+        nodes: list[int] = []
+        excluded: list[int] = []
         starts: list[int] = []
-        leaf_of = np.zeros((ensemble.roots.size, 64), dtype=np.int64)
+        leaf_of = np.zeros((ensemble.roots.size, 64), dtype=np.intp)
+        leaf_count = 1
         children = ensemble.children
         for tree, root in enumerate(ensemble.roots):
             leaves: list[int] = []
@@ -202,31 +238,57 @@ class _Bitvectors:
             walk(int(root))
             if len(leaves) > 64:
                 return None
+            leaf_count = max(leaf_count, len(leaves))
             leaf_of[tree, : len(leaves)] = leaves
-            starts.append(len(inner))
-            for node, first, end in splits:
-                inner.append(node)
-                masks.append(((1 << 64) - 1) ^ (((1 << (end - first)) - 1) << first))
-        return cls(np.asarray(inner, dtype=np.int64), np.asarray(masks, dtype=np.uint64), np.asarray(starts), leaf_of)
+            starts.append(len(nodes))
+            # A leaf-only tree gets one split that rules nothing out, so every tree has a reduceat run.
+            for node, first, end in splits or [(int(root), 0, 0)]:
+                nodes.append(node)
+                excluded.append(((1 << (end - first)) - 1) << first)
+        fronts = ensemble.n_outputs if ensemble.leaf_value.shape[1] == 1 else 1
+        starts = [0] * fronts + [start + fronts for start in starts]
+        nodes = [int(ensemble.roots[0])] * fronts + nodes  # any node: these splits rule nothing out
+        excluded = [0] * fronts + excluded
+        return cls(ensemble, nodes, excluded, starts, leaf_of, leaf_count)
 
-    def leaves(self, ensemble: TreeEnsemble, x: np.ndarray) -> np.ndarray:
+    def scores(self, ensemble: TreeEnsemble, x: np.ndarray, plain: bool) -> np.ndarray:
+        """Summed leaf values [rows, outputs] of prepared rows ``x``."""
+        value = x.take(self.feature, axis=1)
+        right = value > self.threshold if plain else _go_right(value, self.threshold, self.missing, self.default_left)
+        ruled_out = np.bitwise_or.reduceat(right * self.excluded, self.starts, axis=1)
+        leaf = _exit_bit(ruled_out) + self.offset
+        values = self.values[leaf]  # [rows, trees, width]
         rows = x.shape[0]
-        trees = ensemble.roots.size
-        bits = np.full((rows, trees), np.uint64((1 << 64) - 1))
-        if self.inner.size:
-            nodes = self.inner
-            value = x[:, ensemble.feature[nodes]]
-            if ensemble._zero_splits or np.isnan(value).any():
-                right = ensemble._go_right(value, np.broadcast_to(nodes, value.shape))
-            else:
-                right = value > ensemble.threshold[nodes]
-            masked = np.where(right, self.masks, np.uint64((1 << 64) - 1))
-            has_split = np.diff(np.append(self.starts, nodes.size)) > 0
-            bits[:, has_split] = np.bitwise_and.reduceat(masked, self.starts[has_split], axis=1)
-        lowest = bits & (~bits + np.uint64(1))
-        position = np.frexp(lowest.astype(np.float64))[1] - 1  # exact: a power of two is a float64
-        leaf: np.ndarray = self.leaf_of[np.arange(trees), position]
-        return leaf
+        summed: np.ndarray = np.cumsum(values.reshape(rows, -1, ensemble.n_outputs), axis=1)[:, -1, :]
+        if ensemble.average:
+            summed /= self.trees_per_output
+        return summed
+
+
+def _exit_bit_counted(ruled_out: np.ndarray) -> np.ndarray:
+    """1 + the index of each word's lowest clear bit (1 + its trailing ones): numpy >= 2.0."""
+    count: np.ndarray = np.bitwise_count(ruled_out ^ (ruled_out + ruled_out.dtype.type(1)))
+    return count
+
+
+def _exit_bit_frexp(ruled_out: np.ndarray) -> np.ndarray:
+    """The same for numpy 1.x: the lowest clear bit alone is a power of two, exact as a float64."""
+    lowest = (ruled_out + ruled_out.dtype.type(1)) & ~ruled_out
+    exponent: np.ndarray = np.frexp(lowest.astype(np.float64))[1]
+    return exponent
+
+
+_exit_bit = _exit_bit_counted if hasattr(np, "bitwise_count") else _exit_bit_frexp
+
+
+def _go_right(value: np.ndarray, threshold: np.ndarray, missing: np.ndarray, default_left: np.ndarray) -> np.ndarray:
+    """LightGBM's NumericalDecision, per split (scikit-learn's NaN rule is its MISSING_NAN case)."""
+    nan = np.isnan(value)
+    value = np.where(nan & (missing != MISSING_NAN), 0.0, value)
+    zero = (value >= -LIGHTGBM_ZERO) & (value <= LIGHTGBM_ZERO)
+    special = ((missing == MISSING_ZERO) & zero) | ((missing == MISSING_NAN) & nan)
+    right: np.ndarray = np.where(special, ~default_left, ~(value <= threshold))
+    return right
 
 
 def _sequential_sum(init: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -348,9 +410,12 @@ def _lightgbm_node(node: dict[str, Any], table: _Table) -> tuple[int, int]:
         return table.leaf(np.asarray([node["leaf_value"]])), 0
     if node.get("decision_type") != "<=":
         raise Unsupported(f"LightGBM decision type {node.get('decision_type')!r}")
+    threshold = float(node["threshold"])
+    if abs(threshold) == LIGHTGBM_INF:  # the JSON dump writes a threshold of inf as 1e300 (Common::AvoidInf)
+        threshold = math.copysign(math.inf, threshold)
     index = table.add(
         int(node["split_feature"]),
-        float(node["threshold"]),
+        threshold,
         bool(node["default_left"]),
         _LIGHTGBM_MISSING[node["missing_type"]],
     )
