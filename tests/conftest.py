@@ -16,6 +16,12 @@ import pytest
 
 from ferry.examples import build_examples
 
+# The suite starts hundreds of `python -m ferry` children; each would compile Ferry's own modules again where the
+# environment says not to cache bytecode (the site packages come compiled). Let them cache it: __pycache__ is
+# ignored by git, and a bundle never gets one (the server loads a bundle's code with sys.dont_write_bytecode, and
+# tests/test_byom.py checks that).
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+
 
 def free_port() -> int:
     with socket.socket() as sock:

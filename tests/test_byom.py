@@ -6,11 +6,12 @@ a build-time expectation, and the CLI's loud refusals.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,19 +77,32 @@ def build_iris(files: Path, repo: Path, *extra: str) -> subprocess.CompletedProc
     )
 
 
-def test_two_pickles_compose_into_one_pipeline_served_on_the_talks_route(
-    talk_files: Path, tmp_path: Path, serve: Callable[..., ServerProcess]
-) -> None:
-    repo = tmp_path / "models"
-    built = build_iris(talk_files, repo, "--route", "POST /predict", "--sample", '{"length":1.4,"width":0.2}')
+@pytest.fixture(scope="module")
+def iris_repo(talk_files: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The talk's two pickles built once, as the README builds them: the talk's route, a sample and its expectation."""
+    repo = tmp_path_factory.mktemp("iris") / "models"
+    sample = ("--sample", '{"length":1.4,"width":0.2}', "--expect", "setosa")
+    built = build_iris(talk_files, repo, "--route", "POST /predict", *sample)
     assert built.returncode == 0, built.stderr
-    server = serve(str(repo))
-    virginica = httpx.post(server.url + "/predict", json={"length": 5.1, "width": 2.4})
+    return repo
+
+
+@pytest.fixture(scope="module")
+def iris_server(iris_repo: Path) -> Iterator[ServerProcess]:
+    server = ServerProcess([str(iris_repo)])
+    yield server
+    server.stop()
+
+
+def test_two_pickles_compose_into_one_pipeline_served_on_the_talks_route(
+    iris_repo: Path, iris_server: ServerProcess
+) -> None:
+    virginica = httpx.post(iris_server.url + "/predict", json={"length": 5.1, "width": 2.4})
     assert virginica.json() == {"prediction": "virginica"}
-    setosa = httpx.post(server.url + "/predict", json={"length": 1.4, "width": 0.2})
+    setosa = httpx.post(iris_server.url + "/predict", json={"length": 1.4, "width": 0.2})
     assert setosa.json() == {"prediction": "setosa"}
     # the files are kept as the user saved them, each hashed
-    manifest = yaml.safe_load((repo / "iris" / "1" / "ferry.yaml").read_text())
+    manifest = yaml.safe_load((iris_repo / "iris" / "1" / "ferry.yaml").read_text())
     assert {"step-1.pkl", "step-2.pkl"} <= set(manifest["artifacts"])
     assert manifest["options"]["sources"] == ["sc_iris_petal.pkl", "ppn_iris.pkl"]
 
@@ -118,20 +132,17 @@ def test_expectation_fails_a_build_that_lost_its_scaler(talk_files: Path, tmp_pa
 
 
 def test_expectation_is_kept_and_checked_at_warm_up_and_by_ferry_check(
-    talk_files: Path, tmp_path: Path, serve: Callable[..., ServerProcess]
+    iris_repo: Path, iris_server: ServerProcess, tmp_path: Path, serve: Callable[..., ServerProcess]
 ) -> None:
-    repo = tmp_path / "models"
-    sample = '{"length":1.4,"width":0.2}'
-    assert build_iris(talk_files, repo, "--sample", sample, "--expect", "setosa").returncode == 0
-    manifest_path = repo / "iris" / "1" / "ferry.yaml"
-    assert yaml.safe_load(manifest_path.read_text())["expected_output"] == "setosa"
-    server = serve(str(repo))
-    checked = ferry("check", server.url, "--model", "iris")
+    assert yaml.safe_load((iris_repo / "iris" / "1" / "ferry.yaml").read_text())["expected_output"] == "setosa"
+    checked = ferry("check", iris_server.url, "--model", "iris")
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "answers the expected" in checked.stdout.replace("\n", " ")
-    server.stop()
 
     # A manifest edited to expect another answer: the warm-up refuses the version, naming both values.
+    repo = tmp_path / "models"
+    shutil.copytree(iris_repo, repo)
+    manifest_path = repo / "iris" / "1" / "ferry.yaml"
     manifest = yaml.safe_load(manifest_path.read_text())
     manifest["expected_output"] = "virginica"
     manifest_path.write_text(yaml.safe_dump(manifest))
@@ -245,9 +256,8 @@ def test_a_bad_route_is_refused_naming_it(tmp_path: Path, talk_files: Path) -> N
 
 
 @pytest.mark.parametrize("layout", ["missing", "empty", "bundle", "model"])
-def test_serve_refuses_a_path_that_is_no_repository(talk_files: Path, tmp_path: Path, layout: str) -> None:
-    repo = tmp_path / "models"
-    assert build_iris(talk_files, repo).returncode == 0
+def test_serve_refuses_a_path_that_is_no_repository(iris_repo: Path, tmp_path: Path, layout: str) -> None:
+    repo = iris_repo
     (tmp_path / "empty").mkdir()
     target = {
         "missing": tmp_path / "modles",
@@ -478,14 +488,10 @@ def _save_mlflow_models(folder: Path, mlflow_sklearn: Any, mlflow_lightgbm: Any,
 SETOSA = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
 
 
-@pytest.mark.timeout(900)  # importing mlflow and writing four folders is slow on a busy box
-@pytest.mark.parametrize("flavor", ["skops", "pickle", "cloudpickle", "lightgbm"])
-def test_an_mlflow_folder_builds_with_its_signature_as_schema(
-    mlflow_folders: Path, tmp_path: Path, flavor: str, serve: Callable[..., ServerProcess]
-) -> None:
+def build_flowers(mlflow_folders: Path, flavor: str, repo: Path) -> None:
+    """``ferry build`` of one mlflow folder with a sample: a pickle is refused until it is ``--trusted``."""
     import json
 
-    repo = tmp_path / "models"
     args = [
         "build",
         str(mlflow_folders / flavor),
@@ -503,10 +509,34 @@ def test_an_mlflow_folder_builds_with_its_signature_as_schema(
         args += ["--labels", IRIS_LABELS, "--expect", "setosa"]
     built = ferry(*args)
     assert built.returncode == 0, built.stderr
+
+
+@pytest.fixture(scope="module")
+def skops_flowers(
+    mlflow_folders: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Path, ServerProcess]]:
+    """The skops folder built and served once, for its flavor's test and for the MLflow clients' test."""
+    repo = tmp_path_factory.mktemp("flowers") / "models"
+    build_flowers(mlflow_folders, "skops", repo)
+    server = ServerProcess([str(repo), "--grpc-port", "0"])
+    yield repo, server
+    server.stop()
+
+
+@pytest.mark.timeout(900)  # importing mlflow and writing four folders is slow on a busy box
+@pytest.mark.parametrize("flavor", ["skops", "pickle", "cloudpickle", "lightgbm"])
+def test_an_mlflow_folder_builds_with_its_signature_as_schema(
+    mlflow_folders: Path, tmp_path: Path, flavor: str, serve: Callable[..., ServerProcess], request: Any
+) -> None:
+    if flavor == "skops":
+        repo, server = request.getfixturevalue("skops_flowers")
+    else:
+        repo = tmp_path / "models"
+        build_flowers(mlflow_folders, flavor, repo)
+        server = serve(str(repo), "--grpc-port", "0")
     manifest = yaml.safe_load((repo / "flowers" / "1" / "ferry.yaml").read_text())
     assert [f["name"] for f in manifest["input"]["features"]] == list(SETOSA)  # from the MLmodel signature
     assert not [a for a in manifest["artifacts"] if a.endswith(".pkl")], "the pickle is rebuilt as skops"
-    server = serve(str(repo), "--grpc-port", "0")
     answer = httpx.post(server.url + "/models/flowers/predict", json=SETOSA).json()
     if flavor == "lightgbm":
         assert answer["prediction"] == pytest.approx(0.0, abs=0.5)
@@ -515,15 +545,8 @@ def test_an_mlflow_folder_builds_with_its_signature_as_schema(
 
 
 @pytest.mark.timeout(900)
-def test_mlflow_clients_keep_their_scoring_protocol(
-    mlflow_folders: Path, tmp_path: Path, serve: Callable[..., ServerProcess]
-) -> None:
-    repo = tmp_path / "models"
-    built = ferry(
-        "build", str(mlflow_folders / "skops"), "--name", "flowers", "--repo", str(repo), "--labels", IRIS_LABELS
-    )
-    assert built.returncode == 0, built.stderr
-    server = serve(str(repo), "--grpc-port", "0")
+def test_mlflow_clients_keep_their_scoring_protocol(skops_flowers: tuple[Path, ServerProcess]) -> None:
+    _, server = skops_flowers
     virginica = {"sepal_length": 6.9, "sepal_width": 3.1, "petal_length": 5.4, "petal_width": 2.1}
     columns = list(reversed(SETOSA))  # another column order than the signature's: matched by name
     bodies = [
