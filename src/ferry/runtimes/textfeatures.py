@@ -7,6 +7,8 @@ row's L2 norm counts every n-gram, so the values are scikit-learn's exactly (the
 
 from __future__ import annotations
 
+import operator
+from itertools import chain
 from typing import Any
 
 import mmh3
@@ -35,28 +37,23 @@ class HashedCharNgrams:
         self.width = int(columns.size)
         self.position = np.full(self.n_features, -1, dtype=np.int64)  # hashed index -> model column
         self.position[np.asarray(columns, dtype=np.int64)] = np.arange(self.width)
-        self._index: dict[str, int] = {}
+        self._index = _HashCache(self)
 
     def transform(self, texts: list[str]) -> np.ndarray:
         """[rows, columns] float64: the model's columns of the normalised n-gram counts.
 
-        Python makes the n-grams (C-level slicing) and looks up their hashes; numpy then counts,
-        normalises and scatters the whole batch at once.
+        Python makes the n-grams (C-level slicing and ``map``) and looks up their columns (a dict in
+        front of MurmurHash3); numpy then counts, normalises and scatters the whole batch at once.
         """
         out = np.zeros((len(texts), self.width))
-        flat: list[str] = []
-        lengths = []
-        for text in texts:
-            before = len(flat)
-            self._ngrams(text, flat)
-            lengths.append(len(flat) - before)
-        if not flat:
+        grams = [self._ngrams(text) for text in texts]
+        lengths = list(map(len, grams))
+        total = sum(lengths)
+        if not total:
             return out
-        found = list(map(self._index.get, flat))
-        if None in found:
-            found = [self._hashed(gram) if index is None else index for gram, index in zip(flat, found, strict=True)]
+        found = np.fromiter(map(self._index.__getitem__, chain.from_iterable(grams)), dtype=np.int64, count=total)
         rows = np.repeat(np.arange(len(texts), dtype=np.int64), lengths)
-        keys, counts = np.unique(rows * self.n_features + np.asarray(found, dtype=np.int64), return_counts=True)
+        keys, counts = np.unique(rows * self.n_features + found, return_counts=True)
         row, column = np.divmod(keys, self.n_features)
         values = counts.astype(np.float64)
         if self.l2:  # counts are integers, so the sums of squares are exact in any order
@@ -66,28 +63,42 @@ class HashedCharNgrams:
         out[row[kept], where[kept]] = values[kept]
         return out
 
-    def _ngrams(self, text: str, grams: list[str]) -> None:
-        """Append the text's n-grams as scikit-learn's _char_wb_ngrams makes them: each
-        whitespace-separated word, padded with one space."""
+    def _ngrams(self, text: str) -> list[str]:
+        """The text's n-grams as scikit-learn's _char_wb_ngrams makes them: each whitespace-separated
+        word, padded with one space; a word shorter than n is counted once, at its shortest n."""
         if self.lowercase:
             text = text.lower()
+        grams: list[str] = []
         for word in text.split():
             padded = f" {word} "
             length = len(padded)
+            shorter: str | list[str] = padded  # the (n-1)-grams, to extend by one character
             for n in range(self.low, self.high + 1):
-                if length <= n:  # a short word is counted once, at its shortest n
+                if length <= n:
                     grams.append(padded)
                     break
                 if n == 1:
-                    grams.extend(padded)
+                    shorter = padded
+                elif n == self.low:
+                    shorter = list(map(padded.__getitem__, map(slice, range(length - n + 1), range(n, length + 1))))
                 else:
-                    grams.extend(map(padded.__getitem__, map(slice, range(length - n + 1), range(n, length + 1))))
+                    shorter = list(map(operator.add, shorter, padded[n - 1 :]))
+                grams.extend(shorter)
+        return grams
 
-    def _hashed(self, gram: str) -> int:
+
+class _HashCache(dict[str, int]):
+    """n-gram -> hashed column, as scikit-learn computes it; a miss hashes (bounded: cleared when full)."""
+
+    def __init__(self, featurizer: HashedCharNgrams) -> None:
+        super().__init__()
+        self.n_features = featurizer.n_features
+
+    def __missing__(self, gram: str) -> int:
         h = mmh3.hash(gram, 0, signed=True)
         # abs(INT_MIN) overflows in C; scikit-learn defines it as below.
         index = (2**31 - 1 - (self.n_features - 1)) % self.n_features if h == _INT_MIN else abs(h) % self.n_features
-        if len(self._index) >= _CACHE_LIMIT:
-            self._index.clear()
-        self._index[gram] = index
+        if len(self) >= _CACHE_LIMIT:
+            self.clear()
+        self[gram] = index
         return index
