@@ -1,13 +1,15 @@
 """Ready time: milliseconds from exec of ``ferry serve`` to the first ``/ready`` 200, several runs each.
 
-    python bench/ready.py REPO [REPO ...] [--runs 5] [--ferry ferry] [-- extra serve options]
+    python bench/ready.py REPO [REPO ...] [--runs 5] [--grpc off on] [--ferry ferry] [-- extra serve options]
 
 Polls ``/ready`` every 2 ms (a connection refused is retried at once), so the figure is good to a few
 milliseconds. Ferry's bytecode is compiled first, as ``pip install`` leaves it: a source checkout run
 with PYTHONDONTWRITEBYTECODE=1 (this sandbox's default) would otherwise compile ~60 modules at every
 start. Also prints the server's CPU time (user + system) until ready, which a machine shared with
 other work inflates far less than wall time, and its RSS at ready. The probe listener runs, on a
-free port. One markdown row per repository: min / median / max over the runs.
+free port. gRPC is measured off (``--grpc-port 0``) and on (the default, on a free port): ``/ready`` is
+200 only once both ports listen. One markdown row per repository and gRPC setting: min / median / max
+over the runs.
 """
 
 from __future__ import annotations
@@ -31,10 +33,13 @@ def free_port() -> int:
         return port
 
 
-def ready_once(ferry: str, repo: str, extra: list[str], timeout_s: float = 60.0) -> tuple[float, int, float]:
+def ready_once(
+    ferry: str, repo: str, extra: list[str], grpc: bool, timeout_s: float = 60.0
+) -> tuple[float, int, float]:
     port = free_port()
-    # The probe listener runs as it does by default, on a free port (8082 may be another server's).
-    argv = [ferry, "serve", repo, "--port", str(port), "--probe-port", str(free_port()), "--grpc-port", "0"]
+    # The probe listener runs as it does by default, on a free port (8082 may be another server's); so does gRPC.
+    grpc_port = free_port() if grpc else 0
+    argv = [ferry, "serve", repo, "--port", str(port), "--probe-port", str(free_port()), "--grpc-port", str(grpc_port)]
     argv += ["--log-level", "warning", *extra]
     started = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -83,22 +88,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("repos", nargs="+")
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--grpc", nargs="+", choices=["off", "on"], default=["off", "on"])
     # The script next to this Python, not a pyenv shim: a shim adds a bash and a pyenv process to every start.
     beside = Path(sys.executable).parent / "ferry"
     parser.add_argument("--ferry", default=str(beside) if beside.exists() else shutil.which("ferry") or "ferry")
     args, extra = parser.parse_known_args()
     extra = [e for e in extra if e != "--"]
-    print("| repository | options | ready ms (min / median / max) | CPU ms to ready (median) | RSS at ready (MiB) |")
-    print("|---|---|---:|---:|---:|")
+    print("| repository | gRPC | options | ready ms (min / median / max) | CPU ms to ready (median) | RSS (MiB) |")
+    print("|---|---|---|---:|---:|---:|")
     compile_bytecode(args.ferry)
     for repo in args.repos:
-        ready_once(args.ferry, repo, extra)  # one unmeasured run warms the page cache
-        runs = [ready_once(args.ferry, repo, extra) for _ in range(args.runs)]
-        times = sorted(t for t, _, _ in runs)
-        rss = max(r for _, r, _ in runs) / 1024
-        cpu = statistics.median(c for _, _, c in runs)
-        row = f"{times[0]:.0f} / {statistics.median(times):.0f} / {times[-1]:.0f}"
-        print(f"| {repo} | {' '.join(extra) or '-'} | {row} | {cpu:.0f} | {rss:.0f} |")
+        for grpc in args.grpc:
+            on = grpc == "on"
+            ready_once(args.ferry, repo, extra, on)  # one unmeasured run warms the page cache
+            runs = [ready_once(args.ferry, repo, extra, on) for _ in range(args.runs)]
+            times = sorted(t for t, _, _ in runs)
+            rss = max(r for _, r, _ in runs) / 1024
+            cpu = statistics.median(c for _, _, c in runs)
+            row = f"{times[0]:.0f} / {statistics.median(times):.0f} / {times[-1]:.0f}"
+            print(f"| {repo} | {grpc} | {' '.join(extra) or '-'} | {row} | {cpu:.0f} | {rss:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
-import yaml
 
 from ferry.errors import RoutesError as RoutesError  # re-exported: its old home
 
@@ -141,6 +140,8 @@ class RoutesFile(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
 
 
 def load_routes(path: str | Path) -> RoutesFile:
+    import yaml  # here, not at the top: a server without --routes starts without PyYAML (~8% of its start-up)
+
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
