@@ -40,10 +40,15 @@ def test_values_are_scikit_learns_exactly(batch: list[str], spec: dict[str, Any]
     columns = np.random.default_rng(seed).permutation(n)[: max(1, n // 3)]
     np.testing.assert_array_equal(HashedCharNgrams(spec, columns).transform(batch), reference[:, columns])
     np.testing.assert_array_equal(everything.transform(batch), reference)  # again, from the n-gram cache
+    one_by_one = np.concatenate([everything.transform([text]) for text in batch])  # a single text has its own path
+    np.testing.assert_array_equal(one_by_one, reference)
+    np.testing.assert_array_equal(HashedCharNgrams(spec, columns).transform(batch[:1]), reference[:1, columns])
 
 
 def test_the_review_example_text_matches() -> None:
     spec = {"type": "char_ngrams", "ngram_range": [1, 3], "n_features": 2**14, "norm": "l2", "lowercase": True}
     batch = ["最高の映画でした！", "", "   ", "a", "Ab AB ab", "最高の映画でした！もう一度観たいです。"]
     reference = make_featurizer(spec).transform(batch).toarray()
-    np.testing.assert_array_equal(HashedCharNgrams(spec, np.arange(2**14)).transform(batch), reference)
+    featurizer = HashedCharNgrams(spec, np.arange(2**14))
+    np.testing.assert_array_equal(featurizer.transform(batch), reference)
+    np.testing.assert_array_equal(np.concatenate([featurizer.transform([text]) for text in batch]), reference)

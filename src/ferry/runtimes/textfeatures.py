@@ -7,7 +7,9 @@ row's L2 norm counts every n-gram, so the values are scikit-learn's exactly (the
 
 from __future__ import annotations
 
+import math
 import operator
+from collections import Counter
 from itertools import chain
 from typing import Any
 
@@ -37,6 +39,8 @@ class HashedCharNgrams:
         self.width = int(columns.size)
         self.position = np.full(self.n_features, -1, dtype=np.int64)  # hashed index -> model column
         self.position[np.asarray(columns, dtype=np.int64)] = np.arange(self.width)
+        self._column = {int(hashed): i for i, hashed in enumerate(np.asarray(columns, dtype=np.int64))}
+        self._wanted = frozenset(self._column)
         self._index = _HashCache(self)
 
     def transform(self, texts: list[str]) -> np.ndarray:
@@ -45,6 +49,8 @@ class HashedCharNgrams:
         Python makes the n-grams (C-level slicing and ``map``) and looks up their columns (a dict in
         front of MurmurHash3); numpy then counts, normalises and scatters the whole batch at once.
         """
+        if len(texts) == 1:  # a dozen numpy calls cost more than counting one text in Python
+            return self._one(texts[0])
         out = np.zeros((len(texts), self.width))
         grams = [self._ngrams(text) for text in texts]
         lengths = list(map(len, grams))
@@ -61,6 +67,20 @@ class HashedCharNgrams:
         where = self.position[column]
         kept = where >= 0
         out[row[kept], where[kept]] = values[kept]
+        return out
+
+    def _one(self, text: str) -> np.ndarray:
+        """``transform([text])`` with C-level dict and set calls: Counter, then only the held columns."""
+        out = np.zeros((1, self.width))
+        counts = Counter(map(self._index.__getitem__, self._ngrams(text)))
+        held = self._wanted.intersection(counts)  # a lookup per distinct n-gram
+        if held:
+            norm = 1.0
+            if self.l2:  # integer counts: the sum of squares is exact, as in the batch path
+                every = list(counts.values())
+                norm = math.sqrt(sum(map(operator.mul, every, every)))
+            values = list(map(norm.__rtruediv__, map(counts.__getitem__, held)))  # count / norm
+            out[0, list(map(self._column.__getitem__, held))] = values
         return out
 
     def _ngrams(self, text: str) -> list[str]:
