@@ -311,7 +311,10 @@ def _strings_of(column: np.ndarray, where: str) -> list[str]:
 
 
 def _cast(array: np.ndarray, dtype: str) -> np.ndarray:
-    return np.ascontiguousarray(array, dtype=_NUMPY.get(dtype, object))
+    wanted = _NUMPY.get(dtype, object)
+    if array.dtype.type is wanted and array.flags.c_contiguous:  # the common case: no call at all
+        return array
+    return np.ascontiguousarray(array, dtype=wanted)
 
 
 # -- prediction -> response tensors ---------------------------------------------------------------------
