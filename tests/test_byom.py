@@ -1,7 +1,9 @@
 """Bring your own model, from the CLI only, with files made the way users make them.
 
-The iris talk's two joblib pickles, the diabetes and /score client APIs declared with --route,
-a build-time expectation, and the CLI's loud refusals.
+The iris talk's two joblib pickles, a build-time expectation, and the CLI's loud refusals. The README's own
+blocks (tests/test_readme_byom.py) build and serve the diabetes and /score client APIs declared with --route,
+build and serve the class with its featurizer, vectorizer and LightGBM file, and convert an MLServer repository
+with ``ferry build``; this file does not build those again.
 """
 
 from __future__ import annotations
@@ -203,53 +205,6 @@ def test_skops_and_pickle_mix_in_one_pipeline(talk_files: Path, tmp_path: Path) 
     assert manifest["options"]["steps"] == ["step-1.skops", "step-2.pkl"]
 
 
-def test_diabetes_and_score_client_apis_from_the_cli(tmp_path: Path, serve: Callable[..., ServerProcess]) -> None:
-    import numpy as np
-    from sklearn.datasets import load_diabetes
-    from sklearn.linear_model import LinearRegression
-
-    data = load_diabetes()
-    bmi = data.data[:, [2]]
-    joblib.dump(LinearRegression().fit(bmi, data.target), tmp_path / "diabetes.joblib")
-    expected = float(LinearRegression().fit(bmi, data.target).predict(np.array([[0.05]]))[0])
-    repo = tmp_path / "models"
-    diabetes = ferry(
-        "build",
-        str(tmp_path / "diabetes.joblib"),
-        "--name",
-        "diabetes",
-        "--repo",
-        str(repo),
-        "--trusted",
-        "--features",
-        "bmi",
-        "--route",
-        "{method: GET, path: /isAlive, action: health, response_key: null}",
-        "--route",
-        "{method: GET, path: /prediction/, input: {source: query, names: {f: bmi}}, response_key: null}",
-    )
-    assert diabetes.returncode == 0, diabetes.stderr
-    (tmp_path / "MLScore.py").write_text(
-        "class MLScore:\n    def predict(self, X, feature_names):\n        return X\n", encoding="utf-8"
-    )
-    score = ferry(
-        "build",
-        "MLScore.py:MLScore",
-        "--name",
-        "score",
-        "--repo",
-        str(repo),
-        "--route",
-        "{method: POST, path: /score, input: {source: body_key, key: X}, response_key: score}",
-        cwd=tmp_path,
-    )
-    assert score.returncode == 0, score.stderr
-    server = serve(str(repo))
-    assert httpx.get(server.url + "/isAlive").json() is True
-    assert httpx.get(server.url + "/prediction/", params={"f": "0.05"}).json() == pytest.approx(expected)
-    assert httpx.post(server.url + "/score", json={"X": [1, 2]}).json() == {"score": [1, 2]}
-
-
 def test_a_bad_route_is_refused_naming_it(tmp_path: Path, talk_files: Path) -> None:
     line = one_line_error(build_iris(talk_files, tmp_path, "--route", "PUT predict"))
     assert "--route 'PUT predict'" in line
@@ -314,11 +269,6 @@ class Reviews:
 """
 
 
-@pytest.fixture(scope="module")
-def reviews_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_reviews_files(tmp_path_factory.mktemp("reviews"))
-
-
 def write_reviews_files(folder: Path) -> Path:
     """A user's folder: featurizer.py, a fitted vectorizer that calls it, a LightGBM model file and the class."""
     import lightgbm
@@ -341,56 +291,6 @@ def write_reviews_files(folder: Path) -> Path:
         sys.path.remove(str(folder))
         sys.modules.pop("featurizer", None)
     return folder
-
-
-def build_reviews(folder: Path, repo: Path, name: str = "reviews") -> subprocess.CompletedProcess[str]:
-    return ferry(
-        "build",
-        "reviews.py:Reviews",
-        "--name",
-        name,
-        "--repo",
-        str(repo),
-        "--text",
-        "text",
-        "--include",
-        "featurizer.py",
-        "--include",
-        "vectorizer.pkl",
-        "--include",
-        "stars.txt",
-        "--requirements",
-        "requirements.txt",
-        "--sample",
-        '{"text": "great film"}',
-        cwd=folder,
-    )
-
-
-def test_a_class_with_its_featurizer_vectorizer_and_lightgbm_file(
-    reviews_files: Path, tmp_path: Path, serve: Callable[..., ServerProcess]
-) -> None:
-    repo = tmp_path / "models"
-    built = build_reviews(reviews_files, repo)
-    assert built.returncode == 0, built.stderr
-    bundle = repo / "reviews" / "1"
-    manifest = yaml.safe_load((bundle / "ferry.yaml").read_text())
-    assert {"reviews.py", "featurizer.py", "vectorizer.pkl", "stars.txt", "requirements.txt"} <= set(
-        manifest["artifacts"]
-    )
-    assert manifest["options"]["requirements"] == "requirements.txt"
-    server = serve(str(repo), "--grpc-port", "0")
-    good = httpx.post(server.url + "/models/reviews/predict", json={"text": "A wonderful film, I loved it"}).json()
-    bad = httpx.post(server.url + "/models/reviews/predict", json={"text": "Awful, boring and terrible"}).json()
-    assert good["prediction"] > bad["prediction"] + 1.0, (good, bad)
-    assert not list(bundle.rglob("__pycache__")), "loading wrote bytecode into a hashed bundle"
-    server.stop()
-
-    # A featurizer.py changed after the build is refused, naming the file.
-    (bundle / "featurizer.py").write_text("def clean(text):\n    return 'tampered'\n")
-    server = serve(str(repo), "--grpc-port", "0", wait_ready=False)
-    version = _models(server)["reviews"]
-    assert version["state"] == "FAILED" and "featurizer.py" in version["error"], version
 
 
 def test_two_bundles_each_with_its_own_featurizer(tmp_path: Path, serve: Callable[..., ServerProcess]) -> None:
@@ -636,11 +536,3 @@ def test_an_mlserver_repository_is_served_as_it_is_on_v2_rest_and_grpc(
         request = inference_pb2.ModelInferRequest(model_name="petals", model_version="2", inputs=[tensor])
         reply = stub.ModelInfer(request, timeout=30)
         assert reply.model_version == "2"
-
-
-def test_an_mlserver_repository_converts_into_bundles(tmp_path: Path) -> None:
-    source = write_mlserver_repository(tmp_path / "mlserver")
-    built = ferry("build", str(source), "--repo", str(tmp_path / "models"), "--trusted")
-    assert built.returncode == 0, built.stderr
-    assert (tmp_path / "models" / "iris" / "v0.1.0" / "ferry.yaml").is_file()
-    assert (tmp_path / "models" / "petals" / "2" / "ferry.yaml").is_file()

@@ -13,8 +13,9 @@ from pathlib import Path
 import httpx
 import joblib
 import pytest
+import yaml
 from tests.conftest import ServerProcess
-from tests.test_byom import write_mlserver_repository, write_reviews_files, write_talk_files
+from tests.test_byom import _models, write_mlserver_repository, write_reviews_files, write_talk_files
 
 README = Path(__file__).parent.parent / "README.md"
 
@@ -41,18 +42,21 @@ def test_two_pickles_and_the_old_routes(tmp_path: Path, serve: Callable[..., Ser
 
     write_talk_files(tmp_path)
     data = load_diabetes()
-    joblib.dump(LinearRegression().fit(data.data[:, [2]], data.target), tmp_path / "diabetes.joblib")
+    diabetes = LinearRegression().fit(data.data[:, [2]], data.target)
+    joblib.dump(diabetes, tmp_path / "diabetes.joblib")
     (tmp_path / "MLScore.py").write_text("class MLScore:\n    def predict(self, X, feature_names):\n        return X\n")
     for name in ("iris", "diabetes", "seldon"):
         run_block(name, tmp_path)
     server = serve(str(tmp_path / "models"), "--grpc-port", "0")
     assert httpx.post(server.url + "/predict", json={"length": 5.1, "width": 2.4}).json() == {"prediction": "virginica"}
     assert httpx.get(server.url + "/isAlive").json() is True
-    assert httpx.get(server.url + "/prediction/", params={"f": "0.05"}).json() == pytest.approx(199.6, abs=0.1)
+    answer = httpx.get(server.url + "/prediction/", params={"f": "0.05"}).json()
+    assert answer == pytest.approx(199.6, abs=0.1) and answer == pytest.approx(diabetes.predict([[0.05]])[0])
     assert httpx.post(server.url + "/score", json={"X": [1, 2]}).json() == {"score": [1, 2]}
 
 
 def test_a_class_with_its_featurizer(tmp_path: Path, serve: Callable[..., ServerProcess]) -> None:
+    """The README's class and build, as printed: its files are bundled, hashed and checked at every load."""
     write_reviews_files(tmp_path)
     readme_class = re.search(
         r"where `reviews.py` is the user's own class:\n\n<!-- .*? -->\n```python\n(.*?)```", README.read_text(), re.S
@@ -60,10 +64,24 @@ def test_a_class_with_its_featurizer(tmp_path: Path, serve: Callable[..., Server
     assert readme_class is not None
     (tmp_path / "reviews.py").write_text(readme_class.group(1))  # the README's class, as printed
     run_block("reviews", tmp_path)
+    bundle = tmp_path / "models" / "reviews" / "1"
+    manifest = yaml.safe_load((bundle / "ferry.yaml").read_text())
+    assert {"reviews.py", "featurizer.py", "vectorizer.pkl", "stars.txt", "requirements.txt"} <= set(
+        manifest["artifacts"]
+    )
+    assert manifest["options"]["requirements"] == "requirements.txt"
     server = serve(str(tmp_path / "models"), "--grpc-port", "0")
     good = httpx.post(server.url + "/models/reviews/predict", json={"text": "A wonderful film, I loved it"}).json()
     bad = httpx.post(server.url + "/models/reviews/predict", json={"text": "Awful, boring and terrible"}).json()
-    assert good["prediction"] > bad["prediction"]
+    assert good["prediction"] > bad["prediction"] + 1.0, (good, bad)
+    assert not list(bundle.rglob("__pycache__")), "loading wrote bytecode into a hashed bundle"
+    server.stop()
+
+    # A featurizer.py changed after the build is refused, naming the file.
+    (bundle / "featurizer.py").write_text("def clean(text):\n    return 'tampered'\n")
+    server = serve(str(tmp_path / "models"), "--grpc-port", "0", wait_ready=False)
+    version = _models(server)["reviews"]
+    assert version["state"] == "FAILED" and "featurizer.py" in version["error"], version
 
 
 def test_the_first_python_example_builds(tmp_path: Path) -> None:
