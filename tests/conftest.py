@@ -48,6 +48,8 @@ def image_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class ServerProcess:
     """A ``ferry serve`` child process; ``url`` is its base address."""
 
+    grpc_port = 0  # off, unless the args turn it on
+
     def __init__(self, args: list[str], env: dict[str, str] | None = None, wait_ready: bool = True) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -110,10 +112,21 @@ def serve() -> Iterator[Callable[..., ServerProcess]]:
         server.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def examples_server(example_repo: Path) -> Iterator[ServerProcess]:
-    """One server over all the reference examples, shared by a test module."""
+    """One server over all the reference examples, shared by every module that only sends it requests: a test that
+    needs counters of its own, a flag, or to stop the server starts its own with ``serve``."""
     server = ServerProcess([str(example_repo)])
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def grpc_examples_server(example_repo: Path) -> Iterator[ServerProcess]:
+    """The same, with gRPC on ``grpc_port`` (``ferry serve models --grpc-port PORT``), shared the same way."""
+    port = free_port()
+    server = ServerProcess([str(example_repo), "--grpc-port", str(port)])
+    server.grpc_port = port
     yield server
     server.stop()
 

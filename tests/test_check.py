@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,11 +16,9 @@ from test_loadtest_fakeserver import FakeServer, fake_server
 __all__ = ["fake_server"]
 
 
-@pytest.fixture(scope="module")
-def examples(example_repo: Path) -> Any:
-    server = ServerProcess([str(example_repo)])
-    yield server
-    server.stop()
+@pytest.fixture
+def examples(examples_server: ServerProcess) -> ServerProcess:
+    return examples_server  # the session's server over the examples (tests/conftest.py)
 
 
 @pytest.mark.parametrize("model", ["iris", "diabetes", "score", "reviews"])

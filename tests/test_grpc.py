@@ -19,11 +19,8 @@ from ferry.grpc import inference_pb2_grpc as pb_grpc
 
 
 @pytest.fixture(scope="module")
-def address(example_repo: Path) -> Iterator[str]:
-    port = free_port()
-    server = ServerProcess([str(example_repo), "--grpc-port", str(port)])
-    yield f"127.0.0.1:{port}"
-    server.stop()
+def address(grpc_examples_server: ServerProcess) -> str:
+    return f"127.0.0.1:{grpc_examples_server.grpc_port}"  # the session's server (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -179,11 +179,9 @@ def ferry(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "ferry", *args], capture_output=True, text=True, timeout=60)
 
 
-@pytest.fixture(scope="module")
-def examples(example_repo: Path) -> Any:
-    server = ServerProcess([str(example_repo)])
-    yield server
-    server.stop()
+@pytest.fixture
+def examples(examples_server: ServerProcess) -> ServerProcess:
+    return examples_server  # the session's server over the examples (tests/conftest.py)
 
 
 def test_cli_reviews_stress_set_passes_a_loose_gate_and_writes_json_and_html(examples: Any, tmp_path: Path) -> None:

@@ -20,11 +20,9 @@ from ferry.loadtest.schedule import Schedule
 from ferry.loadtest.schema import LoadTestError
 
 
-@pytest.fixture(scope="module")
-def examples(example_repo: Path) -> Any:
-    server = ServerProcess([str(example_repo)])
-    yield server
-    server.stop()
+@pytest.fixture
+def examples(examples_server: ServerProcess) -> ServerProcess:
+    return examples_server  # the session's server over the examples (tests/conftest.py)
 
 
 def ferry(*args: str) -> subprocess.CompletedProcess[str]:

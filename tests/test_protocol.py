@@ -17,7 +17,7 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
-from conftest import ServerProcess, free_port
+from conftest import ServerProcess
 
 MODELS = ["iris", "diabetes", "score", "reviews"]
 # One valid row per model, and the OIP input it becomes.
@@ -31,12 +31,9 @@ V2_INPUTS = {
 
 
 @pytest.fixture(scope="module")
-def server(example_repo: Path) -> Iterator[ServerProcess]:
-    grpc_port = free_port()
-    process = ServerProcess([str(example_repo), "--grpc-port", str(grpc_port)])
-    process.grpc_url = f"127.0.0.1:{grpc_port}"  # type: ignore[attr-defined]
-    yield process
-    process.stop()
+def server(grpc_examples_server: ServerProcess) -> ServerProcess:
+    grpc_examples_server.grpc_url = f"127.0.0.1:{grpc_examples_server.grpc_port}"  # type: ignore[attr-defined]
+    return grpc_examples_server  # the session's server over the examples (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -128,17 +128,15 @@ def test_the_check_finds_an_unmarked_block() -> None:
 
 
 @pytest.fixture(scope="module")
-def demo(example_repo: Path) -> Iterator[tuple[ServerProcess, int]]:
+def demo(grpc_examples_server: ServerProcess) -> tuple[ServerProcess, int]:
     """The examples served as ``ferry demo`` serves them (code trusted), with gRPC on as the README's
-    ``ferry serve models --grpc-port 8081`` line turns it on, on a free port instead of 8081."""
+    ``ferry serve models --grpc-port 8081`` line turns it on, on a free port instead of 8081: the session's
+    server started that way (tests/conftest.py)."""
     (block,) = readme_blocks("demo")
     ((command, _),) = _commands(block)
     argv = shlex.split(command)
     assert argv[:3] == ["ferry", "serve", "models"] and argv[3:] == ["--grpc-port", "8081"], command
-    grpc_port = free_port()
-    server = ServerProcess([str(example_repo), "--grpc-port", str(grpc_port)])
-    yield server, grpc_port
-    server.stop()
+    return grpc_examples_server, grpc_examples_server.grpc_port
 
 
 def _commands(block: Block) -> Iterator[tuple[str, str]]:
