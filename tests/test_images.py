@@ -79,12 +79,12 @@ def test_any_image_size_and_format_is_resized_by_the_declared_preprocessing(gene
     assert answer.status_code == 200 and answer.json()["prediction"] in ["circle", "square", "triangle", "stripes"]
 
 
-def test_image_examples_build_deterministically(tmp_path: Path) -> None:
-    for folder in ("a", "b"):
-        build_general(tmp_path / folder)
-        build_plants(tmp_path / folder)
+def test_image_examples_build_deterministically(image_repo: Path, tmp_path: Path) -> None:
+    """A second build of the two image examples equals the session's first (tests/conftest.py) file for file."""
+    build_general(tmp_path)
+    build_plants(tmp_path)
     for name in ("general", "plants"):
-        first, second = (read_manifest(tmp_path / f / name / "1") for f in ("a", "b"))
+        first, second = (read_manifest(repo / name / "1") for repo in (image_repo, tmp_path))
         assert first.artifacts == second.artifacts and first.sample_input == second.sample_input
 
 
