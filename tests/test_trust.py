@@ -167,16 +167,6 @@ def test_scikit_learn_classes_that_skops_does_not_trust_by_default_still_load(tm
 
 def test_serving_refuses_a_disguised_pickle_and_serves_a_trusted_one(serve: Any, tmp_path: Path) -> None:
     """The README's flow with real processes: `ferry build --trusted`, then `ferry serve --trust-pickle`."""
-    marker = tmp_path / "marker"
-    repo = tmp_path / "repo"
-    bundle = ferry.build(_classifier(), "evil", repo)
-    _add_artifact(bundle, "model.bin", _payload(marker, "joblib"), trusted=True)
-    untrusting = {"FERRY_TRUST_CODE": "0"}  # the test servers trust Ferry's own classes; this one trusts nothing
-    server = serve(str(repo), wait_ready=False, env=untrusting)
-    evil = _wait_loaded(server.url)["evil"]
-    assert evil["state"] == "FAILED" and "artifact 'model.bin' is a pickle" in evil["error"]
-    assert not marker.exists()
-
     model_file = tmp_path / "lin.joblib"
     # k-nearest neighbours has no compiled form, so serving it means unpickling it.
     joblib.dump(KNeighborsRegressor(n_neighbors=1).fit(np.array([[0.0], [1.0]]), [0.0, 2.0]), model_file)
@@ -193,8 +183,19 @@ def test_serving_refuses_a_disguised_pickle_and_serves_a_trusted_one(serve: Any,
     ]
     built = subprocess.run([sys.executable, "-m", "ferry", *build], capture_output=True, text=True, check=False)
     assert built.returncode == 0, built.stderr
-    refused = serve(str(tmp_path / "mine"), wait_ready=False, env=untrusting)
-    assert _wait_loaded(refused.url)["lin"]["state"] == "FAILED"
+
+    # One server without the operator's trust refuses both: the disguised pickle and the builder-trusted one.
+    marker = tmp_path / "marker"
+    repo = tmp_path / "repo"
+    bundle = ferry.build(_classifier(), "evil", repo)
+    _add_artifact(bundle, "model.bin", _payload(marker, "joblib"), trusted=True)
+    shutil.copytree(tmp_path / "mine" / "lin", repo / "lin")
+    untrusting = {"FERRY_TRUST_CODE": "0"}  # the test servers trust Ferry's own classes; this one trusts nothing
+    server = serve(str(repo), wait_ready=False, env=untrusting)
+    models = _wait_loaded(server.url)
+    assert models["evil"]["state"] == "FAILED" and "artifact 'model.bin' is a pickle" in models["evil"]["error"]
+    assert not marker.exists()
+    assert models["lin"]["state"] == "FAILED" and "pickle" in models["lin"]["error"], models["lin"]
     trusted = serve(str(tmp_path / "mine"), "--trust-pickle")
     assert httpx.post(trusted.url + "/models/lin/predict", json={"x": 1.0}).json() == {"prediction": pytest.approx(2.0)}
 
