@@ -58,8 +58,13 @@ def test_metrics_are_summed_across_workers(serve, iris_repo: Path) -> None:
     for _ in range(40):  # a new connection each time, so the kernel spreads them over both workers
         response = httpx.post(server.url + "/models/iris/predict", json=IRIS, headers={"connection": "close"})
         assert response.json()["prediction"] == "virginica"
-    time.sleep(1.5)  # the access log lines of both workers reach the log file
-    pids = {line["pid"] for line in access_lines(server.output()) if line["path"] == "/models/iris/predict"}
+    deadline = time.monotonic() + 10
+    while True:  # the access log lines of both workers reach the log file
+        served = [line for line in access_lines(server.output()) if line["path"] == "/models/iris/predict"]
+        if len(served) == 40 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    pids = {line["pid"] for line in served}
     print(f"predictions were served by worker pids {sorted(pids)}")
     for _ in range(4):  # whichever worker answers the scrape, it counts every worker's requests
         text = httpx.get(server.url + "/metrics").text
