@@ -151,4 +151,3 @@ def _fork_workers_after_imports() -> None:
     if hasattr(uvicorn._subprocess, "spawn"):  # the context uvicorn's supervisor starts workers with
         uvicorn._subprocess.spawn = multiprocessing.get_context("fork")  # type: ignore[assignment]
     gc.freeze()  # (no collection first: what start-up left unreachable is a few hundred objects)
-    gc.enable()

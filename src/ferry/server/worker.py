@@ -26,10 +26,19 @@ def create_app_from_env() -> FerryApp:
     app = with_probes(with_grpc(create_app(settings), settings), settings)
     # Start-up's imports stay for good: frozen, no collection walks them again (the load's own
     # collection, and every full one while serving, stays short), and a forked worker leaves
-    # their pages shared. The collector is off until here when ``ferry.cli.entry`` started us.
+    # their pages shared. The collector stays off (as ``ferry.cli.entry`` left it) until the
+    # server has started: ``with_probes``'s lifespan turns it on.
+    gc.freeze()
+    return app
+
+
+def collect_from_now_on() -> None:
+    """Freeze what start-up made (gRPC's import too), then turn the collector on.
+
+    Off during start-up, it ran about fifty collections over objects that live for good anyway.
+    """
     gc.freeze()
     gc.enable()
-    return app
 
 
 def create_app_before_fork(settings: Settings) -> FerryApp | None:
@@ -43,11 +52,13 @@ def create_app_before_fork(settings: Settings) -> FerryApp | None:
     each worker.
     """
     if settings.tracing or settings.prediction_log or settings.routes:
+        collect_from_now_on()  # (the supervisor's own)
         return None
     app = create_app_from_env()
     app.state.service.metrics.workers.set(0)  # the parent serves nothing; each worker counts itself
     if not settings.max_memory:
         app.state.registry.load_all(compiled_only=True)
+    collect_from_now_on()
     return app
 
 
@@ -75,6 +86,7 @@ def with_probes(app: FerryApp, settings: Settings) -> FerryApp:
             sys.setswitchinterval(PROBE_SWITCH_INTERVAL_S)
         try:
             async with inner(starlette):
+                collect_from_now_on()  # started: the app, its models loading (loaded with --workers), gRPC
                 yield
         finally:
             if listener is not None:
