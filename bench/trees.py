@@ -69,11 +69,11 @@ def level_walk(ensemble: trees.TreeEnsemble) -> Predict:
     """Ferry's level-by-level walk at every batch size (QuickScorer switched off)."""
 
     def predict(x: np.ndarray) -> np.ndarray:
-        saved, trees.QUICKSCORER_ROWS = trees.QUICKSCORER_ROWS, 0
+        trees.WALK = "levels"
         try:
             return ensemble.predict_compact(x)
         finally:
-            trees.QUICKSCORER_ROWS = saved
+            trees.WALK = None
 
     return predict
 

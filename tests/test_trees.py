@@ -56,18 +56,19 @@ def split_rows(
 
 
 def every_walk(ensemble: TreeEnsemble, x: np.ndarray) -> dict[str, np.ndarray]:
-    """Scores of ``x`` row by row, in batches of 7, whole (QuickScorer in chunks), and level by level."""
-    assert x.shape[0] > trees.QUICKSCORER_ROWS
-    scores = {
-        "one row": np.concatenate([ensemble.predict_raw(x[i : i + 1]) for i in range(x.shape[0])]),
-        "batches of 7": np.concatenate([ensemble.predict_raw(x[i : i + 7]) for i in range(0, x.shape[0], 7)]),
-        "whole": ensemble.predict_raw(x),
-    }
-    saved, trees.QUICKSCORER_ROWS = trees.QUICKSCORER_ROWS, 0  # off: the level walk at every size
-    try:
-        scores["level walk"] = ensemble.predict_raw(x)
-    finally:
-        trees.QUICKSCORER_ROWS = saved
+    """Scores of ``x`` row by row, in batches of 7 and whole, by each walk (and as the cost estimate picks)."""
+    assert x.shape[0] > trees.QUICKSCORER_ROWS  # whole batches go through QuickScorer in chunks
+    scores = {}
+    for walk in ("quickscorer", "levels", None):
+        trees.WALK = walk
+        try:
+            scores[f"{walk}, one row"] = np.concatenate([ensemble.predict_raw(x[i : i + 1]) for i in range(len(x))])
+            scores[f"{walk}, batches of 7"] = np.concatenate(
+                [ensemble.predict_raw(x[i : i + 7]) for i in range(0, len(x), 7)]
+            )
+            scores[f"{walk}, whole"] = ensemble.predict_raw(x)
+        finally:
+            trees.WALK = None
     return scores
 
 

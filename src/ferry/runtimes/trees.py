@@ -26,6 +26,11 @@ MISSING_NONE, MISSING_ZERO, MISSING_NAN = 0, 1, 2
 # Reviews model (200 trees of 15 leaves), CPU us per row, 20/100/1000 rows: QuickScorer in chunks of 32
 # 31/33/16, whole 31/73/31, level by level 65/52/56 (bench/trees.py; a busy 2-core VM: ratios only).
 QUICKSCORER_ROWS = 32
+# Which walk a batch takes is a cost estimate (``_quickscorer_wins``), fitted on three models (bench/trees.py):
+# the reviews booster takes QuickScorer at every size; a 100-tree depth-6 forest (63 splits a tree, 6
+# levels) only below ~3 rows; 200 depth-3 boosting trees below ~15. ``WALK`` forces one (tests, bench).
+CALL_COST = 2000
+WALK: str | None = None  # "quickscorer" or "levels"
 
 ARRAY_NAMES = (
     "feature",
@@ -118,12 +123,21 @@ class TreeEnsemble:
         plain = not (self._zero_splits or math.isnan(x.sum()))
         if self._quickscorer is False:
             self._quickscorer = _QuickScorer.of(self)
-        if not isinstance(self._quickscorer, _QuickScorer) or not QUICKSCORER_ROWS:
+        scorer = self._quickscorer
+        if not isinstance(scorer, _QuickScorer) or not self._quickscorer_wins(scorer, x.shape[0]):
             return self._sum(self._leaves(x, plain))
-        scorer, step = self._quickscorer, QUICKSCORER_ROWS
+        step = QUICKSCORER_ROWS
         if x.shape[0] <= step:
             return scorer.scores(self, x, plain)
         return np.concatenate([scorer.scores(self, x[i : i + step], plain) for i in range(0, x.shape[0], step)])
+
+    def _quickscorer_wins(self, scorer: _QuickScorer, rows: int) -> bool:
+        """QuickScorer works per split and makes ~15 numpy calls; the level walk works per tree and level,
+        ~6 calls a level. Costs in element-operations, a numpy call counted as ``CALL_COST`` of them."""
+        if WALK is not None:
+            return WALK == "quickscorer"
+        levels = rows * self.roots.size * self.depth * 6 + (6 * self.depth + 6) * CALL_COST
+        return rows * scorer.row_cost + 15 * CALL_COST <= levels
 
     def _prepared(self, x: np.ndarray) -> np.ndarray:
         if self.float32_input:
@@ -153,7 +167,7 @@ class TreeEnsemble:
     def _sum(self, leaves: np.ndarray) -> np.ndarray:
         rows, trees = leaves.shape
         width = self.leaf_value.shape[1]
-        values = self.leaf_value[leaves]  # [rows, trees, width]
+        values = self.leaf_value.take(leaves, axis=0)  # [rows, trees, width]
         outputs = self.n_outputs
         total = np.empty((rows, outputs))
         if width == outputs:  # every tree adds to every column: forests, scikit-learn trees
@@ -210,6 +224,8 @@ class _QuickScorer:
         self.values = values.reshape(-1, width)
         self.offset = np.arange(fronts + trees, dtype=np.intp) * leaf_count - 1
         self.trees_per_output = trees // (outputs if width == 1 else 1)
+        # take, compare, multiply and reduceat per split, the wider the word the dearer; then per tree.
+        self.row_cost = float(split.size * (3 + np.dtype(words).itemsize / 2) + (fronts + trees) * 5)
 
     @classmethod
     def of(cls, ensemble: TreeEnsemble) -> _QuickScorer | None:
@@ -257,7 +273,7 @@ class _QuickScorer:
         right = value > self.threshold if plain else _go_right(value, self.threshold, self.missing, self.default_left)
         ruled_out = np.bitwise_or.reduceat(right * self.excluded, self.starts, axis=1)
         leaf = _exit_bit(ruled_out) + self.offset
-        values = self.values[leaf]  # [rows, trees, width]
+        values = self.values.take(leaf, axis=0)  # [rows, trees, width] (take: ~50x faster than [leaf] here)
         rows = x.shape[0]
         summed: np.ndarray = np.cumsum(values.reshape(rows, -1, ensemble.n_outputs), axis=1)[:, -1, :]
         if ensemble.average:
