@@ -1,10 +1,11 @@
 """Memory of a ``ferry serve`` process tree: RSS and PSS (proportional set size), summed over every process.
 
-    python bench/pss.py REPO [--workers 1 4] [--ferry PATH] [-- extra serve options]
+    python bench/pss.py REPO [--workers 1 4] [--grpc off on] [--ferry PATH] [-- extra serve options]
 
 PSS splits each shared page between the processes that map it, so the sum over a server's processes is
 what the server as a whole costs the machine (read from /proc/PID/smaps_rollup). Each server is measured
 once it is ready and has answered one request per model (so every worker has loaded and warmed them).
+gRPC is measured off (``--grpc-port 0``) and on (the default, on a free port).
 """
 
 from __future__ import annotations
@@ -39,9 +40,10 @@ def rollup(pid: int) -> dict[str, int]:
     return values
 
 
-def measure(ferry: str, repo: str, workers: int, extra: list[str]) -> tuple[int, float, float]:
+def measure(ferry: str, repo: str, workers: int, grpc: bool, extra: list[str]) -> tuple[int, float, float]:
     port = free_port()
-    argv = [ferry, "serve", repo, "--port", str(port), "--probe-port", str(free_port()), "--grpc-port", "0"]
+    grpc_port = free_port() if grpc else 0
+    argv = [ferry, "serve", repo, "--port", str(port), "--probe-port", str(free_port()), "--grpc-port", str(grpc_port)]
     argv += ["--log-level", "warning"]
     proc = subprocess.Popen([*argv, "--workers", str(workers), *extra], stdout=subprocess.DEVNULL)
     try:
@@ -70,18 +72,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("repo")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--grpc", nargs="+", choices=["off", "on"], default=["off", "on"])
     beside = Path(sys.executable).parent / "ferry"
     parser.add_argument("--ferry", default=str(beside))
     args, extra = parser.parse_known_args()
     extra = [e for e in extra if e != "--"]
-    print("| workers | options | processes | RSS sum (MiB) | PSS sum (MiB) | PSS / 1 worker |")
-    print("|---:|---|---:|---:|---:|---:|")
-    base = None
-    for workers in args.workers:
-        count, rss, pss = measure(args.ferry, args.repo, workers, extra)
-        base = base or pss
-        print(f"| {workers} | {' '.join(extra) or '-'} | {count} | {rss:.0f} | {pss:.0f} | {pss / base:.2f} |")
-
+    print("| workers | gRPC | options | processes | RSS sum (MiB) | PSS sum (MiB) | PSS / 1 worker |")
+    print("|---:|---|---|---:|---:|---:|---:|")
+    for grpc in args.grpc:
+        base = None
+        for workers in args.workers:
+            count, rss, pss = measure(args.ferry, args.repo, workers, grpc == "on", extra)
+            base = base or pss
+            options = " ".join(extra) or "-"
+            print(f"| {workers} | {grpc} | {options} | {count} | {rss:.0f} | {pss:.0f} | {pss / base:.2f} |", flush=True)
 
 if __name__ == "__main__":
     main()

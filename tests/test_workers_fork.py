@@ -59,3 +59,27 @@ def _ready_lines(log: str) -> list[tuple[str, int]]:
             if len(words) == 3 and words[0] == "model" and words[2] == "READY":
                 found.append((words[1], record["pid"]))
     return found
+
+
+def test_grpc_imported_before_forking_serves_from_every_worker(serve: Any, example_repo: Path) -> None:
+    """With gRPC on, grpcio is imported by the parent (its pages shared by the workers), and each worker
+    starts its own gRPC server on the shared port: calls over fresh connections all succeed."""
+    import grpc
+    import numpy as np
+    from tests.conftest import free_port
+
+    from ferry.grpc import inference_pb2 as pb
+    from ferry.grpc import inference_pb2_grpc as pb_grpc
+
+    grpc_port = free_port()
+    server = serve(str(example_repo), "--workers", "2", "--grpc-port", str(grpc_port))
+    assert "cygrpc" in Path(f"/proc/{server.proc.pid}/maps").read_text()  # the parent imported it
+    data = np.array([[5.1, 2.4]])
+    tensor = pb.ModelInferRequest.InferInputTensor(name="input-0", datatype="FP64", shape=list(data.shape))
+    tensor.contents.fp64_contents.extend(data.ravel().tolist())
+    for _ in range(8):  # fresh connections, spread over both workers
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            reply = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
+                pb.ModelInferRequest(model_name="iris", inputs=[tensor]), timeout=10
+            )
+        assert list(reply.outputs[0].contents.bytes_contents) == [b"virginica"]

@@ -108,7 +108,7 @@ def run_server(settings: Settings, log_config: dict[str, Any] | None = None) -> 
     os.environ.update(settings.to_env())
     with multiprocess_folder(settings.workers):  # metrics summed over workers; the folder goes at exit
         if settings.workers > 1:  # after the folder is named: prometheus_client reads it when imported
-            _fork_workers_after_imports()
+            _fork_workers_after_imports(grpc=bool(settings.grpc_port))
         started = run(settings, log_config)
     if not started:
         sys.exit(FAILURE)  # the app failed to start; its error is in the log above
@@ -126,14 +126,16 @@ _WORKER_MODULES = (
 )
 
 
-def _fork_workers_after_imports() -> None:
+def _fork_workers_after_imports(grpc: bool) -> None:
     """Workers fork from a parent that has imported the server, instead of each importing it anew.
 
     uvicorn spawns its workers: every one re-imports numpy, starlette and Ferry and keeps a private copy
     (``--workers 4`` cost 4.8x the memory, PSS, of one worker). Forked after the imports, the workers
     share those pages copy-on-write; ``gc.freeze`` keeps the collector from writing to them. Models
     still load in each worker; their compiled arrays are memory-mapped, so shared by the page cache.
-    The parent starts no threads and no event loop before forking.
+    The parent starts no threads and no event loop before forking. With gRPC on, grpcio is imported here
+    too (only imported: its server, and gRPC's threads, start in each worker): imported in each worker,
+    it cost ~9 MiB of private memory per worker.
     """
     import gc
     import importlib
@@ -142,7 +144,7 @@ def _fork_workers_after_imports() -> None:
     import uvicorn._subprocess
     from prometheus_client import values
 
-    for module in _WORKER_MODULES:  # (the import is the point: the workers inherit it)
+    for module in (*_WORKER_MODULES, "ferry.grpc.server") if grpc else _WORKER_MODULES:  # (the workers inherit it)
         importlib.import_module(module)
     # prometheus_client picks its value class (multiprocess or not) when first imported, which here
     # was before the metrics folder was named; pick again, as a spawned worker importing it would.
