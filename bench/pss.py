@@ -84,8 +84,9 @@ def main() -> None:
         for workers in args.workers:
             count, rss, pss = measure(args.ferry, args.repo, workers, grpc == "on", extra)
             base = base or pss
-            options = " ".join(extra) or "-"
-            print(f"| {workers} | {grpc} | {options} | {count} | {rss:.0f} | {pss:.0f} | {pss / base:.2f} |", flush=True)
+            cells = [workers, grpc, " ".join(extra) or "-", count, f"{rss:.0f}", f"{pss:.0f}", f"{pss / base:.2f}"]
+            print("| " + " | ".join(map(str, cells)) + " |", flush=True)
+
 
 if __name__ == "__main__":
     main()
