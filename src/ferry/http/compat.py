@@ -12,7 +12,7 @@ from starlette.routing import Route
 from ferry.bundle.manifest import CompatRoute, Manifest
 from ferry.errors import FerryError
 from ferry.http.responses import json_response
-from ferry.routing.router import ROUTED_MODEL_KEY
+from ferry.routing.keys import ROUTED_MODEL_KEY
 from ferry.serving.registry import ModelRegistry
 
 logger = logging.getLogger("ferry.http")

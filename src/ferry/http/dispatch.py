@@ -26,7 +26,7 @@ from ferry.http import compat
 from ferry.http.responses import error_answer, read_asgi_body
 from ferry.observability.access import MODEL_KEY, RequestContext
 from ferry.protocol.codecs import CODECS, CompatCodec, HttpCodec, HttpMessage
-from ferry.routing.router import ROUTED_MODEL_KEY
+from ferry.routing.keys import ROUTED_MODEL_KEY
 from ferry.serving.dataplane import DataPlane, report
 from ferry.serving.registry import ModelRegistry
 

@@ -16,7 +16,8 @@ from urllib.parse import parse_qsl
 from ferry.errors import RoutesError
 from ferry.http.responses import error_response, read_asgi_body
 from ferry.protocol.native import parse_json
-from ferry.routing.router import ROUTED_MODEL_KEY, Decision, Router, RouteRequest, named_paths, rewrite_path
+from ferry.routing.keys import ROUTED_MODEL_KEY
+from ferry.routing.router import Decision, Router, RouteRequest, named_paths, rewrite_path
 from ferry.routing.shadow import RoutingMetrics, ShadowJob, ShadowRunner
 from ferry.routing.spec import RoutesFile, Target
 

@@ -10,10 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+# Set in the ASGI scope of a routed request to a root route (``/predict``): (model, version) to serve instead.
 from ferry.routing.spec import Route, RoutesFile, StringMatch, Target
 
-# Set in the ASGI scope of a routed request to a root route (``/predict``): (model, version) to serve instead.
-ROUTED_MODEL_KEY = "ferry.routed_model"
 # The model a request is for, as a header: what a sharded deployment's consistent hash reads (``ferry k8s --shard``).
 MODEL_HEADER = "x-ferry-model"
 # The model's name in every path that names one: native (and its versions), Open Inference v2, KServe v1, Seldon.
