@@ -378,11 +378,20 @@ def _save_mlflow_models(folder: Path, mlflow_sklearn: Any, mlflow_lightgbm: Any,
     iris = load_iris(as_frame=True)
     x = iris.data.rename(columns=lambda c: c.replace(" (cm)", "").replace(" ", "_"))
     classifier = LogisticRegression(max_iter=500).fit(x, iris.target)
+    # Requirements given, as mlflow allows: else it infers them by loading each model in a child process (~7 s
+    # each), for requirements.txt and conda.yaml, which `ferry build` never reads.
     for fmt in ("skops", "pickle", "cloudpickle"):
         signature = infer_signature(x, classifier.predict(x))
-        mlflow_sklearn.save_model(classifier, str(folder / fmt), serialization_format=fmt, signature=signature)
+        mlflow_sklearn.save_model(
+            classifier,
+            str(folder / fmt),
+            serialization_format=fmt,
+            signature=signature,
+            pip_requirements=["scikit-learn"],
+        )
     regressor = lightgbm.LGBMRegressor(n_estimators=10, verbose=-1).fit(x, iris.target.astype(float))
-    mlflow_lightgbm.save_model(regressor, str(folder / "lightgbm"), signature=infer_signature(x, regressor.predict(x)))
+    signature = infer_signature(x, regressor.predict(x))
+    mlflow_lightgbm.save_model(regressor, str(folder / "lightgbm"), signature=signature, pip_requirements=["lightgbm"])
 
 
 SETOSA = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}

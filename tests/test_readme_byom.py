@@ -108,7 +108,11 @@ def test_an_mlflow_folder(tmp_path: Path, serve: Callable[..., ServerProcess]) -
     classifier = LogisticRegression(max_iter=500).fit(x, iris.target)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # mlflow warns about the (default) cloudpickle format
-        mlflow_sklearn.save_model(classifier, str(tmp_path / "model"), signature=infer_signature(x, iris.target))
+        # Requirements given: else mlflow infers them in a child process, for files `ferry build` never reads.
+        signature = infer_signature(x, iris.target)
+        mlflow_sklearn.save_model(
+            classifier, str(tmp_path / "model"), signature=signature, pip_requirements=["scikit-learn"]
+        )
     run_block("mlflow", tmp_path)
     server = serve(str(tmp_path / "models"), "--grpc-port", "0")
     setosa = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
