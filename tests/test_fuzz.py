@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ferry.errors import ClientError, FerryError
@@ -243,6 +243,7 @@ dimensions = st.sampled_from([0, 1, 2, 2**31, 2**32, 2**33, 2**63, 2**64]) | st.
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(shape=st.lists(dimensions, min_size=1, max_size=4), values=st.lists(st.floats(), max_size=8))
+@example(shape=[0, 2**24, 2**24, 2**24], values=[])  # each dimension within the bound, their product not
 def test_tensor_shapes_never_overflow(handles: dict[str, ModelHandle], shape: list[int], values: list[float]) -> None:
     seldon_body = {"data": {"tensor": {"shape": shape, "values": values}}}
     v2_body = {"inputs": [{"name": "input", "datatype": "FP64", "shape": shape, "data": values}]}

@@ -100,8 +100,8 @@ def check_header(name: Any, datatype: Any, shape: Any, where: str) -> tuple[str,
         )
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         raise InvalidInput("Expected `shape` as an array of non-negative integers", f"{where}.shape")
-    # Each dimension too, so a zero elsewhere cannot carry one numpy cannot hold: [0, 2**64].
-    if element_count(shape) > MAX_TENSOR_ELEMENTS or any(d > MAX_TENSOR_ELEMENTS for d in shape):
+    # Those other than zero too, so a zero cannot carry dimensions numpy cannot hold: [0, 2**64], [0, 2**40, 2**40].
+    if element_count(shape) > MAX_TENSOR_ELEMENTS or math.prod(d for d in shape if d) > MAX_TENSOR_ELEMENTS:
         raise InvalidInput(f"shape {shape[:8]} exceeds the limit of {MAX_TENSOR_ELEMENTS} elements", f"{where}.shape")
     return name, datatype, shape
 
