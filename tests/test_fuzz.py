@@ -164,6 +164,16 @@ def test_v2_float_fast_path_answers_as_the_long_path(handles: dict[str, ModelHan
             assert fast_batch == slow_batch
 
 
+@pytest.mark.parametrize("depth", [100, 10_000, 100_000])
+def test_v2_deep_nesting_beside_the_inputs_is_a_client_error(handles: dict[str, ModelHandle], depth: int) -> None:
+    """Nesting in a field the typed decoder skips is still refused as the client's error, never a crash."""
+    body = b'{"x": %s, "inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP64", "data": [1, 2]}]}' % (
+        b"[" * depth + b"]" * depth
+    )
+    for handle in handles.values():
+        _only_client_errors(lambda handle=handle: v2.to_batch(v2_rest.decode_request(body, None).inputs, handle))
+
+
 predictions = st.builds(
     Prediction,
     values=st.lists(st.sampled_from(["setosa", "virginica", "é ☃", 3, 2.5, -1]), min_size=1, max_size=4),

@@ -63,7 +63,7 @@ def _decode_floats(body: bytes) -> InferRequest | None:
     names the field; so this path only ever accepts what ``_decode_any`` accepts, with the same result."""
     try:
         request = _float_request.decode(body)
-    except msgspec.DecodeError:  # ValidationError included
+    except (msgspec.DecodeError, RecursionError):  # ValidationError included; nesting deep in an unknown field
         return None
     if request.parameters or request.outputs is not None or not request.inputs:
         return None
