@@ -177,6 +177,13 @@ def _requested(value: Any) -> list[RequestedOutput] | None:
     return out
 
 
+def _response_head(request: InferRequest, model_name: str, model_version: str) -> dict[str, Any]:
+    body: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
+    if request.id is not None:
+        body["id"] = request.id
+    return body
+
+
 def all_json(request: InferRequest) -> bool:
     """Every output, each as JSON: the common response, which ``encode_json`` writes without tensors."""
     return request.outputs is None and not (request.parameters and request.parameters.get("binary_data_output") is True)
@@ -184,9 +191,7 @@ def all_json(request: InferRequest) -> bool:
 
 def encode_json(request: InferRequest, model_name: str, model_version: str, columns: list[Column]) -> bytes:
     """The same bytes ``encode_response`` writes for ``all_json`` requests, straight from the output columns."""
-    body: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
-    if request.id is not None:
-        body["id"] = request.id
+    body = _response_head(request, model_name, model_version)
     body["outputs"] = [
         {
             "name": name,
@@ -205,9 +210,7 @@ def encode_response(
     """The response body and its extra headers; binary outputs follow the JSON header in order."""
     wanted = {r.name: r.binary for r in request.outputs} if request.outputs else {}
     default_binary = request.parameters.get("binary_data_output") is True if request.parameters else False
-    body: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
-    if request.id is not None:
-        body["id"] = request.id
+    body = _response_head(request, model_name, model_version)
     encoded, chunks = [], []
     for tensor in outputs:
         entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}
