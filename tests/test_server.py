@@ -226,3 +226,34 @@ def test_broken_model_is_failed_and_others_keep_serving(serve: Any, example_repo
     not_ready = httpx.post(server.url + "/models/diabetes/predict", json={"bmi": 0.05})
     assert not_ready.status_code == 503 and not_ready.json()["error"] == "model 'diabetes' version '1' is FAILED"
     assert "diabetes:1 FAILED to load" in server.output()
+
+
+def test_declared_output_range_clips_every_caller_of_a_batch(serve: Any, tmp_path: Path) -> None:
+    """``output: {min, max}`` clips each prediction, also when concurrent requests share one model call."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    from sklearn.linear_model import LinearRegression
+
+    import ferry
+
+    x = np.arange(10.0).reshape(-1, 1)
+    model = LinearRegression().fit(x, x.ravel())  # predicts its input
+    ferry.build(
+        model,
+        "echo",
+        tmp_path / "repo",
+        output_schema={"kind": "number", "min": 0.0, "max": 5.0},
+        sample_input=[[1.0]],
+    )
+    server = serve(str(tmp_path / "repo"))
+    inputs = [-7.5, 2.5, 40.0, 4.0] * 25
+
+    def ask(value: float) -> Any:
+        with httpx.Client(base_url=server.url, timeout=10.0) as client:
+            return client.post("/models/echo/predict", json=[[value], [value + 1.0]]).json()["predictions"]
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(ask, inputs))
+    for value, answer in zip(inputs, answers, strict=True):
+        assert answer == pytest.approx([min(max(value, 0.0), 5.0), min(max(value + 1.0, 0.0), 5.0)])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -80,7 +81,7 @@ class InferenceService:
                 compute.observe(computed)
 
             batcher = AdaptiveBatcher(
-                handle.model.runtime.predict,
+                _clipped(handle.model.runtime.predict, manifest.output),
                 self.executor,
                 max_batch_size=config.max_batch_size if enabled else 1,
                 max_wait_s=config.max_wait_ms / 1000.0,
@@ -120,20 +121,28 @@ class InferenceService:
             raise
         except Exception as exc:
             raise ModelError(f"model '{handle.name}' failed to predict: {type(exc).__name__}") from exc
-        result = postprocess(prediction, handle.model.manifest.output)
         if trace is not None:
             trace.predicted(time.monotonic())
         if log is not None:
-            log.record(handle, batch, result, time.perf_counter() - started)
-        return result
+            log.record(handle, batch, prediction, time.perf_counter() - started)
+        return prediction
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=False)
 
 
-def postprocess(prediction: Prediction, output: OutputSchema) -> Prediction:
-    """Clip numeric predictions to the declared range (e.g. star ratings to [1, 5])."""
-    if output.kind == "number" and (output.min is not None or output.max is not None):
-        clipped = np.clip(np.asarray(prediction.values, dtype=float), output.min, output.max)
-        return Prediction(values=clipped.tolist(), probabilities=prediction.probabilities)
-    return prediction
+def _clipped(predict: Callable[[Any], Prediction], output: OutputSchema) -> Callable[[Any], Prediction]:
+    """``predict``, with numeric predictions clipped to the declared range (e.g. star ratings to [1, 5]).
+
+    Clipping is part of the batch's model call, once per batch rather than once per request.
+    """
+    if output.kind != "number" or (output.min is None and output.max is None):
+        return predict
+    low, high = output.min, output.max
+
+    def clipped(batch: Any) -> Prediction:
+        prediction = predict(batch)
+        values = np.clip(np.asarray(prediction.values, dtype=float), low, high)
+        return Prediction(values=values.tolist(), probabilities=prediction.probabilities)
+
+    return clipped
