@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -20,13 +21,38 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_help_lists_every_command() -> None:
     out = run("--help").stdout
-    for command in ("build", "serve", "demo", "examples"):
-        assert command in out
+    commands = ("build", "serve", "verify", "demo", "examples", "loadtest", "check", "plan", "monitor", "gateway")
+    deploy = ("containerize", "compose", "k8s", "fetch", "index", "deploy", "undeploy", "status")
+    for command in commands + deploy:
+        assert f" {command} " in out, command
+    assert "Write a Docker build context for REPO" in out  # a lazily imported command keeps its help
 
 
 def test_version() -> None:
     result = run("--version")
     assert result.returncode == 0 and result.stdout.strip() == f"ferry {ferry.__version__}"
+
+
+HEAVY_FOR_VERSION = ("urllib.request", "yaml", "ferry.deploy.fetch", "ferry.deploy.compose", "ferry.deploy.dockerfile")
+
+
+def test_version_does_not_import_the_deploy_renderers() -> None:
+    """Only a deploy command pays for urllib (fetch), PyYAML (compose, k8s) and the Dockerfile renderer."""
+    probe = f"""
+import json, sys
+sys.argv = ["ferry", "--version"]
+from ferry.cli.entry import main
+try:
+    main()
+except SystemExit as exc:
+    assert exc.code in (0, None), exc.code
+print(json.dumps([name for name in {HEAVY_FOR_VERSION!r} if name in sys.modules]))
+"""
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    version, loaded = result.stdout.strip().splitlines()
+    assert version == f"ferry {ferry.__version__}"
+    assert json.loads(loaded) == []
 
 
 def test_build_from_cli_refuses_untrusted_pickle_and_accepts_trusted(tmp_path: Path) -> None:

@@ -1,24 +1,36 @@
 """Deployment commands: containerize, compose, k8s, fetch, index, deploy, undeploy, status.
 
 Each renders with ``ferry.deploy``, then writes or acts; ``register(app)`` adds them to the main CLI.
+Only ``ferry.deploy.spec`` (the options' defaults) loads with the CLI: every command imports its renderers
+itself, so ``ferry --version`` or ``ferry build`` does not pay for urllib, PyYAML and the Dockerfile code.
 """
 
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
 
 from ferry.cli.errors import run as _run
-from ferry.deploy import compose, dockerfile, fetch, image, k8s, kubectl
-from ferry.deploy.addons import Addons, render_with_addons
-from ferry.deploy.spec import CLUSTER_REPLICAS, DEFAULT_BASE_IMAGE, GRPC_PORT, DeploySpec, Resources, Scaling
-from ferry.deploy.values import PlanValues, load_values
+from ferry.deploy.spec import (
+    CLUSTER_REPLICAS,
+    DEFAULT_BASE_IMAGE,
+    GRPC_PORT,
+    NGINX_IMAGE,
+    PUBLISHED_HTTP_PORT,
+    DeploySpec,
+    Resources,
+    Scaling,
+)
 from ferry.errors import SpecError
 from ferry.settings import Settings
+
+if TYPE_CHECKING:
+    from ferry.deploy.addons import Addons
+    from ferry.deploy.kubectl import Status
 
 console = Console(stderr=True)
 T = TypeVar("T")
@@ -61,6 +73,8 @@ def containerize_command(
     ] = Settings.original_models,
 ) -> None:
     """Write a Docker build context for REPO: Dockerfile, .dockerignore, pinned requirements, models."""
+    from ferry.deploy import dockerfile, image
+
     spec = _run(
         lambda: dockerfile.image_spec_for(
             repo,
@@ -95,12 +109,14 @@ def compose_command(
     out: Annotated[Path, typer.Option("--output", "-o", help="Folder for docker-compose.yml and nginx.conf.")] = Path(
         "."
     ),
-    port: Annotated[int, typer.Option(help="Host port nginx publishes for HTTP.")] = compose.PUBLISHED_HTTP_PORT,
+    port: Annotated[int, typer.Option(help="Host port nginx publishes for HTTP.")] = PUBLISHED_HTTP_PORT,
     grpc_port: Annotated[int, typer.Option(help="Host port nginx publishes for gRPC.")] = GRPC_PORT,
-    nginx_image: Annotated[str, typer.Option(help="nginx image (any nginx >= 1.22).")] = compose.NGINX_IMAGE,
+    nginx_image: Annotated[str, typer.Option(help="nginx image (any nginx >= 1.22).")] = NGINX_IMAGE,
     trust_code: TrustCode = DeploySpec.trust_code,
 ) -> None:
     """Write docker-compose.yml: REPLICAS Ferry containers behind nginx, with health checks."""
+    from ferry.deploy import compose
+
     spec = _spec(repo, image_ref, name=name, replicas=replicas, model_uri=model_uri, trust_code=trust_code)
     front = compose.Front(image=nginx_image, http_port=port, grpc_port=grpc_port)
     for path in _run(lambda: compose.write_compose(spec, out, front)):
@@ -170,6 +186,10 @@ def k8s_command(
     trust_code: TrustCode = DeploySpec.trust_code,
 ) -> None:
     """Write Kubernetes manifests: Namespace, ConfigMap, Deployment, Service, HPA, PDB, kustomization (and add-ons)."""
+    from ferry.deploy import k8s
+    from ferry.deploy.addons import Addons, render_with_addons
+    from ferry.deploy.values import PlanValues, load_values
+
     addons = Addons(kserve=kserve, knative=knative, keda=keda, service_monitor=service_monitor)
     _run(lambda: _check_addons(addons, scale_to_zero=scale_to_zero, in_flight_target=in_flight_target))
     _run(lambda: _check_shard(addons, shard=shard, max_memory=max_memory))
@@ -237,12 +257,16 @@ def fetch_command(
     dest: Annotated[Path, typer.Argument(help="Model repository to fetch into.", envvar=Settings.env_name("repo"))],
 ) -> None:
     """Fetch bundles into DEST and verify every artifact's SHA-256 (the init container's job)."""
+    from ferry.deploy import fetch
+
     for path in _run(lambda: fetch.fetch_bundles(uri, dest)):
         console.print(f"[green]fetched[/green] {path}")
 
 
 def index_command(repo: Repo) -> None:
     """Write REPO/ferry-index.json so any static HTTP server can serve REPO to `ferry fetch`."""
+    from ferry.deploy import fetch
+
     console.print(f"[green]wrote[/green] {_run(lambda: fetch.write_index(repo))}")
 
 
@@ -260,6 +284,8 @@ def deploy_command(
     trust_code: TrustCode = DeploySpec.trust_code,
 ) -> None:
     """Apply the objects with `kubectl apply --server-side`, wait for the rollout, print the address."""
+    from ferry.deploy import k8s, kubectl
+
     spec = _spec(
         repo,
         image_ref,
@@ -288,6 +314,8 @@ def undeploy_command(
     context: Context = None,
 ) -> None:
     """Delete what `ferry deploy` applied (the namespace only with --delete-namespace)."""
+    from ferry.deploy import k8s, kubectl
+
     spec = _run(lambda: DeploySpec(image="ferry:undeploy", name=name, namespace=namespace))
     objects = [o for o in k8s.render_manifests(spec).values() if delete_namespace or o["kind"] != "Namespace"]
     for line in _run(lambda: kubectl.delete(objects, context=context)).splitlines():
@@ -298,6 +326,8 @@ def status_command(
     name: Name = DeploySpec.name, namespace: Namespace = DeploySpec.namespace, context: Context = None
 ) -> None:
     """Ready replicas and the Service's address."""
+    from ferry.deploy import kubectl
+
     spec = _run(lambda: DeploySpec(image="ferry:status", name=name, namespace=namespace))
     _print_status(_run(lambda: kubectl.status(spec, context=context)))
 
@@ -315,6 +345,8 @@ def register(app: typer.Typer) -> None:
 
 def _spec(repo: Path | None, image_ref: str, **options: object) -> DeploySpec:
     def build() -> DeploySpec:
+        from ferry.deploy import dockerfile
+
         if not image_ref:
             raise SpecError("--image IMAGE:TAG is required")
         if repo is not None and not options.get("model_uri") and not dockerfile.model_refs(repo):
@@ -349,7 +381,7 @@ def _resources(cpu: str, memory: str) -> Resources:
     return Resources(cpu_request, memory_request, cpu_limit or cpu_request, memory_limit or memory_request)
 
 
-def _print_status(status: kubectl.Status) -> None:
+def _print_status(status: Status) -> None:
     colour = "green" if status.ready >= status.desired > 0 else "yellow"
     console.print(f"[{colour}]{status.ready}/{status.desired} ready[/{colour}], {status.updated} up to date")
     if status.address:

@@ -9,11 +9,19 @@ from typing import Any
 import yaml
 
 from ferry.deploy.dockerfile import healthcheck_command
-from ferry.deploy.spec import GID, GRPC_PORT, HTTP_PORT, MODELS_DIR, READINESS_PATH, TMP_DIR, UID, DeploySpec
+from ferry.deploy.spec import (
+    GID,
+    GRPC_PORT,
+    HTTP_PORT,
+    MODELS_DIR,
+    NGINX_IMAGE,
+    PUBLISHED_HTTP_PORT,
+    READINESS_PATH,
+    TMP_DIR,
+    UID,
+    DeploySpec,
+)
 from ferry.settings import Settings
-
-NGINX_IMAGE = "nginx:1.27-alpine"
-PUBLISHED_HTTP_PORT = 8080
 
 
 @dataclass(frozen=True)

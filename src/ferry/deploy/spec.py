@@ -28,6 +28,8 @@ METRICS_PATH = "/metrics"
 PRESTOP_SECONDS = 5
 CLUSTER_REPLICAS = 3  # ferry k8s / deploy: one replica per zone of three survives losing a zone
 DEFAULT_BASE_IMAGE = "python:3.11-slim-bookworm"
+NGINX_IMAGE = "nginx:1.27-alpine"  # ferry compose: the front that balances over the replicas
+PUBLISHED_HTTP_PORT = 8080  # ferry compose: the host port that front publishes
 IN_FLIGHT_METRIC = "ferry_in_flight_rows"
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
