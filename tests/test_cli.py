@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 
 import joblib
 import numpy as np
+import pytest
 from sklearn.linear_model import LinearRegression
 
 import ferry
@@ -67,6 +69,62 @@ def test_build_from_cli_refuses_untrusted_pickle_and_accepts_trusted(tmp_path: P
     )
     assert ok.returncode == 0, ok.stderr
     assert (tmp_path / "repo" / "lin" / "1" / "ferry.yaml").is_file()
+
+
+class _TouchesOnUnpickling:
+    """A pickle whose loading creates ``marker``: proof that the build unpickled it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.marker,))
+
+
+BAD_BUILD_OPTIONS = {
+    "version": (["--version", "../x"], "m:../x: version '../x' is not a plain folder name - at `$.version`"),
+    "name": (["--name", "a/b"], "a/b:1: name 'a/b' is not a plain folder name - at `$.name`"),
+    "route": (["--route", "BAD"], "--route 'BAD': expected 'POST /path' (or GET), or a YAML mapping"),
+    "expect": (["--expect", "1"], "m: --expect needs --sample (the input whose answer is expected)"),
+    "features": (["--features", "a,a"], "m:1: duplicate feature names - at `$.input.features`"),
+    "requirements": (["--requirements", "nope.txt"], "--requirements nope.txt: no such file"),
+    "include missing": (["--include", "nope"], "--include nope: no such file or folder"),
+    "include for a pickle": (
+        ["--include", "__file__"],
+        "m: --include ships files with a Python class; a sklearn model needs none",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_BUILD_OPTIONS, ids=list(BAD_BUILD_OPTIONS))
+def test_build_refuses_a_bad_option_before_unpickling(tmp_path: Path, case: str) -> None:
+    """A usage mistake fails at once, with its message and exit code, and never after running the pickle's code."""
+    options, message = BAD_BUILD_OPTIONS[case]
+    options = [__file__ if o == "__file__" else o for o in options]
+    marker = tmp_path / "unpickled"
+    (tmp_path / "model.pkl").write_bytes(pickle.dumps(_TouchesOnUnpickling(marker)))
+    args = ["build", "model.pkl", "--name", "m", "--repo", "repo", "--trusted", *options]
+    result = subprocess.run(
+        [sys.executable, "-m", "ferry", *args], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert (result.returncode, result.stderr.strip()) == (1, f"error: {message}")
+    assert not marker.exists(), "the pickle was loaded before the option was checked"
+    assert not (tmp_path / "repo" / "m").exists()
+
+
+def test_build_unpickles_a_trusted_pickle_when_the_options_are_good(tmp_path: Path) -> None:
+    """The control for the test above: with good options, the same pickle is loaded (and then refused)."""
+    marker = tmp_path / "unpickled"
+    (tmp_path / "model.pkl").write_bytes(pickle.dumps(_TouchesOnUnpickling(marker)))
+    result = subprocess.run(
+        [sys.executable, "-m", "ferry", "build", "model.pkl", "--name", "m", "--repo", "repo", "--trusted"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1 and "not a model or transformer" in result.stderr
+    assert marker.exists()
 
 
 def test_examples_build_is_deterministic(example_repo: Path, tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ from ferry.bundle.manifest import (
     InputSchema,
     Manifest,
     OutputSchema,
+    check_folder_names,
     parse_manifest,
     parse_route,
     write_manifest,
@@ -77,21 +78,21 @@ def build(
     """
     repo = Path(repo)
     version = version or next_version(repo, name)
+    check_folder_names(name, version, source=f"{name}:{version}")
     target = repo / name / version
     if target.exists():
         raise ManifestError(f"{target} already exists; bundles are immutable, pick a new version")
+    parsed_routes = [_route(r) for r in routes or []]
+    _check_options(model, name, version, features, input_schema, sample_input, expected_output, include, requirements)
     options = dict(options or {})
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=_mkdir(repo)))
     staging.chmod(0o755)  # mkdtemp makes it private; a bundle is read by other users (a container's, say)
     try:
         runtime, inferred_input, inferred_output, inferred_labels = _write_artifacts(model, staging, options, trusted)
         if include:
-            if runtime != "python":
-                raise ManifestError(f"{name}: --include ships files with a Python class; a {runtime} model needs none")
+            _check_include_runtime(name, runtime)  # a model object given in Python: known only now
             _include(include, staging)
         if requirements:
-            if not Path(requirements).is_file():
-                raise ManifestError(f"--requirements {requirements}: no such file")
             shutil.copy2(requirements, staging / REQUIREMENTS_FILE)
             options["requirements"] = REQUIREMENTS_FILE
         if runtime == "python":
@@ -115,14 +116,12 @@ def build(
                 **(metadata or {}),
             },
             "options": options,
-            "routes": [_route(r) for r in routes or []],
+            "routes": parsed_routes,
             "trusted": trusted,
             "artifacts": _artifacts(staging),
         }
         if raw["input"] is None:
             raise ManifestError(f"{name}: cannot infer the input schema; pass --features (features= in Python)")
-        if raw["sample_input"] is None and expected_output is not None:
-            raise ManifestError(f"{name}: --expect needs --sample (the input whose answer is expected)")
         if raw["sample_input"] is None:
             raw["sample_input"] = _default_sample(raw["input"])
         if training_data is not None and raw["input"]["kind"] == "features":
@@ -140,6 +139,52 @@ def build(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def _check_options(
+    model: Any,
+    name: str,
+    version: str,
+    features: list[str] | None,
+    input_schema: Any,
+    sample_input: Any,
+    expected_output: Any,
+    include: Sequence[str | Path],
+    requirements: str | Path | None,
+) -> None:
+    """Every check that needs no model, made before the model is read: a mistake in an option fails at
+    once, and never after a pickle was unpickled (which runs its code) or a large model was loaded."""
+    if input_schema is None and features and len(set(features)) != len(features):
+        raise ManifestError(f"{name}:{version}: duplicate feature names - at `$.input.features`")
+    if sample_input is None and expected_output is not None:
+        raise ManifestError(f"{name}: --expect needs --sample (the input whose answer is expected)")
+    if requirements and not Path(requirements).is_file():
+        raise ManifestError(f"--requirements {requirements}: no such file")
+    for given in include:
+        if not Path(given).exists():
+            raise ManifestError(f"--include {given}: no such file or folder")
+        if Path(given).name == MANIFEST_FILE:
+            raise ManifestError(f"--include {given}: the bundle already holds a file named {MANIFEST_FILE}")
+    if include:
+        _check_include_runtime(name, _file_runtime(model))
+
+
+def _check_include_runtime(name: str, runtime: str | None) -> None:
+    if runtime not in (None, "python"):
+        raise ManifestError(f"{name}: --include ships files with a Python class; a {runtime} model needs none")
+
+
+def _file_runtime(model: Any) -> str | None:
+    """The runtime of model file(s), from their content alone; None for anything else (an object, MLflow)."""
+    files = model if isinstance(model, list | tuple) else [model]
+    if not files or not all(isinstance(f, str | Path) for f in files):
+        return None
+    if len(files) == 1 and is_mlflow_folder(Path(files[0])):
+        return None  # its flavour is read with the model
+    kinds = {file_kind(Path(f)) for f in files}
+    if len(files) > 1:  # skops and pickle files compose into an sklearn pipeline; the build refuses others
+        return "sklearn" if kinds <= {"skops", "pickle"} else None
+    return {"onnx": "onnx", "lightgbm": "lightgbm"}.get(kinds.pop(), "sklearn")
 
 
 def _route(route: CompatRoute | dict[str, Any] | str) -> Any:
@@ -368,9 +413,7 @@ def _include(paths: Sequence[str | Path], staging: Path) -> None:
     for given in paths:
         path = Path(given)
         target = staging / path.name
-        if not path.exists():
-            raise ManifestError(f"--include {given}: no such file or folder")
-        if target.exists() or path.name == MANIFEST_FILE:
+        if target.exists():  # a model artifact of that name (a missing path was refused before the build)
             raise ManifestError(f"--include {given}: the bundle already holds a file named {path.name}")
         if path.is_dir():
             shutil.copytree(path, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*"))

@@ -239,11 +239,15 @@ def parse_manifest(raw: Any, source: str = MANIFEST_FILE) -> Manifest:
     return manifest
 
 
-def _check_consistency(m: Manifest, source: str) -> None:
-    for field, value in (("name", m.name), ("version", m.version)):
-        # Each becomes a folder name in a repository: one plain path component, never a way out of it.
+def check_folder_names(name: str, version: str, source: str) -> None:
+    """Name and version each become a folder name in a repository: one plain path component, never a way out."""
+    for field, value in (("name", name), ("version", version)):
         if not value or value in (".", "..") or any(c in value for c in "/\\\0"):
             raise ManifestError(f"{source}: {field} {value[:100]!r} is not a plain folder name - at `$.{field}`")
+
+
+def _check_consistency(m: Manifest, source: str) -> None:
+    check_folder_names(m.name, m.version, source)
     if m.input.kind == "features" and not m.input.features:
         raise ManifestError(f"{source}: input.kind is 'features' but input.features is empty - at `$.input.features`")
     if m.input.kind == "tensor" and len(m.input.tensors) != 1:
