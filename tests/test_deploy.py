@@ -19,6 +19,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -95,8 +96,6 @@ def test_dockerfile_is_hadolint_clean(image_spec: dockerfile.ImageSpec, include_
 
 
 def test_dockerfile_stages_and_runtime(image_spec: dockerfile.ImageSpec) -> None:
-    from dataclasses import replace
-
     text = dockerfile.render_dockerfile(replace(image_spec, original_models=True))
     assert text.count("\nFROM ${BASE_IMAGE}") == 2
     assert "ARG BASE_IMAGE=python:3.11-slim-bookworm\n" in text
@@ -105,7 +104,7 @@ def test_dockerfile_stages_and_runtime(image_spec: dockerfile.ImageSpec) -> None
     assert "COPY --from=builder /opt/venv /opt/venv" in final
     assert f"USER {UID}:{UID}" in final and f"--uid {UID}" in final
     assert f"EXPOSE {HTTP_PORT} {GRPC_PORT} {PROBE_PORT}" in final
-    assert text.rstrip().endswith('ENTRYPOINT ["ferry", "serve"]')
+    assert '\nENTRYPOINT ["ferry", "serve"]\n' in final
     # serving the original LightGBM booster (the reviews example) links libgomp, which its wheel does not ship ...
     assert re.search(r"apt-get install -y --no-install-recommends libgomp1=\S+", final)
     assert "FERRY_ORIGINAL_MODELS=true" in final and '"verify", "/models", "--original-models"]' in final
@@ -115,9 +114,27 @@ def test_dockerfile_stages_and_runtime(image_spec: dockerfile.ImageSpec) -> None
 
 
 def test_dockerfile_layer_order_is_cache_friendly(image_spec: dockerfile.ImageSpec) -> None:
+    """Dependencies, then Ferry, then the models: the stable layers first, what each model changes last."""
     text = dockerfile.render_dockerfile(image_spec)
-    order = [text.index(s) for s in ("COPY requirements.txt", "--requirement", "COPY ferry-src/", "COPY models/")]
+    steps = ("COPY requirements.txt", "--requirement", "COPY ferry-src/", "COPY --from=builder", "ENTRYPOINT")
+    model_steps = ("COPY models/", '"verify", "/models"', "\nLABEL ")
+    order = [text.index(s) for s in steps + model_steps]
     assert order == sorted(order)
+    first_model_step = text.index("COPY models/")
+    assert all(f"{m.name}@{m.version}" not in text[:first_model_step] for m in image_spec.models)
+    assert all(m.digest not in text[:first_model_step] for m in image_spec.models)
+    no_models = dockerfile.render_dockerfile(replace(image_spec, include_models=False))
+    assert no_models.index(f"RUN install -d -o {UID}") < no_models.index("\nLABEL ")
+
+
+def test_retrained_models_share_every_layer_but_the_models(image_spec: dockerfile.ImageSpec) -> None:
+    """The same models retrained (new digests) render the same build context up to the models' own steps,
+    so docker reuses the dependency, Ferry and user layers; only the model COPY, verify and labels change."""
+    retrained = replace(image_spec, models=tuple(replace(m, digest="0" * 64) for m in image_spec.models))
+    before, after = dockerfile.render_dockerfile(image_spec), dockerfile.render_dockerfile(retrained)
+    assert before != after
+    assert before.split("COPY models/")[0] == after.split("COPY models/")[0]
+    assert dockerfile.render_requirements(image_spec) == dockerfile.render_requirements(retrained)
 
 
 def test_dockerfile_labels_name_models_and_their_hashes(example_repo: Path, image_spec: dockerfile.ImageSpec) -> None:
@@ -150,8 +167,6 @@ def test_compiled_bundles_need_no_training_stack_in_the_image(
     example_repo: Path, image_spec: dockerfile.ImageSpec, tmp_path: Path
 ) -> None:
     """iris, diabetes (scikit-learn) and reviews (LightGBM) serve from their compiled form: numpy, not the framework."""
-    from dataclasses import replace
-
     assert {m.name for m in image_spec.models if m.compiled} == {"iris", "diabetes", "reviews"}
     names = requirement_names(image_spec)
     assert {"numpy", "mmh3", "uvicorn", "starlette"} <= names and not TRAINING_STACK & names, names
@@ -176,8 +191,6 @@ def test_compiled_bundles_need_no_training_stack_in_the_image(
 def test_image_models_and_requested_extras_bring_their_dependencies(
     example_repo: Path, image_spec: dockerfile.ImageSpec
 ) -> None:
-    from dataclasses import replace
-
     photo = dockerfile.ModelRef("plants", "1", "onnx", "0" * 64, images=True)
     spec = replace(image_spec, models=(*image_spec.models, photo), more_extras=("tracing",))
     names = {line.split("==")[0] for line in dockerfile.render_requirements(spec).splitlines() if "==" in line}

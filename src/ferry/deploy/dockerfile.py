@@ -182,18 +182,19 @@ COPY requirements.txt /tmp/requirements.txt
 RUN pip install --no-cache-dir --requirement /tmp/requirements.txt
 {install_ferry}
 FROM ${{BASE_IMAGE}}
-LABEL {labels}
 {apt}# A fixed, numeric non-root UID, so Kubernetes' runAsNonRoot can check it.
 RUN groupadd --system --gid {GID} ferry \\
     && useradd --system --uid {UID} --gid {GID} --no-create-home --home-dir /nonexistent \\
        --shell /usr/sbin/nologin ferry
 COPY --from=builder {VENV_DIR} {VENV_DIR}
-{models_dir_step}ENV {env_lines}
-{verify}USER {UID}:{GID}
+ENV {env_lines}
 EXPOSE {HTTP_PORT} {GRPC_PORT} {PROBE_PORT}
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \\
     CMD {json.dumps(healthcheck_command())}
 ENTRYPOINT ["ferry", "serve"]
+# What changes with the models comes last: an image of other models reuses every layer above.
+{models_dir_step}{verify}USER {UID}:{GID}
+LABEL {labels}
 """
 
 
