@@ -17,8 +17,9 @@ from sklearn.linear_model import LinearRegression
 import ferry
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ferry", *args], capture_output=True, text=True, timeout=120)
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "ferry", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=cwd)
 
 
 def test_help_lists_every_command() -> None:
@@ -103,10 +104,7 @@ def test_build_refuses_a_bad_option_before_unpickling(tmp_path: Path, case: str)
     options = [__file__ if o == "__file__" else o for o in options]
     marker = tmp_path / "unpickled"
     (tmp_path / "model.pkl").write_bytes(pickle.dumps(_TouchesOnUnpickling(marker)))
-    args = ["build", "model.pkl", "--name", "m", "--repo", "repo", "--trusted", *options]
-    result = subprocess.run(
-        [sys.executable, "-m", "ferry", *args], capture_output=True, text=True, timeout=120, cwd=tmp_path
-    )
+    result = run("build", "model.pkl", "--name", "m", "--repo", "repo", "--trusted", *options, cwd=tmp_path)
     assert (result.returncode, result.stderr.strip()) == (1, f"error: {message}")
     assert not marker.exists(), "the pickle was loaded before the option was checked"
     assert not (tmp_path / "repo" / "m").exists()
@@ -116,15 +114,27 @@ def test_build_unpickles_a_trusted_pickle_when_the_options_are_good(tmp_path: Pa
     """The control for the test above: with good options, the same pickle is loaded (and then refused)."""
     marker = tmp_path / "unpickled"
     (tmp_path / "model.pkl").write_bytes(pickle.dumps(_TouchesOnUnpickling(marker)))
-    result = subprocess.run(
-        [sys.executable, "-m", "ferry", "build", "model.pkl", "--name", "m", "--repo", "repo", "--trusted"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-    )
+    result = run("build", "model.pkl", "--name", "m", "--repo", "repo", "--trusted", cwd=tmp_path)
     assert result.returncode == 1 and "not a model or transformer" in result.stderr
     assert marker.exists()
+
+
+def test_build_refuses_a_bad_option_before_importing_a_class(tmp_path: Path) -> None:
+    """``module.py:Class`` is imported (its module's code run) only once the options are checked."""
+    marker = tmp_path / "imported"
+    (tmp_path / "model.py").write_text(
+        f"from pathlib import Path\n\nPath({str(marker)!r}).touch()\n\n\n"
+        "class Model:\n    def predict(self, batch):\n        return batch\n"
+    )
+    refused = run("build", "model.py:Model", "--name", "m", "--repo", "repo", "--version", "../x", cwd=tmp_path)
+    assert (refused.returncode, refused.stderr.strip()) == (
+        1,
+        "error: m:../x: version '../x' is not a plain folder name - at `$.version`",
+    )
+    assert not marker.exists()
+    built = run("build", "model.py:Model", "--name", "m", "--repo", "repo", cwd=tmp_path)
+    assert built.returncode == 0, built.stderr
+    assert marker.exists() and (tmp_path / "repo" / "m" / "1" / "model.py").is_file()
 
 
 def test_examples_build_is_deterministic(example_repo: Path, tmp_path: Path) -> None:

@@ -67,7 +67,8 @@ def build(
 
     ``model`` is a fitted scikit-learn estimator or pipeline, a LightGBM model, a model file
     (skops, pickle/joblib, LightGBM text, ONNX), a list of files composed in order into one
-    pipeline, or a Python class (or instance) with ``predict(batch)``.
+    pipeline, or a Python class (or instance) with ``predict(batch)``, or ``"module.py:Class"``
+    (imported, with its folder on the path, once the options are checked).
     ``expected_output`` is what ``sample_input`` must answer, checked here through the built bundle
     exactly as the server will run it, and again at every warm-up and by ``ferry check``.
     ``include`` (files or folders) ships with a Python class, importable from it and hashed like
@@ -179,6 +180,8 @@ def _file_runtime(model: Any) -> str | None:
     files = model if isinstance(model, list | tuple) else [model]
     if not files or not all(isinstance(f, str | Path) for f in files):
         return None
+    if len(files) == 1 and _class_spec(files[0]):
+        return "python"
     if len(files) == 1 and is_mlflow_folder(Path(files[0])):
         return None  # its flavour is read with the model
     kinds = {file_kind(Path(f)) for f in files}
@@ -250,6 +253,8 @@ def _write_artifacts(model: Any, staging: Path, options: dict[str, Any], trusted
     """Save ``model`` in its safest format and infer what the manifest can from it."""
     if isinstance(model, list | tuple) and len(model) == 1 and isinstance(model[0], str | Path):
         model = model[0]
+    if _class_spec(model):
+        return _python_class(_import_class(model), staging, options)
     if isinstance(model, str | Path) and is_mlflow_folder(Path(model)):
         fitted, signature_schema = read_mlflow(Path(model), trusted)
         runtime, inferred, output, labels = _write_artifacts(fitted, staging, options, trusted)
@@ -385,6 +390,36 @@ def _onnx_input(path: Path) -> dict[str, Any]:
     shape = [d if isinstance(d, int) else -1 for d in first.shape]
     dtype = {"tensor(double)": "float64", "tensor(int64)": "int64"}.get(first.type, "float32")
     return {"kind": "tensor", "tensors": [{"name": first.name, "dtype": dtype, "shape": shape}]}
+
+
+def _class_spec(model: Any) -> bool:
+    """``module.py:Class``, as ``ferry build`` takes a Python class from the command line."""
+    return isinstance(model, str) and ".py:" in model
+
+
+def _import_class(spec: str) -> Any:
+    """``module.py:Class``, imported with its own folder on the path, as ``python module.py`` would."""
+    import importlib.util
+    import sys
+
+    filename, _, class_name = spec.partition(":")
+    path = Path(filename).resolve()
+    if not path.is_file():
+        raise ManifestError(f"{filename}: no such file")
+    module_spec = importlib.util.spec_from_file_location(path.stem, path)
+    if module_spec is None or module_spec.loader is None:
+        raise ManifestError(f"cannot import {filename}")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.path.insert(0, str(path.parent))
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as exc:
+        raise ManifestError(f"importing {filename} failed: {type(exc).__name__}: {exc}") from None
+    finally:
+        sys.path.remove(str(path.parent))
+    if not hasattr(module, class_name):
+        raise ManifestError(f"{filename} defines no '{class_name}'")
+    return getattr(module, class_name)
 
 
 def _python_class(model: Any, staging: Path, options: dict[str, Any]) -> Inferred:

@@ -88,12 +88,9 @@ def build_command(
         return
     if name is None:
         raise typer.BadParameter("a model needs a name", param_hint="--name")
-    target: Any = model
-    if len(model) == 1 and ".py:" in model[0]:
-        target = _run(lambda: _import_class(model[0]))
     path = _run(
         lambda: ferry.build(
-            target,
+            model,  # files, or module.py:Class (imported only after the options are checked)
             name,
             repo,
             version=version,
@@ -276,33 +273,6 @@ def _serve(settings: Settings) -> None:
 
         _run(lambda: fetch_bundles(settings.model_uri, settings.repo))
     run_server(settings, log_config)
-
-
-def _import_class(spec: str) -> Any:
-    """``module.py:Class``, imported with its own folder on the path, as ``python module.py`` would."""
-    import importlib.util
-    import sys
-
-    from ferry.errors import ManifestError
-
-    filename, _, class_name = spec.partition(":")
-    path = Path(filename).resolve()
-    if not path.is_file():
-        raise ManifestError(f"{filename}: no such file")
-    module_spec = importlib.util.spec_from_file_location(path.stem, path)
-    if module_spec is None or module_spec.loader is None:
-        raise ManifestError(f"cannot import {filename}")
-    module = importlib.util.module_from_spec(module_spec)
-    sys.path.insert(0, str(path.parent))
-    try:
-        module_spec.loader.exec_module(module)
-    except Exception as exc:
-        raise ManifestError(f"importing {filename} failed: {type(exc).__name__}: {exc}") from None
-    finally:
-        sys.path.remove(str(path.parent))
-    if not hasattr(module, class_name):
-        raise ManifestError(f"{filename} defines no '{class_name}'")
-    return getattr(module, class_name)
 
 
 def _register_commands() -> None:
