@@ -12,6 +12,7 @@ decompressed when the client sent ``Content-Encoding``), then makes exactly one 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,8 +24,9 @@ from ferry.auth import TokenAuth
 from ferry.bundle.manifest import CompatRoute
 from ferry.errors import FerryError, InvalidInput, MethodNotAllowed, Unauthorized
 from ferry.http import compat
-from ferry.http.responses import error_answer, read_asgi_body
+from ferry.http.responses import error_answer, read_asgi_body, whole_body
 from ferry.observability.access import MODEL_KEY, RequestContext
+from ferry.observability.context import REQUEST_ID
 from ferry.protocol.codecs import CODECS, CompatCodec, HttpCodec, HttpMessage
 from ferry.routing.keys import ROUTED_MODEL_KEY
 from ferry.serving.dataplane import DataPlane, report
@@ -34,6 +36,7 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
+Reply = tuple[int, list[tuple[bytes, bytes]], bytes]  # status, headers, body
 
 SELDON_VERSIONS = ("v1.0", "v0.1")
 _TIMEOUT_HEADER = b"x-request-timeout"
@@ -156,6 +159,9 @@ class FerryApp:
         traced = self.dispatch if tracing is None else tracing(self.dispatch)
         # Outermost: every response, the dispatcher's and Starlette's, carries X-Request-ID and is access-logged.
         self.entry = RequestContext(traced, access_log)
+        # The connection may answer a predict request itself (``answer_whole``) only where nothing sits
+        # between the entry and the dispatch table: no auth, no routes file, no tracing.
+        self.lane_open = auth is None and routing is None and tracing is None
 
     @property
     def state(self) -> State:
@@ -186,29 +192,72 @@ class FerryApp:
         await self.app(scope, receive, send)
 
     async def predict(self, target: Target, scope: Scope, receive: Receive, send: Send) -> None:
-        model, version = scope.get(ROUTED_MODEL_KEY) or (target.model, target.version)
-        scope[MODEL_KEY] = model
-        headers: list[tuple[bytes, bytes]] = scope["headers"]
-        timeout = None
-        for key, value in headers:
-            if key == _TIMEOUT_HEADER:
-                timeout = value
-                break
         refusal = target.refusal
 
         async def read() -> HttpMessage:
             if refusal is not None:
                 raise refusal
             body = await read_asgi_body(scope, receive, self.max_body_bytes, self.body_timeout)
-            return HttpMessage(body, headers, scope.get("query_string", b""))
+            return HttpMessage(body, scope["headers"], scope.get("query_string", b""))
 
+        status, headers, content = await self._answer(target, scope, read)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": content})
+
+    async def answer_whole(self, scope: Scope, body: bytes) -> Reply | None:
+        """The reply to a predict request whose body has arrived whole, or None where the ASGI path must serve it.
+
+        The connection (``ferry.server.connections``) calls this before it would start the ASGI app, to
+        spare the common request uvicorn's per-message machinery. It is exactly what the ASGI path does
+        for a predict route (the same ``_answer``, the same body limits and decoding, the request ID and
+        access log of ``RequestContext``), and it declines whatever that path handles otherwise: auth, a
+        routes file, tracing, proxy headers that uvicorn would apply, a path that is not a predict route.
+        """
+        if not self.lane_open or scope["method"] != "POST":
+            return None
+        try:
+            target = self.routes.find("POST", scope["path"])
+        except MethodNotAllowed:
+            return None
+        if target is None or target.refusal is not None:
+            return None
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        for key, _ in headers:
+            if key.startswith(b"x-forwarded-"):
+                return None
+        entry = self.entry
+        request_id = entry.request_id(headers)
+        token = REQUEST_ID.set(request_id)
+        start = time.perf_counter()
+        limit = self.max_body_bytes
+
+        async def read() -> HttpMessage:
+            return HttpMessage(whole_body(scope, body, limit), headers, scope.get("query_string", b""))
+
+        try:
+            status, reply_headers, content = await self._answer(target, scope, read)
+            if entry.access_log:
+                entry.log(scope, status, len(content), time.perf_counter() - start)  # (the line carries the ID)
+        finally:
+            REQUEST_ID.reset(token)
+        reply_headers.append((b"x-request-id", request_id.encode()))
+        return status, reply_headers, content
+
+    async def _answer(self, target: Target, scope: Scope, read: Callable[[], Awaitable[HttpMessage]]) -> Reply:
+        """Status, headers and body of a predict route's reply: one ``DataPlane.infer`` call."""
+        model, version = scope.get(ROUTED_MODEL_KEY) or (target.model, target.version)
+        scope[MODEL_KEY] = model
+        timeout = None
+        for key, value in scope["headers"]:
+            if key == _TIMEOUT_HEADER:
+                timeout = value
+                break
         try:
             content, extra = await self.plane.infer(target.codec, model, version, read, timeout)
         except FerryError as exc:
-            await _send_error(exc, send)
-            return
-        await send({"type": "http.response.start", "status": 200, "headers": [*extra, _length(content)]})
-        await send({"type": "http.response.body", "body": content})
+            content, extra = error_answer(exc)
+            return exc.status, [*extra, _length(content)], content
+        return 200, [*extra, _length(content)], content
 
 
 def _length(content: bytes) -> tuple[bytes, bytes]:

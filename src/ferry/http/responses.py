@@ -57,13 +57,30 @@ async def read_asgi_body(scope: Scope, receive: Receive, limit: int, timeout: fl
     A body sent with ``Content-Encoding: gzip`` or ``deflate`` is decompressed, and the limit holds for
     what it decompresses to as well, so a small bomb is refused before it grows.
     """
+    encoding = _declared(scope, limit)
+    return _decoded(await _read(scope, receive, limit, timeout), encoding, limit)
+
+
+def whole_body(scope: Scope, body: bytes, limit: int) -> bytes:
+    """``read_asgi_body`` for a body the connection has already received whole: the same limits and decoding."""
+    encoding = _declared(scope, limit)
+    if len(body) > limit:
+        raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+    return _decoded(body, encoding, limit)
+
+
+def _declared(scope: Scope, limit: int) -> bytes | None:
+    """The body's Content-Encoding; a 413 at once when its declared length is past ``limit``."""
     encoding = None
     for key, value in scope["headers"]:
         if key == b"content-length" and value.isdigit() and int(value) > limit:
             raise PayloadTooLarge(f"request body of {int(value)} bytes exceeds the limit of {limit} bytes")
         if key == b"content-encoding":
             encoding = value.strip().lower()
-    body = await _read(scope, receive, limit, timeout)
+    return encoding
+
+
+def _decoded(body: bytes, encoding: bytes | None, limit: int) -> bytes:
     if encoding is None or encoding == b"identity":
         return body
     return decompress(body, encoding, limit)
@@ -100,6 +117,8 @@ async def _read(scope: Scope, receive: Receive, limit: int, timeout: float) -> b
     try:
         message = await receive()
         body: bytes = message.get("body", b"")
+        if len(body) > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
         if not message.get("more_body", False):
             return body
         chunks, size = [body], len(body)

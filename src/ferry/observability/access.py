@@ -36,13 +36,7 @@ class RequestContext:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = None
-        for key, value in scope["headers"]:
-            if key == b"x-request-id":
-                request_id = accept_id(value)
-                break
-        if request_id is None:
-            request_id = self.ids.next()
+        request_id = self.request_id(scope["headers"])
         header = (b"x-request-id", request_id.encode())
         token = REQUEST_ID.set(request_id)
         start = time.perf_counter()
@@ -64,10 +58,20 @@ class RequestContext:
             raise
         finally:
             if self.access_log:
-                self._log(scope, status, size, time.perf_counter() - start)
+                self.log(scope, status, size, time.perf_counter() - start)
             REQUEST_ID.reset(token)
 
-    def _log(self, scope: Scope, status: int, size: int, elapsed: float) -> None:
+    def request_id(self, headers: list[tuple[bytes, bytes]]) -> str:
+        """The client's ``X-Request-ID`` when acceptable, else a new one."""
+        for key, value in headers:
+            if key == b"x-request-id":
+                accepted = accept_id(value)
+                if accepted is not None:
+                    return accepted
+                break
+        return self.ids.next()
+
+    def log(self, scope: Scope, status: int, size: int, elapsed: float) -> None:
         if not access_logger.isEnabledFor(logging.INFO):
             return
         model = scope.get(MODEL_KEY) or scope.get("path_params", {}).get("name")
