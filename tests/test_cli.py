@@ -137,6 +137,36 @@ def test_build_refuses_a_bad_option_before_importing_a_class(tmp_path: Path) -> 
     assert marker.exists() and (tmp_path / "repo" / "m" / "1" / "model.py").is_file()
 
 
+@pytest.mark.parametrize(
+    ("fit", "options", "message"),
+    [
+        ("regressor", ["--features", "a,b"], "m:1: 2 feature names for a model fitted on 1 - at `$.input.features`"),
+        ("classifier", ["--labels", "x,y"], "m:1: 2 labels for a classifier of 3 classes - at `$.labels`"),
+    ],
+)
+def test_build_refuses_features_or_labels_the_model_does_not_have(
+    tmp_path: Path, fit: str, options: list[str], message: str
+) -> None:
+    """Served, such a bundle would fail its warm-up (features) or answer with wrong or missing labels."""
+    import joblib
+    import numpy as np
+    from sklearn.linear_model import LinearRegression, LogisticRegression
+
+    x = np.arange(30.0).reshape(-1, 1)
+    model = (
+        LinearRegression().fit(x, 2 * x.ravel())
+        if fit == "regressor"
+        else LogisticRegression().fit(x, np.arange(30) % 3)
+    )
+    joblib.dump(model, tmp_path / "model.joblib")
+    refused = run("build", "model.joblib", "--name", "m", "--repo", "repo", "--trusted", *options, cwd=tmp_path)
+    assert (refused.returncode, refused.stderr.strip()) == (1, f"error: {message}")
+    assert not (tmp_path / "repo" / "m").exists()
+    fitting = ["--features", "a"] if fit == "regressor" else ["--labels", "x,y,z"]
+    built = run("build", "model.joblib", "--name", "m", "--repo", "repo", "--trusted", *fitting, cwd=tmp_path)
+    assert built.returncode == 0, built.stderr
+
+
 def test_examples_build_is_deterministic(example_repo: Path, tmp_path: Path) -> None:
     """``ferry examples build``, in a process of its own, writes what the session's build (tests/conftest.py) wrote."""
     from ferry.bundle import read_manifest

@@ -98,6 +98,7 @@ def build(
             options["requirements"] = REQUIREMENTS_FILE
         if runtime == "python":
             trusted = True  # the builder hands over its own code
+        _check_against_model(f"{name}:{version}", _features_schema(features), inferred_input, labels, inferred_labels)
         labels = [str(label) for label in labels] if labels else inferred_labels  # numpy.str_ too
         compiled = None
         if compile and runtime in ("sklearn", "lightgbm"):
@@ -168,6 +169,24 @@ def _check_options(
             raise ManifestError(f"--include {given}: the bundle already holds a file named {MANIFEST_FILE}")
     if include:
         _check_include_runtime(name, _file_runtime(model))
+
+
+def _check_against_model(
+    source: str,
+    declared: dict[str, Any] | None,
+    inferred: dict[str, Any] | None,
+    labels: list[str] | None,
+    inferred_labels: list[str] | None,
+) -> None:
+    """Declared features and labels must fit the model itself: a mismatch would only fail, or mislabel, when served."""
+    if declared is not None and inferred is not None and inferred.get("kind") == "features":
+        want, got = len(inferred["features"]), len(declared["features"])
+        if want != got:
+            raise ManifestError(f"{source}: {got} feature names for a model fitted on {want} - at `$.input.features`")
+    if labels and inferred_labels and len(labels) != len(inferred_labels):
+        raise ManifestError(
+            f"{source}: {len(labels)} labels for a classifier of {len(inferred_labels)} classes - at `$.labels`"
+        )
 
 
 def _check_include_runtime(name: str, runtime: str | None) -> None:
