@@ -29,6 +29,7 @@ CASES: list[tuple[str, str, bytes, dict[str, str], int]] = [
     ("native rows", "/models/iris/predict", b"[[5.1, 2.4], [1.4, 0.2]]", {}, 200),
     ("pinned version", "/models/iris/versions/1/predict", IRIS, {}, 200),
     ("v2", "/v2/models/iris/infer", V2, {}, 200),
+    ("v2 binary output", "/v2/models/iris/infer", V2[:-1] + b', "parameters": {"binary_data_output": true}}', {}, 200),
     ("kserve", "/v1/models/iris:predict", b'{"instances": [[5.1, 2.4]]}', {}, 200),
     ("seldon", "/seldon/score/api/v1.0/predictions", b'{"data": {"ndarray": [[1.0, 2.0]]}}', {}, 200),
     ("compat", "/predict", IRIS, {}, 200),

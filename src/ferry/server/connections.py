@@ -199,7 +199,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         status, headers, body = reply
         content = [STATUS_LINE[status]]
         for name, value in (*cycle.default_headers, *headers):
-            content += (name, b": ", value, b"\r\n")
+            content += (name.lower(), b": ", value, b"\r\n")  # (as uvicorn's send writes them)
         if not cycle.keep_alive:
             content.append(b"connection: close\r\n")
         content += (b"\r\n", body)
