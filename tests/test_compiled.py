@@ -153,6 +153,48 @@ def test_tree_scores_are_lightgbms_own_bit_for_bit(seed: int, objective: str) ->
     np.testing.assert_array_equal(small, expected)  # bitvectors (QuickScorer)
 
 
+def test_link_functions_use_the_c_librarys_exp_bit_for_bit() -> None:
+    """LightGBM and scikit-learn's losses call C's exp; numpy's AVX-512 exp differs in the last bit on ~5%."""
+    import math
+
+    from ferry.runtimes.compiled import libm_exp
+
+    values = np.random.default_rng(7).normal(scale=5, size=(4000, 3))
+    expected = np.array([[math.exp(v) for v in row] for row in values])
+    np.testing.assert_array_equal(libm_exp(values), expected)
+    np.testing.assert_array_equal(libm_exp(np.array([800.0, -800.0, np.inf, -np.inf])), [np.inf, 0.0, np.inf, 0.0])
+    assert np.isnan(libm_exp(np.array([np.nan]))).all()
+
+
+def _numpy_simd_features() -> list[str]:
+    try:
+        from numpy._core import _multiarray_umath as umath
+    except ImportError:  # numpy 1.x
+        from numpy.core import _multiarray_umath as umath  # type: ignore[no-redef]
+    return [name for name in umath.__cpu_dispatch__ if umath.__cpu_features__.get(name)]
+
+
+def test_the_property_tests_pass_with_numpys_simd_dispatch_off_too() -> None:
+    """numpy picks its kernels by CPU: run the exactness tests again on the baseline kernels, so a CPU
+    difference shows up here (whichever path this machine takes by default) and not on a user's machine."""
+    features = _numpy_simd_features()
+    if not features:
+        pytest.skip("numpy dispatches no SIMD kernels on this CPU: the default run is the baseline run")
+    import os
+
+    env = {**os.environ, "NPY_DISABLE_CPU_FEATURES": " ".join(features)}
+    selected = "equal_the_original or bit_for_bit or c_librarys_exp"
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", selected],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert " passed" in done.stdout
+
+
 def test_a_model_without_a_compiled_form_serves_its_original(tmp_path: Path) -> None:
     path = ferry.build(KNeighborsClassifier(3).fit(_X, _Y2), "knn", tmp_path)
     manifest = yaml.safe_load((path / "ferry.yaml").read_text())
