@@ -10,8 +10,10 @@ tiny asyncio loop in a daemon thread answers probes from shared state:
 - readiness is the registry's (every model READY, not draining) and the loop's liveness;
 - metrics are rendered from the same registry the request loop writes.
 
-The listener bounds what a client may hold: ``MAX_CLIENTS`` connections, ``HEAD_LIMIT`` bytes and
-``HEAD_TIMEOUT_S`` seconds per request; one request per connection.
+The listener bounds what a client may hold: ``HEAD_LIMIT`` bytes and ``HEAD_TIMEOUT_S`` seconds per
+request, one request per connection, and ``MAX_CLIENTS`` connections. A probe sends its head with its
+connection and is answered at once, so a full listener is full of clients that send nothing: a newcomer
+closes the one that has waited longest for its head, and a probe is always answered.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ TICK_S = 0.1  # the request loop's heartbeat period
 STALL_S = 5.0  # a heartbeat this old: the request loop is wedged
 MAX_CLIENTS = 64
 HEAD_LIMIT = 8192
-HEAD_TIMEOUT_S = 5.0
+HEAD_TIMEOUT_S = 2.0  # kubelet sends its probe with the connection and waits 1 s by default
 
 LIVE_PATHS = frozenset({"/health", "/v2/health/live"})
 READY_PATHS = frozenset({"/ready", "/v2/health/ready"})
@@ -105,7 +107,7 @@ class ProbeListener:
         self.sock = sock
         self.answer = answer
         self.loop = asyncio.new_event_loop()
-        self.clients = 0
+        self.clients: dict[asyncio.StreamWriter, None] = {}  # (an ordered set) still waiting for a head, oldest first
         self.thread = threading.Thread(target=self._run, name="ferry-probes", daemon=True)
         self._stopped = asyncio.Event()
 
@@ -129,13 +131,13 @@ class ProbeListener:
             await self._stopped.wait()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.clients >= MAX_CLIENTS:
-            writer.close()
-            return
-        self.clients += 1
+        if len(self.clients) >= MAX_CLIENTS:
+            self._evict_oldest()
+        self.clients[writer] = None
         try:
             async with _closing(writer):
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT_S)
+                self.clients.pop(writer, None)  # answering now: no longer evictable
                 method, _, rest = head.partition(b" ")
                 path = rest.partition(b" ")[0].partition(b"?")[0].decode("latin-1")
                 status, content_type, body = self.answer(method.decode("latin-1"), path)
@@ -146,7 +148,13 @@ class ProbeListener:
         except Exception:  # a probe must never take the listener down
             logger.exception("probe listener: answering failed")
         finally:
-            self.clients -= 1
+            self.clients.pop(writer, None)
+
+    def _evict_oldest(self) -> None:
+        """Close the connection that has waited longest for its head (its read then ends, and its task)."""
+        writer = next(iter(self.clients))
+        del self.clients[writer]
+        writer.transport.abort()
 
 
 def _response(status: int, content_type: bytes, body: bytes, length: int) -> bytes:
