@@ -28,6 +28,7 @@ Send = Callable[[Message], Awaitable[None]]
 Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_BODY_HEADERS = frozenset({b"content-encoding", b"content-length", b"transfer-encoding"})  # of the body as sent
 
 
 class RoutingMiddleware:
@@ -71,6 +72,7 @@ class RoutingMiddleware:
             body = b""
             if scope["method"] in _BODY_METHODS:
                 body = await read_asgi_body(scope, receive, self.limit, self.body_timeout)
+                scope = _as_read(scope, body)
             decision = self.router.decide(self._request(scope, body))
         except Exception as exc:
             await error_response(exc)(scope, receive, send)
@@ -132,6 +134,13 @@ class RoutingMiddleware:
 
     async def close(self) -> None:
         await self.shadows.close()
+
+
+def _as_read(scope: Scope, body: bytes) -> Scope:
+    """``scope`` for the body as read: decompressed, so the endpoint must not decompress it a second time."""
+    headers = [(k, v) for k, v in scope["headers"] if k not in _BODY_HEADERS]
+    headers.append((b"content-length", b"%d" % len(body)))
+    return {**scope, "headers": headers}
 
 
 async def _unwired(scope: Scope, receive: Receive, send: Send) -> None:
