@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
+import orjson
 import pytest
 
 from conftest import free_port
@@ -61,4 +63,58 @@ def test_idle_sockets_filling_the_probe_listener_never_fail_a_probe(serve: Any, 
         assert all(_closed_by_server(sock, 4.0) for sock in idle)
     finally:
         for sock in idle:
+            sock.close()
+
+
+# -- item 6: request bodies that trickle in ----------------------------------------------------------------
+SLOW_BODY = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+
+
+def test_a_body_below_the_minimum_rate_gets_a_408(serve: Any, iris_repo: Path) -> None:
+    server = serve(str(iris_repo), "--body-read-timeout", "1", "--min-body-rate", "100")
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(SLOW_BODY)
+        started = time.monotonic()
+        for _ in range(6):  # 6 bytes in 1.5 s: under way, but far below 100 bytes/s
+            time.sleep(0.25)
+            sock.sendall(b" ")
+        sock.settimeout(5)
+        reply = sock.recv(65536)
+        assert time.monotonic() - started < 3.0  # well inside --body-timeout's 30 s
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 ") and b"connection: close" in head
+    assert orjson.loads(body)["error"].endswith("below the minimum of 100 bytes/s")
+    assert orjson.loads(body)["code"] == "request_timeout"
+    # A body that keeps its pace is served, however long it takes past the window.
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        payload = orjson.dumps(IRIS) + b" " * 400
+        sock.sendall(SLOW_BODY.replace(b"1000", b"%d" % len(payload))[:-1])
+        for i in range(0, len(payload), 50):  # 200 bytes/s for 2 s
+            sock.sendall(payload[i : i + 50])
+            time.sleep(0.25)
+        sock.settimeout(5)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK")
+    assert "Traceback" not in server.output()
+
+
+def test_slow_bodies_filling_every_connection_are_evicted_for_new_clients(serve: Any, iris_repo: Path) -> None:
+    """12 bodies trickling in hold every one of 12 connections: each new client closes the slowest and is served."""
+    server = serve(str(iris_repo), "--max-connections", "12", "--body-read-timeout", "60")
+    slow = []
+    try:
+        for i in range(12):
+            sock = socket.create_connection(("127.0.0.1", server.port))
+            sock.sendall(SLOW_BODY + b" " * i)  # the first sent the least: it is the slowest
+            slow.append(sock)
+        time.sleep(1.2)  # under way long enough for their pace to count
+        for _ in range(3):
+            answer = httpx.post(server.url + "/predict", json=IRIS, timeout=5)
+            assert answer.status_code == 200, answer.text
+            refill = socket.create_connection(("127.0.0.1", server.port))  # too new to have a pace: kept
+            refill.sendall(SLOW_BODY)
+            slow.append(refill)
+        closed = [i for i, sock in enumerate(slow) if _closed_by_server(sock, 0.2)]
+        assert closed == [0, 1, 2]  # the slowest each time
+    finally:
+        for sock in slow:
             sock.close()

@@ -92,6 +92,16 @@ class Settings(SettingsGroup):
     header_timeout: float = _setting(
         10.0, "Seconds a client may take to send a request's line and headers (408).", panel="limits"
     )
+    body_read_timeout: float = _setting(
+        10.0,
+        "Seconds in which a request body must keep arriving at --min-body-rate (408), as nginx's client_body_timeout.",
+        panel="limits",
+    )
+    min_body_rate: int = _setting(
+        1024,
+        "Bytes per second a request body must average over each --body-read-timeout (0: at least one byte).",
+        panel="limits",
+    )
     connection_max_age: float = _setting(
         5.0,
         "Seconds a kept-alive connection lives; then Connection: close, so clients rebalance (0: forever).",
@@ -104,7 +114,16 @@ class Settings(SettingsGroup):
     max_queue: int = _setting(256, "Requests that may wait per model before new ones get 503.", panel="limits")
     drain_timeout: int = _setting(30, "Seconds to finish in-flight requests on SIGTERM.", panel="limits")
     model_threads: int = _setting(1, "Threads for model compute off the event loop.", panel="limits")
-    admin: bool = _setting(False, "Enable POST /models/{name}/load, /unload and /reload.", panel="models")
+    admin: bool = _setting(
+        False,
+        "Enable POST /models/{name}/load, /unload and /reload (needs auth tokens, or the next flag).",
+        panel="models",
+    )
+    admin_unauthenticated: bool = _setting(
+        False,
+        "Allow --admin without auth tokens: anyone who reaches the port may load and unload models.",
+        panel="models",
+    )
     watch: bool = _setting(False, "Load new versions copied into the repository while serving.", panel="models")
     auth_tokens: str = _setting("", "Comma-separated bearer tokens / API keys required on predict and admin routes.")
     auth_tokens_file: str = _setting("", "File with one accepted token per line.")

@@ -5,10 +5,14 @@ Per connection, before anything is spent:
 - the request line and headers: at most ``max_head_bytes`` bytes and ``max_headers`` lines (431);
 - the time to send them: ``head_timeout`` seconds from the connection's start or the request's
   first byte (408, or a silent close for a connection that never sent a byte);
+- the request body's pace: at least ``min_body_rate`` bytes per second (and at least one byte) in
+  every ``body_read_timeout`` seconds, else 408 (nginx's ``client_body_timeout`` counts only the
+  gap between reads, which a byte now and then defeats); time the server itself holds the body
+  back (flow control, a 100-continue not yet sent) does not count;
 - open connections per worker: past ``max_connections``, the connection idle or stuck in its
-  head the longest is closed to make room; when every one is busy, the newcomer gets a JSON 503
-  with ``Retry-After`` and is closed (uvicorn's own ``limit_concurrency`` answers text/plain and
-  counts slow clients against everybody);
+  head the longest is closed to make room, else the one whose body arrives the slowest; when
+  every one is busy, the newcomer gets a JSON 503 with ``Retry-After`` and is closed (uvicorn's
+  own ``limit_concurrency`` answers text/plain and counts slow clients against everybody);
 - a kept-alive connection's age: past ``max_age`` seconds its next reply carries
   ``Connection: close``, so clients reconnect and spread over workers and replicas again.
 
@@ -37,6 +41,8 @@ class ConnectionLimits:
     max_head_bytes: int = 64 * 1024
     max_headers: int = 100
     head_timeout: float = 10.0
+    body_read_timeout: float = 10.0
+    min_body_rate: int = 1024  # bytes per second, averaged over each body_read_timeout
     max_connections: int = 2048
     max_age: float = 10.0  # 0: kept alive for as long as the client likes
 
@@ -45,6 +51,7 @@ DEFAULT_LIMITS = ConnectionLimits()
 LINGER_S = 1.0  # after a refusal, how long the client may keep sending before the connection is cut
 LINGER_BYTES = 1024 * 1024
 SWEEP_S = 0.25  # how often the time bounds are checked, at most
+BODY_EVICTION_AGE_S = 1.0  # a body under way for less is never evicted: its pace is not known yet
 
 
 class _Sweeper:
@@ -155,8 +162,10 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self.header_count = 0
         self.heads_done = 0
         self.discarding, self.discarded = False, 0  # refused: reading only to let the answer arrive
+        # The current request's body: bytes received, and the window its pace is measured over.
+        self.body_bytes = self.window_bytes = 0
         # When this connection began to wait on its client (connected, head begun, or reply sent).
-        self.opened = self.waiting_since = self.loop.time()
+        self.opened = self.waiting_since = self.window_at = self.loop.time()
         _Sweeper.of(self)
 
     # -- the lane: a whole predict request answered without the ASGI messages -------------------------------
@@ -219,13 +228,22 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             self._refuse(503, "overloaded", "too many open connections; retry shortly", retry_after=True)
 
     def _evict_one(self) -> bool:
-        """Close the connection stuck in its head, else idle, the longest; False when all are busy."""
+        """Close the connection stuck in its head, else idle, the longest; else the slowest body under way.
+
+        False when none may go: every one is being answered, or sending its body at a pace not yet known.
+        """
         victim, oldest = None, float("inf")
+        slow, slowest = None, float("inf")
+        now = self.loop.time()
         for other in self.connections:
-            if other is self or not isinstance(other, BoundedHttpProtocol) or not other.evictable():
+            if other is self or not isinstance(other, BoundedHttpProtocol):
                 continue
-            if other.waiting_since < oldest:
-                victim, oldest = other, other.waiting_since
+            if other.evictable():
+                if other.waiting_since < oldest:
+                    victim, oldest = other, other.waiting_since
+            elif victim is None and (pace := other.body_pace(now)) is not None and pace < slowest:
+                slow, slowest = other, pace
+        victim = victim or slow
         if victim is None:
             return False
         victim.transport.close()
@@ -234,6 +252,18 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def evictable(self) -> bool:
         return self.in_head and (self.cycle is None or self.cycle.response_complete)
+
+    def body_pace(self, now: float) -> float | None:
+        """Bytes per second of the body under way, if the client alone sets its pace and has for a while."""
+        if self.in_head or self.discarding or self._body_held_back():
+            return None
+        elapsed = now - self.waiting_since
+        return self.body_bytes / elapsed if elapsed >= BODY_EVICTION_AGE_S else None
+
+    def _body_held_back(self) -> bool:
+        """Whether the server, not the client, is why the body is not arriving (or it is no longer awaited)."""
+        cycle = self.cycle
+        return cycle is None or cycle.response_started or cycle.waiting_for_100_continue or self.flow.read_paused
 
     # -- request head ---------------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
@@ -290,7 +320,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self.in_head = False
-        self.head_bytes = self.header_count = 0
+        self.head_bytes = self.header_count = self.body_bytes = self.window_bytes = 0
+        self.window_at = self.waiting_since
         self.heads_done += 1
         HttpToolsProtocol.on_headers_complete(self)
         if self.cycle is not None:
@@ -298,6 +329,10 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         max_age = self.limits.max_age
         if max_age and self.cycle is not None and self.loop.time() - self.opened > max_age:
             self.cycle.keep_alive = False  # the reply says Connection: close; the client reconnects
+
+    def on_body(self, body: bytes) -> None:
+        self.body_bytes += len(body)
+        HttpToolsProtocol.on_body(self, body)
 
     def on_message_complete(self) -> None:
         HttpToolsProtocol.on_message_complete(self)
@@ -316,8 +351,12 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             self._start_asgi_task(cycle, app)
 
     def check_time(self, now: float) -> None:
-        """The sweep's visit: a head past the head timeout gets a 408; an idle connection past its timeout closes."""
-        if not self.in_head or self.discarding or self.transport.is_closing():
+        """The sweep's visit: a head past the head timeout, or a body below its pace, gets a 408; an idle
+        connection past its timeout closes."""
+        if self.discarding or self.transport.is_closing():
+            return
+        if not self.in_head:
+            self._check_body_pace(now)
             return
         if self.cycle is not None and not self.cycle.response_complete:
             return  # a reply is in progress (a pipelined head waits behind it): not the client's delay
@@ -329,19 +368,45 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         elif waited > (self.timeout_keep_alive if self.heads_done else self.limits.head_timeout):
             self.transport.close()  # kept alive and idle, or connected and never sent a byte: nobody to answer
 
+    def _check_body_pace(self, now: float) -> None:
+        if self._body_held_back():
+            self.window_at, self.window_bytes = now, self.body_bytes  # not the client's delay: measure afresh
+            return
+        window = now - self.window_at
+        if window < self.limits.body_read_timeout:
+            return
+        received, wanted = self.body_bytes - self.window_bytes, max(1.0, self.limits.min_body_rate * window)
+        if received < wanted:
+            message = f"request body too slow: {received} bytes in {window:.1f} s"
+            if self.limits.min_body_rate:
+                message += f", below the minimum of {self.limits.min_body_rate} bytes/s"
+            self._refuse(408, "request_timeout", message)
+            return
+        self.window_at, self.window_bytes = now, self.body_bytes
+
     # -- refusals -------------------------------------------------------------------------------------
     def _too_large(self, message: str) -> None:
         self._refuse(431, "headers_too_large", message)
 
     def _refuse(self, status: int, code: str, message: str, retry_after: bool = False) -> None:
-        """Answer JSON and close, unless a reply is already on its way (then only close)."""
-        if self.cycle is None or self.cycle.response_complete:
+        """Answer JSON and close, unless a reply is already on its way (then only close).
+
+        A request whose body was still being read is over for the app too: it reads a disconnect, and
+        anything it sends is dropped.
+        """
+        cycle = self.cycle
+        reading_body = not self.in_head and cycle is not None and not cycle.response_started
+        if cycle is None or cycle.response_complete or reading_body:
             body = orjson.dumps({"error": message, "code": code})
             head = [STATUS_LINE[status], b"content-type: application/json\r\n"]
             if retry_after:
                 head.append(b"retry-after: 1\r\n")
             head.append(b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body))
             self.transport.write(b"".join(head) + body)
+        if reading_body:
+            assert cycle is not None
+            cycle.disconnected = True
+            cycle.message_event.set()
         self._linger()
 
     def _linger(self) -> None:

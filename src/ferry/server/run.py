@@ -35,6 +35,8 @@ def connection_limits(settings: Settings) -> ConnectionLimits:
         max_head_bytes=settings.max_header_bytes,
         max_headers=settings.max_headers,
         head_timeout=settings.header_timeout,
+        body_read_timeout=settings.body_read_timeout,
+        min_body_rate=settings.min_body_rate,
         max_connections=settings.max_connections,
         max_age=settings.connection_max_age,
     )
