@@ -206,6 +206,7 @@ def test_the_readme_documents_every_serve_setting() -> None:
 SERVE_LINES = [
     ["serve", "models"],
     ["serve", "models", "--port", "9001", "--workers", "2", "--admin", "--no-console", "--request-timeout", "2.5"],
+    ["serve", "models", "--admin", "--admin-unauthenticated"],
     ["serve", "--trust-pickle", "--original-models", "models", "--auth-tokens", "a,b", "--log-format", "text"],
     ["serve", "models", "--max-memory", "512MiB", "--no-preload"],
 ]

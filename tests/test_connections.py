@@ -243,7 +243,7 @@ def test_a_wedged_request_loop_reads_as_not_live(serve: Any, slow_repo: Path) ->
 def test_a_failed_reload_keeps_the_serving_version_ready(serve: Any, example_repo: Path, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     shutil.copytree(example_repo / "iris", repo / "iris")
-    server: ServerProcess = serve(str(repo), "--admin")
+    server: ServerProcess = serve(str(repo), "--admin", "--admin-unauthenticated")
     (repo / "iris" / "1" / "model.skops").write_bytes(b"tampered")
     reloaded = httpx.post(server.url + "/models/iris/reload")
     assert reloaded.status_code == 409

@@ -185,7 +185,7 @@ def test_schemathesis_finds_no_failure_with_every_check(server: ServerProcess, t
 def test_a_version_loaded_later_is_described(example_repo: Path, tmp_path: Path, serve: Any) -> None:
     repo = tmp_path / "repo"
     shutil.copytree(example_repo / "iris", repo / "iris")
-    server: ServerProcess = serve(str(repo), "--admin")
+    server: ServerProcess = serve(str(repo), "--admin", "--admin-unauthenticated")
     assert "/v2/models/iris/versions/2/infer" not in httpx.get(server.url + "/openapi.json").json()["paths"]
     shutil.copytree(repo / "iris" / "1", repo / "iris" / "2")
     assert httpx.post(server.url + "/models/iris/load").status_code == 200

@@ -178,7 +178,7 @@ def test_hot_reload_under_load_drops_nothing_and_a_broken_version_never_serves(
 
     repo = tmp_path / "repo"
     shutil.copytree(example_repo / "iris", repo / "iris")
-    server: ServerProcess = serve(str(repo), "--watch", "--admin")
+    server: ServerProcess = serve(str(repo), "--watch", "--admin", "--admin-unauthenticated")
     outcomes: list[tuple[int, str]] = []
     stop = threading.Event()
 

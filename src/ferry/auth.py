@@ -1,13 +1,15 @@
 """Optional bearer-token / API-key authentication, checked in constant time, for HTTP and gRPC alike.
 
-Applied to every route except health, readiness, metrics and the docs, so that probes and
-scrapers need no secret. Tokens are never logged.
+Applied to every route except health, readiness, metrics and the docs (all on prefixes no bundle may
+declare a route on), so that probes and scrapers need no secret, and the few (method, path) pairs the
+route table names public: the console's ``GET /`` and the bundles' accepted health routes
+(``ferry.http.dispatch.PredictRoutes.public``). Tokens are never logged.
 """
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Set
 from pathlib import Path
 
 from ferry.errors import AuthMisconfigured as AuthMisconfigured  # re-exported: raised here
@@ -16,16 +18,22 @@ from ferry.errors import Unauthorized
 EXEMPT_PATHS = frozenset(
     {"/health", "/ready", "/metrics", "/v2/health/live", "/v2/health/ready", "/docs", "/openapi.json"}
 )
-EXEMPT_PREFIXES = ("/docs/", "/static/")
+EXEMPT_PREFIXES = ("/docs/",)
+
+Public = Callable[[], Set[tuple[str, str]]]  # the (method, path) pairs open now; they change with the models
+
+
+def _nothing_public() -> Set[tuple[str, str]]:
+    return frozenset()
 
 
 class TokenAuth:
-    def __init__(self, tokens: Iterable[str], exempt: Iterable[str] = ()) -> None:
+    def __init__(self, tokens: Iterable[str], public: Public = _nothing_public) -> None:
         self.tokens = [t.encode() for t in tokens if t]
-        self.exempt = EXEMPT_PATHS | frozenset(exempt)
+        self.public = public
 
     @classmethod
-    def from_settings(cls, tokens: str, tokens_file: str, exempt: Iterable[str] = ()) -> TokenAuth | None:
+    def from_settings(cls, tokens: str, tokens_file: str, public: Public = _nothing_public) -> TokenAuth | None:
         """None when no token is asked for: authentication is off.
 
         Asking for tokens and giving none (``--auth-tokens ,``, an empty or comments-only file, a
@@ -44,10 +52,13 @@ class TokenAuth:
             if not from_file:
                 raise AuthMisconfigured(f"--auth-tokens-file {tokens_file} holds no token (empty or only comments)")
             found += from_file
-        return cls(found, exempt) if found else None
+        return cls(found, public) if found else None
 
-    def requires(self, path: str) -> bool:
-        return path not in self.exempt and not path.startswith(EXEMPT_PREFIXES)
+    def requires(self, method: str, path: str) -> bool:
+        """Whether ``method path`` needs a token: anything but the probes, the docs and what is public, exactly."""
+        if path in EXEMPT_PATHS or path.startswith(EXEMPT_PREFIXES):
+            return False
+        return (method, path) not in self.public()
 
     def check(self, headers: Iterable[tuple[bytes, bytes]]) -> None:
         """Raise ``Unauthorized`` unless ``Authorization: Bearer <token>`` or ``X-API-Key`` matches.

@@ -48,7 +48,8 @@ def repository_problem(settings: Settings) -> str | None:
 
 
 def check_startup(settings: Settings) -> None:
-    """Raise a ``FerryError`` for settings that must stop start-up: tokens asked for but none given, a port in use."""
+    """Raise a ``FerryError`` for settings that must stop start-up: tokens asked for but none given, ``--admin``
+    open to anyone without ``--admin-unauthenticated``, a port in use."""
     from ferry.auth import TokenAuth
     from ferry.errors import UsageError
     from ferry.server.ports import check_ports
@@ -61,7 +62,12 @@ def check_startup(settings: Settings) -> None:
         except ValueError as exc:
             raise UsageError(str(exc)) from None
 
-    TokenAuth.from_settings(settings.auth_tokens, settings.auth_tokens_file)  # never run open by mistake
+    auth = TokenAuth.from_settings(settings.auth_tokens, settings.auth_tokens_file)  # never run open by mistake
+    if settings.admin and auth is None and not settings.admin_unauthenticated:
+        raise UsageError(
+            "--admin without --auth-tokens or --auth-tokens-file lets anyone who reaches the port load, unload "
+            "and reload models; give tokens, or add --admin-unauthenticated to run it open on purpose"
+        )
     check_ports(settings)
 
 

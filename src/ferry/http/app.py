@@ -18,7 +18,7 @@ from ferry.auth import TokenAuth
 from ferry.errors import FerryError
 from ferry.http import compat, docs
 from ferry.http.admin import AdminEndpoints, watch
-from ferry.http.dispatch import FerryApp
+from ferry.http.dispatch import FerryApp, PredictRoutes
 from ferry.http.endpoints import Endpoint, ModelEndpoints
 from ferry.http.lifecycle import install_drain_handler
 from ferry.http.protocols import ProtocolEndpoints
@@ -72,10 +72,6 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fer
         budget = MemoryBudget(registry, parse_size(settings.max_memory), settings.preload, service.forget)
     plane = DataPlane(registry, service, metrics, settings.request_timeout, budget)
     endpoints = ModelEndpoints(registry, metrics, budget)
-    health_routes = compat.health_paths(registry)  # compatibility health routes, like /isAlive, need no token
-    health_routes = [*health_routes, "/"]  # liveness, or the console page, which itself holds no data
-    auth = TokenAuth.from_settings(settings.auth_tokens, settings.auth_tokens_file, exempt=health_routes)
-
     routing = _routing(settings, registry, metrics)
 
     @contextlib.asynccontextmanager
@@ -110,7 +106,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fer
             await asyncio.to_thread(tracing.shutdown)
 
     routes = endpoints.routes() + ProtocolEndpoints(endpoints).routes() + docs.routes(registry)
-    routes += compat.routes(registry)
+    compat_at = len(routes)  # the compatibility routes go here: after the built-in ones, before the root
     if settings.admin:
         routes += AdminEndpoints(registry).routes()
     page = None
@@ -120,6 +116,13 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fer
         routes += console.routes(metrics)
         page = console.console
     routes.append(Route("/", _root(page), methods=["GET"]))
+    # Which routes need no token: the route table says, from the routes the app serves (ferry.auth).
+    served = {route.path for route in routes if isinstance(route, Route)}
+    predict_routes = PredictRoutes(registry, mounted=compat.health_routes(registry), served=served - {"/"})
+    auth = TokenAuth.from_settings(settings.auth_tokens, settings.auth_tokens_file, public=predict_routes.public)
+    if settings.admin and auth is None:
+        logger.warning("--admin-unauthenticated: the admin routes are open to anyone who reaches this port")
+    routes[compat_at:compat_at] = compat.routes(registry)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -148,6 +151,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fer
         access_log=settings.access_log,
         routing=routing.wrap if routing else None,
         tracing=tracing.asgi if tracing else None,
+        routes=predict_routes,
     )
 
 

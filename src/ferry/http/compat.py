@@ -68,16 +68,9 @@ def routes(registry: ModelRegistry) -> list[Route]:
     ]
 
 
-def health_paths(registry: ModelRegistry) -> list[str]:
-    """Paths of the compatibility routes that answer health, such as ``/isAlive``."""
-    paths = []
-    for name in registry.models:
-        try:
-            declared_routes = registry.compat_routes(name)
-        except FerryError:
-            continue
-        paths += [r.path for r in declared_routes if r.action == "health"]
-    return paths
+def health_routes(registry: ModelRegistry) -> set[tuple[str, str]]:
+    """(method, path) of the accepted compatibility routes that answer health, such as ``GET /isAlive``."""
+    return {(spec.method, spec.path) for _, spec in declared(registry) if spec.action == "health"}
 
 
 def paths(registry: ModelRegistry) -> set[str]:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections import Counter
+from collections.abc import Awaitable, Callable, MutableMapping, Set
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,9 +66,15 @@ _TEMPLATES: list[tuple[str, re.Pattern[str], str]] = [
 class PredictRoutes:
     """The exact-path table of every predict route, by method; rebuilt on the next request after a change."""
 
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(
+        self, registry: ModelRegistry, mounted: Set[tuple[str, str]] = frozenset(), served: Set[str] = frozenset()
+    ) -> None:
+        """``mounted``: the compatibility health routes the app answers (``compat.health_routes``, fixed at
+        start); ``served``: every other literal path the app answers, none of which a health route may open."""
         self.registry = registry
+        self.mounted, self.served = frozenset(mounted), frozenset(served)
         self._table: dict[str, dict[str, Target]] | None = None
+        self._public: frozenset[tuple[str, str]] = frozenset()
         registry.on_change(self.invalidate)
 
     def invalidate(self) -> None:
@@ -76,8 +83,20 @@ class PredictRoutes:
     def table(self) -> dict[str, dict[str, Target]]:
         table = self._table
         if table is None:
-            table = self._table = self._build()
+            accepted = compat.declared(self.registry)
+            table = self._build(accepted)
+            self._public = self._open(accepted, table)
+            self._table = table
         return table
+
+    def public(self) -> frozenset[tuple[str, str]]:
+        """The (method, path) pairs that need no token (``TokenAuth`` asks), rebuilt with the table.
+
+        ``GET /`` (the console page, or liveness) unless a bundle declares a route at ``/``, and each
+        accepted health route of a bundle, for its own method only, where no other route serves its path.
+        """
+        self.table()
+        return self._public
 
     def find(self, method: str, path: str) -> Target | None:
         """The route of ``method path``; a 405 naming the allowed methods if the path predicts by another."""
@@ -97,7 +116,20 @@ class PredictRoutes:
             raise MethodNotAllowed(f"method {method} not allowed on {path}", sorted(set(allowed)))
         return None
 
-    def _build(self) -> dict[str, dict[str, Target]]:
+    def _open(
+        self, accepted: list[tuple[str, CompatRoute]], table: dict[str, dict[str, Target]]
+    ) -> frozenset[tuple[str, str]]:
+        claims = Counter(spec.path for _, spec in accepted)
+        predicted = {path for by_path in table.values() for path in by_path}
+        public = set() if claims["/"] else {("GET", "/"), ("HEAD", "/")}
+        for _, spec in accepted:
+            route = (spec.method, spec.path)
+            alone = claims[spec.path] == 1 and spec.path not in predicted and spec.path not in self.served
+            if spec.action == "health" and route in self.mounted and alone:
+                public.add(route)
+        return frozenset(public)
+
+    def _build(self, accepted: list[tuple[str, CompatRoute]]) -> dict[str, dict[str, Target]]:
         post: dict[str, Target] = {}
         get: dict[str, Target] = {}
         names = list(self.registry.models)
@@ -115,7 +147,7 @@ class PredictRoutes:
             post["/invocations"] = Target(CODECS["mlflow"], names[0])
         for seldon_version in SELDON_VERSIONS:
             post[f"/api/{seldon_version}/predictions"] = _unnamed(names, f"/api/{seldon_version}/predictions")
-        for name, spec in compat.declared(self.registry):
+        for name, spec in accepted:
             if spec.action in ("predict", "predict_test"):
                 (post if spec.method == "POST" else get)[spec.path] = _compat(name, spec)
         return {"POST": post, "GET": get}
@@ -147,10 +179,11 @@ class FerryApp:
         access_log: bool = True,
         routing: Callable[[Handler], Handler] | None = None,
         tracing: Callable[[Handler], Handler] | None = None,
+        routes: PredictRoutes | None = None,
     ) -> None:
         self.app = app
         self.plane = plane
-        self.routes = PredictRoutes(plane.registry)
+        self.routes = routes or PredictRoutes(plane.registry)
         self.max_body_bytes, self.body_timeout = limits
         self.auth = auth
         # ``--routes``: the router sits after auth and in front of the local dispatch, which it calls.
@@ -171,7 +204,7 @@ class FerryApp:
         await self.entry(scope, receive, send)
 
     async def dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.auth is not None and scope["type"] == "http" and self.auth.requires(scope["path"]):
+        if self.auth is not None and scope["type"] == "http" and self.auth.requires(scope["method"], scope["path"]):
             try:
                 self.auth.check(scope["headers"])
             except Unauthorized as exc:
