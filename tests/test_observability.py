@@ -113,6 +113,41 @@ def test_text_log_format(serve, iris_repo: Path) -> None:
     assert "ferry.access" not in no_access.output()
 
 
+def test_text_log_escapes_control_characters_so_no_line_is_forged(serve, iris_repo: Path) -> None:
+    server = serve(str(iris_repo), "--grpc-port", "0", "--log-format", "text")
+    forged = "2099-01-01 00:00:00,000 INFO ferry.access: POST /models/iris/predict 200 model=iris"
+    path = "/models/iris%0A" + forged.replace(" ", "%20") + "%0D%1B[31m/x"  # uvicorn decodes the path
+    assert httpx.get(server.url + path, headers={"x-request-id": "forge-1"}).status_code == 404
+    time.sleep(0.3)
+    lines = server.output().splitlines()
+    assert not any(line.startswith("2099-01-01") for line in lines), "a forged line reached the log"
+    (line,) = [x for x in lines if "forge-1" in x]
+    assert line.startswith(tuple("0123456789")) and "ferry.access: GET /models/iris\\n2099-01-01" in line
+    assert "\\r\\x1b[31m/x 404" in line and "\x1b" not in line and "\r" not in line
+    assert "path=/models/iris\\n2099-01-01 00:00:00,000" in line  # the extra field too
+
+
+def test_text_formatter_escapes_every_field() -> None:
+    import logging
+
+    from ferry.observability.logs import TextFormatter
+
+    try:
+        raise ValueError("bad input\nERROR forged: line")
+    except ValueError:
+        import sys
+
+        exc_info = sys.exc_info()
+    record = logging.LogRecord("ferry.x\n", logging.ERROR, __file__, 1, "got %s", ("a\rb\u2028c\\n",), exc_info)
+    record.field = "v\x00\x7f\x85"
+    text = TextFormatter().format(record)
+    first, *rest = text.split("\n")
+    assert "ferry.x\\n: got a\\rb\\u2028c\\\\n field=v\\x00\\x7f\\x85" in first
+    # The traceback: its own lines, each indented under its record, so no line of it reads as a record.
+    assert rest[0] == "  Traceback (most recent call last):" and all(line.startswith("  ") for line in rest), rest
+    assert rest[-2:] == ["  ValueError: bad input", "  ERROR forged: line"]
+
+
 def test_prediction_log_samples_redacts_rotates_and_counts(serve, iris_repo: Path, tmp_path: Path) -> None:
     manifest_path = iris_repo / "iris" / "1" / "ferry.yaml"
     manifest = yaml.safe_load(manifest_path.read_text())

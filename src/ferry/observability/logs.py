@@ -46,18 +46,42 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """``2024-05-01 12:00:00,000 INFO ferry.access: GET /models/iris/predict 200 1.2ms 38B model=iris id=...``."""
+    """``2024-05-01 12:00:00,000 INFO ferry.access: GET /models/iris/predict 200 1.2ms 38B model=iris id=...``.
+
+    One record is one line: control characters in any field (a path with ``%0A``, a model's error
+    message) are written escaped (``\\n``, ``\\x1b``), as nginx escapes its access log, and a traceback's
+    lines are indented under their record, so nothing a client sends can start a line of its own.
+    """
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        extras = [f"{k}={v}" for k, v in record.__dict__.items() if k not in _STANDARD]
+        record.message = record.getMessage()
+        record.asctime = self.formatTime(record, self.datefmt)
+        fields = [escape(self.formatMessage(record))]
+        fields += [f"{k}={escape(str(v))}" for k, v in record.__dict__.items() if k not in _STANDARD]
         request_id = current_request_id()
         if request_id is not None:
-            extras.append(f"request_id={request_id}")
-        return f"{line} {' '.join(extras)}" if extras else line
+            fields.append(f"request_id={escape(request_id)}")
+        line = " ".join(fields)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        for block in (record.exc_text, record.stack_info and self.formatStack(record.stack_info)):
+            if block:
+                line += "".join(f"\n  {escape(part)}" for part in block.split("\n"))
+        return line
+
+
+# Every C0 and C1 control character, DEL and the Unicode line separators, and the backslash that escapes them.
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+_ESCAPES |= {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t", ord("\\"): "\\\\"}
+_ESCAPES |= {0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+def escape(text: str) -> str:
+    """``text`` on one line, its control characters written as escapes (``\\n``, ``\\x1b``)."""
+    return text.translate(_ESCAPES)
 
 
 def logging_config(level: str = "info", log_format: str = "json") -> dict[str, Any]:

@@ -28,6 +28,7 @@ import numpy as np
 from ferry.bundle.manifest import Manifest
 from ferry.errors import BundleError
 from ferry.runtimes.base import Prediction, Runtime, class_labels
+from ferry.runtimes.explain import Explanation, NotExplainable, ProgramExplainer
 from ferry.runtimes.trees import TreeEnsemble
 
 FORMAT = 1
@@ -192,6 +193,13 @@ class CompiledRuntime(Runtime):
         self.lookup = np.asarray(self.labels, dtype=object) if self.labels else None
         # Whether predictions carry probabilities (a Perceptron has none), as the protocols' output lists ask.
         self.has_proba = self.lookup is not None and program.transform != "identity"
+        self.feature_names = [f.name for f in manifest.input.features]
+        self.explainer: ProgramExplainer | None = None
+        self.not_explainable = ""
+        try:
+            self.explainer = ProgramExplainer(program.steps, program.transform, _training_means(manifest))
+        except NotExplainable as exc:
+            self.not_explainable = str(exc)
 
     @classmethod
     def load(cls, bundle_dir: Path, manifest: Manifest, trust_pickle: bool) -> Runtime:
@@ -215,3 +223,39 @@ class CompiledRuntime(Runtime):
         if self.lookup is None:
             return Prediction(values=np.asarray(values).tolist())
         return Prediction(values=self.lookup[values].tolist(), probabilities=proba)
+
+    def explanation(self) -> dict[str, str]:
+        """How ``explain`` answers: ``{method: tree_shap|linear, link: identity|logit|softmax|log}``,
+        or ``{unavailable: why}``."""
+        if self.explainer is None:
+            return {"unavailable": self.not_explainable}
+        return {"method": self.explainer.method, "link": self.explainer.link}
+
+    def explain(self, batch: Any) -> Explanation:
+        """Exact contributions of each input column to the raw score (``ferry.runtimes.explain``)."""
+        explainer = self.explainer
+        if explainer is None:
+            raise NotExplainable(self.not_explainable)
+        if self.featurizer is not None:
+            found = explainer.explain_compact(self.featurizer.transform(batch))
+            names = [str(int(c)) for c in explainer.trees.ensemble.features_used]
+        else:
+            found = explainer(np.asarray(batch, dtype=np.float64))
+            names = self.feature_names or [str(i) for i in range(found.values.shape[2])]
+        outputs, positive = None, None
+        if self.labels is not None and found.score.shape[1] == len(self.labels) > 1:
+            outputs = list(self.labels)
+        elif self.labels is not None and len(self.labels) == 2:
+            positive = self.labels[1]
+        return Explanation(
+            found.values, found.expected_value, found.score, names, explainer.method, explainer.link, outputs, positive
+        )
+
+
+def _training_means(manifest: Manifest) -> np.ndarray | None:
+    """The features' training means, where the build was given training data for every feature."""
+    stats = (manifest.metadata or {}).get("training_stats", {}).get("features", {})
+    names = [f.name for f in manifest.input.features]
+    if not names or any(name not in stats for name in names):
+        return None
+    return np.asarray([stats[name]["mean"] for name in names], dtype=np.float64)

@@ -44,6 +44,10 @@ ARRAY_NAMES = (
     "init",
     "features_used",
 )
+# Arrays a bundle may lack (built before they existed): the ensemble evaluates without them.
+# ``cover``: the training rows (LightGBM's counts, scikit-learn's weighted counts) that reached each
+# node, which path-dependent TreeSHAP (``ferry.runtimes.explain``) weighs the unseen branches by.
+OPTIONAL_ARRAY_NAMES = ("cover",)
 
 
 class Unsupported(ValueError):
@@ -73,11 +77,14 @@ class TreeEnsemble:
     float32_input: bool  # scikit-learn compares float32(x) <= threshold
     zero_clamp: bool  # LightGBM: |x| <= 1e-35 reads as 0
     average: bool  # forests: the sum divided by the number of trees
+    cover: np.ndarray | None = None  # float64 [nodes]: training rows through each node (OPTIONAL_ARRAY_NAMES)
 
     def __post_init__(self) -> None:
         # Mapped arrays lose numpy.memmap's Python-level hooks (a cost on every gather); the data stays mapped.
         for name in ARRAY_NAMES:
             setattr(self, name, np.asarray(getattr(self, name)))
+        if self.cover is not None:
+            self.cover = np.asarray(self.cover)
         self._zero_splits = bool((self.missing == MISSING_ZERO).any())
         # Reading |x| <= 1e-35 as 0 changes a "<=" split only if its threshold lies in [-1e-35, 1e-35).
         self._clamp = self.zero_clamp and bool(
@@ -90,7 +97,10 @@ class TreeEnsemble:
         return int(self.init.shape[0])
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {name: getattr(self, name) for name in ARRAY_NAMES}
+        arrays = {name: getattr(self, name) for name in ARRAY_NAMES}
+        if self.cover is not None:
+            arrays["cover"] = self.cover
+        return arrays
 
     def params(self) -> dict[str, Any]:
         return {
@@ -108,6 +118,7 @@ class TreeEnsemble:
             float32_input=bool(params["float32_input"]),
             zero_clamp=bool(params["zero_clamp"]),
             average=bool(params["average"]),
+            cover=arrays.get("cover"),
         )
 
     # -- evaluation ---------------------------------------------------------------------------------
@@ -130,6 +141,13 @@ class TreeEnsemble:
         if x.shape[0] <= step:
             return scorer.scores(self, x, plain)
         return np.concatenate([scorer.scores(self, x[i : i + step], plain) for i in range(0, x.shape[0], step)])
+
+    def go_right(self, x: np.ndarray, nodes: np.ndarray) -> np.ndarray:
+        """Whether each row of ``x`` (``features_used`` columns) goes right at each inner node of ``nodes``:
+        [rows, nodes], by the rule the evaluator walks (missing values, zeros, float32 inputs)."""
+        x = self._prepared(x)
+        value = x.take(self.feature[nodes], axis=1)
+        return _go_right(value, self.threshold[nodes], self.missing[nodes], self.default_left[nodes])
 
     def _quickscorer_wins(self, scorer: _QuickScorer, rows: int) -> bool:
         """QuickScorer works per split and makes ~15 numpy calls; the level walk works per tree and level,
@@ -329,9 +347,11 @@ class _Table:
         self.default_left: list[bool] = []
         self.missing: list[int] = []
         self.leaf_value: list[np.ndarray] = []
+        self.cover: list[float] = []  # NaN where the model does not say
 
-    def add(self, feature: int, threshold: float, default_left: bool, missing: int) -> int:
+    def add(self, feature: int, threshold: float, default_left: bool, missing: int, cover: float = math.nan) -> int:
         index = len(self.feature)
+        self.cover.append(cover)
         self.feature.append(feature)
         self.threshold.append(threshold)
         self.children.append((index, index))
@@ -340,8 +360,8 @@ class _Table:
         self.leaf_value.append(np.zeros(self.width))
         return index
 
-    def leaf(self, value: np.ndarray) -> int:
-        index = self.add(0, np.inf, True, MISSING_NONE)
+    def leaf(self, value: np.ndarray, cover: float = math.nan) -> int:
+        index = self.add(0, np.inf, True, MISSING_NONE, cover)
         self.leaf_value[index] = np.asarray(value, dtype=np.float64).reshape(self.width)
         return index
 
@@ -365,8 +385,16 @@ class _Table:
             init=np.asarray(init, dtype=np.float64),
             features_used=used.astype(np.int64),
             depth=depth,
+            cover=_known_cover(self.cover, np.asarray(self.children, dtype=np.int64).reshape(-1, 2), inner),
             **params,
         )
+
+
+def _known_cover(cover: list[float], children: np.ndarray, inner: np.ndarray) -> np.ndarray | None:
+    """The node covers, if every split and its children have one (a single-leaf tree needs none), else None."""
+    array = np.asarray(cover, dtype=np.float64)
+    needed = np.concatenate([np.flatnonzero(inner), children[inner].ravel()])
+    return array if np.isfinite(array[needed]).all() else None
 
 
 # -- LightGBM ----------------------------------------------------------------------------------------
@@ -423,7 +451,7 @@ def from_lightgbm(dump: dict[str, Any]) -> tuple[TreeEnsemble, dict[str, Any]]:
 
 def _lightgbm_node(node: dict[str, Any], table: _Table) -> tuple[int, int]:
     if "split_feature" not in node:
-        return table.leaf(np.asarray([node["leaf_value"]])), 0
+        return table.leaf(np.asarray([node["leaf_value"]]), float(node.get("leaf_count", math.nan))), 0
     if node.get("decision_type") != "<=":
         raise Unsupported(f"LightGBM decision type {node.get('decision_type')!r}")
     threshold = float(node["threshold"])
@@ -434,6 +462,7 @@ def _lightgbm_node(node: dict[str, Any], table: _Table) -> tuple[int, int]:
         threshold,
         bool(node["default_left"]),
         _LIGHTGBM_MISSING[node["missing_type"]],
+        float(node.get("internal_count", math.nan)),
     )
     left, left_depth = _lightgbm_node(node["left_child"], table)
     right, right_depth = _lightgbm_node(node["right_child"], table)
@@ -488,11 +517,14 @@ def _sklearn_trees(trees: list[Any], classifier: bool, average: bool) -> TreeEns
 def _sklearn_tree(tree: Any, values: np.ndarray, table: _Table) -> int:
     missing_left = getattr(tree, "missing_go_to_left", np.zeros(tree.node_count, dtype=bool))
     offset = len(table.feature)
+    cover = tree.weighted_n_node_samples  # what shap's TreeExplainer weighs by
     for i in range(tree.node_count):
         if tree.children_left[i] == -1:
-            table.leaf(values[i])
+            table.leaf(values[i], float(cover[i]))
         else:
-            table.add(int(tree.feature[i]), float(tree.threshold[i]), bool(missing_left[i]), MISSING_NAN)
+            table.add(
+                int(tree.feature[i]), float(tree.threshold[i]), bool(missing_left[i]), MISSING_NAN, float(cover[i])
+            )
     for i in range(tree.node_count):
         if tree.children_left[i] != -1:
             table.children[offset + i] = (offset + int(tree.children_left[i]), offset + int(tree.children_right[i]))
