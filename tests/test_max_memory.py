@@ -137,6 +137,32 @@ def test_fifty_models_answer_in_turn_under_a_budget_of_ten(many_repo: Path, mode
     assert len(loads) == 3, loads  # once per pass above, and once for the eight concurrent requests
 
 
+def test_every_load_and_every_eviction_is_counted(many_repo: Path, model_bytes: int, serve: Any) -> None:
+    budget = 2 * model_bytes + model_bytes // 2  # two models fit
+    server = serve(str(many_repo), "--max-memory", str(budget), "--no-preload")
+    for _ in range(2):  # m0, m1, m2, m0, m1, m2: six loads, the last four each evict the least recently used
+        for i in range(3):
+            assert _predict(server.url, f"m{i}") == pytest.approx(10.0 + i)
+
+    def counted() -> tuple[float, ...]:
+        text = httpx.get(server.url + "/metrics").text
+        return tuple(
+            sum(float(v) for v in re.findall(rf"^{name}{{{pattern}}} (\S+)$", text, re.M))
+            for name, pattern in [
+                ("ferry_model_loads_total", r'kind="load",model="m0",result="ready",version="1"'),
+                ("ferry_model_loads_total", r'kind="reload",model="m0",result="ready",version="1"'),
+                ("ferry_model_loads_total", r'kind="\w+",model="m\d+",result="ready",version="1"'),
+                ("ferry_model_evictions_total", r'model="m\d+",version="1"'),
+                ("ferry_model_evictions_total", r'model="m0",version="1"'),
+            ]
+        )
+
+    deadline = time.monotonic() + 10  # sampled into /metrics about once a second
+    while counted() != (1, 1, 6, 4, 2):
+        assert time.monotonic() < deadline, f"(m0 loads, m0 reloads, all loads, evictions, m0's) = {counted()}"
+        time.sleep(0.2)
+
+
 def test_preload_fills_the_budget_at_start(many_repo: Path, model_bytes: int, serve: Any) -> None:
     budget = 10 * model_bytes + model_bytes // 2
     server = serve(str(many_repo), "--max-memory", str(budget))

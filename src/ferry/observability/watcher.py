@@ -1,18 +1,17 @@
-"""A per-worker loop that copies registry state into metrics: model states, load and reload events, live gauges.
+"""A per-worker loop that copies registry state into metrics: model states, load and eviction counts, live gauges.
 
-The registry knows nothing of metrics; this samples it about once a second. A handle object seen
-for the first time in a settled state (READY or FAILED) is one load event, or a reload when that
-model version was held before.
+The registry knows nothing of metrics: it counts each load (``load`` or ``reload``, ``ready`` or
+``failed``) and each eviction as it happens (``ModelRegistry.events``), and this adds what was
+counted since its last sample, about once a second, so none is missed however short-lived.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 
 from ferry.serving.metrics import Metrics
-from ferry.serving.registry import ModelHandle, ModelRegistry, ModelState
+from ferry.serving.registry import ModelRegistry, ModelState
 
 logger = logging.getLogger("ferry.metrics")
 
@@ -21,23 +20,23 @@ class ModelWatcher:
     def __init__(self, registry: ModelRegistry, metrics: Metrics) -> None:
         self.registry = registry
         self.metrics = metrics
-        self._seen: dict[tuple[str, str], weakref.ref[ModelHandle]] = {}
+        self._loads: dict[tuple[str, str, str, str], int] = {}  # counts already added to the metrics
+        self._evictions: dict[tuple[str, str], int] = {}
 
     def sample(self) -> None:
         states = []
         for handle in self.registry.handles():
             held = handle.state in (ModelState.READY, ModelState.LOADING)
             states.append((handle.name, handle.version, handle.state.value, handle.bytes if held else 0))
-            if handle.state in (ModelState.LOADING, ModelState.UNLOADED):
-                continue
-            key = (handle.name, handle.version)
-            seen = self._seen.get(key)
-            if seen is not None and seen() is handle:
-                continue
-            kind = "load" if seen is None else "reload"
-            result = "ready" if handle.state is ModelState.READY else "failed"
-            self.metrics.model_loads.labels(handle.name, handle.version, kind, result).inc()
-            self._seen[key] = weakref.ref(handle)
+        loads, evictions = self.registry.events.totals()
+        for key, count in loads.items():
+            if count > self._loads.get(key, 0):
+                self.metrics.model_loads.labels(*key).inc(count - self._loads.get(key, 0))
+                self._loads[key] = count
+        for version, count in evictions.items():
+            if count > self._evictions.get(version, 0):
+                self.metrics.model_evictions.labels(*version).inc(count - self._evictions.get(version, 0))
+                self._evictions[version] = count
         self.metrics.set_states(states)
 
     async def run(self, interval_s: float = 1.0) -> None:

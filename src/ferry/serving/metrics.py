@@ -106,8 +106,15 @@ class Metrics:
 
         self.model_loads = Counter(
             "ferry_model_loads_total",
-            "Model version loads per worker, by kind (load or reload) and result (ready or failed)",
+            "Model version loads per worker, every one, by kind (load, or reload of a version loaded before: "
+            "an evicted one back, a reload) and result (ready or failed)",
             ["model", "version", "kind", "result"],
+            registry=r,
+        )
+        self.model_evictions = Counter(
+            "ferry_model_evictions_total",
+            "Loaded model versions unloaded to fit --max-memory (least recently used first), per worker",
+            ["model", "version"],
             registry=r,
         )
         self.model_state = Gauge(

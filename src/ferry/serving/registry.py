@@ -6,6 +6,7 @@ import enum
 import gc
 import logging
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,38 @@ def public_error(message: str, bundle_dir: Path) -> str:
     return _ABSOLUTE_PATH.sub(lambda m: f".../{m.group(1)}", message)
 
 
+class LoadEvents:
+    """Every load (and reload) and every eviction, counted as they happen; the metrics sampler reads the totals.
+
+    Loads run in threads (start-up, ``--max-memory``'s cold loads, reloads), so the counts take a lock.
+    A load of a version loaded before in this process (an evicted one back, a reload) is a ``reload``.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loads: dict[tuple[str, str, str, str], int] = {}  # (model, version, kind, result) -> count
+        self._evictions: dict[tuple[str, str], int] = {}  # (model, version) -> count
+        self._seen: set[tuple[str, str]] = set()
+
+    def loaded(self, handle: ModelHandle, ready: bool) -> None:
+        version = (handle.name, handle.version)
+        with self._lock:
+            kind = "reload" if version in self._seen else "load"
+            self._seen.add(version)
+            key = (*version, kind, "ready" if ready else "failed")
+            self._loads[key] = self._loads.get(key, 0) + 1
+
+    def evicted(self, handle: ModelHandle) -> None:
+        with self._lock:
+            key = (handle.name, handle.version)
+            self._evictions[key] = self._evictions.get(key, 0) + 1
+
+    def totals(self) -> tuple[dict[tuple[str, str, str, str], int], dict[tuple[str, str], int]]:
+        """Copies of the load and eviction counts so far."""
+        with self._lock:
+            return dict(self._loads), dict(self._evictions)
+
+
 class ModelRegistry:
     """Holds every version of every model in a repository, and picks the one a request means."""
 
@@ -101,6 +134,7 @@ class ModelRegistry:
         self.models: dict[str, dict[str, ModelHandle]] = {}
         self._defaults: dict[str, ModelHandle] = {}  # newest READY version per model, kept on every load
         self._listeners: list[Callable[[], None]] = []
+        self.events = LoadEvents()
         for name, refs in scan_repository(repo).items():
             self.models[name] = {r.version: ModelHandle(name, r.version, r.path) for r in refs}
 
@@ -151,12 +185,14 @@ class ModelRegistry:
             message = exc.message if isinstance(exc, FerryError) else f"{type(exc).__name__}: {exc}"
             handle.state, handle.error = ModelState.FAILED, public_error(message, handle.path)
             logger.error("model %s:%s FAILED verification: %s", handle.name, handle.version, message)
+            self.events.loaded(handle, ready=False)  # it will never load: a failed load, as metrics count it
         self._refresh_default(handle.name)
 
     def unload(self, handle: ModelHandle) -> None:
         """Release a loaded model's memory; it stays routable and loads again on its next request."""
         handle.model, handle.codec = None, None
         handle.state = ModelState.UNLOADED
+        self.events.evicted(handle)
         logger.info("model %s:%s UNLOADED", handle.name, handle.version)
 
     def load(self, handle: ModelHandle) -> None:
@@ -182,6 +218,7 @@ class ModelRegistry:
             handle.model = None
             handle.state, handle.error = ModelState.FAILED, public_error(f"{type(exc).__name__}: {exc}", handle.path)
             logger.exception("model %s:%s FAILED to load", handle.name, handle.version)
+        self.events.loaded(handle, ready=handle.state is ModelState.READY)
 
     def _refresh_default(self, name: str) -> None:
         servable = (ModelState.READY, ModelState.UNLOADED)  # an UNLOADED version loads on its first request
