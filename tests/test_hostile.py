@@ -42,3 +42,11 @@ def test_seldon_tensor_shape_cannot_overflow_the_size_check(client: httpx.Client
     assert response.json()["error"] == (
         f"shape [4294967296, 4294967296] holds {2**64} values but `values` has 0 - at `$.data.tensor.values`"
     )
+
+
+def test_seldon_data_with_both_ndarray_and_tensor_is_refused(client: httpx.Client) -> None:
+    # A oneof in Seldon's proto: the tensor was silently dropped and the ndarray answered.
+    body = {"data": {"ndarray": [[5.1, 2.4]], "tensor": {"shape": [1, 2], "values": [1.0, 0.1]}}}
+    response = client.post(ROUTES["seldon"], json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "send one of `ndarray` or `tensor` in `data`; got both - at `$.data`"

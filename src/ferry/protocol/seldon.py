@@ -76,6 +76,8 @@ def _data(data: Any, codec: InputCodec, meta: Any) -> SeldonRequest:
     elif not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise InvalidInput("Expected `names` as an array of strings", "$.data.names")
     form: Form
+    if "ndarray" in data and "tensor" in data:  # a oneof in Seldon's proto too: never drop one in silence
+        raise InvalidInput("send one of `ndarray` or `tensor` in `data`; got both", "$.data")
     if "ndarray" in data:
         rows, form, where = data["ndarray"], "ndarray", "$.data.ndarray"
         if not isinstance(rows, list) or not rows:
