@@ -39,7 +39,13 @@ from ferry.errors import FerryError, ManifestError
 
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
 REQUIREMENTS_FILE = "requirements.txt"
-_LIBRARIES = {"sklearn": "scikit-learn", "lightgbm": "lightgbm", "onnx": "onnxruntime"}
+_LIBRARIES = {
+    "sklearn": "scikit-learn",
+    "lightgbm": "lightgbm",
+    "onnx": "onnxruntime",
+    "xgboost": "xgboost",
+    "catboost": "catboost",
+}
 
 
 def build(
@@ -101,7 +107,7 @@ def build(
         _check_against_model(f"{name}:{version}", _features_schema(features), inferred_input, labels, inferred_labels)
         labels = [str(label) for label in labels] if labels else inferred_labels  # numpy.str_ too
         compiled = None
-        if compile and runtime in ("sklearn", "lightgbm"):
+        if compile and runtime in ("sklearn", "lightgbm", "xgboost", "catboost"):
             compiled = compile_model(load_original(staging, runtime, options), runtime, staging, options, labels)
         raw: dict[str, Any] = {
             "name": name,
@@ -206,7 +212,8 @@ def _file_runtime(model: Any) -> str | None:
     kinds = {file_kind(Path(f)) for f in files}
     if len(files) > 1:  # skops and pickle files compose into an sklearn pipeline; the build refuses others
         return "sklearn" if kinds <= {"skops", "pickle"} else None
-    return {"onnx": "onnx", "lightgbm": "lightgbm"}.get(kinds.pop(), "sklearn")
+    kind = kinds.pop()
+    return kind if kind in ("onnx", "lightgbm", "xgboost", "catboost") else "sklearn"
 
 
 def _route(route: CompatRoute | dict[str, Any] | str) -> Any:
@@ -285,6 +292,10 @@ def _write_artifacts(model: Any, staging: Path, options: dict[str, Any], trusted
     if isinstance(model, str | Path):
         return _from_file(Path(model), staging, options, trusted)
     module = type(model).__module__
+    if module.startswith(("xgboost", "catboost")):
+        from ferry.bundle.boosters import booster_object
+
+        return booster_object(model, staging)
     if module.startswith("lightgbm"):
         return _lightgbm(model, staging)
     if module.startswith("sklearn") or hasattr(model, "get_params"):
@@ -367,6 +378,10 @@ def _from_file(path: Path, staging: Path, options: dict[str, Any], trusted: bool
     if kind == "onnx":
         shutil.copy2(path, staging / "model.onnx")
         return ("onnx", _onnx_input(path), {"kind": "tensor", "dtype": "float32"}, None)
+    if kind in ("xgboost", "catboost"):  # their own formats, which run no code as they load
+        from ferry.bundle.boosters import booster_file
+
+        return booster_file(path, kind, staging)
     if kind == "lightgbm":
         import lightgbm
 

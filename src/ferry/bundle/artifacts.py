@@ -7,6 +7,7 @@ out is refused before any read, and errors name the artifact, never a server pat
 
 from __future__ import annotations
 
+import re
 import zipfile
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Literal
@@ -16,17 +17,23 @@ from ferry.errors import BundleError, IntegrityError
 if TYPE_CHECKING:
     from ferry.bundle.manifest import Manifest
 
-FileKind = Literal["skops", "pickle", "lightgbm", "onnx", "unknown"]
+FileKind = Literal["skops", "pickle", "lightgbm", "onnx", "xgboost", "catboost", "unknown"]
 
 # A pickle of protocol 2 or newer opens with PROTO (0x80); joblib also writes one compressed with zlib,
 # gzip, bz2, xz, lzma or lz4. Older protocols have no magic at all, so "unknown" is no proof of safety:
 # a runtime that unpickles treats anything that is not positively something else as a pickle.
 _PICKLE_MAGIC = (b"\x80", b"x", b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"]\x00\x00", b'\x04"M\x18')
+# XGBoost's save_model: a JSON object (or its UBJSON form: ``{``, a length-typed key) whose first key is
+# ``learner``, as XGBoost writes it, or one that names ``learner`` and ``gradient_booster`` early on.
+_XGBOOST_JSON = re.compile(rb'\s*\{\s*"learner"\s*:|\s*\{(?=.*"learner")(?=.*"gradient_booster")', re.DOTALL)
+_XGBOOST_UBJSON = re.compile(rb"\{[iUIlL]\x00*\x07learner\{", re.DOTALL)
 _KIND_NAMES = {
     "skops": "a skops file",
     "pickle": "a pickle",
     "lightgbm": "a LightGBM text model",
     "onnx": "an ONNX model",
+    "xgboost": "an XGBoost model (JSON or UBJSON)",
+    "catboost": "a CatBoost model (.cbm)",
     "unknown": "no format Ferry knows",
 }
 
@@ -75,7 +82,7 @@ def model_artifact(bundle_dir: Path, manifest: Manifest, default: str, kind: Fil
 def sniff(path: Path) -> FileKind:
     """What a model file holds, from its first bytes (and, for a zip, its table of contents)."""
     with path.open("rb") as fh:
-        head = fh.read(16)
+        head = fh.read(4096)
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
             return "skops" if "schema.json" in archive.namelist() else "unknown"
@@ -83,6 +90,10 @@ def sniff(path: Path) -> FileKind:
         return "pickle"
     if head.startswith(b"tree\n"):
         return "lightgbm"
+    if head.startswith(b"CBM1"):  # CatBoost's own binary format (flatbuffers behind a magic)
+        return "catboost"
+    if _XGBOOST_JSON.match(head) or _XGBOOST_UBJSON.match(head):
+        return "xgboost"
     if head.startswith(b"\x08"):  # ModelProto's first field, ir_version (field 1, varint), comes first
         return "onnx"
     return "unknown"

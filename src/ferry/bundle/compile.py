@@ -18,7 +18,15 @@ import numpy as np
 
 from ferry.runtimes.compiled import FORMAT, Program
 from ferry.runtimes.fastpath import LINEAR_CLASSIFIERS, LINEAR_REGRESSORS  # the models both paths compile
-from ferry.runtimes.trees import SKLEARN_TREE_MODELS, TreeEnsemble, Unsupported, from_lightgbm, from_sklearn
+from ferry.runtimes.trees import (
+    SKLEARN_TREE_MODELS,
+    TreeEnsemble,
+    Unsupported,
+    from_catboost,
+    from_lightgbm,
+    from_sklearn,
+    from_xgboost,
+)
 
 logger = logging.getLogger("ferry.compile")
 
@@ -63,6 +71,10 @@ def compile_model(model: Any, runtime: str, staging: Path, options: dict[str, An
             spec, check = _lightgbm(model, write, options, labels)
         elif runtime == "sklearn":
             spec, check = _sklearn(model, write)
+        elif runtime == "xgboost":
+            spec, check = _xgboost(model, write, labels)
+        elif runtime == "catboost":
+            spec, check = _catboost(model, write, labels)
         else:
             return f"no: the {runtime} runtime has no compiled form"
         program = Program(spec, write.read)
@@ -300,12 +312,94 @@ def _probe_texts(count: int = 300) -> list[str]:
     return texts
 
 
+# -- XGBoost and CatBoost -----------------------------------------------------------------------------
+def _booster_rows(ensemble: TreeEnsemble, width: int) -> np.ndarray:
+    """Random rows, rows on and beside every split threshold (in float32), NaN and zeros."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(scale=3.0, size=(512, width))
+    inner = np.isfinite(ensemble.threshold) & (ensemble.children[:, 0] != np.arange(ensemble.threshold.size))
+    if inner.any():
+        picks = rng.integers(0, int(inner.sum()), size=x.shape)
+        columns = ensemble.features_used[ensemble.feature[inner][picks]]
+        values = ensemble.threshold[inner][picks].astype(np.float32)
+        step = rng.integers(-1, 2, size=values.shape)  # the threshold itself, or the float32 either side
+        values = np.where(step > 0, np.nextafter(values, np.float32(np.inf)), values)
+        values = np.where(step < 0, np.nextafter(values, np.float32(-np.inf)), values)
+        x[np.arange(x.shape[0])[:, None], columns] = values
+    x[rng.random(x.shape) < 0.05] = np.nan
+    x[rng.random(x.shape) < 0.05] = 0.0
+    return x
+
+
+def _booster_spec(ensemble: TreeEnsemble, head: dict[str, Any], write: _Writer) -> dict[str, Any]:
+    return {"format": FORMAT, "steps": [_trees(ensemble, write)], "head": head}
+
+
+def _xgboost(booster: Any, write: _Writer, labels: list[str] | None) -> tuple[dict[str, Any], Check]:
+    """XGBoost: margins and answers identical to ``Booster.inplace_predict``, float32 for float32."""
+    import json
+
+    ensemble, head = from_xgboost(json.loads(booster.save_raw("json")))
+    head["decision"] = "proba_argmax" if labels else "value"
+
+    def check(compiled: Program) -> None:
+        x = _booster_rows(ensemble, int(booster.num_features()))
+        margin = np.asarray(booster.inplace_predict(x, predict_type="margin")).reshape(x.shape[0], -1)
+        _same(_both_paths(compiled.scores, x), margin, True, "margin")
+        values, proba = compiled.outputs(x)
+        reference = np.asarray(booster.inplace_predict(x))
+        if labels:
+            reference = reference if reference.ndim == 2 else np.column_stack([1 - reference, reference])
+            _same(np.asarray(proba), reference, True, "predict_proba()")
+            _same(values, np.argmax(reference, axis=1), True, "predict()")
+        else:
+            _same(np.asarray(values).reshape(reference.shape), reference, True, "predict()")
+
+    return _booster_spec(ensemble, head, write), check
+
+
+def _catboost(model: Any, write: _Writer, labels: list[str] | None) -> tuple[dict[str, Any], Check]:
+    """CatBoost: raw formula values, probabilities and classes identical to the model's own predict."""
+    from ferry.bundle.boosters import catboost_json
+
+    ensemble = from_catboost(catboost_json(model))
+    head: dict[str, Any] = {"decision": "value"}
+    if labels:
+        binary = ensemble.n_outputs == 1
+        head = {"decision": "sign" if binary else "argmax", "transform": "logistic" if binary else "softmax"}
+
+    def check(compiled: Program) -> None:
+        x = _booster_rows(ensemble, len(model.feature_names_))
+        raw = np.asarray(model.predict(x, prediction_type="RawFormulaVal")).reshape(x.shape[0], -1)
+        _same(_both_paths(compiled.scores, x), raw, True, "raw formula value")
+        values, proba = compiled.outputs(x)
+        if labels:
+            _same(np.asarray(proba), np.asarray(model.predict(x, prediction_type="Probability")), True, "probability")
+            position = {str(c): i for i, c in enumerate(model.classes_)}
+            answered = np.asarray(model.predict(x, prediction_type="Class")).reshape(-1)
+            _same(values, np.asarray([position[str(c)] for c in answered]), True, "class")
+        else:
+            reference = np.asarray(model.predict(x))
+            _same(np.asarray(values).reshape(reference.shape), reference, True, "predict()")
+
+    return _booster_spec(ensemble, head, write), check
+
+
 def load_original(staging: Path, runtime: str, options: dict[str, Any]) -> Any:
     """The model as serving would load it from the artifact just written (what the check compares to)."""
     if runtime == "lightgbm":
         import lightgbm
 
         return lightgbm.Booster(model_file=str(staging / options.get("artifact", "model.txt")))
+    if runtime == "xgboost":
+        from ferry.bundle.boosters import library
+
+        name = "model.ubj" if (staging / "model.ubj").is_file() else "model.json"
+        return library("xgboost").Booster(model_file=str(staging / name))
+    if runtime == "catboost":
+        from ferry.bundle.boosters import load_catboost
+
+        return load_catboost(staging / "model.cbm")
     if runtime == "sklearn" and options.get("steps"):  # several files composed at build
         from sklearn.pipeline import make_pipeline
 

@@ -19,7 +19,11 @@ def file_kind(path: Path) -> FileKind:
         raise ManifestError(f"{path}: no such file")
     kind = sniff(path)
     if kind == "unknown":
-        raise ManifestError(f"{path.name}: not a model file Ferry knows (skops, pickle/joblib, LightGBM text, ONNX)")
+        raise ManifestError(
+            f"{path.name}: not a model file Ferry knows (it reads skops, pickle/joblib, LightGBM text, ONNX, "
+            "XGBoost JSON/UBJSON, CatBoost .cbm, by their content); export the model to ONNX, or give a "
+            "Python class that loads it (ferry build model.py:Model --include FILE)"
+        )
     return kind
 
 

@@ -25,7 +25,7 @@ _TWIN_HEADER = f"# {MANIFEST_TWIN} sha256: "
 FeatureDType = Literal["float64", "float32", "int64", "int32", "bool", "string"]
 InputKind = Literal["features", "tensor", "text", "image"]
 OutputKind = Literal["label", "number", "tensor"]
-RuntimeName = Literal["sklearn", "lightgbm", "onnx", "python"]
+RuntimeName = Literal["sklearn", "lightgbm", "onnx", "python", "xgboost", "catboost"]
 
 
 class Feature(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):

@@ -9,7 +9,15 @@ from ferry.errors import SpecError
 
 # Which of Ferry's extras a bundle's runtime needs inside the image.
 # A compiled form (``ferry.runtimes.compiled``) needs numpy alone, a core dependency.
-RUNTIME_EXTRAS = {"sklearn": "sklearn", "lightgbm": "lightgbm", "onnx": "onnx", "python": None, "compiled": None}
+RUNTIME_EXTRAS = {
+    "sklearn": "sklearn",
+    "lightgbm": "lightgbm",
+    "onnx": "onnx",
+    "xgboost": "xgboost",
+    "catboost": "catboost",
+    "python": None,
+    "compiled": None,
+}
 # System libraries a runtime's wheels expect but do not ship (Debian bookworm versions, pinned for hadolint).
 RUNTIME_APT_PACKAGES = {"lightgbm": ("libgomp1=12.2.0-14+deb12u1",)}
 

@@ -10,6 +10,8 @@ _RUNTIMES = {
     "sklearn": "ferry.runtimes.sklearn:SklearnRuntime",
     "lightgbm": "ferry.runtimes.lightgbm:LightGBMRuntime",
     "onnx": "ferry.runtimes.onnx:OnnxRuntime",
+    "xgboost": "ferry.runtimes.xgboost:XGBoostRuntime",
+    "catboost": "ferry.runtimes.catboost:CatBoostRuntime",
     "python": "ferry.runtimes.python:PythonRuntime",
     "compiled": "ferry.runtimes.compiled:CompiledRuntime",  # a bundle's verified numpy form (options.compiled)
 }

@@ -29,6 +29,7 @@ from ferry.bundle.manifest import Manifest
 from ferry.errors import BundleError
 from ferry.runtimes.base import Prediction, Runtime, class_labels
 from ferry.runtimes.explain import Explanation, NotExplainable, ProgramExplainer
+from ferry.runtimes.float32links import FLOAT32_LINKS
 from ferry.runtimes.trees import TreeEnsemble
 
 FORMAT = 1
@@ -98,6 +99,8 @@ def _transformed(scores: np.ndarray, transform: str, sigmoid: float) -> np.ndarr
     """
     if transform == "identity":
         return None
+    if transform in FLOAT32_LINKS:  # XGBoost's, in float32 (ferry.runtimes.float32links)
+        return FLOAT32_LINKS[transform](scores)
     if transform == "exp":
         return libm_exp(scores)
     if transform == "probabilities":

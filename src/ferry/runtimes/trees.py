@@ -78,6 +78,7 @@ class TreeEnsemble:
     zero_clamp: bool  # LightGBM: |x| <= 1e-35 reads as 0
     average: bool  # forests: the sum divided by the number of trees
     cover: np.ndarray | None = None  # float64 [nodes]: training rows through each node (OPTIONAL_ARRAY_NAMES)
+    float32_sum: bool = False  # XGBoost: leaf values added up in float32, from the base margin on
 
     def __post_init__(self) -> None:
         # Mapped arrays lose numpy.memmap's Python-level hooks (a cost on every gather); the data stays mapped.
@@ -108,6 +109,7 @@ class TreeEnsemble:
             "float32_input": self.float32_input,
             "zero_clamp": self.zero_clamp,
             "average": self.average,
+            **({"float32_sum": True} if self.float32_sum else {}),
         }
 
     @classmethod
@@ -119,6 +121,7 @@ class TreeEnsemble:
             zero_clamp=bool(params["zero_clamp"]),
             average=bool(params["average"]),
             cover=arrays.get("cover"),
+            float32_sum=bool(params.get("float32_sum", False)),
         )
 
     # -- evaluation ---------------------------------------------------------------------------------
@@ -189,12 +192,12 @@ class TreeEnsemble:
         outputs = self.n_outputs
         total = np.empty((rows, outputs))
         if width == outputs:  # every tree adds to every column: forests, scikit-learn trees
-            total[:] = _sequential_sum(self.init, values)
+            total[:] = _sequential_sum(self.init, values, self.float32_sum)
         else:  # one column per tree, in rounds: LightGBM multiclass, scikit-learn gradient boosting
             per_column = values[:, :, 0].reshape(rows, trees // outputs, outputs)
             for column in range(outputs):
                 total[:, column] = _sequential_sum(
-                    self.init[column : column + 1], per_column[:, :, column : column + 1]
+                    self.init[column : column + 1], per_column[:, :, column : column + 1], self.float32_sum
                 )[:, 0]
         if self.average:
             total /= trees // (outputs if width != outputs else 1)
@@ -293,7 +296,8 @@ class _QuickScorer:
         leaf = _exit_bit(ruled_out) + self.offset
         values = self.values.take(leaf, axis=0)  # [rows, trees, width] (take: ~50x faster than [leaf] here)
         rows = x.shape[0]
-        summed: np.ndarray = np.cumsum(values.reshape(rows, -1, ensemble.n_outputs), axis=1)[:, -1, :]
+        dtype = np.float32 if ensemble.float32_sum else np.float64
+        summed: np.ndarray = np.cumsum(values.reshape(rows, -1, ensemble.n_outputs), axis=1, dtype=dtype)[:, -1, :]
         if ensemble.average:
             summed /= self.trees_per_output
         return summed
@@ -325,13 +329,14 @@ def _go_right(value: np.ndarray, threshold: np.ndarray, missing: np.ndarray, def
     return right
 
 
-def _sequential_sum(init: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """``init + v[0] + v[1] + ...`` added in that order, as the frameworks' loops do."""
+def _sequential_sum(init: np.ndarray, values: np.ndarray, float32: bool = False) -> np.ndarray:
+    """``init + v[0] + v[1] + ...`` added in that order, as the frameworks' loops do (XGBoost's in float32)."""
+    dtype = np.float32 if float32 else np.float64
     if not init.any():
-        summed: np.ndarray = np.cumsum(values, axis=1)[:, -1, :]
+        summed: np.ndarray = np.cumsum(values, axis=1, dtype=dtype)[:, -1, :]
         return summed
     start = np.broadcast_to(init, (values.shape[0], 1, values.shape[2]))
-    summed = np.cumsum(np.concatenate([start, values], axis=1), axis=1)[:, -1, :]
+    summed = np.cumsum(np.concatenate([start, values], axis=1), axis=1, dtype=dtype)[:, -1, :]
     return summed
 
 
@@ -549,3 +554,155 @@ def _sklearn_boosting(model: Any) -> TreeEnsemble:
             columns.append(column)
             depth = max(depth, int(tree.max_depth))
     return table.ensemble(roots, columns, baseline, depth, float32_input=True, zero_clamp=False, average=False)
+
+
+# -- XGBoost -----------------------------------------------------------------------------------------
+# objective -> (link on the summed margin, how base_score becomes the starting margin).
+XGBOOST_OBJECTIVES = {
+    "reg:squarederror": ("identity", "identity"),
+    "reg:linear": ("identity", "identity"),
+    "reg:squaredlogerror": ("identity", "identity"),
+    "reg:pseudohubererror": ("identity", "identity"),
+    "reg:absoluteerror": ("identity", "identity"),
+    "reg:quantileerror": ("identity", "identity"),
+    "rank:pairwise": ("identity", "identity"),
+    "rank:ndcg": ("identity", "identity"),
+    "rank:map": ("identity", "identity"),
+    "binary:logitraw": ("identity", "identity"),  # its base_score is a margin already
+    "binary:logistic": ("sigmoid32", "logit"),
+    "reg:logistic": ("sigmoid32", "logit"),
+    "count:poisson": ("exp32", "log"),
+    "reg:gamma": ("exp32", "log"),
+    "reg:tweedie": ("exp32", "log"),
+    "multi:softprob": ("softmax32", "identity"),
+}
+
+
+def from_xgboost(model: dict[str, Any]) -> tuple[TreeEnsemble, dict[str, Any]]:
+    """The ensemble of an XGBoost model (its JSON, as ``save_model('m.json')`` writes it) and its link.
+
+    XGBoost reads rows as float32, goes left where ``x < split`` (NaN: the default side) and adds leaf
+    values in float32 from the base margin on, tree after tree; every one of these is kept here.
+    """
+    from ferry.runtimes.float32links import logf
+
+    learner = model["learner"]
+    booster = learner["gradient_booster"]
+    if booster.get("name") != "gbtree":
+        raise Unsupported(f"XGBoost booster {booster.get('name')!r} (gbtree is compiled)")
+    objective = str(learner["objective"]["name"])
+    if objective not in XGBOOST_OBJECTIVES:
+        raise Unsupported(f"XGBoost objective {objective!r}")
+    link, start = XGBOOST_OBJECTIVES[objective]
+    param = learner["learner_model_param"]
+    if int(param.get("num_target", 1)) > 1:
+        raise Unsupported("XGBoost multi-target trees")
+    outputs = max(1, int(param.get("num_class", 0)))
+    base = str(param["base_score"])
+    scores = np.asarray(json_floats(base), dtype=np.float32).reshape(-1)
+    if scores.size not in (1, outputs):
+        raise Unsupported(f"XGBoost base_score {base} for {outputs} outputs")
+    if start == "logit":
+        scores = np.asarray([-logf(np.float32(1.0) / s - np.float32(1.0)) for s in scores], dtype=np.float32)
+    elif start == "log":
+        scores = np.asarray([logf(s) for s in scores], dtype=np.float32)
+    init = np.broadcast_to(scores, (outputs,)).astype(np.float64)
+    trees = booster["model"]["trees"]
+    columns = [int(c) for c in booster["model"]["tree_info"]]
+    if columns != [t % outputs for t in range(len(trees))]:
+        raise Unsupported("XGBoost trees not in rounds of one tree per class")
+    table = _Table(width=1)
+    roots, depth = [], 0
+    for tree in trees:
+        root, tree_depth = _xgboost_tree(tree, table)
+        roots.append(root)
+        depth = max(depth, tree_depth)
+    ensemble = table.ensemble(
+        roots, columns, init, depth, float32_input=True, zero_clamp=False, average=False, float32_sum=True
+    )
+    return ensemble, {"transform": link}
+
+
+def json_floats(text: str) -> list[float]:
+    """``5E-1`` or ``[1.7E-2,-1.6E-1]``: XGBoost writes its base_score either way."""
+    text = text.strip()
+    return [float(v) for v in text.strip("[]").split(",")] if text.startswith("[") else [float(text)]
+
+
+def _xgboost_tree(tree: dict[str, Any], table: _Table) -> tuple[int, int]:
+    if any(int(t) != 0 for t in tree.get("split_type", [])):
+        raise Unsupported("XGBoost categorical splits")
+    if int(tree.get("tree_param", {}).get("size_leaf_vector", "1")) > 1:
+        raise Unsupported("XGBoost vector leaves")
+    left, right = tree["left_children"], tree["right_children"]
+    split = tree["split_conditions"]
+    offset = len(table.feature)
+    depth = [0] * len(left)
+    for i in range(len(left)):
+        value = np.float32(split[i])
+        if left[i] == -1:
+            table.leaf(np.asarray([value], dtype=np.float64))
+        else:
+            # XGBoost goes left where x < split; for float32 x that is x <= the float32 just below it.
+            below = float(np.nextafter(value, np.float32(-np.inf)))
+            table.add(int(tree["split_indices"][i]), below, bool(tree["default_left"][i]), MISSING_NAN)
+    for i in range(len(left)):
+        if left[i] != -1:
+            table.children[offset + i] = (offset + int(left[i]), offset + int(right[i]))
+            depth[left[i]] = depth[right[i]] = depth[i] + 1  # a parent comes before its children
+    return offset, max(depth)
+
+
+# -- CatBoost ----------------------------------------------------------------------------------------
+_CATBOOST_NAN = {"AsFalse": True, "AsIs": True, "AsTrue": False}  # default_left: NaN fails every split
+
+
+def from_catboost(model: dict[str, Any]) -> TreeEnsemble:
+    """The ensemble of a CatBoost model's JSON (``save_model(..., format='json')``): raw formula values.
+
+    Oblivious trees of float-feature splits only: a depth-d tree becomes a full binary tree whose level
+    ``i`` asks split ``i`` (``float32(x) > border``), reaching leaf ``sum(bit_i << i)``. CatBoost sums the
+    trees in order, then adds its bias.
+    """
+    info = model.get("features_info", {})
+    if info.get("categorical_features") or info.get("text_features") or info.get("embedding_features"):
+        raise Unsupported("CatBoost categorical, text or embedding features")
+    if model.get("oblivious_trees") is None or model.get("non_symmetric_trees"):
+        raise Unsupported("CatBoost non-symmetric trees")
+    scale, bias = model.get("scale_and_bias", [1.0, [0.0]])
+    if float(scale) != 1.0:
+        raise Unsupported(f"CatBoost scale {scale}")
+    bias = np.asarray(bias, dtype=np.float64).reshape(-1)
+    width = bias.size
+    floats = {int(f["feature_index"]): f for f in info.get("float_features", [])}
+    table = _Table(width=width)
+    roots, depth = [], 0
+    for tree in model["oblivious_trees"]:
+        splits = tree.get("splits", [])
+        if any(s.get("split_type") != "FloatFeature" for s in splits):
+            raise Unsupported("CatBoost splits other than float features")
+        leaves = np.asarray(tree["leaf_values"], dtype=np.float64).reshape(-1, width)
+        if leaves.shape[0] != 1 << len(splits):
+            raise Unsupported("CatBoost tree of unexpected size")
+        roots.append(_catboost_level(splits, leaves, floats, table, 0, 0))
+        depth = max(depth, len(splits))
+    roots.append(table.leaf(bias))  # the bias comes last: ((tree_1 + tree_2) + ...) + bias
+    return table.ensemble(
+        roots, [0] * len(roots), np.zeros(width), depth, float32_input=True, zero_clamp=False, average=False
+    )
+
+
+def _catboost_level(
+    splits: list[dict[str, Any]], leaves: np.ndarray, floats: dict[int, Any], table: _Table, level: int, index: int
+) -> int:
+    if level == len(splits):
+        return table.leaf(leaves[index])
+    split = splits[level]
+    described = floats.get(int(split["float_feature_index"]), {})
+    feature = int(described.get("flat_feature_index", split["float_feature_index"]))  # its input column
+    treatment = described.get("nan_value_treatment", "AsIs")
+    node = table.add(feature, float(np.float32(split["border"])), _CATBOOST_NAN.get(treatment, True), MISSING_NAN)
+    left = _catboost_level(splits, leaves, floats, table, level + 1, index)
+    right = _catboost_level(splits, leaves, floats, table, level + 1, index | (1 << level))
+    table.children[node] = (left, right)
+    return node

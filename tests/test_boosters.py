@@ -1,0 +1,239 @@
+"""XGBoost and CatBoost files as their libraries save them: compiled bit for bit, or served through the library.
+
+The evaluator's property tests compare with ``Booster.predict`` (margin and transformed, float32) and CatBoost's
+``RawFormulaVal``; the CLI tests build the files the libraries wrote and serve them, and compare every answer,
+on native and v2 REST, with the library's own predict / predict_proba on the same rows, value types included.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tests.conftest import ServerProcess
+
+catboost = pytest.importorskip("catboost")
+xgboost = pytest.importorskip("xgboost")
+
+from ferry.bundle.artifacts import sniff  # noqa: E402
+from ferry.runtimes.float32links import FLOAT32_LINKS  # noqa: E402
+from ferry.runtimes.trees import from_catboost, from_xgboost  # noqa: E402
+
+WIDTH = 4
+OBJECTIVES = ["reg:squarederror", "binary:logistic", "multi:softprob", "count:poisson", "reg:gamma", "binary:logitraw"]
+
+
+def _target(objective: str, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    signal = np.nan_to_num(x[:, 0]) + 0.5 * np.nan_to_num(x[:, 1]) + rng.normal(scale=0.5, size=x.shape[0])
+    if objective.startswith("binary:"):
+        return (signal > 0).astype(int)
+    if objective.startswith("multi:"):
+        return np.digitize(signal, [-0.7, 0.7])
+    if objective in ("count:poisson", "reg:gamma"):
+        return np.abs(signal) + 0.1
+    return signal
+
+
+def _rows(rng: np.random.Generator, count: int, nan: float) -> np.ndarray:
+    x = rng.normal(scale=2.0, size=(count, WIDTH))
+    x[rng.random(x.shape) < nan] = np.nan
+    x[rng.random(x.shape) < 0.05] = 0.0
+    return x
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    objective=st.sampled_from(OBJECTIVES),
+    depth=st.integers(1, 7),
+    trees=st.integers(1, 40),
+    nan=st.sampled_from([0.0, 0.1]),
+    seed=st.integers(0, 2**16),
+)
+def test_xgboost_margins_and_answers_equal_the_boosters_bit_for_bit(
+    objective: str, depth: int, trees: int, nan: float, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    x = _rows(rng, 300, nan)
+    params = {"objective": objective, "max_depth": depth, "eta": 0.3, "nthread": 1}
+    if objective.startswith("multi:"):
+        params["num_class"] = 3
+    booster = xgboost.train(params, xgboost.DMatrix(x, _target(objective, x, rng)), trees)
+    ensemble, head = from_xgboost(json.loads(booster.save_raw("json")))
+    probe = _rows(rng, 400, nan)
+    # Rows on every split threshold and the float32 either side of it, where x < split decides.
+    thresholds = ensemble.threshold[np.isfinite(ensemble.threshold)].astype(np.float32)
+    if thresholds.size:
+        picks = rng.choice(thresholds, size=probe.shape)
+        probe[:200] = np.where(rng.random(probe.shape) < 0.5, np.nextafter(picks, np.float32(np.inf)), picks)[:200]
+    margin = booster.predict(xgboost.DMatrix(probe), output_margin=True).reshape(probe.shape[0], -1)
+    mine = ensemble.predict_raw(probe)
+    assert np.array_equal(mine, margin.astype(np.float64))
+    answer = booster.predict(xgboost.DMatrix(probe))
+    link = head["transform"]
+    transformed = mine if link == "identity" else FLOAT32_LINKS[link](mine)
+    assert np.array_equal(np.asarray(transformed, dtype=np.float32).reshape(answer.shape), answer)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    loss=st.sampled_from(["RMSE", "Logloss", "MultiClass", "Poisson"]),
+    depth=st.integers(1, 6),
+    trees=st.integers(1, 30),
+    nan=st.sampled_from([0.0, 0.1]),
+    seed=st.integers(0, 2**16),
+)
+def test_catboost_oblivious_trees_equal_its_raw_formula_values(
+    loss: str, depth: int, trees: int, nan: float, seed: int, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    rng = np.random.default_rng(seed)
+    x = _rows(rng, 300, nan)
+    target = {"RMSE": "reg:squarederror", "Logloss": "binary:", "MultiClass": "multi:", "Poisson": "count:poisson"}
+    y = _target(target[loss], x, rng)
+    if loss == "Poisson":
+        y = np.round(y)
+    model = catboost.CatBoost(
+        {"loss_function": loss, "depth": depth, "iterations": trees, "verbose": 0, "allow_writing_files": False}
+    ).fit(x, y)
+    path = tmp_path_factory.mktemp("catboost") / "model.json"
+    model.save_model(str(path), format="json")
+    ensemble = from_catboost(json.loads(path.read_text()))
+    probe = _rows(rng, 400, nan)
+    raw = np.asarray(model.predict(probe, prediction_type="RawFormulaVal")).reshape(probe.shape[0], -1)
+    assert np.array_equal(ensemble.predict_raw(probe), raw)
+
+
+# -- the files, through the CLI ----------------------------------------------------------------------------
+def _ferry(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ferry", *args], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def booster_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """Files written by the libraries' own save_model, and the fitted objects that wrote them."""
+    folder = tmp_path_factory.mktemp("boosters")
+    rng = np.random.default_rng(7)
+    x = _rows(rng, 400, 0.05)
+    binary, three = _target("binary:", x, rng), _target("multi:", x, rng)
+    models: dict[str, Any] = {
+        "xgb-binary.json": xgboost.XGBClassifier(n_estimators=20, max_depth=3).fit(x, binary),
+        "xgb-multi.ubj": xgboost.XGBClassifier(n_estimators=15, max_depth=3).fit(x, three),
+        "xgb-reg.json": xgboost.XGBRegressor(n_estimators=20).fit(x, _target("reg", x, rng)),
+        "cb-binary.cbm": catboost.CatBoostClassifier(iterations=20, verbose=0, allow_writing_files=False).fit(
+            x, np.where(binary == 1, "yes", "no")
+        ),
+        "cb-multi.cbm": catboost.CatBoostClassifier(
+            iterations=15, loss_function="MultiClass", verbose=0, allow_writing_files=False
+        ).fit(x, three),
+        "cb-reg.cbm": catboost.CatBoostRegressor(iterations=20, verbose=0, allow_writing_files=False).fit(
+            x, _target("reg", x, rng)
+        ),
+    }
+    for name, model in models.items():
+        model.save_model(str(folder / name))
+    return folder, models
+
+
+@pytest.fixture(scope="module")
+def booster_server(booster_files: tuple[Path, dict[str, Any]]) -> Iterator[tuple[ServerProcess, dict[str, str]]]:
+    folder, models = booster_files
+    compiled = {}
+    for name in models:
+        result = _ferry("build", name, "--name", name.split(".")[0], "--repo", "models", cwd=folder)
+        assert result.returncode == 0, result.stderr
+        compiled[name] = result.stderr
+    server = ServerProcess([str(folder / "models")], env={"FERRY_TRUST_CODE": "0"})
+    yield server, compiled
+    server.stop()
+
+
+def test_files_are_known_by_their_content_not_their_name(booster_files: tuple[Path, dict[str, Any]]) -> None:
+    folder, _ = booster_files
+    for source, disguise in [("xgb-binary.json", "a.bin"), ("xgb-multi.ubj", "b.json"), ("cb-reg.cbm", "c.model")]:
+        (folder / disguise).write_bytes((folder / source).read_bytes())
+    assert [sniff(folder / n) for n in ("a.bin", "b.json", "c.model")] == ["xgboost", "xgboost", "catboost"]
+
+
+def test_builds_compile_where_exact_and_say_why_not(booster_server: tuple[ServerProcess, dict[str, str]]) -> None:
+    _, output = booster_server
+    for name in ("xgb-binary.json", "xgb-multi.ubj", "xgb-reg.json", "cb-binary.cbm", "cb-reg.cbm"):
+        assert "compiled form: yes" in output[name], output[name]
+    # CatBoost's softmax uses its own fast exp: the probabilities differ in the last bit, so the library serves.
+    assert "compiled form: no: compiled probability differs" in output["cb-multi.cbm"]
+
+
+@pytest.mark.parametrize("name", ["xgb-binary.json", "xgb-multi.ubj", "xgb-reg.json", "cb-binary.cbm", "cb-multi.cbm"])
+def test_answers_equal_the_librarys_predict_on_native_and_v2(
+    name: str, booster_files: tuple[Path, dict[str, Any]], booster_server: tuple[ServerProcess, dict[str, str]]
+) -> None:
+    _, models = booster_files
+    server, _ = booster_server
+    model, model_name = models[name], name.split(".")[0]
+    rows = _rows(np.random.default_rng(11), 25, 0.0)
+    expected = model.predict(rows).reshape(-1).tolist()
+    proba = model.predict_proba(rows).tolist() if hasattr(model, "predict_proba") else None
+    features = [f"f{i}" for i in range(WIDTH)]
+    records = [dict(zip(features, row, strict=True)) for row in rows.tolist()]
+    native = httpx.post(f"{server.url}/models/{model_name}/predict", json=records, timeout=30).json()
+    assert native["predictions"] == expected
+    assert [type(v) for v in native["predictions"]] == [type(v) for v in expected]  # 0/1 as integers, "yes" as text
+    if proba is not None:
+        classes = [str(c) for c in model.classes_]
+        assert native["probabilities"] == [dict(zip(classes, p, strict=True)) for p in proba]
+    body = {
+        "inputs": [{"name": "input-0", "shape": list(rows.shape), "datatype": "FP64", "data": rows.ravel().tolist()}]
+    }
+    v2 = httpx.post(f"{server.url}/v2/models/{model_name}/infer", json=body, timeout=30).json()
+    outputs = v2["outputs"]
+    assert outputs[0]["data"] == expected
+    if proba is not None:
+        assert outputs[1]["shape"] == [len(rows), len(model.classes_)]
+        assert outputs[1]["data"] == [v for p in proba for v in p]
+
+
+def test_regression_answers_are_the_float32_values_xgboost_gives(
+    booster_files: tuple[Path, dict[str, Any]], booster_server: tuple[ServerProcess, dict[str, str]]
+) -> None:
+    _, models = booster_files
+    server, _ = booster_server
+    rows = _rows(np.random.default_rng(12), 30, 0.1)
+    rows[np.isnan(rows)] = 0.0
+    for name in ("xgb-reg.json", "cb-reg.cbm"):
+        body = {
+            "inputs": [
+                {"name": "input-0", "shape": list(rows.shape), "datatype": "FP64", "data": rows.ravel().tolist()}
+            ]
+        }
+        v2 = httpx.post(f"{server.url}/v2/models/{name.split('.')[0]}/infer", json=body, timeout=30).json()
+        assert v2["outputs"][0]["data"] == models[name].predict(rows).tolist()
+
+
+def test_original_models_serve_through_the_libraries_with_the_same_answers(
+    booster_files: tuple[Path, dict[str, Any]],
+    booster_server: tuple[ServerProcess, dict[str, str]],
+    serve: Callable[..., ServerProcess],
+) -> None:
+    folder, models = booster_files
+    original = serve(str(folder / "models"), "--original-models", env={"FERRY_TRUST_CODE": "0"})
+    rows = _rows(np.random.default_rng(13), 20, 0.0)
+    records = [dict(zip([f"f{i}" for i in range(WIDTH)], row, strict=True)) for row in rows.tolist()]
+    for name in ("xgb-binary.json", "xgb-multi.ubj", "cb-binary.cbm", "cb-reg.cbm"):
+        got = httpx.post(f"{original.url}/models/{name.split('.')[0]}/predict", json=records, timeout=30).json()
+        assert got["predictions"] == models[name].predict(rows).reshape(-1).tolist()
+
+
+def test_an_unknown_file_names_what_ferry_reads_and_the_way_forward(tmp_path: Path) -> None:
+    (tmp_path / "model.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(64))
+    result = _ferry("build", "model.h5", "--name", "m", "--repo", "models", cwd=tmp_path)
+    assert result.returncode == 1
+    message = result.stderr
+    for known in ("skops", "LightGBM", "ONNX", "XGBoost", "CatBoost", "export the model to ONNX", "Python class"):
+        assert known in message, message
