@@ -71,7 +71,7 @@ def test_missing_artifact_is_refused(tmp_path: Path) -> None:
 def _pickle_bundle(tmp_path: Path) -> Path:
     model_file = tmp_path / "model.joblib"
     joblib.dump(_classifier(), model_file)
-    with pytest.raises(ManifestError, match="unpickling runs arbitrary code"):
+    with pytest.raises(UntrustedPickle, match="unpickling runs arbitrary code"):
         ferry.build(model_file, "pkl", tmp_path / "repo")
     return ferry.build(model_file, "pkl", tmp_path / "repo", trusted=True)
 

@@ -189,10 +189,10 @@ def test_an_mlserver_repository_follows_the_same_rule(tmp_path: Path) -> None:
     from tests.test_byom import write_mlserver_repository
 
     from ferry.cli.serve import serve_mlserver_repository
-    from ferry.errors import ManifestError
+    from ferry.errors import UntrustedPickle
 
     source = write_mlserver_repository(tmp_path / "mlserver")
-    with pytest.raises(ManifestError, match="is a pickle"):
+    with pytest.raises(UntrustedPickle, match="is a pickle"):
         serve_mlserver_repository(Settings(repo=source))
     for trust in ({"trust_pickle": True}, {"trust_code": True}):
         served = serve_mlserver_repository(Settings(repo=source, **trust))

@@ -108,7 +108,9 @@ def build(
         labels = [str(label) for label in labels] if labels else inferred_labels  # numpy.str_ too
         compiled = None
         if compile and runtime in ("sklearn", "lightgbm", "xgboost", "catboost"):
-            compiled = compile_model(load_original(staging, runtime, options), runtime, staging, options, labels)
+            # An object given in Python is the builder's own (as its class is); a file, only as --trusted says.
+            original = load_original(staging, runtime, options, trusted or not _from_disk(model))
+            compiled = compile_model(original, runtime, staging, options, labels)
         raw: dict[str, Any] = {
             "name": name,
             "version": version,
@@ -216,6 +218,12 @@ def _file_runtime(model: Any) -> str | None:
     return kind if kind in ("onnx", "lightgbm", "xgboost", "catboost") else "sklearn"
 
 
+def _from_disk(model: Any) -> bool:
+    """A model file, several, or a folder (MLflow), rather than an object or class given in Python."""
+    files = model if isinstance(model, list | tuple) else [model]
+    return bool(files) and all(isinstance(f, str | Path) for f in files)
+
+
 def _route(route: CompatRoute | dict[str, Any] | str) -> Any:
     if isinstance(route, str):
         return parse_route(route)
@@ -313,7 +321,6 @@ def _sklearn(model: Any, staging: Path, options: dict[str, Any]) -> Inferred:
 
     path = staging / "model.skops"
     path.write_bytes(_reproducible_skops(sio.dumps(model)))
-    options.setdefault("skops_trusted_types", sorted(sio.get_untrusted_types(file=path)))
     return ("sklearn", _sklearn_input(model), *_sklearn_output(model))
 
 
@@ -398,22 +405,16 @@ def _from_file(path: Path, staging: Path, options: dict[str, Any], trusted: bool
 
 def _from_files(paths: list[Path], staging: Path, options: dict[str, Any], trusted: bool) -> Inferred:
     """Several files, in order, composed into one pipeline; each file is kept as it was saved."""
-    steps, names, trusted_types = [], [], set()
+    steps, names = [], []
     for i, path in enumerate(paths, start=1):
         kind, obj = read_estimator(path, trusted)
         check_step(obj, path, last=i == len(paths))
         name = f"step-{i}.skops" if kind == "skops" else f"step-{i}.pkl"
         shutil.copy2(path, staging / name)
-        if kind == "skops":
-            import skops.io as sio
-
-            trusted_types |= set(sio.get_untrusted_types(file=path))
         steps.append(obj)
         names.append(name)
     options["steps"] = names
     options["sources"] = [p.name for p in paths]
-    if trusted_types:
-        options["skops_trusted_types"] = sorted(trusted_types)
     return ("sklearn", _sklearn_input(steps[0]), *_sklearn_output(steps[-1]))
 
 

@@ -385,8 +385,9 @@ def _catboost(model: Any, write: _Writer, labels: list[str] | None) -> tuple[dic
     return _booster_spec(ensemble, head, write), check
 
 
-def load_original(staging: Path, runtime: str, options: dict[str, Any]) -> Any:
-    """The model as serving would load it from the artifact just written (what the check compares to)."""
+def load_original(staging: Path, runtime: str, options: dict[str, Any], trusted: bool) -> Any:
+    """The model as serving would load it from the artifact just written (what the check compares to), read
+    with the builder's trust (``--trusted``) under the one loading policy, as the file it came from was."""
     if runtime == "lightgbm":
         import lightgbm
 
@@ -404,14 +405,11 @@ def load_original(staging: Path, runtime: str, options: dict[str, Any]) -> Any:
         from sklearn.pipeline import make_pipeline
 
         single = {k: v for k, v in options.items() if k != "steps"}
-        return make_pipeline(*(load_original(staging, runtime, {**single, "artifact": s}) for s in options["steps"]))
+        steps = [load_original(staging, runtime, {**single, "artifact": s}, trusted) for s in options["steps"]]
+        return make_pipeline(*steps)
     if runtime == "sklearn":
-        path = staging / options.get("artifact", "model.skops")
-        if path.suffix == ".skops":
-            import skops.io as sio
+        from ferry.bundle.trust import BUILD_FLAG, Trust, load_estimator
 
-            return sio.load(path, trusted=list(options.get("skops_trusted_types", [])))
-        import joblib  # a pickle the builder passed with --trusted
-
-        return joblib.load(path)
+        name = options.get("artifact", "model.skops")
+        return load_estimator(staging / name, Trust(trusted, BUILD_FLAG), name)  # skops or pickle, by content
     return None

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ferry.bundle.artifacts import FileKind, sniff
+from ferry.bundle.trust import BUILD_FLAG, Trust, load_estimator
 from ferry.errors import ManifestError
 
 
@@ -28,21 +29,11 @@ def file_kind(path: Path) -> FileKind:
 
 
 def read_estimator(path: Path, trusted: bool) -> tuple[FileKind, Any]:
-    """Read a skops or pickle/joblib file; a pickle only when the builder trusts it."""
+    """Read a skops or pickle/joblib file as the one loading policy allows (``ferry.bundle.trust``): a
+    pickle, or a skops file naming types beyond skops' and scikit-learn's own, only with ``--trusted``."""
     kind = file_kind(path)
-    if kind == "skops":
-        import skops.io as sio
-
-        return kind, sio.load(path, trusted=sio.get_untrusted_types(file=path))
-    if kind == "pickle":
-        if not trusted:
-            raise ManifestError(
-                f"{path.name} is a pickle, and unpickling runs arbitrary code; "
-                "pass --trusted only if you trust its source"
-            )
-        import joblib
-
-        return kind, joblib.load(path)
+    if kind in ("skops", "pickle"):
+        return kind, load_estimator(path, Trust(trusted, BUILD_FLAG), path.name)
     raise ManifestError(f"{path.name}: a {kind} model cannot be a pipeline step; give it alone")
 
 

@@ -84,21 +84,14 @@ def serve_mlserver_repository(settings: Settings) -> Settings:
 
     from ferry.builder import build
     from ferry.bundle.mlserver import SOURCE, mlserver_models
-    from ferry.errors import ManifestError
+    from ferry.bundle.trust import SERVER_FLAG, Trust, check_trusted
 
     target = Path(tempfile.mkdtemp(prefix="ferry-mlserver-"))
     atexit.register(shutil.rmtree, target, True)  # the server (and its workers) is done with it at exit
+    trust = Trust(settings.trust_pickle or settings.trust_code, SERVER_FLAG)
     for name, version, file in mlserver_models(settings.repo):
-        try:
-            trusted = settings.trust_pickle or settings.trust_code
-            build(file, name, target, version=version, trusted=trusted, metadata={"source": SOURCE})
-        except ManifestError as exc:
-            if "unpickling" not in exc.message:
-                raise
-            raise ManifestError(
-                f"{name}: {file.name} is a pickle, and unpickling runs arbitrary code; "
-                "serve with --trust-pickle only if you trust where it came from"
-            ) from None
+        check_trusted(file, trust, f"{name}: {file.name}")  # the one loading policy, naming the server's flag
+        build(file, name, target, version=version, trusted=trust.granted, metadata={"source": SOURCE})
     return dataclasses.replace(settings, repo=target)
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import inspect
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +10,9 @@ import sklearn
 
 from ferry.bundle.artifacts import artifact_file, describe, model_artifact, sniff
 from ferry.bundle.manifest import Manifest
-from ferry.errors import BundleError, UntrustedPickle
-from ferry.runtimes.base import Prediction, Runtime, class_labels, require_trust, warn_version_drift
+from ferry.bundle.trust import SERVER_FLAG, Trust, load_estimator
+from ferry.errors import BundleError
+from ferry.runtimes.base import Prediction, Runtime, class_labels, warn_version_drift
 from ferry.runtimes.fastpath import compile_estimator
 
 
@@ -57,47 +56,10 @@ class SklearnRuntime(Runtime):
 
 
 def _load_estimator(path: Path, manifest: Manifest, trust_pickle: bool) -> Any:
-    """A skops file, or, with the server's trust, a pickle: decided by what the file holds, not its name."""
+    """A skops file, or a pickle, as the one loading policy allows (``ferry.bundle.trust``): decided by what the
+    file holds, not its name, and by the server's trust alone, never by what the bundle declares."""
     kind = sniff(path)
-    if kind == "skops":
-        return _load_skops(path, manifest, trust_pickle)
     if kind in ("lightgbm", "onnx"):
         raise BundleError(f"{path.name}: holds {describe(kind)}, not a scikit-learn model")
-    require_trust(path, manifest, trust_pickle)
-    import joblib
-
-    return joblib.load(path)
-
-
-def _load_skops(path: Path, manifest: Manifest, trust_pickle: bool) -> Any:
-    """skops builds only the types it trusts, plus those the bundle declares. A declared type is a callable
-    skops may call (``posix.system`` included), so beyond scikit-learn's own classes the declaration is the
-    bundle vouching for itself, and only the server's ``--trust-pickle`` can back it."""
-    import skops.io as sio
-
-    allowed = set(manifest.options.get("skops_trusted_types", []))
-    needed = sio.get_untrusted_types(file=path)
-    unknown = [t for t in needed if t not in allowed]
-    if unknown:
-        raise BundleError(f"{path.name}: holds types the bundle did not declare as trusted: {', '.join(unknown)}")
-    risky = [t for t in needed if not _sklearn_class(t)]
-    if risky and not trust_pickle:
-        raise UntrustedPickle(
-            f"{manifest.name}:{manifest.version}: artifact '{path.name}' needs types that are not scikit-learn "
-            f"classes: {', '.join(risky)}; loading them can run code. Start the server with --trust-pickle only "
-            "if you trust where the bundle came from."
-        )
-    return sio.load(path, trusted=sorted(needed))
-
-
-def _sklearn_class(dotted: str) -> bool:
-    """A class that scikit-learn itself defines (a tree's ``Tree``, say): skops only sets its state."""
-    module_name, _, name = dotted.rpartition(".")
-    if module_name.split(".")[0] != "sklearn":
-        return False
-    try:
-        found = getattr(importlib.import_module(module_name), name, None)
-    except ImportError:
-        return False
-    # Defined there, not merely imported there (``sklearn.utils._joblib`` re-exports joblib's classes).
-    return inspect.isclass(found) and found.__module__.split(".")[0] == "sklearn"
+    subject = f"{manifest.name}:{manifest.version}: artifact '{path.name}'"
+    return load_estimator(path, Trust(trust_pickle, SERVER_FLAG), subject)

@@ -1,0 +1,149 @@
+"""The one model-loading policy: what reading a model file may run, and on whose trust.
+
+Every path that reads a scikit-learn model file goes through ``load_estimator``: ``ferry build`` of files,
+of an MLflow folder and of an MLServer repository (``ferry serve`` of one converts it so), and the sklearn
+runtime behind ``ferry serve``, ``ferry verify`` and fetched repositories. Unpickling runs whatever the file
+holds, and every type a skops file names is a callable skops may call, so:
+
+- a skops file builds the types skops trusts by default, the classes scikit-learn itself defines and
+  LightGBM's estimator classes;
+- any other type it names (``posix.system``, ``builtins.eval``), and any pickle, loads only on the operator's
+  trust: ``ferry build --trusted``, or the server's ``--trust-pickle`` (``--trust-code`` implies it).
+
+What a file, or its bundle's manifest, says it needs never counts: whoever wrote the file wrote that too.
+A file's kind comes from its content (``artifacts.sniff``), never its name; anything that is not a skops
+file can only be unpickled, so it is treated as a pickle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+import pickletools
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ferry.bundle.artifacts import FileKind, describe, sniff
+from ferry.errors import UntrustedPickle
+
+BUILD_FLAG = "--trusted"  # ferry build's option
+SERVER_FLAG = "--trust-pickle"  # ferry serve / verify / containerize's option (--trust-code implies it)
+_MAX_OPCODES = 1_000_000  # how far a refusal's message looks into a pickle for what it imports
+
+
+@dataclass(frozen=True)
+class Trust:
+    """The operator's trust in code that model files run as they load, and the option that grants it."""
+
+    granted: bool
+    flag: str
+
+    def advice(self) -> str:
+        if self.flag == SERVER_FLAG:
+            return (
+                f"start the server with {SERVER_FLAG} only if you trust where it came from "
+                "(the bundle's own `trusted: true` does not count)"
+            )
+        return f"pass {self.flag} only if you trust where it came from"
+
+
+def check_trusted(path: Path, trust: Trust, subject: str) -> FileKind:
+    """Refuse, before anything is read into objects, a file that runs code as it loads unless ``trust``
+    is granted; the error names ``subject``, what would run and the option that allows it."""
+    kind = sniff(path)
+    if trust.granted or kind in ("lightgbm", "onnx"):  # those are read by their own libraries: no Python runs
+        return kind
+    if kind == "skops":
+        risky = untrusted_skops_types(path)
+        if risky:
+            raise UntrustedPickle(
+                f"{subject} names types that skops does not trust and scikit-learn does not define: "
+                f"{', '.join(risky)}; skops would call them, which runs code as unpickling does; {trust.advice()}"
+            )
+        return kind
+    held = "a pickle" if kind == "pickle" else f"{describe(kind)}, not a skops file, so only unpickling could read it"
+    imports = pickle_imports(path)
+    calls = f" (it imports {', '.join(imports)})" if imports else ""
+    raise UntrustedPickle(f"{subject} is {held}, and unpickling runs arbitrary code{calls}; {trust.advice()}")
+
+
+def load_estimator(path: Path, trust: Trust, subject: str) -> Any:
+    """A skops file, or a pickle/joblib file, loaded as the policy allows (``check_trusted``)."""
+    kind = check_trusted(path, trust, subject)
+    if kind == "skops":
+        import skops.io as sio
+
+        # Every type is either one the policy lets load (skops' own, scikit-learn's), or the operator trusts all.
+        return sio.load(path, trusted=sio.get_untrusted_types(file=path))
+    import joblib
+
+    return joblib.load(path)
+
+
+# Beyond scikit-learn's own classes, the types of a LightGBM estimator as skops saves it (MLflow's lightgbm
+# flavor does): Ferry's list, reviewed, never the file's. skops sets their state; LightGBM parses its model text.
+_LIBRARY_TYPES = frozenset(
+    {
+        "collections.OrderedDict",
+        "lightgbm.basic.Booster",
+        "lightgbm.sklearn.LGBMClassifier",
+        "lightgbm.sklearn.LGBMRanker",
+        "lightgbm.sklearn.LGBMRegressor",
+    }
+)
+
+
+def untrusted_skops_types(path: Path) -> list[str]:
+    """The types a skops file names beyond skops' defaults, scikit-learn's own classes and LightGBM's estimator."""
+    import skops.io as sio
+
+    return [t for t in sio.get_untrusted_types(file=path) if t not in _LIBRARY_TYPES and not sklearn_class(t)]
+
+
+def sklearn_class(dotted: str) -> bool:
+    """A class that scikit-learn itself defines (a tree's ``Tree``, say): skops only sets its state."""
+    module_name, _, name = dotted.rpartition(".")
+    if module_name.split(".")[0] != "sklearn":
+        return False
+    try:
+        found = getattr(importlib.import_module(module_name), name, None)
+    except ImportError:
+        return False
+    # Defined there, not merely imported there (``sklearn.utils._joblib`` re-exports joblib's classes).
+    return inspect.isclass(found) and found.__module__.split(".")[0] == "sklearn"
+
+
+def pickle_imports(path: Path, limit: int = 5) -> list[str]:
+    """What unpickling ``path`` would import (and so may call), read with ``pickletools`` without running it.
+
+    Best effort, for the refusal's message: a compressed joblib file, or data past the pickle's first
+    unreadable opcode, names nothing more.
+    """
+    found: list[str] = []
+    recent: deque[str] = deque(maxlen=2)  # the last strings pushed: STACK_GLOBAL takes module and name from them
+    memo: dict[int, str | None] = {}
+    top: str | None = None  # the string on top of the stack, if it is one (what MEMOIZE and PUT store)
+    with contextlib.suppress(Exception), path.open("rb") as fh:  # not a pickle pickletools walks: nothing more
+        for count, (opcode, arg, _) in enumerate(pickletools.genops(fh)):
+            name = opcode.name
+            if name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
+                memo[arg if isinstance(arg, int) else len(memo)] = top
+                continue
+            pushed = None
+            if name in ("GLOBAL", "INST"):
+                found.append(str(arg).replace(" ", "."))
+            elif name == "STACK_GLOBAL" and len(recent) == 2:
+                found.append(".".join(recent))
+            elif name in ("GET", "BINGET", "LONG_BINGET") and isinstance(arg, int):
+                pushed = memo.get(arg)
+            elif isinstance(arg, str) and "UNICODE" in name:
+                pushed = arg
+            if pushed is not None:
+                recent.append(pushed)
+            top = pushed
+            if name == "STOP" or len(set(found)) >= limit or count > _MAX_OPCODES:
+                break
+    return list(dict.fromkeys(found))[:limit]
