@@ -237,3 +237,17 @@ def test_an_unknown_file_names_what_ferry_reads_and_the_way_forward(tmp_path: Pa
     message = result.stderr
     for known in ("skops", "LightGBM", "ONNX", "XGBoost", "CatBoost", "export the model to ONNX", "Python class"):
         assert known in message, message
+
+
+def test_the_image_installs_the_library_only_for_a_bundle_that_needs_it(
+    booster_files: tuple[Path, dict[str, Any]], booster_server: tuple[ServerProcess, dict[str, str]]
+) -> None:
+    from ferry.deploy.dockerfile import image_spec_for, render_requirements
+
+    folder, _ = booster_files
+    spec = image_spec_for(folder / "models", "boosters:test")
+    requirements = render_requirements(spec)
+    assert "catboost==" in requirements  # cb-multi serves through CatBoost
+    assert "xgboost==" not in requirements  # every XGBoost bundle compiled: numpy serves them
+    original = render_requirements(image_spec_for(folder / "models", "boosters:test", original_models=True))
+    assert "xgboost==" in original and "catboost==" in original
