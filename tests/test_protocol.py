@@ -261,12 +261,16 @@ def test_v2_model_index_and_triton_config(client: httpx.Client) -> None:
     config = client.get("/v2/models/iris/config").json()
     assert config["name"] == "iris" and config["max_batch_size"] == 256
     assert config["input"] == [{"name": "input", "data_type": "TYPE_FP64", "dims": [2]}]
-    assert config["output"][0] == {"name": "label", "data_type": "TYPE_STRING", "dims": [1]}
+    assert config["output"][0] == {"name": "predict", "data_type": "TYPE_STRING", "dims": [1]}
     assert client.get("/v2/models/nope/config").status_code == 404
 
 
-def test_kserve_explain_without_an_explainer(client: httpx.Client) -> None:
+def test_kserve_explain(client: httpx.Client) -> None:
+    """iris (a scaler, a linear model) explains; a Python class has no exact explanation: 501 (test_explain_http.py)."""
     response = client.post("/v1/models/iris:explain", json={"instances": [[1.4, 0.2]]})
+    assert response.status_code == 200 and response.json()["predictions"] == ["setosa"]
+    assert set(response.json()["explanations"][0]["contributions"]["setosa"]) == {"length", "width"}
+    response = client.post("/v1/models/score:explain", json={"instances": [[1.0, 2.0]]})
     assert response.status_code == 501 and response.json()["code"] == "not_implemented"
     assert client.post("/v1/models/nope:explain", json={}).status_code == 404
 

@@ -29,6 +29,7 @@ from ferry.http.responses import error_answer, read_asgi_body, whole_body
 from ferry.observability.access import MODEL_KEY, RequestContext
 from ferry.observability.context import REQUEST_ID
 from ferry.protocol.codecs import CODECS, CompatCodec, HttpCodec, HttpMessage
+from ferry.protocol.explain import EXPLAIN_CODECS
 from ferry.routing.keys import ROUTED_MODEL_KEY
 from ferry.serving.dataplane import DataPlane, report
 from ferry.serving.registry import ModelRegistry
@@ -51,6 +52,7 @@ class Target:
     model: str
     version: str | None = None
     refusal: FerryError | None = None  # a path that names no model when several are served
+    explain: bool = False  # the model's exact contributions (``DataPlane.explain``), not its prediction
 
 
 # (method, template, codec): predict paths that name a model the table does not hold.
@@ -60,7 +62,11 @@ _TEMPLATES: list[tuple[str, re.Pattern[str], str]] = [
     ("POST", re.compile(r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer"), "v2"),
     ("POST", re.compile(r"/v1/models/(?P<model>[^/:]+):predict"), "kserve"),
     ("POST", re.compile(r"/seldon/(?:[^/]+/)?(?P<model>[^/]+)/api/v(?:1\.0|0\.1)/predictions"), "seldon"),
+    ("POST", re.compile(r"/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/explain"), "native:explain"),
+    ("POST", re.compile(r"/v1/models/(?P<model>[^/:]+):explain"), "kserve:explain"),
 ]
+# The codec of each template: a protocol's own, or its explain codec.
+_TEMPLATE_CODECS: dict[str, HttpCodec] = {**CODECS, **{f"{k}:explain": c for k, c in EXPLAIN_CODECS.items()}}
 
 
 class PredictRoutes:
@@ -110,7 +116,8 @@ class PredictRoutes:
             match = template.fullmatch(path)
             if match is not None:
                 if template_method == method:
-                    return Target(CODECS[protocol], match["model"], match.groupdict().get("version"))
+                    codec, explain = _TEMPLATE_CODECS[protocol], protocol.endswith(":explain")
+                    return Target(codec, match["model"], match.groupdict().get("version"), explain=explain)
                 allowed.append(template_method)
         if allowed:
             raise MethodNotAllowed(f"method {method} not allowed on {path}", sorted(set(allowed)))
@@ -139,7 +146,9 @@ class PredictRoutes:
                 post[f"/models/{prefix}/predict"] = Target(CODECS["native"], name, version)
                 post[f"/v2/models/{prefix}/infer"] = Target(CODECS["v2"], name, version)
                 get[f"/models/{prefix}/predict/test"] = Target(CODECS["sample"], name, version)
+                post[f"/models/{prefix}/explain"] = Target(EXPLAIN_CODECS["native"], name, version, explain=True)
             post[f"/v1/models/{name}:predict"] = Target(CODECS["kserve"], name)
+            post[f"/v1/models/{name}:explain"] = Target(EXPLAIN_CODECS["kserve"], name, explain=True)
             post[f"/models/{name}/invocations"] = Target(CODECS["mlflow"], name)
             for seldon_version in SELDON_VERSIONS:
                 post[f"/seldon/{name}/api/{seldon_version}/predictions"] = Target(CODECS["seldon"], name)
@@ -286,7 +295,8 @@ class FerryApp:
                 timeout = value
                 break
         try:
-            content, extra = await self.plane.infer(target.codec, model, version, read, timeout)
+            call = self.plane.explain if target.explain else self.plane.infer
+            content, extra = await call(target.codec, model, version, read, timeout)
         except FerryError as exc:
             content, extra = error_answer(exc)
             return exc.status, [*extra, _length(content)], content

@@ -205,10 +205,12 @@ def _predict_routes(model: ServedModel, models: int) -> dict[str, Any]:
         True,
     )
     infer["post"]["description"] = _V2_DESCRIPTION
+    explain = _explain("native", schemas.native_body(schema), "Explanation")
     pinned = f"{model.name}/versions/{model.version}"
     for prefix in [pinned, model.name] if model.default else [pinned]:
         paths[f"/models/{prefix}/predict"] = native
         paths[f"/v2/models/{prefix}/infer"] = infer
+        paths[f"/models/{prefix}/explain"] = explain
     if model.default:
         mlflow = _post("mlflow", "Predict (MLflow scoring)", schemas.mlflow_body(schema), _ref("MlflowResponse"))
         paths[f"/models/{model.name}/invocations"] = mlflow
@@ -217,6 +219,7 @@ def _predict_routes(model: ServedModel, models: int) -> dict[str, Any]:
         paths[f"/v1/models/{model.name}:predict"] = _post(
             "kserve", "Predict", schemas.kserve_body(schema), _ref("KServeResponse")
         )
+        paths[f"/v1/models/{model.name}:explain"] = _explain("kserve", schemas.kserve_body(schema), "KServeExplanation")
         seldon = _post("seldon", "Predict (SeldonMessage)", schemas.seldon_body(schema), _ref("SeldonMessage"))
         for version in ("v1.0", "v0.1"):
             paths[f"/seldon/{model.name}/api/{version}/predictions"] = seldon
@@ -227,6 +230,15 @@ def _predict_routes(model: ServedModel, models: int) -> dict[str, Any]:
             if models == 1:  # the unnamed route serves the one model
                 paths[f"/api/{version}/predictions"] = seldon
     return paths
+
+
+def _explain(tag: str, request: dict[str, Any], response: str) -> dict[str, Any]:
+    """An explain route: what predict takes; exact contributions back, or 501 for a model without them."""
+    operation = _post(tag, "Explain: each input column's exact contribution to the raw score", request, _ref(response))
+    operation["post"]["responses"]["501"] = _json(
+        _ref("Error"), "The model has no exact explanation (the error says why and lists the models that have one)"
+    )
+    return operation
 
 
 def openapi_document(described: list[ServedModel], models: list[str], versions: list[str]) -> dict[str, Any]:
@@ -392,6 +404,29 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["predictions"],
         "properties": {"predictions": {"type": "array", "items": {}}},
+    },
+    "Explanation": {
+        "type": "object",
+        "description": "Per row, each input column's share of the raw score: expected_value + sum = raw score; "
+        "a classifier with several scores is keyed by class label",
+        "required": ["contributions", "expected_value", "link", "method", "raw_scores"],
+        "properties": {
+            "contributions": {"type": "array", "items": {"type": "object"}},
+            "expected_value": {},
+            "raw_scores": {"type": "array", "items": {}},
+            "link": {"type": "string", "enum": ["identity", "logit", "softmax", "log"]},
+            "method": {"type": "string", "enum": ["tree_shap", "linear"]},
+            "positive_class": {},
+            "predictions": {"type": "array", "items": {}},
+        },
+    },
+    "KServeExplanation": {
+        "type": "object",
+        "required": ["predictions", "explanations"],
+        "properties": {
+            "predictions": {"type": "array", "items": {}},
+            "explanations": {"type": "array", "items": {"type": "object"}},
+        },
     },
     "KServeResponse": {
         "type": "object",

@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from ferry.errors import ModelNotReady
 from ferry.http.responses import error_http, json_response
+from ferry.runtimes.explain import explanation_of
 from ferry.serving.budget import MemoryBudget
 from ferry.serving.dataplane import UNKNOWN_MODEL, report
 from ferry.serving.metrics import Metrics
@@ -144,4 +145,5 @@ def model_metadata(handle: ModelHandle, registry: ModelRegistry) -> dict[str, An
         "sample_input": manifest.sample_input,
         "expected_output": manifest.expected_output,
         "metadata": manifest.metadata,
+        "explanation": explanation_of(handle.model.runtime, manifest.runtime),  # POST .../explain: how, or why not
     }

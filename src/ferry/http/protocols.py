@@ -1,6 +1,6 @@
 """Standard protocols' routes besides predicting (Open Inference v2, KServe v1): health, metadata, indexes.
 
-Their predict routes (v2 infer, v1 predict, Seldon predictions) are served by ``ferry.http.dispatch``.
+Their predict routes (v2 infer, v1 predict and explain, Seldon predictions) are served by ``ferry.http.dispatch``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ferry.errors import NotImplementedYet
 from ferry.http.endpoints import ModelEndpoints
 from ferry.http.responses import json_response
 from ferry.protocol import v2
@@ -32,7 +31,6 @@ class ProtocolEndpoints:
             Route("/v2/", self.v2_server_metadata, methods=["GET"]),
             Route("/v1/models", self.v1_models, methods=["GET"]),
             Route("/v1/models/{name}", instrument("v1:status", self.v1_status, "kserve"), methods=["GET"]),
-            Route("/v1/models/{name}:explain", instrument("v1:explain", self.v1_explain, "kserve"), methods=["POST"]),
             Route("/v2/models", self.v2_models, methods=["GET"]),
             Route("/v2/repository/index", self.v2_repository_index, methods=["POST"]),
         ]
@@ -92,10 +90,6 @@ class ProtocolEndpoints:
         servable = (ModelState.READY, ModelState.UNLOADED, ModelState.LOADING) if self.registry.lazy else ()
         ready = any(h.state is ModelState.READY or h.state in servable for h in self.registry.models[name].values())
         return json_response({"name": name, "ready": ready}, 200 if ready else 503)
-
-    async def v1_explain(self, request: Request) -> Response:
-        handle = self.endpoints.available(request)  # 404 for an unknown model, as KServe answers
-        raise NotImplementedYet(f"model '{handle.name}' has no explainer")
 
 
 def _index_entry(handle: ModelHandle) -> dict[str, Any]:

@@ -239,9 +239,12 @@ class CompiledRuntime(Runtime):
         explainer = self.explainer
         if explainer is None:
             raise NotExplainable(self.not_explainable)
+        row_features = None
         if self.featurizer is not None:
             found = explainer.explain_compact(self.featurizer.transform(batch))
-            names = [str(int(c)) for c in explainer.trees.ensemble.features_used]
+            names = [f"column {int(c)}" for c in explainer.trees.ensemble.features_used]  # hashed n-gram columns
+            per_text = [self.featurizer.grams_by_column(text) for text in batch]
+            row_features = [{column: " | ".join(grams) for column, grams in row.items()} for row in per_text]
         else:
             found = explainer(np.asarray(batch, dtype=np.float64))
             names = self.feature_names or [str(i) for i in range(found.values.shape[2])]
@@ -251,7 +254,15 @@ class CompiledRuntime(Runtime):
         elif self.labels is not None and len(self.labels) == 2:
             positive = self.labels[1]
         return Explanation(
-            found.values, found.expected_value, found.score, names, explainer.method, explainer.link, outputs, positive
+            found.values,
+            found.expected_value,
+            found.score,
+            names,
+            explainer.method,
+            explainer.link,
+            outputs,
+            positive,
+            row_features,
         )
 
 

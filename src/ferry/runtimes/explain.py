@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ferry.errors import NotImplementedYet
 from ferry.runtimes.trees import TreeEnsemble
 
 # Tabulated leaves: at most 2^TABLE_MAX_FEATURES patterns a leaf, and this many bytes in all (per model).
@@ -286,6 +287,8 @@ class Explanation:
     link: str
     outputs: list[Any] | None = None
     positive: Any = None
+    row_features: list[dict[int, str]] | None = None  # text models: each row's own names of its columns
+    prediction: Any = None  # the model's answer for the same rows, where serving adds it
 
 
 class ProgramExplainer:
@@ -337,3 +340,32 @@ def _scaled(x: np.ndarray, scalers: list[Any]) -> np.ndarray:
     for scaler in scalers:
         x = scaler(x)
     return x
+
+
+# -- what serving asks -------------------------------------------------------------------------------------
+EXPLAINABLE = (
+    "compiled tree ensembles (LightGBM; scikit-learn trees, forests and gradient boosting) and linear "
+    "models (after a StandardScaler, or built with training_data)"
+)
+
+
+class ExplanationUnavailable(NotImplementedYet):
+    """A 501 that says why this model has no explanation and which served models have one."""
+
+
+    def __init__(self, message: str, explainable: list[str]) -> None:
+        super().__init__(message)
+        self.explainable = explainable
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "explainable_models": self.explainable}
+
+
+def explanation_of(runtime: Any, runtime_name: str = "") -> dict[str, str]:
+    """``{method, link}`` where the runtime explains its predictions, else ``{unavailable: why}``."""
+    describe = getattr(runtime, "explanation", None)
+    if describe is None:
+        kind = f"the {runtime_name} runtime" if runtime_name else "this runtime"
+        return {"unavailable": f"{kind} has no exact explanation; Ferry explains {EXPLAINABLE}"}
+    found: dict[str, str] = describe()
+    return found

@@ -69,6 +69,15 @@ class HashedCharNgrams:
         out[row[kept], where[kept]] = values[kept]
         return out
 
+    def grams_by_column(self, text: str) -> dict[int, list[str]]:
+        """The model columns the text's n-grams land in, each with those n-grams (hashing may put several in one)."""
+        found: dict[int, list[str]] = {}
+        for gram in dict.fromkeys(self._ngrams(text)):
+            column = self._column.get(self._index[gram])
+            if column is not None:
+                found.setdefault(column, []).append(gram)
+        return found
+
     def _one(self, text: str) -> np.ndarray:
         """``transform([text])`` with C-level dict and set calls: Counter, then only the held columns."""
         out = np.zeros((1, self.width))

@@ -15,8 +15,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from ferry.errors import ClientClosed, FerryError, InternalError, InvalidInput
+from ferry.errors import ClientClosed, DeadlineExceeded, FerryError, InternalError, InvalidInput
 from ferry.runtimes import Prediction
+from ferry.runtimes.explain import ExplanationUnavailable, explanation_of
 from ferry.serving.budget import MemoryBudget
 from ferry.serving.metrics import Metrics
 from ferry.serving.registry import ModelHandle, ModelRegistry
@@ -26,6 +27,7 @@ logger = logging.getLogger("ferry.serving")
 
 MAX_TIMEOUT_S = 300.0
 UNKNOWN_MODEL = "_unknown"  # the metrics label of a model name the registry does not hold
+Answer = Callable[[Any, ModelHandle, Any, float | None], Awaitable[Any]]  # decode, compute, encode
 
 
 class Codec(Protocol):
@@ -135,13 +137,16 @@ class DataPlane:
         version: str | None,
         read: Callable[[], Awaitable[Any]],
         timeout: float | bytes | None = None,
+        answer: Answer | None = None,
     ) -> Any:
         """Read and decode the message, predict within the deadline, encode; count and report either way.
 
         ``read`` gives the wire message (an HTTP body is read here, so a body too large or too
         slow is counted like any other error); ``timeout`` is the client's deadline in seconds, or
-        the raw ``X-Request-Timeout`` header. Raises the reported ``FerryError`` on failure.
+        the raw ``X-Request-Timeout`` header. ``answer`` replaces the prediction (``explain``).
+        Raises the reported ``FerryError`` on failure.
         """
+        answer = answer or self._predict
         start = time.perf_counter()
         label = model if model in self.registry.models else UNKNOWN_MODEL
         try:
@@ -149,11 +154,11 @@ class DataPlane:
             client = parse_timeout(timeout) if isinstance(timeout, bytes) else timeout
             budget = self.budget
             if budget is None:
-                result = await self._predict(codec, self.registry.get(model, version), message, client)
+                result = await answer(codec, self.registry.get(model, version), message, client)
             else:
                 handle = await budget.acquire(model, version)
                 try:
-                    result = await self._predict(codec, handle, message, client)
+                    result = await answer(codec, handle, message, client)
                 finally:
                     budget.release(handle)
         except asyncio.CancelledError:
@@ -172,6 +177,51 @@ class DataPlane:
         batch, context = codec.decode(message, handle)
         prediction = await self.service.predict(handle, batch, self.deadline(handle, client))
         return codec.encode(prediction, handle, context)
+
+    async def explain(
+        self,
+        codec: Codec,
+        model: str,
+        version: str | None,
+        read: Callable[[], Awaitable[Any]],
+        timeout: float | bytes | None = None,
+    ) -> Any:
+        """``infer`` with the model's exact contributions (``runtime.explain``) in place of its prediction:
+        the same lookup, deadline, metrics and errors; ``codec.encode`` gets an ``Explanation``."""
+        return await self.infer(codec, model, version, read, timeout, self._explain)
+
+    async def _explain(self, codec: Codec, handle: ModelHandle, message: Any, client: float | None) -> Any:
+        batch, context = codec.decode(message, handle)
+        assert handle.model is not None
+        runtime = handle.model.runtime
+        how = explanation_of(runtime, handle.model.manifest.runtime)
+        explain = getattr(runtime, "explain", None)
+        if explain is None or "unavailable" in how:
+            raise ExplanationUnavailable(
+                f"model '{handle.name}' cannot be explained: {how['unavailable']}", self._explainable()
+            )
+        deadline = self.deadline(handle, client)
+        started = time.monotonic()
+        prediction = await self.service.predict(handle, batch, deadline)  # the answer being explained, as served
+        # On the model's own thread, as its predictions are; a client gone or past the deadline stops waiting.
+        left = deadline - (time.monotonic() - started)
+        work = asyncio.get_running_loop().run_in_executor(self.service.executor, explain, batch)
+        try:
+            explanation = await asyncio.wait_for(work, max(left, 0.001))
+        except TimeoutError:
+            raise DeadlineExceeded(f"explaining took longer than {deadline:g} s") from None
+        explanation.prediction = prediction
+        return codec.encode(explanation, handle, context)
+
+    def _explainable(self) -> list[str]:
+        """The loaded models that answer ``explain``."""
+        return sorted(
+            {
+                h.name
+                for h in self.registry.handles()
+                if h.model is not None and "method" in explanation_of(h.model.runtime, h.model.manifest.runtime)
+            }
+        )
 
     def _meter(self, model: str, codec: Codec) -> _Meter:
         key = (model, codec.route, codec.protocol)
