@@ -3,24 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import httpx
 import pytest
+import uvicorn
 import yaml
 from aiohttp import web
 from tests.conftest import free_port
 
-from ferry.routing.gateway import Gateway, GatewaySettings
-from ferry.routing.spec import parse_routes
+from ferry.routing.gateway import Gateway, GatewaySettings, gateway_config
+from ferry.routing.spec import RoutesFile, parse_routes
 
 
 async def _start(app: web.Application) -> tuple[web.AppRunner, str]:
@@ -49,16 +51,30 @@ def run_with_gateway(
         else:
             url = f"http://127.0.0.1:{free_port()}"
         routes = parse_routes({"services": {"m": {"url": url, **service}}, "default": {"to": {"model": "m"}}})
-        gateway_runner, gateway_url = await _start(Gateway(routes, GatewaySettings(health_interval=0.1)).app())
         try:
-            async with aiohttp.ClientSession() as session:
+            async with in_process_gateway(routes) as gateway_url, aiohttp.ClientSession() as session:
                 await check(session, gateway_url)
         finally:
-            await gateway_runner.cleanup()
             for runner in runners:
                 await runner.cleanup()
 
     asyncio.run(main())
+
+
+@contextlib.asynccontextmanager
+async def in_process_gateway(routes: RoutesFile) -> AsyncIterator[str]:
+    """A ``Gateway`` served as ``ferry gateway`` serves it (uvicorn, Ferry's connection layer) in this loop."""
+    settings = GatewaySettings(port=free_port(), health_interval=0.1)
+    server = uvicorn.Server(gateway_config(Gateway(routes, settings), settings, log_config=None))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        assert not task.done(), "the gateway did not start"
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{settings.port}"
+    finally:
+        server.should_exit = True
+        await task
 
 
 async def _healthy(request: web.Request) -> web.Response:

@@ -13,6 +13,8 @@ import orjson
 import pytest
 import yaml
 
+from test_slow_clients import start_gateway
+
 IRIS = {"length": 5.1, "width": 2.4}
 ROUTES = {
     "name": "router",
@@ -45,3 +47,16 @@ def test_a_gzip_body_on_a_routed_path_is_decompressed_once(serve: Any, iris_repo
         assert answer.headers["x-ferry-route"] == "by-body"  # the rule read the decompressed body
     # Unrouted paths were never touched by the router, and gzip works there as before.
     assert _gzip_post(server.url + "/models/iris/predict").json() == {"prediction": "virginica"}
+
+
+def test_a_gzip_body_through_the_gateway_is_decompressed_once(serve: Any, iris_repo: Path, tmp_path: Path) -> None:
+    upstream = serve(str(iris_repo))
+    gateway, port = start_gateway(upstream.url, tmp_path, rules=ROUTES["rules"])
+    try:
+        answer = _gzip_post(f"http://127.0.0.1:{port}/predict")
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {"prediction": "virginica"}
+        assert answer.headers["x-ferry-route"] == "by-body"  # the rule read the body decompressed
+    finally:
+        gateway.terminate()
+        gateway.wait(10)

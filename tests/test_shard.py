@@ -17,9 +17,9 @@ import pytest
 import yaml
 from aiohttp import web
 from tests.conftest import ServerProcess, free_port, run_ferry
+from tests.test_gateway import in_process_gateway
 
 from ferry.deploy.shard import _PATH_FORMS
-from ferry.routing.gateway import Gateway, GatewaySettings
 from ferry.routing.router import MODEL_HEADER, model_from_path, model_header_value
 from ferry.routing.spec import parse_routes
 from ferry.serving.budget import parse_size
@@ -95,19 +95,14 @@ def run_gateway(routes: dict[str, Any], check: Callable[[aiohttp.ClientSession, 
             runners.append(runner)
             urls[name] = f"http://127.0.0.1:{port}"
         spec = parse_routes({**routes, "services": {n: {"url": u} for n, u in urls.items()}})
-        gateway = web.AppRunner(Gateway(spec, GatewaySettings(health_interval=0.1)).app())
-        await gateway.setup()
-        port = free_port()
-        await web.TCPSite(gateway, "127.0.0.1", port).start()
         try:
-            async with aiohttp.ClientSession() as session:
-                await check(session, f"http://127.0.0.1:{port}")
+            async with in_process_gateway(spec) as url, aiohttp.ClientSession() as session:
+                await check(session, url)
                 for _ in range(100):  # the shadow's copy is sent off the client's path
                     if any(s["upstream"] == "b" and "shadowed" in s["path"] for s in seen):
                         break
                     await asyncio.sleep(0.02)
         finally:
-            await gateway.cleanup()
             for runner in runners:
                 await runner.cleanup()
 

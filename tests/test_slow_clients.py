@@ -3,8 +3,11 @@ port's request bodies and ``ferry gateway``, each against a real process on loop
 
 from __future__ import annotations
 
+import resource
 import shutil
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +15,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+import yaml
 
 from conftest import free_port
 
@@ -118,3 +122,81 @@ def test_slow_bodies_filling_every_connection_are_evicted_for_new_clients(serve:
     finally:
         for sock in slow:
             sock.close()
+
+
+# -- item 7: ferry gateway, with the serving port's connection layer ----------------------------------------
+def start_gateway(
+    upstream: str, tmp_path: Path, *args: str, fd_limit: int = 0, rules: list[Any] | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
+    """``ferry gateway`` in a child process, ``rules`` then iris at ``upstream``; ``fd_limit``: its RLIMIT_NOFILE."""
+    path = tmp_path / "routes.yaml"
+    routes = {"services": {"iris": {"url": upstream}}, "rules": rules or [], "default": {"to": {"model": "iris"}}}
+    path.write_text(yaml.safe_dump(routes))
+    port = free_port()
+
+    def limit() -> None:
+        if fd_limit:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, fd_limit))
+
+    log = (tmp_path / "gateway.log").open("wb")
+    command = [sys.executable, "-m", "ferry", "gateway", str(path), "--port", str(port), *args]
+    gateway = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=limit)
+    deadline = time.monotonic() + 30
+    while True:
+        assert gateway.poll() is None and time.monotonic() < deadline, (tmp_path / "gateway.log").read_text()
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
+                return gateway, port
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+
+
+def test_the_gateway_closes_half_sent_heads_and_serves_new_clients_past_its_cap(
+    serve: Any, iris_repo: Path, tmp_path: Path
+) -> None:
+    upstream = serve(str(iris_repo))
+    gateway, port = start_gateway(
+        upstream.url, tmp_path, "--header-timeout", "1", "--max-client-connections", "20", "--health-interval", "0.2"
+    )
+    heads = []
+    try:
+        for _ in range(40):  # twice the cap of half-sent heads
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            heads.append(sock)
+        for _ in range(5):
+            answer = httpx.post(f"http://127.0.0.1:{port}/predict", json=IRIS, timeout=2)
+            assert answer.json() == {"prediction": "virginica"}
+        # Every half-sent head is closed: the oldest to make room, the rest at the 1 s head deadline with a 408.
+        assert all(_closed_by_server(sock, 3.0) for sock in heads)
+    finally:
+        for sock in heads:
+            sock.close()
+        gateway.terminate()
+        gateway.wait(10)
+    assert "Traceback" not in (tmp_path / "gateway.log").read_text()
+
+
+def test_the_gateway_at_its_file_limit_keeps_serving_and_logs_one_line(
+    serve: Any, iris_repo: Path, tmp_path: Path
+) -> None:
+    """300 idle connections against a gateway that may open 200 files: no EMFILE, no traceback, still serving."""
+    upstream = serve(str(iris_repo))
+    gateway, port = start_gateway(upstream.url, tmp_path, "--max-connections", "16", fd_limit=200)
+    idle = []
+    try:
+        for _ in range(300):
+            idle.append(socket.create_connection(("127.0.0.1", port)))
+        for _ in range(5):
+            answer = httpx.post(f"http://127.0.0.1:{port}/predict", json=IRIS, timeout=2)
+            assert answer.json() == {"prediction": "virginica"}
+    finally:
+        for sock in idle:
+            sock.close()
+        gateway.terminate()
+        gateway.wait(10)
+    log = (tmp_path / "gateway.log").read_text()
+    assert "Traceback" not in log and "Too many open files" not in log, log[-2000:]
+    assert "--max-client-connections 4096 lowered to 120" in log
+    assert log.count("open connections at the cap") == 1, log[-2000:]

@@ -172,6 +172,18 @@ class GatewaySettings(SettingsGroup):
     health_interval: float = _setting(5.0, "Seconds between upstream health checks.")
     max_body_bytes: int = _setting(Settings.max_body_bytes, "Largest request body accepted (413 past it).")
     max_connections: int = _setting(256, "Most open connections to the upstreams, all together.")
+    max_client_connections: int = _setting(
+        4096,
+        "Open client connections; past it the longest idle or half-sent one is closed, else the slowest body, "
+        "else 503 (kept below the file-descriptor limit).",
+    )
+    header_timeout: float = _setting(Settings.header_timeout, "Seconds a client may take to send a request head (408).")
+    body_read_timeout: float = _setting(
+        Settings.body_read_timeout, "Seconds in which a request body must keep arriving at --min-body-rate (408)."
+    )
+    min_body_rate: int = _setting(
+        Settings.min_body_rate, "Bytes per second a request body must average over each --body-read-timeout."
+    )
     tracing: str = _setting(
         "", "OpenTelemetry traces: otlp, console or a JSON-lines file (off: traceparent passes as is)."
     )

@@ -3,24 +3,33 @@
 Per upstream: a pooled connection, a timeout, retries with jittered backoff only where a retry is
 safe (the connection never opened, or a 503 with Retry-After), a circuit breaker and a health
 check. An upstream that is down is answered with a 502 or 503 JSON error at once, never a hang.
+
+Clients reach it through the same connection layer as ``ferry serve`` (``ferry.server.connections``):
+head and body deadlines, a cap on open connections that evicts idle and slow clients first, and a cap
+kept below the process's file-descriptor limit. A body is forwarded as it came (still compressed);
+only a rule that reads the body sees it decompressed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
+import resource
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
 
 import aiohttp
 import orjson
-from aiohttp import web
+import uvicorn
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from ferry.errors import UpstreamError
+from ferry.errors import FerryError, PayloadTooLarge, UpstreamError
+from ferry.http.responses import decompress
 from ferry.routing.router import (
     MODEL_HEADER,
     Router,
@@ -32,6 +41,8 @@ from ferry.routing.router import (
 )
 from ferry.routing.shadow import RoutingMetrics, ShadowJob, ShadowRunner
 from ferry.routing.spec import RoutesFile, Target, Upstream
+from ferry.server.connections import BoundedHttpProtocol, ConnectionLimits
+from ferry.server.run import FerryConfig
 from ferry.serving.metrics import LATENCY_BUCKETS
 from ferry.settings import GatewaySettings
 
@@ -40,6 +51,15 @@ HOP_BY_HOP = frozenset(
     | {"upgrade", "host", "content-length"}
 )
 BACKOFF_BASE_S, BACKOFF_CAP_S = 0.05, 2.0
+FD_RESERVE = 64  # descriptors kept back from clients: logs, DNS, health checks, the listening socket
+LOCAL_PATHS = frozenset({"/health", "/ready", "/metrics"})
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Headers = dict[str, str]
+logger = logging.getLogger("ferry.gateway")
 
 if TYPE_CHECKING:
     from ferry.observability.tracing import Tracing
@@ -238,16 +258,20 @@ class Gateway:
 
             self.tracing = Tracing.from_setting(settings.tracing, service="ferry-gateway")
 
-    def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.settings.max_body_bytes)
-        app.router.add_get("/health", self.health)
-        app.router.add_get("/ready", self.ready)
-        app.router.add_get("/metrics", self.metrics_text)
-        app.router.add_route("*", "/{tail:.*}", self.proxy if self.tracing is None else self.traced_proxy)
-        app.cleanup_ctx.append(self._lifespan)
-        return app
+    # -- ASGI: the lifespan, then one request at a time ----------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif scope["type"] == "http":
+            request = await self._read(scope, receive)
+            if isinstance(request, FerryError):
+                reply = _json({"error": request.message, "code": request.code}, request.status)
+            else:
+                reply = await self.handle(request)
+            await _send(send, reply)
 
-    async def _lifespan(self, app: web.Application) -> AsyncIterator[None]:
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        await receive()  # lifespan.startup
         # 1. One pooled session for every upstream; 2. health checks in the background.
         connector = aiohttp.TCPConnector(limit=self.settings.max_connections, ttl_dns_cache=60)
         session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
@@ -257,7 +281,8 @@ class Gateway:
             if key not in self.clients:
                 self.clients[key] = UpstreamClient(key, upstream, session, self.metrics)
         self._health_task = asyncio.create_task(self._check_health_forever())
-        yield
+        await send({"type": "lifespan.startup.complete"})
+        await receive()  # lifespan.shutdown
         # 3. On shutdown: stop health checks, cancel shadows, then close the pool.
         self._health_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -267,6 +292,49 @@ class Gateway:
         # 4. Export the spans still buffered.
         if self.tracing is not None:
             await asyncio.to_thread(self.tracing.shutdown)
+        await send({"type": "lifespan.shutdown.complete"})
+
+    async def _read(self, scope: Scope, receive: Receive) -> Request | FerryError:
+        """The request with its whole body as sent (413 past ``--max-body-bytes``)."""
+        limit = self.settings.max_body_bytes
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            return PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        client = scope.get("client")
+        return Request(
+            scope["method"],
+            scope["path"],
+            scope.get("query_string", b"").decode("latin-1"),
+            headers,
+            client[0] if client else "",
+            b"".join(chunks),
+        )
+
+    async def handle(self, request: Request) -> Reply:
+        if request.path in LOCAL_PATHS and request.method in ("GET", "HEAD"):
+            if request.path == "/health":
+                return _json({"health": "ok"})
+            if request.path == "/ready":
+                return self.ready()
+            return 200, {"content-type": "text/plain; charset=utf-8"}, generate_latest(self.registry)
+        return await (self.proxy(request) if self.tracing is None else self.traced_proxy(request))
+
+    def ready(self) -> Reply:
+        states = {name: c.healthy for name, c in self.clients.items()}
+        ready = all(states.values())
+        return _json({"ready": ready, "upstreams": states}, 200 if ready else 503)
 
     def _client_key(self, target: Target) -> str:
         if target.model is None:
@@ -281,31 +349,18 @@ class Gateway:
             await asyncio.gather(*(c.check_health() for c in self.clients.values()))
             await asyncio.sleep(self.settings.health_interval)
 
-    async def health(self, request: web.Request) -> web.Response:
-        return _json({"health": "ok"})
-
-    async def ready(self, request: web.Request) -> web.Response:
-        states = {name: c.healthy for name, c in self.clients.items()}
-        ready = all(states.values())
-        return _json({"ready": ready, "upstreams": states}, 200 if ready else 503)
-
-    async def metrics_text(self, request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(self.registry), content_type="text/plain", charset="utf-8")
-
-    async def proxy(self, request: web.Request) -> web.Response:
-        body = await request.read() if request.can_read_body else b""
-        parsed = None
-        if self.router.needs_body and body:
-            with contextlib.suppress(ValueError):
-                parsed = orjson.loads(body)
-        headers = {k.lower(): v for k, v in request.headers.items()}
-        decision = self.router.decide(RouteRequest(request.path, headers, dict(request.query), parsed))
+    async def proxy(self, request: Request) -> Reply:
+        body, headers = request.body, request.headers
+        parsed = self._parsed(request) if self.router.needs_body and body else None
+        query = dict(parse_qsl(request.query_string, keep_blank_values=True))
+        decision = self.router.decide(RouteRequest(request.path, headers, query, parsed))
         if decision is None:
             return _json({"error": f"no rule matches {request.method} {request.path}", "code": "no_route"}, 404)
         target, rule = decision.target, decision.rule
         self.metrics.routed.labels(rule, target.key).inc()
-        forward = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
-        forward["X-Forwarded-For"] = request.remote or ""
+        # The body goes on as it came, under its own Content-Encoding: the upstream decompresses it once.
+        forward = {k: v for k, v in headers.items() if k not in HOP_BY_HOP}
+        forward["x-forwarded-for"] = request.client
         started = time.perf_counter()
         client = self.clients[self._client_key(target)]
         path_qs = self._path(request, target)
@@ -335,18 +390,29 @@ class Gateway:
             route = decision.route
             job = ShadowJob(decision.rule, shadow.key, content, latency, route.shadow_timeout_s, route.compare)
             self.shadows.submit(job, call)
-        out_headers = {k: v for k, v in response_headers.items() if k.lower() not in HOP_BY_HOP}
-        out_headers["X-Ferry-Route"], out_headers["X-Ferry-Target"] = decision.rule, target.key
-        return web.Response(body=content, status=status, headers=out_headers)
+        out_headers = {k.lower(): v for k, v in response_headers.items() if k.lower() not in HOP_BY_HOP}
+        out_headers["x-ferry-route"], out_headers["x-ferry-target"] = decision.rule, target.key
+        return status, out_headers, content
 
-    async def traced_proxy(self, request: web.Request) -> web.Response:
+    def _parsed(self, request: Request) -> Any:
+        """The body as JSON for the rules that read it, decompressed if it came so; None when it is not JSON."""
+        body = request.body
+        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        try:
+            if encoding != "identity":
+                body = decompress(body, encoding.encode("latin-1"), self.settings.max_body_bytes)
+            return orjson.loads(body)
+        except (ValueError, FerryError):
+            return None  # body conditions do not match; the upstream answers for the body itself
+
+    async def traced_proxy(self, request: Request) -> Reply:
         """``proxy`` inside a server span that continues the client's trace (``--tracing``)."""
         assert self.tracing is not None
         attributes = {"http.request.method": request.method, "url.path": request.path}
         with self.tracing.server_span(f"gateway {request.method}", request.headers, attributes) as span:
-            response = await self.proxy(request)
-            span.status(response.status)
-            return response
+            reply = await self.proxy(request)
+            span.status(reply[0])
+            return reply
 
     async def _call(
         self, client: UpstreamClient, method: str, path_qs: str, headers: dict[str, str], body: bytes, rule: str
@@ -365,7 +431,7 @@ class Gateway:
             span.status(result[0])
             return result
 
-    def _path(self, request: web.Request, target: Target) -> str:
+    def _path(self, request: Request, target: Target) -> str:
         path = rewrite_path(self.named, request.path, target) or request.path
         return path + (f"?{request.query_string}" if request.query_string else "")
 
@@ -384,10 +450,79 @@ def _with_model(forward: dict[str, str], path_qs: str, target: Target) -> dict[s
     return headers
 
 
-def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=orjson.dumps(content), status=status, headers=headers, content_type="application/json")
+@dataclass(frozen=True)
+class Request:
+    """A client's request, read whole; header names lowercased (as HTTP/1.1 servers hand them)."""
+
+    method: str
+    path: str
+    query_string: str
+    headers: Headers
+    client: str
+    body: bytes
+
+
+Reply = tuple[int, Any, bytes]  # status, headers (a mapping), body
+
+
+def _json(content: Any, status: int = 200, headers: Headers | None = None) -> Reply:
+    return status, {"content-type": "application/json", **(headers or {})}, orjson.dumps(content)
+
+
+async def _send(send: Send, reply: Reply) -> None:
+    status, headers, body = reply
+    raw = [(k.encode("latin-1"), str(v).encode("latin-1")) for k, v in headers.items()]
+    raw.append((b"content-length", b"%d" % len(body)))
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+def client_cap(settings: GatewaySettings) -> int:
+    """``--max-client-connections``, kept below the descriptors this process may open (its soft limit raised
+    to the hard one first), so clients alone never run the gateway out of them."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    room = soft - settings.max_connections - FD_RESERVE
+    cap = max(1, min(settings.max_client_connections, room))
+    if cap < settings.max_client_connections:
+        logger.warning(
+            "--max-client-connections %d lowered to %d: the process may open %d files, %d of them kept for "
+            "upstream connections and %d for the rest",
+            settings.max_client_connections,
+            cap,
+            soft,
+            settings.max_connections,
+            FD_RESERVE,
+        )
+    return cap
+
+
+def gateway_config(gateway: Gateway, settings: GatewaySettings, **uvicorn_options: Any) -> uvicorn.Config:
+    """uvicorn serving ``gateway`` through Ferry's bounded connections, as ``ferry serve`` does."""
+    limits = ConnectionLimits(
+        head_timeout=settings.header_timeout,
+        body_read_timeout=settings.body_read_timeout,
+        min_body_rate=settings.min_body_rate,
+        max_connections=client_cap(settings),
+    )
+    return FerryConfig(
+        gateway,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http=BoundedHttpProtocol,
+        ws="none",
+        lifespan="on",
+        access_log=False,
+        connection_limits=limits,
+        **uvicorn_options,
+    )
 
 
 def run_gateway(routes: RoutesFile, settings: GatewaySettings) -> None:
-    gateway = Gateway(routes, settings)
-    web.run_app(gateway.app(), host=settings.host, port=settings.port, print=None, access_log=None)
+    server = uvicorn.Server(gateway_config(Gateway(routes, settings), settings))
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()

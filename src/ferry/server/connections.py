@@ -16,7 +16,8 @@ Per connection, before anything is spent:
 - a kept-alive connection's age: past ``max_age`` seconds its next reply carries
   ``Connection: close``, so clients reconnect and spread over workers and replicas again.
 
-Every refusal is JSON with a stable ``code``, as the app's own errors are.
+Every refusal is JSON with a stable ``code``, as the app's own errors are. Reaching the cap is logged as
+one line per ``CAP_LOG_S`` at most, with the count since the last one, never a line per connection.
 
 The time bounds (the head timeout, and uvicorn's keep-alive timeout) are enforced by one sweep per
 worker every ``SWEEP_S``, not by timers: uvicorn arms and cancels a timer per request, and a second
@@ -26,6 +27,7 @@ one for the head would double that on the hot path. A bound is thus met within `
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
@@ -52,6 +54,8 @@ LINGER_S = 1.0  # after a refusal, how long the client may keep sending before t
 LINGER_BYTES = 1024 * 1024
 SWEEP_S = 0.25  # how often the time bounds are checked, at most
 BODY_EVICTION_AGE_S = 1.0  # a body under way for less is never evicted: its pace is not known yet
+CAP_LOG_S = 10.0  # at most one line this often while connections are over the cap
+logger = logging.getLogger("ferry.connections")
 
 
 class _Sweeper:
@@ -59,6 +63,8 @@ class _Sweeper:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, connections: set[Any]) -> None:
         self.loop, self.connections = loop, connections
+        self.evicted = self.refused = 0  # past the cap, since the last line about it
+        self.logged_at = -CAP_LOG_S
         self.loop.call_later(SWEEP_S, self.sweep)
 
     @classmethod
@@ -76,6 +82,14 @@ class _Sweeper:
         for connection in list(self.connections):
             if isinstance(connection, BoundedHttpProtocol):
                 connection.check_time(now)
+        if (self.evicted or self.refused) and now - self.logged_at >= CAP_LOG_S:
+            logger.warning(
+                "open connections at the cap: %d closed to make room and %d refused with 503 since the last line",
+                self.evicted,
+                self.refused,
+            )
+            self.evicted = self.refused = 0
+            self.logged_at = now
         self.loop.call_later(SWEEP_S, self.sweep)
 
 
@@ -166,7 +180,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self.body_bytes = self.window_bytes = 0
         # When this connection began to wait on its client (connected, head begun, or reply sent).
         self.opened = self.waiting_since = self.window_at = self.loop.time()
-        _Sweeper.of(self)
+        self.sweeper = _Sweeper.of(self)
 
     # -- the lane: a whole predict request answered without the ASGI messages -------------------------------
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
@@ -224,8 +238,12 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.reply = _OnePacketReply(transport)
-        if len(self.connections) > self.limits.max_connections and not self._evict_one():
-            self._refuse(503, "overloaded", "too many open connections; retry shortly", retry_after=True)
+        if len(self.connections) > self.limits.max_connections:
+            if self._evict_one():
+                self.sweeper.evicted += 1
+            else:
+                self.sweeper.refused += 1
+                self._refuse(503, "overloaded", "too many open connections; retry shortly", retry_after=True)
 
     def _evict_one(self) -> bool:
         """Close the connection stuck in its head, else idle, the longest; else the slowest body under way.
