@@ -156,8 +156,9 @@ def test_raw_size_mismatch_and_malformed_message(address: str, stub: Any) -> Non
         garbage = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
         with pytest.raises(grpc.RpcError) as caught:
             garbage(b"\xff\xff\xff\xff")  # not a protobuf message
-        # grpc.aio itself refuses a message it cannot parse, before Ferry sees it.
-        assert caught.value.code() == grpc.StatusCode.UNKNOWN and "Error parsing message" in caught.value.details()
+        # A client's error like any other (tests/test_grpc_malformed.py: every method, and the metrics).
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert caught.value.details().startswith("malformed ModelInferRequest: Error parsing message")
     assert stub.ServerLive(pb.ServerLiveRequest()).live
 
 

@@ -8,9 +8,10 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
 from ferry.auth import TokenAuth
-from ferry.errors import FerryError, Unauthorized
+from ferry.errors import FerryError, InvalidInput, Unauthorized
 from ferry.grpc import inference_pb2 as pb
 from ferry.grpc import inference_pb2_grpc as pb_grpc
 from ferry.protocol import v2
@@ -20,6 +21,7 @@ from ferry.serving.registry import ModelState
 
 if TYPE_CHECKING:
     from ferry.observability.tracing import Tracing
+    from ferry.serving.metrics import Metrics
 
 logger = logging.getLogger("ferry.grpc")
 
@@ -106,6 +108,42 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             self.metrics.latency.labels(label, route).observe(time.perf_counter() - start)
 
 
+SERVICE = "inference.GRPCInferenceService"
+
+
+def add_service(server: grpc.aio.Server, servicer: InferenceServicer) -> None:
+    """Register the service's methods taking their request as bytes, parsed by ``_parsing``.
+
+    The generated registration hands parsing to gRPC, which answers a request that does not parse
+    with UNKNOWN before any handler or metric sees it. Here it is INVALID_ARGUMENT, counted like
+    any client error, as Triton answers it.
+    """
+    handlers = {}
+    for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
+        request_type, response_type = getattr(pb, method.input_type.name), getattr(pb, method.output_type.name)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            _parsing(method.name, request_type, getattr(servicer, method.name), servicer.metrics),
+            response_serializer=response_type.SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
+
+
+def _parsing(name: str, request_type: Any, method: Callable[[Any, Any], Awaitable[Any]], metrics: Metrics) -> Any:
+    route = f"grpc:{name}"
+
+    async def handler(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            request = request_type.FromString(raw)
+        except DecodeError as exc:
+            error = report(InvalidInput(f"malformed {request_type.__name__}: {exc}"), metrics)
+            metrics.requests.labels(UNKNOWN_MODEL, route, "grpc", status_code(error)).inc()
+            await context.abort(_code(error), error.message)
+        return await method(request, context)
+
+    return handler
+
+
 def _code(error: FerryError) -> grpc.StatusCode:
     return getattr(grpc.StatusCode, status_code(error))
 
@@ -156,7 +194,7 @@ async def start_server(
     options.append(("grpc.so_reuseport", int(shared)))
     interceptors = [TokenInterceptor(auth)] if auth is not None else []
     server = grpc.aio.server(options=options, interceptors=interceptors)
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane, tracing), server)
+    add_service(server, InferenceServicer(plane, tracing))
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     server.add_insecure_port(address)
     await server.start()
