@@ -71,6 +71,13 @@ def containerize_command(
             help="Serve the original artifacts (installs scikit-learn/LightGBM) even where a bundle is compiled."
         ),
     ] = Settings.original_models,
+    allow_requirement_options: Annotated[
+        bool,
+        typer.Option(
+            help="Install a bundle's requirement lines that are not package specifiers (pip options such as "
+            "--extra-index-url, URLs, paths): they change where the image's packages come from."
+        ),
+    ] = False,
 ) -> None:
     """Write a Docker build context for REPO: Dockerfile, .dockerignore, pinned requirements, models."""
     from ferry.deploy import dockerfile, image
@@ -85,6 +92,7 @@ def containerize_command(
             extras=tuple(extra or ()),
             trust_code=trust_code,
             original_models=original_models,
+            allow_requirement_options=allow_requirement_options,
         )
     )
     for path in _run(lambda: dockerfile.write_build_context(repo, out, spec)):
@@ -172,6 +180,9 @@ def k8s_command(
         Path | None,
         typer.Option(help="`ferry plan --values` output: replicas, resources, autoscaling (options given win)."),
     ] = None,
+    network_policy: Annotated[
+        bool, typer.Option(help="A NetworkPolicy: the probe port only from the kubelet and Prometheus.")
+    ] = True,
     routes: Annotated[
         Path | None, typer.Option(help="Routes file: also write an Istio VirtualService (+ DestinationRules).")
     ] = None,
@@ -190,7 +201,7 @@ def k8s_command(
     from ferry.deploy.addons import Addons, render_with_addons
     from ferry.deploy.values import PlanValues, load_values
 
-    addons = Addons(kserve=kserve, knative=knative, keda=keda, service_monitor=service_monitor)
+    addons = Addons(kserve, knative, keda, service_monitor, network_policy)
     _run(lambda: _check_addons(addons, scale_to_zero=scale_to_zero, in_flight_target=in_flight_target))
     _run(lambda: _check_shard(addons, shard=shard, max_memory=max_memory))
     planned = _run(lambda: load_values(values)) if values is not None else PlanValues()
@@ -349,7 +360,8 @@ def _spec(repo: Path | None, image_ref: str, **options: object) -> DeploySpec:
 
         if not image_ref:
             raise SpecError("--image IMAGE:TAG is required")
-        if repo is not None and not options.get("model_uri") and not dockerfile.model_refs(repo):
+        # Only whether there are bundles: their requirements are containerize's to check, where it installs them.
+        if repo is not None and not options.get("model_uri") and not dockerfile.model_refs(repo, True):
             raise SpecError(f"{repo}: no bundles found (expected REPO/<name>/<version>/ferry.yaml)")
         return DeploySpec(image=image_ref, **options)  # type: ignore[arg-type]
 

@@ -15,6 +15,7 @@ class Addons:
     knative: bool = False  # a Knative Service (standalone): scale on concurrency, to zero if asked
     keda: bool = False  # a KEDA ScaledObject instead of the HPA; implies the ServiceMonitor its queries read
     service_monitor: bool = False  # a ServiceMonitor and a PrometheusRule
+    network_policy: bool = True  # the probe port only from the kubelet and Prometheus
 
 
 def render_with_addons(spec: DeploySpec, addons: Addons) -> dict[str, Obj]:
@@ -26,6 +27,8 @@ def render_with_addons(spec: DeploySpec, addons: Addons) -> dict[str, Obj]:
         objects["40-scaledobject.yaml"] = keda.render_scaled_object(spec)
     if addons.knative:
         objects["65-knative-service.yaml"] = knative.render_knative_service(spec)
+    if addons.network_policy:
+        objects["55-networkpolicy.yaml"] = k8s.render_network_policy(spec)
     if addons.service_monitor or addons.keda:
         objects["80-servicemonitor.yaml"] = monitoring.render_service_monitor(spec)
         objects["81-prometheusrule.yaml"] = monitoring.render_prometheus_rule(spec)

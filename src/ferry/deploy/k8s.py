@@ -1,4 +1,5 @@
-"""Kubernetes objects as plain dicts: Namespace, ConfigMap, Deployment, Service, HPA, PDB, kustomization, KServe.
+"""Kubernetes objects as plain dicts: Namespace, ConfigMap, Deployment, Service, HPA, PDB, NetworkPolicy,
+kustomization, KServe.
 
 Nothing here talks to a cluster; ``write_manifests`` writes the rendered YAML, ``ferry.deploy.kubectl`` applies it.
 """
@@ -33,6 +34,10 @@ from ferry.settings import Settings
 
 Obj = dict[str, Any]
 SERVICE_HTTP_PORT = 80
+# Who may reach the probe port besides the kubelet (whose traffic, from the pod's own node, every policy
+# engine lets through): Prometheus, as kube-prometheus-stack and the Prometheus Operator label it.
+PROMETHEUS_NAMESPACE = "monitoring"
+PROMETHEUS_POD_LABELS = {"app.kubernetes.io/name": "prometheus"}
 
 
 def meta(spec: DeploySpec, name: str | None = None, namespaced: bool = True) -> Obj:
@@ -252,6 +257,29 @@ def render_pdb(spec: DeploySpec) -> Obj:
         "kind": "PodDisruptionBudget",
         "metadata": meta(spec),
         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": dict(spec.selector_labels)}},
+    }
+
+
+def render_network_policy(spec: DeploySpec) -> Obj:
+    """Ingress to the pods: HTTP and gRPC from anywhere (the Service's clients); the probe port only from the
+    kubelet (the pod's node, always allowed) and Prometheus, so no other pod can hold its connections and
+    get a healthy pod restarted. Without a policy engine in the cluster the object is inert."""
+    prometheus = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": PROMETHEUS_NAMESPACE}},
+        "podSelector": {"matchLabels": dict(PROMETHEUS_POD_LABELS)},
+    }
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": meta(spec),
+        "spec": {
+            "podSelector": {"matchLabels": dict(spec.selector_labels)},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"ports": [{"port": "http", "protocol": "TCP"}, {"port": "grpc", "protocol": "TCP"}]},
+                {"from": [prometheus], "ports": [{"port": "probe", "protocol": "TCP"}]},
+            ],
+        },
     }
 
 
