@@ -82,9 +82,9 @@ def test_pickle_loads_only_when_the_server_trusts_it(tmp_path: Path) -> None:
     with pytest.raises(UntrustedPickle, match=r"'model.joblib' is a pickle, and unpickling runs arbitrary code"):
         load_bundle(path, original=True)
     # ... only the server can (tests/test_trust.py covers pickles under other names).
-    assert load_bundle(path, trust_pickle=True, original=True).runtime.predict(np.array([[0.0, 0.0]])).values == ["0"]
+    assert load_bundle(path, trust_pickle=True, original=True).runtime.predict(np.array([[0.0, 0.0]])).values == [0]
     # Its compiled form is plain arrays (no unpickling), verified at build by the builder who trusted it.
-    assert load_bundle(path).runtime.predict(np.array([[0.0, 0.0]])).values == ["0"]
+    assert load_bundle(path).runtime.predict(np.array([[0.0, 0.0]])).values == [0]
 
 
 def test_library_version_drift_warns_with_both_versions(tmp_path: Path) -> None:

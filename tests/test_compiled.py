@@ -201,9 +201,11 @@ def test_a_model_without_a_compiled_form_serves_its_original(tmp_path: Path) -> 
     assert "compiled" not in manifest["options"]
     assert manifest["metadata"]["compiled"] == "no: KNeighborsClassifier has no compiled form"  # says why
     assert not [f for f in manifest["artifacts"] if f.startswith("compiled-")]
-    assert load_bundle(path).runtime.predict(_X[:3]).values == [
-        str(v) for v in KNeighborsClassifier(3).fit(_X, _Y2).predict(_X[:3])
-    ]
+    # integer classes answer as integers, as the model's own predict does (issue 21)
+    assert (
+        load_bundle(path).runtime.predict(_X[:3]).values
+        == KNeighborsClassifier(3).fit(_X, _Y2).predict(_X[:3]).tolist()
+    )
 
 
 def test_build_can_skip_the_compiled_form(tmp_path: Path) -> None:

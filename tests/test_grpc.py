@@ -43,7 +43,7 @@ def test_triton_grpc_health_and_metadata(triton: triton_grpc.InferenceServerClie
     iris = triton.get_model_metadata("iris", as_json=True)
     assert iris["inputs"] == [{"name": "input", "datatype": "FP64", "shape": ["-1", "2"]}]  # int64 as JSON strings
     diabetes = triton.get_model_metadata("diabetes", as_json=True)
-    assert diabetes["outputs"] == [{"name": "prediction", "datatype": "FP64", "shape": ["-1"]}]
+    assert diabetes["outputs"] == [{"name": "predict", "datatype": "FP64", "shape": ["-1"]}]  # as MLServer names it
     with pytest.raises(InferenceServerException, match=r"NOT_FOUND.*model 'nope' not found"):
         triton.is_model_ready("nope")
 
@@ -57,7 +57,7 @@ def test_triton_grpc_infer_iris_and_diabetes(triton: triton_grpc.InferenceServer
     assert result.get_response().id == "g-1"
     tensor = triton_grpc.InferInput("input", [1, 1], "FP64")
     tensor.set_data_from_numpy(np.array([[0.05]]))
-    assert triton.infer("diabetes", [tensor], model_version="1").as_numpy("prediction")[0] == pytest.approx(
+    assert triton.infer("diabetes", [tensor], model_version="1").as_numpy("predict")[0] == pytest.approx(
         199.605, abs=1e-3
     )
 
@@ -65,7 +65,7 @@ def test_triton_grpc_infer_iris_and_diabetes(triton: triton_grpc.InferenceServer
 def test_triton_grpc_bytes(triton: triton_grpc.InferenceServerClient) -> None:
     tensor = triton_grpc.InferInput("text", [2], "BYTES")
     tensor.set_data_from_numpy(np.array(["映像がとても美しい".encode(), "退屈だった".encode()], dtype=object))
-    stars = triton.infer("reviews", [tensor]).as_numpy("prediction")
+    stars = triton.infer("reviews", [tensor]).as_numpy("predict")
     assert stars.shape == (2,) and all(1.0 <= s <= 5.0 for s in stars)
 
 
@@ -127,7 +127,7 @@ ERRORS: dict[str, tuple[Callable[[], Any], grpc.StatusCode, str]] = {
     "unknown_output": (
         lambda: _with_output(infer_request("iris", "input", "FP64", [1, 2], fp64_contents=[1.0, 2.0]), "probabilities"),
         grpc.StatusCode.INVALID_ARGUMENT,
-        "unknown output 'probabilities'; model 'iris' has outputs: label",
+        "unknown output 'probabilities'; model 'iris' has outputs: predict",
     ),
 }
 

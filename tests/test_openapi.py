@@ -100,7 +100,7 @@ def test_request_schemas_are_each_models_own(document: dict[str, Any]) -> None:
     text = _body(document, "/v2/models/reviews/infer")["properties"]["inputs"]["items"]
     assert text["properties"]["name"]["enum"] == ["text"] and text["properties"]["data"]["items"]["maxLength"] == 10000
     outputs = _body(document, "/v2/models/iris/infer")["properties"]["outputs"]["items"]["properties"]["name"]
-    assert outputs["enum"] == ["label"]
+    assert outputs["enum"] == ["predict"]  # MLServer's name for a scikit-learn model's output (issue 21)
     # Seldon: the columns are the features, each once, in any order.
     seldon = _body(document, "/seldon/iris/api/v1.0/predictions")["oneOf"]
     assert [form["required"] for form in seldon] == [["data"], ["jsonData"]]  # strData and binData: other kinds

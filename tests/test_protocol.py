@@ -66,10 +66,11 @@ def test_triton_http_health_and_metadata(triton: triton_http.InferenceServerClie
     assert server["name"] == "ferry" and server["extensions"] == ["binary_tensor_data"]
     iris = triton.get_model_metadata("iris")
     assert iris["inputs"] == [{"name": "input", "datatype": "FP64", "shape": [-1, 2]}]
-    assert iris["outputs"] == [{"name": "label", "datatype": "BYTES", "shape": [-1]}]
+    # scikit-learn models answer under MLServer's names (issue 21); `label` and `prediction` stay as aliases
+    assert iris["outputs"] == [{"name": "predict", "datatype": "BYTES", "shape": [-1]}]
     diabetes = triton.get_model_metadata("diabetes", "1")
     assert diabetes["versions"] == ["1"] and diabetes["platform"] == "ferry_sklearn"
-    assert diabetes["outputs"] == [{"name": "prediction", "datatype": "FP64", "shape": [-1]}]
+    assert diabetes["outputs"] == [{"name": "predict", "datatype": "FP64", "shape": [-1]}]
     with pytest.raises(InferenceServerException, match="model 'nope' not found"):
         triton.get_model_metadata("nope")
 
@@ -106,7 +107,7 @@ def test_triton_http_default_outputs_are_binary(triton: triton_http.InferenceSer
     tensor.set_data_from_numpy(np.array([[0.05]], dtype=np.float16), binary_data=True)
     result = triton.infer("diabetes", [tensor])  # no outputs named: the client asks for all, in binary
     assert result.get_response()["outputs"][0]["parameters"]["binary_data_size"] == 8
-    assert result.as_numpy("prediction")[0] == pytest.approx(199.6, abs=0.1)
+    assert result.as_numpy("predict")[0] == pytest.approx(199.6, abs=0.1)
 
 
 def test_triton_http_bad_input_is_a_clear_error(triton: triton_http.InferenceServerClient) -> None:
@@ -305,7 +306,7 @@ def test_triton_request_compression(triton: triton_http.InferenceServerClient) -
     x.set_data_from_numpy(np.array([[1.4, 0.2]]), binary_data=True)
     for algorithm in ("gzip", "deflate"):
         result = triton.infer("iris", [x], request_compression_algorithm=algorithm)
-        assert result.as_numpy("label").tolist() == [b"setosa"], algorithm
+        assert result.as_numpy("predict").tolist() == [b"setosa"], algorithm
 
 
 def test_v2_bytes_input(client: httpx.Client) -> None:
@@ -323,7 +324,7 @@ def test_v2_requested_outputs_and_parameters(client: httpx.Client) -> None:
     assert response.status_code == 400
     assert (
         response.json()["error"]
-        == "unknown output 'probabilities'; model 'diabetes' has outputs: prediction - at `$.outputs[0].name`"
+        == "unknown output 'probabilities'; model 'diabetes' has outputs: predict - at `$.outputs[0].name`"
     )
     body = {**v2_body("diabetes"), "parameters": [1]}
     assert "Expected `parameters` as an object" in client.post("/v2/models/diabetes/infer", json=body).json()["error"]
@@ -625,7 +626,7 @@ def test_every_protocol_goes_through_the_one_predict_path(client: httpx.Client, 
         "seldon": lambda: client.post(
             "/seldon/iris/api/v1.0/predictions", json={"data": {"ndarray": [[1.4, 0.2]]}}
         ).json()["data"]["ndarray"][0],
-        "grpc": lambda: grpc_client.infer("iris", [grpc_input]).as_numpy("label")[0].decode(),
+        "grpc": lambda: grpc_client.infer("iris", [grpc_input]).as_numpy("predict")[0].decode(),
     }
     for protocol, call in calls.items():
         before = predict_calls(client)

@@ -33,7 +33,7 @@ def run_block(name: str, folder: Path) -> None:
 
 
 def test_every_story_has_a_block() -> None:
-    assert set(blocks()) == {"iris", "diabetes", "seldon", "reviews", "mlflow", "mlserver"}
+    assert set(blocks()) == {"iris", "diabetes", "seldon", "reviews", "mlflow", "mlserver", "titanic", "mlflow_titanic"}
 
 
 def test_two_pickles_and_the_old_routes(tmp_path: Path, serve: Callable[..., ServerProcess]) -> None:
@@ -132,3 +132,44 @@ def test_an_mlserver_repository(tmp_path: Path) -> None:
     run_block("mlserver", tmp_path)
     assert (tmp_path / "models" / "iris" / "v0.1.0" / "ferry.yaml").is_file()
     assert (tmp_path / "models" / "petals" / "2" / "ferry.yaml").is_file()
+
+
+@pytest.mark.timeout(600)
+def test_a_mixed_type_pipeline_and_its_mlflow_twin(tmp_path: Path, serve: Callable[..., ServerProcess]) -> None:
+    """The titanic pipeline (joblib) and the same pipeline saved by mlflow with string columns, built as printed."""
+    import warnings
+
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+    from tests.test_tabular import passengers, titanic_pipeline
+
+    pipeline = titanic_pipeline()
+    (tmp_path / "joblib").mkdir()
+    joblib.dump(pipeline, tmp_path / "joblib" / "titanic.joblib")
+    run_block("titanic", tmp_path / "joblib")
+    frame = passengers(30, 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        signature = infer_signature(frame, pipeline.predict(frame))
+        mlflow.sklearn.save_model(
+            pipeline,
+            str(tmp_path / "mlflow" / "model"),
+            serialization_format="pickle",
+            signature=signature,
+            pip_requirements=["scikit-learn"],
+        )
+    run_block("mlflow_titanic", tmp_path / "mlflow")
+    record = {"sex": "female", "pclass": 1, "age": 29.0, "embarked": "S"}
+    expected = pipeline.predict(pd_frame([record])).tolist()
+    server = serve(str(tmp_path / "joblib" / "models"))
+    answer = httpx.post(server.url + "/models/titanic/predict", json=record).json()
+    assert answer["prediction"] == expected[0] and type(answer["prediction"]) is int
+    server = serve(str(tmp_path / "mlflow" / "models"))
+    split = {"dataframe_split": {"columns": list(record), "data": [list(record.values())]}}
+    assert httpx.post(server.url + "/invocations", json=split).json() == {"predictions": expected}
+
+
+def pd_frame(records: list[dict[str, object]]) -> object:
+    import pandas as pd
+
+    return pd.DataFrame(records)

@@ -351,4 +351,4 @@ def test_auth_tokens_guard_grpc_infer_but_not_liveness(serve: Any, example_repo:
     with pytest.raises(InferenceServerException, match="UNAUTHENTICATED"):
         client.infer("iris", [x])
     result = client.infer("iris", [x], headers={"authorization": "Bearer s3cret"})
-    assert result.as_numpy("label").tolist() == [b"virginica"]
+    assert result.as_numpy("predict").tolist() == [b"virginica"]

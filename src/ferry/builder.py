@@ -18,6 +18,7 @@ from typing import Any
 
 import msgspec
 
+from ferry.bundle import columns as model_columns
 from ferry.bundle.compile import compile_model, load_original
 from ferry.bundle.files import check_step, file_kind, read_estimator
 from ferry.bundle.hashing import sha256_file
@@ -104,7 +105,10 @@ def build(
             options["requirements"] = REQUIREMENTS_FILE
         if runtime == "python":
             trusted = True  # the builder hands over its own code
-        _check_against_model(f"{name}:{version}", _features_schema(features), inferred_input, labels, inferred_labels)
+        declared = _features_schema(features, f"{name}:{version}")
+        _check_against_model(f"{name}:{version}", declared, inferred_input, labels, inferred_labels)
+        if labels and inferred_output.get("kind") == "label":
+            inferred_output = {**inferred_output, "dtype": "string"}  # --labels names the classes, as text
         labels = [str(label) for label in labels] if labels else inferred_labels  # numpy.str_ too
         compiled = None
         if compile and runtime in ("sklearn", "lightgbm", "xgboost", "catboost"):
@@ -115,7 +119,7 @@ def build(
             "name": name,
             "version": version,
             "runtime": runtime,
-            "input": _schema(input_schema) or _features_schema(features) or inferred_input,
+            "input": _schema(input_schema) or _input_schema(name, declared, inferred_input, sample_input),
             "output": _schema(output_schema) or inferred_output,
             "labels": labels,
             "sample_input": sample_input,
@@ -134,6 +138,7 @@ def build(
             raise ManifestError(f"{name}: cannot infer the input schema; pass --features (features= in Python)")
         if raw["sample_input"] is None:
             raw["sample_input"] = _default_sample(raw["input"])
+        raw["input"] = _without_examples(raw["input"])
         if training_data is not None and raw["input"]["kind"] == "features":
             from ferry.observability.drift import training_stats
 
@@ -141,8 +146,8 @@ def build(
             raw["metadata"]["training_stats"] = training_stats(training_data, names)
         manifest = parse_manifest({k: v for k, v in raw.items() if v is not None}, source=f"{name}:{version}")
         write_manifest(staging, manifest)
-        if manifest.expected_output is not None:
-            _check_expectation(staging, manifest, trusted)
+        if manifest.sample_input is not None:  # "built" means "it serves": always, not only with --expect
+            _check_sample(staging, manifest, trusted)
         target.parent.mkdir(parents=True, exist_ok=True)
         staging.rename(target)  # atomic: a half-written bundle is never visible
     except BaseException:
@@ -230,23 +235,24 @@ def _route(route: CompatRoute | dict[str, Any] | str) -> Any:
     return msgspec.to_builtins(route) if isinstance(route, CompatRoute) else route
 
 
-def _check_expectation(staging: Path, manifest: Manifest, trusted: bool) -> None:
-    """Load the staged bundle and answer its sample as the native predict route will."""
-    from ferry.bundle.expect import expectation_problem
+def _check_sample(staging: Path, manifest: Manifest, trusted: bool) -> None:
+    """Load the staged bundle as the server does and warm it up as the server does: the sample input decoded,
+    the model called with its outputs clipped, the answer encoded and compared with ``expected_output``."""
     from ferry.bundle.load import load_bundle
-    from ferry.protocol.native import answer
+    from ferry.errors import ModelWarmupFailed
+    from ferry.protocol.native import native_warm_up
     from ferry.serving.inputs import InputCodec
+    from ferry.serving.registry import ModelHandle
 
-    loaded = load_bundle(staging, trust_pickle=trusted, trust_code=trusted)  # the builder's own files
     try:
-        got = answer(manifest.sample_input, InputCodec(manifest.input), loaded.runtime, manifest.labels)
+        loaded = load_bundle(staging, trust_pickle=trusted, trust_code=trusted)  # the builder's own files
     except FerryError as exc:
-        raise ManifestError(f"{manifest.name}: the sample input fails: {exc.message}") from None
-    except Exception as exc:
-        raise ManifestError(f"{manifest.name}: the sample input fails: {type(exc).__name__}: {exc}") from None
-    problem = expectation_problem(manifest.expected_output, got)
-    if problem:
-        raise ManifestError(f"{manifest.name}: the sample input answers wrong: {problem}")
+        raise ManifestError(f"{manifest.name}: the built bundle does not load: {exc.message}") from None
+    handle = ModelHandle(manifest.name, manifest.version, staging, model=loaded, codec=InputCodec(manifest.input))
+    try:
+        native_warm_up()(handle)
+    except ModelWarmupFailed as exc:
+        raise ManifestError(f"{manifest.name}: {exc.message}") from None
 
 
 def _mkdir(path: Path) -> Path:
@@ -260,16 +266,62 @@ def _schema(schema: Any) -> dict[str, Any] | None:
     return schema if isinstance(schema, dict) else msgspec.to_builtins(schema)
 
 
-def _features_schema(features: list[str] | None) -> dict[str, Any] | None:
+def _features_schema(features: list[str] | None, source: str = "--features") -> dict[str, Any] | None:
+    """``--features a,b`` or, with types, ``--features sex:string,age:int,fare:float``."""
     if not features:
         return None
-    return {"kind": "features", "features": [{"name": f} for f in features]}
+    try:
+        return {"kind": "features", "features": [model_columns.declared(f) for f in features]}
+    except ValueError as exc:
+        raise ManifestError(f"{source}: {exc}") from None
+
+
+def _input_schema(
+    name: str, declared: dict[str, Any] | None, inferred: dict[str, Any] | None, sample: Any
+) -> dict[str, Any] | None:
+    """The input schema: the model's own (a DataFrame's columns, with --features' types over them), else --features.
+
+    A column whose type the model does not tell is typed by the --sample row, else by --features name:type;
+    failing both, the build fails naming the column and the options that say it.
+    """
+    if inferred is None or not inferred.get("frame"):
+        return declared or inferred
+    features = [dict(f) for f in inferred["features"]]
+    if declared is not None:
+        given = {f["name"]: f for f in declared["features"]}
+        fitted = [f["name"] for f in features]
+        if set(given) != set(fitted):
+            raise ManifestError(
+                f"{name}: --features names {', '.join(given)}, but the model was fitted on the columns "
+                f"{', '.join(fitted)} - at `$.input.features`"
+            )
+        for feature in features:
+            feature.update({k: v for k, v in given[feature["name"]].items() if k != "name"})
+    record = sample if isinstance(sample, dict) else {}
+    for feature in features:
+        if feature.get("dtype") is None:
+            typed = model_columns.from_sample(feature["name"], record.get(feature["name"]))
+            if typed is None:
+                raise ManifestError(
+                    f"{name}: the model does not tell the type of column '{feature['name']}'; say it with "
+                    f"--features {feature['name']}:TYPE (string, int, float, bool) or give a --sample row"
+                )
+            feature.update(typed)
+    return {**inferred, "features": features}
 
 
 def _default_sample(schema: dict[str, Any]) -> Any:
+    """A record of valid values: each column's first category where the model has them, else zero."""
     if schema["kind"] == "features":
-        return {f["name"]: 0.0 for f in schema["features"]}
+        zero = {"string": "", "bool": False, "int64": 0, "int32": 0}
+        return {f["name"]: f.get("example", zero.get(f.get("dtype", "float64"), 0.0)) for f in schema["features"]}
     return None
+
+
+def _without_examples(schema: dict[str, Any] | None) -> dict[str, Any] | None:
+    if schema is None or "features" not in schema:
+        return schema
+    return {**schema, "features": [{k: v for k, v in f.items() if k != "example"} for f in schema["features"]]}
 
 
 def _default_metadata(runtime: str) -> dict[str, Any]:
@@ -292,7 +344,7 @@ def _write_artifacts(model: Any, staging: Path, options: dict[str, Any], trusted
     if isinstance(model, str | Path) and is_mlflow_folder(Path(model)):
         fitted, signature_schema = read_mlflow(Path(model), trusted)
         runtime, inferred, output, labels = _write_artifacts(fitted, staging, options, trusted)
-        return runtime, signature_schema or inferred, output, labels
+        return runtime, _with_signature(signature_schema, inferred), output, labels
     if isinstance(model, list | tuple) and all(isinstance(m, str | Path) for m in model):
         if len(model) == 1:
             return _from_file(Path(model[0]), staging, options, trusted)
@@ -314,6 +366,22 @@ def _write_artifacts(model: Any, staging: Path, options: dict[str, Any], trusted
         f"cannot bundle a {type(model).__name__}: expected an estimator, a Booster, an .onnx path "
         "or a class with predict()"
     )
+
+
+def _with_signature(signature: dict[str, Any] | None, inferred: dict[str, Any] | None) -> dict[str, Any] | None:
+    """An MLflow signature's column types, over what the model itself says (its DataFrame, its categories)."""
+    if signature is None or inferred is None or not inferred.get("frame"):
+        return signature or inferred
+    typed = {f["name"]: f for f in signature["features"]}
+    if set(typed) != {f["name"] for f in inferred["features"]}:
+        return signature
+    features = []
+    for feature in inferred["features"]:
+        merged = {**feature, **typed[feature["name"]]}
+        if merged.get("dtype") != feature.get("dtype"):
+            merged.pop("example", None)  # the model's example value is of another type
+        features.append(merged)
+    return {**inferred, "features": features}
 
 
 def _sklearn(model: Any, staging: Path, options: dict[str, Any]) -> Inferred:
@@ -353,9 +421,11 @@ def _reproducible_skops(data: bytes) -> bytes:
 
 
 def _sklearn_input(model: Any) -> dict[str, Any] | None:
-    names = getattr(model, "feature_names_in_", None)
-    if names is not None:
-        return {"kind": "features", "features": [{"name": str(n)} for n in names]}
+    fitted = model_columns.sklearn_columns(model)
+    if fitted is not None:  # fitted on a DataFrame: called with one, each column typed as the model reads it
+        names = [str(n) for n in model.feature_names_in_]
+        features = [c if c is not None else {"name": n, "dtype": None} for c, n in zip(fitted, names, strict=True)]
+        return {"kind": "features", "frame": True, "features": features}
     count = getattr(model, "n_features_in_", None)
     if count is not None:
         return {"kind": "features", "features": [{"name": f"f{i}"} for i in range(int(count))]}
@@ -366,18 +436,31 @@ def _sklearn_output(model: Any) -> tuple[dict[str, Any], list[str] | None]:
     classes = getattr(model, "classes_", None)
     if classes is None:
         return {"kind": "number"}, None
-    return {"kind": "label", "dtype": "string"}, [str(c) for c in classes]
+    return _label_output(classes)
+
+
+def _label_output(classes: Any) -> tuple[dict[str, Any], list[str]]:
+    """A classifier's classes as labels; integer and boolean classes keep their type (``output.dtype``)."""
+    import numpy as np
+
+    kind = np.asarray(classes).dtype.kind
+    dtype = "int64" if kind in "iu" else "bool" if kind == "b" else "string"
+    return {"kind": "label", "dtype": dtype}, [str(c) for c in classes]
 
 
 def _lightgbm(model: Any, staging: Path) -> Inferred:
     booster = getattr(model, "booster_", model)
     booster.save_model(str(staging / "model.txt"))
     names = booster.feature_name()
-    schema = {"kind": "features", "features": [{"name": n} for n in names]}
+    schema: dict[str, Any] = {"kind": "features", "features": [{"name": n} for n in names]}
+    categorical = model_columns.lightgbm_columns(booster)
+    if categorical is not None:  # fitted on a DataFrame with pandas categoricals: called with one
+        schema = {"kind": "features", "frame": True, "features": categorical}
     classes = getattr(model, "classes_", None)
     if classes is not None:
-        return "lightgbm", schema, {"kind": "label", "dtype": "string"}, [str(c) for c in classes]
-    return "lightgbm", schema, {"kind": "number"}, None
+        return ("lightgbm", schema, *_label_output(classes))
+    per_row = booster.num_model_per_iteration()  # a multiclass Booster answers one probability per class
+    return "lightgbm", schema, {"kind": "number", **({"shape": [-1, per_row]} if per_row > 1 else {})}, None
 
 
 def _from_file(path: Path, staging: Path, options: dict[str, Any], trusted: bool) -> Inferred:

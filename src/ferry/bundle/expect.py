@@ -15,7 +15,15 @@ def expectation_problem(expected: Any, got: Any) -> str | None:
     """``expected setosa, got versicolor`` when the answer differs (numbers to a relative 1e-6), else None."""
     if _same(expected, got):
         return None
-    return f"expected {_show(expected)}, got {_show(got)}"
+    shown, seen = _show(expected), _show(got)
+    if shown == seen:  # 1 against "1": the same text, not the same value
+        shown, seen = f"{json.dumps(expected)} ({_kind(expected)})", f"{json.dumps(got)} ({_kind(got)})"
+    return f"expected {shown}, got {seen}"
+
+
+def _kind(value: Any) -> str:
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list", dict: "an object"}
+    return names.get(type(value), type(value).__name__)
 
 
 def _same(expected: Any, got: Any) -> bool:

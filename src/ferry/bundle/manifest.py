@@ -22,18 +22,23 @@ MANIFEST_FILE = "ferry.yaml"
 MANIFEST_TWIN = "ferry.yaml.json"
 _TWIN_HEADER = f"# {MANIFEST_TWIN} sha256: "
 
-FeatureDType = Literal["float64", "float32", "int64", "int32", "bool", "string"]
+FeatureDType = Literal["float64", "float32", "int64", "int32", "bool", "string", "category"]
 InputKind = Literal["features", "tensor", "text", "image"]
 OutputKind = Literal["label", "number", "tensor"]
 RuntimeName = Literal["sklearn", "lightgbm", "onnx", "python", "xgboost", "catboost"]
 
 
 class Feature(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    """One named input feature of a tabular model."""
+    """One named input feature of a tabular model.
+
+    ``allow_nan``: a missing value (JSON ``null``, or NaN) is allowed. A ``category`` feature is a pandas
+    categorical over ``categories`` (a LightGBM model fitted on one); a value outside them is missing, as in pandas.
+    """
 
     name: str
     dtype: FeatureDType = "float64"
     allow_nan: bool = False
+    categories: list[Any] | None = None
 
 
 class Tensor(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -48,7 +53,8 @@ class Tensor(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
 class InputSchema(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """What the model takes: named features, tensors, text, or image bytes.
 
-    ``field`` is the JSON key that carries a text or image input in a record.
+    ``field`` is the JSON key that carries a text or image input in a record. ``frame``: the model was
+    fitted on a pandas DataFrame and is called with one, of the features in order with their dtypes.
     """
 
     kind: InputKind
@@ -56,6 +62,7 @@ class InputSchema(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True
     tensors: list[Tensor] = msgspec.field(default_factory=list)
     field: str = "text"
     max_length: int | None = None
+    frame: bool = False
 
 
 class OutputSchema(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -255,6 +262,12 @@ def _check_consistency(m: Manifest, source: str) -> None:
     names = [f.name for f in m.input.features]
     if len(set(names)) != len(names):
         raise ManifestError(f"{source}: duplicate feature names - at `$.input.features`")
+    for i, feature in enumerate(m.input.features):
+        if (feature.dtype == "category") != (feature.categories is not None):
+            raise ManifestError(
+                f"{source}: feature '{feature.name}': categories go with dtype 'category', and only with it"
+                f" - at `$.input.features[{i}]`"
+            )
     if m.output.kind == "label" and not m.labels:
         raise ManifestError(f"{source}: output.kind 'label' needs labels - at `$.labels`")
     if m.prediction_log is not None and not 0.0 <= m.prediction_log.sample_rate <= 1.0:

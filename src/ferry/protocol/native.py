@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import numpy as np
 
-from ferry.errors import InvalidInput, MalformedRequest
+from ferry.errors import InvalidInput, MalformedRequest, ModelError
 from ferry.runtimes import Prediction
 from ferry.serving.inputs import InputCodec
 
@@ -126,8 +126,20 @@ def answer_of(prediction: Prediction, single: bool, labels: list[str] | None) ->
     return body["prediction"] if single else body["predictions"]
 
 
+def served_answer(prediction: Prediction, single: bool, labels: list[str] | None) -> Any:
+    """``answer_of``, after encoding the whole body to JSON bytes exactly as the server writes it."""
+    import orjson
+
+    body = encode_native(prediction, single, labels)
+    try:
+        orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
+    except TypeError as exc:
+        raise ModelError(f"the answer cannot be written as JSON: {exc}") from None
+    return body["prediction"] if single else body["predictions"]
+
+
 def native_warm_up() -> WarmUp:
-    """The registry's warm-up: bundles' sample inputs are written in this protocol."""
+    """The registry's warm-up (and ``ferry build``'s check): bundles' sample inputs are written in this protocol."""
     from ferry.serving.warmup import sample_warm_up
 
-    return sample_warm_up(decode_native, answer_of)
+    return sample_warm_up(decode_native, served_answer)

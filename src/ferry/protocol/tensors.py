@@ -37,6 +37,7 @@ FERRY_DATATYPES = {
     "int32": "INT32",
     "bool": "BOOL",
     "string": "BYTES",
+    "category": "BYTES",
 }
 
 # Which typed ``contents`` field of a gRPC tensor carries each datatype (FP16 travels only as raw bytes).
@@ -66,6 +67,7 @@ ACCEPTS: dict[str, tuple[str, ...]] = {
     "int32": _INTEGER,
     "bool": ("BOOL",),
     "string": ("BYTES",),
+    "category": ("BYTES", *_INTEGER, *_FLOAT, "BOOL"),
 }
 
 

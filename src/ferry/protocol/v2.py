@@ -17,7 +17,7 @@ from ferry.bundle.manifest import Manifest
 from ferry.errors import FerryError, InvalidInput
 from ferry.protocol.tensors import ACCEPTS, DATATYPES, FERRY_DATATYPES, Tensor
 from ferry.runtimes import Prediction
-from ferry.serving.inputs import InputCodec
+from ferry.serving.inputs import InputCodec, value_dtype
 from ferry.serving.registry import ModelHandle
 
 EXTENSIONS = ["binary_tensor_data"]
@@ -98,36 +98,58 @@ def input_specs(manifest: Manifest) -> list[dict[str, Any]]:
     schema = manifest.input
     if schema.kind == "features":
         dtypes = {f.dtype for f in schema.features}
-        if len(dtypes) == 1:
+        if len(dtypes) == 1 and "category" not in dtypes:
             return [spec(MATRIX_INPUT, FERRY_DATATYPES[dtypes.pop()], [-1, len(schema.features)])]
-        return [spec(f.name, FERRY_DATATYPES[f.dtype], [-1]) for f in schema.features]
+        return [spec(f.name, FERRY_DATATYPES[value_dtype(f)], [-1]) for f in schema.features]
     if schema.kind == "tensor":
         tensor = schema.tensors[0]
         return [spec(tensor.name, FERRY_DATATYPES[tensor.dtype], list(tensor.shape))]
     return [spec(schema.field, "BYTES", [-1])]
 
 
+# scikit-learn and LightGBM models answer under MLServer's names, ``predict`` and ``predict_proba``, so its
+# clients ask for the same outputs; Ferry's earlier names stay as aliases a client may ask for by name.
+ALIASES = {"label": "predict", "probabilities": "predict_proba", "prediction": "predict"}
+_LABEL_DATATYPES = {"int64": "INT64", "int32": "INT32", "bool": "BOOL"}
+
+
+def _names(manifest: Manifest) -> tuple[str, str, str]:
+    """(label, probabilities, number) output names of the model."""
+    if manifest.runtime in ("sklearn", "lightgbm"):
+        return "predict", "predict_proba", "predict"
+    return "label", "probabilities", "prediction"
+
+
 def output_specs(handle: ModelHandle) -> list[dict[str, Any]]:
+    """The outputs every answer holds, by name, datatype and shape (what the metadata publishes)."""
     assert handle.model is not None
     manifest = handle.model.manifest
     output = manifest.output
+    label, probabilities, number = _names(manifest)
     if output.kind == "label":
-        specs = [spec("label", "BYTES", [-1])]
+        specs = [spec(label, _LABEL_DATATYPES.get(output.dtype, "BYTES"), [-1])]
         # Not every classifier has probabilities (a Perceptron has none); sklearn's runtime says which.
         if getattr(handle.model.runtime, "has_proba", True):
             datatype = "FP32" if manifest.runtime == "onnx" else "FP64"
-            specs.append(spec("probabilities", datatype, [-1, len(manifest.labels or [])]))
+            specs.append(spec(probabilities, datatype, [-1, len(manifest.labels or [])]))
         return specs
-    return [spec("prediction", FERRY_DATATYPES.get(output.dtype, "FP64"), list(output.shape))]
+    return [spec(number, FERRY_DATATYPES.get(output.dtype, "FP64"), list(output.shape))]
+
+
+def requestable(handle: ModelHandle) -> list[str]:
+    """Output names a request may ask for: the model's, and the aliases of those it has."""
+    known = [s["name"] for s in output_specs(handle)]
+    return known + [alias for alias, name in ALIASES.items() if name in known and alias not in known]
 
 
 def check_requested(request: InferRequest, handle: ModelHandle, where: str = "$.outputs") -> None:
     """Refuse an unknown requested output before the model runs."""
     if request.outputs is None:
         return
-    known = [s["name"] for s in output_specs(handle)]
+    allowed = requestable(handle)
+    known = [s["name"] for s in output_specs(handle)]  # the error names the model's own (the aliases are older)
     for i, requested in enumerate(request.outputs):
-        if requested.name not in known:
+        if requested.name not in allowed:
             raise InvalidInput(
                 f"unknown output '{requested.name}'; model '{handle.name}' has outputs: {', '.join(known)}",
                 f"{where}[{i}].name",
@@ -220,7 +242,7 @@ def _features(inputs: list[Tensor], handle: ModelHandle) -> Any:
                 f"unknown input '{tensor.name}'; model '{handle.name}' takes {_describe(handle)}",
                 f"{tensor.where}.name",
             )
-        if codec.dtype == "string" and len({f.dtype for f in features}) > 1:
+        if (codec.dtype == "string" and len({f.dtype for f in features}) > 1) or codec.dtype == "category":
             raise InvalidInput(
                 f"model '{handle.name}' has features of several types; send one tensor per feature: "
                 f"{', '.join(codec.feature_names)}",
@@ -253,7 +275,8 @@ def _features(inputs: list[Tensor], handle: ModelHandle) -> Any:
     rows = None
     for feature in features:
         tensor = by_name[feature.name]
-        _check_datatype(tensor, feature.dtype, f"feature '{feature.name}'")
+        takes = value_dtype(feature)
+        _check_datatype(tensor, takes, f"feature '{feature.name}'")
         n = _check_rows(tensor, (1, 2), 1)
         if rows is not None and n != rows:
             raise InvalidInput(
@@ -263,8 +286,8 @@ def _features(inputs: list[Tensor], handle: ModelHandle) -> Any:
         column = tensor.data.reshape(-1)
         if not tensor.finite:
             _check_finite(column, feature.allow_nan, f"{tensor.where}.data")
-        columns.append(_strings_of(column, tensor.where) if feature.dtype == "string" else column)
-    if codec.dtype != "string":
+        columns.append(_strings_of(column, tensor.where) if tensor.datatype == "BYTES" else column)
+    if codec.dtype in _NUMPY:
         return _cast(np.column_stack(columns), codec.dtype)
     table = np.empty((rows or 0, len(features)), dtype=object)
     for j, column in enumerate(columns):
@@ -325,16 +348,23 @@ Column = tuple[str, str, list[int], "list[Any] | np.ndarray"]
 def output_columns(prediction: Prediction, handle: ModelHandle) -> list[Column]:
     """Every output of the model's signature that the prediction holds, in signature order."""
     assert handle.model is not None
-    if handle.model.manifest.output.kind == "label":
-        labels = [str(v) for v in prediction.values]
-        columns: list[Column] = [("label", "BYTES", [len(labels)], labels)]
+    manifest = handle.model.manifest
+    label, proba, number = _names(manifest)
+    if manifest.output.kind == "label":
+        typed = _LABEL_DATATYPES.get(manifest.output.dtype)
+        count = len(prediction.values)
+        columns: list[Column] = [
+            (label, typed, [count], np.asarray(prediction.values, dtype=DATATYPES[typed]))
+            if typed is not None and all(type(v) in (int, bool) for v in prediction.values)
+            else (label, "BYTES", [count], [str(v) for v in prediction.values])
+        ]
         if prediction.probabilities is not None:
             probabilities = np.asarray(prediction.probabilities)
             datatype = "FP32" if probabilities.dtype == np.float32 else "FP64"
-            columns.append(("probabilities", datatype, list(probabilities.shape), probabilities))
+            columns.append((proba, datatype, list(probabilities.shape), probabilities))
         return columns
     values = np.asarray(prediction.values)
-    return [("prediction", datatype_of(values, handle.name), list(values.shape), values)]
+    return [(number, datatype_of(values, handle.name), list(values.shape), values)]
 
 
 def to_outputs(prediction: Prediction, handle: ModelHandle, request: InferRequest) -> list[Tensor]:
@@ -345,6 +375,10 @@ def to_outputs(prediction: Prediction, handle: ModelHandle, request: InferReques
     if request.outputs is None:
         return tensors
     by_name = {t.name: t for t in tensors}
+    for alias, name in ALIASES.items():  # asked for by an earlier name: answered under that name
+        if alias not in by_name and name in by_name:
+            found = by_name[name]
+            by_name[alias] = Tensor(alias, found.datatype, found.shape, found.data)
     missing = [r.name for r in request.outputs if r.name not in by_name]
     if missing:
         raise InvalidInput(f"model '{handle.name}' produced no output '{missing[0]}' for this request", "$.outputs")

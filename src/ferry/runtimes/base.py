@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -12,7 +13,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ferry.bundle.artifacts import describe, sniff
-from ferry.bundle.manifest import Manifest
+from ferry.bundle.manifest import Manifest, OutputSchema
 from ferry.errors import UntrustedCode, UntrustedPickle
 
 logger = logging.getLogger("ferry.runtime")
@@ -24,6 +25,24 @@ class Prediction:
 
     values: list[Any]
     probabilities: np.ndarray | None = None
+
+
+def clipped(predict: Callable[[Any], Prediction], output: OutputSchema) -> Callable[[Any], Prediction]:
+    """``predict``, with numeric predictions clipped to the declared range (e.g. star ratings to [1, 5]).
+
+    This is the model call the server makes, once per batch; the warm-up and ``ferry build``'s check of the
+    sample make the same one, so a bundle answers at build what it answers when served.
+    """
+    if output.kind != "number" or (output.min is None and output.max is None):
+        return predict
+    low, high = output.min, output.max
+
+    def clip(batch: Any) -> Prediction:
+        prediction = predict(batch)
+        values = np.clip(np.asarray(prediction.values, dtype=float), low, high)
+        return Prediction(values=values.tolist(), probabilities=prediction.probabilities)
+
+    return clip
 
 
 class Runtime(ABC):
@@ -87,13 +106,33 @@ def warn_version_drift(manifest: Manifest, library: str, installed: str) -> str 
     return None
 
 
-def class_labels(classes: np.ndarray, labels: list[str] | None) -> list[str]:
-    """Names for a classifier's classes: the manifest's labels by index, or the classes themselves."""
+# A classifier's labels keep their type where the manifest says they are its own integer or boolean classes.
+_LABEL_TYPES: dict[str, Any] = {"int64": int, "int32": int, "bool": lambda text: text == "True"}
+
+
+def label_values(manifest: Manifest) -> list[Any] | None:
+    """The manifest's labels as clients get them: integers and booleans (``output.dtype``) as such, else text.
+
+    ``ferry build`` records a classifier's own integer classes as ``dtype: int64``, so a model trained on
+    0/1 answers 0/1, as scikit-learn, MLServer, KServe and MLflow do; ``--labels`` names them as text.
+    """
+    labels = manifest.labels
+    if labels is None:
+        return None
+    convert = _LABEL_TYPES.get(manifest.output.dtype) if manifest.output.kind == "label" else None
+    return [convert(label) for label in labels] if convert is not None else list(labels)
+
+
+def class_labels(classes: np.ndarray, manifest: Manifest) -> list[Any]:
+    """What a classifier answers for each of its classes, by position: the manifest's labels, else the classes."""
+    labels = label_values(manifest)
+    if labels and len(labels) == len(classes):
+        return labels
     if classes.dtype.kind in "iu" and labels and all(0 <= int(c) < len(labels) for c in classes):
-        return [labels[int(c)] for c in classes]
-    return [str(c) for c in classes]
+        return [labels[int(c)] for c in classes]  # a subset of classes named by index
+    return [c if isinstance(c, str) else str(c) for c in classes.tolist()]
 
 
-def argmax_labels(probabilities: np.ndarray, names: list[str]) -> list[str]:
+def argmax_labels(probabilities: np.ndarray, names: list[Any]) -> list[Any]:
     lookup = np.asarray(names, dtype=object)
     return list(lookup[np.argmax(probabilities, axis=1)])

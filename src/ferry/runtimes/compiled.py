@@ -27,7 +27,7 @@ import numpy as np
 
 from ferry.bundle.manifest import Manifest
 from ferry.errors import BundleError
-from ferry.runtimes.base import Prediction, Runtime, class_labels
+from ferry.runtimes.base import Prediction, Runtime, class_labels, label_values
 from ferry.runtimes.explain import Explanation, NotExplainable, ProgramExplainer
 from ferry.runtimes.float32links import FLOAT32_LINKS
 from ferry.runtimes.trees import TreeEnsemble
@@ -188,11 +188,11 @@ class CompiledRuntime(Runtime):
     def __init__(self, program: Program, manifest: Manifest, featurizer: Any = None) -> None:
         self.program = program
         self.featurizer = featurizer
-        self.labels: list[str] | None = None
+        self.labels: list[Any] | None = None
         if program.classes is not None:
-            self.labels = class_labels(np.asarray(program.classes), manifest.labels)
+            self.labels = class_labels(np.asarray(program.classes), manifest)
         elif program.decision != "value":
-            self.labels = manifest.labels
+            self.labels = label_values(manifest)
         self.lookup = np.asarray(self.labels, dtype=object) if self.labels else None
         # Whether predictions carry probabilities (a Perceptron has none), as the protocols' output lists ask.
         self.has_proba = self.lookup is not None and program.transform != "identity"

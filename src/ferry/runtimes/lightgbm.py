@@ -10,7 +10,7 @@ import numpy as np
 
 from ferry.bundle.artifacts import model_artifact
 from ferry.bundle.manifest import Manifest
-from ferry.runtimes.base import Prediction, Runtime, argmax_labels, warn_version_drift
+from ferry.runtimes.base import Prediction, Runtime, argmax_labels, label_values, warn_version_drift
 
 
 def make_featurizer(spec: dict[str, Any]) -> Any:
@@ -37,7 +37,9 @@ def make_featurizer(spec: dict[str, Any]) -> Any:
 class LightGBMRuntime(Runtime):
     def __init__(self, booster: lightgbm.Booster, manifest: Manifest) -> None:
         self.booster = booster
-        self.labels = manifest.labels
+        self.labels = label_values(manifest)
+        # Fitted on a DataFrame with categoricals: LightGBM maps their categories to its codes itself.
+        self.frame = manifest.input.features if manifest.input.frame else None
         spec = manifest.options.get("featurizer")
         self.featurizer = make_featurizer(spec) if spec else None
 
@@ -49,6 +51,10 @@ class LightGBMRuntime(Runtime):
 
     def predict(self, batch: Any) -> Prediction:
         features = self.featurizer.transform(batch) if self.featurizer is not None else batch
+        if self.frame is not None:
+            from ferry.runtimes.frames import to_frame
+
+            features = to_frame(batch, self.frame)
         raw = np.asarray(self.booster.predict(features))
         if not self.labels:
             return Prediction(values=raw.tolist())

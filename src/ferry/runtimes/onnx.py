@@ -10,7 +10,7 @@ import onnxruntime as ort
 
 from ferry.bundle.artifacts import artifact_file, model_artifact
 from ferry.bundle.manifest import Manifest
-from ferry.runtimes.base import Prediction, Runtime, argmax_labels
+from ferry.runtimes.base import Prediction, Runtime, argmax_labels, label_values
 from ferry.runtimes.images import parse_preprocessing
 
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64}
@@ -22,7 +22,7 @@ class OnnxRuntime(Runtime):
         first = session.get_inputs()[0]
         self.input_name = manifest.options.get("input_name", first.name)
         self.input_dtype = _NP_TYPES.get(first.type, np.float32)
-        self.labels = manifest.labels if manifest.output.kind == "label" else None
+        self.labels = label_values(manifest) if manifest.output.kind == "label" else None
         self.probability_output = manifest.options.get("probability_output")
         self.label_output = manifest.options.get("label_output")
         self.output_names = [o.name for o in session.get_outputs()]

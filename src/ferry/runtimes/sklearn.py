@@ -19,16 +19,19 @@ from ferry.runtimes.fastpath import compile_estimator
 class SklearnRuntime(Runtime):
     def __init__(self, estimator: Any, manifest: Manifest) -> None:
         self.estimator = estimator
+        # A model fitted on a DataFrame (a ColumnTransformer selecting columns by name, say) is called with one.
+        self.frame = manifest.input.features if manifest.input.frame else None
         classes = getattr(estimator, "classes_", None)
         self.label_lookup = (
-            np.asarray(class_labels(np.asarray(classes), manifest.labels), dtype=object)
-            if classes is not None
-            else None
+            np.asarray(class_labels(np.asarray(classes), manifest), dtype=object) if classes is not None else None
         )
         self.classes = np.asarray(classes) if classes is not None else None
         self.has_proba = hasattr(estimator, "predict_proba") and classes is not None
         n_features = getattr(estimator, "n_features_in_", None)
-        self.compiled = compile_estimator(estimator, int(n_features)) if n_features else None
+        numeric = self.frame is None or all(f.dtype not in ("string", "category") for f in self.frame)
+        self.compiled = compile_estimator(estimator, int(n_features)) if n_features and numeric else None
+        if self.compiled is not None:
+            self.frame = None  # verified on plain rows: the numeric fast path needs no DataFrame
         self.predict_fn = self.compiled.predict if self.compiled else estimator.predict
         self.proba_fn = (self.compiled.predict_proba if self.compiled else None) or (
             estimator.predict_proba if self.has_proba else None
@@ -47,6 +50,10 @@ class SklearnRuntime(Runtime):
         return cls(_load_estimator(path, manifest, trust_pickle), manifest)
 
     def predict(self, batch: Any) -> Prediction:
+        if self.frame is not None:
+            from ferry.runtimes.frames import to_frame
+
+            batch = to_frame(batch, self.frame)
         y = self.predict_fn(batch)
         if self.classes is None or self.label_lookup is None:
             return Prediction(values=np.asarray(y).tolist())

@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from ferry.bundle.manifest import InputSchema
+from ferry.bundle.manifest import Feature, InputSchema
 from ferry.errors import InvalidInput
 
 _NUMPY_DTYPES: dict[str, Any] = {
@@ -23,6 +23,7 @@ _NUMPY_DTYPES: dict[str, Any] = {
     "int32": np.int32,
     "bool": np.bool_,
     "string": object,
+    "category": object,
 }
 
 
@@ -71,6 +72,8 @@ def check_value(value: Any, dtype: str, allow_nan: bool, where: str) -> Any:
         if value is None:
             raise InvalidInput("null (a missing value) is not allowed", where)
         raise InvalidInput(f"Expected `number`, got `{_json_type(value)}`", where)
+    if value is None and allow_nan:
+        return None  # a missing value: NaN in the model's DataFrame
     if dtype.startswith("int"):
         if kind is int:
             _in_range(value, dtype, where)
@@ -83,9 +86,25 @@ def check_value(value: Any, dtype: str, allow_nan: bool, where: str) -> Any:
         if kind is bool:
             return value
         raise InvalidInput(f"Expected `boolean`, got `{_json_type(value)}`", where)
+    if dtype == "category":
+        if kind in (str, int, float, bool):
+            return value
+        raise InvalidInput(f"Expected a category (a string or a number), got `{_json_type(value)}`", where)
     if kind is str:
         return value
     raise InvalidInput(f"Expected `string`, got `{_json_type(value)}`", where)
+
+
+def value_dtype(feature: Feature) -> str:
+    """The JSON type a feature's values are checked against: a categorical's is that of its categories."""
+    if feature.dtype != "category":
+        return feature.dtype
+    kinds = {type(c) for c in feature.categories or []}
+    if kinds == {str}:
+        return "string"
+    if kinds == {int}:
+        return "int64"
+    return "category"
 
 
 class InputCodec:
@@ -97,6 +116,9 @@ class InputCodec:
         self.features = schema.features
         self.feature_names = [f.name for f in schema.features]
         self.name_set = frozenset(self.feature_names)
+        # (name, the JSON type of its values, whether a missing value is allowed) per feature; a categorical's
+        # values may be missing (a value pandas does not know is one too)
+        self.checks = [(f.name, value_dtype(f), f.allow_nan or f.dtype == "category") for f in schema.features]
         if schema.kind == "tensor":
             tensor = schema.tensors[0]
             self.dtype, self.shape, self.allow_nan = tensor.dtype, tensor.shape, tensor.allow_nan
@@ -143,7 +165,7 @@ class InputCodec:
                 raise InvalidInput(f"Expected `object`, got `{_json_type(record)}`", where)
             if record.keys() != self.name_set:
                 self._key_error(record, where)
-            rows.append([check_value(record[f.name], f.dtype, f.allow_nan, f"{where}.{f.name}") for f in self.features])
+            rows.append([check_value(record[n], dtype, nan, f"{where}.{n}") for n, dtype, nan in self.checks])
         return self._array(rows)
 
     def _field(self, record: Any, where: str) -> Any:
@@ -177,7 +199,7 @@ class InputCodec:
             if fast is not None:
                 return fast
         width = self.shape[1] if len(self.shape) > 1 else -1
-        dtypes = [f.dtype for f in self.features] or None
+        checks = self.checks or None
         out = []
         for i, row in enumerate(rows):
             where = f"{prefix}[{i}]" if len(rows) > 1 else prefix
@@ -188,12 +210,10 @@ class InputCodec:
             if self.kind == "tensor" and len(self.shape) > 2:
                 out.append(self._nested(row, self.shape[2:], where))
                 continue
-            out.append(
-                [
-                    check_value(v, dtypes[j] if dtypes else self.dtype, self.allow_nan, f"{where}[{j}]")
-                    for j, v in enumerate(row)
-                ]
-            )
+            if checks:
+                out.append([check_value(v, checks[j][1], checks[j][2], f"{where}[{j}]") for j, v in enumerate(row)])
+            else:
+                out.append([check_value(v, self.dtype, self.allow_nan, f"{where}[{j}]") for j, v in enumerate(row)])
         if width < 0 and len({len(r) for r in out}) > 1:
             raise InvalidInput("rows have different lengths", prefix)
         return self._array(out)
@@ -206,7 +226,12 @@ class InputCodec:
         return [self._nested(v, shape[1:], f"{where}[{j}]") for j, v in enumerate(value)]
 
     def _array(self, rows: list[Any]) -> np.ndarray:
-        return np.asarray(rows, dtype=_NUMPY_DTYPES[self.dtype])
+        dtype = _NUMPY_DTYPES[self.dtype]
+        if dtype is not object or self.kind != "features":
+            return np.asarray(rows, dtype=dtype)
+        table = np.empty((len(rows), len(rows[0]) if rows else 0), dtype=object)  # never a ragged or 3-D array
+        table[:] = rows
+        return table
 
     def _scalar(self, value: Any, where: str) -> Any:
         if not isinstance(value, str):

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
-import numpy as np
-
-from ferry.bundle.manifest import OutputSchema
 from ferry.errors import DeadlineExceeded, FerryError, ModelError, Overloaded
 from ferry.runtimes import Prediction
+from ferry.runtimes.base import clipped
 from ferry.serving.batcher import AdaptiveBatcher, BatchObserver
 from ferry.serving.metrics import Metrics
 from ferry.serving.registry import ModelHandle, ModelRegistry
@@ -81,7 +78,7 @@ class InferenceService:
                 compute.observe(computed)
 
             batcher = AdaptiveBatcher(
-                _clipped(handle.model.runtime.predict, manifest.output),
+                clipped(handle.model.runtime.predict, manifest.output),
                 self.executor,
                 max_batch_size=config.max_batch_size if enabled else 1,
                 max_wait_s=config.max_wait_ms / 1000.0,
@@ -129,20 +126,3 @@ class InferenceService:
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=False)
-
-
-def _clipped(predict: Callable[[Any], Prediction], output: OutputSchema) -> Callable[[Any], Prediction]:
-    """``predict``, with numeric predictions clipped to the declared range (e.g. star ratings to [1, 5]).
-
-    Clipping is part of the batch's model call, once per batch rather than once per request.
-    """
-    if output.kind != "number" or (output.min is None and output.max is None):
-        return predict
-    low, high = output.min, output.max
-
-    def clipped(batch: Any) -> Prediction:
-        prediction = predict(batch)
-        values = np.clip(np.asarray(prediction.values, dtype=float), low, high)
-        return Prediction(values=values.tolist(), probabilities=prediction.probabilities)
-
-    return clipped

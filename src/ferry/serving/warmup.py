@@ -13,6 +13,7 @@ from typing import Any
 from ferry.bundle.expect import expectation_problem
 from ferry.errors import FerryError, ModelWarmupFailed
 from ferry.runtimes import Prediction
+from ferry.runtimes.base import clipped
 from ferry.serving.inputs import InputCodec
 from ferry.serving.registry import ModelHandle
 
@@ -33,7 +34,7 @@ def sample_warm_up(decode: SampleDecoder, answer: SampleAnswer) -> WarmUp:
         try:
             batch, single = decode(manifest.sample_input, handle.codec)
             started = time.perf_counter()
-            prediction = handle.model.runtime.predict(batch)
+            prediction = clipped(handle.model.runtime.predict, manifest.output)(batch)  # the batcher's own call
             handle.compute_s = time.perf_counter() - started
             if (
                 manifest.expected_output is not None

@@ -1,0 +1,300 @@
+"""Issue 21: the user's tabular model, faithfully, made by the user's own library and served through the CLI.
+
+A scikit-learn Pipeline whose ColumnTransformer selects string and numeric columns by name (joblib), the same
+model saved by ``mlflow.sklearn.save_model`` with a signature of string columns, and a LightGBM model fitted on
+pandas categoricals: built with ``ferry build`` (a child process), served by ``ferry serve``, and asked on every
+protocol; each answer is compared with the library's own ``predict`` / ``predict_proba`` on the same rows,
+value types and output names included.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import joblib
+import numpy as np
+import pytest
+import tritonclient.grpc as triton_grpc
+from tests.conftest import ServerProcess, free_port
+from tests.test_byom import ferry, one_line_error
+
+pd = pytest.importorskip("pandas")
+
+COLUMNS = ["sex", "pclass", "age", "embarked"]
+
+
+def passengers(n: int, seed: int) -> Any:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "sex": rng.choice(["male", "female"], n),
+            "pclass": rng.integers(1, 4, n),
+            "age": rng.normal(30, 10, n).round(1),
+            "embarked": rng.choice(["C", "Q", "S"], n),
+        }
+    )
+
+
+def titanic_pipeline() -> Any:
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    frame = passengers(400, 0)
+    survived = ((frame.sex == "female") & (frame.pclass < 3) | (frame.age < 20)).astype(int)
+    columns = ColumnTransformer(
+        [
+            ("text", OneHotEncoder(handle_unknown="ignore"), ["sex", "embarked"]),
+            ("numbers", StandardScaler(), ["age", "pclass"]),
+        ]
+    )
+    return Pipeline([("columns", columns), ("model", LogisticRegression())]).fit(frame, survived)
+
+
+def lightgbm_categorical() -> Any:
+    import lightgbm
+
+    frame = passengers(400, 1).assign(embarked=lambda f: f.embarked.astype("category"))
+    fare = ((frame.embarked == "C") * 3 + frame.pclass + (frame.sex == "female")).astype(int) % 3
+    frame = frame.drop(columns=["sex"])
+    return lightgbm.LGBMClassifier(n_estimators=20, min_child_samples=5, verbose=-1).fit(frame, fare), frame
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    folder = tmp_path_factory.mktemp("tabular")
+    repo = folder / "models"
+    pipeline = titanic_pipeline()
+    joblib.dump(pipeline, folder / "titanic.joblib")
+    built = ferry("build", str(folder / "titanic.joblib"), "--name", "titanic", "--repo", str(repo), "--trusted")
+    assert built.returncode == 0, built.stderr
+
+    booster, lgb_frame = lightgbm_categorical()
+    joblib.dump(booster, folder / "ports.joblib")
+    built = ferry("build", str(folder / "ports.joblib"), "--name", "ports", "--repo", str(repo), "--trusted")
+    assert built.returncode == 0, built.stderr
+    booster.booster_.save_model(str(folder / "ports.txt"))  # LightGBM's own file: a Booster, no classes
+    built = ferry("build", str(folder / "ports.txt"), "--name", "booster", "--repo", str(repo))
+    assert built.returncode == 0, built.stderr
+
+    port = free_port()
+    server = ServerProcess([str(repo), "--grpc-port", str(port)])
+    server.grpc_port = port
+    yield {"server": server, "pipeline": pipeline, "booster": booster, "lgb_frame": lgb_frame, "repo": repo}
+    server.stop()
+
+
+def _rows() -> Any:
+    return passengers(12, 7)
+
+
+def _records(frame: Any) -> list[dict[str, Any]]:
+    return json.loads(frame.to_json(orient="records"))
+
+
+def test_the_pipeline_answers_as_its_own_predict_on_every_http_protocol(served: dict[str, Any]) -> None:
+    url, pipeline, frame = served["server"].url, served["pipeline"], _rows()
+    expected = pipeline.predict(frame).tolist()
+    proba = pipeline.predict_proba(frame)
+    assert all(type(v) is int for v in expected) and len(set(expected)) == 2
+    records = _records(frame)
+    rows = [[r[c] for c in COLUMNS] for r in records]
+
+    native = httpx.post(f"{url}/models/titanic/predict", json=records).json()
+    assert native["predictions"] == expected  # 1 == 1, never "1"
+    assert np.allclose([[p["0"], p["1"]] for p in native["probabilities"]], proba)
+    assert httpx.post(f"{url}/models/titanic/predict", json=rows).json()["predictions"] == expected
+    single = httpx.post(f"{url}/models/titanic/predict", json=records[0]).json()
+    assert single["prediction"] == expected[0] and type(single["prediction"]) is int
+
+    assert httpx.post(f"{url}/v1/models/titanic:predict", json={"instances": records}).json() == {
+        "predictions": expected
+    }
+    assert httpx.post(f"{url}/v1/models/titanic:predict", json={"instances": rows}).json()["predictions"] == expected
+
+    split = {"dataframe_split": json.loads(frame.to_json(orient="split", index=False))}
+    for body in (split, {"dataframe_records": records}, {"inputs": {c: frame[c].tolist() for c in COLUMNS}}):
+        assert httpx.post(f"{url}/models/titanic/invocations", json=body).json() == {"predictions": expected}, body
+
+    seldon = {"data": {"names": COLUMNS[::-1], "ndarray": [row[::-1] for row in rows]}}
+    answer = httpx.post(f"{url}/seldon/titanic/api/v1.0/predictions", json=seldon).json()
+    assert answer["data"]["names"] == ["0", "1"] and np.allclose(answer["data"]["ndarray"], proba)
+
+
+def _v2_columns(frame: Any) -> list[dict[str, Any]]:
+    """One input per column, as MLServer's pandas codec sends them: BYTES for text, INT64 and FP64 for numbers."""
+    types = {"sex": "BYTES", "embarked": "BYTES", "pclass": "INT64", "age": "FP64"}
+    return [
+        {"name": c, "datatype": types[c], "shape": [len(frame)], "data": frame[c].tolist()}
+        for c in frame.columns
+        if c in types
+    ]
+
+
+def test_v2_answers_predict_and_predict_proba_as_mlserver_names_them(served: dict[str, Any]) -> None:
+    url, pipeline, frame = served["server"].url, served["pipeline"], _rows()
+    expected = pipeline.predict(frame).tolist()
+    body = httpx.post(f"{url}/v2/models/titanic/infer", json={"inputs": _v2_columns(frame)}).json()
+    outputs = {o["name"]: o for o in body["outputs"]}
+    assert [o["name"] for o in body["outputs"]] == ["predict", "predict_proba"]
+    assert outputs["predict"]["datatype"] == "INT64" and outputs["predict"]["data"] == expected
+    assert outputs["predict_proba"]["shape"] == [len(frame), 2]
+    assert np.allclose(np.reshape(outputs["predict_proba"]["data"], (-1, 2)), pipeline.predict_proba(frame))
+    metadata = httpx.get(f"{url}/v2/models/titanic").json()
+    assert [(o["name"], o["datatype"]) for o in metadata["outputs"]] == [
+        (o["name"], o["datatype"]) for o in body["outputs"]
+    ]
+    assert [(i["name"], i["datatype"]) for i in metadata["inputs"]] == [
+        ("sex", "BYTES"),
+        ("pclass", "FP64"),
+        ("age", "FP64"),
+        ("embarked", "BYTES"),
+    ]
+    # an MLServer client asks for its output by name; Ferry's earlier name stays an alias
+    asked = {"inputs": _v2_columns(frame), "outputs": [{"name": "predict"}]}
+    assert [o["name"] for o in httpx.post(f"{url}/v2/models/titanic/infer", json=asked).json()["outputs"]] == [
+        "predict"
+    ]
+    asked["outputs"] = [{"name": "label"}]
+    label = httpx.post(f"{url}/v2/models/titanic/infer", json=asked).json()["outputs"][0]
+    assert label["name"] == "label" and label["data"] == expected
+
+
+def test_grpc_takes_one_tensor_per_column_and_answers_typed_labels(served: dict[str, Any]) -> None:
+    server, pipeline, frame = served["server"], served["pipeline"], _rows()
+    client = triton_grpc.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+    inputs = []
+    for column, datatype in (("sex", "BYTES"), ("pclass", "INT64"), ("age", "FP64"), ("embarked", "BYTES")):
+        values = frame[column].to_numpy().astype({"BYTES": object, "INT64": np.int64, "FP64": np.float64}[datatype])
+        tensor = triton_grpc.InferInput(column, [len(frame)], datatype)
+        tensor.set_data_from_numpy(values)
+        inputs.append(tensor)
+    result = client.infer("titanic", inputs, outputs=[triton_grpc.InferRequestedOutput("predict")])
+    predict = result.as_numpy("predict")
+    assert predict.dtype == np.int64 and predict.tolist() == pipeline.predict(frame).tolist()
+
+
+def test_bad_input_is_a_400_naming_the_column(served: dict[str, Any]) -> None:
+    url = served["server"].url
+    record = _records(_rows())[0]
+    response = httpx.post(f"{url}/models/titanic/predict", json={**record, "sex": 3})
+    assert response.status_code == 400 and "sex" in response.text and "string" in response.text
+    bad = _v2_columns(_rows())
+    bad[0] = {**bad[0], "datatype": "FP64", "data": [1.0] * 12}
+    response = httpx.post(f"{url}/v2/models/titanic/infer", json={"inputs": bad})
+    assert response.status_code == 400 and "sex" in response.text
+
+
+def test_lightgbm_categoricals_are_sent_as_their_categories(served: dict[str, Any]) -> None:
+    url, booster, frame = served["server"].url, served["booster"], served["lgb_frame"].head(8)
+    expected = booster.predict(frame).tolist()
+    proba = booster.predict_proba(frame)
+    records = _records(frame.astype({"embarked": str}))
+    assert all(isinstance(r["embarked"], str) for r in records)  # "C", not its code
+    native = httpx.post(f"{url}/models/ports/predict", json=records).json()
+    assert native["predictions"] == expected and all(type(v) is int for v in native["predictions"])
+    assert np.allclose([list(p.values()) for p in native["probabilities"]], proba)
+    inputs = _v2_columns(frame.astype({"embarked": str}))
+    body = httpx.post(f"{url}/v2/models/ports/infer", json={"inputs": inputs}).json()
+    outputs = {o["name"]: o for o in body["outputs"]}
+    assert outputs["predict"]["data"] == expected
+    assert outputs["predict_proba"]["shape"] == [8, 3]
+    metadata = httpx.get(f"{url}/v2/models/ports").json()
+    assert {o["name"]: o["shape"] for o in metadata["outputs"]} == {"predict": [-1], "predict_proba": [-1, 3]}
+
+    # LightGBM's own text file holds a Booster, whose predict answers a probability per class: so does Ferry,
+    # and its metadata says [-1, 3] (it said [-1])
+    raw = booster.booster_.predict(frame)
+    body = httpx.post(f"{url}/v2/models/booster/infer", json={"inputs": inputs}).json()
+    assert body["outputs"][0]["shape"] == [8, 3]
+    assert np.allclose(np.reshape(body["outputs"][0]["data"], (8, 3)), raw)
+    metadata = httpx.get(f"{url}/v2/models/booster").json()
+    assert [(o["name"], o["shape"]) for o in metadata["outputs"]] == [("predict", [-1, 3])]
+
+
+@pytest.mark.timeout(600)
+def test_an_mlflow_model_with_string_columns_builds_and_serves(tmp_path: Path) -> None:
+    """Its signature names string columns: the generated sample holds strings (it used to send 0.0)."""
+    mlflow_sklearn = pytest.importorskip("mlflow.sklearn")
+    from mlflow.models import infer_signature
+
+    pipeline = titanic_pipeline()
+    frame = passengers(50, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mlflow_sklearn.save_model(
+            pipeline,
+            str(tmp_path / "model"),
+            serialization_format="pickle",
+            signature=infer_signature(frame, pipeline.predict(frame)),
+            pip_requirements=["scikit-learn"],
+        )
+    built = ferry(
+        "build", str(tmp_path / "model"), "--name", "titanic", "--repo", str(tmp_path / "models"), "--trusted"
+    )
+    assert built.returncode == 0, built.stderr
+    server = ServerProcess([str(tmp_path / "models")])
+    try:
+        rows = _rows()
+        split = {"dataframe_split": json.loads(rows.to_json(orient="split", index=False))}
+        answer = httpx.post(f"{server.url}/invocations", json=split).json()
+        assert answer == {"predictions": pipeline.predict(rows).tolist()}
+    finally:
+        server.stop()
+
+
+def test_a_column_no_one_can_type_fails_the_build_naming_the_option(tmp_path: Path) -> None:
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer, OneHotEncoder
+
+    frame = passengers(100, 4)
+    columns = ColumnTransformer([("text", OneHotEncoder(), ["sex"]), ("own", FunctionTransformer(np.log1p), ["age"])])
+    model = Pipeline([("c", columns), ("m", LogisticRegression())]).fit(frame[["sex", "age"]], frame.pclass)
+    joblib.dump(model, tmp_path / "m.joblib")
+    args = ["build", str(tmp_path / "m.joblib"), "--name", "m", "--repo", str(tmp_path / "models"), "--trusted"]
+    line = one_line_error(ferry(*args))
+    assert "column 'age'" in line and "--features age:TYPE" in line and "--sample" in line
+    typed = ferry(*args, "--features", "sex:string,age:float")
+    assert typed.returncode == 0, typed.stderr
+    sampled = ferry(*args, "--version", "2", "--sample", '{"sex": "male", "age": 30.5}', "--expect", "2")
+    assert sampled.returncode == 0 or "expected 2" in sampled.stderr, sampled.stderr
+
+
+def test_built_means_it_serves_with_clipping_and_typed_expectations(tmp_path: Path) -> None:
+    """The build answers its sample through the server's own path, clipping included, whether or not --expect."""
+    from sklearn.linear_model import LinearRegression
+
+    import ferry as ferry_api
+    from ferry.errors import ManifestError
+
+    x = np.array([[0.0], [1.0], [2.0]])
+    sevens = LinearRegression().fit(x, [7.0, 7.0, 7.0])
+    options: dict[str, Any] = {
+        "name": "stars",
+        "features": ["x"],
+        "output_schema": {"kind": "number", "max": 5},
+        "sample_input": {"x": 1.0},
+    }
+    with pytest.raises(ManifestError, match="expected 7, got 5"):
+        ferry_api.build(sevens, repo=tmp_path, expected_output=7, **options)
+    assert ferry_api.build(sevens, repo=tmp_path, expected_output=5, **options).is_dir()
+
+    # a sample the model cannot take fails the build, though nothing was expected
+    with pytest.raises(ManifestError, match=r"sample input failed: .*Expected `number`, got `string` - at `\$.x`"):
+        ferry_api.build(sevens, repo=tmp_path, **{**options, "name": "broken", "sample_input": {"x": "one"}})
+
+    from sklearn.linear_model import LogisticRegression
+
+    zero_one = LogisticRegression().fit(x, [0, 1, 1])
+    typed = {"name": "binary", "features": ["x"], "sample_input": {"x": 2.0}}
+    assert ferry_api.build(zero_one, repo=tmp_path, expected_output=1, **typed).is_dir()  # 1 is 1
+    with pytest.raises(ManifestError, match=r'expected 1 \(a number\), got "1" \(a string\)'):
+        ferry_api.build(zero_one, repo=tmp_path, expected_output=1, labels=["0", "1"], **{**typed, "name": "named"})
