@@ -137,3 +137,37 @@ def test_explain_requests_are_counted_under_their_own_route(server: ServerProces
         http.post("/models/iris/explain", json={"length": 1.0, "width": 0.2})
         lines = [line for line in http.get("/metrics").text.splitlines() if "ferry_requests_total{" in line]
     assert any('model="iris"' in line and 'route="model/explain"' in line and 'status="200"' in line for line in lines)
+
+
+def test_readme_explain_block(client: httpx.Client) -> None:
+    """README's Explanations block: each curl answers what it shows (a subset of keys, numbers to the digits shown)."""
+    import json
+    import re
+    import shlex
+
+    text = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    marker = "<!-- tested: tests/test_explain_http.py::test_readme_explain_block -->\n```console\n"
+    block = text[text.index(marker) + len(marker) :].split("```", 1)[0]
+    lines = block.strip().splitlines()
+    assert len(lines) == 4
+    for command, shown in zip(lines[::2], lines[1::2], strict=True):
+        argv = shlex.split(command.removeprefix("$ "))
+        path = re.sub(r"^localhost:8000", "", argv[1])
+        got = client.post(path, content=argv[argv.index("-d") + 1].encode()).json()
+        _assert_shown(json.loads(shown), got, "$")
+
+
+def _assert_shown(shown: Any, got: Any, where: str) -> None:
+    if isinstance(shown, dict):
+        assert isinstance(got, dict), where
+        for key, value in shown.items():
+            assert key in got, f"{where}.{key} missing from {list(got)}"
+            _assert_shown(value, got[key], f"{where}.{key}")
+    elif isinstance(shown, list):
+        assert isinstance(got, list) and len(got) == len(shown), where
+        for index, (a, b) in enumerate(zip(shown, got, strict=True)):
+            _assert_shown(a, b, f"{where}[{index}]")
+    elif isinstance(shown, float):
+        assert got == pytest.approx(shown, abs=5e-4), f"{where}: README {shown}, server {got}"
+    else:
+        assert got == shown, where

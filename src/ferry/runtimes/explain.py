@@ -207,14 +207,27 @@ class TreeShap:
             pattern += np.arange(o.shape[1], dtype=np.intp) * (2**group.d)
             weights: np.ndarray = group.table.take(pattern, axis=0)
             return weights
-        rows = o.shape[0]
-        step = max(1, CHUNK_ELEMENTS // (o.shape[1] * (group.d + 1) ** 2))
+        # Rows of a batch mostly follow a leaf's splits the same way: one computation per distinct pattern.
+        rows, leaves, d = o.shape
+        leaf = np.broadcast_to(np.arange(leaves, dtype=np.intp), (rows, leaves)).ravel()
+        flat = o.reshape(-1, d)
+        if leaves * 2.0**d < 2**62:
+            key = leaf.astype(np.int64) << d | (flat.astype(np.int64) @ (np.int64(1) << np.arange(d, dtype=np.int64)))
+            _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+        else:  # too many bits for one integer key
+            _, first, inverse = np.unique(np.column_stack([leaf, flat]), axis=0, return_index=True, return_inverse=True)
+        distinct_leaf, distinct = leaf[first], flat[first].astype(np.float64)
+        step = max(1, CHUNK_ELEMENTS // ((d + 1) ** 2))
         weights = np.concatenate(
-            [shapley(group.zero, o[lo : lo + step].astype(np.float64)) for lo in range(0, rows, step)]
+            [
+                shapley(group.zero[distinct_leaf[lo : lo + step]][None], distinct[None, lo : lo + step])[0]
+                for lo in range(0, distinct.shape[0], step)
+            ]
         )
         if self.width == 1:
-            weights *= group.value[:, 0][:, None]
-        return weights
+            weights *= group.value[distinct_leaf, :1]
+        found: np.ndarray = weights[inverse.ravel()].reshape(rows, leaves, d)
+        return found
 
     def explain(self, x: np.ndarray) -> Contributions:
         """Contributions to every input column of full-width rows (zero for columns no split reads)."""
@@ -351,7 +364,6 @@ EXPLAINABLE = (
 
 class ExplanationUnavailable(NotImplementedYet):
     """A 501 that says why this model has no explanation and which served models have one."""
-
 
     def __init__(self, message: str, explainable: list[str]) -> None:
         super().__init__(message)
