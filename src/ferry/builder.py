@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 
 from ferry.bundle import columns as model_columns
+from ferry.bundle.artifacts import links_leading_out
 from ferry.bundle.compile import compile_model, load_original
 from ferry.bundle.files import check_step, file_kind, read_estimator
 from ferry.bundle.hashing import sha256_file
@@ -180,6 +181,9 @@ def _check_options(
             raise ManifestError(f"--include {given}: no such file or folder")
         if Path(given).name == MANIFEST_FILE:
             raise ManifestError(f"--include {given}: the bundle already holds a file named {MANIFEST_FILE}")
+        escaping = links_leading_out(Path(given)) if Path(given).is_dir() else []
+        if escaping:  # copied, it would bring a file from elsewhere into the bundle, as the loader refuses
+            raise ManifestError(f"--include {given}: '{escaping[0]}' is a link that leads out of the folder")
     if include:
         _check_include_runtime(name, _file_runtime(model))
 

@@ -60,6 +60,17 @@ def contained(bundle_dir: Path, name: str) -> Path:
     return path
 
 
+def links_leading_out(folder: Path) -> list[str]:
+    """Every symbolic link under ``folder`` whose target lies outside it, by its path inside ``folder``: what a
+    copy of the folder (``ferry build --include``, ``ferry containerize``) would otherwise read from elsewhere."""
+    root = folder.resolve()
+    return [
+        path.relative_to(folder).as_posix()
+        for path in sorted(folder.rglob("*"))  # (a link to a folder is not walked into: it is judged itself)
+        if path.is_symlink() and not path.resolve().is_relative_to(root)
+    ]
+
+
 def artifact_file(bundle_dir: Path, artifacts: dict[str, str], name: str, option: str) -> Path:
     """The file a runtime opens for ``option``: only one that the manifest lists, so its hash was checked."""
     if name not in artifacts:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ferry.bundle.hashing import verify_artifacts
 from ferry.bundle.manifest import Manifest, read_manifest
+from ferry.bundle.requirements import requirements_file
 from ferry.runtimes import Runtime, runtime_class
 from ferry.runtimes.base import require_code_trust
 
@@ -34,6 +35,7 @@ def verify_bundle(bundle_dir: Path, original: bool = False) -> int:
     """
     manifest = read_manifest(bundle_dir)
     verify_artifacts(bundle_dir, manifest.artifacts)
+    requirements_file(bundle_dir, manifest)  # every path the manifest names stays inside the bundle
     return loaded_bytes(bundle_dir, manifest, original)
 
 
@@ -55,6 +57,7 @@ def load_bundle(
     """
     manifest = read_manifest(bundle_dir)
     verify_artifacts(bundle_dir, manifest.artifacts)
+    requirements_file(bundle_dir, manifest)  # every path the manifest names stays inside the bundle
     name = "compiled" if manifest.options.get("compiled") and not original else manifest.runtime
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

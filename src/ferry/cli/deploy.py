@@ -71,6 +71,13 @@ def containerize_command(
             help="Serve the original artifacts (installs scikit-learn/LightGBM) even where a bundle is compiled."
         ),
     ] = Settings.original_models,
+    allow_requirement_options: Annotated[
+        bool,
+        typer.Option(
+            help="Install a bundle's requirement lines that are not package specifiers (pip options such as "
+            "--extra-index-url, URLs, paths): they change where the image's packages come from."
+        ),
+    ] = False,
 ) -> None:
     """Write a Docker build context for REPO: Dockerfile, .dockerignore, pinned requirements, models."""
     from ferry.deploy import dockerfile, image
@@ -85,6 +92,7 @@ def containerize_command(
             extras=tuple(extra or ()),
             trust_code=trust_code,
             original_models=original_models,
+            allow_requirement_options=allow_requirement_options,
         )
     )
     for path in _run(lambda: dockerfile.write_build_context(repo, out, spec)):
@@ -352,7 +360,8 @@ def _spec(repo: Path | None, image_ref: str, **options: object) -> DeploySpec:
 
         if not image_ref:
             raise SpecError("--image IMAGE:TAG is required")
-        if repo is not None and not options.get("model_uri") and not dockerfile.model_refs(repo):
+        # Only whether there are bundles: their requirements are containerize's to check, where it installs them.
+        if repo is not None and not options.get("model_uri") and not dockerfile.model_refs(repo, True):
             raise SpecError(f"{repo}: no bundles found (expected REPO/<name>/<version>/ferry.yaml)")
         return DeploySpec(image=image_ref, **options)  # type: ignore[arg-type]
 

@@ -148,16 +148,25 @@ def serve(settings: Settings) -> None:
 app.command("serve")(settings_command(serve, Settings, arguments=("repo",), panels=True))
 
 
-def verify(settings: Settings) -> None:
+def verify(
+    allow_requirement_options: Annotated[
+        bool,
+        typer.Option(help="Accept bundle requirement lines that are not package specifiers (pip options, URLs)."),
+    ] = False,
+    *,
+    settings: Settings,
+) -> None:
     """Load every bundle in REPO as the server would (hashes, framework, warm-up); exit 1 if any fails.
 
     ``ferry containerize`` ends the image build with it, so a missing dependency fails the build.
     A pickle or class that only --trust-pickle / --trust-code may load is reported, not failed: its
-    framework is imported.
+    framework is imported. A bundle's requirements must be package specifiers, as containerize installs them.
     """
     from ferry.bundle import read_manifest
+    from ferry.bundle.requirements import bundle_requirements
     from ferry.cli.errors import fail
     from ferry.cli.serve import repository_problem
+    from ferry.errors import FerryError
     from ferry.protocol.native import native_warm_up
     from ferry.runtimes import runtime_class
     from ferry.serving.registry import ModelRegistry, ModelState
@@ -177,6 +186,13 @@ def verify(settings: Settings) -> None:
     for handle in registry.handles():
         registry.load(handle)
         label = f"{handle.name}:{handle.version}"
+        try:
+            bundle_requirements(handle.path, read_manifest(handle.path), allow_requirement_options)
+        except FerryError as exc:
+            if handle.state is ModelState.READY:  # else its load error is the one reported
+                failed.append(f"{label}: {exc.message}")
+                console.print(f"[red]not ok[/red] {label}: {exc.message}", soft_wrap=True)
+                continue
         if handle.state is ModelState.READY:
             console.print(f"[green]ok[/green] {label}", soft_wrap=True)
             continue

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ferry.bundle import MANIFEST_FILE, read_manifest, scan_repository
+from ferry.bundle.artifacts import links_leading_out
+from ferry.bundle.requirements import ALLOW_FLAG, bundle_requirements
 from ferry.deploy.pins import (
     RUNTIME_APT_PACKAGES,
     RUNTIME_EXTRAS,
@@ -62,6 +64,7 @@ class ImageSpec:
     more_extras: tuple[str, ...] = ()  # `--extra`: optional features the runtimes do not imply (tracing, fetch)
     trust_code: bool = False  # the operator's --trust-code: the image imports the bundles' Python classes
     original_models: bool = False  # --original-models: serve the original artifacts, so install their frameworks
+    allow_requirement_options: bool = False  # the operator's --allow-requirement-options: pip options, URLs
 
     def serving_runtime(self, model: ModelRef) -> str:
         """The runtime the image's server loads the bundle with: its compiled form unless the originals are asked."""
@@ -82,25 +85,21 @@ class ImageSpec:
         return tuple(sorted(packages))
 
 
-def model_refs(repo: Path) -> tuple[ModelRef, ...]:
-    """Every bundle in ``repo``; the manifest is read (and so validated) but artifacts are not loaded."""
+def model_refs(repo: Path, allow_requirement_options: bool = False) -> tuple[ModelRef, ...]:
+    """Every bundle in ``repo``; the manifest is read (and so validated) but artifacts are not loaded.
+
+    A bundle's requirements are package specifiers in a listed file inside it (``bundle.requirements``); pip
+    options, URLs and paths only with the operator's ``allow_requirement_options``."""
     refs = []
     for bundles in scan_repository(repo).values():
         for ref in bundles:
             manifest = read_manifest(ref.path)
             digest = hashlib.sha256((ref.path / MANIFEST_FILE).read_bytes()).hexdigest()
             images = manifest.input.kind == "image"
-            requirements = _bundle_requirements(ref.path, manifest.options.get("requirements"))
+            requirements = bundle_requirements(ref.path, manifest, allow_requirement_options)
             compiled = bool(manifest.options.get("compiled"))
             refs.append(ModelRef(ref.name, ref.version, manifest.runtime, digest, images, requirements, compiled))
     return tuple(refs)
-
-
-def _bundle_requirements(bundle_dir: Path, name: str | None) -> tuple[str, ...]:
-    if not name:
-        return ()
-    lines = (bundle_dir / name).read_text(encoding="utf-8").splitlines()
-    return tuple(line.split("#", 1)[0].strip() for line in lines if line.split("#", 1)[0].strip())
 
 
 def healthcheck_command(path: str = LIVENESS_PATH) -> list[str]:
@@ -157,6 +156,7 @@ def render_dockerfile(spec: ImageSpec) -> str:
     )
     # Every bundle loads once at build: a dependency missing from the image fails `docker build`, not the pod.
     flags = (', "--trust-code"' if spec.trust_code else "") + (', "--original-models"' if spec.original_models else "")
+    flags += f', "{ALLOW_FLAG}"' if spec.allow_requirement_options else ""
     verify = f'RUN ["ferry", "verify", "{MODELS_DIR}"{flags}]\n' if spec.include_models else ""
     labels = " \\\n      ".join(f"{k}={json.dumps(v)}" for k, v in image_labels(spec).items())
     env = {
@@ -238,8 +238,9 @@ def image_spec_for(
     extras: tuple[str, ...] = (),
     trust_code: bool = False,
     original_models: bool = False,
+    allow_requirement_options: bool = False,
 ) -> ImageSpec:
-    models = model_refs(repo)
+    models = model_refs(repo, allow_requirement_options)
     if not models:
         raise SpecError(f"{repo}: no bundles found (expected REPO/<name>/<version>/{MANIFEST_FILE})")
     try:
@@ -261,11 +262,16 @@ def image_spec_for(
         more_extras=tuple(sorted(set(extras))),
         trust_code=trust_code,
         original_models=original_models,
+        allow_requirement_options=allow_requirement_options,
     )
 
 
 def write_build_context(repo: Path, out: Path, spec: ImageSpec) -> list[Path]:
     """Write the Dockerfile, .dockerignore, requirements, Ferry's source and (unless model-load) the bundles."""
+    for m in spec.models if spec.include_models else ():  # nothing from outside a bundle goes into the image
+        escaping = links_leading_out(repo / m.name / m.version)
+        if escaping:
+            raise SpecError(f"{m.name}/{m.version}: '{escaping[0]}' is a link that leads out of the bundle")
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, text in (
