@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata as metadata
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,6 +135,19 @@ def image_labels(spec: ImageSpec) -> dict[str, str]:
     return labels
 
 
+def base_image_args(base_image: str) -> str:
+    """The ``ARG`` lines that name the base image. An official ``python:X.Y[-variant]`` image takes its
+    interpreter from ``PYTHON_VERSION``, so ``docker build --build-arg PYTHON_VERSION=3.13`` serves on Python 3.13
+    (``BASE_IMAGE`` still replaces the whole image); any other base image is used as given."""
+    match = re.fullmatch(r"python:(3\.\d+(?:\.\d+)?)(-[\w.-]+)?", base_image)
+    if match is None:
+        return f"ARG BASE_IMAGE={base_image}\n"
+    return (
+        "# The interpreter: docker build --build-arg PYTHON_VERSION=3.13 .\n"
+        f"ARG PYTHON_VERSION={match[1]}\nARG BASE_IMAGE=python:${{PYTHON_VERSION}}{match[2] or ''}\n"
+    )
+
+
 def render_dockerfile(spec: ImageSpec) -> str:
     """A multi-stage Dockerfile: dependencies built in ``builder``, only the venv and models in the final stage."""
     install_ferry = (
@@ -171,8 +185,7 @@ def render_dockerfile(spec: ImageSpec) -> str:
     env_lines = " \\\n    ".join(f"{k}={v}" for k, v in env.items())
     return f"""\
 # Written by `ferry containerize`. Rebuild with: docker build -t {spec.image} .
-ARG BASE_IMAGE={spec.base_image}
-
+{base_image_args(spec.base_image)}
 FROM ${{BASE_IMAGE}} AS builder
 RUN python -m venv {VENV_DIR}
 ENV PATH={VENV_DIR}/bin:$PATH \\
