@@ -2,6 +2,7 @@
 
     python bench/reliability.py [--multiple 10] [--duration 10]
     python bench/reliability.py connections [--multiple 10] [--duration 10]   (see bench/connections.py)
+    python bench/reliability.py slow [--duration 15]   (slow clients: see ``slow_suite``)
 
 Builds a deliberately slow model (50 ms per call, batching off: 20 req/s capacity), serves it with
 ``ferry serve --max-queue 8`` on a free loopback port, sends an open-loop load of MULTIPLE x capacity,
@@ -75,7 +76,7 @@ async def drive(url: str, rate: float, duration: float) -> dict[str, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("suite", nargs="?", choices=["overload", "connections"], default="overload")
+    parser.add_argument("suite", nargs="?", choices=["overload", "connections", "slow"], default="overload")
     parser.add_argument("--multiple", type=float, default=10.0)
     parser.add_argument("--duration", type=float, default=10.0)
     args = parser.parse_args()
@@ -84,6 +85,9 @@ def main() -> None:
         from connections import run
 
         run(args.duration, args.multiple)
+        return
+    if args.suite == "slow":
+        slow_suite(max(args.duration, 15.0))
         return
     import ferry
 
@@ -154,6 +158,133 @@ def main() -> None:
         f"| {pct(lat.get(503, []), 0.5):.1f} / {pct(lat.get(503, []), 0.99):.1f} | {pct(lat.get(200, []), 0.99):.0f} "
         f"| {pct(health, 0.5):.1f} / {max(health) * 1000:.1f} | {float(result['after']) * 1000:.0f} |"
     )  # type: ignore[arg-type]
+
+
+# -- slow clients: Ferry and FastAPI + uvicorn side by side (issue 22, items 4, 6 and 7) --------------------
+SLOW_HEAD = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+
+
+async def idle_sockets(port: int, count: int, seconds: float) -> str:
+    """``count`` connections that send nothing, then a fresh GET /health every 50 ms, each given kubelet's 1 s."""
+    held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(count)]
+    waits, failed = [], 0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        started = time.perf_counter()
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 1.0)
+            writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            reply = await asyncio.wait_for(reader.read(65536), max(0.01, 1.0 - (time.perf_counter() - started)))
+            writer.close()
+            if not reply.startswith(b"HTTP/1.1 200"):
+                raise OSError(reply[:40])
+            waits.append(time.perf_counter() - started)
+        except (OSError, TimeoutError):
+            failed += 1
+        await asyncio.sleep(max(0.0, 0.05 - (time.perf_counter() - started)))
+    for _, writer in held:
+        writer.close()
+    answered = f"{len(waits)} of {len(waits) + failed} probes answered in 1 s"
+    return f"{answered}; p50 / p99 {pct(waits, 0.5):.1f} / {pct(waits, 0.99):.1f} ms"
+
+
+async def slow_bodies(url: str, port: int, count: int, seconds: float) -> str:
+    """``count`` POSTs whose 1,000-byte body comes a byte a second; meanwhile a fresh predict every 0.1 s."""
+    from connections import BODY
+
+    held = []
+    for _ in range(count):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            break
+        writer.write(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+        )
+        held.append(writer)
+    statuses: dict[object, int] = {}
+    waits: list[float] = []
+    deadline = time.perf_counter() + seconds
+    tick = time.perf_counter()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+        while time.perf_counter() < deadline:
+            if time.perf_counter() - tick >= 1.0:
+                tick = time.perf_counter()
+                for writer in held:
+                    if not writer.is_closing():
+                        writer.write(b" ")
+            started = time.perf_counter()
+            try:
+                async with session.post(url + "/predict", data=BODY, timeout=aiohttp.ClientTimeout(total=5),
+                                        headers={"content-type": "application/json"}) as response:  # fmt: skip
+                    await response.read()
+                    key: object = response.status
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                key = type(exc).__name__
+            statuses[key] = statuses.get(key, 0) + 1
+            if key == 200:
+                waits.append(time.perf_counter() - started)
+            await asyncio.sleep(0.1)
+    still_open = sum(not w.is_closing() and not w.transport.is_closing() for w in held)
+    for writer in held:
+        writer.close()
+    summary = ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items(), key=str))
+    return (f"{len(held)} held, {still_open} still open after {seconds:g} s | predict {summary}; "
+            f"200 p50 / p99 {pct(waits, 0.5):.1f} / {pct(waits, 0.99):.1f} ms")  # fmt: skip
+
+
+def slow_suite(seconds: float) -> None:
+    """64 idle sockets on the probe listener, 2,100 slow bodies, 1,000 half-sent heads at ``ferry gateway``.
+
+    FastAPI + uvicorn has no probe port and no gateway: its idle sockets and heads go to its one port, the
+    reference a plain uvicorn server sets for the same clients.
+    """
+    import resource
+
+    import yaml
+    from connections import Server, make_servers, prepare, slowloris
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(16384, hard), hard))
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    print(f"load average before: {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs, {when}")
+    rows: dict[str, dict[str, str]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        repo, model_file = prepare(Path(tmp))
+        for server in make_servers(repo, model_file, 1):
+            server.start()
+            cells = rows.setdefault(server.name, {})
+            try:
+                cells["idle"] = asyncio.run(idle_sockets(server.probe_port or server.port, 64, seconds))
+                cells["bodies"] = asyncio.run(slow_bodies(server.url, server.port, 2100, seconds))
+                if server.name == "ferry":
+                    routes = Path(tmp) / "routes.yaml"
+                    routes.write_text(yaml.safe_dump({"services": {"iris": {"url": server.url}},
+                                                      "default": {"to": {"model": "iris"}}}))  # fmt: skip
+                    port = free_port()
+                    argv = [sys.executable, "-m", "ferry", "gateway", str(routes), "--port", str(port)]
+                    gateway = Server("ferry gateway", argv, {}, port)
+                    gateway.start()
+                    try:
+                        cells["gateway"] = asyncio.run(slowloris(gateway, 1000, seconds))
+                    finally:
+                        gateway.stop()
+                else:
+                    cells["gateway"] = asyncio.run(slowloris(server, 1000, seconds))
+            finally:
+                server.stop()
+            for key, cell in cells.items():
+                print(f"{server.name} {key}: {cell}", file=sys.stderr)
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    titles = {
+        "idle": "64 idle sockets on the probe port (FastAPI: its one port) | fresh /health, 1 s each",
+        "bodies": "2,100 bodies at a byte a second | a fresh predict every 0.1 s",
+        "gateway": "1,000 half-sent heads at ferry gateway (FastAPI: at uvicorn) | predict meanwhile | fresh /health",
+    }
+    print("| test | server | result |\n|---|---|---|")
+    for key, title in titles.items():
+        for name, cells in rows.items():
+            print(f"| {title} | {name} | {cells.get(key, 'n/a')} |")
 
 
 if __name__ == "__main__":

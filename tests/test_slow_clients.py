@@ -200,3 +200,25 @@ def test_the_gateway_at_its_file_limit_keeps_serving_and_logs_one_line(
     assert "Traceback" not in log and "Too many open files" not in log, log[-2000:]
     assert "--max-client-connections 4096 lowered to 120" in log
     assert log.count("open connections at the cap") == 1, log[-2000:]
+
+
+# -- item 13: bytes of request bodies held at once -----------------------------------------------------------
+def test_bodies_past_the_inflight_bytes_get_a_503_and_probes_never_do(serve: Any, iris_repo: Path) -> None:
+    server = serve(str(iris_repo), "--max-inflight-bytes", "1000")
+    padded = orjson.dumps(IRIS) + b" " * (600 - len(orjson.dumps(IRIS)))
+    headers = {"content-type": "application/json"}
+    with socket.create_connection(("127.0.0.1", server.port)) as held:
+        held.sendall(SLOW_BODY.replace(b"1000", b"600"))  # 600 bytes declared, 1 sent: held
+        time.sleep(0.2)
+        shed = httpx.post(server.url + "/predict", content=padded, headers=headers, timeout=5)
+        assert shed.status_code == 503 and shed.headers["retry-after"] == "1"
+        assert shed.json() == {
+            "error": "request bodies in flight exceed 1000 bytes; retry shortly",
+            "code": "overloaded",
+        }
+        # A body that still fits is served, and a request without one (a probe) never waits on bodies.
+        assert httpx.post(server.url + "/predict", json=IRIS).json() == {"prediction": "virginica"}
+        assert httpx.get(server.url + "/health").status_code == 200
+    time.sleep(0.2)  # the held body's connection is gone: its bytes are released
+    answer = httpx.post(server.url + "/predict", content=padded, headers=headers, timeout=5)
+    assert answer.json() == {"prediction": "virginica"}

@@ -87,6 +87,11 @@ class Settings(SettingsGroup):
         "Open connections per worker; past it the longest idle or half-sent one is closed, else 503.",
         panel="limits",
     )
+    max_inflight_bytes: int = _setting(
+        256 * 1024 * 1024,
+        "Bytes of request bodies a worker holds at once; past it a request with a body gets 503 (0: no bound).",
+        panel="limits",
+    )
     max_header_bytes: int = _setting(64 * 1024, "Largest request line plus headers (431 past it).", panel="limits")
     max_headers: int = _setting(100, "Most header lines in one request (431 past it).", panel="limits")
     header_timeout: float = _setting(

@@ -13,6 +13,10 @@ Per connection, before anything is spent:
   head the longest is closed to make room, else the one whose body arrives the slowest; when
   every one is busy, the newcomer gets a JSON 503 with ``Retry-After`` and is closed (uvicorn's
   own ``limit_concurrency`` answers text/plain and counts slow clients against everybody);
+- request bodies held at once per worker: a request whose declared body would take the bytes of
+  the bodies being received or served past ``max_inflight_bytes`` gets a JSON 503 with
+  ``Retry-After`` before its body is read (a request alone is never refused: ``--max-body-bytes``
+  bounds it); requests without a body (probes, metrics) are never refused;
 - a kept-alive connection's age: past ``max_age`` seconds its next reply carries
   ``Connection: close``, so clients reconnect and spread over workers and replicas again.
 
@@ -46,6 +50,7 @@ class ConnectionLimits:
     body_read_timeout: float = 10.0
     min_body_rate: int = 1024  # bytes per second, averaged over each body_read_timeout
     max_connections: int = 2048
+    max_inflight_bytes: int = 256 * 1024 * 1024  # 0: no bound
     max_age: float = 10.0  # 0: kept alive for as long as the client likes
 
 
@@ -63,7 +68,8 @@ class _Sweeper:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, connections: set[Any]) -> None:
         self.loop, self.connections = loop, connections
-        self.evicted = self.refused = 0  # past the cap, since the last line about it
+        self.evicted = self.refused = self.shed = 0  # past the caps, since the last line about them
+        self.inflight = 0  # bytes of the request bodies this server's connections hold (declared lengths)
         self.logged_at = -CAP_LOG_S
         self.loop.call_later(SWEEP_S, self.sweep)
 
@@ -82,13 +88,15 @@ class _Sweeper:
         for connection in list(self.connections):
             if isinstance(connection, BoundedHttpProtocol):
                 connection.check_time(now)
-        if (self.evicted or self.refused) and now - self.logged_at >= CAP_LOG_S:
+        if (self.evicted or self.refused or self.shed) and now - self.logged_at >= CAP_LOG_S:
             logger.warning(
-                "open connections at the cap: %d closed to make room and %d refused with 503 since the last line",
+                "open connections at the cap: %d closed to make room, %d refused with 503; %d requests refused "
+                "for bytes in flight; since the last line",
                 self.evicted,
                 self.refused,
+                self.shed,
             )
-            self.evicted = self.refused = 0
+            self.evicted = self.refused = self.shed = 0
             self.logged_at = now
         self.loop.call_later(SWEEP_S, self.sweep)
 
@@ -115,6 +123,10 @@ def _lane_of(app: Any) -> Lane | None:
 
 
 class _HeadTooLarge(Exception):
+    pass
+
+
+class _TooManyBytesInFlight(Exception):
     pass
 
 
@@ -178,6 +190,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self.discarding, self.discarded = False, 0  # refused: reading only to let the answer arrive
         # The current request's body: bytes received, and the window its pace is measured over.
         self.body_bytes = self.window_bytes = 0
+        self.declared = self.held = 0  # the next body's Content-Length; bytes counted in the server's inflight
         # When this connection began to wait on its client (connected, head begun, or reply sent).
         self.opened = self.waiting_since = self.window_at = self.loop.time()
         self.sweeper = _Sweeper.of(self)
@@ -235,6 +248,10 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         cycle.on_response = lambda: None
 
     # -- connection -----------------------------------------------------------------------------------
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._release()
+        super().connection_lost(exc)
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.reply = _OnePacketReply(transport)
@@ -311,6 +328,10 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _TooManyBytesInFlight):
+                message = f"request bodies in flight exceed {self.limits.max_inflight_bytes} bytes; retry shortly"
+                self._refuse(503, "overloaded", message, retry_after=True)
+                return False
             if not isinstance(exc.__context__, _HeadTooLarge):
                 raise
             self._too_large(f"more than {self.limits.max_headers} header lines")
@@ -335,8 +356,19 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         if self.header_count > self.limits.max_headers:
             raise _HeadTooLarge
         HttpToolsProtocol.on_header(self, name, value)
+        name, value = self.headers[-1]  # (as uvicorn's keeps it: lowercased, trimmed)
+        if name == b"content-length" and value.isdigit():
+            self.declared = int(value)
 
     def on_headers_complete(self) -> None:
+        declared, self.declared = self.declared, 0
+        if declared and self.limits.max_inflight_bytes:
+            sweeper = self.sweeper
+            if sweeper.inflight and sweeper.inflight + declared > self.limits.max_inflight_bytes:
+                sweeper.shed += 1
+                raise _TooManyBytesInFlight
+            sweeper.inflight += declared
+            self.held += declared  # (a pipelined request's too: released with the reply in progress)
         self.in_head = False
         self.head_bytes = self.header_count = self.body_bytes = self.window_bytes = 0
         self.window_at = self.waiting_since
@@ -359,6 +391,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         """uvicorn's, less its keep-alive timer: the sweep closes an idle connection (``check_time``)."""
         self.reply.reply_complete()
+        if self.held:
+            self._release()
         self.waiting_since = self.loop.time()
         self.server_state.total_requests += 1
         if self.transport.is_closing():
@@ -367,6 +401,10 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         if self.pipeline:
             cycle, app = self.pipeline.pop()
             self._start_asgi_task(cycle, app)
+
+    def _release(self) -> None:
+        self.sweeper.inflight -= self.held
+        self.held = 0
 
     def check_time(self, now: float) -> None:
         """The sweep's visit: a head past the head timeout, or a body below its pace, gets a 408; an idle

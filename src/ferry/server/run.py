@@ -38,6 +38,7 @@ def connection_limits(settings: Settings) -> ConnectionLimits:
         body_read_timeout=settings.body_read_timeout,
         min_body_rate=settings.min_body_rate,
         max_connections=settings.max_connections,
+        max_inflight_bytes=settings.max_inflight_bytes,
         max_age=settings.connection_max_age,
     )
 
