@@ -119,6 +119,13 @@ class Settings(SettingsGroup):
     max_queue: int = _setting(256, "Requests that may wait per model before new ones get 503.", panel="limits")
     drain_timeout: int = _setting(30, "Seconds to finish in-flight requests on SIGTERM.", panel="limits")
     model_threads: int = _setting(1, "Threads for model compute off the event loop.", panel="limits")
+    trial_timeout: float = _setting(
+        120.0,
+        "Seconds a model in a native format (LightGBM, XGBoost, CatBoost, ONNX, an uncompiled scikit-learn file) "
+        "may take to load and answer its sample in a trial process first; a crash or hang there fails it alone "
+        "(0: no trial).",
+        panel="models",
+    )
     admin: bool = _setting(
         False,
         "Enable POST /models/{name}/load, /unload and /reload (needs auth tokens, or the next flag).",

@@ -46,6 +46,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fer
         original=settings.original_models,
         trust_code=settings.trust_code,
         lazy=bool(settings.max_memory),
+        trial_timeout=settings.trial_timeout,
     )
     metrics = Metrics.from_env()  # multiprocess mode when the CLI set PROMETHEUS_MULTIPROC_DIR for --workers
     tracing = None

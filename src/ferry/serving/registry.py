@@ -18,6 +18,7 @@ from ferry.bundle.manifest import CompatRoute, read_manifest
 from ferry.bundle.repository import scan_repository, version_key
 from ferry.errors import FerryError, ModelNotFound, ModelNotReady
 from ferry.serving.inputs import InputCodec
+from ferry.serving.trial import DEFAULT_TIMEOUT_S, TrialLoader, needs_trial
 
 logger = logging.getLogger("ferry.registry")
 
@@ -122,6 +123,7 @@ class ModelRegistry:
         original: bool = False,
         trust_code: bool = False,
         lazy: bool = False,
+        trial_timeout: float = DEFAULT_TIMEOUT_S,
     ) -> None:
         self.repo = repo
         self.trust_pickle = trust_pickle
@@ -135,6 +137,9 @@ class ModelRegistry:
         self._defaults: dict[str, ModelHandle] = {}  # newest READY version per model, kept on every load
         self._listeners: list[Callable[[], None]] = []
         self.events = LoadEvents()
+        # Native formats load in a child first (``ferry.serving.trial``); 0 turns it off.
+        flags = {"trust_pickle": trust_pickle, "trust_code": trust_code, "original": original}
+        self.trials = TrialLoader(trial_timeout, warmup, **flags) if trial_timeout > 0 else None
         for name, refs in scan_repository(repo).items():
             self.models[name] = {r.version: ModelHandle(name, r.version, r.path) for r in refs}
 
@@ -155,9 +160,15 @@ class ModelRegistry:
         ``--workers N`` loads the compiled ones before forking (``ferry.server.worker``): numpy arrays,
         memory-mapped, are safe to share across a fork, where a framework's threads or sessions are not.
         """
-        for handle in self.handles():
-            if handle.state is ModelState.LOADING and (not compiled_only or self.serves_compiled(handle)):
-                self.load(handle)
+        pending = [
+            h
+            for h in self.handles()
+            if h.state is ModelState.LOADING and (not compiled_only or self.serves_compiled(h))
+        ]
+        if self.trials is not None:  # the native ones' trial loads, side by side
+            self.trials.prepare([(h.path, signature(h.path)) for h in pending if self._needs_trial(h)])
+        for handle in pending:
+            self.load(handle)
         # Move everything loaded so far out of the collector's reach: a full collection over the
         # frameworks' objects otherwise pauses the event loop for tens of milliseconds.
         gc.collect()
@@ -199,6 +210,7 @@ class ModelRegistry:
         """Load one bundle; a failure marks it FAILED and is logged, never raised to the others."""
         handle.signature = signature(handle.path)
         try:
+            self._try_out(handle)
             loaded = load_bundle(
                 handle.path, trust_pickle=self.trust_pickle, original=self.original, trust_code=self.trust_code
             )
@@ -219,6 +231,17 @@ class ModelRegistry:
             handle.state, handle.error = ModelState.FAILED, public_error(f"{type(exc).__name__}: {exc}", handle.path)
             logger.exception("model %s:%s FAILED to load", handle.name, handle.version)
         self.events.loaded(handle, ready=handle.state is ModelState.READY)
+
+    def _try_out(self, handle: ModelHandle) -> None:
+        """A bundle in a native format loads in a child first: a crash or a hang there fails it alone."""
+        if self.trials is not None and needs_trial(read_manifest(handle.path), self.original):
+            self.trials.check(handle.path, handle.signature)
+
+    def _needs_trial(self, handle: ModelHandle) -> bool:
+        try:
+            return needs_trial(read_manifest(handle.path), self.original)
+        except FerryError:
+            return False  # its own load reports why
 
     def _refresh_default(self, name: str) -> None:
         servable = (ModelState.READY, ModelState.UNLOADED)  # an UNLOADED version loads on its first request

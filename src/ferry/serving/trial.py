@@ -1,0 +1,160 @@
+"""Trial loads: a model in a native format is loaded, and its sample answered, in a child process first.
+
+LightGBM, XGBoost, CatBoost and ONNX Runtime read a bundle's file in C++, and a file they misread can
+abort the process or loop for ever; in the server that process is every model's. So such a bundle is
+loaded first in a short-lived child (spawned: it inherits no threads and no OpenMP state), which runs
+the registry's own warm-up on the bundle's sample. A crash, a hang past the timeout or an error there
+marks the model FAILED with the reason, and the server never hands the file to the library itself.
+Ferry's compiled forms are numpy arrays verified by hash and evaluated in Python: they need no trial.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import pickle
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ferry.bundle.artifacts import bundle_label
+from ferry.bundle.manifest import Manifest
+from ferry.errors import BundleError, FerryError
+
+if TYPE_CHECKING:
+    from ferry.serving.registry import ModelHandle
+
+logger = logging.getLogger("ferry.registry")
+
+# The runtimes that hand a bundle's bytes to a native library. sklearn is one: a skops or pickled
+# LightGBM estimator carries a LightGBM model that LightGBM parses when it is unpickled.
+NATIVE_RUNTIMES = frozenset({"lightgbm", "xgboost", "catboost", "onnx", "sklearn"})
+DEFAULT_TIMEOUT_S = 120.0
+
+
+def needs_trial(manifest: Manifest, original: bool) -> bool:
+    """Whether loading this bundle hands a file to a native library (not its compiled numpy form)."""
+    compiled = bool(manifest.options.get("compiled")) and not original
+    return manifest.runtime in NATIVE_RUNTIMES and not compiled
+
+
+class TrialLoader:
+    """Runs trial loads and remembers each bundle folder's outcome until its files change, so an evicted
+    model loaded again under ``--max-memory`` is not tried again; ``prepare`` runs many side by side."""
+
+    def __init__(self, timeout_s: float, warmup: Callable[[ModelHandle], None] | None, **flags: bool) -> None:
+        self.timeout_s = timeout_s
+        self.warmup = warmup if _pickles(warmup) else None  # a warm-up that cannot travel: the child only loads
+        self.flags = flags  # ``load_bundle``'s trust_pickle, trust_code, original
+        self._outcomes: dict[Path, tuple[tuple[int, float], str | None]] = {}  # path -> (signature, error)
+        self._lock = threading.Lock()
+
+    def prepare(self, bundles: list[tuple[Path, tuple[int, float]]]) -> None:
+        """Try out many bundles at once (start-up): children in parallel, one per core; ``check`` then answers."""
+        if len(bundles) < 2:
+            return
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="ferry-trial") as pool:
+            for _ in pool.map(lambda bundle: self._outcome_of(*bundle), bundles):
+                pass
+
+    def check(self, path: Path, signature: tuple[int, float]) -> None:
+        """Raise ``BundleError`` saying why, if ``path`` crashed, hung or failed in its trial load."""
+        error = self._outcome_of(path, signature)
+        if error is not None:
+            raise BundleError(error)
+
+    def _outcome_of(self, path: Path, signature: tuple[int, float]) -> str | None:
+        with self._lock:
+            known = self._outcomes.get(path)
+        if known is not None and known[0] == signature:
+            return known[1]
+        started = time.monotonic()
+        error = self._run(path)
+        logger.info(
+            "trial load of %s: %s in %.2f s", path.name, "failed" if error else "passed", time.monotonic() - started
+        )
+        with self._lock:
+            self._outcomes[path] = (signature, error)
+        return error
+
+    def _run(self, path: Path) -> str | None:
+        """Load ``path`` and warm it up in a child: None, or what went wrong."""
+        context = multiprocessing.get_context("spawn")
+        receive, send = context.Pipe(duplex=False)
+        child = context.Process(
+            target=_trial,
+            args=(send, path, self.flags, self.warmup),
+            name=f"ferry-trial-{bundle_label(path)}",
+            daemon=True,
+        )
+        child.start()
+        send.close()  # the child holds the only writer: its death reads as end of file here
+        try:
+            return self._outcome(receive, child)
+        finally:
+            receive.close()
+            if child.is_alive():
+                child.kill()
+            child.join()
+
+    def _outcome(self, receive: Connection, child: Any) -> str | None:
+        """None when the child loaded and warmed up; else what went wrong, in words."""
+        if not receive.poll(self.timeout_s):
+            return (
+                f"a trial load did not finish within {self.timeout_s:g} s (loading the model or answering "
+                "its sample hangs); the model is not loaded"
+            )
+        try:
+            error: str | None = receive.recv()
+        except EOFError:  # the child died before it could answer
+            child.join(5.0)
+            return (
+                f"the model's library crashed the trial load ({_exit_reason(child.exitcode)}); the model is not loaded"
+            )
+        return error
+
+
+def _exit_reason(code: int | None) -> str:
+    if code is None:
+        return "it did not exit"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
+def _pickles(value: Any) -> bool:
+    try:
+        pickle.dumps(value)
+    except Exception:
+        return False
+    return True
+
+
+def _trial(send: Connection, path: Path, flags: dict[str, bool], warmup: Callable[[Any], None] | None) -> None:
+    """The child: load the bundle as the registry would, run its warm-up, send None or the error."""
+    from ferry.bundle.load import load_bundle
+    from ferry.serving.inputs import InputCodec
+    from ferry.serving.registry import ModelHandle
+
+    try:
+        loaded = load_bundle(path, **flags)
+        handle = ModelHandle(loaded.manifest.name, loaded.manifest.version, path, model=loaded)
+        handle.codec = InputCodec(loaded.manifest.input)
+        if warmup is not None:
+            warmup(handle)
+        message = None
+    except FerryError as exc:
+        message = exc.message
+    except Exception as exc:
+        message = f"{type(exc).__name__}: {exc}"
+    send.send(message)
+    send.close()
