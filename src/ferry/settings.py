@@ -117,6 +117,15 @@ class Settings(SettingsGroup):
         30.0, "Default deadline of a prediction, in seconds (504 past it).", panel="limits"
     )
     max_queue: int = _setting(256, "Requests that may wait per model before new ones get 503.", panel="limits")
+    max_rows: int = _setting(
+        10_000, "Most rows (records, images, texts) in one request (413 past it; 0: no bound).", panel="limits"
+    )
+    max_pixels: int = _setting(
+        100_000_000,
+        "Most pixels one request's images may decode to, all together, read from their headers before any is "
+        "decoded (413 past it; 0: no bound).",
+        panel="limits",
+    )
     drain_timeout: int = _setting(30, "Seconds to finish in-flight requests on SIGTERM.", panel="limits")
     model_threads: int = _setting(1, "Threads for model compute off the event loop.", panel="limits")
     trial_timeout: float = _setting(

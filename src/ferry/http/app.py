@@ -67,6 +67,8 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fer
         max_queue=settings.max_queue,
         prediction_log=prediction_log,
         tracer=tracing,
+        max_rows=settings.max_rows or None,
+        max_pixels=settings.max_pixels or None,
     )
     budget = None
     if settings.max_memory:

@@ -9,8 +9,10 @@ its own rows back; a failed batch fails every caller in it with the same error.
 Admission: past ``max_queue`` waiting requests a new one is refused at once (503 with
 Retry-After). Every request has a deadline: when it passes, the caller gets a 504 at once and
 the request is skipped when its batch is collected, so the model never computes an answer
-nobody will read. At most one batch per model computes at a time, so rows in flight are
-bounded by ``max_batch_size``.
+nobody will read. A batch whose callers have all gone (past their deadlines, or cancelled:
+a gRPC client's cancel) while it waited for the model thread is dropped there, and a runtime's long loop
+(decoding images) stops between items once they have (``ferry.runtimes.abandon``). At most one batch
+per model computes at a time, so rows in flight are bounded by ``max_batch_size``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 
 from ferry.errors import DeadlineExceeded, Overloaded
 from ferry.runtimes import Prediction
+from ferry.runtimes.abandon import Abandoned, stop_if_abandoned, watching
 from ferry.serving.timers import PRECISE_BELOW_S, CoarseTimers
 
 # A batch that computes faster than this runs on the event loop: handing it to a thread would
@@ -151,8 +154,10 @@ class AdaptiveBatcher:
                 prediction, computed = self._timed(merged)
             else:
                 prediction, computed = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, self._timed, merged
+                    self._executor, self._timed, merged, group
                 )
+        except Abandoned:
+            return  # every caller had gone: nothing to answer
         except BaseException as exc:
             if self._observed:
                 _observe(group, started, time.monotonic(), True)
@@ -180,10 +185,19 @@ class AdaptiveBatcher:
             rows = sum(g.rows for g in group)
             self._on_batch(answered, rows, started - min(g.enqueued for g in group), elapsed)
 
-    def _timed(self, batch: Any) -> tuple[Prediction, float]:
-        """The prediction and the seconds the model took, measured where it runs (the loop or a thread)."""
+    def _timed(self, batch: Any, group: list[_Pending] | None = None) -> tuple[Prediction, float]:
+        """The prediction and the seconds the model took, measured where it runs (the loop or a thread).
+
+        On a thread, ``group`` says whether anyone still waits: a batch whose callers have all gone since it
+        was handed over is not computed, and a runtime's long loop stops once they go (``stop_if_abandoned``).
+        """
         started = time.perf_counter()
-        prediction = self._predict(batch)
+        if group is None:
+            prediction = self._predict(batch)
+        else:
+            with watching(lambda: all(item.future.done() for item in group)):
+                stop_if_abandoned()
+                prediction = self._predict(batch)
         return prediction, time.perf_counter() - started
 
 

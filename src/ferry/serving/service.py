@@ -6,7 +6,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
-from ferry.errors import DeadlineExceeded, FerryError, ModelError, Overloaded
+from ferry.errors import DeadlineExceeded, FerryError, ModelError, Overloaded, PayloadTooLarge
 from ferry.runtimes import Prediction
 from ferry.runtimes.base import clipped
 from ferry.serving.batcher import AdaptiveBatcher, BatchObserver
@@ -42,6 +42,8 @@ class InferenceService:
         max_queue: int = 256,
         prediction_log: PredictionSink | None = None,
         tracer: Tracer | None = None,
+        max_rows: int | None = None,
+        max_pixels: int | None = None,
     ) -> None:
         self.registry = registry
         self.metrics = metrics
@@ -49,6 +51,8 @@ class InferenceService:
         self.max_queue = max_queue
         self.prediction_log = prediction_log
         self.tracer = tracer
+        self.max_rows = max_rows  # per request (--max-rows); None: no bound
+        self.max_pixels = max_pixels  # decoded image pixels per request, read from the headers (--max-pixels)
         # Model compute runs off the event loop, so health and metrics never wait behind it.
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ferry-model")
         self._batchers: dict[int, AdaptiveBatcher] = {}
@@ -100,6 +104,7 @@ class InferenceService:
     async def predict(self, handle: ModelHandle, batch: Any, timeout: float | None = None) -> Prediction:
         """Predict through the model's batcher, within ``timeout`` (else the model's or server's default)."""
         assert handle.model is not None
+        self._check_budget(handle, batch)
         if timeout is None:
             timeout = handle.model.manifest.limits.timeout_s or self.request_timeout
         log = self.prediction_log
@@ -123,6 +128,19 @@ class InferenceService:
         if log is not None:
             log.record(handle, batch, prediction, time.perf_counter() - started)
         return prediction
+
+    def _check_budget(self, handle: ModelHandle, batch: Any) -> None:
+        """The work one request may ask for: rows, and for an image model the pixels its images decode to."""
+        assert handle.model is not None
+        if self.max_rows is not None and len(batch) > self.max_rows:
+            raise PayloadTooLarge(
+                f"request of {len(batch)} rows exceeds the limit of {self.max_rows} rows per request (--max-rows)"
+            )
+        if self.max_pixels is not None and handle.model.manifest.input.kind == "image":
+            from ferry.runtimes.images import check_request_pixels
+
+            spec = getattr(handle.model.runtime, "image", None)  # the model's own bound per image, if it declares one
+            check_request_pixels(batch, self.max_pixels, getattr(spec, "max_pixels", None))
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=False)
