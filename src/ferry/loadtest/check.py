@@ -218,7 +218,24 @@ def output_problem(answer: bytes, adapter: Adapter) -> str:
         return f"no predictions where {adapter.protocol} puts them: {answer[:120].decode(errors='replace')}"
     if len(values) != 1:
         return f"sent one record, got {len(values)} predictions"
+    if adapter.protocol == "seldon" and _seldon_probabilities(body, schema):
+        return _probabilities_problem(values[0], schema.labels or [])
     return value_problem(values[0], schema)
+
+
+def _seldon_probabilities(body: Any, schema: ModelSchema) -> bool:
+    """A classifier answers Seldon with its probabilities, named by class (as Seldon's own servers do)."""
+    return schema.output_kind == "label" and bool(schema.labels) and body["data"].get("names") == schema.labels
+
+
+def _probabilities_problem(value: Any, labels: list[str]) -> str:
+    if not isinstance(value, list) or len(value) != len(labels):
+        return f"probabilities {value!r} are not one per class {labels}"
+    if any(isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p <= 1 for p in value):
+        return f"probabilities {value!r} are not numbers between 0 and 1"
+    if abs(sum(value) - 1) > 1e-6:
+        return f"probabilities {value!r} do not sum to 1"
+    return ""
 
 
 def value_problem(value: Any, schema: ModelSchema) -> str:

@@ -17,7 +17,7 @@ def valid_record(schema: ModelSchema, rng: random.Random) -> Any:
     """One record in Ferry's native form: ``{feature: value}``, ``{tensor: row}`` or ``{field: text}``."""
     if schema.kind == "features":
         sample = schema.sample_input if isinstance(schema.sample_input, dict) else {}
-        return {s.name: _scalar(s.dtype, rng, sample.get(s.name)) for s in schema.inputs}
+        return {s.name: _column_value(s, rng, sample.get(s.name)) for s in schema.inputs}
     if schema.kind == "text":
         limit = min(schema.max_length or 200, 200)
         words = [rng.choice(_WORDS) for _ in range(rng.randint(1, 12))]
@@ -27,6 +27,18 @@ def valid_record(schema: ModelSchema, rng: random.Random) -> Any:
     spec = schema.inputs[0]
     row_shape = [d if d > 0 else rng.randint(1, 4) for d in spec.shape[1:]] or [rng.randint(1, 4)]
     return {spec.name: _tensor(row_shape, spec.dtype, rng)}
+
+
+def _column_value(spec: TensorSpec, rng: random.Random, sample: Any) -> Any:
+    """A value the column takes: one of a categorical's categories; for text and integers, which an encoder may
+    know only some of, the sample's own value (one the model answered at build); numbers vary around the sample."""
+    if spec.dtype == "category" and spec.categories:
+        return rng.choice(spec.categories)
+    if spec.dtype in ("string", "category") and isinstance(sample, str):
+        return sample
+    if spec.dtype.startswith("int") and type(sample) is int:
+        return sample
+    return _scalar(spec.dtype, rng, sample)
 
 
 def _scalar(dtype: str, rng: random.Random, near: Any = None) -> Any:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ferry.errors import LoadTestUsage
-from ferry.loadtest.schema import DTYPE_TO_V2, ModelSchema, TensorSpec
+from ferry.loadtest.schema import DTYPE_TO_V2, ModelSchema, TensorSpec, v2_datatype
 
 PROTOCOLS = ("native", "v2", "v1", "seldon", "grpc")  # grpc: OIP ModelInfer (ferry.loadtest.grpc)
 
@@ -65,8 +65,9 @@ class Adapter:
         specs = self.v2_inputs or self.schema.inputs
         kind = self.schema.kind
         if kind == "features" and isinstance(record, dict) and len(specs) != 1:
-            dtypes = {s.name: s.dtype for s in specs}
-            return {"inputs": [_v2_tensor(k, dtypes.get(k, _guess(v)), [v]) for k, v in record.items()]}
+            # one input per column, each of its own datatype (BYTES for text), as MLServer's pandas codec sends
+            datatypes = {s.name: v2_datatype(s) for s in specs}
+            return {"inputs": [_v2_column(k, datatypes.get(k) or _guess(v), v) for k, v in record.items()]}
         spec = specs[0]
         if kind == "features" and isinstance(record, dict):
             row = list(record.values())
@@ -108,8 +109,12 @@ def _v2_tensor(name: str, dtype: str, data: list[Any]) -> dict[str, Any]:
     return {"name": name, "shape": [len(data)], "datatype": DTYPE_TO_V2.get(dtype, "FP64"), "data": data}
 
 
+def _v2_column(name: str, datatype: str, value: Any) -> dict[str, Any]:
+    return {"name": name, "shape": [1], "datatype": datatype, "data": [value]}
+
+
 def _guess(value: Any) -> str:
-    return "string" if isinstance(value, str) else "bool" if isinstance(value, bool) else "float64"
+    return "BYTES" if isinstance(value, str) else "BOOL" if isinstance(value, bool) else "FP64"
 
 
 def _flatten(value: Any) -> list[Any]:

@@ -29,6 +29,23 @@ class TensorSpec:
     dtype: str  # Ferry dtype: float64, float32, int64, int32, bool, string
     shape: list[int]
     allow_nan: bool = False
+    categories: list[Any] | None = None  # a categorical column's values (from Ferry's native metadata)
+
+
+def v2_datatype(spec: TensorSpec) -> str:
+    """The OIP v2 datatype of a spec: a categorical's is that of its categories (BYTES for text)."""
+    if spec.dtype == "category":
+        kinds = {type(c) for c in spec.categories or []}
+        return (
+            "BYTES"
+            if not kinds or str in kinds
+            else "BOOL"
+            if kinds == {bool}
+            else "INT64"
+            if kinds == {int}
+            else "FP64"
+        )
+    return DTYPE_TO_V2.get(spec.dtype, "FP64")
 
 
 @dataclass
@@ -87,7 +104,8 @@ def from_native(meta: dict[str, Any]) -> ModelSchema:
     kind = spec["kind"]
     if kind == "features":
         inputs = [
-            TensorSpec(f["name"], f.get("dtype", "float64"), [1], f.get("allow_nan", False)) for f in spec["features"]
+            TensorSpec(f["name"], f.get("dtype", "float64"), [1], f.get("allow_nan", False), f.get("categories"))
+            for f in spec["features"]
         ]
     elif kind == "tensor":
         inputs = [
@@ -124,6 +142,9 @@ def from_v2(meta: dict[str, Any]) -> ModelSchema:
     if not inputs:
         raise LoadTestError(f"model {meta.get('name')}: its v2 metadata declares no inputs")
     kind = "text" if len(inputs) == 1 and inputs[0].dtype == "string" else "tensor"
+    if len(inputs) > 1 and all(_one_value_per_row(t.shape) for t in inputs):
+        kind = "features"  # one input per column, as MLServer's pandas codec publishes a DataFrame
+        inputs = [TensorSpec(t.name, t.dtype, [1]) for t in inputs]
     first = outputs[0] if outputs else TensorSpec("output", "float64", [-1])
     return ModelSchema(
         name=meta["name"],
@@ -138,6 +159,23 @@ def from_v2(meta: dict[str, Any]) -> ModelSchema:
     )
 
 
+def _one_value_per_row(shape: list[int]) -> bool:
+    return len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)
+
+
+def with_native_columns(schema: ModelSchema, native: ModelSchema) -> ModelSchema:
+    """A v2 schema of columns, completed by what only Ferry's native metadata says of them: categories,
+    missing values allowed, the sample row. Left as it is unless both name the same columns."""
+    if schema.kind != "features" or native.kind != "features" or schema.feature_names != native.feature_names:
+        return schema
+    schema.inputs = [
+        TensorSpec(v2.name, own.dtype, v2.shape, own.allow_nan, own.categories)
+        for v2, own in zip(schema.inputs, native.inputs, strict=True)
+    ]
+    schema.sample_input = native.sample_input
+    return schema
+
+
 def fetch_schema(base_url: str, model: str | None, prefer: str = "native") -> ModelSchema:
     """Read the model's schema: Ferry's native metadata first, else OIP v2 (any compliant server)."""
     base_url = base_url.rstrip("/")
@@ -150,7 +188,13 @@ def fetch_schema(base_url: str, model: str | None, prefer: str = "native") -> Mo
                 return from_native(get_json(f"{base_url}/models/{name}/metadata"))
             if model is None:
                 raise LoadTestError("--model is required for a v2 service")
-            return from_v2(get_json(f"{base_url}/v2/models/{model}"))
+            schema = from_v2(get_json(f"{base_url}/v2/models/{model}"))
+            if schema.kind == "features":  # a Ferry service says more of its columns natively
+                try:
+                    return with_native_columns(schema, from_native(get_json(f"{base_url}/models/{model}/metadata")))
+                except (LoadTestError, KeyError, TypeError, AttributeError):
+                    pass
+            return schema
         except LoadTestError as exc:
             errors.append(exc.message)
         except (KeyError, TypeError, AttributeError) as exc:
