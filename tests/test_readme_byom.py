@@ -33,7 +33,7 @@ def run_block(name: str, folder: Path) -> None:
 
 
 def test_every_story_has_a_block() -> None:
-    assert set(blocks()) == {"iris", "diabetes", "seldon", "reviews", "mlflow", "mlserver", "titanic", "mlflow_titanic"}
+    assert set(blocks()) == {"iris", "diabetes", "seldon", "reviews", "mlflow", "mlserver", "titanic", "mlflow_titanic", "boosters"}
 
 
 def test_two_pickles_and_the_old_routes(tmp_path: Path, serve: Callable[..., ServerProcess]) -> None:
@@ -173,3 +173,30 @@ def pd_frame(records: list[dict[str, object]]) -> object:
     import pandas as pd
 
     return pd.DataFrame(records)
+
+
+def test_xgboost_and_catboost_files(tmp_path: Path, serve: Callable[..., ServerProcess]) -> None:
+    """Files saved by the libraries themselves: built without a flag, served equal to their own predict."""
+    import numpy as np
+    import pandas as pd
+
+    xgboost = pytest.importorskip("xgboost")
+    catboost = pytest.importorskip("catboost")
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(300, 3)), columns=["tenure", "charges", "calls"])
+    churn = xgboost.XGBClassifier(n_estimators=20, max_depth=3).fit(frame, (frame.tenure + frame.calls > 0).astype(int))
+    churn.save_model(tmp_path / "churn.json")
+    spend = catboost.CatBoostRegressor(iterations=30, depth=4, verbose=0).fit(frame, frame.charges * 2 + frame.calls)
+    spend.save_model(str(tmp_path / "spend.cbm"))
+    run_block("boosters", tmp_path)
+    server = serve(str(tmp_path / "models"), "--grpc-port", "0")
+    rows = frame.iloc[:20]
+    records = rows.to_dict(orient="records")
+    answer = httpx.post(server.url + "/models/churn/predict", json=records).json()
+    assert answer["predictions"] == churn.predict(rows).tolist()  # integers, as XGBoost answers them
+    assert all(type(value) is int for value in answer["predictions"])
+    expected = churn.predict_proba(rows)
+    got = np.array([[row[str(c)] for c in churn.classes_] for row in answer["probabilities"]])
+    np.testing.assert_array_equal(got, expected.astype(np.float64))
+    answer = httpx.post(server.url + "/models/spend/predict", json=records).json()
+    assert answer["predictions"] == spend.predict(rows).tolist()
