@@ -37,7 +37,7 @@ def params(name: str) -> dict[str, Any]:
     ("name", "group", "only"),
     [
         ("serve", Settings, None),
-        ("demo", Settings, ("host", "port")),
+        ("demo", Settings, ("host", "port", "grpc_port", "probe_port")),
         ("verify", Settings, ("repo", "trust_pickle", "trust_code", "original_models")),
         ("gateway", GatewaySettings, None),
         ("loadtest", LoadTestSettings, None),

@@ -227,6 +227,10 @@ def examples_build_command(
         console.print(f"[green]built[/green] {path}")
 
 
+# Where demo listens: the ports of `ferry serve`, so one that is taken (named in the error) can be moved.
+DEMO_SETTINGS = ("host", "port", "grpc_port", "probe_port")
+
+
 def demo(
     cache: Annotated[Path, typer.Option(help="Where the example bundles are kept.")] = DEFAULT_CACHE,
     routing: Annotated[
@@ -256,7 +260,7 @@ def demo(
     _serve(dataclasses.replace(settings, repo=cache.resolve(), routes=routes, trust_code=True))
 
 
-app.command("demo")(settings_command(demo, Settings, only=("host", "port")))
+app.command("demo")(settings_command(demo, Settings, only=DEMO_SETTINGS))
 
 
 def _serve(settings: Settings) -> None:
