@@ -5,7 +5,9 @@ treelite (GTIL, its interpreter; and compiled to C by tl2cgen) and lleaves (LLVM
 
 Models: the reviews example's LightGBM booster (200 trees of 15 leaves over 16,384 hashed n-gram
 columns, built as ``ferry examples build`` builds it, fed real review texts), and two scikit-learn
-models on 20 dense columns: a RandomForestClassifier and a GradientBoostingRegressor.
+models on 20 dense columns: a RandomForestClassifier and a GradientBoostingRegressor; an XGBRegressor and a
+CatBoostRegressor (200 trees of depth 6, read from the JSON their libraries save) against XGBoost's
+``inplace_predict`` margin and CatBoost's ``RawFormulaVal`` (``--boosters-only`` runs just these two).
 Per candidate: the load/compile time, once; then per-call latency for 1, 20 and 100 rows. Each round
 runs every candidate and batch size in turn (``--calls`` calls each), so a shared machine's noise falls
 on all of them alike; the table gives the median over rounds (and the fastest round) of the time per
@@ -223,6 +225,49 @@ def sklearn_models(workdir: Path) -> list[tuple[str, list[Candidate], dict[int, 
     return out
 
 
+def booster_models(workdir: Path) -> list[tuple[str, list[Candidate], dict[int, np.ndarray], Predict]]:
+    """XGBoost and CatBoost models as their libraries save them, against the libraries' own predict."""
+    import json
+
+    try:
+        import catboost
+        import xgboost
+    except ImportError as missing:
+        SKIPPED.append(f"XGBoost / CatBoost: {missing}")
+        return []
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2000, 20))
+    y = x[:, 0] + np.sin(x[:, 1] * 2) + x[:, 2] * x[:, 3] + rng.normal(scale=0.3, size=2000)
+    probe = {rows: rng.normal(size=(rows, 20)) for rows in ROWS}
+    out = []
+
+    xgb = xgboost.XGBRegressor(n_estimators=200, max_depth=6, n_jobs=1).fit(x, y)
+    xgb.save_model(workdir / "xgb.json")
+    booster = xgb.get_booster()
+
+    def xgb_margin(rows: np.ndarray) -> np.ndarray:
+        return np.asarray(booster.inplace_predict(rows, predict_type="margin"))
+
+    def xgb_ferry() -> Predict:
+        return trees.from_xgboost(json.loads((workdir / "xgb.json").read_text()))[0].predict_raw
+
+    made = [Candidate("xgboost inplace_predict", lambda: xgb_margin), Candidate("ferry numpy", xgb_ferry)]
+    out.append(("XGBRegressor(200 trees, depth 6), from its JSON", made, probe, xgb_margin))
+
+    cat = catboost.CatBoostRegressor(iterations=200, depth=6, verbose=0, thread_count=1).fit(x, y)
+    cat.save_model(str(workdir / "cat.json"), format="json")
+
+    def cat_raw(rows: np.ndarray) -> np.ndarray:
+        return np.asarray(cat.predict(rows, prediction_type="RawFormulaVal", thread_count=1))
+
+    def cat_ferry() -> Predict:
+        return trees.from_catboost(json.loads((workdir / "cat.json").read_text())).predict_raw
+
+    made = [Candidate("catboost predict", lambda: cat_raw), Candidate("ferry numpy", cat_ferry)]
+    out.append(("CatBoostRegressor(200 trees, depth 6), from its JSON", made, probe, cat_raw))
+    return out
+
+
 # -- running -----------------------------------------------------------------------------------------
 def race(
     candidates: list[Candidate],
@@ -295,22 +340,28 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--calls", type=int, default=30, help="calls per 1-row sample (fewer for bigger batches)")
     parser.add_argument("--out", type=Path, help="also write the tables here")
+    parser.add_argument("--boosters-only", action="store_true", help="only the XGBoost and CatBoost models")
     parser.add_argument("--lleaves-limit", type=float, default=600, help="seconds lleaves may take to compile")
     args = parser.parse_args()
     sections = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        candidates, full, compact, reference = reviews(work, args.lleaves_limit)
-        race(candidates, full, compact, reference, args.rounds, args.calls)
-        sections.append(table("LightGBM reviews (200 trees x 15 leaves, 16,384 columns)", candidates))
-        print(sections[-1], flush=True)
-        for title, made, probe, framework in sklearn_models(work):
+        if not args.boosters_only:
+            candidates, full, compact, reference = reviews(work, args.lleaves_limit)
+            race(candidates, full, compact, reference, args.rounds, args.calls)
+            sections.append(table("LightGBM reviews (200 trees x 15 leaves, 16,384 columns)", candidates))
+            print(sections[-1], flush=True)
+        for title, made, probe, framework in [
+            *([] if args.boosters_only else sklearn_models(work)),
+            *booster_models(work),
+        ]:
             race(made, probe, None, framework, args.rounds, args.calls)
             sections.append(table(title, made))
             print(sections[-1], flush=True)
-    sections.append(featurizer_table(args.rounds, args.calls))
+    if not args.boosters_only:
+        sections.append(featurizer_table(args.rounds, args.calls))
+        print(sections[-1])
     sections += [f"Skipped: {why}" for why in SKIPPED]
-    print(sections[-1])
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("\n\n".join([header(args), *sections]) + "\n")
@@ -325,7 +376,7 @@ def header(args: argparse.Namespace) -> str:
         except PackageNotFoundError:
             return f"{name} (absent)"
 
-    names = ["numpy", "lightgbm", "scikit-learn", "treelite", "tl2cgen", "lleaves", "llvmlite"]
+    names = ["numpy", "lightgbm", "scikit-learn", "xgboost", "catboost", "treelite", "tl2cgen", "lleaves", "llvmlite"]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     return (
         f"# bench/trees.py --rounds {args.rounds} --calls {args.calls}\n\n"
