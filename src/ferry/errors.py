@@ -15,6 +15,7 @@ FerryError (500, internal)
 │   └── ModelNotFound (404, model_not_found)
 ├── ClientClosed (499, client_closed)              expected: counted, never answered
 ├── NotImplementedYet (501, not_implemented)       expected: e.g. ``:explain`` without an explainer
+│   └── ExplanationUnavailable                     this model has none; ``explainable_models`` lists who has
 ├── ModelNotReady (503, model_not_ready)           expected: loading, failed, draining
 ├── Overloaded (503, overloaded)                   expected: the queue is full; ``Retry-After``
 ├── DeadlineExceeded (504, deadline_exceeded)      expected: not served within its deadline
@@ -40,6 +41,8 @@ FerryError (500, internal)
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class FerryError(Exception):
@@ -156,6 +159,17 @@ class NotImplementedYet(FerryError):
     status = 501
     code = "not_implemented"
     expected = True
+
+
+class ExplanationUnavailable(NotImplementedYet):
+    """A 501 that says why this model has no explanation and which served models have one."""
+
+    def __init__(self, message: str, explainable: list[str]) -> None:
+        super().__init__(message)
+        self.explainable = explainable
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "explainable_models": self.explainable}
 
 
 class ClientClosed(FerryError):

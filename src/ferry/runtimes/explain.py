@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 
-from ferry.errors import NotImplementedYet
 from ferry.runtimes.trees import TreeEnsemble
 
 # Tabulated leaves: at most 2^TABLE_MAX_FEATURES patterns a leaf, and this many bytes in all (per model).
@@ -360,17 +359,6 @@ EXPLAINABLE = (
     "compiled tree ensembles (LightGBM; scikit-learn trees, forests and gradient boosting) and linear "
     "models (after a StandardScaler, or built with training_data)"
 )
-
-
-class ExplanationUnavailable(NotImplementedYet):
-    """A 501 that says why this model has no explanation and which served models have one."""
-
-    def __init__(self, message: str, explainable: list[str]) -> None:
-        super().__init__(message)
-        self.explainable = explainable
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "explainable_models": self.explainable}
 
 
 def explanation_of(runtime: Any, runtime_name: str = "") -> dict[str, str]:

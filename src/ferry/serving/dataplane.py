@@ -15,9 +15,16 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from ferry.errors import ClientClosed, DeadlineExceeded, FerryError, InternalError, InvalidInput
+from ferry.errors import (
+    ClientClosed,
+    DeadlineExceeded,
+    ExplanationUnavailable,
+    FerryError,
+    InternalError,
+    InvalidInput,
+)
 from ferry.runtimes import Prediction
-from ferry.runtimes.explain import ExplanationUnavailable, explanation_of
+from ferry.runtimes.explain import explanation_of
 from ferry.serving.budget import MemoryBudget
 from ferry.serving.metrics import Metrics
 from ferry.serving.registry import ModelHandle, ModelRegistry
