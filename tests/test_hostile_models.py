@@ -63,19 +63,12 @@ def _build_mlserver(tmp: Path, model: bytes, hostile: str) -> list[str]:
     return ["build", str(mlserver_repository(tmp / "mlserver", model, disguised(hostile))), "--repo", str(tmp / "repo")]
 
 
-def _serve_mlserver(tmp: Path, model: bytes, hostile: str) -> list[str]:
-    from conftest import free_port
-
-    return ["serve", str(mlserver_repository(tmp / "mlserver", model, disguised(hostile))), "--port", str(free_port())]
-
-
 # entry point -> (its command line for a hostile file, the flag that would allow the file)
 ENTRY_POINTS: dict[str, tuple[Callable[[Path, bytes, str], list[str]], str]] = {
     "build-file": (_build_file, "--trusted"),
     "build-pipeline": (_build_pipeline, "--trusted"),
     "build-mlflow-folder": (_build_mlflow, "--trusted"),
     "build-mlserver-repository": (_build_mlserver, "--trusted"),
-    "serve-mlserver-repository": (_serve_mlserver, "--trust-pickle"),
 }
 
 
@@ -156,3 +149,19 @@ def test_ferry_serve_leaves_every_hostile_model_failed_naming_the_flag(tmp_path:
     for name, call in calls.items():
         assert models[name]["state"] == "FAILED", models[name]
         assert call in models[name]["error"] and "--trust-pickle" in models[name]["error"], models[name]
+
+
+@pytest.mark.parametrize("hostile", HOSTILE_MODELS)
+def test_ferry_serve_of_an_mlserver_repository_leaves_the_hostile_model_failed(
+    tmp_path: Path, serve: Any, hostile: str
+) -> None:
+    """Served as it is, an MLServer repository's model that only unpickling could read is FAILED with the reason
+    (what would run, and the flag), and nothing in it runs; the server itself starts, as for any failed bundle."""
+    marker = tmp_path / "marker"
+    model = HOSTILE_MODELS[hostile](marker)
+    repository = mlserver_repository(tmp_path / "mlserver", model.data, disguised(hostile))
+    server = serve(str(repository), wait_ready=False, env=UNTRUSTING)
+    models = _wait_loaded(server.url)
+    assert not marker.exists(), "the hostile file ran"
+    (entry,) = models.values()
+    assert entry["state"] == "FAILED" and model.calls in entry["error"] and "--trust-pickle" in entry["error"], entry

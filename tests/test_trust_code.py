@@ -185,15 +185,18 @@ def test_demo_trusts_the_code_of_ferrys_own_examples(monkeypatch: pytest.MonkeyP
 
 
 def test_an_mlserver_repository_follows_the_same_rule(tmp_path: Path) -> None:
-    """Its pickles convert with --trust-pickle or --trust-code, never without the operator's trust."""
+    """Its pickles convert with --trust-pickle or --trust-code, never without the operator's trust: without it the
+    model is kept as a version that fails with the reason (FAILED when served), and the LightGBM model converts."""
     from tests.test_byom import write_mlserver_repository
 
-    from ferry.cli.serve import serve_mlserver_repository
-    from ferry.errors import UntrustedPickle
+    from ferry.cli.serve import serve_layout
+    from ferry.errors import ManifestError
 
     source = write_mlserver_repository(tmp_path / "mlserver")
-    with pytest.raises(UntrustedPickle, match="is a pickle"):
-        serve_mlserver_repository(Settings(repo=source))
+    untrusted = serve_layout(Settings(repo=source))
+    with pytest.raises(ManifestError, match=r"is a pickle.*--trust-pickle"):
+        load_bundle(next(untrusted.repo.glob("iris/*")), trust_pickle=True)
+    assert load_bundle(next(untrusted.repo.glob("petals/*"))).manifest.name == "petals"
     for trust in ({"trust_pickle": True}, {"trust_code": True}):
-        served = serve_mlserver_repository(Settings(repo=source, **trust))
+        served = serve_layout(Settings(repo=source, **trust))
         assert load_bundle(next(served.repo.glob("iris/*")), original=True, **trust).manifest.name == "iris"

@@ -106,8 +106,15 @@ def build(
             options["requirements"] = REQUIREMENTS_FILE
         if runtime == "python":
             trusted = True  # the builder hands over its own code
+            from ferry.bundle.classfiles import warn_relative_opens
+
+            warn_relative_opens(staging)  # its files are next to its __file__, not in the working directory
         declared = _features_schema(features, f"{name}:{version}")
         _check_against_model(f"{name}:{version}", declared, inferred_input, labels, inferred_labels)
+        if labels and runtime == "onnx" and output_schema is None:  # a classifier graph's classes, or a tensor's
+            from ferry.bundle.onnxfiles import onnx_labelled
+
+            inferred_output = onnx_labelled(staging, options, inferred_output, len(labels))
         if labels and inferred_output.get("kind") == "label":
             inferred_output = {**inferred_output, "dtype": "string"}  # --labels names the classes, as text
         labels = [str(label) for label in labels] if labels else inferred_labels  # numpy.str_ too
@@ -469,14 +476,17 @@ def _lightgbm(model: Any, staging: Path) -> Inferred:
 
 def _from_file(path: Path, staging: Path, options: dict[str, Any], trusted: bool) -> Inferred:
     kind = file_kind(path)
-    if kind == "onnx":
-        shutil.copy2(path, staging / "model.onnx")
-        return ("onnx", _onnx_input(path), {"kind": "tensor", "dtype": "float32"}, None)
+    if kind == "onnx":  # a classifier keeps its labels, probabilities and output names
+        from ferry.bundle.onnxfiles import onnx_file
+
+        return onnx_file(path, staging, options)
     if kind in ("xgboost", "catboost"):  # their own formats, which run no code as they load
         from ferry.bundle.boosters import booster_file
 
         return booster_file(path, kind, staging)
-    if kind == "lightgbm":
+    if kind == "lightgbm":  # checked before LightGBM reads it: a malformed file aborts or hangs LightGBM
+        from ferry.runtimes.lightgbm_check import read_booster
+
         import lightgbm
 
         return _lightgbm(lightgbm.Booster(model_file=str(path)), staging)
@@ -503,15 +513,6 @@ def _from_files(paths: list[Path], staging: Path, options: dict[str, Any], trust
     options["steps"] = names
     options["sources"] = [p.name for p in paths]
     return ("sklearn", _sklearn_input(steps[0]), *_sklearn_output(steps[-1]))
-
-
-def _onnx_input(path: Path) -> dict[str, Any]:
-    import onnxruntime as ort
-
-    first = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs()[0]
-    shape = [d if isinstance(d, int) else -1 for d in first.shape]
-    dtype = {"tensor(double)": "float64", "tensor(int64)": "int64"}.get(first.type, "float32")
-    return {"kind": "tensor", "tensors": [{"name": first.name, "dtype": dtype, "shape": shape}]}
 
 
 def _class_spec(model: Any) -> bool:

@@ -180,6 +180,11 @@ class Settings(SettingsGroup):
         "With --max-memory: load models at start while they fit (--no-preload: each on its first request).",
         panel="models",
     )
+    name: str = _setting(
+        "",
+        "The model's name, serving a KServe or MLflow model folder as it is (default: the folder's name).",
+        panel="models",
+    )
 
 
 @dataclass(frozen=True)

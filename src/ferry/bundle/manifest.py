@@ -191,7 +191,11 @@ def read_manifest(bundle_dir: Path) -> Manifest:
         with path.open("rb") as fh:
             text = fh.read(MAX_MANIFEST_BYTES + 1)
     except FileNotFoundError:
-        raise ManifestError(f"{source}: no {MANIFEST_FILE} in the bundle folder") from None
+        from ferry.bundle.repository import unservable_reason  # a version Ferry could not build says why
+
+        raise ManifestError(
+            unservable_reason(bundle_dir) or f"{source}: no {MANIFEST_FILE} in the bundle folder"
+        ) from None
     if len(text) > MAX_MANIFEST_BYTES:
         raise ManifestError(f"{source}: larger than the limit of {MAX_MANIFEST_BYTES} bytes")
     raw = _read_twin(bundle_dir, text)

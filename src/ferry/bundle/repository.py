@@ -1,4 +1,9 @@
-"""A model repository: ``REPO/<name>/<version>/ferry.yaml``, several models and versions each."""
+"""A model repository: ``REPO/<name>/<version>/ferry.yaml``, several models and versions each.
+
+A version Ferry could not build from another layout (``ferry.bundle.layouts``) holds ``unservable.txt``
+instead, with the reason: it is listed like any version and fails to load with that reason, so it shows
+FAILED in ``/models`` and ``/ready`` while the others serve.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ferry.bundle.manifest import MANIFEST_FILE
+
+UNSERVABLE_FILE = "unservable.txt"
 
 
 @dataclass(frozen=True)
@@ -22,12 +29,13 @@ def version_key(version: str) -> tuple[tuple[int, str], ...]:
 
 
 def scan_repository(repo: Path) -> dict[str, list[BundleRef]]:
-    """Every bundle in ``repo`` by model name, versions oldest first."""
+    """Every bundle (or unservable version) in ``repo`` by model name, versions oldest first."""
     models: dict[str, list[BundleRef]] = {}
     if not repo.is_dir():
         return models
-    for manifest in sorted(repo.glob(f"*/*/{MANIFEST_FILE}")):
-        version_dir = manifest.parent
+    found = {m.parent for m in repo.glob(f"*/*/{MANIFEST_FILE}")}
+    found |= {u.parent for u in repo.glob(f"*/*/{UNSERVABLE_FILE}")}
+    for version_dir in sorted(found):
         ref = BundleRef(name=version_dir.parent.name, version=version_dir.name, path=version_dir)
         models.setdefault(ref.name, []).append(ref)
     for refs in models.values():
@@ -39,3 +47,19 @@ def next_version(repo: Path, name: str) -> str:
     refs = scan_repository(repo).get(name, [])
     numeric = [int(r.version) for r in refs if r.version.isdigit()]
     return str(max(numeric, default=0) + 1)
+
+
+def record_unservable(repo: Path, name: str, version: str, reason: str) -> Path:
+    """Write the version Ferry cannot serve, with the reason its load will fail with."""
+    folder = repo / name / version
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / UNSERVABLE_FILE).write_text(reason + "\n", encoding="utf-8")
+    return folder
+
+
+def unservable_reason(bundle_dir: Path) -> str | None:
+    """Why the version in ``bundle_dir`` cannot be served, when it was recorded so; None for a bundle."""
+    path = bundle_dir / UNSERVABLE_FILE
+    if path.is_file() and not (bundle_dir / MANIFEST_FILE).is_file():
+        return path.read_text(encoding="utf-8").strip()
+    return None

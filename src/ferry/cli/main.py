@@ -50,11 +50,15 @@ def build_command(
     model: Annotated[
         list[str],
         typer.Argument(
-            help="Model file(s): .skops, .pkl/.joblib, LightGBM .txt, .onnx; several compose, in order, into one "
-            "pipeline. Or module.py:Class."
+            help="Model file(s): .skops, .pkl/.joblib, LightGBM .txt, XGBoost .json/.ubj, CatBoost .cbm, .onnx; "
+            "several compose, in order, into one pipeline. Or module.py:Class, or a folder as MLServer, MLflow "
+            "or KServe keep models."
         ),
     ],
-    name: Annotated[str | None, typer.Option(help="Model name (an MLServer repository names its own).")] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(help="Model name (an MLServer repository names its own; an MLflow or KServe folder's name)."),
+    ] = None,
     repo: Annotated[Path, typer.Option(help="Model repository folder.")] = Settings.repo,
     version: Annotated[str | None, typer.Option(help="Version (default: next integer).")] = None,
     features: Annotated[str | None, typer.Option(help="Comma-separated feature names, in column order.")] = None,
@@ -80,12 +84,20 @@ def build_command(
     ] = None,
 ) -> None:
     """Bundle a model into REPO/NAME/VERSION with a manifest and artifact hashes."""
-    from ferry.bundle.mlserver import is_mlserver_repository
+    from ferry.bundle.layouts import layout_of, source_models
 
-    if len(model) == 1 and is_mlserver_repository(Path(model[0])):
-        for path in _run(lambda: _convert_mlserver(Path(model[0]), repo, trusted)):
-            console.print(f"[green]built[/green] {path}")
+    layout = layout_of(Path(model[0])) if len(model) == 1 else None
+    if layout == "mlserver":  # every model of the repository, each named and versioned as MLServer has it
+        _convert_layout(Path(model[0]), repo, name, trusted)
         return
+    metadata = None
+    if layout is not None:  # an MLflow or KServe folder: its one model, named after the folder unless --name
+        (found,) = source_models(Path(model[0]), layout, name)
+        if found.problem is not None or found.source is None:
+            from ferry.cli.errors import fail
+
+            fail(found.problem or f"{model[0]}: no model in the folder")
+        model, name, metadata = [str(found.source)], found.name, found.metadata
     if name is None:
         raise typer.BadParameter("a model needs a name", param_hint="--name")
     path = _run(
@@ -103,6 +115,7 @@ def build_command(
             include=list(include or []),
             requirements=requirements,
             input_schema={"kind": "text", "field": text} if text else None,
+            metadata=metadata,
         )
     )
     console.print(f"[green]built[/green] {path}")
@@ -113,14 +126,21 @@ def build_command(
         console.print(f"compiled form: {compiled}")
 
 
-def _convert_mlserver(source: Path, repo: Path, trusted: bool) -> list[Path]:
-    """Every model folder of an MLServer repository, built as a hashed bundle of the same name and version."""
-    from ferry.bundle.mlserver import SOURCE, mlserver_models
+def _convert_layout(source: Path, repo: Path, name: str | None, trusted: bool) -> None:
+    """Every model of an MLServer repository, built as a hashed bundle named and versioned as MLServer has it; one
+    that cannot be built is reported, and the command fails once the others are built."""
+    from ferry.bundle.trust import BUILD_FLAG, Trust
+    from ferry.cli.errors import fail
+    from ferry.cli.serve import convert_layout
 
-    return [
-        ferry.build(file, name, repo, version=version, trusted=trusted, metadata={"source": SOURCE})
-        for name, version, file in mlserver_models(source)
-    ]
+    failed = []
+    for converted in _run(lambda: convert_layout(source, repo, Trust(trusted, BUILD_FLAG), name, record=False)):
+        if converted.path is not None:
+            console.print(f"[green]built[/green] {converted.path}")
+        else:  # each reported on the one error line, once the others are built
+            failed.append(f"{converted.name}: {converted.problem}")
+    if failed:
+        fail(f"{len(failed)} model(s) not built: " + "; ".join(failed))
 
 
 def _json_option(text: str, option: str) -> Any:
@@ -267,7 +287,7 @@ def _serve(settings: Settings) -> None:
     import logging.config
 
     from ferry.cli.errors import fail
-    from ferry.cli.serve import check_startup, repository_problem, run_server, serve_mlserver_repository
+    from ferry.cli.serve import check_startup, repository_problem, run_server, serve_layout
     from ferry.observability.logs import LOG_FORMATS, logging_config
 
     if settings.log_format not in LOG_FORMATS:
@@ -280,10 +300,8 @@ def _serve(settings: Settings) -> None:
         from ferry.routing.spec import load_routes
 
         _run(lambda: load_routes(settings.routes))  # a bad routes file: the rule and field, not a traceback
-    from ferry.bundle.mlserver import is_mlserver_repository
-
-    if settings.repo.is_dir() and is_mlserver_repository(settings.repo) and not settings.model_uri:
-        settings = _run(lambda: serve_mlserver_repository(settings))
+    if not settings.model_uri:  # an MLServer repository, an MLflow or a KServe folder: converted, then served
+        settings = _run(lambda: serve_layout(settings))
     problem = repository_problem(settings)  # a typo'd or empty path: named, with what a repository looks like
     if problem:
         fail(problem)

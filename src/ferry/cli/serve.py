@@ -5,15 +5,21 @@ from __future__ import annotations
 import logging.config
 import os
 import sys
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ferry.cli import FAILURE
 from ferry.settings import Settings
+
+if TYPE_CHECKING:
+    from ferry.bundle.trust import Trust
 
 REPOSITORY_LAYOUT = (
     "a model repository holds REPO/<name>/<version>/ferry.yaml; "
     "make one with: ferry build MODEL --name NAME --repo REPO"
 )
+
+LAYOUT_NAMES = {"mlserver": "an MLServer repository", "mlflow": "an MLflow model folder", "kserve": "a KServe folder"}
 
 
 def repository_problem(settings: Settings) -> str | None:
@@ -36,10 +42,11 @@ def repository_problem(settings: Settings) -> str | None:
         return (
             f"{repo} is one bundle (a model version), not a repository: serve it with ferry serve {repo.parent.parent}"
         )
-    from ferry.bundle.mlserver import is_mlserver_repository
+    from ferry.bundle.layouts import layout_of
 
-    if is_mlserver_repository(repo) and not scan_repository(repo):
-        return f"{repo} is an MLServer repository: converted into bundles when served"  # the typer path does it
+    layout = layout_of(repo)
+    if layout is not None:  # ferry serve converts it first; ferry verify takes bundles
+        return f"{repo} is {LAYOUT_NAMES[layout]}: ferry serve converts it, ferry build {repo} makes bundles of it"
     if any((child / MANIFEST_FILE).is_file() for child in repo.iterdir() if child.is_dir()):
         return f"{repo} holds the versions of one model, not a repository: serve it with ferry serve {repo.parent}"
     if scan_repository(repo) or settings.watch or settings.admin:
@@ -71,28 +78,80 @@ def check_startup(settings: Settings) -> None:
     check_ports(settings)
 
 
-def serve_mlserver_repository(settings: Settings) -> Settings:
-    """An MLServer repository, served as it is: its models built into hashed bundles in a private folder.
+def serve_layout(settings: Settings) -> Settings:
+    """An MLServer repository, an MLflow model folder or a KServe storage folder, served as it is: its models
+    built into hashed bundles in a private folder, which is served instead.
 
-    Pickles load only with the operator's ``--trust-pickle`` (or ``--trust-code``), as in any Ferry repository.
+    A model Ferry cannot run (an implementation it does not know, a pickle without ``--trust-pickle`` or
+    ``--trust-code``, a file it cannot read) is recorded with its reason: it shows FAILED in ``/models`` and
+    ``/ready`` while the others serve, as a bundle that fails to load does.
     """
     import atexit
     import dataclasses
     import shutil
     import tempfile
-    from pathlib import Path
 
-    from ferry.builder import build
-    from ferry.bundle.mlserver import SOURCE, mlserver_models
-    from ferry.bundle.trust import SERVER_FLAG, Trust, check_trusted
+    from ferry.bundle.layouts import layout_of
+    from ferry.bundle.trust import SERVER_FLAG, Trust
 
-    target = Path(tempfile.mkdtemp(prefix="ferry-mlserver-"))
+    layout = layout_of(settings.repo)
+    if layout is None:
+        return settings
+    target = Path(tempfile.mkdtemp(prefix=f"ferry-{layout}-"))
     atexit.register(shutil.rmtree, target, True)  # the server (and its workers) is done with it at exit
     trust = Trust(settings.trust_pickle or settings.trust_code, SERVER_FLAG)
-    for name, version, file in mlserver_models(settings.repo):
-        check_trusted(file, trust, f"{name}: {file.name}")  # the one loading policy, naming the server's flag
-        build(file, name, target, version=version, trusted=trust.granted, metadata={"source": SOURCE})
+    convert_layout(settings.repo, target, trust, settings.name or None, record=True)
     return dataclasses.replace(settings, repo=target)
+
+
+def convert_layout(source: Path, repo: Path, trust: Trust, name: str | None, record: bool) -> list[Converted]:
+    """Build every model of the layout at ``source`` into ``repo``; one that cannot be built does not stop the others.
+
+    Each model's name, and its bundle's path or why it could not be built. With ``record``, that reason is kept in
+    ``repo`` as a version that fails to load with it (``ferry.bundle.repository.record_unservable``).
+    """
+    import logging
+
+    from ferry.builder import build
+    from ferry.bundle.artifacts import sniff
+    from ferry.bundle.layouts import layout_of, source_models
+    from ferry.bundle.mlflow import mlflow_model_file
+    from ferry.bundle.repository import record_unservable
+    from ferry.bundle.trust import check_trusted
+    from ferry.errors import FerryError, ManifestError, UsageError
+
+    layout = layout_of(source)
+    if layout is None:
+        raise UsageError(f"{source.name}: not an MLServer repository, an MLflow model folder or a KServe folder")
+    done = []
+    for model in source_models(source, layout, name):
+        try:
+            if model.problem is not None:
+                raise ManifestError(model.problem)
+            assert model.source is not None
+            file = mlflow_model_file(model.source) if model.source.is_dir() else model.source
+            if sniff(file) in ("skops", "pickle", "unknown"):  # the one policy, naming the converter's flag
+                check_trusted(file, trust, f"{model.name}: {file.name}")
+            path = build(
+                model.source, model.name, repo, version=model.version, trusted=trust.granted, metadata=model.metadata
+            )
+            done.append(Converted(model.name, path, None))
+        except Exception as exc:  # one model Ferry cannot run must not stop the others
+            reason = exc.message if isinstance(exc, FerryError) else f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, FerryError):
+                logging.getLogger("ferry.cli").exception("model %s: cannot be built from %s", model.name, source)
+            if record:
+                record_unservable(repo, model.name, model.version or "1", reason)
+            done.append(Converted(model.name, None, reason))
+    return done
+
+
+class Converted(NamedTuple):
+    """One model of a converted layout: its bundle, or why there is none."""
+
+    name: str
+    path: Path | None
+    problem: str | None
 
 
 def run_server(settings: Settings, log_config: dict[str, Any] | None = None) -> None:

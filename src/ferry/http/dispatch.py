@@ -154,6 +154,10 @@ class PredictRoutes:
                 post[f"/seldon/{name}/api/{seldon_version}/predictions"] = Target(CODECS["seldon"], name)
         if len(names) == 1:  # as `mlflow models serve` does for its one model
             post["/invocations"] = Target(CODECS["mlflow"], names[0])
+        elif names:  # several: a 400 naming each model's own path, not a bare 404
+            paths = ", ".join(f"/models/{n}/invocations" for n in sorted(names))
+            refusal = InvalidInput(f"{len(names)} models are served; name one: POST {paths}")
+            post["/invocations"] = Target(CODECS["mlflow"], "", refusal=refusal)
         for seldon_version in SELDON_VERSIONS:
             post[f"/api/{seldon_version}/predictions"] = _unnamed(names, f"/api/{seldon_version}/predictions")
         for name, spec in accepted:

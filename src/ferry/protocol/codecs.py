@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl
 import orjson
 
 from ferry.bundle.manifest import CompatRoute
+from ferry.bundle.mlflow import positional_columns
 from ferry.errors import FerryError, InvalidInput
 from ferry.protocol import kserve, mlflow, seldon, v2, v2_rest
 from ferry.protocol.native import decode_native, encode_native, parse_json
@@ -158,8 +159,9 @@ class MlflowCodec(HttpCodec):
     protocol, route = "mlflow", "mlflow:invocations"
 
     def decode(self, message: HttpMessage, handle: ModelHandle) -> tuple[Any, Any]:
-        assert handle.codec is not None
-        return mlflow.decode_request(parse_json(message.body), handle.codec), None
+        assert handle.codec is not None and handle.model is not None
+        positional = positional_columns(handle.model.manifest)  # no signature: any column names, in order
+        return mlflow.decode_request(parse_json(message.body), handle.codec, positional), None
 
     def encode(self, prediction: Prediction, handle: ModelHandle, context: Any) -> Answer:
         return json_answer(mlflow.encode_response(prediction))

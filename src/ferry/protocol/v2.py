@@ -108,8 +108,8 @@ def input_specs(manifest: Manifest) -> list[dict[str, Any]]:
 
 
 # scikit-learn and LightGBM models answer under MLServer's names, ``predict`` and ``predict_proba``, so its
-# clients ask for the same outputs; Ferry's earlier names stay as aliases a client may ask for by name.
-ALIASES = {"label": "predict", "probabilities": "predict_proba", "prediction": "predict"}
+# clients ask for the same outputs; an ONNX graph's outputs keep the graph's own names, as Triton answers them.
+# Ferry's earlier names (label, probabilities, prediction) stay as aliases a client may ask for by name.
 _LABEL_DATATYPES = {"int64": "INT64", "int32": "INT32", "bool": "BOOL"}
 
 
@@ -117,7 +117,21 @@ def _names(manifest: Manifest) -> tuple[str, str, str]:
     """(label, probabilities, number) output names of the model."""
     if manifest.runtime in ("sklearn", "lightgbm"):
         return "predict", "predict_proba", "predict"
+    if manifest.runtime == "onnx":
+        options = manifest.options
+        names = (options.get("label_output"), options.get("probability_output"), options.get("output_name"))
+        return names[0] or "label", names[1] or "probabilities", names[2] or "prediction"
     return "label", "probabilities", "prediction"
+
+
+def _aliases(manifest: Manifest) -> dict[str, str]:
+    """Ferry's earlier output names -> the model's own."""
+    label, probabilities, number = _names(manifest)
+    return {
+        "label": label,
+        "probabilities": probabilities,
+        "prediction": label if manifest.output.kind == "label" else number,
+    }
 
 
 def output_specs(handle: ModelHandle) -> list[dict[str, Any]]:
@@ -138,8 +152,10 @@ def output_specs(handle: ModelHandle) -> list[dict[str, Any]]:
 
 def requestable(handle: ModelHandle) -> list[str]:
     """Output names a request may ask for: the model's, and the aliases of those it has."""
+    assert handle.model is not None
     known = [s["name"] for s in output_specs(handle)]
-    return known + [alias for alias, name in ALIASES.items() if name in known and alias not in known]
+    aliases = _aliases(handle.model.manifest)
+    return known + [alias for alias, name in aliases.items() if name in known and alias not in known]
 
 
 def check_requested(request: InferRequest, handle: ModelHandle, where: str = "$.outputs") -> None:
@@ -364,6 +380,8 @@ def output_columns(prediction: Prediction, handle: ModelHandle) -> list[Column]:
             columns.append((proba, datatype, list(probabilities.shape), probabilities))
         return columns
     values = np.asarray(prediction.values)
+    if manifest.output.dtype == "float32" and values.dtype == np.float64:
+        values = values.astype(np.float32)  # as the metadata says (the runtime's list held float32 values)
     return [(number, datatype_of(values, handle.name), list(values.shape), values)]
 
 
@@ -375,7 +393,8 @@ def to_outputs(prediction: Prediction, handle: ModelHandle, request: InferReques
     if request.outputs is None:
         return tensors
     by_name = {t.name: t for t in tensors}
-    for alias, name in ALIASES.items():  # asked for by an earlier name: answered under that name
+    assert handle.model is not None
+    for alias, name in _aliases(handle.model.manifest).items():  # asked for by an earlier name: answered so
         if alias not in by_name and name in by_name:
             found = by_name[name]
             by_name[alias] = Tensor(alias, found.datatype, found.shape, found.data)

@@ -1,4 +1,4 @@
-"""ONNX Runtime: one session per bundle; classifiers expose labels and probabilities."""
+"""ONNX Runtime: one session per bundle; classifiers answer their labels and probabilities."""
 
 from __future__ import annotations
 
@@ -17,6 +17,9 @@ _NP_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(
 
 
 class OnnxRuntime(Runtime):
+    """A classifier answers its label output (each class mapped to its label) and its probability output, a
+    tensor or ZipMap's per-row maps, as one [rows, classes] array in the order of the labels."""
+
     def __init__(self, session: ort.InferenceSession, manifest: Manifest) -> None:
         self.session = session
         first = session.get_inputs()[0]
@@ -26,6 +29,14 @@ class OnnxRuntime(Runtime):
         self.probability_output = manifest.options.get("probability_output")
         self.label_output = manifest.options.get("label_output")
         self.output_names = [o.name for o in session.get_outputs()]
+        self.output_name = manifest.options.get("output_name", self.output_names[0])
+        # The graph's own classes (``ferry build`` reads them from it): its label output answers these.
+        classes = manifest.options.get("classes")
+        self.classes: list[Any] | None = list(classes) if classes else None
+        self.lookup: dict[Any, Any] = {}
+        if self.classes is not None and self.labels is not None and len(self.classes) == len(self.labels):
+            self.lookup = dict(zip(self.classes, self.labels, strict=True))
+        self.has_proba = self.labels is None or self.probability_output is not None or self.label_output is None
         # Image bundles: encoded images in, decoded and preprocessed as the manifest declares.
         self.image = parse_preprocessing(manifest.options, f"{manifest.name}:{manifest.version}")
 
@@ -47,14 +58,16 @@ class OnnxRuntime(Runtime):
         feed = {self.input_name: np.asarray(batch, dtype=self.input_dtype)}
         outputs = dict(zip(self.output_names, self.session.run(None, feed), strict=True))
         if self.labels is None:
-            first = np.asarray(outputs[self.output_names[0]])
+            first = np.asarray(outputs[self.output_name])
             if first.ndim == 2 and first.shape[1] == 1:
                 first = first[:, 0]
             return Prediction(values=first.tolist())
         probabilities = self._probabilities(outputs)
         if self.label_output:
-            index = np.asarray(outputs[self.label_output]).astype(int)
-            return Prediction(values=[self.labels[i] for i in index], probabilities=probabilities)
+            answered = np.asarray(outputs[self.label_output]).reshape(-1).tolist()
+            if self.lookup:
+                return Prediction(values=[self.lookup[c] for c in answered], probabilities=probabilities)
+            return Prediction(values=[self.labels[int(i)] for i in answered], probabilities=probabilities)
         if probabilities is None:
             raise ValueError("ONNX classifier has no probability output; set options.label_output")
         return Prediction(values=argmax_labels(probabilities, self.labels), probabilities=probabilities)
@@ -62,7 +75,11 @@ class OnnxRuntime(Runtime):
     def _probabilities(self, outputs: dict[str, Any]) -> np.ndarray | None:
         assert self.labels is not None
         if self.probability_output:
-            return np.asarray(outputs[self.probability_output])
+            value = outputs[self.probability_output]
+            if isinstance(value, list):  # ZipMap: one {class: probability} per row
+                keys = self.classes if self.classes is not None else sorted(value[0]) if value else []
+                return np.asarray([[row[k] for k in keys] for row in value], dtype=np.float32).reshape(-1, len(keys))
+            return np.asarray(value)
         for value in outputs.values():
             array = np.asarray(value)
             if array.ndim == 2 and array.dtype.kind == "f" and array.shape[1] == len(self.labels):
