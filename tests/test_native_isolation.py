@@ -238,3 +238,23 @@ def test_server_keeps_serving_beside_models_that_crash_or_hang(
     assert httpx.post(server.url + "/models/child-out-of-range/predict", json=[0.1, 0.2, 0.3, 0.4]).status_code == 503
     assert server.proc.poll() is None
     assert "FAILED to load" in server.output()
+
+
+@pytest.mark.parametrize("name", ["truncated_leaf_value", "child_points_at_parent"])
+def test_ferry_build_refuses_a_malformed_file_before_lightgbm_reads_it(
+    binary_model: str, tmp_path: Path, name: str
+) -> None:
+    """The build reads the file in its own process: a crash there was SIGABRT, a cycle a hang."""
+    change, message = MUTATIONS[name]
+    (tmp_path / "model.txt").write_text(change(binary_model))
+    done = subprocess.run(
+        [sys.executable, "-m", "ferry", "build", "model.txt", "--name", "m", "--repo", "models"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode not in (0, -6, 134), done.returncode  # refused, not built and not aborted
+    assert message in done.stderr + done.stdout, done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "models" / "m").exists()

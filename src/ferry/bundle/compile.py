@@ -389,9 +389,9 @@ def load_original(staging: Path, runtime: str, options: dict[str, Any], trusted:
     """The model as serving would load it from the artifact just written (what the check compares to), read
     with the builder's trust (``--trusted``) under the one loading policy, as the file it came from was."""
     if runtime == "lightgbm":
-        import lightgbm
+        from ferry.runtimes.lightgbm_check import read_booster
 
-        return lightgbm.Booster(model_file=str(staging / options.get("artifact", "model.txt")))
+        return read_booster(staging / options.get("artifact", "model.txt"))
     if runtime == "xgboost":
         from ferry.bundle.boosters import library
 

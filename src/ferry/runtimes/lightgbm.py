@@ -11,7 +11,7 @@ import numpy as np
 from ferry.bundle.artifacts import model_artifact
 from ferry.bundle.manifest import Manifest
 from ferry.runtimes.base import Prediction, Runtime, argmax_labels, label_values, warn_version_drift
-from ferry.runtimes.lightgbm_check import check_lightgbm_file
+from ferry.runtimes.lightgbm_check import read_booster
 
 
 def make_featurizer(spec: dict[str, Any]) -> Any:
@@ -48,8 +48,7 @@ class LightGBMRuntime(Runtime):
     def load(cls, bundle_dir: Path, manifest: Manifest, trust_pickle: bool) -> Runtime:
         warn_version_drift(manifest, "lightgbm", lightgbm.__version__)
         path = model_artifact(bundle_dir, manifest, "model.txt", "lightgbm")
-        check_lightgbm_file(path)  # LightGBM aborts or loops on a malformed file: check it first
-        return cls(lightgbm.Booster(model_file=str(path)), manifest)
+        return cls(read_booster(path), manifest)  # checked first: LightGBM aborts or loops on a malformed file
 
     def predict(self, batch: Any) -> Prediction:
         features = self.featurizer.transform(batch) if self.featurizer is not None else batch

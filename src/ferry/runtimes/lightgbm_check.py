@@ -31,6 +31,15 @@ class _Header:
     num_tree_per_iteration: int
 
 
+def read_booster(path: Path) -> Any:
+    """A ``lightgbm.Booster`` of ``path``, read only after the file passed the check: every path that hands
+    a LightGBM text file to LightGBM (build, conversion, serving) reads it through here."""
+    import lightgbm
+
+    check_lightgbm_file(path)
+    return lightgbm.Booster(model_file=str(path))
+
+
 def check_lightgbm_file(path: Path) -> None:
     """Raise ``BundleError`` naming the file, tree and field where ``path`` is not a well-formed model."""
     check_lightgbm_text(path.read_bytes(), path.name)
