@@ -106,9 +106,6 @@ def build(
             options["requirements"] = REQUIREMENTS_FILE
         if runtime == "python":
             trusted = True  # the builder hands over its own code
-            from ferry.bundle.classfiles import warn_relative_opens
-
-            warn_relative_opens(staging)  # its files are next to its __file__, not in the working directory
         declared = _features_schema(features, f"{name}:{version}")
         _check_against_model(f"{name}:{version}", declared, inferred_input, labels, inferred_labels)
         if labels and runtime == "onnx" and output_schema is None:  # a classifier graph's classes, or a tensor's
@@ -484,10 +481,10 @@ def _from_file(path: Path, staging: Path, options: dict[str, Any], trusted: bool
         from ferry.bundle.boosters import booster_file
 
         return booster_file(path, kind, staging)
-    if kind == "lightgbm":  # checked before LightGBM reads it: a malformed file aborts or hangs LightGBM
-        from ferry.runtimes.lightgbm_check import read_booster
+    if kind == "lightgbm":
+        import lightgbm
 
-        return _lightgbm(read_booster(path), staging)
+        return _lightgbm(lightgbm.Booster(model_file=str(path)), staging)
     _, model = read_estimator(path, trusted)
     check_step(model, path, last=True)
     if kind == "skops":
