@@ -481,10 +481,10 @@ def _from_file(path: Path, staging: Path, options: dict[str, Any], trusted: bool
         from ferry.bundle.boosters import booster_file
 
         return booster_file(path, kind, staging)
-    if kind == "lightgbm":
-        import lightgbm
+    if kind == "lightgbm":  # checked before LightGBM reads it: a malformed file aborts or hangs LightGBM
+        from ferry.runtimes.lightgbm_check import read_booster
 
-        return _lightgbm(lightgbm.Booster(model_file=str(path)), staging)
+        return _lightgbm(read_booster(path), staging)
     _, model = read_estimator(path, trusted)
     check_step(model, path, last=True)
     if kind == "skops":
