@@ -67,8 +67,5 @@ def requirement_problem(line: str) -> str | None:
 
 
 def _packaging() -> ModuleType:
-    """``packaging.requirements``, as pip parses requirements; an image without it has pip's own copy."""
-    try:
-        return importlib.import_module("packaging.requirements")
-    except ImportError:
-        return importlib.import_module("pip._vendor.packaging.requirements")
+    """``packaging.requirements``, as pip parses requirements (a dependency of Ferry's), imported when needed."""
+    return importlib.import_module("packaging.requirements")
