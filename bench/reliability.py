@@ -15,14 +15,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import aiohttp
-from connections import free_port, pct  # one copy of the port and percentile helpers, beside this file
+from connections import Server, free_port, pct  # one copy of the port and percentile helpers, beside this file
 
 SLEEPY = """
 import time
@@ -76,10 +78,16 @@ async def drive(url: str, rate: float, duration: float) -> dict[str, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("suite", nargs="?", choices=["overload", "connections", "slow"], default="overload")
+    parser.add_argument(
+        "suite", nargs="?", choices=["overload", "connections", "slow", "newclient"], default="overload"
+    )
     parser.add_argument("--multiple", type=float, default=10.0)
     parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--clients", type=int, default=1000, help="newclient: keep-alive connections under load")
     args = parser.parse_args()
+    if args.suite == "newclient":
+        new_client_suite(args.clients, args.duration)
+        return
     if args.suite == "connections":  # Ferry and a plain FastAPI app side by side (bench/connections.py)
         sys.path.insert(0, str(Path(__file__).parent))
         from connections import run
@@ -233,6 +241,46 @@ async def slow_bodies(url: str, port: int, count: int, seconds: float) -> str:
             f"200 p50 / p99 {pct(waits, 0.5):.1f} / {pct(waits, 0.99):.1f} ms")  # fmt: skip
 
 
+def fresh_predicts(port: int, stop: threading.Event, waits: list[float], statuses: dict[object, int]) -> None:
+    """POST /predict on a new connection every 0.1 s until ``stop``; each given 10 s, as a patient client."""
+    from connections import BODY
+
+    request = (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n"
+               b"Content-Length: %d\r\n\r\n%s" % (len(BODY), BODY))  # fmt: skip
+    while not stop.is_set():
+        started = time.perf_counter()
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(request)
+                reply = sock.recv(65536)
+            key: object = int(reply[9:12]) if reply.startswith(b"HTTP/1.1 ") else "closed"
+        except OSError as exc:
+            key = type(exc).__name__
+        statuses[key] = statuses.get(key, 0) + 1
+        waits.append(time.perf_counter() - started)
+        time.sleep(max(0.0, 0.1 - (time.perf_counter() - started)))
+
+
+def new_client(server: Server, clients: int, seconds: float) -> str:
+    """``clients`` keep-alive connections sending predict back to back (wrk); a fresh predict every 0.1 s."""
+    from connections import wrk
+
+    stop, waits, statuses = threading.Event(), [], {}  # type: ignore[var-annotated]
+    prober = threading.Thread(target=fresh_predicts, args=(server.port, stop, waits, statuses), daemon=True)
+    loaded = {}
+    loader = threading.Thread(target=lambda: loaded.update(wrk(server, clients, seconds)), daemon=True)
+    loader.start()
+    time.sleep(1.0)  # every connection open and busy
+    prober.start()
+    loader.join()
+    stop.set()
+    prober.join(15)
+    summary = ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items(), key=str))
+    return (f"wrk {loaded.get('rps', 0):.0f} req/s, {loaded.get('non2xx', 0):.0f} non-2xx, "
+            f"{loaded.get('errors', 0):.0f} socket errors | fresh predicts {summary}; p50 / p99 / max "
+            f"{pct(waits, 0.5):.0f} / {pct(waits, 0.99):.0f} / {pct(waits, 1.0):.0f} ms")  # fmt: skip
+
+
 def slow_suite(seconds: float) -> None:
     """64 idle sockets on the probe listener, 2,100 slow bodies, 1,000 half-sent heads at ``ferry gateway``.
 
@@ -285,6 +333,26 @@ def slow_suite(seconds: float) -> None:
     for key, title in titles.items():
         for name, cells in rows.items():
             print(f"| {title} | {name} | {cells.get(key, 'n/a')} |")
+
+
+def new_client_suite(clients: int, seconds: float) -> None:
+    """Only the new-client case (also a row of ``slow``): Ferry and FastAPI + uvicorn in one run."""
+    import resource
+
+    from connections import make_servers, prepare
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(16384, hard), hard))
+    print(f"load average before: {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs")
+    with tempfile.TemporaryDirectory() as tmp:
+        repo, model_file = prepare(Path(tmp))
+        for server in make_servers(repo, model_file, 1):
+            server.start()
+            try:
+                print(f"{server.name}: {new_client(server, clients, seconds)}", flush=True)
+            finally:
+                server.stop()
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -115,7 +115,10 @@ def test_half_sent_heads_are_closed_and_never_starve_other_clients(serve: Any, s
         evicted = 0
         for sock in slow[:200]:  # the oldest, closed to make room without an answer
             sock.settimeout(5)
-            evicted += _reply(sock) == b""
+            try:  # (reset, when closed before the server read its bytes: accepted and evicted in one pass)
+                evicted += _reply(sock) == b""
+            except ConnectionResetError:
+                evicted += 1
         assert evicted >= 195, evicted
         # the ones still open are cut off by --header-timeout, with a 408
         assert _json_refusal(_reply(slow[-1], 8), 408, "request_timeout")["error"] == (

@@ -20,6 +20,13 @@ Per connection, before anything is spent:
 - a kept-alive connection's age: past ``max_age`` seconds its next reply carries
   ``Connection: close``, so clients reconnect and spread over workers and replicas again.
 
+New connections are accepted on a schedule of their own (``_Backlog``): uvloop (libuv) accepts one
+connection per pass of the event loop, and a pass under 1,000 busy keep-alive connections takes
+tens of milliseconds or more, so a newcomer waited seconds in the kernel's accept queue behind
+others (every kept-alive client reconnects each ``max_age``). Each connection uvloop accepts now
+takes the rest of the queue with it, so a new client is read in the next pass and answered, or
+refused by the caps above, like any other.
+
 Every refusal is JSON with a stable ``code``, as the app's own errors are. Reaching the cap is logged as
 one line per ``CAP_LOG_S`` at most, with the count since the last one, never a line per connection.
 
@@ -32,6 +39,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
+import stat
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
@@ -60,6 +70,7 @@ LINGER_BYTES = 1024 * 1024
 SWEEP_S = 0.25  # how often the time bounds are checked, at most
 BODY_EVICTION_AGE_S = 1.0  # a body under way for less is never evicted: its pace is not known yet
 CAP_LOG_S = 10.0  # at most one line this often while connections are over the cap
+ACCEPT_BATCH = 512  # connections taken from the accept queue at once, beside the one uvloop accepted
 logger = logging.getLogger("ferry.connections")
 
 
@@ -99,6 +110,91 @@ class _Sweeper:
             self.evicted = self.refused = self.shed = 0
             self.logged_at = now
         self.loop.call_later(SWEEP_S, self.sweep)
+
+
+class _Backlog:
+    """The listening socket of one server (worker), drained of waiting connections whenever uvloop accepts one.
+
+    uvicorn does not hand its listening socket to the protocol, so it is found once by its address
+    among the process's descriptors, and kept by number and inode: once uvicorn closes it (the
+    server is draining), the inode no longer matches and nothing more is accepted here.
+    """
+
+    def __init__(self, fd: int, inode: int) -> None:
+        self.fd, self.inode = fd, inode
+
+    @classmethod
+    def of(cls, protocol: BoundedHttpProtocol) -> _Backlog | None:
+        state = protocol.server_state
+        found = getattr(state, "ferry_backlog", _UNKNOWN)
+        if found is _UNKNOWN:
+            found = state.ferry_backlog = cls.find(protocol.transport.get_extra_info("sockname"))  # type: ignore[attr-defined]
+        return cast(_Backlog | None, found)
+
+    @classmethod
+    def find(cls, address: Any) -> _Backlog | None:
+        """The listening TCP socket that ``address`` (a connection's local end) was accepted on."""
+        if not isinstance(address, tuple) or len(address) < 2:
+            return None  # a Unix socket: its clients are local, and few
+        try:
+            fds = [int(name) for name in os.listdir("/dev/fd")]
+        except OSError:
+            return None
+        for fd in fds:
+            try:
+                info = os.fstat(fd)
+                if not stat.S_ISSOCK(info.st_mode):
+                    continue
+                sock = socket.socket(fileno=fd)
+            except OSError:
+                continue
+            try:
+                if sock.type != socket.SOCK_STREAM or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                    continue
+                host, port = sock.getsockname()[:2]
+                if port == address[1] and host in (address[0], "0.0.0.0", "::"):
+                    return cls(fd, info.st_ino)
+            except OSError:
+                continue
+            finally:
+                sock.detach()  # (the descriptor stays uvicorn's)
+        return None
+
+    def drain(self, protocol: BoundedHttpProtocol) -> None:
+        """Accept up to ``ACCEPT_BATCH`` waiting connections, each served by a new protocol like ``protocol``."""
+        try:
+            if os.fstat(self.fd).st_ino != self.inode:
+                raise OSError
+            listener = socket.socket(fileno=self.fd)
+        except OSError:
+            self.fd = -1  # closed: the server is stopping
+            return
+        accepted = []
+        try:
+            listener.setblocking(False)
+            for _ in range(ACCEPT_BATCH):
+                client, _ = listener.accept()
+                accepted.append(client)
+        except OSError:  # none waiting (or out of descriptors: the caps and uvloop deal with that)
+            pass
+        finally:
+            listener.detach()
+        loop = protocol.loop
+        for client in accepted:
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            loop.create_task(_open(loop, protocol, client))
+
+
+async def _open(loop: asyncio.AbstractEventLoop, like: BoundedHttpProtocol, client: socket.socket) -> None:
+    def factory() -> BoundedHttpProtocol:
+        protocol = type(like)(like.config, server_state=like.server_state, app_state=like.app_state, _loop=loop)
+        protocol.from_backlog = True
+        return protocol
+
+    try:
+        await loop.connect_accepted_socket(factory, client)
+    except OSError:
+        client.close()  # reset before it was served
 
 
 class Lane(Protocol):
@@ -194,6 +290,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         # When this connection began to wait on its client (connected, head begun, or reply sent).
         self.opened = self.waiting_since = self.window_at = self.loop.time()
         self.sweeper = _Sweeper.of(self)
+        self.from_backlog = False  # accepted by ``_Backlog``, not uvloop
 
     # -- the lane: a whole predict request answered without the ASGI messages -------------------------------
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
@@ -255,6 +352,10 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.reply = _OnePacketReply(transport)
+        if not self.from_backlog:  # accepted by uvloop, one per pass: the others waiting come with it
+            backlog = _Backlog.of(self)
+            if backlog is not None and backlog.fd >= 0:
+                backlog.drain(self)
         if len(self.connections) > self.limits.max_connections:
             if self._evict_one():
                 self.sweeper.evicted += 1
