@@ -151,6 +151,10 @@ def build(
             raw["metadata"]["training_stats"] = training_stats(training_data, names)
         manifest = parse_manifest({k: v for k, v in raw.items() if v is not None}, source=f"{name}:{version}")
         write_manifest(staging, manifest)
+        if runtime == "python":  # its files are next to its __file__; its input_format fits the input
+            from ferry.bundle.classfiles import check_class
+
+            check_class(staging, manifest)
         if manifest.sample_input is not None:  # "built" means "it serves": always, not only with --expect
             _check_sample(staging, manifest, trusted)
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,9 @@ FerryError (500, internal)
 ├── LoadTestError (loadtest_error)                 a load test or contract check cannot start
 │   └── LoadTestUsage (usage)                      ... because of a bad option: the CLI exits 2
 └── UsageError (usage)                             a command-line argument or option that cannot work: CLI exit 2
+
+FerryWarning (a UserWarning): something that works here and may not where it is served, e.g. a class opening
+a relative path at build (``ferry.bundle.classfiles``); the CLI prints it as one ``warning:`` line.
 """
 
 from __future__ import annotations
@@ -60,6 +63,10 @@ class FerryError(Exception):
 
     def to_dict(self) -> dict[str, str]:
         return {"error": self.message, "code": self.code}
+
+
+class FerryWarning(UserWarning):
+    """A warning of Ferry's own, printed by the CLI as one line."""
 
 
 class ClientError(FerryError):

@@ -7,13 +7,14 @@ service); the codes are ``ferry.cli``'s, so ``ferry serve``'s typer-free path us
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TextIO, TypeVar
 
 import typer
 
 from ferry.cli import FAILURE, USAGE
-from ferry.errors import FerryError, UsageError
+from ferry.errors import FerryError, FerryWarning, UsageError
 
 T = TypeVar("T")
 
@@ -38,6 +39,8 @@ class FerryTyper(typer.Typer):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
+        if not hasattr(warnings.showwarning, "ferry_lines"):  # once per process, however often the app runs
+            warnings.showwarning = _warning_line(warnings.showwarning)
         try:
             code = super().__call__(*args, **kwargs)
         except typer.TyperException as exc:  # Typer's own click: usage errors (exit 2) and the like
@@ -49,6 +52,26 @@ class FerryTyper(typer.Typer):
         except Exception as exc:  # a bug, or an error no command expected: still one line
             _exit_line(f"{type(exc).__name__}: {exc}", FAILURE)
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def _warning_line(show: Callable[..., None]) -> Callable[..., None]:
+    """Ferry's own warnings as one ``warning:`` line on stderr; any other warning as Python shows it."""
+
+    def showwarning(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        if issubclass(category, FerryWarning):
+            typer.echo(f"warning: {' '.join(str(message).split())}", err=True)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    showwarning.ferry_lines = True  # type: ignore[attr-defined]
+    return showwarning
 
 
 def _typer_error(exc: Any) -> NoReturn:

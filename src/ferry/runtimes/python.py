@@ -1,4 +1,11 @@
-"""A user's Python class with ``load()`` and ``predict(batch)``, the Seldon-style wrapper."""
+"""A user's Python class with ``load()`` and ``predict(batch)``, the Seldon-style wrapper.
+
+What ``predict`` receives is the class's choice, by its attribute ``input_format``: ``"array"`` (the default),
+a 2-D numpy array of rows in feature order (float64 for numbers, objects where a column is text); ``"records"``,
+a list of ``{feature: value}`` dicts, one per row; ``"frame"``, a pandas DataFrame of the features with their
+dtypes (the default where the bundle's input is a frame). Text models get a list of ``str``, image models a
+list of ``bytes``. It returns one value per row: a list, a numpy array, a pandas Series or DataFrame.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from ferry.bundle.artifacts import artifact_file
-from ferry.bundle.manifest import Manifest
-from ferry.errors import BundleError
+from ferry.bundle.manifest import Feature, Manifest
+from ferry.errors import BundleError, ModelError
 from ferry.runtimes.base import Prediction, Runtime
 
 
@@ -26,8 +33,10 @@ class PythonRuntime(Runtime):
     def __init__(self, model: Any, manifest: Manifest) -> None:
         self.model = model
         self.labels = manifest.labels
-        self.feature_names = [f.name for f in manifest.input.features]
+        self.features = manifest.input.features
+        self.feature_names = [f.name for f in self.features]
         self.arity = _positional_arity(model.predict)
+        self.input_format = input_format(model, manifest)
 
     @classmethod
     def load(cls, bundle_dir: Path, manifest: Manifest, trust_pickle: bool) -> Runtime:
@@ -49,14 +58,65 @@ class PythonRuntime(Runtime):
         return cls(model, manifest)
 
     def predict(self, batch: Any) -> Prediction:
+        given = self._arranged(batch)
         if self.arity >= 3:
-            result = self.model.predict(batch, self.feature_names, {})
+            result = self.model.predict(given, self.feature_names, {})
         elif self.arity == 2:
-            result = self.model.predict(batch, self.feature_names)
+            result = self.model.predict(given, self.feature_names)
         else:
-            result = self.model.predict(batch)
-        values = result.tolist() if isinstance(result, np.ndarray) else list(result)
-        return Prediction(values=values)
+            result = self.model.predict(given)
+        return Prediction(values=per_row(result, len(batch)))
+
+    def _arranged(self, batch: Any) -> Any:
+        if self.input_format == "records":
+            return records(batch, self.features)
+        if self.input_format == "frame":
+            from ferry.runtimes.frames import to_frame
+
+            return to_frame(batch, self.features)
+        return batch
+
+
+INPUT_FORMATS = ("array", "records", "frame")
+_CASTS: dict[str, Any] = {"int64": int, "int32": int, "bool": bool, "float64": float, "float32": float}
+
+
+def records(batch: Any, features: list[Feature]) -> list[dict[str, Any]]:
+    """Rows as ``{feature: value}`` dicts of plain Python values, each of its feature's type (an array of numbers
+    holds integers and booleans as floats; JSON's ``3`` for a float feature is ``3.0``); missing stays missing."""
+    rows = batch.tolist() if isinstance(batch, np.ndarray) else batch
+    names = [f.name for f in features]
+    casts = [_CASTS.get(f.dtype) for f in features]
+    if any(casts):
+        rows = [
+            [v if c is None or v is None or v != v else c(v) for v, c in zip(row, casts, strict=True)] for row in rows
+        ]
+    return [dict(zip(names, row, strict=True)) for row in rows]
+
+
+def input_format(model: Any, manifest: Manifest) -> str:
+    """The class's ``input_format``, checked against what the bundle takes: records and frames need named features."""
+    default = "frame" if manifest.input.frame else "array"
+    chosen = getattr(model, "input_format", default)
+    where = f"{manifest.name}: {type(model).__name__}.input_format"
+    if chosen not in INPUT_FORMATS:
+        raise BundleError(f"{where} is {chosen!r}; expected one of {', '.join(map(repr, INPUT_FORMATS))}")
+    if chosen != "array" and (manifest.input.kind != "features" or not manifest.input.features):
+        raise BundleError(
+            f"{where} is {chosen!r}, which needs named features: build with --features name:type,..."
+            + (f" (this bundle takes {manifest.input.kind})" if manifest.input.kind != "tensor" else "")
+        )
+    return str(chosen)
+
+
+def per_row(result: Any, rows: int) -> list[Any]:
+    """``predict``'s answer as one value per row: a list, a numpy array, a pandas Series or DataFrame."""
+    if hasattr(result, "to_numpy") and not isinstance(result, np.ndarray):  # pandas, without importing it
+        result = result.to_numpy()
+    values = result.tolist() if isinstance(result, np.ndarray) else list(result)
+    if len(values) != rows:
+        raise ModelError(f"predict returned {len(values)} values for {rows} rows; it must return one per row")
+    return values
 
 
 def _positional_arity(method: Any) -> int:
