@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -122,3 +123,55 @@ def test_header_pixels_count_every_image_and_skip_unreadable_ones() -> None:
     with pytest.raises(Exception, match=r"more than 99999 pixels \(at `\$\[9\]`\)"):
         check_request_pixels([small] * 10, 99_999)
     check_request_pixels([b"not an image", small], 10_000)  # the decode says what is wrong with it
+
+
+SLOW_CLASS = """
+import os, time
+
+
+class Slow:
+    def predict(self, X):
+        with open(os.environ["FERRY_TEST_CALLS"], "a") as calls:
+            calls.write(" ".join(str(row[0]) for row in X) + "\\n")
+        time.sleep(1.0)
+        return [row[0] for row in X]
+"""
+
+
+def test_work_for_a_client_that_left_is_dropped(
+    tmp_path: Path, serve: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that hangs up while its request waits for the model: the model never computes it."""
+    import importlib.util
+    import socket
+    import threading
+
+    import ferry
+
+    source = tmp_path / "slow.py"
+    source.write_text(SLOW_CLASS)
+    spec = importlib.util.spec_from_file_location("slow", source)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    calls = tmp_path / "calls.txt"
+    monkeypatch.setenv("FERRY_TEST_CALLS", str(tmp_path / "build-calls.txt"))
+    ferry.build(module.Slow, "slow", tmp_path / "repo", features=["x"], sample_input={"x": 0.0})
+    server = serve(str(tmp_path / "repo"), "--trust-code", env={**os.environ, "FERRY_TEST_CALLS": str(calls)})
+    calls.write_text("")  # the warm-up's call, forgotten
+
+    first = threading.Thread(target=lambda: httpx.post(server.url + "/models/slow/predict", json={"x": 1.0}))
+    first.start()  # the model is busy with x=1 for a second
+    time.sleep(0.3)
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as client:  # x=2 queues behind it, then its client goes
+        body = b'{"x": 2.0}'
+        head = b"POST /models/slow/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        client.sendall(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        time.sleep(0.2)
+    first.join()
+    third = httpx.post(server.url + "/models/slow/predict", json={"x": 3.0}, timeout=10)
+    assert third.json() == {"prediction": 3.0}
+    computed = calls.read_text().split()
+    assert "1.0" in computed and "3.0" in computed
+    assert "2.0" not in computed, computed  # the departed client's row never reached the model

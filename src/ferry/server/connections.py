@@ -291,6 +291,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self.opened = self.waiting_since = self.window_at = self.loop.time()
         self.sweeper = _Sweeper.of(self)
         self.from_backlog = False  # accepted by ``_Backlog``, not uvloop
+        self.lane_task: asyncio.Task[None] | None = None  # the request the lane is answering, if any
 
     # -- the lane: a whole predict request answered without the ASGI messages -------------------------------
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
@@ -305,6 +306,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         task = self.loop.create_task(self._serve(cycle, app, lane))
         task.add_done_callback(self.tasks.discard)
         self.tasks.add(task)
+        self.lane_task = task  # cancelled if the client goes: its queued work is then dropped, not computed
 
     async def _serve(self, cycle: RequestResponseCycle, app: Any, lane: Lane) -> None:
         """Answer through the lane when the body is in (the common small request), else run the ASGI app.
@@ -318,6 +320,10 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             return
         try:
             reply = await lane.answer_whole(cast(MutableMapping[str, Any], cycle.scope), bytes(cycle.body))
+        except asyncio.CancelledError:
+            if not cycle.disconnected:
+                raise
+            return  # the client went (counted as closed by the data plane): nobody to answer
         except BaseException as exc:
             self.logger.error("Exception in ASGI application\n", exc_info=exc)
             await cycle.send_500_response()
@@ -347,7 +353,10 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     # -- connection -----------------------------------------------------------------------------------
     def connection_lost(self, exc: Exception | None) -> None:
         self._release()
-        super().connection_lost(exc)
+        super().connection_lost(exc)  # marks the cycle disconnected
+        task = self.lane_task
+        if task is not None and not task.done():
+            task.cancel()  # a request still queued or computing for a client that has gone
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
