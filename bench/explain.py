@@ -12,8 +12,13 @@ leaves over 16,384 hashed n-gram columns, fed real review texts; Ferry's candida
 columns the trees read, as the text runtime hands them, the others all 16,384) and scikit-learn
 forests on 20 dense columns (100 trees of depth 6, and of depth 10 as bench/trees.py has).
 Each round runs every candidate in turn, so a shared machine's noise falls on all alike: the table
-gives the median over rounds (and the fastest round). Ferry's first explain call builds the leaf
-tables; its time is reported apart ("first call").
+gives the median over rounds (and the fastest round). Ferry builds its leaf tables when the model loads
+(reported apart); the answers of deeper leaves are kept once computed, so "ferry explain" on rows seen
+before reads them back, and "ferry explain, cold" empties that cache before every call (rows never seen).
+
+Then a server: ``ferry serve`` on the reviews bundle, answered by ``/models/reviews/predict`` and
+``/models/reviews/explain`` in turn (one review a request, --concurrency clients, --seconds each, a fresh
+text per request from the 100), requests per second of each from the same run.
 """
 
 from __future__ import annotations
@@ -64,9 +69,8 @@ def reviews(work: Path) -> tuple[str, dict[str, Callable[[int], Call]], Callable
     compact = runtime.featurizer.transform(texts)
     booster = lightgbm.Booster(model_file=str(bundle / "model.txt"))
     explainer = shap.TreeExplainer(booster)
-    ferry = TreeShap(ensemble)
     started = time.perf_counter()
-    ferry.explain_compact(compact[:1])
+    ferry = TreeShap(ensemble)
     first = time.perf_counter() - started
 
     def check(rows: int) -> None:
@@ -80,6 +84,7 @@ def reviews(work: Path) -> tuple[str, dict[str, Callable[[int], Call]], Callable
     candidates: dict[str, Callable[[int], Call]] = {
         "ferry predict (raw score)": lambda n: lambda: ensemble.predict_compact(compact[:n]),
         "ferry explain": lambda n: lambda: ferry.explain_compact(compact[:n]),
+        "ferry explain, cold": lambda n: lambda: cold(ferry).explain_compact(compact[:n]),
         "lightgbm pred_contrib": lambda n: lambda: booster.predict(full[:n], pred_contrib=True, num_threads=1),
         "shap TreeExplainer": lambda n: lambda: explainer.shap_values(full[:n]),
     }
@@ -97,9 +102,8 @@ def forest(depth: int) -> tuple[str, dict[str, Callable[[int], Call]], Callable[
     probe = rng.normal(size=(100, 20))
     ensemble = from_sklearn(model)
     explainer = shap.TreeExplainer(model)
-    ferry = TreeShap(ensemble)
     started = time.perf_counter()
-    ferry.explain(probe[:1])
+    ferry = TreeShap(ensemble)
     first = time.perf_counter() - started
 
     def check(rows: int) -> None:
@@ -109,9 +113,17 @@ def forest(depth: int) -> tuple[str, dict[str, Callable[[int], Call]], Callable[
     candidates: dict[str, Callable[[int], Call]] = {
         "ferry predict (raw score)": lambda n: lambda: ensemble.predict_raw(probe[:n]),
         "ferry explain": lambda n: lambda: ferry.explain(probe[:n]),
+        "ferry explain, cold": lambda n: lambda: cold(ferry).explain(probe[:n]),
         "shap TreeExplainer": lambda n: lambda: explainer.shap_values(probe[:n], check_additivity=False),
     }
     return f"RandomForestClassifier (100 trees, depth {depth}, 20 columns)", candidates, check, first
+
+
+def cold(explainer: TreeShap) -> TreeShap:
+    """The explainer with no deeper-leaf answers kept: what rows never seen before cost."""
+    for group in explainer.groups:
+        group.cache = None
+    return explainer
 
 
 def _close(mine: np.ndarray, reference: np.ndarray, what: str) -> None:
@@ -134,7 +146,7 @@ def table(title: str, seen: dict[str, dict[int, list[float]]], first: float) -> 
     lines = [
         f"### {title}",
         "",
-        f"Ferry's first explain call (paths and leaf tables built): {first * 1000:.0f} ms.",
+        f"Ferry's explainer built at load (paths and leaf tables): {first * 1000:.0f} ms.",
         "",
         "| candidate | " + " | ".join(f"{n} row{'s' if n > 1 else ''} (us/row)" for n in ROWS) + " | x ferry predict |",
         "|---|" + "---:|" * len(ROWS) + "---|",
@@ -150,6 +162,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", type=Path, help="also write the tables here")
+    parser.add_argument("--seconds", type=float, default=5.0, help="per route and round of the server part")
+    parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     sections = []
@@ -160,9 +174,83 @@ def main() -> None:
                 check(rows)
             sections.append(table(title, race(candidates, args.rounds), first))
             print(sections[-1] + "\n", flush=True)
+        sections.append(serve(Path(tmp) / "repo", args))
+        print(sections[-1] + "\n", flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("\n\n".join([header(args), *sections]) + "\n")
+
+
+def serve(repo: Path, args: argparse.Namespace) -> str:
+    """Requests per second of predict and of explain, in turn, from one ``ferry serve`` of the reviews model."""
+    import asyncio
+    import socket
+    import sys
+
+    import aiohttp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "FERRY_GRPC_PORT": "0", "FERRY_PROBE_PORT": "0"}
+    command = [sys.executable, "-m", "ferry", "serve", str(repo), "--port", str(port)]
+    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    texts = [r["text"] for r in load_reviews()][:100]
+
+    async def load(route: str) -> float:
+        done = 0
+        async with aiohttp.ClientSession() as session:
+            stop = time.perf_counter() + args.seconds
+
+            async def client(start: int) -> None:
+                nonlocal done
+                i = start
+                while time.perf_counter() < stop:
+                    async with session.post(f"{url}/models/reviews/{route}", json={"text": texts[i % 100]}) as reply:
+                        await reply.read()
+                        if reply.status != 200:
+                            raise RuntimeError(f"{route}: HTTP {reply.status}")
+                    done, i = done + 1, i + args.concurrency
+
+            started = time.perf_counter()
+            await asyncio.gather(*(client(c) for c in range(args.concurrency)))
+            return done / (time.perf_counter() - started)
+
+    async def ready() -> None:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(600):
+                try:
+                    async with session.get(f"{url}/ready") as reply:
+                        if reply.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise RuntimeError("ferry serve did not become ready")
+
+    try:
+        asyncio.run(ready())
+        seen: dict[str, list[float]] = {"predict": [], "explain": []}
+        for _ in range(2):
+            for route in seen:
+                seen[route].append(asyncio.run(load(route)))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    predict, explain = (statistics.median(seen[r]) for r in ("predict", "explain"))
+    return "\n".join(
+        [
+            "### ferry serve, reviews model, one review a request",
+            "",
+            f"{args.concurrency} clients, {args.seconds:g} s per route and round, 2 rounds in turn (median):",
+            "",
+            "| route | req/s | x predict |",
+            "|---|---:|---:|",
+            f"| POST /models/reviews/predict | {predict:,.0f} | 1.00 |",
+            f"| POST /models/reviews/explain | {explain:,.0f} | {explain / predict:.2f} |",
+        ]
+    )
 
 
 def header(args: argparse.Namespace) -> str:

@@ -126,6 +126,34 @@ def test_untabulated_leaves_give_the_tabulated_answers(monkeypatch: pytest.Monke
     np.testing.assert_allclose(one_by_one, direct.values, rtol=1e-12, atol=1e-15)
 
 
+def test_deep_leaves_answers_kept_or_dropped_at_the_bound_give_the_same_numbers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Untabulated answers are kept once computed (rows seen again read them back); past CACHE_BYTES the
+    cache starts over. Either way the numbers are LightGBM's."""
+    booster = lightgbm.train(
+        {"objective": "regression", "num_leaves": 31, "min_data_in_leaf": 2, "verbose": -1},
+        lightgbm.Dataset(_XNAN, _Y),
+        num_boost_round=10,
+    )
+    ensemble, _ = from_lightgbm(booster.dump_model())
+    probe = _probe(np.random.default_rng(8), 50)
+    reference = np.asarray(booster.predict(probe, pred_contrib=True))[:, :N]
+    monkeypatch.setattr(explain, "TABLE_BYTES", 0)
+    kept = TreeShap(ensemble)
+    assert all(group.table is None and group.cache is None for group in kept.groups)
+    first = kept.explain(probe).values[:, 0, :]
+    assert all(group.cache is not None for group in kept.groups)
+    again = kept.explain(probe[::-1]).values[::-1, 0, :]
+    assert_close(first, reference)
+    assert_close(again, reference)
+    monkeypatch.setattr(explain, "CACHE_BYTES", 64)
+    bounded = TreeShap(ensemble)
+    for lo in range(0, 50, 10):
+        assert_close(bounded.explain(probe[lo : lo + 10]).values[:, 0, :], reference[lo : lo + 10])
+        assert all(g.cache is None or g.cache[0].size * (g.d + 1) * 8 <= 64 for g in bounded.groups)
+
+
 # -- scikit-learn: shap.TreeExplainer and brute force ------------------------------------------------------
 SKLEARN: dict[str, Any] = {
     "decision-tree-classifier": lambda: DecisionTreeClassifier(max_depth=6, random_state=0).fit(_X, _Y3),

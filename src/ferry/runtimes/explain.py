@@ -20,7 +20,7 @@ In both, ``expected_value + Σ contributions`` is the raw score (the margin befo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,8 @@ from ferry.runtimes.trees import TreeEnsemble
 TABLE_BYTES = 64 * 2**20
 TABLE_MAX_FEATURES = 12
 CHUNK_ELEMENTS = 2**22  # elements of the working polynomials per numpy call, to bound memory
+# Deeper leaves' answers kept once computed, per group of leaves (sorted keys and weights).
+CACHE_BYTES = 16 * 2**20
 
 # The link from the raw score to what the model answers, named as SHAP names it, by compiled transform.
 LINKS = {
@@ -59,19 +61,30 @@ class Contributions:
 # -- trees -----------------------------------------------------------------------------------------------
 @dataclass
 class _Leaves:
-    """The leaves whose paths hold ``d`` distinct features: their data, and their slots' place in a batch."""
+    """The leaves whose paths hold ``d`` distinct features: their data, and their place in a batch."""
 
     d: int
     features: np.ndarray  # intp [leaves, d]: compact feature of each slot
     zero: np.ndarray  # float64 [leaves, d]: z, the share of cover the slot's splits keep
     value: np.ndarray  # float64 [leaves, width]
     column: np.ndarray  # intp [leaves]: output column (trees of width 1)
-    slots: slice  # their slots' columns in ``follows``
-    table: np.ndarray | None = None  # [leaves * 2^d, d]: answers by pattern, ``value`` folded in if width 1
+    leaves: slice  # their columns in a batch's ``missed`` [rows, leaves]
+    target: np.ndarray  # intp [leaves, d]: where each slot's weight adds up in a row's [outputs * features]
+    table: np.ndarray | None = None  # [leaves, d, 2^d]: answers by missed pattern, ``value`` folded in if width 1
+    reads: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.intp))  # [d + repeats, leaves]
+    again_bit: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 1), dtype=np.uint8))  # [repeats, leaves, 1]
+    cache: tuple[np.ndarray, np.ndarray] | None = None  # untabulated answers met before: sorted keys, weights
 
 
 class TreeShap:
-    """Path-dependent TreeSHAP of one ensemble, every row and leaf of a batch at once."""
+    """Path-dependent TreeSHAP of one ensemble, every row and leaf of a batch at once.
+
+    Built when the model loads: every leaf's path, and the answers of the shallow leaves for each of
+    their ``2^d`` patterns (``TABLE_BYTES``). A call then makes one decision per split node, turns
+    them into each leaf's pattern (a bit per slot: the row misses one of the slot's splits) with one
+    gather and one OR-reduction, and looks the answers up; a deeper leaf's answer is computed once per
+    distinct pattern and kept (``CACHE_BYTES``), since rows mostly follow a deep leaf's splits alike.
+    """
 
     def __init__(self, ensemble: TreeEnsemble) -> None:
         if ensemble.cover is None:
@@ -80,31 +93,11 @@ class TreeShap:
         self.width = int(ensemble.leaf_value.shape[1])
         self.outputs = ensemble.n_outputs
         self.n_features = max(int(ensemble.features_used.size), 1)
-        self._built = False  # the paths and tables are made on first use: a model never explained pays nothing
+        self._build()
 
     def _build(self) -> None:
         ensemble = self.ensemble
-        children, feature = ensemble.children, ensemble.feature
-        cover = np.asarray(ensemble.cover, dtype=np.float64)
-        paths: list[tuple[int, int, list[int], list[float], list[tuple[int, bool, int]]]] = []
-
-        def walk(tree: int, node: int, conditions: list[tuple[int, bool, int]], zero: dict[int, float]) -> None:
-            left, right = int(children[node, 0]), int(children[node, 1])
-            if left == node:
-                slots = {f: k for k, f in enumerate(zero)}
-                paths.append(
-                    (tree, node, list(zero), list(zero.values()), [(n, r, slots[f]) for n, r, f in conditions])
-                )
-                return
-            split = int(feature[node])
-            for child, goes_right in ((left, False), (right, True)):
-                kept = dict(zero)
-                share = cover[child] / cover[node] if cover[node] > 0 else 0.0
-                kept[split] = kept.get(split, 1.0) * share  # a feature met again: the product of its shares
-                walk(tree, child, [*conditions, (node, goes_right, split)], kept)
-
-        for tree, root in enumerate(ensemble.roots):
-            walk(tree, int(root), [], {})
+        paths = _paths(ensemble)
         column_of = ensemble.tree_column if self.width == 1 else np.zeros(ensemble.roots.size, dtype=np.int32)
         expected = np.zeros(self.outputs)
         groups: dict[int, list[int]] = {}
@@ -117,50 +110,71 @@ class TreeShap:
             if features:
                 groups.setdefault(len(features), []).append(index)
         self.expected = (ensemble.init + expected) / (self._trees_per_output() if ensemble.average else 1)
+        if groups and max(groups) > 64:
+            raise NotExplainable("a leaf's path splits on more than 64 distinct features")
+        self.word = next(
+            t for t in (np.uint8, np.uint16, np.uint32, np.uint64) if np.iinfo(t).bits >= max(groups, default=1)
+        )
 
-        nodes: list[int] = []
-        goes: list[bool] = []
-        slot_of: list[int] = []
+        # A leaf's slot is missed when the row goes the other way at one of the slot's splits: each split
+        # on the path reads a row of [go_right | !go_right | 0] (decisions per node, rows-minor). The
+        # first split of slot k goes in column k of the group's ``reads``, repeats after the d columns.
+        self.nodes = np.unique([n for p in paths for n, _, _ in p[4]]).astype(np.intp)
+        row_of = {int(node): row for row, node in enumerate(self.nodes)}
         self.groups: list[_Leaves] = []
-        slot = 0
+        leaf_count = 0
         for d in sorted(groups):
             members = groups[d]
-            for index in members:
-                for node, goes_right, k in sorted(paths[index][4], key=lambda c: c[2]):
-                    nodes.append(node)
-                    goes.append(goes_right)
-                    slot_of.append(slot + k)
-                slot += d
+            firsts = np.zeros((len(members), d), dtype=np.intp)
+            repeats: list[list[tuple[int, int]]] = []
+            for row, index in enumerate(members):
+                seen: set[int] = set()
+                repeats.append([])
+                for node, goes_right, k in paths[index][4]:
+                    read = row_of[node] + self.nodes.size * goes_right
+                    if k in seen:
+                        repeats[-1].append((read, k))
+                    else:
+                        seen.add(k)
+                        firsts[row, k] = read
+            extra = max(map(len, repeats))
+            again = np.full((len(members), extra), 2 * self.nodes.size, dtype=np.intp)  # the row of zeros
+            again_bit = np.zeros((len(members), extra), dtype=self.word)
+            for row, found in enumerate(repeats):
+                for j, (read, k) in enumerate(found):
+                    again[row, j], again_bit[row, j] = read, 1 << k
+            slot_features = np.asarray([paths[i][2] for i in members], dtype=np.intp)
+            column = np.asarray([column_of[paths[i][0]] for i in members], dtype=np.intp)
             self.groups.append(
                 _Leaves(
                     d=d,
-                    features=np.asarray([paths[i][2] for i in members], dtype=np.intp),
+                    features=slot_features,
                     zero=np.asarray([paths[i][3] for i in members], dtype=np.float64),
                     value=ensemble.leaf_value[[paths[i][1] for i in members]],
-                    column=np.asarray([column_of[paths[i][0]] for i in members], dtype=np.intp),
-                    slots=slice(slot - d * len(members), slot),
+                    column=column,
+                    leaves=slice(leaf_count, leaf_count + len(members)),
+                    target=(column * self.n_features)[:, None] + slot_features if self.width == 1 else slot_features,
+                    reads=np.ascontiguousarray(np.concatenate([firsts, again], axis=1).T),
+                    again_bit=np.ascontiguousarray(again_bit.T)[:, :, None],
                 )
             )
-        # One decision per split node, then one column per (leaf, split) condition, AND-ed per slot.
-        self.nodes, self.node_column = np.unique(np.asarray(nodes, dtype=np.intp), return_inverse=True)
-        self.goes_right = np.asarray(goes, dtype=bool)
-        self.slot_start = np.flatnonzero(np.diff(np.asarray(slot_of, dtype=np.intp), prepend=-1))
+            leaf_count += len(members)
         self._tabulate()
-        self._built = True
 
     def _trees_per_output(self) -> int:
         trees = int(self.ensemble.roots.size)
         return trees // self.outputs if self.width != self.outputs else trees
 
     def _tabulate(self) -> None:
-        budget = TABLE_BYTES
+        """Tables of the shallow leaves' answers, and the slots that read them, grouped by where they add up."""
+        budget, tables, tabulated = TABLE_BYTES, [], 0
         for group in self.groups:  # the shallowest first: the most leaves for the bytes
             size = group.zero.shape[0] * (2**group.d) * group.d * 8
             if group.d > TABLE_MAX_FEATURES or size > budget:
                 break
             budget -= size
             patterns = 2**group.d
-            o = ((np.arange(patterns)[:, None] >> np.arange(group.d)) & 1).astype(np.float64)  # [patterns, d]
+            o = 1.0 - ((np.arange(patterns)[:, None] >> np.arange(group.d)) & 1)  # [patterns, d]
             table = np.empty((group.zero.shape[0], patterns, group.d))
             step = max(1, CHUNK_ELEMENTS // (patterns * (group.d + 1) ** 2))
             for lo in range(0, group.zero.shape[0], step):
@@ -169,64 +183,124 @@ class TreeShap:
                 table[lo : lo + step] = shapley(zero, ones).transpose(1, 0, 2)
             if self.width == 1:
                 table *= group.value[:, :1, None]
-            group.table = table.reshape(-1, group.d)
+            group.table = np.ascontiguousarray(table.transpose(0, 2, 1))  # [leaves, d, patterns]
+            tables.append(group)
+            tabulated = group.leaves.stop
+        self.tabulated = tabulated  # the tabulated leaves come first in a batch's ``missed``
+        self.table = np.concatenate([g.table.ravel() for g in tables if g.table is not None] or [np.zeros(0)])
+        # One entry per (leaf, slot, output column): its leaf, where its answers start in ``table``, the
+        # leaf value it is multiplied by (width > 1) and where it adds up; sorted by the last, so each
+        # row's sums are one ``add.reduceat`` over contiguous runs.
+        leaf, start, value, target = [], [], [], []
+        offset = 0
+        for group in tables:
+            leaves, d, patterns = group.zero.shape[0], group.d, 2**group.d
+            index = np.arange(group.leaves.start, group.leaves.stop, dtype=np.intp)
+            begins = offset + (np.arange(leaves * d, dtype=np.intp) * patterns).reshape(leaves, d)
+            offset += leaves * d * patterns
+            for column in range(self.width):
+                leaf.append(np.repeat(index, d))
+                start.append(begins.ravel())
+                value.append(np.repeat(group.value[:, column], d))
+                target.append((group.target + column * self.n_features).ravel())
+        order = np.argsort(np.concatenate(target or [np.zeros(0, dtype=np.intp)]), kind="stable")
+        self.entry_leaf = np.concatenate(leaf or [np.zeros(0, dtype=np.intp)])[order]
+        self.entry_start = np.concatenate(start or [np.zeros(0, dtype=np.intp)])[order][:, None]
+        self.entry_value = np.concatenate(value or [np.zeros(0)])[order][:, None] if self.width > 1 else None
+        sorted_target = np.concatenate(target or [np.zeros(0, dtype=np.intp)])[order]
+        self.run_start = np.flatnonzero(np.diff(sorted_target, prepend=-1))
+        self.run_target = sorted_target[self.run_start]
 
     def explain_compact(self, x: np.ndarray) -> Contributions:
         """Contributions to the ``features_used`` columns of rows holding just those columns."""
-        if not self._built:
-            self._build()
         x = np.asarray(x, dtype=np.float64)
         rows = x.shape[0]
         size = self.outputs * self.n_features
-        total = np.zeros(rows * size)
+        total = np.zeros((size, rows))  # [outputs * features, rows]: every array here is rows-minor
         if self.groups:
-            agree = self.ensemble.go_right(x, self.nodes)[:, self.node_column] == self.goes_right
-            follows = np.logical_and.reduceat(agree, self.slot_start, axis=1)  # [rows, slots]
+            go = np.ascontiguousarray(self.ensemble.go_right(x, self.nodes).T, dtype=self.word)
+            either = np.concatenate([go, 1 - go, np.zeros((1, rows), dtype=self.word)])
+            missed = np.concatenate([self._missed(group, either) for group in self.groups])  # [leaves, rows]
+            if self.run_target.size:
+                index = missed[: self.tabulated].astype(np.intp).take(self.entry_leaf, axis=0)
+                index += self.entry_start
+                weights = self.table.take(index)
+                if self.entry_value is not None:
+                    weights *= self.entry_value
+                total[self.run_target] = np.add.reduceat(weights, self.run_start, axis=0)
+            flat = total.T.reshape(-1) if rows else total.reshape(-1)
             base = (np.arange(rows, dtype=np.intp) * size)[:, None, None]
             for group in self.groups:
-                o = follows[:, group.slots].reshape(rows, -1, group.d)
-                weights = self._weights(group, o)
-                if self.width == 1:
-                    target = base + (group.column * self.n_features)[:, None] + group.features
-                    total += np.bincount(target.ravel(), weights.ravel(), minlength=total.size)
+                if group.table is not None:
                     continue
+                weights = self._weights(group, missed[group.leaves].T)
                 for column in range(self.width):
-                    target = base + column * self.n_features + group.features
-                    part = weights * group.value[:, column][:, None]
-                    total += np.bincount(target.ravel(), part.ravel(), minlength=total.size)
-        values = total.reshape(rows, self.outputs, self.n_features)[:, :, : self.ensemble.features_used.size]
+                    target = (base + column * self.n_features + group.target).ravel()
+                    part = weights if self.width == 1 else weights * group.value[:, column][:, None]
+                    flat += np.bincount(target, part.ravel(), minlength=flat.size)
+            values = flat.reshape(rows, self.outputs, self.n_features)
+        else:
+            values = total.T.reshape(rows, self.outputs, self.n_features)
+        values = values[:, :, : self.ensemble.features_used.size]
         if self.ensemble.average:
-            values /= self._trees_per_output()
+            values = values / self._trees_per_output()
         return Contributions(values, self.expected.copy(), self.ensemble.predict_compact(x))
 
-    def _weights(self, group: _Leaves, o: np.ndarray) -> np.ndarray:
+    def _missed(self, group: _Leaves, either: np.ndarray) -> np.ndarray:
+        """[leaves, rows]: bit k set where the row goes the other way at one of slot k's splits."""
+        missed: np.ndarray = either.take(group.reads[0], axis=0)
+        for k in range(1, group.d):
+            missed |= either.take(group.reads[k], axis=0) << self.word(k)
+        for j in range(group.again_bit.shape[0]):
+            missed |= either.take(group.reads[group.d + j], axis=0) * group.again_bit[j]
+        return missed
+
+    def _weights(self, group: _Leaves, missed: np.ndarray) -> np.ndarray:
         """[rows, leaves, d]: each slot's share of its leaf (times the leaf's value where the width is 1)."""
+        rows, leaves = missed.shape
+        d = group.d
         if group.table is not None:
-            pattern = o.astype(np.intp) @ (np.intp(1) << np.arange(group.d, dtype=np.intp))
-            pattern += np.arange(o.shape[1], dtype=np.intp) * (2**group.d)
-            weights: np.ndarray = group.table.take(pattern, axis=0)
+            index = missed.astype(np.intp) + np.arange(leaves, dtype=np.intp) * (2**d)
+            weights: np.ndarray = group.table.take(index, axis=0)
             return weights
-        # Rows of a batch mostly follow a leaf's splits the same way: one computation per distinct pattern.
-        rows, leaves, d = o.shape
-        leaf = np.broadcast_to(np.arange(leaves, dtype=np.intp), (rows, leaves)).ravel()
-        flat = o.reshape(-1, d)
-        if leaves * 2.0**d < 2**62:
-            key = leaf.astype(np.int64) << d | (flat.astype(np.int64) @ (np.int64(1) << np.arange(d, dtype=np.int64)))
-            _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-        else:  # too many bits for one integer key
-            _, first, inverse = np.unique(np.column_stack([leaf, flat]), axis=0, return_index=True, return_inverse=True)
-        distinct_leaf, distinct = leaf[first], flat[first].astype(np.float64)
+        # Deeper leaves: answers met before are looked up; one computation per new distinct (leaf, pattern).
+        leaf = np.broadcast_to(np.arange(leaves, dtype=np.uint64), (rows, leaves)).ravel()
+        pattern = missed.ravel().astype(np.uint64)
+        if leaves * 2.0**d >= 2**63:  # too many bits for one key (a pattern of ~64 slots): no cache
+            distinct, inverse = np.unique(np.column_stack([leaf, pattern]), axis=0, return_inverse=True)
+            answers = self._answers(group, distinct[:, 0].astype(np.intp), distinct[:, 1])
+            return answers[inverse.ravel()].reshape(rows, leaves, d)
+        key = (leaf << np.uint64(d)) | pattern
+        known = group.cache
+        found = np.empty((key.size, d))
+        new = np.ones(key.size, dtype=bool)
+        if known is not None:
+            at = np.minimum(np.searchsorted(known[0], key), known[0].size - 1)
+            hit = known[0][at] == key
+            found[hit] = known[1][at[hit]]
+            new = ~hit
+        if new.any():
+            distinct, inverse = np.unique(key[new], return_inverse=True)
+            answers = self._answers(group, (distinct >> np.uint64(d)).astype(np.intp), distinct & np.uint64(2**d - 1))
+            found[new] = answers[inverse.ravel()]
+            group.cache = _remembered(known, distinct, answers)
+        return found.reshape(rows, leaves, d)
+
+    def _answers(self, group: _Leaves, which: np.ndarray, pattern: np.ndarray) -> np.ndarray:
+        """[n, d]: the answers of the group's leaves ``which`` for the missed ``pattern``s (uint64)."""
+        d = group.d
+        ones = 1.0 - ((pattern[:, None] >> np.arange(d, dtype=np.uint64)) & np.uint64(1)).astype(np.float64)
         step = max(1, CHUNK_ELEMENTS // ((d + 1) ** 2))
-        weights = np.concatenate(
+        answers = np.concatenate(
             [
-                shapley(group.zero[distinct_leaf[lo : lo + step]][None], distinct[None, lo : lo + step])[0]
-                for lo in range(0, distinct.shape[0], step)
+                shapley(group.zero[which[lo : lo + step]][None], ones[None, lo : lo + step])[0]
+                for lo in range(0, which.shape[0], step)
             ]
+            or [np.zeros((0, d))]
         )
         if self.width == 1:
-            weights *= group.value[distinct_leaf, :1]
-        found: np.ndarray = weights[inverse.ravel()].reshape(rows, leaves, d)
-        return found
+            answers *= group.value[which, :1]
+        return answers
 
     def explain(self, x: np.ndarray) -> Contributions:
         """Contributions to every input column of full-width rows (zero for columns no split reads)."""
@@ -236,6 +310,46 @@ class TreeShap:
         values = np.zeros((x.shape[0], self.outputs, x.shape[1]))
         values[:, :, used] = compact.values
         return Contributions(values, compact.expected_value, compact.score)
+
+
+_LeafPath = tuple[int, int, list[int], list[float], list[tuple[int, bool, int]]]
+
+
+def _paths(ensemble: TreeEnsemble) -> list[_LeafPath]:
+    """Every leaf's (tree, leaf node, distinct features, their shares z, conditions (node, right, slot))."""
+    children, feature = ensemble.children, ensemble.feature
+    cover = np.asarray(ensemble.cover, dtype=np.float64)
+    paths: list[_LeafPath] = []
+    for tree, root in enumerate(ensemble.roots):
+        stack: list[tuple[int, list[tuple[int, bool, int]], dict[int, float]]] = [(int(root), [], {})]
+        while stack:
+            node, conditions, zero = stack.pop()
+            left, right = int(children[node, 0]), int(children[node, 1])
+            if left == node:
+                slots = {f: k for k, f in enumerate(zero)}
+                paths.append(
+                    (tree, node, list(zero), list(zero.values()), [(n, r, slots[f]) for n, r, f in conditions])
+                )
+                continue
+            split = int(feature[node])
+            for child, goes_right in ((right, True), (left, False)):
+                kept = dict(zero)
+                share = cover[child] / cover[node] if cover[node] > 0 else 0.0
+                kept[split] = kept.get(split, 1.0) * share  # a feature met again: the product of its shares
+                stack.append((child, [*conditions, (node, goes_right, split)], kept))
+    return paths
+
+
+def _remembered(
+    known: tuple[np.ndarray, np.ndarray] | None, keys: np.ndarray, weights: np.ndarray
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The cache with ``keys`` added (sorted); past ``CACHE_BYTES`` it starts over from them, or is dropped."""
+    entry = (weights.shape[1] + 1) * 8
+    if known is not None and (known[0].size + keys.size) * entry <= CACHE_BYTES:
+        keys, weights = np.concatenate([known[0], keys]), np.concatenate([known[1], weights])
+        order = np.argsort(keys)
+        return keys[order], weights[order]
+    return (keys, weights) if keys.size * entry <= CACHE_BYTES else None
 
 
 def shapley(zero: np.ndarray, ones: np.ndarray) -> np.ndarray:

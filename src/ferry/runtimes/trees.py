@@ -150,6 +150,9 @@ class TreeEnsemble:
         [rows, nodes], by the rule the evaluator walks (missing values, zeros, float32 inputs)."""
         x = self._prepared(x)
         value = x.take(self.feature[nodes], axis=1)
+        if not (self._zero_splits or math.isnan(x.sum())):  # as in predict_compact: no rule but the threshold
+            plain: np.ndarray = value > self.threshold[nodes]
+            return plain
         return _go_right(value, self.threshold[nodes], self.missing[nodes], self.default_left[nodes])
 
     def _quickscorer_wins(self, scorer: _QuickScorer, rows: int) -> bool:
