@@ -275,3 +275,13 @@ def test_serve_refuses_a_tracing_file_in_a_missing_folder(tmp_path: Path) -> Non
     assert done.returncode == 1
     message = "".join((done.stdout + done.stderr).split())  # rich wraps long lines, paths included
     assert f"folder{target.parent}doesnotexist" in message
+
+
+@pytest.mark.parametrize("path", ["/invocations", "/models/iris/invocations"])
+def test_mlflow_scoring_is_labelled_mlflow(traced: Traced, path: str) -> None:
+    """The protocol label comes from the route table: ``/invocations`` is MLflow's, not a compatibility route."""
+    trace_id, _, traceparent = caller()
+    answer = httpx.post(traced.url + path, json={"dataframe_records": [IRIS]}, headers={"traceparent": traceparent})
+    assert answer.json() == {"predictions": ["virginica"]}
+    server = by_name(spans_of(traced.spans, trace_id, 5))["predict iris"]
+    assert server["attributes"]["ferry.protocol"] == "mlflow" and server["attributes"]["url.path"] == path

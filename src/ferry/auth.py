@@ -1,9 +1,10 @@
 """Optional bearer-token / API-key authentication, checked in constant time, for HTTP and gRPC alike.
 
-Applied to every route except health, readiness, metrics and the docs (all on prefixes no bundle may
-declare a route on), so that probes and scrapers need no secret, and the few (method, path) pairs the
-route table names public: the console's ``GET /`` and the bundles' accepted health routes
-(``ferry.http.dispatch.PredictRoutes.public``). Tokens are never logged.
+Applied to every route except the route table's public ones (``ferry.protocol.routes``: health,
+readiness, metrics and the docs, all on prefixes no bundle may declare a route on), so that probes
+and scrapers need no secret, and the few (method, path) pairs the dispatcher opens: the console's
+``GET /`` and the bundles' accepted health routes (``ferry.http.dispatch.PredictRoutes.public``).
+Tokens are never logged.
 """
 
 from __future__ import annotations
@@ -14,11 +15,10 @@ from pathlib import Path
 
 from ferry.errors import AuthMisconfigured as AuthMisconfigured  # re-exported: raised here
 from ferry.errors import Unauthorized
+from ferry.protocol.routes import PUBLIC_PATHS, PUBLIC_PREFIXES
 
-EXEMPT_PATHS = frozenset(
-    {"/health", "/ready", "/metrics", "/v2/health/live", "/v2/health/ready", "/docs", "/openapi.json"}
-)
-EXEMPT_PREFIXES = ("/docs/",)
+# The route table's public routes: the probes, metrics and the docs, whatever the method.
+EXEMPT_PATHS, EXEMPT_PREFIXES = PUBLIC_PATHS, PUBLIC_PREFIXES
 
 Public = Callable[[], Set[tuple[str, str]]]  # the (method, path) pairs open now; they change with the models
 

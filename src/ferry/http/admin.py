@@ -17,6 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ferry.errors import ModelNotFound
+from ferry.http.mounting import mount
 from ferry.http.responses import json_response
 from ferry.serving.registry import ModelHandle, ModelRegistry, ModelState, signature
 
@@ -40,11 +41,7 @@ class AdminEndpoints:
         self.registry = registry
 
     def routes(self) -> list[Route]:
-        return [
-            Route("/models/{name}/load", self.load, methods=["POST"]),
-            Route("/models/{name}/unload", self.unload, methods=["POST"]),
-            Route("/models/{name}/reload", self.reload, methods=["POST"]),
-        ]
+        return mount("admin", {"load": self.load, "unload": self.unload, "reload": self.reload})
 
     async def load(self, request: Request) -> Response:
         """Load versions of NAME found on disk that are not loaded yet."""

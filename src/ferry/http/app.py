@@ -21,6 +21,7 @@ from ferry.http.admin import AdminEndpoints, watch
 from ferry.http.dispatch import FerryApp, PredictRoutes
 from ferry.http.endpoints import Endpoint, ModelEndpoints
 from ferry.http.lifecycle import install_drain_handler
+from ferry.http.mounting import mount
 from ferry.http.protocols import ProtocolEndpoints
 from ferry.http.responses import error_http, error_response, json_response
 from ferry.observability.watcher import ModelWatcher
@@ -118,7 +119,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fer
 
         routes += console.routes(metrics)
         page = console.console
-    routes.append(Route("/", _root(page), methods=["GET"]))
+    routes += mount("root", {"root": _root(page)})
     # Which routes need no token: the route table says, from the routes the app serves (ferry.auth).
     served = {route.path for route in routes if isinstance(route, Route)}
     predict_routes = PredictRoutes(registry, mounted=compat.health_routes(registry), served=served - {"/"})

@@ -12,12 +12,12 @@ from starlette.routing import Route
 from ferry.bundle.manifest import CompatRoute, Manifest
 from ferry.errors import FerryError
 from ferry.http.responses import json_response
+from ferry.protocol.routes import RESERVED_PREFIXES  # every built-in route's first segment
 from ferry.routing.keys import ROUTED_MODEL_KEY
 from ferry.serving.registry import ModelRegistry
 
 logger = logging.getLogger("ferry.http")
 
-RESERVED_PREFIXES = ("/health", "/ready", "/models", "/metrics", "/v1", "/v2", "/api", "/seldon", "/docs", "/openapi")
 PREDICTING = ("predict", "predict_test")  # actions served by the predict dispatcher, the others here
 
 

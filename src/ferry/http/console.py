@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ferry.http.mounting import mount
 from ferry.http.responses import json_response
 from ferry.observability.stats import StatsWindow
 from ferry.serving.metrics import Metrics
@@ -42,4 +43,4 @@ def routes(metrics: Metrics) -> list[Route]:
     async def stats(request: Request) -> Response:
         return json_response(window.stats(), headers={"cache-control": "no-store"})
 
-    return [Route("/stats", stats, methods=["GET"])]
+    return mount("console", {"stats": stats})

@@ -1,17 +1,16 @@
 """The one HTTP dispatcher: every predict route of every protocol, as plain ASGI, ahead of Starlette.
 
-Predict routes are found by their exact path in one table (native, OIP v2 infer, KServe v1,
-Seldon, each model's compatibility routes, for every model and version), rebuilt whenever the
-registry changes, so a version loaded later through the admin API is served here too. A predict
-path naming a model the registry does not hold, or a Seldon namespace, matches a template
-instead, so the client still gets the model's 404. Each route reads the body (bounded, and
+Predict routes are the predict rows of the route table (``ferry.protocol.routes``) and each model's
+compatibility routes, found by their exact path for every model and version in a table rebuilt
+whenever the registry changes, so a version loaded later through the admin API is served here too.
+A predict path naming a model the registry does not hold, or a Seldon namespace, matches the
+row's template instead, so the client still gets the model's 404. Each route reads the body (bounded, and
 decompressed when the client sent ``Content-Encoding``), then makes exactly one call:
 ``DataPlane.infer`` with the route's codec. Everything else falls through to Starlette.
 """
 
 from __future__ import annotations
 
-import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, MutableMapping, Set
@@ -30,6 +29,7 @@ from ferry.observability.access import MODEL_KEY, RequestContext
 from ferry.observability.context import REQUEST_ID
 from ferry.protocol.codecs import CODECS, CompatCodec, HttpCodec, HttpMessage
 from ferry.protocol.explain import EXPLAIN_CODECS
+from ferry.protocol.routes import PREDICT, ROUTES, HttpRoute
 from ferry.routing.keys import ROUTED_MODEL_KEY
 from ferry.serving.dataplane import DataPlane, report
 from ferry.serving.registry import ModelRegistry
@@ -40,7 +40,6 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
 Reply = tuple[int, list[tuple[bytes, bytes]], bytes]  # status, headers, body
 
-SELDON_VERSIONS = ("v1.0", "v0.1")
 _TIMEOUT_HEADER = b"x-request-timeout"
 
 
@@ -55,18 +54,12 @@ class Target:
     explain: bool = False  # the model's exact contributions (``DataPlane.explain``), not its prediction
 
 
-# (method, template, codec): predict paths that name a model the table does not hold.
-_TEMPLATES: list[tuple[str, re.Pattern[str], str]] = [
-    ("POST", re.compile(r"/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/predict"), "native"),
-    ("GET", re.compile(r"/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/predict/test"), "sample"),
-    ("POST", re.compile(r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer"), "v2"),
-    ("POST", re.compile(r"/v1/models/(?P<model>[^/:]+):predict"), "kserve"),
-    ("POST", re.compile(r"/seldon/(?:[^/]+/)?(?P<model>[^/]+)/api/v(?:1\.0|0\.1)/predictions"), "seldon"),
-    ("POST", re.compile(r"/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/explain"), "native:explain"),
-    ("POST", re.compile(r"/v1/models/(?P<model>[^/:]+):explain"), "kserve:explain"),
-]
-# The codec of each template: a protocol's own, or its explain codec.
-_TEMPLATE_CODECS: dict[str, HttpCodec] = {**CODECS, **{f"{k}:explain": c for k, c in EXPLAIN_CODECS.items()}}
+# The codec of each predict row: a protocol's own, or its explain codec (``native:explain``).
+_CODECS: dict[str, HttpCodec] = {**CODECS, **{f"{k}:explain": c for k, c in EXPLAIN_CODECS.items()}}
+# The rows that name a model, matched as templates when the exact table does not hold the path.
+_TEMPLATES = [route for route in PREDICT if "name" in route.params]
+# Open to anyone while no bundle declares a route at ``/`` (Starlette answers HEAD for a GET).
+_ROOT = frozenset((m, r.path) for r in ROUTES if r.public and r.path == "/" for m in (r.method, "HEAD"))
 
 
 class PredictRoutes:
@@ -112,13 +105,12 @@ class PredictRoutes:
         if target is not None:
             return target
         allowed = [m for m, paths in table.items() if m != method and path in paths]
-        for template_method, template, protocol in _TEMPLATES:
-            match = template.fullmatch(path)
+        for route in _TEMPLATES:
+            match = route.pattern.fullmatch(path)
             if match is not None:
-                if template_method == method:
-                    codec, explain = _TEMPLATE_CODECS[protocol], protocol.endswith(":explain")
-                    return Target(codec, match["model"], match.groupdict().get("version"), explain=explain)
-                allowed.append(template_method)
+                if route.method == method:
+                    return _target(route, match["name"], match.groupdict().get("version"))
+                allowed.append(route.method)
         if allowed:
             raise MethodNotAllowed(f"method {method} not allowed on {path}", sorted(set(allowed)))
         return None
@@ -128,7 +120,7 @@ class PredictRoutes:
     ) -> frozenset[tuple[str, str]]:
         claims = Counter(spec.path for _, spec in accepted)
         predicted = {path for by_path in table.values() for path in by_path}
-        public = set() if claims["/"] else {("GET", "/"), ("HEAD", "/")}
+        public = set() if claims["/"] else set(_ROOT)
         for _, spec in accepted:
             route = (spec.method, spec.path)
             alone = claims[spec.path] == 1 and spec.path not in predicted and spec.path not in self.served
@@ -137,47 +129,51 @@ class PredictRoutes:
         return frozenset(public)
 
     def _build(self, accepted: list[tuple[str, CompatRoute]]) -> dict[str, dict[str, Target]]:
-        post: dict[str, Target] = {}
-        get: dict[str, Target] = {}
+        table: dict[str, dict[str, Target]] = {"POST": {}, "GET": {}}
         names = list(self.registry.models)
-        for name in names:
-            versions = list(self.registry.models.get(name, {}))
-            for prefix, version in [(name, None), *((f"{name}/versions/{v}", v) for v in versions)]:
-                post[f"/models/{prefix}/predict"] = Target(CODECS["native"], name, version)
-                post[f"/v2/models/{prefix}/infer"] = Target(CODECS["v2"], name, version)
-                get[f"/models/{prefix}/predict/test"] = Target(CODECS["sample"], name, version)
-                post[f"/models/{prefix}/explain"] = Target(EXPLAIN_CODECS["native"], name, version, explain=True)
-            post[f"/v1/models/{name}:predict"] = Target(CODECS["kserve"], name)
-            post[f"/v1/models/{name}:explain"] = Target(EXPLAIN_CODECS["kserve"], name, explain=True)
-            post[f"/models/{name}/invocations"] = Target(CODECS["mlflow"], name)
-            for seldon_version in SELDON_VERSIONS:
-                post[f"/seldon/{name}/api/{seldon_version}/predictions"] = Target(CODECS["seldon"], name)
-        if len(names) == 1:  # as `mlflow models serve` does for its one model
-            post["/invocations"] = Target(CODECS["mlflow"], names[0])
-        elif names:  # several: a 400 naming each model's own path, not a bare 404
-            paths = ", ".join(f"/models/{n}/invocations" for n in sorted(names))
-            refusal = InvalidInput(f"{len(names)} models are served; name one: POST {paths}")
-            post["/invocations"] = Target(CODECS["mlflow"], "", refusal=refusal)
-        for seldon_version in SELDON_VERSIONS:
-            post[f"/api/{seldon_version}/predictions"] = _unnamed(names, f"/api/{seldon_version}/predictions")
+        for route in PREDICT:
+            by_path = table.setdefault(route.method, {})
+            if "namespace" in route.params:
+                continue  # a Seldon namespace is matched by the template
+            if "name" not in route.params:
+                unnamed = _unnamed(route, names)
+                if unnamed is not None:
+                    by_path[route.path] = unnamed
+                continue
+            for name in names:
+                pinned = list(self.registry.models.get(name, {})) if "version" in route.params else [None]
+                for version in pinned:
+                    by_path[route.path.format(name=name, version=version)] = _target(route, name, version)
         for name, spec in accepted:
             if spec.action in ("predict", "predict_test"):
-                (post if spec.method == "POST" else get)[spec.path] = _compat(name, spec)
-        return {"POST": post, "GET": get}
+                table["POST" if spec.method == "POST" else "GET"][spec.path] = _compat(name, spec)
+        return table
+
+
+def _target(route: HttpRoute, model: str, version: str | None = None) -> Target:
+    return Target(_CODECS[route.handler], model, version, explain=route.handler.endswith(":explain"))
 
 
 def _compat(name: str, spec: CompatRoute) -> Target:
     return Target(CompatCodec(spec), name)
 
 
-def _unnamed(names: list[str], path: str) -> Target:
-    """``/api/v1.0/predictions`` names no model: fine with one served, a 400 listing them with several."""
-    if len(names) == 1:
-        return Target(CODECS["seldon"], names[0])
-    refusal = InvalidInput(
-        f"{len(names)} models are served ({', '.join(sorted(names)) or 'none'}); name one: POST /seldon/{{model}}{path}"
-    )
-    return Target(CODECS["seldon"], "", refusal=refusal)
+def _unnamed(route: HttpRoute, names: list[str]) -> Target | None:
+    """A path that names no model (``/invocations``, ``/api/v1.0/predictions``): fine with one model served;
+    with several, a 400 naming each model's own path, not a bare 404."""
+    if len(names) == 1:  # as `mlflow models serve` does for its one model
+        return _target(route, names[0])
+    if route.protocol == "mlflow":
+        if not names:
+            return None
+        paths = ", ".join(f"/models/{n}/invocations" for n in sorted(names))
+        refusal = InvalidInput(f"{len(names)} models are served; name one: POST {paths}")
+    else:
+        refusal = InvalidInput(
+            f"{len(names)} models are served ({', '.join(sorted(names)) or 'none'}); "
+            f"name one: POST /seldon/{{model}}{route.path}"
+        )
+    return Target(_CODECS[route.handler], "", refusal=refusal)
 
 
 class FerryApp:

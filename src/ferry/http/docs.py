@@ -13,8 +13,10 @@ from starlette.routing import Route
 from ferry._version import __version__
 from ferry.bundle.manifest import InputSchema, Manifest, read_manifest
 from ferry.errors import FerryError
+from ferry.http.mounting import mount
 from ferry.http.responses import json_response
 from ferry.protocol import schemas, v2
+from ferry.protocol.routes import PREDICT, ROUTES, HttpRoute
 from ferry.serving.registry import ModelRegistry
 
 STATIC = Path(__file__).parent / "static" / "swagger-ui"
@@ -58,11 +60,7 @@ def routes(registry: ModelRegistry) -> list[Route]:
             return json_response({"error": f"no asset '{name}'", "code": "http_404"}, 404)
         return FileResponse(STATIC / name, media_type=ASSETS[name])
 
-    return [
-        Route("/openapi.json", openapi, methods=["GET"]),
-        Route("/docs", docs, methods=["GET"]),
-        Route("/docs/static/{asset}", asset, methods=["GET"]),
-    ]
+    return mount("docs", {"openapi": openapi, "docs": docs, "asset": asset})
 
 
 @dataclass(frozen=True)
@@ -174,15 +172,6 @@ def _post(
     }
 
 
-def _per_model(paths: dict[str, Any], prefix: str, suffix: str, operation: dict[str, Any]) -> None:
-    """The route for the default version and the one pinned to ``{version}``."""
-    for path, params in (
-        (f"{prefix}{suffix}", ("name",)),
-        (f"{prefix}/versions/{{version}}{suffix}", ("name", "version")),
-    ):
-        paths[path] = {"parameters": _path_params(*params), **operation}
-
-
 _V2_DESCRIPTION = (
     "JSON, or the binary tensor data extension: an `Inference-Header-Content-Length` header gives the "
     "length of the JSON header, raw tensors follow it. The schema shows one row; any batch works, with "
@@ -191,86 +180,79 @@ _V2_DESCRIPTION = (
 )
 
 
+def _predict_operation(route: HttpRoute, model: ServedModel) -> dict[str, Any]:
+    """A predict row's operation for one model version, with the request body its codec accepts."""
+    schema, tag, summary = model.schema, route.protocol, route.summary
+    if route.handler == "native":
+        return _post(tag, summary, schemas.native_body(schema), _ref("Prediction"))
+    if route.handler == "native:explain":
+        return _explain(tag, summary, schemas.native_body(schema), "Explanation")
+    if route.handler == "v2":
+        v2_body = schemas.v2_body(schema, model.v2_inputs, model.outputs, model.any_name, v2.MATRIX_NAMES)
+        infer = _post(tag, summary, v2_body, _ref("InferenceResponse"), True)
+        infer["post"]["description"] = _V2_DESCRIPTION
+        return infer
+    if route.handler == "mlflow":
+        return _post(tag, summary, schemas.mlflow_body(schema), _ref("MlflowResponse"))
+    if route.handler == "kserve":
+        return _post(tag, summary, schemas.kserve_body(schema), _ref("KServeResponse"))
+    if route.handler == "kserve:explain":
+        return _explain(tag, summary, schemas.kserve_body(schema), "KServeExplanation")
+    if route.handler == "seldon":
+        return _post(tag, summary, schemas.seldon_body(schema), _ref("SeldonMessage"))
+    raise LookupError(f"no request body described for the predict codec {route.handler!r} of {route.path}")
+
+
+# The predict rows described once per served model, with its own request schemas; the others as templates.
+_PER_MODEL = [r for r in PREDICT if r.summary and r.handler != "sample"]
+
+
 def _predict_routes(model: ServedModel, models: int) -> dict[str, Any]:
-    """The predict routes of one model version, each with the request body its codec accepts."""
-    schema, paths = model.schema, {}
-    native = _post(
-        "native", "Predict: a record, records, a row or rows", schemas.native_body(schema), _ref("Prediction")
-    )
-    infer = _post(
-        "v2",
-        "Inference",
-        schemas.v2_body(schema, model.v2_inputs, model.outputs, model.any_name, v2.MATRIX_NAMES),
-        _ref("InferenceResponse"),
-        True,
-    )
-    infer["post"]["description"] = _V2_DESCRIPTION
-    explain = _explain("native", schemas.native_body(schema), "Explanation")
-    pinned = f"{model.name}/versions/{model.version}"
-    for prefix in [pinned, model.name] if model.default else [pinned]:
-        paths[f"/models/{prefix}/predict"] = native
-        paths[f"/v2/models/{prefix}/infer"] = infer
-        paths[f"/models/{prefix}/explain"] = explain
-    if model.default:
-        mlflow = _post("mlflow", "Predict (MLflow scoring)", schemas.mlflow_body(schema), _ref("MlflowResponse"))
-        paths[f"/models/{model.name}/invocations"] = mlflow
-        if models == 1:  # as `mlflow models serve` does for its one model
-            paths["/invocations"] = mlflow
-        paths[f"/v1/models/{model.name}:predict"] = _post(
-            "kserve", "Predict", schemas.kserve_body(schema), _ref("KServeResponse")
-        )
-        paths[f"/v1/models/{model.name}:explain"] = _explain("kserve", schemas.kserve_body(schema), "KServeExplanation")
-        seldon = _post("seldon", "Predict (SeldonMessage)", schemas.seldon_body(schema), _ref("SeldonMessage"))
-        for version in ("v1.0", "v0.1"):
-            paths[f"/seldon/{model.name}/api/{version}/predictions"] = seldon
-            paths[f"/seldon/{{namespace}}/{model.name}/api/{version}/predictions"] = {
-                "parameters": _path_params("namespace"),
-                **seldon,
-            }
-            if models == 1:  # the unnamed route serves the one model
-                paths[f"/api/{version}/predictions"] = seldon
+    """The predict paths of one model version: pinned to its version always; the paths without a
+    version (and those naming no model, with one model served) for the default version only."""
+    paths: dict[str, Any] = {}
+    for route in _PER_MODEL:
+        params = route.params
+        if "version" not in params and not model.default:
+            continue
+        if "name" not in params and models != 1:  # the unnamed route serves the one model
+            continue
+        path = route.path.replace("{name}", model.name).replace("{version}", model.version)
+        operation = _predict_operation(route, model)
+        paths[path] = {"parameters": _path_params("namespace"), **operation} if "namespace" in params else operation
     return paths
 
 
-def _explain(tag: str, request: dict[str, Any], response: str) -> dict[str, Any]:
+def _explain(tag: str, summary: str, request: dict[str, Any], response: str) -> dict[str, Any]:
     """An explain route: what predict takes; exact contributions back, or 501 for a model without them."""
-    operation = _post(tag, "Explain: each input column's exact contribution to the raw score", request, _ref(response))
+    operation = _post(tag, summary, request, _ref(response))
     operation["post"]["responses"]["501"] = _json(
         _ref("Error"), "The model has no exact explanation (the error says why and lists the models that have one)"
     )
     return operation
 
 
+# The response schema of a row that answers more than a plain object.
+_RESPONSES = {"v2_server_metadata": "ServerMetadata", "v2:metadata": "ModelMetadata"}
+
+
+def _template_operation(route: HttpRoute) -> dict[str, Any]:
+    """A GET row: its response, and the error statuses where it names a model."""
+    if route.handler == "metrics":
+        text = {"text/plain": {"schema": {"type": "string"}}}
+        responses = {"200": {"description": "OK", "content": text}}
+        return {"get": {"tags": [route.protocol], "summary": route.summary, "responses": responses}}
+    response = _RESPONSES.get(route.handler)
+    return _get(route.protocol, route.summary, _ref(response) if response else None, errors="name" in route.params)
+
+
 def openapi_document(described: list[ServedModel], models: list[str], versions: list[str]) -> dict[str, Any]:
     """The document: each served model's predict routes carry the request schemas its codecs accept."""
-    paths: dict[str, Any] = {
-        "/health": _get("native", "Liveness", errors=False),
-        "/ready": _get("native", "Readiness of every model", errors=False),
-        "/models": _get("native", "Served models and their versions", errors=False),
-        "/metrics": {
-            "get": {
-                "tags": ["native"],
-                "summary": "Prometheus metrics",
-                "responses": {"200": {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}},
-            }
-        },
-    }
-    for suffix, operation in (
-        ("/metadata", _get("native", "Model metadata")),
-        ("/labels", _get("native", "Class labels")),
-        ("/health", _get("native", "Model health")),
-        ("/predict/test", _get("native", "Predict the bundle's sample input")),
-    ):
-        _per_model(paths, "/models/{name}", suffix, operation)
-
-    paths["/v2/health/live"] = _get("v2", "Server live", errors=False)
-    paths["/v2/health/ready"] = _get("v2", "Server ready", errors=False)
-    paths["/v2"] = _get("v2", "Server metadata", _ref("ServerMetadata"), errors=False)
-    _per_model(paths, "/v2/models/{name}", "", _get("v2", "Model metadata", _ref("ModelMetadata")))
-    _per_model(paths, "/v2/models/{name}", "/ready", _get("v2", "Model ready"))
-
-    paths["/v1/models"] = _get("kserve", "Served models", errors=False)
-    paths["/v1/models/{name}"] = {"parameters": _path_params("name"), **_get("kserve", "Model status")}
+    paths: dict[str, Any] = {}
+    for route in ROUTES:  # the routes that are the same for every model, with its name as a parameter
+        if route.summary and route not in _PER_MODEL:
+            operation = _template_operation(route)
+            paths[route.path] = {"parameters": _path_params(*route.params), **operation} if route.params else operation
     for model in described:
         paths.update(_predict_routes(model, len(models)))
     document = {

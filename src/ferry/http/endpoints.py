@@ -15,6 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ferry.errors import ModelNotReady
+from ferry.http.mounting import mount
 from ferry.http.responses import error_http, json_response
 from ferry.runtimes.explain import explanation_of
 from ferry.serving.budget import MemoryBudget
@@ -32,23 +33,17 @@ class ModelEndpoints:
         self.budget = budget  # --max-memory: a route that reads the model loads it first
 
     def routes(self) -> list[Route]:
-        per_model = [
-            ("/metadata", self.metadata, ["GET"]),
-            ("/labels", self.labels, ["GET"]),
-            ("/health", self.model_health, ["GET"]),
-        ]
-        routes = [
-            Route("/health", self.health, methods=["GET"]),
-            Route("/ready", self.ready, methods=["GET"]),
-            Route("/ping", self.ready, methods=["GET"]),  # MLflow's readiness probe (`mlflow models serve`)
-            Route("/models", self.models, methods=["GET"]),
-            Route("/metrics", self.metrics_text, methods=["GET"]),
-        ]
-        for suffix, handler, methods in per_model:
-            wrapped = self.instrument(f"model{suffix}", handler)
-            routes.append(Route("/models/{name}" + suffix, wrapped, methods=methods))
-            routes.append(Route("/models/{name}/versions/{version}" + suffix, wrapped, methods=methods))
-        return routes
+        """The ``endpoints`` rows of the route table; ``GET /ping`` is MLflow's readiness probe."""
+        handlers: dict[str, Endpoint] = {
+            "health": self.health,
+            "ready": self.ready,
+            "models": self.models,
+            "metrics": self.metrics_text,
+        }
+        per_model = {"model/metadata": self.metadata, "model/labels": self.labels, "model/health": self.model_health}
+        for route, handler in per_model.items():
+            handlers[route] = self.instrument(route, handler)
+        return mount("endpoints", handlers)
 
     def instrument(self, route: str, handler: Endpoint, protocol: str = "native") -> Endpoint:
         """Count and time a per-model route; turn any error into its JSON response."""

@@ -12,6 +12,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ferry.http.endpoints import ModelEndpoints
+from ferry.http.mounting import mount
 from ferry.http.responses import json_response
 from ferry.protocol import v2
 from ferry.serving.registry import ModelHandle, ModelState
@@ -23,27 +24,23 @@ class ProtocolEndpoints:
         self.registry = endpoints.registry
 
     def routes(self) -> list[Route]:
+        """The ``protocols`` rows of the route table; the per-model ones counted and timed."""
         instrument = self.endpoints.instrument
-        routes = [
-            Route("/v2/health/live", self.v2_live, methods=["GET"]),
-            Route("/v2/health/ready", self.v2_ready, methods=["GET"]),
-            Route("/v2", self.v2_server_metadata, methods=["GET"]),
-            Route("/v2/", self.v2_server_metadata, methods=["GET"]),
-            Route("/v1/models", self.v1_models, methods=["GET"]),
-            Route("/v1/models/{name}", instrument("v1:status", self.v1_status, "kserve"), methods=["GET"]),
-            Route("/v2/models", self.v2_models, methods=["GET"]),
-            Route("/v2/repository/index", self.v2_repository_index, methods=["POST"]),
-        ]
-        per_model = [
-            ("", "v2:metadata", self.v2_model_metadata, "GET"),
-            ("/ready", "v2:ready", self.v2_model_ready, "GET"),
-            ("/config", "v2:config", self.v2_model_config, "GET"),
-        ]
-        for suffix, route, handler, method in per_model:
-            wrapped = instrument(route, handler, "v2")
-            routes.append(Route("/v2/models/{name}" + suffix, wrapped, methods=[method]))
-            routes.append(Route("/v2/models/{name}/versions/{version}" + suffix, wrapped, methods=[method]))
-        return routes
+        return mount(
+            "protocols",
+            {
+                "v2_live": self.v2_live,
+                "v2_ready": self.v2_ready,
+                "v2_server_metadata": self.v2_server_metadata,
+                "v1_models": self.v1_models,
+                "v1:status": instrument("v1:status", self.v1_status, "kserve"),
+                "v2_models": self.v2_models,
+                "v2_repository_index": self.v2_repository_index,
+                "v2:metadata": instrument("v2:metadata", self.v2_model_metadata, "v2"),
+                "v2:ready": instrument("v2:ready", self.v2_model_ready, "v2"),
+                "v2:config": instrument("v2:config", self.v2_model_config, "v2"),
+            },
+        )
 
     async def handle(self, request: Request) -> ModelHandle:
         return await self.endpoints.handle(request)

@@ -25,6 +25,7 @@ from ferry._version import __version__
 from ferry.errors import TracingError
 from ferry.observability.access import MODEL_KEY
 from ferry.observability.context import current_request_id
+from ferry.protocol.routes import protocol_of
 
 try:
     from opentelemetry import trace
@@ -285,15 +286,8 @@ class TracingMiddleware:
 
 
 def http_protocol(path: str) -> str:
-    if path.startswith("/v2/"):
-        return "v2"
-    if path.startswith("/v1/"):
-        return "kserve"
-    if path.startswith(("/seldon/", "/api/")):
-        return "seldon"
-    if path.startswith("/models/"):
-        return "native"
-    return "compat"
+    """The protocol of a predict path, from the route table; ``compat`` for a bundle's own route."""
+    return protocol_of(path)
 
 
 def _phases(tracer: trace.Tracer, server: Span, request: RequestTrace, end: float) -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-# Set in the ASGI scope of a routed request to a root route (``/predict``): (model, version) to serve instead.
+from ferry.protocol.routes import NAME_PREFIXES, VERSION_PREFIXES
 from ferry.routing.spec import Route, RoutesFile, StringMatch, Target
 
 # The model a request is for, as a header: what a sharded deployment's consistent hash reads (``ferry k8s --shard``).
@@ -48,7 +48,8 @@ class Decision:
 
 def named_paths(name: str) -> re.Pattern[str]:
     """The paths that address the router by its own model name, on every HTTP protocol."""
-    return re.compile(rf"^(/models/|/v2/models/|/v1/models/|/seldon/){re.escape(name)}(?=$|/|:)")
+    prefixes = "|".join(re.escape(prefix) for prefix in NAME_PREFIXES)  # from the route table
+    return re.compile(rf"^({prefixes}){re.escape(name)}(?=$|/|:)")
 
 
 def rewrite_path(pattern: re.Pattern[str], path: str, target: Target) -> str | None:
@@ -57,7 +58,7 @@ def rewrite_path(pattern: re.Pattern[str], path: str, target: Target) -> str | N
     if named is None or target.model is None:
         return None
     prefix, middle = named.group(1), target.model
-    if target.version is not None and prefix in ("/models/", "/v2/models/"):
+    if target.version is not None and prefix in VERSION_PREFIXES:
         middle += f"/versions/{target.version}"
     return prefix + middle + path[named.end() :]
 
