@@ -21,8 +21,8 @@ import yaml
 from aiohttp import web
 from tests.conftest import free_port
 
-from ferry.routing.gateway import Gateway, GatewaySettings, gateway_config
 from ferry.routing.spec import RoutesFile, parse_routes
+from ferry.server.gateway import Gateway, GatewaySettings, gateway_config
 
 
 async def _start(app: web.Application) -> tuple[web.AppRunner, str]:

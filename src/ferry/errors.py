@@ -1,6 +1,6 @@
 """Ferry's error types: raise them anywhere; ``serving.dataplane.report`` and one JSON shape answer them.
 
-Every error carries an HTTP status (gRPC maps it: ``protocol.v2_grpc.STATUS_CODES``) and a stable code.
+Every error carries an HTTP status (gRPC maps it: ``ferry.grpc.codec.STATUS_CODES``) and a stable code.
 
 FerryError (500, internal)
 ├── ClientError (400, bad_request)                 the request is at fault; never logged

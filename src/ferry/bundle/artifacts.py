@@ -10,12 +10,10 @@ from __future__ import annotations
 import re
 import zipfile
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
+from ferry.bundle.manifest import Manifest, bundle_label
 from ferry.errors import BundleError, IntegrityError
-
-if TYPE_CHECKING:
-    from ferry.bundle.manifest import Manifest
 
 FileKind = Literal["skops", "pickle", "lightgbm", "onnx", "xgboost", "catboost", "unknown"]
 
@@ -36,11 +34,6 @@ _KIND_NAMES = {
     "catboost": "a CatBoost model (.cbm)",
     "unknown": "no format Ferry knows",
 }
-
-
-def bundle_label(bundle_dir: Path) -> str:
-    """``name/version``: how errors that a client or a probe may read name a bundle, without server paths."""
-    return f"{bundle_dir.parent.name}/{bundle_dir.name}"
 
 
 def contained(bundle_dir: Path, name: str) -> Path:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from ferry.bundle.artifacts import bundle_label, contained
+from ferry.bundle.artifacts import contained
+from ferry.bundle.manifest import bundle_label
 from ferry.errors import IntegrityError
 
 

@@ -7,13 +7,12 @@ which the build or the server checks, as for any file.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from ferry.bundle.manifest import MANIFEST_FILE
-
-SETTINGS_FILE = "model-settings.json"  # MLServer's, in each model folder
+from ferry.bundle.mlserver import SETTINGS_FILE
+from ferry.bundle.sources import SourceModel as SourceModel  # re-exported: what a layout yields
 
 Layout = Literal["mlserver", "mlflow", "kserve"]
 
@@ -31,17 +30,6 @@ KSERVE_FILES = (
     "model.cbm",
 )
 KSERVE_SOURCE = "kserve"
-
-
-@dataclass(frozen=True)
-class SourceModel:
-    """One model of a layout: the file or MLflow folder ``ferry.build`` reads, or the problem that stops it."""
-
-    name: str
-    version: str | None
-    source: Path | None
-    metadata: dict[str, Any] = field(default_factory=dict)
-    problem: str | None = None
 
 
 def layout_of(path: Path) -> Layout | None:

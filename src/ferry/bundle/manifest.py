@@ -15,7 +15,6 @@ from typing import Any, Literal
 
 import msgspec
 
-from ferry.bundle.artifacts import bundle_label
 from ferry.errors import ManifestError
 
 MANIFEST_FILE = "ferry.yaml"
@@ -181,6 +180,22 @@ def parse_route(text: str) -> dict[str, Any]:
     return {"method": method.upper(), "path": path.strip()}
 
 
+UNSERVABLE_FILE = "unservable.txt"  # in place of a manifest: why Ferry could not build this version
+
+
+def bundle_label(bundle_dir: Path) -> str:
+    """``name/version``: how errors that a client or a probe may read name a bundle, without server paths."""
+    return f"{bundle_dir.parent.name}/{bundle_dir.name}"
+
+
+def unservable_reason(bundle_dir: Path) -> str | None:
+    """Why the version in ``bundle_dir`` cannot be served, when it was recorded so; None for a bundle."""
+    path = bundle_dir / UNSERVABLE_FILE
+    if path.is_file() and not (bundle_dir / MANIFEST_FILE).is_file():
+        return path.read_text(encoding="utf-8").strip()
+    return None
+
+
 def read_manifest(bundle_dir: Path) -> Manifest:
     """Read and validate ``ferry.yaml``; errors name the bundle (``name/version``), the file and the field."""
     source = f"{bundle_label(bundle_dir)}/{MANIFEST_FILE}"
@@ -191,9 +206,7 @@ def read_manifest(bundle_dir: Path) -> Manifest:
         with path.open("rb") as fh:
             text = fh.read(MAX_MANIFEST_BYTES + 1)
     except FileNotFoundError:
-        from ferry.bundle.repository import unservable_reason  # a version Ferry could not build says why
-
-        raise ManifestError(
+        raise ManifestError(  # a version Ferry could not build says why
             unservable_reason(bundle_dir) or f"{source}: no {MANIFEST_FILE} in the bundle folder"
         ) from None
     if len(text) > MAX_MANIFEST_BYTES:

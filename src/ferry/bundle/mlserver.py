@@ -12,10 +12,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ferry.bundle.layouts import SETTINGS_FILE, SourceModel
+from ferry.bundle.sources import SourceModel
 from ferry.errors import ManifestError
 
 __all__ = ["SETTINGS_FILE", "SOURCE", "is_mlserver_repository", "mlserver_models"]
+SETTINGS_FILE = "model-settings.json"  # MLServer's, in each model folder
 # ``metadata.source`` of a converted bundle: its v2 input takes any name, as MLServer's runtimes do.
 SOURCE = "mlserver"
 MLFLOW_RUNTIME = "mlserver_mlflow.MLflowRuntime"  # its uri is an MLflow model folder

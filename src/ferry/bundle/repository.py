@@ -11,9 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ferry.bundle.manifest import MANIFEST_FILE
-
-UNSERVABLE_FILE = "unservable.txt"
+from ferry.bundle.manifest import MANIFEST_FILE, UNSERVABLE_FILE
 
 
 @dataclass(frozen=True)
@@ -55,11 +53,3 @@ def record_unservable(repo: Path, name: str, version: str, reason: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / UNSERVABLE_FILE).write_text(reason + "\n", encoding="utf-8")
     return folder
-
-
-def unservable_reason(bundle_dir: Path) -> str | None:
-    """Why the version in ``bundle_dir`` cannot be served, when it was recorded so; None for a bundle."""
-    path = bundle_dir / UNSERVABLE_FILE
-    if path.is_file() and not (bundle_dir / MANIFEST_FILE).is_file():
-        return path.read_text(encoding="utf-8").strip()
-    return None

@@ -14,8 +14,8 @@ import re
 from pathlib import Path
 from types import ModuleType
 
-from ferry.bundle.artifacts import artifact_file, bundle_label
-from ferry.bundle.manifest import Manifest
+from ferry.bundle.artifacts import artifact_file
+from ferry.bundle.manifest import Manifest, bundle_label
 from ferry.errors import ManifestError
 
 ALLOW_FLAG = "--allow-requirement-options"

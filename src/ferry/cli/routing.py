@@ -24,8 +24,8 @@ def gateway(
 ) -> None:
     """Route requests to upstream services by the rules in ROUTES: pooling, retries, circuit breakers."""
     from ferry.cli.errors import run
-    from ferry.routing.gateway import run_gateway
     from ferry.routing.spec import load_routes
+    from ferry.server.gateway import run_gateway
 
     def check() -> RoutesFile:
         parsed = load_routes(routes)

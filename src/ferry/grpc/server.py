@@ -14,8 +14,8 @@ from ferry.auth import TokenAuth
 from ferry.errors import FerryError, InvalidInput, Unauthorized
 from ferry.grpc import inference_pb2 as pb
 from ferry.grpc import inference_pb2_grpc as pb_grpc
+from ferry.grpc.codec import GRPC_CODEC, status_code
 from ferry.protocol import v2
-from ferry.protocol.v2_grpc import GRPC_CODEC, status_code
 from ferry.serving.dataplane import UNKNOWN_MODEL, DataPlane, report
 from ferry.serving.registry import ModelState
 

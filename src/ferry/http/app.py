@@ -34,7 +34,7 @@ from ferry.serving.service import InferenceService
 from ferry.settings import Settings
 
 if TYPE_CHECKING:
-    from ferry.routing.inprocess import RoutingMiddleware
+    from ferry.http.routing import RoutingMiddleware
 
 logger = logging.getLogger("ferry.http")
 
@@ -174,7 +174,7 @@ def _routing(settings: Settings, registry: ModelRegistry, metrics: Metrics) -> R
     """The ``--routes`` router, or None; a bad routes file stops start-up with the rule and field named."""
     if not settings.routes:
         return None
-    from ferry.routing.inprocess import RoutingMiddleware
+    from ferry.http.routing import RoutingMiddleware
     from ferry.routing.shadow import RoutingMetrics
     from ferry.routing.spec import load_routes
 

@@ -1,7 +1,8 @@
 """The gRPC transport of ``ferry loadtest --protocol grpc``: Open Inference ``ModelInfer``, bodies encoded once.
 
 Each record is shaped as an OIP v2 request (the same shaping as ``--protocol v2``), then serialised
-once to a ``ModelInferRequest`` with typed contents; the generator sends those bytes as they are.
+once to a ``ModelInferRequest`` with typed contents (``ferry.loadtest.protocols.encode_infer``); the
+generator sends those bytes as they are.
 A gRPC status is counted as its HTTP equivalent (OK 200, INVALID_ARGUMENT 400, NOT_FOUND 404,
 RESOURCE_EXHAUSTED 429, UNAVAILABLE 503, DEADLINE_EXCEEDED 504, ...), so reports and SLA gates
 read the same whatever the protocol, and the error kind names the gRPC code.
@@ -9,13 +10,9 @@ read the same whatever the protocol, and the error kind names the gRPC code.
 
 from __future__ import annotations
 
-from typing import Any
-
 import grpc
 
-from ferry.grpc import inference_pb2 as pb
 from ferry.loadtest.protocols import METHOD_PATH
-from ferry.protocol.tensors import CONTENTS_FIELD
 
 HTTP_STATUS = {
     grpc.StatusCode.OK: 200,
@@ -33,20 +30,6 @@ HTTP_STATUS = {
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
 }
-
-
-def encode_infer(model: str, v2_request: dict[str, Any]) -> bytes:
-    """An OIP v2 JSON request (``{"inputs": [...]}``) as serialised ``ModelInferRequest`` bytes."""
-    request = pb.ModelInferRequest(model_name=model)
-    for tensor in v2_request["inputs"]:
-        datatype = tensor["datatype"]
-        field = CONTENTS_FIELD.get(datatype, "fp64_contents")
-        entry = request.inputs.add(name=tensor["name"], datatype=datatype, shape=tensor["shape"])
-        data = tensor["data"]
-        if datatype == "BYTES":
-            data = [v.encode() if isinstance(v, str) else bytes(v) for v in data]
-        getattr(entry.contents, field).extend(data)
-    return bytes(request.SerializeToString())
 
 
 class GrpcTransport:

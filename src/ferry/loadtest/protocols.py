@@ -49,8 +49,6 @@ class Adapter:
         if self.protocol == "seldon":
             return dumps(self._seldon(record))
         if self.protocol == "grpc":
-            from ferry.loadtest.grpc import encode_infer
-
             return encode_infer(self.schema.name, self._v2(record))
         return dumps(self._v2(record))
 
@@ -135,3 +133,20 @@ def make_adapter(protocol: str, schema: ModelSchema, v2_inputs: list[TensorSpec]
     if protocol not in PROTOCOLS:
         raise LoadTestUsage(f"unknown protocol '{protocol}'; expected one of {', '.join(PROTOCOLS)}")
     return Adapter(protocol, schema, v2_inputs)
+
+
+def encode_infer(model: str, v2_request: dict[str, Any]) -> bytes:
+    """An OIP v2 JSON request (``{"inputs": [...]}``) as serialised ``ModelInferRequest`` bytes."""
+    from ferry.grpc import inference_pb2 as pb  # protobuf only where gRPC is asked for
+    from ferry.protocol.tensors import CONTENTS_FIELD
+
+    request = pb.ModelInferRequest(model_name=model)
+    for tensor in v2_request["inputs"]:
+        datatype = tensor["datatype"]
+        field = CONTENTS_FIELD.get(datatype, "fp64_contents")
+        entry = request.inputs.add(name=tensor["name"], datatype=datatype, shape=tensor["shape"])
+        data = tensor["data"]
+        if datatype == "BYTES":
+            data = [v.encode() if isinstance(v, str) else bytes(v) for v in data]
+        getattr(entry.contents, field).extend(data)
+    return bytes(request.SerializeToString())

@@ -1,7 +1,7 @@
 """Every protocol as a codec around the one ``DataPlane.infer``: decode a message, encode a prediction.
 
 An HTTP codec reads an ``HttpMessage`` (body, headers, query) and answers ``(content, headers)``;
-the gRPC codec (``ferry.protocol.v2_grpc``) reads and answers protobuf messages. ``CODECS`` is the
+the gRPC codec (``ferry.grpc.codec``) reads and answers protobuf messages. ``CODECS`` is the
 table of the codecs that are the same for every model; a compatibility route gets its own
 ``CompatCodec`` from its manifest entry.
 """

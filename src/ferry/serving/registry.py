@@ -2,60 +2,23 @@
 
 from __future__ import annotations
 
-import enum
 import gc
 import logging
 import re
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from ferry.bundle.artifacts import bundle_label
-from ferry.bundle.load import LoadedModel, load_bundle, loaded_bytes, verify_bundle
-from ferry.bundle.manifest import CompatRoute, read_manifest
+from ferry.bundle.load import load_bundle, loaded_bytes, verify_bundle
+from ferry.bundle.manifest import CompatRoute, bundle_label, read_manifest
 from ferry.bundle.repository import scan_repository, version_key
 from ferry.errors import FerryError, ModelNotFound, ModelNotReady
+from ferry.serving.handles import ModelHandle as ModelHandle  # re-exported: its old home
+from ferry.serving.handles import ModelState as ModelState
 from ferry.serving.inputs import InputCodec
 from ferry.serving.trial import DEFAULT_TIMEOUT_S, TrialLoader, needs_trial
 
 logger = logging.getLogger("ferry.registry")
-
-
-class ModelState(enum.StrEnum):
-    LOADING = "LOADING"
-    READY = "READY"
-    FAILED = "FAILED"
-    UNLOADED = "UNLOADED"  # verified and routable, loaded on its next request (``--max-memory``)
-
-
-@dataclass
-class ModelHandle:
-    name: str
-    version: str
-    path: Path
-    state: ModelState = ModelState.LOADING
-    error: str | None = None
-    model: LoadedModel | None = None
-    codec: InputCodec | None = None
-    warnings: list[str] = field(default_factory=list)
-    compute_s: float | None = None  # one model call on the sample input, measured at warm-up
-    signature: tuple[int, float] = (0, 0.0)  # files and newest mtime in the bundle folder, at load
-    bytes: int = 0  # estimated memory when loaded (``--max-memory``), from its artifacts
-    in_flight: int = 0  # requests holding it now; a model with any is never unloaded
-    last_used: int = 0  # a tick of the memory budget's clock, for least-recently-used unloading
-    routes: list[CompatRoute] | None = None  # the compatibility routes its manifest declares, once read
-
-    def describe(self) -> dict[str, Any]:
-        info: dict[str, Any] = {"name": self.name, "version": self.version, "state": self.state.value}
-        if self.error:
-            info["error"] = self.error
-        if self.warnings:
-            info["warnings"] = self.warnings
-        if self.bytes:
-            info["bytes"] = self.bytes if self.state in (ModelState.READY, ModelState.LOADING) else 0
-        return info
 
 
 def signature(folder: Path) -> tuple[int, float]:

@@ -23,12 +23,11 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ferry.bundle.artifacts import bundle_label
-from ferry.bundle.manifest import Manifest
+from ferry.bundle.manifest import Manifest, bundle_label
 from ferry.errors import BundleError, FerryError
 
 if TYPE_CHECKING:
-    from ferry.serving.registry import ModelHandle
+    from ferry.serving.handles import ModelHandle
 
 logger = logging.getLogger("ferry.registry")
 
@@ -142,8 +141,8 @@ def _pickles(value: Any) -> bool:
 def _trial(send: Connection, path: Path, flags: dict[str, bool], warmup: Callable[[Any], None] | None) -> None:
     """The child: load the bundle as the registry would, run its warm-up, send None or the error."""
     from ferry.bundle.load import load_bundle
+    from ferry.serving.handles import ModelHandle
     from ferry.serving.inputs import InputCodec
-    from ferry.serving.registry import ModelHandle
 
     try:
         loaded = load_bundle(path, **flags)
