@@ -141,6 +141,8 @@ def test_deep_leaves_answers_kept_or_dropped_at_the_bound_give_the_same_numbers(
     reference = np.asarray(booster.predict(probe, pred_contrib=True))[:, :N]
     monkeypatch.setattr(explain, "TABLE_BYTES", 0)
     kept = TreeShap(ensemble)
+    assert not hasattr(kept, "groups")  # built by the first explanation, not when the model loads
+    kept._ready()
     assert all(group.table is None and group.cache is None for group in kept.groups)
     first = kept.explain(probe).values[:, 0, :]
     assert all(group.cache is not None for group in kept.groups)

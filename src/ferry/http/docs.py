@@ -17,6 +17,7 @@ from ferry.http.mounting import mount
 from ferry.http.responses import json_response
 from ferry.protocol import schemas, v2
 from ferry.protocol.routes import PREDICT, ROUTES, HttpRoute
+from ferry.runtimes.explain import explanation_of
 from ferry.serving.registry import ModelRegistry
 
 STATIC = Path(__file__).parent / "static" / "swagger-ui"
@@ -74,6 +75,7 @@ class ServedModel:
     outputs: list[str]
     default: bool  # the version a path without ``/versions/{version}`` serves
     any_name: bool = False  # its v2 matrix input takes any name (a model converted from MLServer)
+    explainable: bool = True  # its explain routes answer (False: they could only answer 501, so are left out)
 
 
 def served(registry: ModelRegistry) -> list[ServedModel]:
@@ -96,6 +98,7 @@ def served(registry: ModelRegistry) -> list[ServedModel]:
                 outputs,
                 version == default,
                 v2.takes_any_name(manifest),
+                handle.model is None or "unavailable" not in explanation_of(handle.model.runtime, manifest.runtime),
             )
             out.append(entry)
     return out
@@ -217,6 +220,8 @@ def _predict_routes(model: ServedModel, models: int) -> dict[str, Any]:
             continue
         if "name" not in params and models != 1:  # the unnamed route serves the one model
             continue
+        if route.handler.endswith(":explain") and not model.explainable:
+            continue  # a model without an exact explanation: the route would only ever answer 501
         path = route.path.replace("{name}", model.name).replace("{version}", model.version)
         operation = _predict_operation(route, model)
         paths[path] = {"parameters": _path_params("namespace"), **operation} if "namespace" in params else operation

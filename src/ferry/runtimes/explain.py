@@ -20,6 +20,7 @@ In both, ``expected_value + Σ contributions`` is the raw score (the margin befo
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,7 +80,7 @@ class _Leaves:
 class TreeShap:
     """Path-dependent TreeSHAP of one ensemble, every row and leaf of a batch at once.
 
-    Built when the model loads: every leaf's path, and the answers of the shallow leaves for each of
+    Built by the first explanation: every leaf's path, and the answers of the shallow leaves for each of
     their ``2^d`` patterns (``TABLE_BYTES``). A call then makes one decision per split node, turns
     them into each leaf's pattern (a bit per slot: the row misses one of the slot's splits) with one
     gather and one OR-reduction, and looks the answers up; a deeper leaf's answer is computed once per
@@ -93,7 +94,18 @@ class TreeShap:
         self.width = int(ensemble.leaf_value.shape[1])
         self.outputs = ensemble.n_outputs
         self.n_features = max(int(ensemble.features_used.size), 1)
-        self._build()
+        self._built = False
+        self._building = threading.Lock()
+
+    def _ready(self) -> None:
+        """Paths and tables, built by the first explanation (0.2-1 s and up to ``TABLE_BYTES``), not at load:
+        a server's start-up and its memory budget pay nothing for models nobody asks to explain."""
+        if self._built:
+            return
+        with self._building:
+            if not self._built:
+                self._build()
+                self._built = True
 
     def _build(self) -> None:
         ensemble = self.ensemble
@@ -213,6 +225,7 @@ class TreeShap:
 
     def explain_compact(self, x: np.ndarray) -> Contributions:
         """Contributions to the ``features_used`` columns of rows holding just those columns."""
+        self._ready()
         x = np.asarray(x, dtype=np.float64)
         rows = x.shape[0]
         size = self.outputs * self.n_features
@@ -304,6 +317,7 @@ class TreeShap:
 
     def explain(self, x: np.ndarray) -> Contributions:
         """Contributions to every input column of full-width rows (zero for columns no split reads)."""
+        self._ready()
         x = np.asarray(x, dtype=np.float64)
         used = self.ensemble.features_used
         compact = self.explain_compact(x[:, used])

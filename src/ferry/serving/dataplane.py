@@ -32,7 +32,7 @@ from ferry.errors import (
     InvalidInput,
 )
 from ferry.runtimes import Prediction
-from ferry.runtimes.explain import explanation_of
+from ferry.runtimes.explain import NotExplainable, explanation_of
 from ferry.serving.budget import MemoryBudget
 from ferry.serving.metrics import Metrics
 from ferry.serving.registry import ModelHandle, ModelRegistry
@@ -260,6 +260,10 @@ class DataPlane:
             explanation = await asyncio.wait_for(work, max(left, 0.001))
         except TimeoutError:
             raise DeadlineExceeded(f"explaining took longer than {deadline:g} s") from None
+        except NotExplainable as exc:  # found when its tables were first built (a path over 64 features)
+            raise ExplanationUnavailable(
+                f"model '{handle.name}' cannot be explained: {exc}", self._explainable()
+            ) from None
         explanation.prediction = prediction
         return codec.encode(explanation, handle, context)
 
