@@ -11,9 +11,11 @@ import re
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import joblib
+import numpy as np
 import pytest
 from tests.conftest import ServerProcess
 from tests.test_byom import ferry, one_line_error
@@ -169,3 +171,20 @@ def test_a_relative_path_the_class_opens_is_a_warning_at_build(tmp_path: Path) -
         "Path(__file__).parent / 'model.joblib'",
     ]
     assert "fares.py:5" in printed.group(1)
+
+
+class Columns:
+    """A class of the user's, given in Python, whose bundle says its input is a frame."""
+
+    def predict(self, frame: Any) -> list[str]:
+        return [f"{type(frame).__name__} {frame['sex'].dtype} {frame['age'].dtype}"] * len(frame)
+
+
+def test_a_bundle_whose_input_is_a_frame_hands_a_class_a_dataframe(tmp_path: Path) -> None:
+    import ferry
+    from ferry.bundle.load import load_bundle
+
+    schema = {"kind": "features", "frame": True, "features": [{"name": "sex", "dtype": "string"}, {"name": "age"}]}
+    built = ferry.build(Columns, "columns", tmp_path, input_schema=schema, sample_input={"sex": "female", "age": 3.0})
+    runtime = load_bundle(built, trust_code=True).runtime
+    assert runtime.predict(np.array([["female", 3.0]], dtype=object)).values == ["DataFrame object float64"]
