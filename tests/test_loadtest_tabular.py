@@ -53,13 +53,24 @@ def mixed_pipeline() -> Any:
     return Pipeline([("columns", columns), ("model", LogisticRegression())]).fit(frame, survived)
 
 
+def decks() -> Any:
+    """LightGBM over a pandas categorical whose categories are text made of digits ("1", "2", "3")."""
+    import lightgbm
+
+    rng = np.random.default_rng(2)
+    frame = pd.DataFrame({"deck": pd.Categorical(rng.choice(["1", "2", "3"], 300)), "fare": rng.normal(30, 10, 300)})
+    fancy = ((frame.deck == "1") | (frame.fare > 35)).astype(int)
+    return lightgbm.LGBMClassifier(n_estimators=10, min_child_samples=5, verbose=-1).fit(frame, fancy)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     folder = tmp_path_factory.mktemp("loadtest-tabular")
     repo = folder / "models"
     joblib.dump(mixed_pipeline(), folder / "mixed.joblib")
     joblib.dump(lightgbm_categorical()[0], folder / "ports.joblib")
-    for name in ("mixed", "ports"):
+    joblib.dump(decks(), folder / "decks.joblib")
+    for name in ("mixed", "ports", "decks"):
         built = ferry("build", str(folder / f"{name}.joblib"), "--name", name, "--repo", str(repo), "--trusted")
         assert built.returncode == 0, built.stderr
     features = yaml.safe_load((repo / "mixed" / "1" / "ferry.yaml").read_text())["input"]["features"]
@@ -103,3 +114,16 @@ def test_check_passes_every_case_on_typed_columns(
     assert result.returncode == 0 and not failed, failed
     names = [c["name"] for c in cases]
     assert "the model's sample input" in names and sum(c["expect"] == "200" for c in cases) == 6
+
+
+@pytest.mark.parametrize("protocol", ["native", "v2"])
+def test_loadtest_reads_a_csv_cell_as_its_column_type(server: ServerProcess, tmp_path: Path, protocol: str) -> None:
+    """A categorical's cell "1" stays the text "1" when its categories are text, not the number 1.0."""
+    data = tmp_path / "decks.csv"
+    data.write_text("deck,fare\n1,20.5\n3,41\n2,30\n")
+    report = tmp_path / "report.json"
+    args = ["loadtest", server.url, "--model", "decks", "--protocol", protocol, "--data", str(data)]
+    result = ferry(*args, "--concurrency", "1", "--duration", "1s", "--json", str(report))
+    assert result.returncode == 0, result.stdout + result.stderr
+    figures = json.loads(report.read_text())
+    assert figures["distinct_bodies"] == 3 and figures["status_counts"] == {"200": figures["sent"]}, figures["errors"]

@@ -15,7 +15,7 @@ from typing import Any
 from ferry.errors import LoadTestError, LoadTestUsage
 from ferry.loadtest.generate import valid_record
 from ferry.loadtest.protocols import Adapter
-from ferry.loadtest.schema import ModelSchema
+from ferry.loadtest.schema import ModelSchema, TensorSpec
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 GENERATED_RECORDS = 256
@@ -59,9 +59,17 @@ def read_json_records(path: Path) -> list[Any]:
 
 
 def _csv(path: Path, schema: ModelSchema) -> list[Any]:
-    dtypes = {spec.name: spec.dtype for spec in schema.inputs}
+    dtypes = {spec.name: _cell_dtype(spec) for spec in schema.inputs}
     with path.open(newline="", encoding="utf-8") as handle:
         return [{k: _cell(v, dtypes.get(k, "float64")) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+def _cell_dtype(spec: TensorSpec) -> str:
+    """A categorical's cells are of its categories' type: text unless every category is a number."""
+    if spec.dtype != "category":
+        return spec.dtype
+    kinds = {type(c) for c in spec.categories or []}
+    return "int64" if kinds == {int} else "float64" if kinds and kinds <= {int, float} else "string"
 
 
 def _cell(raw: str, dtype: str) -> Any:
