@@ -18,8 +18,8 @@ import joblib
 import numpy as np
 import pytest
 from tests.conftest import ServerProcess
+from tests.manual import manual_text, marked_blocks
 from tests.test_byom import ferry, one_line_error
-from tests.test_readme import README, fenced_blocks
 
 TAG = "<!-- tested: tests/test_class_contract.py::test_the_readme_records_class -->"
 FEATURES = "pclass:int,embarked:string,age:float,alone:bool"
@@ -69,7 +69,7 @@ def build(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_readme_records_class(tmp_path: Path, serve: Callable[..., ServerProcess]) -> None:
-    python, bash = [b for b in fenced_blocks(README.read_text(encoding="utf-8")) if b.marker == TAG]
+    python, bash = marked_blocks(TAG)  # on whichever page of the manual (tests/manual.py) holds them
     (tmp_path / "fares.py").write_text(python.text)
     done = subprocess.run(["bash", "-e", "-c", bash.text], cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -95,7 +95,7 @@ def probes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     for cls in ("Arrays", "Records", "Frame", "Short"):
         done = build(folder, f"probes.py:{cls}", "--name", cls.lower(), "--features", FEATURES)
         assert done.returncode == 0, done.stderr
-    done = build(folder, "probes.py:Records", "--name", "numbers", "--features", "pclass:int,age:float")
+    done = build(folder, "probes.py:Records", "--name", "numbers", "--features", "pclass:int,age:float?")
     assert done.returncode == 0, done.stderr
     server = ServerProcess([str(folder / "models")])
     yield server
@@ -117,7 +117,8 @@ def test_predict_receives_what_input_format_says(probes: ServerProcess) -> None:
     frame = "DataFrame pclass=int64 embarked=object age=float64 alone=bool"
     assert _answers(probes, "frame", ROWS) == [frame, frame]
     # all numbers: the protocols hand over a float64 array; records still give each feature's type
-    assert _answers(probes, "numbers", [{"pclass": 3, "age": 1.5}]) == ["pclass=int age=float"]
+    numbers = [{"pclass": 3, "age": 1.5}, {"pclass": 1, "age": None}]  # a missing value: None, not NaN
+    assert _answers(probes, "numbers", numbers) == ["pclass=int age=float", "pclass=int age=NoneType"]
 
 
 def test_predict_returns_one_value_per_row(probes: ServerProcess) -> None:
@@ -162,7 +163,7 @@ def test_a_relative_path_the_class_opens_is_a_warning_at_build(tmp_path: Path) -
     done = build(tmp_path, "fares.py:Fares", "--name", "fares", "--features", "a", "--include", "model.joblib")
     assert done.returncode == 0, done.stderr  # it works here, run from the class's own folder
     warnings = [line for line in done.stderr.splitlines() if line.startswith("warning: ")]
-    printed = re.search(r"`(warning: fares\.py:\d+ opens 'fares\.csv'.*?)`", README.read_text(encoding="utf-8"))
+    printed = re.search(r"`(warning: fares\.py:\d+ opens 'fares\.csv'.*?)`", manual_text())
     assert printed is not None
     assert warnings == [
         printed.group(1).replace("fares.py:5", "fares.py:8"),

@@ -83,13 +83,14 @@ _CASTS: dict[str, Any] = {"int64": int, "int32": int, "bool": bool, "float64": f
 
 def records(batch: Any, features: list[Feature]) -> list[dict[str, Any]]:
     """Rows as ``{feature: value}`` dicts of plain Python values, each of its feature's type (an array of numbers
-    holds integers and booleans as floats; JSON's ``3`` for a float feature is ``3.0``); missing stays missing."""
+    holds integers and booleans as floats; JSON's ``3`` for a float feature is ``3.0``); a missing value is None."""
     rows = batch.tolist() if isinstance(batch, np.ndarray) else batch
     names = [f.name for f in features]
     casts = [_CASTS.get(f.dtype) for f in features]
     if any(casts):
         rows = [
-            [v if c is None or v is None or v != v else c(v) for v, c in zip(row, casts, strict=True)] for row in rows
+            [None if v is None or v != v else v if c is None else c(v) for v, c in zip(row, casts, strict=True)]
+            for row in rows
         ]
     return [dict(zip(names, row, strict=True)) for row in rows]
 
