@@ -188,12 +188,14 @@ def test_settings_round_trip_through_the_environment() -> None:
 
 
 def test_the_readme_documents_every_serve_setting() -> None:
-    """The README's settings table has a row per setting: its option, variable and help, as `ferry serve --help`."""
+    """The manual's settings table has a row per setting: its option, variable and help, as `ferry serve --help`."""
     import dataclasses
+
+    from tests.manual import manual_text
 
     from ferry.settings import Settings
 
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    readme = manual_text()
     rows = {line.split("|")[1].strip(): line for line in readme.splitlines() if line.startswith("| `--")}
     for field in dataclasses.fields(Settings):
         if field.name == "repo":  # the positional argument

@@ -145,7 +145,9 @@ def test_readme_explain_block(client: httpx.Client) -> None:
     import re
     import shlex
 
-    text = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    from tests.manual import manual_text
+
+    text = manual_text()
     marker = "<!-- tested: tests/test_explain_http.py::test_readme_explain_block -->\n```console\n"
     block = text[text.index(marker) + len(marker) :].split("```", 1)[0]
     lines = block.strip().splitlines()

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import run_ferry
+from tests.manual import manual_text
 
 from ferry.deploy import keda, knative, monitoring
 from ferry.deploy.addons import Addons, render_with_addons
@@ -36,7 +37,6 @@ SPECS = {
         scaling=Scaling(concurrency=4, rate=250.0, p99_seconds=0.05, scale_to_zero=True),
     ),
 }
-README = Path(__file__).parent.parent / "README.md"
 
 
 @pytest.fixture(params=list(SPECS), scope="module")
@@ -250,7 +250,7 @@ def test_bad_values_are_refused_with_the_place_named(tmp_path: Path) -> None:
 
 def readme_block(heading: str) -> list[str]:
     """The commands of the first bash block under ``heading``, continuation lines joined, comments dropped."""
-    section = README.read_text().split(heading, 1)[1]
+    section = manual_text().split(heading, 1)[1]
     block = section.split("```bash\n", 1)[1].split("```", 1)[0]
     lines = [line.split("#", 1)[0].rstrip() for line in block.replace("\\\n", " ").splitlines()]
     return [line for line in lines if line.strip()]

@@ -246,7 +246,9 @@ def test_the_readme_kserve_and_onnx_block(tmp_path: Path, serve: Callable[..., S
     import re
 
     skl2onnx = pytest.importorskip("skl2onnx")
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    from tests.manual import manual_text
+
+    readme = manual_text()
     found = re.search(r"test_the_readme_kserve_and_onnx_block -->\n```bash\n(.*?)```", readme, re.S)
     assert found is not None
     x, y = _iris()

@@ -118,7 +118,9 @@ def test_readme_route_commands_run(examples: Any, tmp_path: Path) -> None:
     """The README's block, against the examples, with each run shortened to a second."""
     import shlex
 
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    from tests.manual import manual_text
+
+    readme = manual_text()
     block = readme.split("Any route, such as a bundle's own compatibility routes", 1)[1]
     block = block.split("```bash\n", 1)[1].split("```", 1)[0].replace("\\\n", " ")
     (tmp_path / "scores.jsonl").write_text('{"X": [1, 2]}\n')

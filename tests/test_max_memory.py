@@ -294,7 +294,9 @@ def test_the_readme_block_serves(many_repo: Path, serve: Any) -> None:
     """Each line of the README's block, against a copy of the fifty models: ready, and every model answers."""
     import shlex
 
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    from tests.manual import manual_text
+
+    readme = manual_text()
     block = readme.split("### Many models under a memory budget", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
     commands = [shlex.split(line) for line in block.splitlines() if line.strip() and not line.startswith("#")]
     assert len(commands) == 2

@@ -1,9 +1,10 @@
-"""The README is executable: every fenced block is run by a test or marked illustrative, with the reason.
+"""The manual is executable: every fenced block of README.md and of every docs page (tests/manual.py) is run by a
+test or marked illustrative, with the reason.
 
 A block's marker is an HTML comment on the line just before its opening fence:
 
-- ``<!-- tested: tests/test_x.py::NAME -->``: that test (or fixture) reads the block from README.md and runs or
-  checks it;
+- ``<!-- tested: tests/test_x.py::NAME -->``: that test (or fixture) reads the block from the manual
+  (tests/manual.py) and runs or checks it;
 - ``<!-- byom:NAME -->``: a "Bring your own model" story, run by tests/test_readme_byom.py;
 - ``<!-- illustrative: REASON -->``: not run, and REASON says why (a cluster, a long benchmark, output shown).
 
@@ -21,7 +22,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,47 +29,17 @@ import httpx
 import pytest
 import yaml
 from tests.conftest import ServerProcess, free_port
+from tests.manual import Block, fenced_blocks, manual_blocks, marked_blocks
 
 ROOT = Path(__file__).parent.parent
-README = ROOT / "README.md"
 MARKER = re.compile(r"<!-- (?:(tested): (\S+)|(byom):(\w+)|(illustrative): (.+?)) -->")
 
 
-@dataclass(frozen=True)
-class Block:
-    line: int  # of the opening fence, 1-based
-    lang: str
-    text: str
-    marker: str  # the comment line just before the fence ("" when there is none)
-
-    def __str__(self) -> str:
-        first = self.text.splitlines()[0] if self.text else ""
-        return f"README.md:{self.line}: ```{self.lang} {first[:80]}"
-
-
-def fenced_blocks(text: str) -> list[Block]:
-    """Every ``` block of ``text``, in order."""
-    lines = text.splitlines()
-    blocks, start = [], None
-    for number, line in enumerate(lines, 1):
-        if not line.startswith("```"):
-            continue
-        if start is None:
-            start = number
-        else:
-            opening = lines[start - 1]
-            marker = lines[start - 2].strip() if start >= 2 else ""
-            blocks.append(Block(start, opening[3:].strip(), "\n".join(lines[start : number - 1]) + "\n", marker))
-            start = None
-    assert start is None, f"README.md:{start}: a fence is never closed"
-    return blocks
-
-
 def readme_blocks(test: str) -> list[Block]:
-    """The README's blocks marked ``<!-- tested: tests/test_readme.py::TEST -->``."""
+    """The manual's blocks marked ``<!-- tested: tests/test_readme.py::TEST -->``, on any page."""
     tag = f"<!-- tested: tests/test_readme.py::{test} -->"
-    found = [block for block in fenced_blocks(README.read_text(encoding="utf-8")) if block.marker == tag]
-    assert found, f"no README block is marked {tag}"
+    found = marked_blocks(tag)
+    assert found, f"no block of the manual is marked {tag}"
     return found
 
 
@@ -98,18 +68,17 @@ def marker_problem(block: Block) -> str | None:
     source = _test_source(ROOT / file, test)
     if source is None:
         return f"{file} defines no {test}"
-    if "README" not in source and "readme_block" not in source:
-        return f"{file}::{test} never reads README.md"
+    if not any(word in source for word in ("README", "readme_block", "manual")):
+        return f"{file}::{test} never reads the manual (tests/manual.py)"
     return None
 
 
 def test_every_block_is_run_or_marked_illustrative() -> None:
-    problems = [
-        f"{block}\n    {problem}"
-        for block in fenced_blocks(README.read_text(encoding="utf-8"))
-        if (problem := marker_problem(block))
-    ]
-    assert not problems, "README blocks without a valid marker:\n" + "\n".join(problems)
+    """On every page of the manual: README.md and docs/**/*.md."""
+    blocks = manual_blocks()
+    assert {block.page for block in blocks} >= {"README.md"}
+    problems = [f"{block}\n    {problem}" for block in blocks if (problem := marker_problem(block))]
+    assert not problems, "blocks of the manual without a valid marker:\n" + "\n".join(problems)
 
 
 def test_the_check_finds_an_unmarked_block() -> None:

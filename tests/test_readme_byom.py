@@ -1,4 +1,4 @@
-"""The README's "Bring your own model" blocks, run as written in a folder holding the user's files."""
+"""The manual's "Bring your own model" blocks (tests/manual.py), run as written in a folder holding the user's files."""
 
 from __future__ import annotations
 
@@ -15,14 +15,13 @@ import joblib
 import pytest
 import yaml
 from tests.conftest import ServerProcess
+from tests.manual import manual_text
 from tests.test_byom import _models, write_mlserver_repository, write_reviews_files, write_talk_files
-
-README = Path(__file__).parent.parent / "README.md"
 
 
 def blocks() -> dict[str, str]:
     """``<!-- byom:NAME -->`` followed by a bash block: NAME -> the block's text."""
-    text = README.read_text(encoding="utf-8")
+    text = manual_text()
     return dict(re.findall(r"<!-- byom:(\w+) -->\n```bash\n(.*?)```", text, flags=re.S))
 
 
@@ -33,7 +32,17 @@ def run_block(name: str, folder: Path) -> None:
 
 
 def test_every_story_has_a_block() -> None:
-    assert set(blocks()) == {"iris", "diabetes", "seldon", "reviews", "mlflow", "mlserver", "titanic", "mlflow_titanic", "boosters"}
+    assert set(blocks()) == {
+        "iris",
+        "diabetes",
+        "seldon",
+        "reviews",
+        "mlflow",
+        "mlserver",
+        "titanic",
+        "mlflow_titanic",
+        "boosters",
+    }
 
 
 def test_two_pickles_and_the_old_routes(tmp_path: Path, serve: Callable[..., ServerProcess]) -> None:
@@ -59,7 +68,7 @@ def test_a_class_with_its_featurizer(tmp_path: Path, serve: Callable[..., Server
     """The README's class and build, as printed: its files are bundled, hashed and checked at every load."""
     write_reviews_files(tmp_path)
     readme_class = re.search(
-        r"where `reviews.py` is the user's own class:\n\n<!-- .*? -->\n```python\n(.*?)```", README.read_text(), re.S
+        r"where `reviews.py` is the user's own class:\n\n<!-- .*? -->\n```python\n(.*?)```", manual_text(), re.S
     )
     assert readme_class is not None
     (tmp_path / "reviews.py").write_text(readme_class.group(1))  # the README's class, as printed
@@ -86,7 +95,7 @@ def test_a_class_with_its_featurizer(tmp_path: Path, serve: Callable[..., Server
 
 def test_the_first_python_example_builds(tmp_path: Path) -> None:
     """``labels=list(iris.target_names)`` holds numpy.str_ values: the build must take them as labels."""
-    found = re.search(r"From Python:\n\n<!-- .*? -->\n```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+    found = re.search(r"From Python:\n\n<!-- .*? -->\n```python\n(.*?)```", manual_text(), re.S)
     assert found is not None
     done = subprocess.run([sys.executable, "-c", found.group(1)], cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -118,9 +127,7 @@ def test_an_mlflow_folder(tmp_path: Path, serve: Callable[..., ServerProcess]) -
     setosa = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
     assert httpx.post(server.url + "/models/flowers/predict", json=setosa).json()["prediction"] == "setosa"
     # the README's MLflow client call, against this server
-    found = re.search(
-        r"```bash\n(curl -s -X POST localhost:8000/invocations.*?)\n# (.*?)\n```", README.read_text(), re.S
-    )
+    found = re.search(r"```bash\n(curl -s -X POST localhost:8000/invocations.*?)\n# (.*?)\n```", manual_text(), re.S)
     assert found is not None
     command = found.group(1).replace("localhost:8000", server.url)
     done = subprocess.run(["bash", "-e", "-c", command], capture_output=True, text=True)

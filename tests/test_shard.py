@@ -17,6 +17,7 @@ import pytest
 import yaml
 from aiohttp import web
 from tests.conftest import ServerProcess, free_port, run_ferry
+from tests.manual import manual_text
 from tests.test_gateway import in_process_gateway
 
 from ferry.deploy.shard import _PATH_FORMS
@@ -26,7 +27,6 @@ from ferry.serving.budget import parse_size
 from ferry.settings import Settings
 
 IMAGE = "registry.example.com/team/ferry-examples:1.4.2"
-README = Path(__file__).parent.parent / "README.md"
 K8S_VERSIONS = ["1.29.0", "1.33.0"]
 
 PATHS = {
@@ -271,7 +271,7 @@ def test_a_replica_with_the_deployments_settings_serves_any_model_lazily(
 
 
 def test_readme_shard_block_runs(example_repo: Path, tmp_path: Path) -> None:
-    section = README.read_text().split("### 6. Sharding a large repository over replicas", 1)[1]
+    section = manual_text().split("### 6. Sharding a large repository over replicas", 1)[1]
     block = section.split("```bash\n", 1)[1].split("```", 1)[0]
     commands = [line.split("#", 1)[0].strip() for line in block.splitlines()]
     commands = [c for c in commands if c]
