@@ -1,17 +1,21 @@
-"""``inference.GRPCInferenceService`` on grpc.aio, in the REST server's event loop, over ``DataPlane.infer``."""
+"""``inference.GRPCInferenceService`` on grpc.aio, in the REST server's event loop, over ``DataPlane.infer``.
+
+Each call's request arrives as bytes, so its size is known before anything is parsed: the bytes of
+the calls being handled at once are bounded by ``--max-inflight-bytes``, as HTTP bounds its bodies.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
 from ferry.auth import TokenAuth
-from ferry.errors import FerryError, InvalidInput, Unauthorized
+from ferry.errors import FerryError, InvalidInput, Overloaded, Unauthorized
 from ferry.grpc import inference_pb2 as pb
 from ferry.grpc import inference_pb2_grpc as pb_grpc
 from ferry.grpc.codec import GRPC_CODEC, status_code
@@ -24,6 +28,7 @@ if TYPE_CHECKING:
     from ferry.serving.metrics import Metrics
 
 logger = logging.getLogger("ferry.grpc")
+REFUSAL_LOG_S = 10.0  # at most one log line per this many seconds about calls refused for bytes in flight
 
 Reply = TypeVar("Reply")
 
@@ -111,25 +116,73 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 SERVICE = "inference.GRPCInferenceService"
 
 
-def add_service(server: grpc.aio.Server, servicer: InferenceServicer) -> None:
+class InflightBytes:
+    """The bytes of the ModelInfer messages a server is reading or handling at once, bounded.
+
+    A call is admitted before its message is read, so its size is not known yet: it holds the
+    largest a message may be (``--max-body-bytes``) until read, then its own size until answered.
+    Refusing before the read is what saves memory: gRPC reads a message only when asked for it,
+    beyond the stream's flow-control window. A call alone is never refused.
+    """
+
+    def __init__(self, limit: int, largest: int) -> None:
+        self.limit, self.largest = limit, largest  # limit 0: no bound
+        self.held = 0
+        self.refused = 0  # since the last log line about it
+        self.logged_at = -REFUSAL_LOG_S
+
+    def reserve(self) -> int | None:
+        """The bytes held for a call about to be read, or None: refused."""
+        if self.limit and self.held and self.held + self.largest > self.limit:
+            self.refused += 1
+            now = time.monotonic()
+            if now - self.logged_at >= REFUSAL_LOG_S:
+                logger.warning(
+                    "gRPC: %d calls refused for request bytes in flight (over %d) since the last line",
+                    self.refused,
+                    self.limit,
+                )
+                self.refused, self.logged_at = 0, now
+            return None
+        self.held += self.largest
+        return self.largest
+
+    def settle(self, reserved: int, size: int) -> int:
+        self.held += size - reserved
+        return size
+
+    def release(self, size: int) -> None:
+        self.held -= size
+
+
+def add_service(server: grpc.aio.Server, servicer: InferenceServicer, inflight: InflightBytes | None = None) -> None:
     """Register the service's methods taking their request as bytes, parsed by ``_parsing``.
 
     The generated registration hands parsing to gRPC, which answers a request that does not parse
     with UNKNOWN before any handler or metric sees it. Here it is INVALID_ARGUMENT, counted like
-    any client error, as Triton answers it.
+    any client error, as Triton answers it. ModelInfer, whose messages are the big ones, is
+    registered as a stream (the same bytes on the wire), so it is admitted before its message is read.
     """
     handlers = {}
     for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
         request_type, response_type = getattr(pb, method.input_type.name), getattr(pb, method.output_type.name)
-        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            _parsing(method.name, request_type, getattr(servicer, method.name), servicer.metrics),
-            response_serializer=response_type.SerializeToString,
-        )
+        handler = _parsing(method.name, request_type, getattr(servicer, method.name), servicer.metrics)
+        if method.name == "ModelInfer" and inflight is not None and inflight.limit:
+            handlers[method.name] = grpc.stream_unary_rpc_method_handler(
+                _bounded(handler, inflight, servicer.metrics), response_serializer=response_type.SerializeToString
+            )
+        else:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                handler, response_serializer=response_type.SerializeToString
+            )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     server.add_registered_method_handlers(SERVICE, handlers)
 
 
-def _parsing(name: str, request_type: Any, method: Callable[[Any, Any], Awaitable[Any]], metrics: Metrics) -> Any:
+Handler = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def _parsing(name: str, request_type: Any, method: Callable[[Any, Any], Awaitable[Any]], metrics: Metrics) -> Handler:
     route = f"grpc:{name}"
 
     async def handler(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
@@ -142,6 +195,32 @@ def _parsing(name: str, request_type: Any, method: Callable[[Any, Any], Awaitabl
         return await method(request, context)
 
     return handler
+
+
+def _bounded(handler: Handler, inflight: InflightBytes, metrics: Metrics) -> Any:
+    """ModelInfer admitted by ``inflight`` before its one message is read; RESOURCE_EXHAUSTED past it."""
+    route = "grpc:ModelInfer"
+
+    async def bounded(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
+        held = inflight.reserve()
+        if held is None:  # RESOURCE_EXHAUSTED, as gRPC's own maximum_concurrent_rpcs answers
+            error = report(Overloaded(f"request bytes in flight exceed {inflight.limit}; retry shortly"), metrics)
+            metrics.requests.labels(UNKNOWN_MODEL, route, "grpc", "RESOURCE_EXHAUSTED").inc()
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, error.message)
+            raise AssertionError  # abort() raises
+        try:
+            raw = await anext(aiter(requests), None)
+            if raw is None:
+                error = report(InvalidInput("no ModelInferRequest sent"), metrics)
+                metrics.requests.labels(UNKNOWN_MODEL, route, "grpc", status_code(error)).inc()
+                await context.abort(_code(error), error.message)
+                raise AssertionError
+            held = inflight.settle(held, len(raw))
+            return await handler(raw, context)
+        finally:
+            inflight.release(held)
+
+    return bounded
 
 
 def _code(error: FerryError) -> grpc.StatusCode:
@@ -184,17 +263,23 @@ async def start_server(
     auth: TokenAuth | None = None,
     tracing: Tracing | None = None,
     shared: bool = False,
+    max_inflight_bytes: int = 0,
 ) -> grpc.aio.Server:
     """Bind and start; a port that cannot be bound is an error, never a silent gRPC-less server.
 
     The port is this server's alone (gRPC would share it through SO_REUSEPORT by default), unless
     ``shared``: the workers of one ``--workers N`` server, each with its own gRPC server.
+    ``max_inflight_bytes`` bounds the request bytes its calls hold at once (0: no bound).
     """
     options = [("grpc.max_receive_message_length", max_message), ("grpc.max_send_message_length", max_message)]
     options.append(("grpc.so_reuseport", int(shared)))
+    if max_inflight_bytes:
+        # Without BDP probing a stream's window stays small until its call reads: a call not yet admitted
+        # holds a few KiB in gRPC's buffers, not its whole message (with it, 100 unread 8 MiB calls sat there).
+        options.append(("grpc.http2.bdp_probe", 0))
     interceptors = [TokenInterceptor(auth)] if auth is not None else []
     server = grpc.aio.server(options=options, interceptors=interceptors)
-    add_service(server, InferenceServicer(plane, tracing))
+    add_service(server, InferenceServicer(plane, tracing), InflightBytes(max_inflight_bytes, max_message))
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     server.add_insecure_port(address)
     await server.start()

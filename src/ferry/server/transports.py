@@ -40,6 +40,7 @@ def with_grpc(app: FerryApp, settings: Settings) -> FerryApp:
                 app.auth,
                 app.state.tracing,
                 shared=settings.workers > 1,
+                max_inflight_bytes=settings.max_inflight_bytes,
             )
             try:
                 yield
