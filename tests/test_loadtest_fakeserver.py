@@ -41,6 +41,20 @@ OIP_META = {
     "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}],
     "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 1]}],
 }
+# A v2-only server of a DataFrame model, strict as tritonclient's servers are: one input per column, each of
+# shape [n, 1] and its own datatype (BYTES for text), no native metadata.
+COLUMNS_META = {
+    "name": "columns",
+    "platform": "fake",
+    "inputs": [
+        {"name": "sex", "datatype": "BYTES", "shape": [-1, 1]},
+        {"name": "pclass", "datatype": "INT64", "shape": [-1, 1]},
+        {"name": "alone", "datatype": "BOOL", "shape": [-1, 1]},
+        {"name": "age", "datatype": "FP64", "shape": [-1, 1]},
+    ],
+    "outputs": [{"name": "predict", "datatype": "INT64", "shape": [-1]}],
+}
+_PYTHON_TYPES: dict[str, Any] = {"BYTES": str, "INT64": int, "BOOL": bool, "FP64": float}
 _stall = {"count": 0}
 
 
@@ -76,6 +90,10 @@ async def route(method: str, path: str, body: bytes) -> tuple[int, Any]:
         return 200, NATIVE_META[parts[1]]
     if path == "/v2/models/oip":
         return 200, OIP_META
+    if path == "/v2/models/columns":
+        return 200, COLUMNS_META
+    if method == "POST" and path == "/v2/models/columns/infer":
+        return columns(body)
     if method == "POST" and path == "/models/nan500/predict":
         return nan500(body)
     if method == "POST" and path == "/models/badshape/predict":
@@ -140,6 +158,26 @@ def oip(body: bytes) -> tuple[int, Any]:
     return 200, {
         "model_name": "oip",
         "outputs": [{"name": "y", "datatype": "FP32", "shape": [rows, 1], "data": [1.0] * rows}],
+    }
+
+
+def columns(body: bytes) -> tuple[int, Any]:
+    try:
+        inputs = json.loads(body)["inputs"]
+        given = {t["name"]: t for t in inputs}
+    except (ValueError, KeyError, TypeError):
+        return 400, {"error": "expected inputs"}
+    if sorted(given) != sorted(t["name"] for t in COLUMNS_META["inputs"]):
+        return 400, {"error": f"expected the columns sex, pclass, alone, age, got {sorted(given)}"}
+    for spec in COLUMNS_META["inputs"]:
+        tensor, kind = given[spec["name"]], _PYTHON_TYPES[spec["datatype"]]
+        if tensor.get("datatype") != spec["datatype"] or tensor.get("shape") != [1, 1]:
+            return 400, {"error": f"{spec['name']}: expected {spec['datatype']} of shape [1, 1]"}
+        if not all(type(v) is kind or (kind is float and type(v) is int) for v in tensor.get("data", [None])):
+            return 400, {"error": f"{spec['name']}: expected {kind.__name__} values"}
+    return 200, {
+        "model_name": "columns",
+        "outputs": [{"name": "predict", "datatype": "INT64", "shape": [1], "data": [1]}],
     }
 
 

@@ -20,9 +20,11 @@ import pytest
 import yaml
 from tests.conftest import ServerProcess, free_port
 from tests.test_byom import ferry
+from tests.test_loadtest_fakeserver import FakeServer, fake_server
 from tests.test_tabular import lightgbm_categorical
 
 pd = pytest.importorskip("pandas")
+__all__ = ["fake_server"]  # the fixture, re-exported for pytest
 
 
 def mixed_pipeline() -> Any:
@@ -127,3 +129,14 @@ def test_loadtest_reads_a_csv_cell_as_its_column_type(server: ServerProcess, tmp
     assert result.returncode == 0, result.stdout + result.stderr
     figures = json.loads(report.read_text())
     assert figures["distinct_bodies"] == 3 and figures["status_counts"] == {"200": figures["sent"]}, figures["errors"]
+
+
+def test_loadtest_speaks_to_a_v2_server_of_columns(fake_server: FakeServer, tmp_path: Path) -> None:
+    """A plain OIP v2 server (no Ferry metadata) whose model takes one [n, 1] input per column: each gets its own
+    datatype, and shape [1, 1], on REST; the v2 metadata is the whole schema."""
+    report = tmp_path / "report.json"
+    args = ["loadtest", fake_server.url, "--model", "columns", "--protocol", "v2", "--data", "generated"]
+    result = ferry(*args, "--concurrency", "1", "--duration", "1s", "--json", str(report))
+    assert result.returncode == 0, result.stdout + result.stderr
+    figures = json.loads(report.read_text())
+    assert figures["sent"] > 0 and figures["status_counts"] == {"200": figures["sent"]}, figures["errors"]

@@ -64,8 +64,8 @@ class Adapter:
         kind = self.schema.kind
         if kind == "features" and isinstance(record, dict) and len(specs) != 1:
             # one input per column, each of its own datatype (BYTES for text), as MLServer's pandas codec sends
-            datatypes = {s.name: v2_datatype(s) for s in specs}
-            return {"inputs": [_v2_column(k, datatypes.get(k) or _guess(v), v) for k, v in record.items()]}
+            by_name = {s.name: s for s in specs}
+            return {"inputs": [_v2_column(k, by_name.get(k), v) for k, v in record.items()]}
         spec = specs[0]
         if kind == "features" and isinstance(record, dict):
             row = list(record.values())
@@ -107,8 +107,11 @@ def _v2_tensor(name: str, dtype: str, data: list[Any]) -> dict[str, Any]:
     return {"name": name, "shape": [len(data)], "datatype": DTYPE_TO_V2.get(dtype, "FP64"), "data": data}
 
 
-def _v2_column(name: str, datatype: str, value: Any) -> dict[str, Any]:
-    return {"name": name, "shape": [1], "datatype": datatype, "data": [value]}
+def _v2_column(name: str, spec: TensorSpec | None, value: Any) -> dict[str, Any]:
+    """One row of one column: shape [1], or [1, 1] where the server declares the column [-1, 1]."""
+    shape = [1, *spec.shape[1:]] if spec is not None and len(spec.shape) > 1 else [1]
+    datatype = v2_datatype(spec) if spec is not None else _guess(value)
+    return {"name": name, "shape": shape, "datatype": datatype, "data": [value]}
 
 
 def _guess(value: Any) -> str:

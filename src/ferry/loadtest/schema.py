@@ -34,25 +34,21 @@ class TensorSpec:
 
 def v2_datatype(spec: TensorSpec) -> str:
     """The OIP v2 datatype of a spec: a categorical's is that of its categories (BYTES for text)."""
-    if spec.dtype == "category":
-        kinds = {type(c) for c in spec.categories or []}
-        return (
-            "BYTES"
-            if not kinds or str in kinds
-            else "BOOL"
-            if kinds == {bool}
-            else "INT64"
-            if kinds == {int}
-            else "FP64"
-        )
-    return DTYPE_TO_V2.get(spec.dtype, "FP64")
+    if spec.dtype != "category":
+        return DTYPE_TO_V2.get(spec.dtype, "FP64")
+    kinds = frozenset(type(c) for c in spec.categories or [])
+    return _CATEGORY_TO_V2.get(kinds, "BYTES")
+
+
+_CATEGORY_TO_V2 = {frozenset({bool}): "BOOL", frozenset({int}): "INT64", frozenset({float}): "FP64"}
+_CATEGORY_TO_V2[frozenset({int, float})] = "FP64"
 
 
 @dataclass
 class ModelSchema:
     """What to send and what to expect back, whichever protocol published it.
 
-    ``kind`` is features, tensor, text or image. ``inputs`` has one spec per feature (shape [1]) for
+    ``kind`` is features, tensor, text or image. ``inputs`` has one spec per feature (one value a row) for
     features models, else the input tensors. ``source`` says where it came from: native or v2.
     """
 
@@ -144,7 +140,7 @@ def from_v2(meta: dict[str, Any]) -> ModelSchema:
     kind = "text" if len(inputs) == 1 and inputs[0].dtype == "string" else "tensor"
     if len(inputs) > 1 and all(_one_value_per_row(t.shape) for t in inputs):
         kind = "features"  # one input per column, as MLServer's pandas codec publishes a DataFrame
-        inputs = [TensorSpec(t.name, t.dtype, [1]) for t in inputs]
+        inputs = [TensorSpec(t.name, t.dtype, t.shape) for t in inputs]  # [-1] or [-1, 1]: one value a row
     first = outputs[0] if outputs else TensorSpec("output", "float64", [-1])
     return ModelSchema(
         name=meta["name"],
