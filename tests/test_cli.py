@@ -250,3 +250,20 @@ def test_serve_lines_typer_must_explain_are_left_to_it() -> None:
         assert plain_serve_settings(argv) is None, argv
     bad = run("serve", "models", "--port", "x")
     assert bad.returncode == 2 and "--port" in bad.stderr  # typer's own message, not a traceback
+
+
+def test_every_command_names_its_docs_page() -> None:
+    """``ferry --help`` and each command's help end with its page of the manual, a file under docs/."""
+    import typer.core
+    import typer.main
+
+    from ferry.cli.main import app
+
+    root = Path(__file__).parent.parent
+    group = typer.main.get_command(app)
+    assert "Docs: docs/index.md" in (group.epilog or "") and (root / "docs" / "index.md").is_file()
+    assert isinstance(group, typer.core.TyperGroup)
+    for name, command in group.commands.items():
+        page = (command.epilog or "").removeprefix("Docs: ")
+        assert page.startswith("docs/") and (root / page).is_file(), f"ferry {name}: {command.epilog}"
+    assert "Docs: docs/serving.md" in run("serve", "--help").stdout

@@ -20,6 +20,7 @@ from ferry.settings import Settings
 
 app = FerryTyper(
     help="Ferry: from a trained model to a fast, standing prediction service.",
+    epilog="Docs: docs/index.md (the manual, one page per topic; each command's help names its page).",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -329,4 +330,31 @@ def _register_commands() -> None:
     routing.register(app)  # gateway
 
 
+# The manual's page for each command, named at the end of its help (no site is hosted: a path in the repository).
+DOCS_PAGES = {
+    "build": "bring-your-own-model.md",
+    "verify": "bring-your-own-model.md",
+    "serve": "serving.md",
+    "demo": "serving.md",
+    "examples": "serving.md",
+    "gateway": "routing.md",
+    "loadtest": "load-testing.md",
+    "check": "load-testing.md",
+    "plan": "load-testing.md",
+    "monitor": "observability.md",
+    **dict.fromkeys(("containerize", "compose", "k8s", "fetch", "index", "deploy", "undeploy", "status"), "deploy.md"),
+}
+
+
+def _link_docs() -> None:
+    """Name each registered command's page of the manual at the end of its help."""
+    for command in app.registered_commands:
+        if command.name in DOCS_PAGES:
+            command.epilog = f"Docs: docs/{DOCS_PAGES[command.name]}"
+    for group in app.registered_groups:
+        if group.name in DOCS_PAGES:
+            group.epilog = f"Docs: docs/{DOCS_PAGES[group.name]}"
+
+
 _register_commands()
+_link_docs()
