@@ -126,7 +126,9 @@ def test_load_bundle_needs_trust_code_for_a_class_and_trust_code_allows_pickles(
     model_file = tmp_path / "model.joblib"
     joblib.dump(LogisticRegression().fit(np.array([[0.0], [1.0]]), [0, 1]), model_file)
     pickled = ferry.build(model_file, "pkl", tmp_path / "repo", trusted=True)
-    assert load_bundle(pickled, original=True, trust_code=True).runtime.predict(np.array([[1.0]])).values == ["1"]
+    assert load_bundle(pickled, original=True, trust_code=True).runtime.predict(np.array([[1.0]])).values == [
+        1
+    ]  # its own integer class
 
 
 def test_verify_reports_a_class_that_needs_trust_code(marked_repo: Path) -> None:
