@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every Ferry figure the README's Performance section quotes, in one run, into one results folder.
+# Every Ferry figure that docs/performance.md quotes, in one run, into one results folder.
 #
 #   bench/all.sh [--quick]
 #

@@ -1,4 +1,4 @@
-"""Overload figures for the README: a model driven at several times its capacity (stdlib + aiohttp + ferry).
+"""Overload figures for docs/reliability.md: a model driven at several times its capacity (stdlib + aiohttp + ferry).
 
     python bench/reliability.py [--multiple 10] [--duration 10]
     python bench/reliability.py connections [--multiple 10] [--duration 10]   (see bench/connections.py)

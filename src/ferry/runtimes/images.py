@@ -128,7 +128,7 @@ def _header_pixels(data: bytes) -> int:
 def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, where: str = "$") -> Image:
     """Decode one image of an accepted format; a size past ``max_pixels`` is refused from the header.
 
-    Only the formats the README lists are tried, so no other decoder (an ICO's embedded PNG, a TIFF's
+    Only the formats docs/routing.md lists are tried, so no other decoder (an ICO's embedded PNG, a TIFF's
     strips) ever sees the bytes. Each accepted format's header gives the size that decoding allocates:
     for a GIF, Pillow widens it to the first frame's extent when opening, and only that frame is decoded.
     """
