@@ -298,3 +298,48 @@ def test_built_means_it_serves_with_clipping_and_typed_expectations(tmp_path: Pa
     assert ferry_api.build(zero_one, repo=tmp_path, expected_output=1, **typed).is_dir()  # 1 is 1
     with pytest.raises(ManifestError, match=r'expected 1 \(a number\), got "1" \(a string\)'):
         ferry_api.build(zero_one, repo=tmp_path, expected_output=1, labels=["0", "1"], **{**typed, "name": "named"})
+
+
+def test_a_value_the_encoder_refuses_is_a_400_naming_the_column(tmp_path: Path, serve: Any) -> None:
+    """OneHotEncoder's default (handle_unknown='error') raises on a category it was not fitted on: the client's
+    mistake, answered as a 400 naming the column on every protocol, never the model's ValueError as a 500."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    frame = passengers(300, 3)
+    strict = Pipeline(
+        [
+            (
+                "columns",
+                ColumnTransformer(
+                    [("text", OneHotEncoder(), ["sex", "embarked"]), ("n", StandardScaler(), ["age", "pclass"])]
+                ),
+            ),
+            ("model", LogisticRegression()),
+        ]
+    ).fit(frame, (frame.sex == "female").astype(int))
+    joblib.dump(strict, tmp_path / "strict.joblib")
+    built = ferry(
+        "build", str(tmp_path / "strict.joblib"), "--name", "strict", "--repo", str(tmp_path / "m"), "--trusted"
+    )
+    assert built.returncode == 0, built.stderr
+    server = serve(str(tmp_path / "m"))
+    good = _records(_rows())
+    assert (
+        httpx.post(f"{server.url}/models/strict/predict", json=good).json()["predictions"]
+        == strict.predict(_rows()).tolist()
+    )
+    bad = {**good[0], "embarked": "X"}
+    for response in (
+        httpx.post(f"{server.url}/models/strict/predict", json=[good[1], bad]),
+        httpx.post(f"{server.url}/models/strict/predict", json=[[bad[c] for c in COLUMNS]]),
+        httpx.post(f"{server.url}/invocations", json={"dataframe_records": [bad]}),
+        httpx.post(
+            f"{server.url}/v2/models/strict/infer",
+            json={"inputs": _v2_columns(pd.DataFrame([bad]))},
+        ),
+    ):
+        assert response.status_code == 400, response.text
+        assert "unknown value 'X' for feature 'embarked'" in response.json()["error"], response.text

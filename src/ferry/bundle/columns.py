@@ -53,8 +53,9 @@ def _read(step: Any, columns: list[str], found: dict[str, Column | None]) -> Non
                 _read(transformer, chosen, found)
         return
     if kind in _ENCODERS and hasattr(step, "categories_"):
+        closed = getattr(step, "handle_unknown", "error") == "error"  # it raises on a value it was not fitted on
         for c, categories in zip(columns, step.categories_, strict=False):
-            found[c] = _categorical(c, list(categories))
+            found[c] = _categorical(c, list(categories), closed)
         return
     if kind == "SimpleImputer":
         for i, c in enumerate(columns):
@@ -77,7 +78,7 @@ def _number(name: str, allow_nan: bool) -> Column:
     return {"name": name, "dtype": "float64", **({"allow_nan": True} if allow_nan else {}), "example": 0.0}
 
 
-def _categorical(name: str, categories: list[Any]) -> Column:
+def _categorical(name: str, categories: list[Any], closed: bool = False) -> Column:
     missing = any(c is None or (isinstance(c, float) and math.isnan(c)) for c in categories)
     known = [c for c in categories if not (c is None or (isinstance(c, float) and math.isnan(c)))]
     values = [_plain(c) for c in known]
@@ -86,6 +87,8 @@ def _categorical(name: str, categories: list[Any]) -> Column:
     column: Column = {"name": name, "dtype": dtype, "example": values[0] if values else ""}
     if missing:
         column["allow_nan"] = True
+    if closed and values:
+        column["values"] = values  # anything else is the client's mistake: a 400 naming the column, not a 500
     return column
 
 

@@ -32,12 +32,14 @@ class Feature(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
 
     ``allow_nan``: a missing value (JSON ``null``, or NaN) is allowed. A ``category`` feature is a pandas
     categorical over ``categories`` (a LightGBM model fitted on one); a value outside them is missing, as in pandas.
+    ``values``: the only values the model takes (an encoder fitted with ``handle_unknown='error'``); another is a 400.
     """
 
     name: str
     dtype: FeatureDType = "float64"
     allow_nan: bool = False
     categories: list[Any] | None = None
+    values: list[Any] | None = None
 
 
 class Tensor(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):

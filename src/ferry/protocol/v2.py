@@ -308,6 +308,7 @@ def _features(inputs: list[Tensor], handle: ModelHandle) -> Any:
     table = np.empty((rows or 0, len(features)), dtype=object)
     for j, column in enumerate(columns):
         table[:, j] = column if isinstance(column, list) else column.tolist()
+    codec.check_known(table, "$.inputs")
     return table
 
 

@@ -119,6 +119,8 @@ class InputCodec:
         # (name, the JSON type of its values, whether a missing value is allowed) per feature; a categorical's
         # values may be missing (a value pandas does not know is one too)
         self.checks = [(f.name, value_dtype(f), f.allow_nan or f.dtype == "category") for f in schema.features]
+        # Columns an encoder refuses unknown values of: (column, name, the values it knows)
+        self.closed = [(j, f.name, frozenset(f.values)) for j, f in enumerate(schema.features) if f.values is not None]
         if schema.kind == "tensor":
             tensor = schema.tensors[0]
             self.dtype, self.shape, self.allow_nan = tensor.dtype, tensor.shape, tensor.allow_nan
@@ -166,7 +168,7 @@ class InputCodec:
             if record.keys() != self.name_set:
                 self._key_error(record, where)
             rows.append([check_value(record[n], dtype, nan, f"{where}.{n}") for n, dtype, nan in self.checks])
-        return self._array(rows)
+        return self._array(rows, prefix)
 
     def _field(self, record: Any, where: str) -> Any:
         key = self.schema.field if self.kind != "tensor" else self.schema.tensors[0].name
@@ -216,7 +218,7 @@ class InputCodec:
                 out.append([check_value(v, self.dtype, self.allow_nan, f"{where}[{j}]") for j, v in enumerate(row)])
         if width < 0 and len({len(r) for r in out}) > 1:
             raise InvalidInput("rows have different lengths", prefix)
-        return self._array(out)
+        return self._array(out, prefix)
 
     def _nested(self, value: Any, shape: list[int], where: str) -> Any:
         if not shape:
@@ -225,13 +227,24 @@ class InputCodec:
             raise InvalidInput(f"expected an array of length {shape[0]}", where)
         return [self._nested(v, shape[1:], f"{where}[{j}]") for j, v in enumerate(value)]
 
-    def _array(self, rows: list[Any]) -> np.ndarray:
+    def _array(self, rows: list[Any], where: str = "$") -> np.ndarray:
         dtype = _NUMPY_DTYPES[self.dtype]
         if dtype is not object or self.kind != "features":
-            return np.asarray(rows, dtype=dtype)
-        table = np.empty((len(rows), len(rows[0]) if rows else 0), dtype=object)  # never a ragged or 3-D array
-        table[:] = rows
+            table = np.asarray(rows, dtype=dtype)
+        else:
+            table = np.empty((len(rows), len(rows[0]) if rows else 0), dtype=object)  # never a ragged or 3-D array
+            table[:] = rows
+        self.check_known(table, where)
         return table
+
+    def check_known(self, table: np.ndarray, where: str = "$") -> None:
+        """A value an encoder was not fitted on (and refuses) is the client's mistake, named here, not the
+        model's ValueError (a 500) for the whole batch."""
+        for j, name, known in self.closed:
+            for value in table[:, j].tolist():
+                if value not in known and not (value is None or (isinstance(value, float) and math.isnan(value))):
+                    shown = ", ".join(sorted(map(repr, known))[:10])
+                    raise InvalidInput(f"unknown value {value!r} for feature '{name}'; the model knows {shown}", where)
 
     def _scalar(self, value: Any, where: str) -> Any:
         if not isinstance(value, str):
