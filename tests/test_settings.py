@@ -122,7 +122,7 @@ def test_no_command_declares_a_setting_default_a_second_time() -> None:
             if field.default is not dataclasses.MISSING and field.default not in (None, "", False):
                 settings_defaults.setdefault(field.name, set()).add(field.default)
     modules = [*sorted((SRC / "cli").glob("*.py")), SRC / "loadtest" / "engine.py", SRC / "loadtest" / "runner.py"]
-    modules += [SRC / "loadtest" / "check.py", SRC / "routing" / "gateway.py"]
+    modules += [SRC / "loadtest" / "check.py", SRC / "server" / "gateway.py"]
     twice = [
         f"{path.name}: {function}({name}={value!r})"
         for path in modules
