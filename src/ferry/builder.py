@@ -35,8 +35,9 @@ from ferry.bundle.manifest import (
     parse_route,
     write_manifest,
 )
-from ferry.bundle.mlflow import is_mlflow_folder, read_mlflow
+from ferry.bundle.mlflow import is_mlflow_folder, pyfunc_flavor, read_mlflow, write_pyfunc
 from ferry.bundle.repository import next_version
+from ferry.bundle.trust import BUILD_FLAG, Trust
 from ferry.errors import FerryError, ManifestError
 
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
@@ -354,6 +355,8 @@ def _write_artifacts(model: Any, staging: Path, options: dict[str, Any], trusted
     if _class_spec(model):
         return _python_class(_import_class(model), staging, options)
     if isinstance(model, str | Path) and is_mlflow_folder(Path(model)):
+        if pyfunc_flavor(Path(model)) is not None:  # Python code: a class bundle over the folder, on --trusted
+            return write_pyfunc(Path(model), staging, options, Trust(trusted, BUILD_FLAG))
         fitted, signature_schema = read_mlflow(Path(model), trusted)
         runtime, inferred, output, labels = _write_artifacts(fitted, staging, options, trusted)
         return runtime, _with_signature(signature_schema, inferred), output, labels

@@ -3,21 +3,41 @@
 The model inside is rebuilt into an ordinary bundle (skops, LightGBM text, XGBoost or CatBoost files, ONNX;
 compiled where it can be), so neither mlflow nor its pickle format is needed to serve it. Without a signature,
 MLflow hands the client's columns to the model as they are, by position; so does Ferry (``positional_columns``).
+A ``python_function`` model that is Python code (``python_model``, ``loader_module``) becomes a class bundle
+over the folder as it is (``write_pyfunc``, ``ferry.runtimes.pyfunc``), built only on the operator's trust.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ferry.errors import ManifestError
+from ferry.errors import ManifestError, UntrustedCode
 
 if TYPE_CHECKING:
     from ferry.bundle.manifest import Manifest
+    from ferry.bundle.trust import Trust
 
 MLMODEL_FILE = "MLmodel"
 SOURCE = "mlflow"  # ``metadata.source`` of a bundle built from an MLflow folder
+PYFUNC_FOLDER = "mlflow_model"  # where a pyfunc bundle keeps the MLflow folder, as it is
+CODE_FLAGS = "ferry build --trusted, or ferry serve --trust-code"
+# The class bundle's entrypoint: the folder beside it, read by Ferry's pyfunc adapter.
+_PYFUNC_ENTRYPOINT = '''"""An MLflow python_function model ({what}), written by ferry build (ferry.runtimes.pyfunc)."""
+
+from pathlib import Path
+
+from ferry.runtimes.pyfunc import MLflowPyfunc
+
+
+class Model(MLflowPyfunc):
+    folder = Path(__file__).parent / "{folder}"
+    input_format = "{input_format}"
+'''
+# A pyfunc model without a signature takes rows of any width, as a DataFrame with MLflow's positional columns.
+_ANY_ROWS = {"kind": "tensor", "tensors": [{"name": "input", "dtype": "float64", "shape": [-1, -1]}]}
 
 # MLflow column types -> Ferry feature dtypes.
 _DTYPES = {
@@ -60,14 +80,61 @@ def _flavor_file(folder: Path, mlmodel: dict[str, Any]) -> Path:
     flavor = next((f for f in _FILE_FLAVORS if f in flavors), None)
     if flavor is None:
         known = ", ".join(sorted(flavors)) or "none"
-        pyfunc = flavors.get("python_function") or {}
-        code = " (its python_function flavor is Python code: wrap it in a class, ferry build model.py:Model)"
+        code = f" (its python_function flavor is Python code, which runs only on trust: {CODE_FLAGS})"
         raise ManifestError(
             f"{folder.name}: MLflow flavors {known}; Ferry reads the {', '.join(_FILE_FLAVORS)} flavors"
-            + (code if isinstance(pyfunc, dict) and ("loader_module" in pyfunc or "python_model" in pyfunc) else "")
+            + (code if _code_flavor(flavors) else "")
         )
     key, default = _FILE_FLAVORS[flavor]
     return _inside(folder, str((flavors[flavor] or {}).get(key, default)))
+
+
+def pyfunc_flavor(folder: Path) -> dict[str, Any] | None:
+    """The ``python_function`` flavor of a folder whose model is Python code and nothing Ferry reads itself."""
+    try:
+        flavors = _mlmodel(folder).get("flavors") or {}
+    except ManifestError:
+        return None
+    if not isinstance(flavors, dict) or any(f in flavors for f in _FILE_FLAVORS):
+        return None
+    return _code_flavor(flavors)
+
+
+def _code_flavor(flavors: dict[str, Any]) -> dict[str, Any] | None:
+    pyfunc = flavors.get("python_function")
+    return pyfunc if isinstance(pyfunc, dict) and ("loader_module" in pyfunc or "python_model" in pyfunc) else None
+
+
+def check_pyfunc_trust(folder: Path, trust: Trust, subject: str) -> None:
+    """Refuse, before anything of it is read, a pyfunc model without the operator's trust in code."""
+    if not trust.granted:
+        raise UntrustedCode(
+            f"{subject}: an MLflow python_function model ({_pyfunc_what(pyfunc_flavor(folder) or {})}) is Python "
+            f"code that runs as it loads and predicts; {trust.advice()}"
+        )
+
+
+def write_pyfunc(
+    folder: Path, staging: Path, options: dict[str, Any], trust: Trust
+) -> tuple[str, dict[str, Any], dict[str, Any], None]:
+    """A class bundle over the pyfunc folder, copied as it is: the builder's ``Inferred`` for it."""
+    check_pyfunc_trust(folder, trust, folder.name)
+    pyfunc = pyfunc_flavor(folder) or {}
+    schema = _signature_schema(_mlmodel(folder).get("signature"), folder)
+    shutil.copytree(folder, staging / PYFUNC_FOLDER, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    entrypoint = _PYFUNC_ENTRYPOINT.format(
+        what=_pyfunc_what(pyfunc), folder=PYFUNC_FOLDER, input_format="frame" if schema else "array"
+    )
+    (staging / "model.py").write_text(entrypoint, encoding="utf-8")
+    options.setdefault("entrypoint", "model.py:Model")
+    inferred = {**schema, "frame": True} if schema else _ANY_ROWS
+    return "python", inferred, {"kind": "tensor"}, None
+
+
+def _pyfunc_what(pyfunc: dict[str, Any]) -> str:
+    if pyfunc.get("python_model"):
+        return f"python_model {pyfunc['python_model']}, a cloudpickle"
+    return f"loader_module {pyfunc.get('loader_module')}"
 
 
 def mlflow_metadata(folder: Path) -> dict[str, Any]:

@@ -100,12 +100,17 @@ def serve_layout(settings: Settings) -> Settings:
     target = Path(tempfile.mkdtemp(prefix=f"ferry-{layout}-"))
     atexit.register(shutil.rmtree, target, True)  # the server (and its workers) is done with it at exit
     trust = Trust(settings.trust_pickle or settings.trust_code, SERVER_FLAG)
-    convert_layout(settings.repo, target, trust, settings.name or None, record=True)
+    code = Trust(settings.trust_code, "--trust-code")  # an MLflow pyfunc model is code, not only a pickle
+    convert_layout(settings.repo, target, trust, settings.name or None, record=True, code_trust=code)
     return dataclasses.replace(settings, repo=target)
 
 
-def convert_layout(source: Path, repo: Path, trust: Trust, name: str | None, record: bool) -> list[Converted]:
+def convert_layout(
+    source: Path, repo: Path, trust: Trust, name: str | None, record: bool, code_trust: Trust | None = None
+) -> list[Converted]:
     """Build every model of the layout at ``source`` into ``repo``; one that cannot be built does not stop the others.
+
+    ``code_trust`` (else ``trust``) is what an MLflow pyfunc model, Python code, needs to be built.
 
     Each model's name, and its bundle's path or why it could not be built. With ``record``, that reason is kept in
     ``repo`` as a version that fails to load with it (``ferry.bundle.repository.record_unservable``).
@@ -115,7 +120,7 @@ def convert_layout(source: Path, repo: Path, trust: Trust, name: str | None, rec
     from ferry.builder import build
     from ferry.bundle.artifacts import sniff
     from ferry.bundle.layouts import layout_of, source_models
-    from ferry.bundle.mlflow import mlflow_model_file
+    from ferry.bundle.mlflow import check_pyfunc_trust, mlflow_model_file, pyfunc_flavor
     from ferry.bundle.repository import record_unservable
     from ferry.bundle.trust import check_trusted
     from ferry.errors import FerryError, ManifestError, UsageError
@@ -129,9 +134,12 @@ def convert_layout(source: Path, repo: Path, trust: Trust, name: str | None, rec
             if model.problem is not None:
                 raise ManifestError(model.problem)
             assert model.source is not None
-            file = mlflow_model_file(model.source) if model.source.is_dir() else model.source
-            if sniff(file) in ("skops", "pickle", "unknown"):  # the one policy, naming the converter's flag
-                check_trusted(file, trust, f"{model.name}: {file.name}")
+            if model.source.is_dir() and pyfunc_flavor(model.source) is not None:
+                check_pyfunc_trust(model.source, code_trust or trust, model.name)  # before any of it is read
+            else:
+                file = mlflow_model_file(model.source) if model.source.is_dir() else model.source
+                if sniff(file) in ("skops", "pickle", "unknown"):  # the one policy, naming the converter's flag
+                    check_trusted(file, trust, f"{model.name}: {file.name}")
             path = build(
                 model.source, model.name, repo, version=model.version, trusted=trust.granted, metadata=model.metadata
             )
