@@ -24,11 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 import yaml
 from tests.conftest import free_port
 
 from ferry.bundle import MANIFEST_FILE
+from ferry.bundle.hashing import sha256_file
+from ferry.bundle.manifest import read_manifest, write_manifest
 from ferry.deploy import compose, dockerfile, k8s
 from ferry.deploy.fetch import INDEX_FILE, fetch_bundles, write_index
 from ferry.deploy.kubectl import service_address
@@ -177,9 +180,17 @@ def test_compiled_bundles_need_no_training_stack_in_the_image(
     assert {"scikit-learn", "skops", "joblib"} <= requirement_names(replace(image_spec, models=(uncompiled,)))
     root = tmp_path / "repo"
     shutil.copytree(example_repo / "score", root / "score")
-    manifest = root / "score" / "1" / MANIFEST_FILE
-    (root / "score" / "1" / "requirements.txt").write_text("lightgbm\n")
-    manifest.write_text(manifest.read_text().replace("options:", "options:\n  requirements: requirements.txt", 1))
+    bundle = root / "score" / "1"
+    (bundle / "requirements.txt").write_text("lightgbm\n")
+    score = read_manifest(bundle)  # its requirements listed and hashed, as ferry build --requirements writes them
+    write_manifest(
+        bundle,
+        msgspec.structs.replace(
+            score,
+            options={**score.options, "requirements": "requirements.txt"},
+            artifacts={**score.artifacts, "requirements.txt": sha256_file(bundle / "requirements.txt")},
+        ),
+    )
     classy = dockerfile.image_spec_for(root, IMAGE)
     assert [(m.runtime, m.compiled, m.requirements) for m in classy.models] == [("python", False, ("lightgbm",))]
     assert "lightgbm" in requirement_names(classy) and classy.apt_packages  # and LightGBM's libgomp
