@@ -343,3 +343,24 @@ def test_a_value_the_encoder_refuses_is_a_400_naming_the_column(tmp_path: Path, 
     ):
         assert response.status_code == 400, response.text
         assert "unknown value 'X' for feature 'embarked'" in response.json()["error"], response.text
+
+
+def test_float_classes_answer_as_floats(tmp_path: Path, serve: Any) -> None:
+    """A classifier fitted on float classes answers them as numbers, as its predict does, not as text."""
+    from sklearn.linear_model import LogisticRegression
+
+    import ferry as ferry_package
+
+    x = np.random.default_rng(4).normal(size=(200, 2))
+    classes = np.where(x[:, 0] > 0, 3.0, 1.0)  # a float column of classes, as pandas often holds them
+    model = LogisticRegression().fit(x, classes)
+    ferry_package.build(model, "grades", tmp_path / "m", features=["a", "b"])
+    server = serve(str(tmp_path / "m"))
+    rows = x[:5].tolist()
+    native = httpx.post(f"{server.url}/models/grades/predict", json=rows).json()["predictions"]
+    assert native == model.predict(x[:5]).tolist() and all(type(v) is float for v in native)
+    kserve = httpx.post(f"{server.url}/v1/models/grades:predict", json={"instances": rows}).json()["predictions"]
+    assert kserve == native
+    body = {"inputs": [{"name": "input", "datatype": "FP64", "shape": [5, 2], "data": rows}]}
+    output = httpx.post(f"{server.url}/v2/models/grades/infer", json=body).json()["outputs"][0]
+    assert (output["name"], output["datatype"], output["data"]) == ("predict", "FP64", native)

@@ -455,11 +455,12 @@ def _sklearn_output(model: Any) -> tuple[dict[str, Any], list[str] | None]:
 
 
 def _label_output(classes: Any) -> tuple[dict[str, Any], list[str]]:
-    """A classifier's classes as labels; integer and boolean classes keep their type (``output.dtype``)."""
+    """A classifier's classes as labels; integer, boolean and float classes keep their type (``output.dtype``;
+    float classes are ``float``, since a label bundle without a dtype, written before types were kept, is text)."""
     import numpy as np
 
     kind = np.asarray(classes).dtype.kind
-    dtype = "int64" if kind in "iu" else "bool" if kind == "b" else "string"
+    dtype = "int64" if kind in "iu" else "bool" if kind == "b" else "float" if kind == "f" else "string"
     return {"kind": "label", "dtype": dtype}, [str(c) for c in classes]
 
 

@@ -17,6 +17,7 @@ from ferry.bundle.manifest import Manifest
 from ferry.errors import FerryError, InvalidInput
 from ferry.protocol.tensors import ACCEPTS, DATATYPES, FERRY_DATATYPES, Tensor
 from ferry.runtimes import Prediction
+from ferry.runtimes.explain import explanation_of
 from ferry.serving.inputs import InputCodec, value_dtype
 from ferry.serving.registry import ModelHandle
 
@@ -57,6 +58,9 @@ def model_metadata(handle: ModelHandle, versions: list[str]) -> dict[str, Any]:
         "platform": f"ferry_{manifest.runtime}",
         "inputs": input_specs(manifest),
         "outputs": output_specs(handle),
+        # Beyond the OIP schema (REST clients ignore it; gRPC's message has no field for it, so gRPC leaves it
+        # out): how ``parameters.explain`` answers (``ferry.protocol.v2_explain``), or why it cannot.
+        "explanation": explanation_of(handle.model.runtime, manifest.runtime),
     }
 
 
@@ -110,7 +114,7 @@ def input_specs(manifest: Manifest) -> list[dict[str, Any]]:
 # scikit-learn and LightGBM models answer under MLServer's names, ``predict`` and ``predict_proba``, so its
 # clients ask for the same outputs; an ONNX graph's outputs keep the graph's own names, as Triton answers them.
 # Ferry's earlier names (label, probabilities, prediction) stay as aliases a client may ask for by name.
-_LABEL_DATATYPES = {"int64": "INT64", "int32": "INT32", "bool": "BOOL"}
+_LABEL_DATATYPES = {"int64": "INT64", "int32": "INT32", "bool": "BOOL", "float": "FP64"}
 
 
 def _names(manifest: Manifest) -> tuple[str, str, str]:
@@ -372,7 +376,7 @@ def output_columns(prediction: Prediction, handle: ModelHandle) -> list[Column]:
         count = len(prediction.values)
         columns: list[Column] = [
             (label, typed, [count], np.asarray(prediction.values, dtype=DATATYPES[typed]))
-            if typed is not None and all(type(v) in (int, bool) for v in prediction.values)
+            if typed is not None and all(type(v) in (int, bool, float) for v in prediction.values)
             else (label, "BYTES", [count], [str(v) for v in prediction.values])
         ]
         if prediction.probabilities is not None:

@@ -107,7 +107,7 @@ def warn_version_drift(manifest: Manifest, library: str, installed: str) -> str 
 
 
 # A classifier's labels keep their type where the manifest says they are its own integer or boolean classes.
-_LABEL_TYPES: dict[str, Any] = {"int64": int, "int32": int, "bool": lambda text: text == "True"}
+_LABEL_TYPES: dict[str, Any] = {"int64": int, "int32": int, "bool": lambda text: text == "True", "float": float}
 
 
 def label_values(manifest: Manifest) -> list[Any] | None:
