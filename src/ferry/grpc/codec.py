@@ -8,9 +8,10 @@ import numpy as np
 
 from ferry.errors import FerryError, InvalidInput
 from ferry.grpc import inference_pb2 as pb
-from ferry.protocol import v2
+from ferry.protocol import v2, v2_explain
 from ferry.protocol.tensors import CONTENTS_FIELD, DATATYPES, Tensor, check_header, element_count, from_raw, to_raw
 from ferry.runtimes import Prediction
+from ferry.runtimes.explain import Explanation
 from ferry.serving.registry import ModelHandle
 
 # FerryError status -> gRPC status code name (``grpc.StatusCode`` member).
@@ -45,8 +46,17 @@ class GrpcCodec:
         v2.check_requested(infer, handle, "outputs")
         return v2.to_batch(infer.inputs, handle), (infer, len(request.raw_input_contents) > 0)
 
+    def explains(self, context: Any) -> bool:
+        return v2_explain.wants_explanation(context[0], "parameters.explain")
+
     def encode(self, prediction: Prediction, handle: ModelHandle, context: Any) -> Any:
         infer, raw = context
+        if isinstance(prediction, Explanation):  # ``parameters.explain``: ``v2_explain`` says what is added
+            outputs, parameters = v2_explain.explained_outputs(prediction, handle, infer)
+            response = encode_response(infer, handle, outputs, raw)
+            for key, value in parameters.items():
+                response.parameters[key].string_param = value
+            return response
         return encode_response(infer, handle, v2.to_outputs(prediction, handle, infer), raw)
 
 

@@ -73,7 +73,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             else:  # --max-memory: metadata loads an unloaded model, like a prediction
                 handle = await budget.acquire(request.name, request.version or None)
                 budget.release(handle)
-            return pb.ModelMetadataResponse(**v2.model_metadata(handle, list(self.registry.models[handle.name])))
+            metadata = v2.model_metadata(handle, list(self.registry.models[handle.name]))
+            metadata.pop("explanation")  # (ModelMetadataResponse has no field for it)
+            return pb.ModelMetadataResponse(**metadata)
 
         return await self._call("grpc:ModelMetadata", request.name, context, metadata)
 

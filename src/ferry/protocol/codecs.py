@@ -17,9 +17,10 @@ import orjson
 from ferry.bundle.manifest import CompatRoute
 from ferry.bundle.mlflow import positional_columns
 from ferry.errors import FerryError, InvalidInput
-from ferry.protocol import kserve, mlflow, seldon, v2, v2_rest
+from ferry.protocol import kserve, mlflow, seldon, v2, v2_explain, v2_rest
 from ferry.protocol.native import decode_native, encode_native, parse_json
 from ferry.runtimes import Prediction
+from ferry.runtimes.explain import Explanation
 from ferry.serving.registry import ModelHandle
 
 Headers = list[tuple[bytes, bytes]]
@@ -112,13 +113,20 @@ class V2RestCodec(HttpCodec):
         v2.check_requested(infer, handle)
         return v2.to_batch(infer.inputs, handle), infer
 
+    def explains(self, infer: Any) -> bool:
+        return v2_explain.wants_explanation(infer)
+
     def encode(self, prediction: Prediction, handle: ModelHandle, infer: Any) -> Answer:
-        if v2_rest.all_json(infer):
+        parameters = None
+        if isinstance(prediction, Explanation):  # ``parameters.explain``: ``v2_explain`` says what is added
+            outputs, parameters = v2_explain.explained_outputs(prediction, handle, infer)
+        elif v2_rest.all_json(infer):
             return v2_rest.encode_json(
                 infer, handle.name, handle.version, v2.output_columns(prediction, handle)
             ), JSON_HEADERS
-        outputs = v2.to_outputs(prediction, handle, infer)
-        content, extra = v2_rest.encode_response(infer, handle.name, handle.version, outputs)
+        else:
+            outputs = v2.to_outputs(prediction, handle, infer)
+        content, extra = v2_rest.encode_response(infer, handle.name, handle.version, outputs, parameters)
         if not extra:
             return content, JSON_HEADERS
         headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]

@@ -205,12 +205,18 @@ def encode_json(request: InferRequest, model_name: str, model_version: str, colu
 
 
 def encode_response(
-    request: InferRequest, model_name: str, model_version: str, outputs: list[Tensor]
+    request: InferRequest,
+    model_name: str,
+    model_version: str,
+    outputs: list[Tensor],
+    parameters: dict[str, Any] | None = None,
 ) -> tuple[bytes, dict[str, str]]:
     """The response body and its extra headers; binary outputs follow the JSON header in order."""
     wanted = {r.name: r.binary for r in request.outputs} if request.outputs else {}
     default_binary = request.parameters.get("binary_data_output") is True if request.parameters else False
     body = _response_head(request, model_name, model_version)
+    if parameters:
+        body["parameters"] = parameters
     encoded, chunks = [], []
     for tensor in outputs:
         entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}

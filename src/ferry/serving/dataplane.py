@@ -123,6 +123,12 @@ class _Meter:
         self.latency.observe(elapsed)
 
 
+def _explains(codec: Codec, context: Any) -> bool:
+    """Whether a decoded request asks for its explanation with its prediction (a codec's ``explains``)."""
+    explains = getattr(codec, "explains", None)
+    return explains is not None and bool(explains(context))
+
+
 def _size(message: Any) -> int:
     """Bytes of a wire message: an HTTP body (``HttpMessage.body``) or a protobuf message; 0 if neither."""
     body = getattr(message, "body", None)
@@ -204,10 +210,14 @@ class DataPlane:
         deadline = self.deadline(handle, client)
         if _size(message) <= OFF_LOOP_BYTES:
             batch, context = codec.decode(message, handle)
+            if _explains(codec, context):  # OIP v2's ``parameters.explain``: the prediction and its explanation
+                return codec.encode(await self._explanation(handle, batch, client), handle, context)
             prediction = await self.service.predict(handle, batch, deadline)
             return codec.encode(prediction, handle, context)
         ends = time.monotonic() + deadline
         batch, context = await self._off_loop(ends, codec.decode, message, handle)
+        if _explains(codec, context):
+            return codec.encode(await self._explanation(handle, batch, client), handle, context)
         prediction = await self.service.predict(handle, batch, max(ends - time.monotonic(), 0.001))
         return await self._off_loop(ends, codec.encode, prediction, handle, context)  # as many rows out as in
 
@@ -242,6 +252,10 @@ class DataPlane:
         else:
             ends = time.monotonic() + self.deadline(handle, client)
             batch, context = await self._off_loop(ends, codec.decode, message, handle)
+        return codec.encode(await self._explanation(handle, batch, client), handle, context)
+
+    async def _explanation(self, handle: ModelHandle, batch: Any, client: float | None) -> Any:
+        """The model's prediction for ``batch`` and its exact contributions (an ``Explanation``), or the 501."""
         assert handle.model is not None
         runtime = handle.model.runtime
         how = explanation_of(runtime, handle.model.manifest.runtime)
@@ -265,7 +279,7 @@ class DataPlane:
                 f"model '{handle.name}' cannot be explained: {exc}", self._explainable()
             ) from None
         explanation.prediction = prediction
-        return codec.encode(explanation, handle, context)
+        return explanation
 
     def _explainable(self) -> list[str]:
         """The loaded models that answer ``explain``."""
