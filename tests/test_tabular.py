@@ -364,3 +364,22 @@ def test_float_classes_answer_as_floats(tmp_path: Path, serve: Any) -> None:
     body = {"inputs": [{"name": "input", "datatype": "FP64", "shape": [5, 2], "data": rows}]}
     output = httpx.post(f"{server.url}/v2/models/grades/infer", json=body).json()["outputs"][0]
     assert (output["name"], output["datatype"], output["data"]) == ("predict", "FP64", native)
+
+
+def test_v2_takes_one_bytes_matrix_of_text_for_a_mixed_model(served: dict[str, Any]) -> None:
+    """A client holding a mixed DataFrame may send it as one BYTES [n, columns] tensor: each column's text is
+    read as its feature's type; a value that does not read is a 400 naming its place."""
+    url, pipeline = served["server"].url, served["pipeline"]
+    rows = _rows()
+    text = [[str(v) for v in row] for row in rows[COLUMNS].itertuples(index=False)]
+    body = {"inputs": [{"name": "input", "datatype": "BYTES", "shape": [len(text), 4], "data": text}]}
+    answer = httpx.post(f"{url}/v2/models/titanic/infer", json=body).json()
+    assert answer["outputs"][0]["data"] == pipeline.predict(rows).tolist()
+    text[2][2] = "old"  # age
+    body["inputs"][0]["data"] = text
+    response = httpx.post(f"{url}/v2/models/titanic/infer", json=body)
+    assert response.status_code == 400 and response.json()["field"] == "$.inputs[0].data[2][2]", response.text
+    assert "'old' is not a number" in response.json()["error"]
+    body["inputs"][0] = {**body["inputs"][0], "datatype": "FP64", "data": [[0.0] * 4] * len(text)}
+    response = httpx.post(f"{url}/v2/models/titanic/infer", json=body)
+    assert response.status_code == 400 and "one BYTES [-1, 4] tensor" in response.json()["error"]

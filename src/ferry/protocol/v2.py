@@ -263,11 +263,20 @@ def _features(inputs: list[Tensor], handle: ModelHandle) -> Any:
                 f"{tensor.where}.name",
             )
         if (codec.dtype == "string" and len({f.dtype for f in features}) > 1) or codec.dtype == "category":
-            raise InvalidInput(
-                f"model '{handle.name}' has features of several types; send one tensor per feature: "
-                f"{', '.join(codec.feature_names)}",
-                tensor.where,
-            )
+            if tensor.datatype != "BYTES":
+                raise InvalidInput(
+                    f"model '{handle.name}' has features of several types; send one tensor per feature "
+                    f"({', '.join(codec.feature_names)}), or one BYTES [-1, {len(features)}] tensor of their values "
+                    "as text",
+                    tensor.where,
+                )
+            # One BYTES matrix of text (what a client holding a mixed DataFrame sends as one tensor): each
+            # column's text read as its feature's type.
+            count = _check_rows(tensor, (2,), len(features))
+            texts = _strings_of(tensor.data.reshape(-1), tensor.where)
+            width = len(features)
+            text_rows = [texts[i * width : (i + 1) * width] for i in range(count)]
+            return codec.from_text_rows(text_rows, f"{tensor.where}.data")
         _check_datatype(tensor, codec.dtype, f"model '{handle.name}'")
         _check_rows(tensor, (2,), len(features))
         data = tensor.data

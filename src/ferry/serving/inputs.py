@@ -95,6 +95,29 @@ def check_value(value: Any, dtype: str, allow_nan: bool, where: str) -> Any:
     raise InvalidInput(f"Expected `string`, got `{_json_type(value)}`", where)
 
 
+_MISSING_TEXT = frozenset({"", "nan", "NaN", "null", "None"})
+
+
+def _from_text(text: str, dtype: str, where: str) -> Any:
+    """A feature's value from its text: a number, an integer, a boolean, or the text itself."""
+    if dtype in ("string", "category"):
+        return text
+    if text in _MISSING_TEXT:
+        return None
+    try:
+        if dtype.startswith("float"):
+            return float(text)
+        if dtype.startswith(("int", "uint")):
+            return int(text)
+    except ValueError:
+        raise InvalidInput(
+            f"'{text[:40]}' is not {'a number' if dtype.startswith('float') else 'an integer'}", where
+        ) from None
+    if dtype == "bool" and text.lower() in ("true", "false", "1", "0"):
+        return text.lower() in ("true", "1")
+    raise InvalidInput(f"'{text[:40]}' is not a boolean (true or false)", where)
+
+
 def value_dtype(feature: Feature) -> str:
     """The JSON type a feature's values are checked against: a categorical's is that of its categories."""
     if feature.dtype != "category":
@@ -169,6 +192,19 @@ class InputCodec:
                 self._key_error(record, where)
             rows.append([check_value(record[n], dtype, nan, f"{where}.{n}") for n, dtype, nan in self.checks])
         return self._array(rows, prefix)
+
+    def from_text_rows(self, rows: list[list[str]], prefix: str) -> np.ndarray:
+        """Rows of text (a BYTES matrix), each value read as its feature's type, then checked as a JSON value is."""
+        out = []
+        for i, row in enumerate(rows):
+            where = f"{prefix}[{i}]"
+            out.append(
+                [
+                    check_value(_from_text(text, dtype, f"{where}[{j}]"), dtype, nan, f"{where}[{j}]")
+                    for j, (text, (_, dtype, nan)) in enumerate(zip(row, self.checks, strict=True))
+                ]
+            )
+        return self._array(out, prefix)
 
     def _field(self, record: Any, where: str) -> Any:
         key = self.schema.field if self.kind != "tensor" else self.schema.tensors[0].name
