@@ -8,8 +8,9 @@ with PYTHONDONTWRITEBYTECODE=1 (this sandbox's default) would otherwise compile 
 start. Also prints the server's CPU time (user + system) until ready, which a machine shared with
 other work inflates far less than wall time, and its RSS at ready. The probe listener runs, on a
 free port. gRPC is measured off (``--grpc-port 0``) and on (the default, on a free port): ``/ready`` is
-200 only once both ports listen. One markdown row per repository and gRPC setting: min / median / max
-over the runs.
+200 only once both ports listen. The runs alternate between the settings (every repository, gRPC off and
+on, then again), so a shared machine's drift falls on all of them alike. One markdown row per repository
+and gRPC setting: min / median / max over the runs.
 """
 
 from __future__ import annotations
@@ -97,16 +98,21 @@ def main() -> None:
     print("| repository | gRPC | options | ready ms (min / median / max) | CPU ms to ready (median) | RSS (MiB) |")
     print("|---|---|---|---:|---:|---:|")
     compile_bytecode(args.ferry)
-    for repo in args.repos:
-        for grpc in args.grpc:
-            on = grpc == "on"
-            ready_once(args.ferry, repo, extra, on)  # one unmeasured run warms the page cache
-            runs = [ready_once(args.ferry, repo, extra, on) for _ in range(args.runs)]
-            times = sorted(t for t, _, _ in runs)
-            rss = max(r for _, r, _ in runs) / 1024
-            cpu = statistics.median(c for _, _, c in runs)
-            row = f"{times[0]:.0f} / {statistics.median(times):.0f} / {times[-1]:.0f}"
-            print(f"| {repo} | {grpc} | {' '.join(extra) or '-'} | {row} | {cpu:.0f} | {rss:.0f} |", flush=True)
+    # Runs alternate between the settings (repository x gRPC), so a shared machine's drift falls on all alike.
+    cases = [(repo, grpc == "on") for repo in args.repos for grpc in args.grpc]
+    for case in cases:
+        ready_once(args.ferry, case[0], extra, case[1])  # one unmeasured run each warms the page cache
+    results: dict[tuple[str, bool], list[tuple[float, int, float]]] = {case: [] for case in cases}
+    for _ in range(args.runs):
+        for case in cases:
+            results[case].append(ready_once(args.ferry, case[0], extra, case[1]))
+    for (repo, on), runs in results.items():
+        times = sorted(t for t, _, _ in runs)
+        rss = max(r for _, r, _ in runs) / 1024
+        cpu = statistics.median(c for _, _, c in runs)
+        row = f"{times[0]:.0f} / {statistics.median(times):.0f} / {times[-1]:.0f}"
+        grpc = "on" if on else "off"
+        print(f"| {repo} | {grpc} | {' '.join(extra) or '-'} | {row} | {cpu:.0f} | {rss:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -34,19 +36,75 @@ def _cmdline(pid: int) -> bytes:
     return Path(f"/proc/{pid}/cmdline").read_bytes()
 
 
-def test_workers_fork_from_compiled_models_loaded_once(serve: Any, example_repo: Path) -> None:
-    """The parent loads the compiled models before forking, so every worker shares them; a Python class model
-    (whose threads or sessions a fork would not carry) loads in each worker."""
+def test_workers_fork_from_models_loaded_once(serve: Any, example_repo: Path) -> None:
+    """The parent loads every model before forking, compiled ones and a Python class alike, so every worker
+    serves the parent's copy: one READY line each, from the parent."""
     server = serve(str(example_repo), "--workers", "2", "--grpc-port", "0")
     for _ in range(8):  # fresh connections, spread over both workers
         answer = httpx.post(server.url + "/models/iris/predict", json={"length": 5.1, "width": 2.4}, timeout=10)
         assert answer.json()["prediction"] == "virginica"
-    deadline = time.monotonic() + 30
-    while len(ready := _ready_lines(server.output())) < 3 and time.monotonic() < deadline:
-        time.sleep(0.1)  # the second worker may still be loading its own Python class model
-    assert [pid for model, pid in ready if model == "iris:1"] == [server.proc.pid]
-    workers = {pid for model, pid in ready if model == "score:1"}
-    assert len(workers) == 2 and server.proc.pid not in workers
+        assert httpx.post(server.url + "/score", json={"X": [1, 2]}, timeout=10).json() == {"score": [1, 2]}
+    ready = _ready_lines(server.output())
+    assert sorted(model for model, _ in ready) == sorted({model for model, _ in ready}), ready  # each model once
+    assert {"iris:1", "score:1"} <= {model for model, _ in ready}
+    assert {pid for _, pid in ready} == {server.proc.pid}
+
+
+MARKER = """
+import os
+import threading
+
+
+class Marker:
+    \"\"\"Answers the process that loaded it and the one serving: ``load() -> predict(batch)``.\"\"\"
+
+    def load(self):
+        self.loaded_by = os.getpid()
+        if os.environ.get("MARKER_THREAD"):  # a class whose load starts a thread, which a fork does not carry
+            self.stop = threading.Event()
+            threading.Thread(target=self.stop.wait, daemon=True).start()
+
+    def predict(self, batch):
+        return [f"{self.loaded_by} {os.getpid()}" for _ in batch]
+"""
+
+
+def _marker_repo(folder: Path) -> Path:
+    (folder / "marker.py").write_text(MARKER)
+    repo = folder / "repo"
+    argv = ["build", f"{folder / 'marker.py'}:Marker", "--name", "marker", "--repo", str(repo), "--features", "x"]
+    built = subprocess.run(
+        [sys.executable, "-m", "ferry", *argv],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert built.returncode == 0, built.stderr
+    return repo
+
+
+def _answers(server: Any, count: int = 12) -> set[tuple[int, int]]:
+    """(loaded by, served by) over ``count`` fresh connections, spread over the workers."""
+    found = set()
+    for _ in range(count):
+        answer = httpx.post(server.url + "/models/marker/predict", json={"x": 1}, timeout=10)
+        loaded_by, served_by = map(int, answer.json()["prediction"].split())
+        found.add((loaded_by, served_by))
+    return found
+
+
+def test_workers_serve_the_object_the_parent_loaded(serve: Any, tmp_path: Path) -> None:
+    server = serve(str(_marker_repo(tmp_path)), "--workers", "2", "--grpc-port", "0")
+    answers = _answers(server)
+    assert {loaded_by for loaded_by, _ in answers} == {server.proc.pid}  # loaded once, in the parent
+    assert server.proc.pid not in {served_by for _, served_by in answers}  # and served by the workers
+
+
+def test_a_model_whose_load_starts_a_thread_loads_in_each_worker(serve: Any, tmp_path: Path) -> None:
+    server = serve(str(_marker_repo(tmp_path)), "--workers", "2", "--grpc-port", "0", env={"MARKER_THREAD": "1"})
+    assert "its load started threads" in server.output()
+    for loaded_by, served_by in _answers(server):
+        assert loaded_by == served_by != server.proc.pid
 
 
 def _ready_lines(log: str) -> list[tuple[str, int]]:
@@ -83,3 +141,16 @@ def test_grpc_imported_before_forking_serves_from_every_worker(serve: Any, examp
                 pb.ModelInferRequest(model_name="iris", inputs=[tensor]), timeout=10
             )
         assert list(reply.outputs[0].contents.bytes_contents) == [b"virginica"]
+
+
+def test_a_library_that_starts_threads_loads_in_each_worker(serve: Any, example_repo: Path) -> None:
+    """LightGBM's OpenMP pool does not survive a fork (a forked worker's first prediction waits for it for ever):
+    its trial load counts the threads, so the reviews booster loads in each worker; the forest, in the parent."""
+    server = serve(str(example_repo), "--workers", "2", "--grpc-port", "0", "--original-models")
+    for _ in range(8):  # fresh connections, spread over both workers
+        answer = httpx.post(server.url + "/models/reviews/predict", json={"text": "最高の映画でした！"}, timeout=20)
+        assert answer.status_code == 200, answer.text
+    ready = _ready_lines(server.output())
+    assert [pid for model, pid in ready if model == "iris:1"] == [server.proc.pid]
+    reviews = {pid for model, pid in ready if model == "reviews:1"}
+    assert server.proc.pid not in reviews and len(reviews) >= 1

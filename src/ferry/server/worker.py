@@ -42,14 +42,17 @@ def collect_from_now_on() -> None:
 
 
 def create_app_before_fork(settings: Settings) -> FerryApp | None:
-    """The app that ``--workers N`` fork from, its compiled models loaded and warm; None where it cannot be.
+    """The app that ``--workers N`` fork from, its models loaded and warm; None where it cannot be.
 
-    A worker that builds the app and loads the models itself writes to most of the pages it shares with
-    the parent (reference counts, allocations in the parent's half-used memory): about 8 MiB each. Built
-    once here, the workers inherit it, and each starts serving at once, a restarted one too. Not with
-    ``--tracing``, ``--prediction-log`` or ``--routes``, whose threads and connections a fork does not
-    carry; framework models (ONNX Runtime, LightGBM, a Python class) and ``--max-memory`` still load in
-    each worker.
+    Loaded once here, a model's memory is paid once whatever the worker count: the workers inherit
+    it copy-on-write, and each starts serving at once, a restarted one too. A worker that built the
+    app and loaded the models itself held its own copy of each (a 150-tree forest served as the
+    scikit-learn object: 4 workers 3.8x the memory of one), and even a compiled model's loading wrote
+    to most of the pages it shared with the parent. The collector is frozen first (``load_all``), so
+    no collection in a worker writes to the shared objects' headers. Not with ``--tracing``,
+    ``--prediction-log`` or ``--routes``, whose threads and connections a fork does not carry, nor
+    ``--max-memory``, which loads on demand; a model whose library starts threads loads in each worker
+    (``ModelRegistry.survives_fork``).
     """
     if settings.tracing or settings.prediction_log or settings.routes:
         collect_from_now_on()  # (the supervisor's own)
@@ -57,7 +60,7 @@ def create_app_before_fork(settings: Settings) -> FerryApp | None:
     app = create_app_from_env()
     app.state.service.metrics.workers.set(0)  # the parent serves nothing; each worker counts itself
     if not settings.max_memory:
-        app.state.registry.load_all(compiled_only=True)
+        app.state.registry.load_all(before_fork=True)
     collect_from_now_on()
     return app
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import re
@@ -13,10 +14,11 @@ from ferry.bundle.load import load_bundle, loaded_bytes, verify_bundle
 from ferry.bundle.manifest import CompatRoute, bundle_label, read_manifest
 from ferry.bundle.repository import scan_repository, version_key
 from ferry.errors import FerryError, ModelNotFound, ModelNotReady
+from ferry.runtimes import runtime_class
 from ferry.serving.handles import ModelHandle as ModelHandle  # re-exported: its old home
 from ferry.serving.handles import ModelState as ModelState
 from ferry.serving.inputs import InputCodec
-from ferry.serving.trial import DEFAULT_TIMEOUT_S, TrialLoader, needs_trial
+from ferry.serving.trial import DEFAULT_TIMEOUT_S, TrialLoader, needs_trial, thread_count
 
 logger = logging.getLogger("ferry.registry")
 
@@ -117,32 +119,66 @@ class ModelRegistry:
     def handles(self) -> list[ModelHandle]:
         return [h for versions in self.models.values() for h in versions.values()]
 
-    def load_all(self, compiled_only: bool = False) -> None:
-        """Load every bundle not loaded yet; ``compiled_only``: only those served by their compiled form.
+    def load_all(self, before_fork: bool = False) -> None:
+        """Load every bundle not loaded yet; ``before_fork``: only those a forked worker can serve as loaded.
 
-        ``--workers N`` loads the compiled ones before forking (``ferry.server.worker``): numpy arrays,
-        memory-mapped, are safe to share across a fork, where a framework's threads or sessions are not.
+        ``--workers N`` loads them in the parent before forking (``ferry.server.worker``), so the workers
+        share one copy of each model's memory. A model whose library starts threads (which a fork does
+        not carry) is left to each worker: its trial load said so, or, for one without a trial (a
+        Python class), its load here did, and it is unloaded again.
         """
-        pending = [
-            h
-            for h in self.handles()
-            if h.state is ModelState.LOADING and (not compiled_only or self.serves_compiled(h))
-        ]
+        pending = [h for h in self.handles() if h.state is ModelState.LOADING]
         if self.trials is not None:  # the native ones' trial loads, side by side
             self.trials.prepare([(h.path, signature(h.path)) for h in pending if self._needs_trial(h)])
         for handle in pending:
-            self.load(handle)
+            if not before_fork:
+                self.load(handle)
+            elif self.survives_fork(handle):
+                self._import_runtime(handle)  # (the threads its imports start, BLAS's pool, survive a fork)
+                threads = thread_count()
+                self.load(handle)
+                if thread_count() > threads:
+                    self._leave_to_workers(handle, "its load started threads, which a fork does not carry")
         # Move everything loaded so far out of the collector's reach: a full collection over the
-        # frameworks' objects otherwise pauses the event loop for tens of milliseconds.
+        # frameworks' objects otherwise pauses the event loop for tens of milliseconds (and, before a
+        # fork, would write to every object's header, copying the pages the workers share).
         gc.collect()
         gc.freeze()
 
-    def serves_compiled(self, handle: ModelHandle) -> bool:
-        """Whether ``handle`` would load its compiled numpy form (False for a bundle that cannot be read)."""
+    def survives_fork(self, handle: ModelHandle) -> bool:
+        """Whether a worker forked after ``handle`` loaded here could serve it as loaded (False if unreadable).
+
+        Ferry's compiled arrays and a Python class's objects do (a class is checked as it loads); a
+        model in a native format does where its trial load started no thread.
+        """
         try:
-            return bool(read_manifest(handle.path).options.get("compiled")) and not self.original
+            trial = needs_trial(read_manifest(handle.path), self.original)
         except FerryError:
             return False  # its own load reports why
+        if not trial:
+            return True
+        if self.trials is None:  # no trial said whether its library starts threads: each worker loads it
+            return False
+        started = self.trials.threads_started(handle.path, signature(handle.path))
+        if started:
+            logger.info(
+                "model %s:%s starts %d threads as it loads: each worker loads its own copy",
+                handle.name,
+                handle.version,
+                started,
+            )
+        return not started
+
+    def _import_runtime(self, handle: ModelHandle) -> None:
+        manifest = read_manifest(handle.path)
+        compiled = bool(manifest.options.get("compiled")) and not self.original
+        with contextlib.suppress(Exception):  # an unknown runtime: its load reports it
+            runtime_class("compiled" if compiled else manifest.runtime)
+
+    def _leave_to_workers(self, handle: ModelHandle, reason: str) -> None:
+        handle.model, handle.codec, handle.state = None, None, ModelState.LOADING
+        self._refresh_default(handle.name)
+        logger.warning("model %s:%s: %s; each worker loads its own copy", handle.name, handle.version, reason)
 
     def index(self) -> None:
         """Verify every bundle (manifest and artifact hashes) without loading it: UNLOADED, or FAILED."""

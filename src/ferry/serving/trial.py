@@ -6,6 +6,11 @@ loaded first in a short-lived child (spawned: it inherits no threads and no Open
 the registry's own warm-up on the bundle's sample. A crash, a hang past the timeout or an error there
 marks the model FAILED with the reason, and the server never hands the file to the library itself.
 Ferry's compiled forms are numpy arrays verified by hash and evaluated in Python: they need no trial.
+
+The child also counts the threads that loading and answering started (an OpenMP pool: LightGBM, a
+scikit-learn HistGradientBoosting): a fork carries none of them, and a forked worker's first parallel
+call then waits for them for ever, so ``--workers N`` loads such a model in each worker, not in the
+parent (``ModelRegistry.survives_fork``).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import multiprocessing
 import os
 import pickle
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -35,6 +41,14 @@ logger = logging.getLogger("ferry.registry")
 # LightGBM estimator carries a LightGBM model that LightGBM parses when it is unpickled.
 NATIVE_RUNTIMES = frozenset({"lightgbm", "xgboost", "catboost", "onnx", "sklearn"})
 DEFAULT_TIMEOUT_S = 120.0
+Outcome = tuple[str | None, int]  # (what went wrong or None, threads the load and its warm-up started)
+
+
+def thread_count() -> int:
+    """This process's threads, native ones included (an OpenMP pool is invisible to ``threading``)."""
+    if sys.platform == "linux":
+        return len(os.listdir("/proc/self/task"))
+    return threading.active_count()
 
 
 def needs_trial(manifest: Manifest, original: bool) -> bool:
@@ -51,7 +65,7 @@ class TrialLoader:
         self.timeout_s = timeout_s
         self.warmup = warmup if _pickles(warmup) else None  # a warm-up that cannot travel: the child only loads
         self.flags = flags  # ``load_bundle``'s trust_pickle, trust_code, original
-        self._outcomes: dict[Path, tuple[tuple[int, float], str | None]] = {}  # path -> (signature, error)
+        self._outcomes: dict[Path, tuple[tuple[int, float], Outcome]] = {}  # path -> (signature, outcome)
         self._lock = threading.Lock()
 
     def prepare(self, bundles: list[tuple[Path, tuple[int, float]]]) -> None:
@@ -64,26 +78,34 @@ class TrialLoader:
 
     def check(self, path: Path, signature: tuple[int, float]) -> None:
         """Raise ``BundleError`` saying why, if ``path`` crashed, hung or failed in its trial load."""
-        error = self._outcome_of(path, signature)
+        error, _ = self._outcome_of(path, signature)
         if error is not None:
             raise BundleError(error)
 
-    def _outcome_of(self, path: Path, signature: tuple[int, float]) -> str | None:
+    def threads_started(self, path: Path, signature: tuple[int, float]) -> int:
+        """How many threads loading ``path`` and answering its sample started (tried out now if not yet)."""
+        return self._outcome_of(path, signature)[1]
+
+    def _outcome_of(self, path: Path, signature: tuple[int, float]) -> Outcome:
         with self._lock:
             known = self._outcomes.get(path)
         if known is not None and known[0] == signature:
             return known[1]
         started = time.monotonic()
-        error = self._run(path)
+        outcome = self._run(path)
         logger.info(
-            "trial load of %s: %s in %.2f s", path.name, "failed" if error else "passed", time.monotonic() - started
+            "trial load of %s: %s in %.2f s (%d threads started)",
+            path.name,
+            "failed" if outcome[0] else "passed",
+            time.monotonic() - started,
+            outcome[1],
         )
         with self._lock:
-            self._outcomes[path] = (signature, error)
-        return error
+            self._outcomes[path] = (signature, outcome)
+        return outcome
 
-    def _run(self, path: Path) -> str | None:
-        """Load ``path`` and warm it up in a child: None, or what went wrong."""
+    def _run(self, path: Path) -> Outcome:
+        """Load ``path`` and warm it up in a child: None or what went wrong, and the threads it started."""
         context = multiprocessing.get_context("spawn")
         receive, send = context.Pipe(duplex=False)
         child = context.Process(
@@ -102,21 +124,20 @@ class TrialLoader:
                 child.kill()
             child.join()
 
-    def _outcome(self, receive: Connection, child: Any) -> str | None:
-        """None when the child loaded and warmed up; else what went wrong, in words."""
+    def _outcome(self, receive: Connection, child: Any) -> Outcome:
+        """None when the child loaded and warmed up, else what went wrong, in words; and the threads it started."""
         if not receive.poll(self.timeout_s):
             return (
                 f"a trial load did not finish within {self.timeout_s:g} s (loading the model or answering "
                 "its sample hangs); the model is not loaded"
-            )
+            ), 0
         try:
-            error: str | None = receive.recv()
+            outcome: Outcome = receive.recv()
         except EOFError:  # the child died before it could answer
             child.join(5.0)
-            return (
-                f"the model's library crashed the trial load ({_exit_reason(child.exitcode)}); the model is not loaded"
-            )
-        return error
+            reason = _exit_reason(child.exitcode)
+            return f"the model's library crashed the trial load ({reason}); the model is not loaded", 0
+        return outcome
 
 
 def _exit_reason(code: int | None) -> str:
@@ -139,12 +160,18 @@ def _pickles(value: Any) -> bool:
 
 
 def _trial(send: Connection, path: Path, flags: dict[str, bool], warmup: Callable[[Any], None] | None) -> None:
-    """The child: load the bundle as the registry would, run its warm-up, send None or the error."""
+    """The child: load the bundle as the registry would, run its warm-up, send None or the error, and the
+    threads that started meanwhile (counted after the runtime's imports, whose pools, BLAS's, survive a fork)."""
     from ferry.bundle.load import load_bundle
+    from ferry.bundle.manifest import read_manifest
+    from ferry.runtimes import runtime_class
     from ferry.serving.handles import ModelHandle
     from ferry.serving.inputs import InputCodec
 
+    before = thread_count()
     try:
+        runtime_class(read_manifest(path).runtime)
+        before = thread_count()
         loaded = load_bundle(path, **flags)
         handle = ModelHandle(loaded.manifest.name, loaded.manifest.version, path, model=loaded)
         handle.codec = InputCodec(loaded.manifest.input)
@@ -155,5 +182,5 @@ def _trial(send: Connection, path: Path, flags: dict[str, bool], warmup: Callabl
         message = exc.message
     except Exception as exc:
         message = f"{type(exc).__name__}: {exc}"
-    send.send(message)
+    send.send((message, thread_count() - before))
     send.close()
