@@ -484,7 +484,8 @@ def _scaled(x: np.ndarray, scalers: list[Any]) -> np.ndarray:
 
 # -- what serving asks -------------------------------------------------------------------------------------
 EXPLAINABLE = (
-    "compiled tree ensembles (LightGBM; scikit-learn trees, forests and gradient boosting) and linear "
+    "compiled tree ensembles (LightGBM; XGBoost; CatBoost; scikit-learn trees, forests and gradient boosting) "
+    "and linear "
     "models (after a StandardScaler, or built with training_data)"
 )
 

@@ -45,8 +45,9 @@ ARRAY_NAMES = (
     "features_used",
 )
 # Arrays a bundle may lack (built before they existed): the ensemble evaluates without them.
-# ``cover``: the training rows (LightGBM's counts, scikit-learn's weighted counts) that reached each
-# node, which path-dependent TreeSHAP (``ferry.runtimes.explain``) weighs the unseen branches by.
+# ``cover``: the training rows (LightGBM's counts, scikit-learn's weighted counts, XGBoost's summed
+# hessians, CatBoost's leaf weights summed up the tree) that reached each node, which path-dependent
+# TreeSHAP (``ferry.runtimes.explain``) weighs the unseen branches by.
 OPTIONAL_ARRAY_NAMES = ("cover",)
 
 
@@ -639,16 +640,19 @@ def _xgboost_tree(tree: dict[str, Any], table: _Table) -> tuple[int, int]:
         raise Unsupported("XGBoost vector leaves")
     left, right = tree["left_children"], tree["right_children"]
     split = tree["split_conditions"]
+    # The hessian summed over the training rows through each node: the cover XGBoost's TreeSHAP weighs by.
+    hessian = tree.get("sum_hessian") or [math.nan] * len(left)
     offset = len(table.feature)
     depth = [0] * len(left)
     for i in range(len(left)):
         value = np.float32(split[i])
+        cover = float(np.float32(hessian[i]))
         if left[i] == -1:
-            table.leaf(np.asarray([value], dtype=np.float64))
+            table.leaf(np.asarray([value], dtype=np.float64), cover)
         else:
             # XGBoost goes left where x < split; for float32 x that is x <= the float32 just below it.
             below = float(np.nextafter(value, np.float32(-np.inf)))
-            table.add(int(tree["split_indices"][i]), below, bool(tree["default_left"][i]), MISSING_NAN)
+            table.add(int(tree["split_indices"][i]), below, bool(tree["default_left"][i]), MISSING_NAN, cover)
     for i in range(len(left)):
         if left[i] != -1:
             table.children[offset + i] = (offset + int(left[i]), offset + int(right[i]))
@@ -687,7 +691,8 @@ def from_catboost(model: dict[str, Any]) -> TreeEnsemble:
         leaves = np.asarray(tree["leaf_values"], dtype=np.float64).reshape(-1, width)
         if leaves.shape[0] != 1 << len(splits):
             raise Unsupported("CatBoost tree of unexpected size")
-        roots.append(_catboost_level(splits, leaves, floats, table, 0, 0))
+        weights = np.asarray(tree.get("leaf_weights") or [math.nan] * leaves.shape[0], dtype=np.float64)
+        roots.append(_catboost_level(splits, leaves, weights, floats, table, 0, 0))
         depth = max(depth, len(splits))
     roots.append(table.leaf(bias))  # the bias comes last: ((tree_1 + tree_2) + ...) + bias
     return table.ensemble(
@@ -696,16 +701,28 @@ def from_catboost(model: dict[str, Any]) -> TreeEnsemble:
 
 
 def _catboost_level(
-    splits: list[dict[str, Any]], leaves: np.ndarray, floats: dict[int, Any], table: _Table, level: int, index: int
+    splits: list[dict[str, Any]],
+    leaves: np.ndarray,
+    weights: np.ndarray,
+    floats: dict[int, Any],
+    table: _Table,
+    level: int,
+    index: int,
 ) -> int:
+    """The node at ``level`` whose lower bits (the answers above it) are ``index``; its cover is the summed
+    weight of the training rows in the leaves below it (CatBoost's ``leaf_weights``)."""
+    below = (np.arange(leaves.shape[0]) & ((1 << level) - 1)) == index
+    cover = float(weights[below].sum())
     if level == len(splits):
-        return table.leaf(leaves[index])
+        return table.leaf(leaves[index], cover)
     split = splits[level]
     described = floats.get(int(split["float_feature_index"]), {})
     feature = int(described.get("flat_feature_index", split["float_feature_index"]))  # its input column
     treatment = described.get("nan_value_treatment", "AsIs")
-    node = table.add(feature, float(np.float32(split["border"])), _CATBOOST_NAN.get(treatment, True), MISSING_NAN)
-    left = _catboost_level(splits, leaves, floats, table, level + 1, index)
-    right = _catboost_level(splits, leaves, floats, table, level + 1, index | (1 << level))
+    node = table.add(
+        feature, float(np.float32(split["border"])), _CATBOOST_NAN.get(treatment, True), MISSING_NAN, cover
+    )
+    left = _catboost_level(splits, leaves, weights, floats, table, level + 1, index)
+    right = _catboost_level(splits, leaves, weights, floats, table, level + 1, index | (1 << level))
     table.children[node] = (left, right)
     return node
