@@ -79,3 +79,55 @@ def test_monitor_names_a_bad_line(tmp_path: Path) -> None:
     log.write_text('{"ts": "2024-05-01T00:00:00+00:00"}\nnot json\n')
     result = subprocess.run([sys.executable, "-m", "ferry", "monitor", str(log)], capture_output=True, text=True)
     assert result.returncode == 1 and "broken.jsonl:2: not a JSON line" in " ".join(result.stderr.split())
+
+
+def test_monitor_summarises_contributions_of_a_served_models_log_as_text_and_png(serve, tmp_path: Path) -> None:
+    """A LightGBM model served with a prediction log: the mean |contribution| per feature over the logged rows
+    equals LightGBM's own pred_contrib on the same rows; --explain-rows keeps the newest; the PNG is drawn."""
+    import httpx
+    import lightgbm
+    import yaml
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(500, 3))
+    booster = lightgbm.LGBMRegressor(n_estimators=20, num_leaves=7, verbose=-1).fit(x, 3 * x[:, 0] + x[:, 1])
+    repo = tmp_path / "repo"
+    ferry.build(booster, "price", repo, features=["size", "rooms", "noise"])
+    manifest_path = repo / "price" / "1" / "ferry.yaml"
+    manifest = yaml.safe_load(manifest_path.read_text())
+    manifest["prediction_log"] = {"sample_rate": 1.0}
+    manifest_path.write_text(yaml.safe_dump(manifest, sort_keys=False))
+    log = tmp_path / "predictions.jsonl"
+    server = serve(str(repo), "--prediction-log", str(log))
+    sent = rng.normal(size=(60, 3))
+    for row in sent:
+        body = {"size": row[0], "rooms": row[1], "noise": row[2]}
+        assert httpx.post(server.url + "/models/price/predict", json=body).status_code == 200
+    server.stop()  # the writer flushes on shutdown
+    logged = np.asarray([[r["inputs"][0][n] for n in ("size", "rooms", "noise")] for r in map(json.loads, log.open())])
+    assert len(logged) == 60
+    chart = tmp_path / "drivers.png"
+    cli = [sys.executable, "-m", "ferry", "monitor", str(log), "--repo", str(repo), "--explain-rows", "50"]
+    result = subprocess.run([*cli, "--json", "--plot", str(chart)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    (model,) = json.loads(result.stdout)["models"]
+    found = model["contributions"]
+    assert found["rows"] == 50 and found["method"] == "tree_shap" and found["link"] == "identity"
+    reference = np.abs(booster.booster_.predict(logged[-50:], pred_contrib=True)[:, :3]).mean(axis=0)
+    assert list(found["mean_abs"]) == ["size", "rooms", "noise"]  # largest first
+    np.testing.assert_allclose([found["mean_abs"][n] for n in ("size", "rooms", "noise")], reference, rtol=1e-9)
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and chart.stat().st_size > 5000
+    text = subprocess.run(cli, capture_output=True, text=True, check=True).stdout
+    assert "mean |contribution| over the newest 50 rows (tree_shap, raw score, link identity):" in text
+    assert text.index("    size") < text.index("    rooms") < text.index("    noise")
+
+
+def test_monitor_says_why_a_model_is_not_explained_and_draws_no_empty_chart(bundle_repo: Path, tmp_path: Path) -> None:
+    log = tmp_path / "predictions.jsonl"
+    record = {"ts": "2024-05-01T00:00:00+00:00", "model": "risk", "version": "1", "inputs": [{"income": "x"}]}
+    log.write_text(json.dumps(record) + "\n")
+    cli = [sys.executable, "-m", "ferry", "monitor", str(log), "--repo", str(bundle_repo), "--plot", "x.png"]
+    result = subprocess.run(cli, capture_output=True, text=True, cwd=tmp_path)
+    assert "contributions: no logged row has every feature as a number" in result.stdout
+    assert result.returncode == 1 and "no model version in the log was explained" in " ".join(result.stderr.split())
+    assert not (tmp_path / "x.png").exists()
