@@ -3,7 +3,10 @@
     python bench/pss.py REPO [--workers 1 4] [--grpc off on] [--requests 40] [--ferry PATH] [-- extra serve options]
 
 PSS splits each shared page between the processes that map it, so the sum over a server's processes is
-what the server as a whole costs the machine (read from /proc/PID/smaps_rollup). Each server is measured
+what the server as a whole costs the machine (read from /proc/PID/smaps_rollup). Its file-backed part (the
+interpreter's and the libraries' code) is also split with every other process on the machine that maps the
+same files, so on a shared machine PSS moves by tens of MiB with what else runs; the anonymous part (``Pss_Anon``:
+the heap, the models) is split only among the server's own processes, and is printed too. Each server is measured
 once it is ready, every worker is up, and it has answered ``--requests`` requests per model (each model's
 sample, ``GET /models/NAME/predict/test``, one connection each, so the workers share them).
 gRPC is measured off (``--grpc-port 0``) and on (the default, on a free port).
@@ -67,7 +70,7 @@ def exercise(port: int, requests: int) -> None:
 
 def measure(
     ferry: str, repo: str, workers: int, grpc: bool, extra: list[str], requests: int = 40
-) -> tuple[int, float, float]:
+) -> tuple[int, float, float, float]:
     port = free_port()
     grpc_port = free_port() if grpc else 0
     argv = [ferry, "serve", repo, "--port", str(port), "--probe-port", str(free_port()), "--grpc-port", str(grpc_port)]
@@ -91,7 +94,8 @@ def measure(
         time.sleep(0.5)
         pids = tree(proc.pid)
         rolls = [rollup(p) for p in pids]
-        return len(pids), sum(r["Rss"] for r in rolls) / 1024, sum(r["Pss"] for r in rolls) / 1024
+        rss, pss, anon = (sum(r[key] for r in rolls) / 1024 for key in ("Rss", "Pss", "Pss_Anon"))
+        return len(pids), rss, pss, anon
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -107,14 +111,15 @@ def main() -> None:
     parser.add_argument("--ferry", default=str(beside))
     args, extra = parser.parse_known_args()
     extra = [e for e in extra if e != "--"]
-    print("| workers | gRPC | options | processes | RSS sum (MiB) | PSS sum (MiB) | PSS / 1 worker |")
-    print("|---:|---|---|---:|---:|---:|---:|")
+    print("| workers | gRPC | options | processes | RSS sum (MiB) | PSS sum (MiB) | PSS / 1 worker | PSS anon (MiB) |")
+    print("|---:|---|---|---:|---:|---:|---:|---:|")
     for grpc in args.grpc:
         base = None
         for workers in args.workers:
-            count, rss, pss = measure(args.ferry, args.repo, workers, grpc == "on", extra, args.requests)
+            count, rss, pss, anon = measure(args.ferry, args.repo, workers, grpc == "on", extra, args.requests)
             base = base or pss
             cells = [workers, grpc, " ".join(extra) or "-", count, f"{rss:.0f}", f"{pss:.0f}", f"{pss / base:.2f}"]
+            cells.append(f"{anon:.0f}")
             print("| " + " | ".join(map(str, cells)) + " |", flush=True)
 
 

@@ -4,7 +4,8 @@
 
 Builds one repository per kind (a bundle served as the framework's own object: ``--original-models``),
 then runs ``bench/pss.py``'s measurement on each: PSS summed over the server's processes, gRPC off, once
-every worker is up and the server has answered 40 requests of the model's sample (one connection each).
+every worker is up and the server has answered 40 requests of the model's sample (one connection each);
+also the anonymous part of PSS alone, which the rest of a shared machine does not move.
 The kinds: a scikit-learn random forest (150 trees, skops), a LightGBM booster, an XGBoost booster, a
 CatBoost model, an ONNX graph (that forest converted by skl2onnx) and a Python class holding 64 MiB of
 numpy weights and a 200,000-entry dict. Also the compiled form of the forest (Ferry's default).
@@ -155,16 +156,17 @@ def main() -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ferry-shared-"))
     workdir.mkdir(parents=True, exist_ok=True)
     lines = [
-        "| model | 1 worker: PSS MiB | 4 workers: PSS MiB | 4 ÷ 1 | per extra worker MiB |",
-        "|---|---:|---:|---:|---:|",
+        "| model | 1 worker: PSS MiB | 4 workers: PSS MiB | 4 ÷ 1 | per extra worker MiB | PSS anon, 1 / 4 (4 ÷ 1) |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     print("\n".join(lines), flush=True)
     for kind in args.kinds:
         builder, artifact, options = KINDS[kind]
         repo = build(workdir, kind, builder, artifact, args.ferry)
-        _, _, one = measure(args.ferry, str(repo), 1, False, options, args.requests)
-        _, _, four = measure(args.ferry, str(repo), 4, False, options, args.requests)
-        row = f"| {kind} | {one:.0f} | {four:.0f} | {four / one:.2f} | {(four - one) / 3:.1f} |"
+        _, _, one, one_anon = measure(args.ferry, str(repo), 1, False, options, args.requests)
+        _, _, four, four_anon = measure(args.ferry, str(repo), 4, False, options, args.requests)
+        anon = f"{one_anon:.0f} / {four_anon:.0f} ({four_anon / one_anon:.2f})"
+        row = f"| {kind} | {one:.0f} | {four:.0f} | {four / one:.2f} | {(four - one) / 3:.1f} | {anon} |"
         print(row, flush=True)
         lines.append(row)
     if args.out:

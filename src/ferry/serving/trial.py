@@ -15,6 +15,7 @@ parent (``ModelRegistry.survives_fork``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -67,6 +68,7 @@ class TrialLoader:
         self.flags = flags  # ``load_bundle``'s trust_pickle, trust_code, original
         self._outcomes: dict[Path, tuple[tuple[int, float], Outcome]] = {}  # path -> (signature, outcome)
         self._lock = threading.Lock()
+        self._running = 0  # trial children alive now
 
     def prepare(self, bundles: list[tuple[Path, tuple[int, float]]]) -> None:
         """Try out many bundles at once (start-up): children in parallel, one per core; ``check`` then answers."""
@@ -92,7 +94,16 @@ class TrialLoader:
         if known is not None and known[0] == signature:
             return known[1]
         started = time.monotonic()
-        outcome = self._run(path)
+        with self._lock:
+            self._running += 1
+        try:
+            outcome = self._run(path)
+        finally:
+            with self._lock:
+                self._running -= 1
+                last = self._running == 0
+            if last:
+                _stop_resource_tracker()
         logger.info(
             "trial load of %s: %s in %.2f s (%d threads started)",
             path.name,
@@ -138,6 +149,20 @@ class TrialLoader:
             reason = _exit_reason(child.exitcode)
             return f"the model's library crashed the trial load ({reason}); the model is not loaded", 0
         return outcome
+
+
+def _stop_resource_tracker() -> None:
+    """Stop the process ``multiprocessing`` starts beside the first spawned child, once no trial runs.
+
+    It tracks semaphores and shared memory, which a trial uses none of, and it would otherwise stay for
+    the server's life: 8.5 MiB (PSS) of a server's memory. The next trial starts it again.
+    """
+    from multiprocessing import resource_tracker
+
+    stop = getattr(resource_tracker._resource_tracker, "_stop", None)
+    if stop is not None:
+        with contextlib.suppress(Exception):  # not ours to stop (inherited over a fork): it stays
+            stop()
 
 
 def _exit_reason(code: int | None) -> str:
