@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 
 def _children(pid: int) -> list[int]:
@@ -100,9 +101,19 @@ def test_workers_serve_the_object_the_parent_loaded(serve: Any, tmp_path: Path) 
     assert server.proc.pid not in {served_by for _, served_by in answers}  # and served by the workers
 
 
-def test_a_model_whose_load_starts_a_thread_loads_in_each_worker(serve: Any, tmp_path: Path) -> None:
-    server = serve(str(_marker_repo(tmp_path)), "--workers", "2", "--grpc-port", "0", env={"MARKER_THREAD": "1"})
-    assert "its load started threads" in server.output()
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        ((), "its trial load started threads (1)"),
+        (("--trial-timeout", "0"), "its load started threads"),  # no trial: its load in the parent, undone
+    ],
+)
+def test_a_model_whose_load_starts_a_thread_loads_in_each_worker(
+    serve: Any, tmp_path: Path, options: tuple[str, ...], said: str
+) -> None:
+    repo = str(_marker_repo(tmp_path))
+    server = serve(repo, "--workers", "2", "--grpc-port", "0", *options, env={"MARKER_THREAD": "1"})
+    assert said in server.output()
     for loaded_by, served_by in _answers(server):
         assert loaded_by == served_by != server.proc.pid
 

@@ -18,7 +18,7 @@ from ferry.runtimes import runtime_class
 from ferry.serving.handles import ModelHandle as ModelHandle  # re-exported: its old home
 from ferry.serving.handles import ModelState as ModelState
 from ferry.serving.inputs import InputCodec
-from ferry.serving.trial import DEFAULT_TIMEOUT_S, TrialLoader, needs_trial, thread_count
+from ferry.serving.trial import DEFAULT_TIMEOUT_S, NATIVE_RUNTIMES, TrialLoader, needs_trial, thread_count
 
 logger = logging.getLogger("ferry.registry")
 
@@ -124,12 +124,13 @@ class ModelRegistry:
 
         ``--workers N`` loads them in the parent before forking (``ferry.server.worker``), so the workers
         share one copy of each model's memory. A model whose library starts threads (which a fork does
-        not carry) is left to each worker: its trial load said so, or, for one without a trial (a
-        Python class), its load here did, and it is unloaded again.
+        not carry) is left to each worker: its trial load counted them (before a fork, every model but a
+        compiled one is tried), or its load here started some, and it is unloaded again.
         """
         pending = [h for h in self.handles() if h.state is ModelState.LOADING]
-        if self.trials is not None:  # the native ones' trial loads, side by side
-            self.trials.prepare([(h.path, signature(h.path)) for h in pending if self._needs_trial(h)])
+        if self.trials is not None:  # the trial loads, side by side
+            tried = [h for h in pending if self._needs_trial(h) or (before_fork and self._runtime(h) != "compiled")]
+            self.trials.prepare([(h.path, signature(h.path)) for h in tried])
         for handle in pending:
             if not before_fork:
                 self.load(handle)
@@ -148,32 +149,40 @@ class ModelRegistry:
     def survives_fork(self, handle: ModelHandle) -> bool:
         """Whether a worker forked after ``handle`` loaded here could serve it as loaded (False if unreadable).
 
-        Ferry's compiled arrays and a Python class's objects do (a class is checked as it loads); a
-        model in a native format does where its trial load started no thread.
+        Ferry's compiled arrays do; any other model where its trial load started no thread (an OpenMP
+        pool, once started here, would hang the workers even if each loaded its own copy). Without
+        trials (``--trial-timeout 0``), a native format loads in each worker, and a Python class here,
+        back in each worker if its load here starts a thread.
         """
-        try:
-            trial = needs_trial(read_manifest(handle.path), self.original)
-        except FerryError:
+        runtime = self._runtime(handle)
+        if runtime is None:
             return False  # its own load reports why
-        if not trial:
+        if runtime == "compiled":
             return True
-        if self.trials is None:  # no trial said whether its library starts threads: each worker loads it
-            return False
+        if self.trials is None:
+            return runtime not in NATIVE_RUNTIMES
         started = self.trials.threads_started(handle.path, signature(handle.path))
         if started:
             logger.info(
-                "model %s:%s starts %d threads as it loads: each worker loads its own copy",
+                "model %s:%s: its trial load started threads (%d), which a fork does not carry; "
+                "each worker loads its own copy",
                 handle.name,
                 handle.version,
                 started,
             )
         return not started
 
+    def _runtime(self, handle: ModelHandle) -> str | None:
+        """The runtime ``handle`` loads with (``compiled`` for its numpy form); None if its manifest is unreadable."""
+        try:
+            manifest = read_manifest(handle.path)
+        except FerryError:
+            return None
+        return "compiled" if manifest.options.get("compiled") and not self.original else manifest.runtime
+
     def _import_runtime(self, handle: ModelHandle) -> None:
-        manifest = read_manifest(handle.path)
-        compiled = bool(manifest.options.get("compiled")) and not self.original
         with contextlib.suppress(Exception):  # an unknown runtime: its load reports it
-            runtime_class("compiled" if compiled else manifest.runtime)
+            runtime_class(self._runtime(handle) or "")
 
     def _leave_to_workers(self, handle: ModelHandle, reason: str) -> None:
         handle.model, handle.codec, handle.state = None, None, ModelState.LOADING
