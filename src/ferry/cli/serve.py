@@ -197,11 +197,12 @@ def _fork_workers_after_imports(grpc: bool) -> None:
 
     uvicorn spawns its workers: every one re-imports numpy, starlette and Ferry and keeps a private copy
     (``--workers 4`` cost 4.8x the memory, PSS, of one worker). Forked after the imports, the workers
-    share those pages copy-on-write; ``gc.freeze`` keeps the collector from writing to them. Models
-    still load in each worker; their compiled arrays are memory-mapped, so shared by the page cache.
-    The parent starts no threads and no event loop before forking. With gRPC on, grpcio is imported here
-    too (only imported: its server, and gRPC's threads, start in each worker): imported in each worker,
-    it cost ~9 MiB of private memory per worker.
+    share those pages copy-on-write; ``gc.freeze`` keeps the collector from writing to them. The models
+    are loaded by the parent too (``ferry.server.worker``), except those whose load or first answer
+    starts threads (LightGBM's and XGBoost's OpenMP pools do not survive a fork): each worker loads its
+    own copy of those. The parent starts no threads and no event loop before forking. With gRPC on,
+    grpcio is imported here too (only imported: its server, and gRPC's threads, start in each worker):
+    imported in each worker, it cost ~9 MiB of private memory per worker.
     """
     import gc
     import importlib
