@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -28,6 +29,20 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def models_when_loaded(url: str, timeout: float = 60.0) -> dict[str, dict[str, Any]]:
+    """``/ready``'s models by name, once none is still LOADING (a FAILED one has its ``error``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            models = {m["name"]: m for m in httpx.get(url + "/ready").json()["models"]}
+        except httpx.TransportError:
+            models = {}
+        if models and all(m["state"] != "LOADING" for m in models.values()):
+            return models
+        time.sleep(0.05)
+    raise AssertionError(f"models still loading after {timeout:g} s")
 
 
 @pytest.fixture(scope="session")

@@ -7,16 +7,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
+from tests.conftest import models_when_loaded
 
 import ferry
 from hostile_files import HOSTILE_MODELS, mlflow_folder, mlserver_repository, plant_artifact
@@ -124,19 +123,6 @@ def test_ferry_verify_refuses_every_hostile_model_naming_the_flag(tmp_path: Path
         assert flag == "--trust-pickle" and call in line and "--trust-pickle only if" in line, line
 
 
-def _wait_loaded(url: str) -> dict[str, dict[str, Any]]:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            models = {m["name"]: m for m in httpx.get(url + "/ready").json()["models"]}
-        except httpx.TransportError:
-            models = {}
-        if models and all(m["state"] != "LOADING" for m in models.values()):
-            return models
-        time.sleep(0.05)
-    raise AssertionError("models still loading after 60 s")
-
-
 @pytest.mark.parametrize("source", ["repository", "model-uri"])
 def test_ferry_serve_leaves_every_hostile_model_failed_naming_the_flag(tmp_path: Path, serve: Any, source: str) -> None:
     """``ferry serve REPO``, and ``ferry serve --model-uri`` (the bundles fetched, then loaded)."""
@@ -144,7 +130,7 @@ def test_ferry_serve_leaves_every_hostile_model_failed_naming_the_flag(tmp_path:
     repo, calls = _hostile_repository(tmp_path, marker)
     args = [str(repo)] if source == "repository" else [str(tmp_path / "fetched"), "--model-uri", str(repo)]
     server = serve(*args, wait_ready=False, env=UNTRUSTING)
-    models = _wait_loaded(server.url)
+    models = models_when_loaded(server.url)
     assert not marker.exists(), "the hostile file ran"
     for name, call in calls.items():
         assert models[name]["state"] == "FAILED", models[name]
@@ -161,7 +147,7 @@ def test_ferry_serve_of_an_mlserver_repository_leaves_the_hostile_model_failed(
     model = HOSTILE_MODELS[hostile](marker)
     repository = mlserver_repository(tmp_path / "mlserver", model.data, disguised(hostile))
     server = serve(str(repository), wait_ready=False, env=UNTRUSTING)
-    models = _wait_loaded(server.url)
+    models = models_when_loaded(server.url)
     assert not marker.exists(), "the hostile file ran"
     (entry,) = models.values()
     assert entry["state"] == "FAILED" and model.calls in entry["error"] and "--trust-pickle" in entry["error"], entry

@@ -25,6 +25,7 @@ import yaml
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsRegressor
+from tests.conftest import models_when_loaded
 
 import ferry
 from ferry.bundle import load_bundle
@@ -193,25 +194,12 @@ def test_serving_refuses_a_disguised_pickle_and_serves_a_trusted_one(serve: Any,
     shutil.copytree(tmp_path / "mine" / "lin", repo / "lin")
     untrusting = {"FERRY_TRUST_CODE": "0"}  # the test servers trust Ferry's own classes; this one trusts nothing
     server = serve(str(repo), wait_ready=False, env=untrusting)
-    models = _wait_loaded(server.url)
+    models = models_when_loaded(server.url)
     assert models["evil"]["state"] == "FAILED" and "artifact 'model.bin' is a pickle" in models["evil"]["error"]
     assert not marker.exists()
     assert models["lin"]["state"] == "FAILED" and "pickle" in models["lin"]["error"], models["lin"]
     trusted = serve(str(tmp_path / "mine"), "--trust-pickle")
     assert httpx.post(trusted.url + "/models/lin/predict", json={"x": 1.0}).json() == {"prediction": pytest.approx(2.0)}
-
-
-def _wait_loaded(url: str) -> dict[str, dict[str, Any]]:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            models = {m["name"]: m for m in httpx.get(url + "/ready").json()["models"]}
-        except httpx.TransportError:
-            models = {}
-        if models and all(m["state"] != "LOADING" for m in models.values()):
-            return models
-        time.sleep(0.05)
-    raise AssertionError("models still loading after 30 s")
 
 
 # -- item 11: every file a runtime opens is listed, hashed and inside the bundle ---------------------
@@ -313,7 +301,7 @@ def test_load_errors_show_no_server_paths(serve: Any, tmp_path: Path) -> None:
     _edit_manifest(garbled, runtime="onnx", input={"kind": "tensor", "tensors": [{"name": "x"}]})
     _add_artifact(garbled, "model.onnx", b"\x08\x07garbage")
     server = serve(str(repo), wait_ready=False)
-    models = _wait_loaded(server.url)
+    models = models_when_loaded(server.url)
     assert models["missing"]["error"] == "missing/1: artifact 'model.skops' is listed in the manifest but missing"
     assert "garbled/1/model.onnx" in models["garbled"]["error"]
     listing = httpx.get(server.url + "/models").text + httpx.get(server.url + "/ready").text
