@@ -7,13 +7,11 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import io
-import json
 import pickle
 import shutil
 import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsRegressor
 from tests.conftest import models_when_loaded
+from tests.hostile_files import skops_calling
 
 import ferry
 from ferry.bundle import load_bundle
@@ -114,42 +113,10 @@ def test_a_file_is_judged_by_its_content_in_every_runtime(tmp_path: Path, exampl
     assert not marker.exists()
 
 
-def _skops_calling(function: str, argument: str) -> bytes:
-    """A hand-made skops file whose one object is ``function(argument)``: skops calls it once trusted."""
-    schema = {
-        "__class__": function.rpartition(".")[2],
-        "__module__": function.rpartition(".")[0],
-        "__loader__": "ConstructorFromReduceNode",
-        "content": {
-            "__class__": "tuple",
-            "__module__": "builtins",
-            "__loader__": "TupleNode",
-            "content": [
-                {
-                    "__class__": "str",
-                    "__module__": "builtins",
-                    "__loader__": "JsonNode",
-                    "content": json.dumps(argument),
-                    "is_json": True,
-                    "__id__": 2,
-                }
-            ],
-            "__id__": 3,
-        },
-        "__id__": 1,
-        "protocol": 2,
-        "_skops_version": "0.16.0",
-    }
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("schema.json", json.dumps(schema))
-    return buffer.getvalue()
-
-
 def test_a_bundle_cannot_declare_its_own_skops_types_trusted(tmp_path: Path) -> None:
     bundle = ferry.build(_classifier(), "clf", tmp_path / "repo")
     marker = tmp_path / "marker"
-    evil = _skops_calling("posix.system", f"touch {marker}")
+    evil = skops_calling("posix.system", f"touch {marker}")
     _add_artifact(bundle, "model.skops", evil, options={"skops_trusted_types": ["posix.system"]})
     with pytest.raises(
         UntrustedPickle, match=r"names types that skops does not trust .*: posix.system; .*--trust-pickle"
