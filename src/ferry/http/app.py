@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
@@ -18,12 +18,14 @@ from ferry.auth import TokenAuth
 from ferry.errors import FerryError
 from ferry.http import compat, docs
 from ferry.http.admin import AdminEndpoints, watch
-from ferry.http.dispatch import FerryApp, PredictRoutes
+from ferry.http.dispatch import Dispatch, FerryApp, PredictRoutes
 from ferry.http.endpoints import Endpoint, ModelEndpoints
 from ferry.http.lifecycle import install_drain_handler
 from ferry.http.mounting import mount
+from ferry.http.pipeline import AuthStep, ContextStep, Pipeline, Step, TracingStep
 from ferry.http.protocols import ProtocolEndpoints
 from ferry.http.responses import error_http, error_response, json_response
+from ferry.observability.access import RequestContext
 from ferry.observability.watcher import ModelWatcher
 from ferry.protocol.native import native_warm_up
 from ferry.serving.budget import MemoryBudget, parse_size
@@ -34,7 +36,7 @@ from ferry.serving.service import InferenceService
 from ferry.settings import Settings
 
 if TYPE_CHECKING:
-    from ferry.http.routing import RoutingMiddleware
+    from ferry.http.routing import RouterStep
 
 logger = logging.getLogger("ferry.http")
 
@@ -147,16 +149,31 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fer
     app.state.registry = registry
     app.state.service = service
     app.state.tracing = tracing  # for gRPC, started beside this app by ``ferry.server.transports``
-    return FerryApp(
-        app,
-        plane,
-        (settings.max_body_bytes, settings.body_timeout),
-        auth,
-        access_log=settings.access_log,
-        routing=routing.wrap if routing else None,
-        tracing=tracing.asgi if tracing else None,
-        routes=predict_routes,
-    )
+    # The request pipeline, in order; each step is absent when its setting is off, so it costs nothing.
+    context = RequestContext(settings.access_log)
+    auth_step = AuthStep(auth) if auth is not None else None
+    steps: list[Step] = [ContextStep(context)]
+    if tracing is not None:
+        steps.append(TracingStep(tracing))
+    if auth_step is not None:
+        steps.append(auth_step)
+    if routing is not None:
+        steps.append(routing)
+    dispatch = Dispatch(plane, predict_routes, app, settings.max_body_bytes)
+    pipeline = Pipeline(steps, dispatch, _serves(predict_routes, routing))
+    limits = (settings.max_body_bytes, settings.body_timeout)
+    return FerryApp(app, plane, pipeline, context, auth_step, predict_routes, limits)
+
+
+def _serves(routes: PredictRoutes, routing: RouterStep | None) -> Callable[[str, str], bool]:
+    """The requests the pipeline serves: the predict routes, and with ``--routes`` the routed paths too."""
+    if routing is None:
+        return routes.predicts
+
+    def serves(method: str, path: str) -> bool:
+        return routing.serves(path) or routes.predicts(method, path)
+
+    return serves
 
 
 def _root(console: Endpoint | None) -> Endpoint:
@@ -170,14 +187,13 @@ def _root(console: Endpoint | None) -> Endpoint:
     return root
 
 
-def _routing(settings: Settings, registry: ModelRegistry, metrics: Metrics) -> RoutingMiddleware | None:
+def _routing(settings: Settings, registry: ModelRegistry, metrics: Metrics) -> RouterStep | None:
     """The ``--routes`` router, or None; a bad routes file stops start-up with the rule and field named."""
     if not settings.routes:
         return None
-    from ferry.http.routing import RoutingMiddleware
+    from ferry.http.routing import RouterStep
     from ferry.routing.shadow import RoutingMetrics
     from ferry.routing.spec import load_routes
 
     routes = load_routes(settings.routes)
-    limit, body_timeout = settings.max_body_bytes, settings.body_timeout
-    return RoutingMiddleware(routes, RoutingMetrics(metrics.registry), compat.paths(registry), limit, body_timeout)
+    return RouterStep(routes, RoutingMetrics(metrics.registry), compat.paths(registry), settings.max_body_bytes)

@@ -1,16 +1,22 @@
-"""The one HTTP dispatcher: every predict route of every protocol, as plain ASGI, ahead of Starlette.
+"""The one HTTP dispatcher: every predict route of every protocol, the request pipeline's last step.
 
 Predict routes are the predict rows of the route table (``ferry.protocol.routes``) and each model's
 compatibility routes, found by their exact path for every model and version in a table rebuilt
 whenever the registry changes, so a version loaded later through the admin API is served here too.
 A predict path naming a model the registry does not hold, or a Seldon namespace, matches the
-row's template instead, so the client still gets the model's 404. Each route reads the body (bounded, and
+row's template instead, so the client still gets the model's 404. Each route decodes the body (bounded, and
 decompressed when the client sent ``Content-Encoding``), then makes exactly one call:
-``DataPlane.infer`` with the route's codec. Everything else falls through to Starlette.
+``DataPlane.infer`` with the route's codec. Anything else the pipeline carries (a routed path that does not
+predict: metadata, readiness) is answered by Starlette, whole.
+
+``FerryApp`` is the ASGI adapter: it reads the body of a request the pipeline serves and calls the pipeline;
+it hands every other request (the console, docs, metadata, probes) to Starlette, with the request ID, the
+access log and auth of the same objects the pipeline's steps use.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, MutableMapping, Set
@@ -20,13 +26,12 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.datastructures import State
 
-from ferry.auth import TokenAuth
 from ferry.bundle.manifest import CompatRoute
-from ferry.errors import FerryError, InvalidInput, MethodNotAllowed, Unauthorized
+from ferry.errors import FerryError, InvalidInput, MethodNotAllowed
 from ferry.http import compat
-from ferry.http.responses import error_answer, read_asgi_body, whole_body
-from ferry.observability.access import MODEL_KEY, RequestContext
-from ferry.observability.context import REQUEST_ID
+from ferry.http.pipeline import AuthStep, Exchange, Pipeline, Reply, content_length, error_reply
+from ferry.http.responses import read_body_as_sent, whole_body
+from ferry.observability.access import RequestContext
 from ferry.protocol.codecs import CODECS, CompatCodec, HttpCodec, HttpMessage
 from ferry.protocol.explain import EXPLAIN_CODECS
 from ferry.protocol.routes import PREDICT, ROUTES, HttpRoute
@@ -35,12 +40,14 @@ from ferry.serving.dataplane import DataPlane, report
 from ferry.serving.registry import ModelRegistry
 
 Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
-Reply = tuple[int, list[tuple[bytes, bytes]], bytes]  # status, headers, body
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+Forwarded = Callable[[Scope], Awaitable[None]]  # applies X-Forwarded-* to a scope, as uvicorn's middleware does
 
 _TIMEOUT_HEADER = b"x-request-timeout"
+logger = logging.getLogger("ferry.http")
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +103,16 @@ class PredictRoutes:
         """
         self.table()
         return self._public
+
+    def predicts(self, method: str, path: str) -> bool:
+        """Whether ``method path`` is the dispatcher's: a predict route (or one answered 405), not Starlette's."""
+        by_path = self.table().get(method)
+        if by_path is not None and path in by_path:
+            return True
+        try:
+            return self.find(method, path) is not None
+        except MethodNotAllowed:
+            return True
 
     def find(self, method: str, path: str) -> Target | None:
         """The route of ``method path``; a 405 naming the allowed methods if the path predicts by another."""
@@ -176,138 +193,164 @@ def _unnamed(route: HttpRoute, names: list[str]) -> Target | None:
     return Target(_CODECS[route.handler], "", refusal=refusal)
 
 
+class Dispatch:
+    """The pipeline's last step: a predict route's one ``DataPlane`` call; any other path, Starlette, whole."""
+
+    def __init__(self, plane: DataPlane, routes: PredictRoutes, app: ASGIApp, max_body_bytes: int) -> None:
+        self.plane, self.routes, self.app = plane, routes, app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, exchange: Exchange) -> Reply:
+        try:
+            target = self.routes.find(exchange.method, exchange.path)
+        except MethodNotAllowed as exc:
+            return error_reply(report(exc))
+        if target is None:
+            return await self.starlette(exchange)
+        return await self.predict(target, exchange)
+
+    async def predict(self, target: Target, exchange: Exchange) -> Reply:
+        """Status, headers and body of a predict route's reply: one ``DataPlane.infer`` (or ``explain``) call."""
+        model, version = exchange.routed or (target.model, target.version)
+        exchange.model = model
+        headers, limit, refusal = exchange.headers, self.max_body_bytes, target.refusal
+        timeout = None
+        for key, value in headers:
+            if key == _TIMEOUT_HEADER:
+                timeout = value
+                break
+
+        async def read() -> HttpMessage:
+            if refusal is not None:
+                raise refusal
+            return HttpMessage(whole_body(headers, exchange.whole_body(), limit), headers, exchange.query)
+
+        try:
+            call = self.plane.explain if target.explain else self.plane.infer
+            content, extra = await call(target.codec, model, version, read, timeout)
+        except FerryError as exc:
+            return error_reply(exc)
+        return Reply(200, [*extra, content_length(content)], content)
+
+    async def starlette(self, exchange: Exchange) -> Reply:
+        """A request the pipeline carried that no predict route serves (a routed path's metadata), from Starlette."""
+        path, headers = exchange.path, exchange.headers
+        scope = {**exchange.scope, "path": path, "raw_path": path.encode(), "headers": headers}
+        if exchange.routed is not None:
+            scope[ROUTED_MODEL_KEY] = exchange.routed
+        status, reply_headers, chunks = 0, [], []
+
+        async def send(message: Message) -> None:
+            nonlocal status, reply_headers
+            if message["type"] == "http.response.start":
+                status, reply_headers = message["status"], list(message.get("headers", ()))
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+
+        try:
+            await self.app(scope, _replay(exchange.whole_body()), send)
+        except Exception:
+            if not status:
+                raise
+            logger.exception("Exception in ASGI application")  # (after its 500 was sent, as uvicorn logs it)
+        return Reply(status, reply_headers, b"".join(chunks))
+
+
 class FerryApp:
-    """The ASGI app: request context, auth, the router, then the predict dispatcher, then Starlette."""
+    """The ASGI adapter: X-Forwarded-*, then the request pipeline for what it serves, else Starlette.
+
+    ``pipeline`` is also what the connection (``ferry.server.lane``) calls for a request whose body is whole,
+    when this app is the one the server runs (``ferry.server.run.FerryConfig``).
+    """
 
     def __init__(
         self,
         app: Starlette,
         plane: DataPlane,
+        pipeline: Pipeline,
+        context: RequestContext,
+        auth: AuthStep | None,
+        routes: PredictRoutes,
         limits: tuple[int, float],
-        auth: TokenAuth | None = None,
-        access_log: bool = True,
-        routing: Callable[[Handler], Handler] | None = None,
-        tracing: Callable[[Handler], Handler] | None = None,
-        routes: PredictRoutes | None = None,
     ) -> None:
         self.app = app
         self.plane = plane
-        self.routes = routes or PredictRoutes(plane.registry)
+        self.pipeline = pipeline
+        self.starlette_in_context = context.asgi(self.starlette)  # the pipeline's ContextStep's, around Starlette
+        self.auth_step = auth
+        self.routes = routes
         self.max_body_bytes, self.body_timeout = limits
-        self.auth = auth
-        # ``--routes``: the router sits after auth and in front of the local dispatch, which it calls.
-        self.serve: Handler = self.serve_local if routing is None else routing(self.serve_local)
-        # ``--tracing``: marks each request's phases for its spans; absent otherwise, so it costs nothing.
-        traced = self.dispatch if tracing is None else tracing(self.dispatch)
-        # Outermost: every response, the dispatcher's and Starlette's, carries X-Request-ID and is access-logged.
-        self.entry = RequestContext(traced, access_log)
-        # The connection may answer a predict request itself (``answer_whole``) only where nothing sits
-        # between the entry and the dispatch table: no auth, no routes file, no tracing.
-        self.lane_open = auth is None and routing is None and tracing is None
+        self.forwarded: Forwarded | None = None  # set by the server that runs the app (uvicorn's --proxy-headers)
 
     @property
     def state(self) -> State:
         return self.app.state
 
+    @property
+    def auth(self) -> Any:
+        """The ``TokenAuth`` (gRPC checks the same tokens), or None."""
+        return self.auth_step.auth if self.auth_step is not None else None
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.entry(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.monotonic()
+        await self.forward(scope)
+        if not self.pipeline.serves(scope["method"], scope["path"]):
+            await self.starlette_in_context(scope, receive, send)  # request ID, access log, auth, Starlette
+            return
+        body, error = b"", None
+        try:
+            body = await read_body_as_sent(scope, receive, self.max_body_bytes, self.body_timeout)
+        except FerryError as exc:
+            error = exc  # raised where the body is needed, after the request ID, auth and the router
+        exchange = Exchange.of(scope, body, started)
+        exchange.body_error = error
+        reply = await self.pipeline(exchange)
+        await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
+        await send({"type": "http.response.body", "body": reply.body})
 
-    async def dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.auth is not None and scope["type"] == "http" and self.auth.requires(scope["method"], scope["path"]):
-            try:
-                self.auth.check(scope["headers"])
-            except Unauthorized as exc:
-                await _send_error(report(exc), send)
-                return
-        await self.serve(scope, receive, send)
+    def serves(self, method: str, path: str) -> bool:
+        return self.pipeline.serves(method, path)
 
-    async def serve_local(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            try:
-                target = self.routes.find(scope["method"], scope["path"])
-            except MethodNotAllowed as exc:
-                await _send_error(report(exc), send)
-                return
-            if target is not None:
-                await self.predict(target, scope, receive, send)
+    async def answer(self, scope: Scope, body: bytes) -> Reply:
+        """The connection's call, for a request the pipeline serves whose body is whole: ``__call__`` less the read."""
+        started = time.monotonic()
+        await self.forward(scope)
+        return await self.pipeline(Exchange.of(scope, body, started))
+
+    def set_forwarded(self, forwarded: Forwarded) -> None:
+        """Apply ``X-Forwarded-*`` as ``forwarded`` does (uvicorn's proxy headers, from the server's setting)."""
+        self.forwarded = forwarded
+
+    async def forward(self, scope: Scope) -> None:
+        if self.forwarded is not None:
+            for key, _ in scope["headers"]:
+                if key.startswith(b"x-forwarded-"):
+                    await self.forwarded(scope)
+                    break
+
+    async def starlette(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """What the pipeline does not serve, after auth (inside the request context): Starlette's routes."""
+        if self.auth_step is not None:
+            refused = self.auth_step.refusal(scope["method"], scope["path"], scope["headers"])
+            if refused is not None:
+                await send({"type": "http.response.start", "status": refused.status, "headers": refused.headers})
+                await send({"type": "http.response.body", "body": refused.body})
                 return
         await self.app(scope, receive, send)
 
-    async def predict(self, target: Target, scope: Scope, receive: Receive, send: Send) -> None:
-        refusal = target.refusal
 
-        async def read() -> HttpMessage:
-            if refusal is not None:
-                raise refusal
-            body = await read_asgi_body(scope, receive, self.max_body_bytes, self.body_timeout)
-            return HttpMessage(body, scope["headers"], scope.get("query_string", b""))
+def _replay(body: bytes) -> Receive:
+    """The body already read, then a disconnect (a routed path's Starlette reply is plain, never streamed)."""
+    sent = False
 
-        status, headers, content = await self._answer(target, scope, read)
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": content})
+    async def receive() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
 
-    async def answer_whole(self, scope: Scope, body: bytes) -> Reply | None:
-        """The reply to a predict request whose body has arrived whole, or None where the ASGI path must serve it.
-
-        The connection (``ferry.server.connections``) calls this before it would start the ASGI app, to
-        spare the common request uvicorn's per-message machinery. It is exactly what the ASGI path does
-        for a predict route (the same ``_answer``, the same body limits and decoding, the request ID and
-        access log of ``RequestContext``), and it declines whatever that path handles otherwise: auth, a
-        routes file, tracing, proxy headers that uvicorn would apply, a path that is not a predict route.
-        """
-        if not self.lane_open or scope["method"] != "POST":
-            return None
-        try:
-            target = self.routes.find("POST", scope["path"])
-        except MethodNotAllowed:
-            return None
-        if target is None or target.refusal is not None:
-            return None
-        headers: list[tuple[bytes, bytes]] = scope["headers"]
-        for key, _ in headers:
-            if key.startswith(b"x-forwarded-"):
-                return None
-        entry = self.entry
-        request_id = entry.request_id(headers)
-        token = REQUEST_ID.set(request_id)
-        start = time.perf_counter()
-        limit = self.max_body_bytes
-
-        async def read() -> HttpMessage:
-            return HttpMessage(whole_body(scope, body, limit), headers, scope.get("query_string", b""))
-
-        try:
-            status, reply_headers, content = await self._answer(target, scope, read)
-            if entry.access_log:
-                entry.log(scope, status, len(content), time.perf_counter() - start)  # (the line carries the ID)
-        finally:
-            REQUEST_ID.reset(token)
-        reply_headers.append((b"x-request-id", request_id.encode()))
-        return status, reply_headers, content
-
-    async def _answer(self, target: Target, scope: Scope, read: Callable[[], Awaitable[HttpMessage]]) -> Reply:
-        """Status, headers and body of a predict route's reply: one ``DataPlane.infer`` call."""
-        model, version = scope.get(ROUTED_MODEL_KEY) or (target.model, target.version)
-        scope[MODEL_KEY] = model
-        timeout = None
-        for key, value in scope["headers"]:
-            if key == _TIMEOUT_HEADER:
-                timeout = value
-                break
-        try:
-            call = self.plane.explain if target.explain else self.plane.infer
-            content, extra = await call(target.codec, model, version, read, timeout)
-        except FerryError as exc:
-            content, extra = error_answer(exc)
-            return exc.status, [*extra, _length(content)], content
-        return 200, [*extra, _length(content)], content
-
-
-def _length(content: bytes) -> tuple[bytes, bytes]:
-    return (b"content-length", str(len(content)).encode())
-
-
-async def _send_error(error: FerryError, send: Send) -> None:
-    content, headers = error_answer(error)
-    await send({"type": "http.response.start", "status": error.status, "headers": [*headers, _length(content)]})
-    await send({"type": "http.response.body", "body": content})
+    return receive

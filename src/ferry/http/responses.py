@@ -57,22 +57,22 @@ async def read_asgi_body(scope: Scope, receive: Receive, limit: int, timeout: fl
     A body sent with ``Content-Encoding: gzip`` or ``deflate`` is decompressed, and the limit holds for
     what it decompresses to as well, so a small bomb is refused before it grows.
     """
-    encoding = _declared(scope, limit)
-    return _decoded(await _read(scope, receive, limit, timeout), encoding, limit)
+    encoding = _declared(scope["headers"], limit)
+    return _decoded(await read_raw_body(receive, limit, timeout), encoding, limit)
 
 
-def whole_body(scope: Scope, body: bytes, limit: int) -> bytes:
-    """``read_asgi_body`` for a body the connection has already received whole: the same limits and decoding."""
-    encoding = _declared(scope, limit)
+def whole_body(headers: list[tuple[bytes, bytes]], body: bytes, limit: int) -> bytes:
+    """``read_asgi_body`` for a body already received whole: the same limits and decoding."""
+    encoding = _declared(headers, limit)
     if len(body) > limit:
         raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
     return _decoded(body, encoding, limit)
 
 
-def _declared(scope: Scope, limit: int) -> bytes | None:
+def _declared(headers: list[tuple[bytes, bytes]], limit: int) -> bytes | None:
     """The body's Content-Encoding; a 413 at once when its declared length is past ``limit``."""
     encoding = None
-    for key, value in scope["headers"]:
+    for key, value in headers:
         if key == b"content-length" and value.isdigit() and int(value) > limit:
             raise PayloadTooLarge(f"request body of {int(value)} bytes exceeds the limit of {limit} bytes")
         if key == b"content-encoding":
@@ -108,7 +108,14 @@ def decompress(body: bytes, encoding: bytes, limit: int) -> bytes:
     return out
 
 
-async def _read(scope: Scope, receive: Receive, limit: int, timeout: float) -> bytes:
+async def read_body_as_sent(scope: Scope, receive: Receive, limit: int, timeout: float = 30.0) -> bytes:
+    """The body as sent (still compressed), for ``whole_body`` to decode: a 413 at once when its declared
+    length is past ``limit``, as ``read_asgi_body``'s."""
+    _declared(scope["headers"], limit)
+    return await read_raw_body(receive, limit, timeout)
+
+
+async def read_raw_body(receive: Receive, limit: int, timeout: float) -> bytes:
     task = asyncio.current_task()
     assert task is not None
     loop = task.get_loop()

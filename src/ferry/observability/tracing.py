@@ -14,7 +14,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,7 +23,6 @@ import orjson
 
 from ferry._version import __version__
 from ferry.errors import TracingError
-from ferry.observability.access import MODEL_KEY
 from ferry.observability.context import current_request_id
 from ferry.protocol.routes import protocol_of
 
@@ -42,11 +41,6 @@ try:
 except ImportError as exc:  # pragma: no cover - the test extras install it
     raise ImportError("tracing needs the tracing extra: pip install 'ferry[tracing]'") from exc
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Reply = TypeVar("Reply")
 
 TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
@@ -136,10 +130,6 @@ class Tracing:
         self.provider.shutdown()
 
     # -- the model server --------------------------------------------------------------------------
-    def asgi(self, app: ASGIApp) -> ASGIApp:
-        """Wrap the app: every HTTP request gets a ``RequestTrace``; predictions become spans when they end."""
-        return TracingMiddleware(app, self)
-
     def begin(self, name: str, version: str, at: float) -> RequestTrace | None:
         """The service's hook: the current request's trace, for its first prediction only (not a shadow's)."""
         request = self._current.get()
@@ -178,6 +168,19 @@ class Tracing:
                 "ferry.protocol": "grpc",
             }
             self.record(request, carrier, request.model or model, attributes, code in _GRPC_SERVER_ERRORS)
+
+    def record_http(
+        self, request: RequestTrace, method: str, path: str, headers: list[tuple[bytes, bytes]], model: str
+    ) -> None:
+        """Draw an HTTP prediction's spans (the request pipeline's ``TracingStep`` marks the request)."""
+        carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers if k in _TRACE_HEADER_BYTES}
+        attributes = {
+            "http.request.method": method,
+            "url.path": path,
+            "http.response.status_code": request.status,
+            "ferry.protocol": http_protocol(path),
+        }
+        self.record(request, carrier, model, attributes, request.status >= 500)
 
     def record(
         self,
@@ -236,53 +239,6 @@ class Answer:
         self.span.set_attribute("http.response.status_code", code)
         if code >= 500:
             self.span.set_status(Status(StatusCode.ERROR))
-
-
-class TracingMiddleware:
-    """Plain ASGI, inside the request-ID middleware: marks the body read and the response start of each request."""
-
-    def __init__(self, app: ASGIApp, tracing: Tracing) -> None:
-        self.app = app
-        self.tracing = tracing
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request, token = self.tracing.start_request()
-
-        async def receive_marked() -> Message:
-            message = await receive()
-            if message["type"] == "http.request" and not message.get("more_body", False):
-                request.read = time.monotonic()
-            return message
-
-        async def send_marked(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                request.status, request.responded = message["status"], time.monotonic()
-            await send(message)
-
-        try:
-            await self.app(scope, receive_marked, send_marked)
-        except BaseException:
-            request.status = request.status or 500
-            raise
-        finally:
-            self.tracing.end_request(token)
-            # Predict routes only: the hot path names its model even when it fails before the service.
-            model = request.model or scope.get(MODEL_KEY)
-            if model is not None:
-                self._record(scope, request, model)
-
-    def _record(self, scope: Scope, request: RequestTrace, model: str) -> None:
-        carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in _TRACE_HEADER_BYTES}
-        attributes = {
-            "http.request.method": scope["method"],
-            "url.path": scope["path"],
-            "http.response.status_code": request.status,
-            "ferry.protocol": http_protocol(scope["path"]),
-        }
-        self.tracing.record(request, carrier, model, attributes, request.status >= 500)
 
 
 def http_protocol(path: str) -> str:

@@ -42,14 +42,15 @@ import logging
 import os
 import socket
 import stat
-from collections.abc import MutableMapping
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import httptools
 import orjson
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from ferry.server.lane import LaneProtocol
 
 
 @dataclass(frozen=True)
@@ -197,25 +198,7 @@ async def _open(loop: asyncio.AbstractEventLoop, like: BoundedHttpProtocol, clie
         client.close()  # reset before it was served
 
 
-class Lane(Protocol):
-    """The app's answer to a request whose body is in whole (``FerryApp.answer_whole``); None: run the app."""
-
-    async def answer_whole(
-        self, scope: MutableMapping[str, Any], body: bytes
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None: ...
-
-
 _UNKNOWN = object()
-
-
-def _lane_of(app: Any) -> Lane | None:
-    """The lane under uvicorn's wrappers of the app (its proxy-headers middleware), if the app has one."""
-    for _ in range(4):
-        if hasattr(app, "answer_whole"):
-            lane: Lane = app
-            return lane
-        app = getattr(app, "app", None)
-    return None
 
 
 class _HeadTooLarge(Exception):
@@ -272,8 +255,10 @@ class _OnePacketReply:
         self.transport.close()
 
 
-class BoundedHttpProtocol(HttpToolsProtocol):
-    """One HTTP/1.1 connection; the bounds (see the module docstring) come as ``config.connection_limits``."""
+class BoundedHttpProtocol(LaneProtocol):
+    """One HTTP/1.1 connection; the bounds (see the module docstring) come as ``config.connection_limits``.
+
+    Its requests go to the app's request pipeline when their body is whole (``ferry.server.lane``)."""
 
     def __init__(self, config: Config, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
@@ -291,72 +276,11 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self.opened = self.waiting_since = self.window_at = self.loop.time()
         self.sweeper = _Sweeper.of(self)
         self.from_backlog = False  # accepted by ``_Backlog``, not uvloop
-        self.lane_task: asyncio.Task[None] | None = None  # the request the lane is answering, if any
-
-    # -- the lane: a whole predict request answered without the ASGI messages -------------------------------
-    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
-        state = self.server_state
-        found = getattr(state, "ferry_lane", _UNKNOWN)
-        if found is _UNKNOWN:
-            found = state.ferry_lane = _lane_of(self.app)  # type: ignore[attr-defined]
-        lane = cast(Lane | None, found)
-        if lane is None or self.config.reset_contextvars:
-            HttpToolsProtocol._start_asgi_task(self, cycle, app)
-            return
-        task = self.loop.create_task(self._serve(cycle, app, lane))
-        task.add_done_callback(self.tasks.discard)
-        self.tasks.add(task)
-        self.lane_task = task  # cancelled if the client goes: its queued work is then dropped, not computed
-
-    async def _serve(self, cycle: RequestResponseCycle, app: Any, lane: Lane) -> None:
-        """Answer through the lane when the body is in (the common small request), else run the ASGI app.
-
-        uvicorn's request cycle costs a dozen ASGI messages, header checks and events per request; the
-        lane writes the same reply (``FerryApp.answer_whole`` decides it, and declines what it does not
-        serve exactly as the app would) in one write, and completes the cycle as uvicorn's ``send`` does.
-        """
-        if cycle.more_body or cycle.waiting_for_100_continue:
-            await cycle.run_asgi(app)
-            return
-        try:
-            reply = await lane.answer_whole(cast(MutableMapping[str, Any], cycle.scope), bytes(cycle.body))
-        except asyncio.CancelledError:
-            if not cycle.disconnected:
-                raise
-            return  # the client went (counted as closed by the data plane): nobody to answer
-        except BaseException as exc:
-            self.logger.error("Exception in ASGI application\n", exc_info=exc)
-            await cycle.send_500_response()
-            return
-        if reply is None:
-            await cycle.run_asgi(app)
-            return
-        if cycle.disconnected:
-            return
-        if self.flow.write_paused:
-            await self.flow.drain()
-        status, headers, body = reply
-        content = [STATUS_LINE[status]]
-        for name, value in (*cycle.default_headers, *headers):
-            content += (name.lower(), b": ", value, b"\r\n")  # (as uvicorn's send writes them)
-        if not cycle.keep_alive:
-            content.append(b"connection: close\r\n")
-        content += (b"\r\n", body)
-        self.transport.write(b"".join(content))
-        cycle.response_started = cycle.response_complete = True
-        cycle.message_event.set()
-        if not cycle.keep_alive:
-            self.transport.close()
-        cycle.on_response()
-        cycle.on_response = lambda: None
 
     # -- connection -----------------------------------------------------------------------------------
     def connection_lost(self, exc: Exception | None) -> None:
         self._release()
-        super().connection_lost(exc)  # marks the cycle disconnected
-        task = self.lane_task
-        if task is not None and not task.done():
-            task.cancel()  # a request still queued or computing for a client that has gone
+        super().connection_lost(exc)  # marks the cycle disconnected, cancels the request's task
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import uvicorn
 
 from ferry.server.connections import BoundedHttpProtocol, ConnectionLimits
+from ferry.server.lane import WholeRequests, compose
 from ferry.server.ports import check_ports
 from ferry.server.supervisor import Supervisor
 from ferry.settings import Settings
@@ -16,12 +18,29 @@ APP = "ferry.server.worker:create_app_from_env"
 
 
 class FerryConfig(uvicorn.Config):
-    """uvicorn's config plus the connection limits; pickled as it is to every worker."""
+    """uvicorn's config plus the connection limits; pickled as it is to every worker.
+
+    Its ``load`` composes the server: the connections get the request pipeline of the app they run
+    (``whole_requests``) only when that app is Ferry's ASGI adapter itself, nothing wrapped around it.
+    """
 
     def __init__(self, *args: Any, connection_limits: ConnectionLimits, **kwargs: Any) -> None:
         self.configured_by = os.getpid()
         super().__init__(*args, **kwargs)  # (configures logging, in this process)
         self.connection_limits = connection_limits
+        self.whole_requests: WholeRequests | None = None
+
+    def load(self) -> None:
+        # uvicorn's proxy-headers middleware would wrap the app: off while uvicorn loads it, then applied by
+        # ``compose``, in the app (for both of its paths) or as that middleware around any other app.
+        proxy_headers, self.proxy_headers = self.proxy_headers, False
+        try:
+            super().load()
+        finally:
+            self.proxy_headers = proxy_headers
+        # Ferry's app is a FerryApp only if its module is loaded; the gateway's config need not import it.
+        dispatch = sys.modules.get("ferry.http.dispatch")
+        self.whole_requests = compose(self, dispatch.FerryApp if dispatch is not None else type(None))
 
     def configure_logging(self) -> None:
         # A forked worker inherits its parent's logging as it is; configuring it again in each worker
