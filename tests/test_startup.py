@@ -26,10 +26,11 @@ def test_a_server_without_grpc_maps_no_grpc_library(serve: Any, example_repo: Pa
     assert "/grpc/" not in mapped and "cygrpc" not in mapped
 
 
-def test_a_server_with_grpc_maps_it(serve: Any, example_repo: Path) -> None:
-    """The check above can see gRPC when it is there."""
+def test_a_server_with_grpc_maps_protobuf_but_no_grpcio(serve: Any, example_repo: Path) -> None:
+    """gRPC is framed by Ferry (ferry.grpc.http2): with its port on, protobuf's extension is loaded, grpcio never."""
     server = serve(str(example_repo), "--grpc-port", str(free_port()))
-    assert "cygrpc" in Path(f"/proc/{server.proc.pid}/maps").read_text()
+    mapped = Path(f"/proc/{server.proc.pid}/maps").read_text()
+    assert "_upb" in mapped and "cygrpc" not in mapped
 
 
 def test_the_app_factory_freezes_start_ups_objects_and_the_started_server_turns_the_collector_on(

@@ -131,8 +131,8 @@ def _ready_lines(log: str) -> list[tuple[str, int]]:
 
 
 def test_grpc_imported_before_forking_serves_from_every_worker(serve: Any, example_repo: Path) -> None:
-    """With gRPC on, grpcio is imported by the parent (its pages shared by the workers), and each worker
-    starts its own gRPC server on the shared port: calls over fresh connections all succeed."""
+    """With gRPC on, its server (protobuf's messages) is imported by the parent, its pages shared by the workers,
+    and each worker starts its own gRPC server on the shared port: calls over fresh connections all succeed."""
     import grpc
     import numpy as np
     from tests.conftest import free_port
@@ -142,7 +142,7 @@ def test_grpc_imported_before_forking_serves_from_every_worker(serve: Any, examp
 
     grpc_port = free_port()
     server = serve(str(example_repo), "--workers", "2", "--grpc-port", str(grpc_port))
-    assert "cygrpc" in Path(f"/proc/{server.proc.pid}/maps").read_text()  # the parent imported it
+    assert "_upb" in Path(f"/proc/{server.proc.pid}/maps").read_text()  # the parent imported it
     data = np.array([[5.1, 2.4]])
     tensor = pb.ModelInferRequest.InferInputTensor(name="input-0", datatype="FP64", shape=list(data.shape))
     tensor.contents.fp64_contents.extend(data.ravel().tolist())

@@ -1,4 +1,4 @@
-"""gRPC unary calls on HTTP/2 (RFC 9113), as an asyncio Protocol: only what a unary call needs, every peer-controlled resource bounded.
+"""gRPC unary calls on HTTP/2 (RFC 9113) as an asyncio Protocol: what a unary call needs, every peer's resource bounded.
 
 A connection reads frames, decodes header blocks with ``hpack`` (its dynamic table is per connection, so
 blocks are decoded in order, never cached), gathers each stream's one length-prefixed message, and runs
@@ -19,12 +19,12 @@ import time
 import zlib
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 from urllib.parse import quote
 
-from hpack import Decoder  # type: ignore[import-untyped]
-from hpack.exceptions import HPACKError  # type: ignore[import-untyped]
-from hpack.table import HeaderTable  # type: ignore[import-untyped]
+from hpack import Decoder
+from hpack.exceptions import HPACKError
+from hpack.table import HeaderTable
 
 logger = logging.getLogger("ferry.grpc")
 
@@ -42,7 +42,10 @@ HEADER = struct.Struct(">HBBBL")  # a frame header: length (24 bits as 16 + 8), 
 GRPC_TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
 
-class CountedTable(HeaderTable):  # type: ignore[misc]
+_MAXSIZE: Any = vars(HeaderTable)["maxsize"]  # the property, its setter wrapped below
+
+
+class CountedTable(HeaderTable):
     """HPACK's dynamic table, counting its changes: a block decoded at one count decodes the same at it again."""
 
     generation = 0
@@ -53,9 +56,9 @@ class CountedTable(HeaderTable):  # type: ignore[misc]
 
     def _resize(self, value: int) -> None:
         self.generation += 1
-        HeaderTable.maxsize.fset(self, value)
+        _MAXSIZE.fset(self, value)
 
-    maxsize = property(HeaderTable.maxsize.fget, _resize)
+    maxsize = property(_MAXSIZE.fget, _resize)
 
 
 class HeaderCache:
@@ -80,7 +83,7 @@ class HeaderCache:
         generation = self.table.generation
         if cached is not None and cached[0] == generation:
             return cached[1]
-        headers = [(name, value) for name, value in self.decoder.decode(block)]
+        headers = cast(list[tuple[str, str]], self.decoder.decode(block))  # (str: not raw)
         if self.table.generation == generation and len(block) <= self.LARGEST:
             if len(self.blocks) >= self.ENTRIES:
                 self.blocks.clear()
@@ -407,7 +410,9 @@ class GrpcConnection(asyncio.Protocol):
         try:
             headers = self.headers.decode(block)  # every block, in order: the dynamic table is the connection's
         except HPACKError as exc:  # a list past the bound too: the table may be out of step, so the connection ends
-            raise ConnectionError_(PROTOCOL_ERROR if "Oversized" not in type(exc).__name__ else ENHANCE_YOUR_CALM, str(exc)) from None
+            raise ConnectionError_(
+                PROTOCOL_ERROR if "Oversized" not in type(exc).__name__ else ENHANCE_YOUR_CALM, str(exc)
+            ) from None
         stream = self.streams.get(sid)
         if stream is not None:  # trailers from the client: they end its side
             if not end_stream:
@@ -621,7 +626,11 @@ class GrpcConnection(asyncio.Protocol):
             self._answer(stream, StatusCode.UNKNOWN, "unexpected error")
         else:
             if len(reply) > self.limits.max_message:
-                self._answer(stream, StatusCode.RESOURCE_EXHAUSTED, f"reply of {len(reply)} bytes past the limit of {self.limits.max_message}")
+                self._answer(
+                    stream,
+                    StatusCode.RESOURCE_EXHAUSTED,
+                    f"reply of {len(reply)} bytes past the limit of {self.limits.max_message}",
+                )
             else:
                 call.status = StatusCode.OK
                 self._reply(stream, reply)
@@ -742,7 +751,11 @@ class GrpcConnection(asyncio.Protocol):
             return
         for stream in list(self.streams.values()):
             if not stream.half_closed and not stream.answered and now - stream.started > limits.message_timeout:
-                self._answer(stream, StatusCode.DEADLINE_EXCEEDED, f"request message not received within {limits.message_timeout:g} s")
+                self._answer(
+                    stream,
+                    StatusCode.DEADLINE_EXCEEDED,
+                    f"request message not received within {limits.message_timeout:g} s",
+                )
         if not self.streams and now - self.idle_since > limits.idle_timeout:
             self.go_away()
         self._flush()
@@ -755,7 +768,7 @@ class GrpcConnection(asyncio.Protocol):
 
 
 class _HttpStatus(Exception):
-    """A request that is not gRPC at all: answered with this HTTP status, as the gRPC spec asks (415 for a content type)."""
+    """A request that is not gRPC at all: answered with this HTTP status alone (415 for its content type)."""
 
     def __init__(self, status: int) -> None:
         self.status = status
@@ -812,4 +825,3 @@ class GrpcServer:
             if connection.transport is not None:
                 connection.transport.close()
             connection.connection_lost(None)
-

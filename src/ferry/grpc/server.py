@@ -1,55 +1,61 @@
-"""``inference.GRPCInferenceService`` on grpc.aio, in the REST server's event loop, over ``DataPlane.infer``.
+"""``inference.GRPCInferenceService`` over ``DataPlane.infer``, on Ferry's own HTTP/2 framing (``ferry.grpc.http2``).
 
-Each call's request arrives as bytes, so its size is known before anything is parsed: the bytes of
-the calls being handled at once are bounded by ``--max-inflight-bytes``, as HTTP bounds its bodies.
+The server runs in the REST server's event loop. grpcio's server spent three quarters of its time in its
+own completion queue and poller thread (bench/results/grpc-2026-12-07.md); this one frames unary calls in
+an asyncio Protocol, as the HTTP side reads HTTP/1.1. Each call's message arrives whole, so its size is
+known before anything is parsed: the bytes of the calls being handled at once are bounded by
+``--max-inflight-bytes``, as HTTP bounds its bodies.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
-import grpc
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
 from ferry.auth import TokenAuth
 from ferry.errors import FerryError, InvalidInput, Overloaded, Unauthorized
 from ferry.grpc import inference_pb2 as pb
-from ferry.grpc import inference_pb2_grpc as pb_grpc
 from ferry.grpc.codec import GRPC_CODEC, status_code
+from ferry.grpc.http2 import Call, GrpcError, GrpcServer, Limits, StatusCode
 from ferry.protocol import v2
 from ferry.serving.dataplane import UNKNOWN_MODEL, DataPlane, report
 from ferry.serving.registry import ModelState
+from ferry.settings import Settings
 
 if TYPE_CHECKING:
     from ferry.observability.tracing import Tracing
-    from ferry.serving.metrics import Metrics
 
 logger = logging.getLogger("ferry.grpc")
 REFUSAL_LOG_S = 10.0  # at most one log line per this many seconds about calls refused for bytes in flight
+SERVICE = "inference.GRPCInferenceService"
+EXEMPT = frozenset({"ServerLive", "ServerReady"})  # never need a token (ModelReady names a model, so it does)
 
-Reply = TypeVar("Reply")
+Method = Callable[[Any, Call], Awaitable[Any]]
 
 
-class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+class InferenceServicer:
+    """The service's methods: a parsed request and its call in, a reply message out, or ``GrpcError``."""
+
     def __init__(self, plane: DataPlane, tracing: Tracing | None = None) -> None:
         self.plane = plane
         self.registry = plane.registry
         self.metrics = plane.metrics
         self.tracing = tracing
 
-    async def ServerLive(self, request: Any, context: Any) -> Any:
+    async def ServerLive(self, request: Any, call: Call) -> Any:
         return pb.ServerLiveResponse(live=True)
 
-    async def ServerReady(self, request: Any, context: Any) -> Any:
+    async def ServerReady(self, request: Any, call: Call) -> Any:
         return pb.ServerReadyResponse(ready=self.registry.is_ready())
 
-    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+    async def ServerMetadata(self, request: Any, call: Call) -> Any:
         return pb.ServerMetadataResponse(**v2.server_metadata())
 
-    async def ModelReady(self, request: Any, context: Any) -> Any:
+    async def ModelReady(self, request: Any, call: Call) -> Any:
         async def ready() -> Any:
             if request.name not in self.registry.models:
                 self.registry.get(request.name)  # the 404 that lists the served models
@@ -63,9 +69,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
                 return pb.ModelReadyResponse(ready=False)
             return pb.ModelReadyResponse(ready=True)
 
-        return await self._call("grpc:ModelReady", request.name, context, ready)
+        return await self._call("grpc:ModelReady", request.name, call, ready)
 
-    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+    async def ModelMetadata(self, request: Any, call: Call) -> Any:
         async def metadata() -> Any:
             budget = self.plane.budget
             if budget is None:
@@ -77,26 +83,25 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             metadata.pop("explanation")  # (ModelMetadataResponse has no field for it)
             return pb.ModelMetadataResponse(**metadata)
 
-        return await self._call("grpc:ModelMetadata", request.name, context, metadata)
+        return await self._call("grpc:ModelMetadata", request.name, call, metadata)
 
-    async def ModelInfer(self, request: Any, context: Any) -> Any:
+    async def ModelInfer(self, request: Any, call: Call) -> Any:
         async def given() -> Any:
             return request
 
-        async def call() -> Any:
+        async def infer() -> Any:
             try:
                 return await self.plane.infer(
-                    GRPC_CODEC, request.model_name, request.model_version or None, given, context.time_remaining()
+                    GRPC_CODEC, request.model_name, request.model_version or None, given, call.time_remaining()
                 )
             except FerryError as exc:  # already counted and reported by infer
-                await context.abort(_code(exc), exc.message)
-                raise  # abort() raises; this line only satisfies the type checker
+                raise _status(call, exc) from None
 
         if self.tracing is None:
-            return await call()
-        return await self.tracing.grpc("ModelInfer", request.model_name, context, call)
+            return await infer()
+        return await self.tracing.grpc("ModelInfer", request.model_name, call, infer)
 
-    async def _call(self, route: str, model: str, context: Any, action: Callable[[], Awaitable[Reply]]) -> Reply:
+    async def _call(self, route: str, model: str, call: Call, action: Callable[[], Awaitable[Any]]) -> Any:
         """Count and time one per-model call besides infer; errors take the shared ``report`` policy."""
         start = time.perf_counter()
         label = model if model in self.registry.models else UNKNOWN_MODEL
@@ -104,18 +109,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         try:
             return await action()
         except Exception as exc:
-            if isinstance(exc, grpc.aio.AbortError):
-                raise
             error = report(exc, self.metrics, label)
             status = status_code(error)
-            await context.abort(_code(error), error.message)
-            raise
+            raise _status(call, error) from None
         finally:
             self.metrics.requests.labels(label, route, "grpc", status).inc()
             self.metrics.latency.labels(label, route).observe(time.perf_counter() - start)
 
 
-SERVICE = "inference.GRPCInferenceService"
+def _status(call: Call, error: FerryError) -> GrpcError:
+    call.status = StatusCode[status_code(error)]
+    return GrpcError(call.status, error.message)
 
 
 class InflightBytes:
@@ -157,104 +161,73 @@ class InflightBytes:
         self.held -= size
 
 
-def add_service(server: grpc.aio.Server, servicer: InferenceServicer, inflight: InflightBytes | None = None) -> None:
-    """Register the service's methods taking their request as bytes, parsed by ``_parsing``.
+class InferenceService:
+    """``http2.Service`` for ``inference.GRPCInferenceService``: route, check the token, bound the bytes, parse.
 
-    The generated registration hands parsing to gRPC, which answers a request that does not parse
-    with UNKNOWN before any handler or metric sees it. Here it is INVALID_ARGUMENT, counted like
-    any client error, as Triton answers it. ModelInfer, whose messages are the big ones, is
-    registered as a stream (the same bytes on the wire), so it is admitted before its message is read.
+    A request that does not parse is INVALID_ARGUMENT, counted like any client error, as Triton answers
+    it (grpcio's generated handlers answered UNKNOWN before any metric saw the call). ModelInfer, whose
+    messages are the big ones, is admitted by ``inflight`` when its headers arrive, before its message is read.
     """
-    handlers = {}
-    for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
-        request_type, response_type = getattr(pb, method.input_type.name), getattr(pb, method.output_type.name)
-        handler = _parsing(method.name, request_type, getattr(servicer, method.name), servicer.metrics)
-        if method.name == "ModelInfer" and inflight is not None and inflight.limit:
-            handlers[method.name] = grpc.stream_unary_rpc_method_handler(
-                _bounded(handler, inflight, servicer.metrics), response_serializer=response_type.SerializeToString
-            )
-        else:
-            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                handler, response_serializer=response_type.SerializeToString
-            )
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    server.add_registered_method_handlers(SERVICE, handlers)
 
+    def __init__(
+        self, servicer: InferenceServicer, auth: TokenAuth | None = None, inflight: InflightBytes | None = None
+    ) -> None:
+        self.auth, self.metrics = auth, servicer.metrics
+        self.inflight = inflight if inflight is not None and inflight.limit else None
+        self.methods: dict[str, tuple[str, Any, Method]] = {}
+        for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
+            request_type = getattr(pb, method.input_type.name)
+            self.methods[f"/{SERVICE}/{method.name}"] = (method.name, request_type, getattr(servicer, method.name))
 
-Handler = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Any]]
+    def admit(self, call: Call) -> None:
+        entry = self.methods.get(call.method)
+        if entry is None:
+            raise GrpcError(StatusCode.UNIMPLEMENTED, f"Method not found: {call.method}")
+        name = entry[0]
+        if self.auth is not None and name not in EXEMPT:
+            try:
+                self.auth.check((k.encode(), v.encode()) for k, v in call.metadata)
+            except Unauthorized:
+                raise GrpcError(StatusCode.UNAUTHENTICATED, "missing or invalid credentials") from None
+        if name == "ModelInfer" and self.inflight is not None:
+            held = self.inflight.reserve()
+            if held is None:  # RESOURCE_EXHAUSTED, as gRPC's own maximum_concurrent_rpcs answers
+                error = report(
+                    Overloaded(f"request bytes in flight exceed {self.inflight.limit}; retry shortly"), self.metrics
+                )
+                self.metrics.requests.labels(UNKNOWN_MODEL, "grpc:ModelInfer", "grpc", "RESOURCE_EXHAUSTED").inc()
+                raise GrpcError(StatusCode.RESOURCE_EXHAUSTED, error.message)
+            call.held = held
 
-
-def _parsing(name: str, request_type: Any, method: Callable[[Any, Any], Awaitable[Any]], metrics: Metrics) -> Handler:
-    route = f"grpc:{name}"
-
-    async def handler(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+    async def handle(self, call: Call) -> bytes:
+        name, request_type, method = self.methods[call.method]
+        if call.held and self.inflight is not None:
+            call.held = self.inflight.settle(call.held, len(call.message))
         try:
-            request = request_type.FromString(raw)
+            request = request_type.FromString(call.message)
         except DecodeError as exc:
-            error = report(InvalidInput(f"malformed {request_type.__name__}: {exc}"), metrics)
-            metrics.requests.labels(UNKNOWN_MODEL, route, "grpc", status_code(error)).inc()
-            await context.abort(_code(error), error.message)
-        return await method(request, context)
+            error = report(InvalidInput(f"malformed {request_type.__name__}: {exc}"), self.metrics)
+            self.metrics.requests.labels(UNKNOWN_MODEL, f"grpc:{name}", "grpc", status_code(error)).inc()
+            raise _status(call, error) from None
+        reply: bytes = (await method(request, call)).SerializeToString()
+        return reply
 
-    return handler
-
-
-def _bounded(handler: Handler, inflight: InflightBytes, metrics: Metrics) -> Any:
-    """ModelInfer admitted by ``inflight`` before its one message is read; RESOURCE_EXHAUSTED past it."""
-    route = "grpc:ModelInfer"
-
-    async def bounded(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
-        held = inflight.reserve()
-        if held is None:  # RESOURCE_EXHAUSTED, as gRPC's own maximum_concurrent_rpcs answers
-            error = report(Overloaded(f"request bytes in flight exceed {inflight.limit}; retry shortly"), metrics)
-            metrics.requests.labels(UNKNOWN_MODEL, route, "grpc", "RESOURCE_EXHAUSTED").inc()
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, error.message)
-            raise AssertionError  # abort() raises
-        try:
-            raw = await anext(aiter(requests), None)
-            if raw is None:
-                error = report(InvalidInput("no ModelInferRequest sent"), metrics)
-                metrics.requests.labels(UNKNOWN_MODEL, route, "grpc", status_code(error)).inc()
-                await context.abort(_code(error), error.message)
-                raise AssertionError
-            held = inflight.settle(held, len(raw))
-            return await handler(raw, context)
-        finally:
-            inflight.release(held)
-
-    return bounded
+    def release(self, call: Call) -> None:
+        if call.held and self.inflight is not None:
+            self.inflight.release(call.held)
+            call.held = 0
 
 
-def _code(error: FerryError) -> grpc.StatusCode:
-    return getattr(grpc.StatusCode, status_code(error))
-
-
-class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """The HTTP side's bearer tokens, for gRPC: ``authorization: Bearer <token>`` or ``x-api-key`` metadata.
-
-    Server liveness and readiness never need a token; ``ModelReady`` names a model, so it does, as
-    ``GET /v2/models/{name}/ready`` does over HTTP.
-    """
-
-    EXEMPT = frozenset({"ServerLive", "ServerReady"})
-
-    def __init__(self, auth: TokenAuth) -> None:
-        self.auth = auth
-
-        async def deny(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid credentials")
-
-        self._deny = grpc.unary_unary_rpc_method_handler(deny)
-
-    async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
-        if details.method.rsplit("/", 1)[-1] in self.EXEMPT:
-            return await continuation(details)
-        headers = [(k.encode(), v.encode() if isinstance(v, str) else v) for k, v in details.invocation_metadata or ()]
-        try:
-            self.auth.check(headers)
-        except Unauthorized:
-            return self._deny
-        return await continuation(details)
+def limits(settings: Settings) -> Limits:
+    """The HTTP side's bounds, read for gRPC: a message is a body, a header list a head."""
+    return Limits(
+        max_message=settings.max_body_bytes,
+        max_header_bytes=settings.max_header_bytes,
+        max_headers=settings.max_headers,
+        max_connections=settings.max_connections,
+        header_timeout=settings.header_timeout,
+        message_timeout=settings.body_timeout,
+    )
 
 
 async def start_server(
@@ -266,24 +239,21 @@ async def start_server(
     tracing: Tracing | None = None,
     shared: bool = False,
     max_inflight_bytes: int = 0,
-) -> grpc.aio.Server:
+    bounds: Limits | None = None,
+) -> GrpcServer:
     """Bind and start; a port that cannot be bound is an error, never a silent gRPC-less server.
 
-    The port is this server's alone (gRPC would share it through SO_REUSEPORT by default), unless
-    ``shared``: the workers of one ``--workers N`` server, each with its own gRPC server.
-    ``max_inflight_bytes`` bounds the request bytes its calls hold at once (0: no bound).
+    The port is this server's alone, unless ``shared``: the workers of one ``--workers N`` server, each
+    with its own gRPC server on the port (SO_REUSEPORT). ``max_inflight_bytes`` bounds the request bytes
+    its calls hold at once (0: no bound); ``bounds`` the rest (``limits(settings)``), its message size
+    set to ``max_message``.
     """
-    options = [("grpc.max_receive_message_length", max_message), ("grpc.max_send_message_length", max_message)]
-    options.append(("grpc.so_reuseport", int(shared)))
-    if max_inflight_bytes:
-        # Without BDP probing a stream's window stays small until its call reads: a call not yet admitted
-        # holds a few KiB in gRPC's buffers, not its whole message (with it, 100 unread 8 MiB calls sat there).
-        options.append(("grpc.http2.bdp_probe", 0))
-    interceptors = [TokenInterceptor(auth)] if auth is not None else []
-    server = grpc.aio.server(options=options, interceptors=interceptors)
-    add_service(server, InferenceServicer(plane, tracing), InflightBytes(max_inflight_bytes, max_message))
+    bounds = Limits(max_message=max_message) if bounds is None else bounds
+    if bounds.max_message != max_message:
+        bounds = Limits(**{**bounds.__dict__, "max_message": max_message})
+    service = InferenceService(InferenceServicer(plane, tracing), auth, InflightBytes(max_inflight_bytes, max_message))
+    server = GrpcServer(service, bounds)
+    await server.start(host, port, reuse_port=shared)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    server.add_insecure_port(address)
-    await server.start()
     logger.info("gRPC (Open Inference v2) on %s", address)
     return server

@@ -27,7 +27,7 @@ def with_grpc(app: FerryApp, settings: Settings) -> FerryApp:
 
     @contextlib.asynccontextmanager
     async def lifespan(starlette: Any) -> AsyncIterator[None]:
-        from ferry.grpc.server import start_server  # grpcio is imported only by a server that serves gRPC
+        from ferry.grpc.server import limits, start_server  # imported only by a server that serves gRPC
 
         async with inner(starlette):
             # 1. The app has started (with --workers, its models are loaded): gRPC binds now, and alone on its
@@ -41,6 +41,7 @@ def with_grpc(app: FerryApp, settings: Settings) -> FerryApp:
                 app.state.tracing,
                 shared=settings.workers > 1,
                 max_inflight_bytes=settings.max_inflight_bytes,
+                bounds=limits(settings),
             )
             try:
                 yield
