@@ -253,7 +253,8 @@ def test_the_pipeline_serves_predict_routes_whatever_the_settings(example_repo: 
     from ferry.settings import Settings
 
     for tokens in ("", "s3cret"):
-        app = create_app(Settings(repo=example_repo, console=False, access_log=False, trust_code=True, auth_tokens=tokens))
+        settings = Settings(repo=example_repo, console=False, access_log=False, trust_code=True, auth_tokens=tokens)
+        app = create_app(settings)
         app.state.registry.load_all()
         assert app.serves("POST", "/models/iris/predict") and app.serves("POST", "/v2/models/iris/infer")
         assert app.serves("GET", "/models/iris/predict")  # (the pipeline answers its 405)
