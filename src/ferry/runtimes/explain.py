@@ -32,6 +32,7 @@ from ferry.runtimes.trees import TreeEnsemble
 TABLE_BYTES = 64 * 2**20
 TABLE_MAX_FEATURES = 12
 CHUNK_ELEMENTS = 2**22  # elements of the working polynomials per numpy call, to bound memory
+CHUNK_ADDS = 2**15  # (row, slot) additions per lookup and bincount: arrays that stay in cache
 # Deeper leaves' answers kept once computed, per group of leaves (sorted keys and weights).
 CACHE_BYTES = 16 * 2**20
 
@@ -62,18 +63,16 @@ class Contributions:
 # -- trees -----------------------------------------------------------------------------------------------
 @dataclass
 class _Leaves:
-    """The leaves whose paths hold ``d`` distinct features: their data, and their place in a batch."""
+    """The leaves whose paths hold ``d`` distinct features: their data, and their rows in a batch's ``missed``."""
 
     d: int
-    features: np.ndarray  # intp [leaves, d]: compact feature of each slot
     zero: np.ndarray  # float64 [leaves, d]: z, the share of cover the slot's splits keep
     value: np.ndarray  # float64 [leaves, width]
-    column: np.ndarray  # intp [leaves]: output column (trees of width 1)
-    leaves: slice  # their columns in a batch's ``missed`` [rows, leaves]
-    target: np.ndarray  # intp [leaves, d]: where each slot's weight adds up in a row's [outputs * features]
-    table: np.ndarray | None = None  # [leaves, d, 2^d]: answers by missed pattern, ``value`` folded in if width 1
-    reads: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.intp))  # [d + repeats, leaves]
-    again_bit: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 1), dtype=np.uint8))  # [repeats, leaves, 1]
+    start: int  # their first row in ``missed`` [leaves, rows]
+    target: np.ndarray  # intp [leaves, d * width]: where each (slot, column) adds up in a row's [outputs * features]
+    reference: np.ndarray  # [leaves]: the pattern of the reference row (``TreeShap``)
+    base: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # [leaves, d * width]: at ``reference``
+    table: np.ndarray | None = None  # [leaves * 2^d, d * width]: answers by pattern less ``base``
     cache: tuple[np.ndarray, np.ndarray] | None = None  # untabulated answers met before: sorted keys, weights
 
 
@@ -81,10 +80,14 @@ class TreeShap:
     """Path-dependent TreeSHAP of one ensemble, every row and leaf of a batch at once.
 
     Built by the first explanation: every leaf's path, and the answers of the shallow leaves for each of
-    their ``2^d`` patterns (``TABLE_BYTES``). A call then makes one decision per split node, turns
-    them into each leaf's pattern (a bit per slot: the row misses one of the slot's splits) with one
-    gather and one OR-reduction, and looks the answers up; a deeper leaf's answer is computed once per
-    distinct pattern and kept (``CACHE_BYTES``), since rows mostly follow a deep leaf's splits alike.
+    their ``2^d`` patterns (``TABLE_BYTES``). A call makes one decision per split node and turns them into
+    each leaf's pattern (a bit per slot: the row misses one of the slot's splits) with one gather and
+    shift-OR per slot. Answers are counted from a reference row that takes the larger-cover side of
+    every split (the training rows' usual path): its contributions are summed once, and a leaf adds
+    only where a row's pattern differs from the reference's (a table of differences, looked up and
+    added per feature with one ``bincount``), which skips most leaves of sparse rows (a text's absent
+    n-grams) and many of dense ones. A deeper leaf's answer is computed once per distinct pattern and
+    kept (``CACHE_BYTES``), since rows mostly follow a deep leaf alike.
     """
 
     def __init__(self, ensemble: TreeEnsemble) -> None:
@@ -129,99 +132,114 @@ class TreeShap:
         )
 
         # A leaf's slot is missed when the row goes the other way at one of the slot's splits: each split
-        # on the path reads a row of [go_right | !go_right | 0] (decisions per node, rows-minor). The
-        # first split of slot k goes in column k of the group's ``reads``, repeats after the d columns.
+        # on the path reads a row of ``either`` = [go_right | !go_right | 0] (decisions per node, rows-minor).
+        # Leaves go deepest first, so slot k's first splits are read by a prefix of them (``reads[k]``);
+        # a feature's later splits on the same path are ORed in by ``again``. The reference row goes to
+        # the child with the larger cover at every split.
         self.nodes = np.unique([n for p in paths for n, _, _ in p[4]]).astype(np.intp)
         row_of = {int(node): row for row, node in enumerate(self.nodes)}
+        cover, children = np.asarray(ensemble.cover, dtype=np.float64), ensemble.children
+        usual_right = cover[children[:, 1]] > cover[children[:, 0]]
+        order = [index for d in sorted(groups, reverse=True) for index in groups[d]]
+        reads: list[list[int]] = [[] for _ in range(max(groups, default=0))]
+        again: list[list[tuple[int, int, int]]] = []
+        reference = np.zeros(len(order), dtype=self.word)
+        for position, index in enumerate(order):
+            seen: set[int] = set()
+            repeats = 0
+            for node, goes_right, k in paths[index][4]:
+                read = row_of[node] + self.nodes.size * goes_right
+                if goes_right != usual_right[node]:
+                    reference[position] |= self.word(1 << k)
+                if k not in seen:
+                    seen.add(k)
+                    reads[k].append(read)
+                    continue
+                if len(again) <= repeats:
+                    again.append([])
+                again[repeats].append((position, read, 1 << k))
+                repeats += 1
+        self.reads = [np.asarray(r, dtype=np.intp) for r in reads]  # reads[k]: the first len(reads[k]) leaves'
+        self.again = [
+            (
+                np.asarray([a for a, _, _ in found], dtype=np.intp),
+                np.asarray([r for _, r, _ in found], dtype=np.intp),
+                np.asarray([b for _, _, b in found], dtype=self.word)[:, None],
+            )
+            for found in again
+        ]
+        self.reference = reference
         self.groups: list[_Leaves] = []
-        leaf_count = 0
-        for d in sorted(groups):
+        start = 0
+        size = self.outputs * self.n_features
+        columns = np.arange(self.width, dtype=np.intp) * self.n_features
+        for d in sorted(groups, reverse=True):
             members = groups[d]
-            firsts = np.zeros((len(members), d), dtype=np.intp)
-            repeats: list[list[tuple[int, int]]] = []
-            for row, index in enumerate(members):
-                seen: set[int] = set()
-                repeats.append([])
-                for node, goes_right, k in paths[index][4]:
-                    read = row_of[node] + self.nodes.size * goes_right
-                    if k in seen:
-                        repeats[-1].append((read, k))
-                    else:
-                        seen.add(k)
-                        firsts[row, k] = read
-            extra = max(map(len, repeats))
-            again = np.full((len(members), extra), 2 * self.nodes.size, dtype=np.intp)  # the row of zeros
-            again_bit = np.zeros((len(members), extra), dtype=self.word)
-            for row, found in enumerate(repeats):
-                for j, (read, k) in enumerate(found):
-                    again[row, j], again_bit[row, j] = read, 1 << k
             slot_features = np.asarray([paths[i][2] for i in members], dtype=np.intp)
             column = np.asarray([column_of[paths[i][0]] for i in members], dtype=np.intp)
+            if self.width == 1:
+                target = (column * self.n_features)[:, None] + slot_features
+            else:
+                target = (slot_features[:, :, None] + columns).reshape(len(members), d * self.width)
             self.groups.append(
                 _Leaves(
                     d=d,
-                    features=slot_features,
                     zero=np.asarray([paths[i][3] for i in members], dtype=np.float64),
                     value=ensemble.leaf_value[[paths[i][1] for i in members]],
-                    column=column,
-                    leaves=slice(leaf_count, leaf_count + len(members)),
-                    target=(column * self.n_features)[:, None] + slot_features if self.width == 1 else slot_features,
-                    reads=np.ascontiguousarray(np.concatenate([firsts, again], axis=1).T),
-                    again_bit=np.ascontiguousarray(again_bit.T)[:, :, None],
+                    start=start,
+                    target=target,
+                    reference=reference[start : start + len(members)],
                 )
             )
-            leaf_count += len(members)
+            start += len(members)
+        self.starts = np.asarray([g.start for g in self.groups] + [start], dtype=np.intp)
         self._tabulate()
+        # The reference row's contributions, to which each row adds its differences.
+        found = np.zeros(size)
+        for group in self.groups:
+            found += np.bincount(group.target.ravel(), group.base.ravel(), minlength=size)
+        self.reference_values = found
 
     def _trees_per_output(self) -> int:
         trees = int(self.ensemble.roots.size)
         return trees // self.outputs if self.width != self.outputs else trees
 
     def _tabulate(self) -> None:
-        """Tables of the shallow leaves' answers, and the slots that read them, grouped by where they add up."""
-        budget, tables, tabulated = TABLE_BYTES, [], 0
-        for group in self.groups:  # the shallowest first: the most leaves for the bytes
-            size = group.zero.shape[0] * (2**group.d) * group.d * 8
-            if group.d > TABLE_MAX_FEATURES or size > budget:
-                break
+        """Tables of the shallow leaves' answers less the reference's; the reference's answers of every leaf."""
+        budget = TABLE_BYTES
+        for group in sorted(self.groups, key=lambda g: g.d):  # the shallowest first: the most leaves for the bytes
+            leaves, d = group.zero.shape
+            size = leaves * (2**d) * d * self.width * 8
+            if d > TABLE_MAX_FEATURES or size > budget:
+                reference = group.reference.astype(np.uint64)
+                group.base = self._spread(group, self._answers(group, np.arange(leaves, dtype=np.intp), reference))
+                continue
             budget -= size
-            patterns = 2**group.d
-            o = 1.0 - ((np.arange(patterns)[:, None] >> np.arange(group.d)) & 1)  # [patterns, d]
-            table = np.empty((group.zero.shape[0], patterns, group.d))
-            step = max(1, CHUNK_ELEMENTS // (patterns * (group.d + 1) ** 2))
-            for lo in range(0, group.zero.shape[0], step):
+            patterns = 2**d
+            o = 1.0 - ((np.arange(patterns)[:, None] >> np.arange(d)) & 1)  # [patterns, d]
+            table = np.empty((leaves, patterns, d))
+            step = max(1, CHUNK_ELEMENTS // (patterns * (d + 1) ** 2))
+            for lo in range(0, leaves, step):
                 zero = group.zero[lo : lo + step]
-                ones = np.broadcast_to(o[:, None, :], (patterns, zero.shape[0], group.d))
+                ones = np.broadcast_to(o[:, None, :], (patterns, zero.shape[0], d))
                 table[lo : lo + step] = shapley(zero, ones).transpose(1, 0, 2)
             if self.width == 1:
                 table *= group.value[:, :1, None]
-            group.table = np.ascontiguousarray(table.transpose(0, 2, 1))  # [leaves, d, patterns]
-            tables.append(group)
-            tabulated = group.leaves.stop
-        self.tabulated = tabulated  # the tabulated leaves come first in a batch's ``missed``
-        self.table = np.concatenate([g.table.ravel() for g in tables if g.table is not None] or [np.zeros(0)])
-        # One entry per (leaf, slot, output column): its leaf, where its answers start in ``table``, the
-        # leaf value it is multiplied by (width > 1) and where it adds up; sorted by the last, so each
-        # row's sums are one ``add.reduceat`` over contiguous runs.
-        leaf, start, value, target = [], [], [], []
-        offset = 0
-        for group in tables:
-            leaves, d, patterns = group.zero.shape[0], group.d, 2**group.d
-            index = np.arange(group.leaves.start, group.leaves.stop, dtype=np.intp)
-            begins = offset + (np.arange(leaves * d, dtype=np.intp) * patterns).reshape(leaves, d)
-            offset += leaves * d * patterns
-            for column in range(self.width):
-                leaf.append(np.repeat(index, d))
-                start.append(begins.ravel())
-                value.append(np.repeat(group.value[:, column], d))
-                target.append((group.target + column * self.n_features).ravel())
-        order = np.argsort(np.concatenate(target or [np.zeros(0, dtype=np.intp)]), kind="stable")
-        self.entry_leaf = np.concatenate(leaf or [np.zeros(0, dtype=np.intp)])[order]
-        self.entry_start = np.concatenate(start or [np.zeros(0, dtype=np.intp)])[order][:, None]
-        self.entry_value = np.concatenate(value or [np.zeros(0)])[order][:, None] if self.width > 1 else None
-        sorted_target = np.concatenate(target or [np.zeros(0, dtype=np.intp)])[order]
-        self.run_start = np.flatnonzero(np.diff(sorted_target, prepend=-1))
-        self.run_target = sorted_target[self.run_start]
+            else:  # each (slot, column) times the leaf's value in that column
+                table = (table[:, :, :, None] * group.value[:, None, None, :]).reshape(leaves, patterns, -1)
+            group.base = table[np.arange(leaves), group.reference.astype(np.intp)]
+            table -= group.base[:, None, :]
+            group.table = table.reshape(leaves * patterns, -1)
+
+    def _spread(self, group: _Leaves, weights: np.ndarray, which: np.ndarray | None = None) -> np.ndarray:
+        """[n, d * width]: slot weights of the group's leaves ``which`` (all) times their values per column."""
+        if self.width == 1:
+            return weights
+        value = group.value if which is None else group.value.take(which, axis=0)
+        spread = np.empty((weights.shape[0], weights.shape[1], self.width))
+        for column in range(self.width):
+            np.multiply(weights, value[:, column : column + 1], out=spread[:, :, column])
+        return spread.reshape(weights.shape[0], -1)
 
     def explain_compact(self, x: np.ndarray) -> Contributions:
         """Contributions to the ``features_used`` columns of rows holding just those columns."""
@@ -229,61 +247,60 @@ class TreeShap:
         x = np.asarray(x, dtype=np.float64)
         rows = x.shape[0]
         size = self.outputs * self.n_features
-        total = np.zeros((size, rows))  # [outputs * features, rows]: every array here is rows-minor
+        flat = np.zeros(rows * size)
+        if self.groups and rows:
+            missed = self._missed(x)
+            # Only the (leaf, row) pairs whose pattern differs from the reference's add anything.
+            pair = np.flatnonzero(missed != self.reference[:, None])
+            leaf = pair // rows
+            offset = (pair - leaf * rows) * size
+            pattern = missed.ravel().take(pair)
+            bounds = np.searchsorted(leaf, self.starts)
+            for group, lo, hi in zip(self.groups, bounds[:-1], bounds[1:], strict=True):
+                # In chunks of ~CHUNK_ADDS elements: their arrays stay in cache, and nothing is concatenated.
+                step = max(1, CHUNK_ADDS // group.target.shape[1])
+                for at in range(lo, hi, step):
+                    end = min(at + step, hi)
+                    which = leaf[at:end] - group.start
+                    if group.table is not None:
+                        found = group.table.take(which * (2**group.d) + pattern[at:end], axis=0)
+                    else:
+                        found = self._spread(group, self._deep(group, which, pattern[at:end].astype(np.uint64)), which)
+                        found -= group.base.take(which, axis=0)
+                    target = group.target.take(which, axis=0)
+                    target += offset[at:end, None]
+                    flat += np.bincount(target.ravel(), found.ravel(), minlength=flat.size)
+        values = flat.reshape(rows, self.outputs, self.n_features)
         if self.groups:
-            go = np.ascontiguousarray(self.ensemble.go_right(x, self.nodes).T, dtype=self.word)
-            either = np.concatenate([go, 1 - go, np.zeros((1, rows), dtype=self.word)])
-            missed = np.concatenate([self._missed(group, either) for group in self.groups])  # [leaves, rows]
-            if self.run_target.size:
-                index = missed[: self.tabulated].astype(np.intp).take(self.entry_leaf, axis=0)
-                index += self.entry_start
-                weights = self.table.take(index)
-                if self.entry_value is not None:
-                    weights *= self.entry_value
-                total[self.run_target] = np.add.reduceat(weights, self.run_start, axis=0)
-            flat = total.T.reshape(-1) if rows else total.reshape(-1)
-            base = (np.arange(rows, dtype=np.intp) * size)[:, None, None]
-            for group in self.groups:
-                if group.table is not None:
-                    continue
-                weights = self._weights(group, missed[group.leaves].T)
-                for column in range(self.width):
-                    target = (base + column * self.n_features + group.target).ravel()
-                    part = weights if self.width == 1 else weights * group.value[:, column][:, None]
-                    flat += np.bincount(target, part.ravel(), minlength=flat.size)
-            values = flat.reshape(rows, self.outputs, self.n_features)
-        else:
-            values = total.T.reshape(rows, self.outputs, self.n_features)
+            values += self.reference_values.reshape(self.outputs, self.n_features)
         values = values[:, :, : self.ensemble.features_used.size]
         if self.ensemble.average:
             values = values / self._trees_per_output()
         return Contributions(values, self.expected.copy(), self.ensemble.predict_compact(x))
 
-    def _missed(self, group: _Leaves, either: np.ndarray) -> np.ndarray:
+    def _missed(self, x: np.ndarray) -> np.ndarray:
         """[leaves, rows]: bit k set where the row goes the other way at one of slot k's splits."""
-        missed: np.ndarray = either.take(group.reads[0], axis=0)
-        for k in range(1, group.d):
-            missed |= either.take(group.reads[k], axis=0) << self.word(k)
-        for j in range(group.again_bit.shape[0]):
-            missed |= either.take(group.reads[group.d + j], axis=0) * group.again_bit[j]
+        rows = x.shape[0]
+        go = np.ascontiguousarray(self.ensemble.go_right(x, self.nodes).T, dtype=self.word)
+        either = np.concatenate([go, 1 - go, np.zeros((1, rows), dtype=self.word)])
+        missed: np.ndarray = either.take(self.reads[0], axis=0)
+        for k in range(1, len(self.reads)):
+            missed[: self.reads[k].size] |= either.take(self.reads[k], axis=0) << self.word(k)
+        for position, read, bit in self.again:
+            missed[position] |= either.take(read, axis=0) * bit
         return missed
 
-    def _weights(self, group: _Leaves, missed: np.ndarray) -> np.ndarray:
-        """[rows, leaves, d]: each slot's share of its leaf (times the leaf's value where the width is 1)."""
-        rows, leaves = missed.shape
+    def _deep(self, group: _Leaves, which: np.ndarray, pattern: np.ndarray) -> np.ndarray:
+        """[n, d]: the answers of untabulated leaves ``which`` for their ``pattern``s (uint64), computed once
+        per distinct (leaf, pattern) and kept for later calls within ``CACHE_BYTES``."""
         d = group.d
-        if group.table is not None:
-            index = missed.astype(np.intp) + np.arange(leaves, dtype=np.intp) * (2**d)
-            weights: np.ndarray = group.table.take(index, axis=0)
-            return weights
-        # Deeper leaves: answers met before are looked up; one computation per new distinct (leaf, pattern).
-        leaf = np.broadcast_to(np.arange(leaves, dtype=np.uint64), (rows, leaves)).ravel()
-        pattern = missed.ravel().astype(np.uint64)
+        leaves = group.zero.shape[0]
         if leaves * 2.0**d >= 2**63:  # too many bits for one key (a pattern of ~64 slots): no cache
-            distinct, inverse = np.unique(np.column_stack([leaf, pattern]), axis=0, return_inverse=True)
+            pairs = np.column_stack([which.astype(np.uint64), pattern])
+            distinct, inverse = np.unique(pairs, axis=0, return_inverse=True)
             answers = self._answers(group, distinct[:, 0].astype(np.intp), distinct[:, 1])
-            return answers[inverse.ravel()].reshape(rows, leaves, d)
-        key = (leaf << np.uint64(d)) | pattern
+            return answers[inverse.ravel()]
+        key = (which.astype(np.uint64) << np.uint64(d)) | pattern
         known = group.cache
         found = np.empty((key.size, d))
         new = np.ones(key.size, dtype=bool)
@@ -297,7 +314,7 @@ class TreeShap:
             answers = self._answers(group, (distinct >> np.uint64(d)).astype(np.intp), distinct & np.uint64(2**d - 1))
             found[new] = answers[inverse.ravel()]
             group.cache = _remembered(known, distinct, answers)
-        return found.reshape(rows, leaves, d)
+        return found
 
     def _answers(self, group: _Leaves, which: np.ndarray, pattern: np.ndarray) -> np.ndarray:
         """[n, d]: the answers of the group's leaves ``which`` for the missed ``pattern``s (uint64)."""
