@@ -102,7 +102,7 @@ def _config(app: Any) -> FerryConfig:
         server_header=False,
         date_header=False,
         log_config=None,
-        connection_limits=ConnectionLimits(),
+        connection_limits=ConnectionLimits.from_settings(Settings()),
     )
     config.load()
     return config

@@ -42,7 +42,7 @@ import logging
 import os
 import socket
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import httptools
@@ -51,21 +51,39 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from ferry.server.lane import LaneProtocol
+from ferry.settings import Settings
 
 
 @dataclass(frozen=True)
 class ConnectionLimits:
-    max_head_bytes: int = 64 * 1024
-    max_headers: int = 100
-    head_timeout: float = 10.0
-    body_read_timeout: float = 10.0
-    min_body_rate: int = 1024  # bytes per second, averaged over each body_read_timeout
-    max_connections: int = 2048
-    max_inflight_bytes: int = 256 * 1024 * 1024  # 0: no bound
-    max_age: float = 10.0  # 0: kept alive for as long as the client likes
+    """The bounds above, each from its setting (``Settings``: --max-header-bytes, --header-timeout, ...)."""
+
+    max_head_bytes: int
+    max_headers: int
+    head_timeout: float
+    body_read_timeout: float
+    min_body_rate: int  # bytes per second, averaged over each body_read_timeout
+    max_connections: int
+    max_inflight_bytes: int  # 0: no bound
+    max_age: float  # 0: kept alive for as long as the client likes
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> ConnectionLimits:
+        """Every limit from ``settings``; ``overrides`` for a server with settings of its own (the gateway)."""
+        limits = cls(
+            max_head_bytes=settings.max_header_bytes,
+            max_headers=settings.max_headers,
+            head_timeout=settings.header_timeout,
+            body_read_timeout=settings.body_read_timeout,
+            min_body_rate=settings.min_body_rate,
+            max_connections=settings.max_connections,
+            max_inflight_bytes=settings.max_inflight_bytes,
+            max_age=settings.connection_max_age,
+        )
+        return replace(limits, **overrides)
 
 
-DEFAULT_LIMITS = ConnectionLimits()
+DEFAULT_LIMITS = ConnectionLimits.from_settings(Settings())
 LINGER_S = 1.0  # after a refusal, how long the client may keep sending before the connection is cut
 LINGER_BYTES = 1024 * 1024
 SWEEP_S = 0.25  # how often the time bounds are checked, at most

@@ -44,7 +44,7 @@ from ferry.routing.spec import RoutesFile, Target, Upstream
 from ferry.server.connections import BoundedHttpProtocol, ConnectionLimits
 from ferry.server.run import FerryConfig
 from ferry.serving.metrics import LATENCY_BUCKETS
-from ferry.settings import GatewaySettings
+from ferry.settings import GatewaySettings, Settings
 
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers", "transfer-encoding"}
@@ -502,7 +502,8 @@ def client_cap(settings: GatewaySettings) -> int:
 
 def gateway_config(gateway: Gateway, settings: GatewaySettings, **uvicorn_options: Any) -> uvicorn.Config:
     """uvicorn serving ``gateway`` through Ferry's bounded connections, as ``ferry serve`` does."""
-    limits = ConnectionLimits(
+    limits = ConnectionLimits.from_settings(
+        Settings(),  # the server's defaults, but for what the gateway sets itself
         head_timeout=settings.header_timeout,
         body_read_timeout=settings.body_read_timeout,
         min_body_rate=settings.min_body_rate,

@@ -49,19 +49,6 @@ class FerryConfig(uvicorn.Config):
             super().configure_logging()
 
 
-def connection_limits(settings: Settings) -> ConnectionLimits:
-    return ConnectionLimits(
-        max_head_bytes=settings.max_header_bytes,
-        max_headers=settings.max_headers,
-        head_timeout=settings.header_timeout,
-        body_read_timeout=settings.body_read_timeout,
-        min_body_rate=settings.min_body_rate,
-        max_connections=settings.max_connections,
-        max_inflight_bytes=settings.max_inflight_bytes,
-        max_age=settings.connection_max_age,
-    )
-
-
 def run(settings: Settings, log_config: dict[str, Any]) -> bool:
     """Serve until stopped; False when the server never started (a broken app, or a port taken meanwhile)."""
     check_ports(settings)
@@ -83,7 +70,7 @@ def run(settings: Settings, log_config: dict[str, Any]) -> bool:
         log_config=log_config,
         log_level=settings.log_level,
         timeout_graceful_shutdown=settings.drain_timeout,
-        connection_limits=connection_limits(settings),
+        connection_limits=ConnectionLimits.from_settings(settings),
     )
     try:
         if settings.workers > 1:
