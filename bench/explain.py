@@ -218,16 +218,20 @@ def serve(repo: Path, args: argparse.Namespace) -> str:
             return done / (time.perf_counter() - started)
 
     async def ready() -> None:
+        """Until the server answers; then one explanation, which builds the explainer's tables (timed apart)."""
         async with aiohttp.ClientSession() as session:
             for _ in range(600):
                 try:
                     async with session.get(f"{url}/ready") as reply:
                         if reply.status == 200:
-                            return
+                            break
                 except aiohttp.ClientError:
                     pass
                 await asyncio.sleep(0.1)
-        raise RuntimeError("ferry serve did not become ready")
+            else:
+                raise RuntimeError("ferry serve did not become ready")
+            async with session.post(f"{url}/models/reviews/explain", json={"text": texts[0]}) as reply:
+                await reply.read()
 
     try:
         asyncio.run(ready())

@@ -143,17 +143,24 @@ def test_deep_leaves_answers_kept_or_dropped_at_the_bound_give_the_same_numbers(
     kept = TreeShap(ensemble)
     assert not hasattr(kept, "groups")  # built by the first explanation, not when the model loads
     kept._ready()
-    assert all(group.table is None and group.cache is None for group in kept.groups)
+    assert all(group.table is None and group.cache is not None and not group.cache.entries for group in kept.groups)
     first = kept.explain(probe).values[:, 0, :]
-    assert all(group.cache is not None for group in kept.groups)
+    assert all(group.cache is not None and group.cache.entries for group in kept.groups)
     again = kept.explain(probe[::-1]).values[::-1, 0, :]
     assert_close(first, reference)
     assert_close(again, reference)
+    one_by_one = TreeShap(ensemble)  # new keys join a small level, merged into the large one as it grows
+    for i in range(50):
+        assert_close(one_by_one.explain(probe[i : i + 1]).values[:, 0, :], reference[i : i + 1])
+    (cache,) = [g.cache for g in one_by_one.groups]
+    assert cache is not None and len(cache.levels) < 4
+    keys = np.concatenate([k for k, _ in cache.levels])
+    assert np.unique(keys).size == keys.size and all(np.all(np.diff(k) > 0) for k, _ in cache.levels)
     monkeypatch.setattr(explain, "CACHE_BYTES", 64)
     bounded = TreeShap(ensemble)
     for lo in range(0, 50, 10):
         assert_close(bounded.explain(probe[lo : lo + 10]).values[:, 0, :], reference[lo : lo + 10])
-        assert all(g.cache is None or g.cache[0].size * (g.d + 1) * 8 <= 64 for g in bounded.groups)
+        assert all(g.cache is None or g.cache.entries * g.cache.entry <= 64 for g in bounded.groups)
 
 
 # -- scikit-learn: shap.TreeExplainer and brute force ------------------------------------------------------

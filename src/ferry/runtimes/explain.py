@@ -7,7 +7,10 @@ them. From that leaf, feature ``i`` gets ``value · (o_i - z_i) · Σ_s w(s)·c_
 coefficients of the product without ``i`` and ``w(s) = s!(d-1-s)!/d!``: what EXTEND and UNWIND build one
 row and one leaf at a time. Here every leaf and every row of the batch go at once: a leaf with ``d``
 distinct features has only ``2^d`` answers (``o`` is 0 or 1), tabulated on first use within
-``TABLE_BYTES``; the rest are computed per row. Whether a row follows a split is the evaluator's own
+``TABLE_BYTES`` (the per-path formulation of Fast TreeSHAP v2 and GPUTreeShap: a feature met twice on a
+path is one slot whose condition is both splits', its ``z`` the product of their shares); deeper leaves'
+answers are computed per distinct (leaf, pattern) and kept. A row adds only the leaves whose pattern
+differs from a reference row's (``TreeShap``). Whether a row follows a split is the evaluator's own
 rule (``TreeEnsemble.go_right``), so a missing value or a zero takes the split's default direction
 exactly as the prediction does.
 
@@ -19,6 +22,7 @@ In both, ``expected_value + Σ contributions`` is the raw score (the margin befo
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from dataclasses import dataclass, field
@@ -73,7 +77,7 @@ class _Leaves:
     reference: np.ndarray  # [leaves]: the pattern of the reference row (``TreeShap``)
     base: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # [leaves, d * width]: at ``reference``
     table: np.ndarray | None = None  # [leaves * 2^d, d * width]: answers by pattern less ``base``
-    cache: tuple[np.ndarray, np.ndarray] | None = None  # untabulated answers met before: sorted keys, weights
+    cache: _Kept | None = None  # untabulated answers met before
 
 
 class TreeShap:
@@ -169,13 +173,27 @@ class TreeShap:
             for found in again
         ]
         self.reference = reference
+        # Groups of the shallow leaves that fit the table budget (shallowest first); every deeper leaf in one
+        # group whose paths are padded to the deepest with followed slots of cover share 1: a feature that
+        # never changes the game (a null player) takes nothing and changes no other share.
+        budget, tabulated = TABLE_BYTES, set[int]()
+        for d in sorted(groups):
+            size = len(groups[d]) * (2**d) * d * self.width * 8
+            if d > TABLE_MAX_FEATURES or size > budget:
+                break
+            budget, tabulated = budget - size, tabulated | {d}
+        deep = [index for d in sorted(groups, reverse=True) if d not in tabulated for index in groups[d]]
+        parts = [(max(groups), deep)] if deep else []
+        parts += [(d, groups[d]) for d in sorted(tabulated, reverse=True)]
         self.groups: list[_Leaves] = []
         start = 0
-        size = self.outputs * self.n_features
         columns = np.arange(self.width, dtype=np.intp) * self.n_features
-        for d in sorted(groups, reverse=True):
-            members = groups[d]
-            slot_features = np.asarray([paths[i][2] for i in members], dtype=np.intp)
+        for d, members in parts:
+            slot_features = np.zeros((len(members), d), dtype=np.intp)
+            shares = np.ones((len(members), d))
+            for row, index in enumerate(members):
+                slot_features[row, : len(paths[index][2])] = paths[index][2]
+                shares[row, : len(paths[index][3])] = paths[index][3]
             column = np.asarray([column_of[paths[i][0]] for i in members], dtype=np.intp)
             if self.width == 1:
                 target = (column * self.n_features)[:, None] + slot_features
@@ -184,7 +202,7 @@ class TreeShap:
             self.groups.append(
                 _Leaves(
                     d=d,
-                    zero=np.asarray([paths[i][3] for i in members], dtype=np.float64),
+                    zero=shares,
                     value=ensemble.leaf_value[[paths[i][1] for i in members]],
                     start=start,
                     target=target,
@@ -193,8 +211,15 @@ class TreeShap:
             )
             start += len(members)
         self.starts = np.asarray([g.start for g in self.groups] + [start], dtype=np.intp)
-        self._tabulate()
+        for group in self.groups:
+            if group.d in tabulated and group.start >= len(deep):
+                self._tabulate(group)
+            else:
+                which = np.arange(group.zero.shape[0], dtype=np.intp)
+                group.base = self._spread(group, self._answers(group, which, group.reference.astype(np.uint64)))
+                group.cache = _Kept(group.d * self.width)
         # The reference row's contributions, to which each row adds its differences.
+        size = self.outputs * self.n_features
         found = np.zeros(size)
         for group in self.groups:
             found += np.bincount(group.target.ravel(), group.base.ravel(), minlength=size)
@@ -204,32 +229,24 @@ class TreeShap:
         trees = int(self.ensemble.roots.size)
         return trees // self.outputs if self.width != self.outputs else trees
 
-    def _tabulate(self) -> None:
-        """Tables of the shallow leaves' answers less the reference's; the reference's answers of every leaf."""
-        budget = TABLE_BYTES
-        for group in sorted(self.groups, key=lambda g: g.d):  # the shallowest first: the most leaves for the bytes
-            leaves, d = group.zero.shape
-            size = leaves * (2**d) * d * self.width * 8
-            if d > TABLE_MAX_FEATURES or size > budget:
-                reference = group.reference.astype(np.uint64)
-                group.base = self._spread(group, self._answers(group, np.arange(leaves, dtype=np.intp), reference))
-                continue
-            budget -= size
-            patterns = 2**d
-            o = 1.0 - ((np.arange(patterns)[:, None] >> np.arange(d)) & 1)  # [patterns, d]
-            table = np.empty((leaves, patterns, d))
-            step = max(1, CHUNK_ELEMENTS // (patterns * (d + 1) ** 2))
-            for lo in range(0, leaves, step):
-                zero = group.zero[lo : lo + step]
-                ones = np.broadcast_to(o[:, None, :], (patterns, zero.shape[0], d))
-                table[lo : lo + step] = shapley(zero, ones).transpose(1, 0, 2)
-            if self.width == 1:
-                table *= group.value[:, :1, None]
-            else:  # each (slot, column) times the leaf's value in that column
-                table = (table[:, :, :, None] * group.value[:, None, None, :]).reshape(leaves, patterns, -1)
-            group.base = table[np.arange(leaves), group.reference.astype(np.intp)]
-            table -= group.base[:, None, :]
-            group.table = table.reshape(leaves * patterns, -1)
+    def _tabulate(self, group: _Leaves) -> None:
+        """The group's answers for each of the ``2^d`` patterns, less the reference's (``base``)."""
+        leaves, d = group.zero.shape
+        patterns = 2**d
+        o = 1.0 - ((np.arange(patterns)[:, None] >> np.arange(d)) & 1)  # [patterns, d]
+        table = np.empty((leaves, patterns, d))
+        step = max(1, CHUNK_ELEMENTS // (patterns * (d + 1) ** 2))
+        for lo in range(0, leaves, step):
+            zero = group.zero[lo : lo + step]
+            ones = np.broadcast_to(o[:, None, :], (patterns, zero.shape[0], d))
+            table[lo : lo + step] = shapley(zero, ones).transpose(1, 0, 2)
+        if self.width == 1:
+            table *= group.value[:, :1, None]
+        else:  # each (slot, column) times the leaf's value in that column
+            table = (table[:, :, :, None] * group.value[:, None, None, :]).reshape(leaves, patterns, -1)
+        group.base = table[np.arange(leaves), group.reference.astype(np.intp)]
+        table -= group.base[:, None, :]
+        group.table = table.reshape(leaves * patterns, -1)
 
     def _spread(self, group: _Leaves, weights: np.ndarray, which: np.ndarray | None = None) -> np.ndarray:
         """[n, d * width]: slot weights of the group's leaves ``which`` (all) times their values per column."""
@@ -265,7 +282,7 @@ class TreeShap:
                     if group.table is not None:
                         found = group.table.take(which * (2**group.d) + pattern[at:end], axis=0)
                     else:
-                        found = self._spread(group, self._deep(group, which, pattern[at:end].astype(np.uint64)), which)
+                        found = self._deep(group, which, pattern[at:end].astype(np.uint64))
                         found -= group.base.take(which, axis=0)
                     target = group.target.take(which, axis=0)
                     target += offset[at:end, None]
@@ -291,29 +308,26 @@ class TreeShap:
         return missed
 
     def _deep(self, group: _Leaves, which: np.ndarray, pattern: np.ndarray) -> np.ndarray:
-        """[n, d]: the answers of untabulated leaves ``which`` for their ``pattern``s (uint64), computed once
-        per distinct (leaf, pattern) and kept for later calls within ``CACHE_BYTES``."""
+        """[n, d * width]: the answers of untabulated leaves ``which`` for their ``pattern``s (uint64),
+        computed once per distinct (leaf, pattern) and kept for later calls (``_Kept``)."""
         d = group.d
         leaves = group.zero.shape[0]
-        if leaves * 2.0**d >= 2**63:  # too many bits for one key (a pattern of ~64 slots): no cache
+        if leaves * 2.0**d >= 2**63:  # too many bits for one key (a pattern of ~64 slots): nothing kept
             pairs = np.column_stack([which.astype(np.uint64), pattern])
             distinct, inverse = np.unique(pairs, axis=0, return_inverse=True)
-            answers = self._answers(group, distinct[:, 0].astype(np.intp), distinct[:, 1])
+            leaf = distinct[:, 0].astype(np.intp)
+            answers = self._spread(group, self._answers(group, leaf, distinct[:, 1]), leaf)
             return answers[inverse.ravel()]
         key = (which.astype(np.uint64) << np.uint64(d)) | pattern
-        known = group.cache
-        found = np.empty((key.size, d))
-        new = np.ones(key.size, dtype=bool)
-        if known is not None:
-            at = np.minimum(np.searchsorted(known[0], key), known[0].size - 1)
-            hit = known[0][at] == key
-            found[hit] = known[1][at[hit]]
-            new = ~hit
+        found = np.empty((key.size, group.target.shape[1]))
+        assert group.cache is not None
+        new = group.cache.find(key, found)
         if new.any():
             distinct, inverse = np.unique(key[new], return_inverse=True)
-            answers = self._answers(group, (distinct >> np.uint64(d)).astype(np.intp), distinct & np.uint64(2**d - 1))
+            leaf = (distinct >> np.uint64(d)).astype(np.intp)
+            answers = self._spread(group, self._answers(group, leaf, distinct & np.uint64(2**d - 1)), leaf)
             found[new] = answers[inverse.ravel()]
-            group.cache = _remembered(known, distinct, answers)
+            group.cache.add(distinct, answers)
         return found
 
     def _answers(self, group: _Leaves, which: np.ndarray, pattern: np.ndarray) -> np.ndarray:
@@ -371,16 +385,44 @@ def _paths(ensemble: TreeEnsemble) -> list[_LeafPath]:
     return paths
 
 
-def _remembered(
-    known: tuple[np.ndarray, np.ndarray] | None, keys: np.ndarray, weights: np.ndarray
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """The cache with ``keys`` added (sorted); past ``CACHE_BYTES`` it starts over from them, or is dropped."""
-    entry = (weights.shape[1] + 1) * 8
-    if known is not None and (known[0].size + keys.size) * entry <= CACHE_BYTES:
-        keys, weights = np.concatenate([known[0], keys]), np.concatenate([known[1], weights])
-        order = np.argsort(keys)
-        return keys[order], weights[order]
-    return (keys, weights) if keys.size * entry <= CACHE_BYTES else None
+class _Kept:
+    """Answers of (leaf, pattern) keys met before, within ``CACHE_BYTES``: a large sorted level and a small
+    one that new keys join, merged into the large one once it outgrows an eighth of it, so a call copies
+    the small level and a key is copied a bounded number of times on average. Past the bound it starts
+    over from the new keys (or holds nothing)."""
+
+    def __init__(self, width: int) -> None:
+        self.entry = (width + 1) * 8  # bytes: a key and its answers
+        self.levels: list[tuple[np.ndarray, np.ndarray]] = []
+
+    @property
+    def entries(self) -> int:
+        return sum(keys.size for keys, _ in self.levels)
+
+    def find(self, key: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Fills ``out`` where ``key`` is kept; returns the mask of those that are not."""
+        new = np.ones(key.size, dtype=bool)
+        for keys, answers in self.levels:
+            ask = np.flatnonzero(new)
+            at = np.minimum(np.searchsorted(keys, key[ask]), keys.size - 1)
+            hit = keys[at] == key[ask]
+            out[ask[hit]] = answers[at[hit]]
+            new[ask[hit]] = False
+        return new
+
+    def add(self, keys: np.ndarray, answers: np.ndarray) -> None:
+        """Keeps sorted, distinct ``keys`` not kept yet, with their answers."""
+        if (self.entries + keys.size) * self.entry > CACHE_BYTES:
+            self.levels = [(keys, answers)] if keys.size * self.entry <= CACHE_BYTES else []
+            return
+        levels = [*self.levels, (keys, answers)]
+        # Merge the newest level into the one before while it is over an eighth of that one's size.
+        while len(levels) > 1 and levels[-1][0].size * 8 > levels[-2][0].size:
+            (low, low_answers), (high, high_answers) = levels[-2], levels[-1]
+            merged = np.concatenate([low, high])
+            order = np.argsort(merged, kind="stable")  # two sorted runs: a linear merge
+            levels[-2:] = [(merged[order], np.concatenate([low_answers, high_answers])[order])]
+        self.levels = levels
 
 
 def shapley(zero: np.ndarray, ones: np.ndarray) -> np.ndarray:
@@ -391,7 +433,6 @@ def shapley(zero: np.ndarray, ones: np.ndarray) -> np.ndarray:
     division (UNWIND's) is needed; all the terms are positive, so nothing cancels.
     """
     rows, leaves, d = ones.shape
-    weight = np.asarray([math.factorial(s) * math.factorial(d - 1 - s) / math.factorial(d) for s in range(d)])
     zero = np.broadcast_to(zero, ones.shape)
     prefix = [np.ones((rows, leaves, 1))]
     for k in range(d - 1):
@@ -399,11 +440,18 @@ def shapley(zero: np.ndarray, ones: np.ndarray) -> np.ndarray:
     out = np.empty(ones.shape)
     suffix = np.ones((rows, leaves, 1))
     for i in range(d - 1, -1, -1):
-        hankel = weight[np.add.outer(np.arange(i + 1), np.arange(d - i))]  # [i + 1, d - i]: w(m + n)
-        out[..., i] = ((prefix[i] @ hankel) * suffix).sum(axis=-1)
+        out[..., i] = ((prefix[i] @ _hankel(d, i)) * suffix).sum(axis=-1)
         suffix = _extend(suffix, zero[..., i], ones[..., i])
     out *= ones - zero
     return out
+
+
+@functools.cache
+def _hankel(d: int, i: int) -> np.ndarray:
+    """[i + 1, d - i]: ``w(m + n)``, the Shapley weight of a coalition of ``m + n`` of the other ``d - 1``."""
+    weight = np.asarray([math.factorial(s) * math.factorial(d - 1 - s) / math.factorial(d) for s in range(d)])
+    hankel: np.ndarray = weight[np.add.outer(np.arange(i + 1), np.arange(d - i))]
+    return hankel
 
 
 def _extend(poly: np.ndarray, zero: np.ndarray, one: np.ndarray) -> np.ndarray:
