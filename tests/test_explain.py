@@ -199,6 +199,25 @@ def test_tree_shap_equals_shaps_tree_explainer(sklearn_models: dict[str, Any], n
     assert_additive(found)
 
 
+def test_forest_tables_without_the_class_values_folded_in_give_the_same_numbers(
+    sklearn_models: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A forest's class values are folded into its tables only where all then fit TABLE_BYTES; otherwise the
+    tables hold the shares and the values multiply them after the lookup."""
+    ensemble = from_sklearn(sklearn_models["random-forest-classifier-nan"])
+    probe = _probe(np.random.default_rng(6), 40, nan=True)
+    folded = TreeShap(ensemble)
+    expected = folded.explain(probe)
+    assert folded.folded and all(group.table is not None for group in folded.groups)
+    shares = sum(g.zero.shape[0] * 2**g.d * g.d * 8 for g in folded.groups)
+    monkeypatch.setattr(explain, "TABLE_BYTES", shares)  # the shares fit, three classes' values do not
+    unfolded = TreeShap(ensemble)
+    found = unfolded.explain(probe)
+    assert not unfolded.folded and all(group.table is not None for group in unfolded.groups)
+    np.testing.assert_allclose(found.values, expected.values, rtol=1e-12, atol=1e-15)
+    assert_additive(found)
+
+
 @pytest.mark.parametrize("name", ["decision-tree-regressor-nan", "random-forest-classifier", "gb-3class"])
 def test_tree_shap_equals_the_shapley_sum_over_every_subset(sklearn_models: dict[str, Any], name: str) -> None:
     """The definition itself: the tree's path-dependent expectation given a subset of known features

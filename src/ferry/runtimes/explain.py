@@ -36,7 +36,9 @@ from ferry.runtimes.trees import TreeEnsemble
 TABLE_BYTES = 64 * 2**20
 TABLE_MAX_FEATURES = 12
 CHUNK_ELEMENTS = 2**22  # elements of the working polynomials per numpy call, to bound memory
+SHAPLEY_ELEMENTS = 2**18  # elements of the working polynomials per chunk: they stay in cache
 CHUNK_ADDS = 2**15  # (row, slot) additions per lookup and bincount: arrays that stay in cache
+DEEP_ADDS = 2**19  # the same for untabulated leaves, whose new answers are computed per chunk
 # Deeper leaves' answers kept once computed, per group of leaves (sorted keys and weights).
 CACHE_BYTES = 16 * 2**20
 
@@ -76,7 +78,7 @@ class _Leaves:
     target: np.ndarray  # intp [leaves, d * width]: where each (slot, column) adds up in a row's [outputs * features]
     reference: np.ndarray  # [leaves]: the pattern of the reference row (``TreeShap``)
     base: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # [leaves, d * width]: at ``reference``
-    table: np.ndarray | None = None  # [leaves * 2^d, d * width]: answers by pattern less ``base``
+    table: np.ndarray | None = None  # [leaves * 2^d, d * width or d]: answers by pattern less the reference's
     cache: _Kept | None = None  # untabulated answers met before
 
 
@@ -176,12 +178,15 @@ class TreeShap:
         # Groups of the shallow leaves that fit the table budget (shallowest first); every deeper leaf in one
         # group whose paths are padded to the deepest with followed slots of cover share 1: a feature that
         # never changes the game (a null player) takes nothing and changes no other share.
+        # Several output columns (a forest's classes) fold their leaf values into the tables where all of them
+        # then fit; otherwise the tables hold the slots' shares, multiplied by the values after the lookup.
         budget, tabulated = TABLE_BYTES, set[int]()
         for d in sorted(groups):
-            size = len(groups[d]) * (2**d) * d * self.width * 8
+            size = len(groups[d]) * (2**d) * d * 8
             if d > TABLE_MAX_FEATURES or size > budget:
                 break
             budget, tabulated = budget - size, tabulated | {d}
+        self.folded = self.width == 1 or (TABLE_BYTES - budget) * self.width <= TABLE_BYTES
         deep = [index for d in sorted(groups, reverse=True) if d not in tabulated for index in groups[d]]
         parts = [(max(groups), deep)] if deep else []
         parts += [(d, groups[d]) for d in sorted(tabulated, reverse=True)]
@@ -242,11 +247,12 @@ class TreeShap:
             table[lo : lo + step] = shapley(zero, ones).transpose(1, 0, 2)
         if self.width == 1:
             table *= group.value[:, :1, None]
-        else:  # each (slot, column) times the leaf's value in that column
+        elif self.folded:  # each (slot, column) times the leaf's value in that column
             table = (table[:, :, :, None] * group.value[:, None, None, :]).reshape(leaves, patterns, -1)
-        group.base = table[np.arange(leaves), group.reference.astype(np.intp)]
-        table -= group.base[:, None, :]
+        base = table[np.arange(leaves), group.reference.astype(np.intp)]
+        table -= base[:, None, :]
         group.table = table.reshape(leaves * patterns, -1)
+        group.base = base if self.folded else self._spread(group, base)
 
     def _spread(self, group: _Leaves, weights: np.ndarray, which: np.ndarray | None = None) -> np.ndarray:
         """[n, d * width]: slot weights of the group's leaves ``which`` (all) times their values per column."""
@@ -274,13 +280,16 @@ class TreeShap:
             pattern = missed.ravel().take(pair)
             bounds = np.searchsorted(leaf, self.starts)
             for group, lo, hi in zip(self.groups, bounds[:-1], bounds[1:], strict=True):
-                # In chunks of ~CHUNK_ADDS elements: their arrays stay in cache, and nothing is concatenated.
-                step = max(1, CHUNK_ADDS // group.target.shape[1])
+                # In chunks of ~CHUNK_ADDS elements: their arrays stay in cache, and nothing is concatenated;
+                # deep leaves in larger ones, as each computes its new answers in one go.
+                step = max(1, (CHUNK_ADDS if group.table is not None else DEEP_ADDS) // group.target.shape[1])
                 for at in range(lo, hi, step):
                     end = min(at + step, hi)
                     which = leaf[at:end] - group.start
                     if group.table is not None:
                         found = group.table.take(which * (2**group.d) + pattern[at:end], axis=0)
+                        if not self.folded:
+                            found = self._spread(group, found, which)
                     else:
                         found = self._deep(group, which, pattern[at:end].astype(np.uint64))
                         found -= group.base.take(which, axis=0)
@@ -395,6 +404,9 @@ class _Kept:
         self.entry = (width + 1) * 8  # bytes: a key and its answers
         self.levels: list[tuple[np.ndarray, np.ndarray]] = []
 
+    def clear(self) -> None:
+        self.levels = []
+
     @property
     def entries(self) -> int:
         return sum(keys.size for keys, _ in self.levels)
@@ -433,33 +445,46 @@ def shapley(zero: np.ndarray, ones: np.ndarray) -> np.ndarray:
     division (UNWIND's) is needed; all the terms are positive, so nothing cancels.
     """
     rows, leaves, d = ones.shape
-    zero = np.broadcast_to(zero, ones.shape)
-    prefix = [np.ones((rows, leaves, 1))]
+    z = np.broadcast_to(zero, ones.shape).reshape(-1, d)
+    o = ones.reshape(-1, d)
+    out = np.empty((z.shape[0], d))
+    step = max(1, SHAPLEY_ELEMENTS // (2 * d * d))
+    for lo in range(0, z.shape[0], step):
+        out[lo : lo + step] = _shapley(z[lo : lo + step], o[lo : lo + step])
+    return out.reshape(rows, leaves, d)
+
+
+def _shapley(z: np.ndarray, o: np.ndarray) -> np.ndarray:
+    """``shapley`` of [n, d] items: every slot's prefix and suffix products grown side by side, d - 1 steps."""
+    n, d = z.shape
+    # both[0, k]: the product of the slots before k; both[1, j]: of the last j slots (coefficients by degree).
+    both = np.zeros((2, d, n, d))
+    both[:, 0, :, 0] = 1.0
+    zz = np.stack([z, z[:, ::-1]])[..., None]  # [2, n, d, 1]: slot k forward, slot d - 1 - k backward
+    oo = np.stack([o, o[:, ::-1]])[..., None]
     for k in range(d - 1):
-        prefix.append(_extend(prefix[-1], zero[..., k], ones[..., k]))
-    out = np.empty(ones.shape)
-    suffix = np.ones((rows, leaves, 1))
-    for i in range(d - 1, -1, -1):
-        out[..., i] = ((prefix[i] @ _hankel(d, i)) * suffix).sum(axis=-1)
-        suffix = _extend(suffix, zero[..., i], ones[..., i])
-    out *= ones - zero
+        np.multiply(both[:, k], zz[:, :, k], out=both[:, k + 1])
+        both[:, k + 1, :, 1:] += both[:, k, :, :-1] * oo[:, :, k]
+    # Slot i: Σ_{m, j} prefix_i[m] · w(m + j) · suffix_i[j], the suffix of slot i being both[1, d - 1 - i]:
+    # one product over all slots for few items (fewer calls), else per slot over its degrees (d/6 the work).
+    hankel = _hankel(d)
+    if n * d < 2**12:
+        found = ((both[0] @ hankel) * both[1, ::-1]).sum(axis=-1)  # [d, n]
+    else:
+        found = np.empty((d, n))
+        for i in range(d):
+            prefix, suffix = both[0, i, :, : i + 1], both[1, d - 1 - i, :, : d - i]
+            found[i] = ((prefix @ hankel[: i + 1, : d - i]) * suffix).sum(axis=-1)
+    out: np.ndarray = found.T * (o - z)
     return out
 
 
 @functools.cache
-def _hankel(d: int, i: int) -> np.ndarray:
-    """[i + 1, d - i]: ``w(m + n)``, the Shapley weight of a coalition of ``m + n`` of the other ``d - 1``."""
-    weight = np.asarray([math.factorial(s) * math.factorial(d - 1 - s) / math.factorial(d) for s in range(d)])
-    hankel: np.ndarray = weight[np.add.outer(np.arange(i + 1), np.arange(d - i))]
+def _hankel(d: int) -> np.ndarray:
+    """[d, d]: ``w(m + j)``, the Shapley weight of a coalition of ``m + j`` of the other ``d - 1`` (0 past them)."""
+    weight = [math.factorial(s) * math.factorial(d - 1 - s) / math.factorial(d) for s in range(d)] + [0.0] * d
+    hankel: np.ndarray = np.asarray(weight)[np.add.outer(np.arange(d), np.arange(d))]
     return hankel
-
-
-def _extend(poly: np.ndarray, zero: np.ndarray, one: np.ndarray) -> np.ndarray:
-    """``poly · (zero + one·t)``, coefficients along the last axis."""
-    out = np.zeros((*poly.shape[:-1], poly.shape[-1] + 1))
-    out[..., :-1] = poly * zero[..., None]
-    out[..., 1:] += poly * one[..., None]
-    return out
 
 
 # -- linear models ------------------------------------------------------------------------------------------
