@@ -1,49 +1,101 @@
 #!/usr/bin/env bash
-# gRPC ModelInfer against OIP v2 REST on one server, in one run: h2load (Debian's nghttp2-client) sends a
-# pre-encoded 1-row iris ModelInferRequest; wrk sends the same request as v2 JSON. Optionally profiles the
-# server under the gRPC load with py-spy (PROFILE=1), summarised by function.
+# gRPC ModelInfer against OIP v2 REST on one server, in one run, both loaded by h2load (Debian's nghttp2-client):
+# gRPC over HTTP/2 with a pre-encoded iris ModelInferRequest, REST over HTTP/1.1 (--h1) with the same
+# request as v2 JSON; 1-row and 100-row requests. The runs alternate (ROUNDS of each, in turn) so a noisy
+# machine moves both alike; each line is the median req/s of its rounds and the p99 of all their requests
+# (h2load's per-request log). Before the load, one call of each kind is checked to answer every row.
+# The server is pinned to CPU SERVER_CPU, h2load to LOAD_CPU. PROFILE=1 adds a py-spy summary under the
+# 1-row gRPC load.
 #
-#   bench/grpc_h2load.sh REPO [REQUESTS] [CONNECTIONS]
+#   bench/grpc_h2load.sh REPO [REQUESTS] [CONNECTIONS] [ROUNDS]
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-REPO=${1:?usage: bench/grpc_h2load.sh REPO [REQUESTS] [CONNECTIONS]}
+REPO=${1:?usage: bench/grpc_h2load.sh REPO [REQUESTS] [CONNECTIONS] [ROUNDS]}
 N=${2:-20000}
 C=${3:-64}
+ROUNDS=${4:-3}
+SERVER_CPU=${SERVER_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
 WORK="${TMPDIR:-/tmp}/ferry-grpc-bench"
-mkdir -p "$WORK"
-python - "$WORK/iris.grpc" <<'PY'
-import struct, sys
+rm -rf "$WORK" && mkdir -p "$WORK"
+python - "$WORK" <<'PY'
+import json, struct, sys
 from ferry.grpc import inference_pb2 as pb
-request = pb.ModelInferRequest(model_name="iris")
-tensor = request.inputs.add(name="input", datatype="FP64", shape=[1, 2])
-tensor.contents.fp64_contents.extend([1.4, 0.2])
-body = request.SerializeToString()
-open(sys.argv[1], "wb").write(b"\x00" + struct.pack(">I", len(body)) + body)  # gRPC's length-prefixed frame
+for rows in (1, 100):
+    values = [1.4, 0.2] * rows
+    request = pb.ModelInferRequest(model_name="iris")
+    request.inputs.add(name="input", datatype="FP64", shape=[rows, 2]).contents.fp64_contents.extend(values)
+    body = request.SerializeToString()
+    with open(f"{sys.argv[1]}/iris-{rows}.grpc", "wb") as out:  # gRPC's length-prefixed message
+        out.write(b"\x00" + struct.pack(">I", len(body)) + body)
+    text = {"inputs": [{"name": "input", "datatype": "FP64", "shape": [rows, 2], "data": values}]}
+    with open(f"{sys.argv[1]}/iris-{rows}.json", "w") as out:
+        json.dump(text, out, separators=(",", ":"))
 PY
-cat >"$WORK/v2.lua" <<'LUA'
-wrk.method = "POST"
-wrk.body = '{"inputs":[{"name":"input","datatype":"FP64","shape":[1,2],"data":[1.4,0.2]}]}'
-wrk.headers["Content-Type"] = "application/json"
-LUA
 port() { python -c "import socket;s=socket.socket();s.bind(('127.0.0.1',0));print(s.getsockname()[1])"; }
 HTTP=$(port) GRPC=$(port)
-ferry serve "$REPO" --port "$HTTP" --grpc-port "$GRPC" --probe-port 0 --log-level warning >"$WORK/serve.log" 2>&1 &
+taskset -c "$SERVER_CPU" ferry serve "$REPO" --port "$HTTP" --grpc-port "$GRPC" --probe-port 0 --log-level warning \
+    --no-access-log >"$WORK/serve.log" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 200); do curl -s "localhost:$HTTP/v2/models/iris/ready" -o /dev/null -w '%{http_code}' | grep -q 200 && break; sleep 0.1; done
-grpc_load() {
-    h2load -n "$N" -c "$C" -m 1 -d "$WORK/iris.grpc" -H 'content-type: application/grpc' -H 'te: trailers' \
-        "http://127.0.0.1:$GRPC/inference.GRPCInferenceService/ModelInfer"
+python - "$WORK" "$GRPC" "$HTTP" <<'PY'
+import json, sys, urllib.request
+import grpc
+from ferry.grpc import inference_pb2 as pb, inference_pb2_grpc as pb_grpc
+work, grpc_port, http_port = sys.argv[1:]
+with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+    for rows in (1, 100):
+        request = pb.ModelInferRequest.FromString(open(f"{work}/iris-{rows}.grpc", "rb").read()[5:])
+        reply = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10)
+        assert len(reply.outputs[0].contents.bytes_contents) == rows, reply
+        body = open(f"{work}/iris-{rows}.json", "rb").read()
+        post = urllib.request.Request(f"http://127.0.0.1:{http_port}/v2/models/iris/infer", body, {"Content-Type": "application/json"})
+        assert len(json.load(urllib.request.urlopen(post))["outputs"][0]["data"]) == rows
+PY
+load() {  # load TRANSPORT ROWS LOG: h2load's summary line (req/s), its per-request log in LOG
+    if [[ $1 == grpc ]]; then
+        taskset -c "$LOAD_CPU" h2load -n "$N" -c "$C" -m 1 -d "$WORK/iris-$2.grpc" --log-file="$3" \
+            -H 'content-type: application/grpc' -H 'te: trailers' \
+            "http://127.0.0.1:$GRPC/inference.GRPCInferenceService/ModelInfer"
+    else
+        taskset -c "$LOAD_CPU" h2load --h1 -n "$N" -c "$C" -d "$WORK/iris-$2.json" --log-file="$3" \
+            -H 'content-type: application/json' "http://127.0.0.1:$HTTP/v2/models/iris/infer"
+    fi
 }
-echo "| transport | req/s | detail |"
-echo "|---|---:|---|"
-grpc_load | awk '/finished in/ {rate=$4} /^requests:/ {ok=$8} END {print "| gRPC ModelInfer (h2load) | " rate " | " ok " succeeded |"}'
-wrk -t2 -c"$C" -d6s -s "$WORK/v2.lua" "http://127.0.0.1:$HTTP/v2/models/iris/infer" |
-    awk '/Requests\/sec/ {print "| v2 REST infer (wrk) | " $2 " | |"}'
+for transport in grpc rest; do load "$transport" 1 /dev/null >/dev/null; done  # warm-up
+for round in $(seq "$ROUNDS"); do
+    for rows in 1 100; do
+        for transport in grpc rest; do
+            load "$transport" "$rows" "$WORK/$transport-$rows-$round.log" |
+                awk -v f="$WORK/$transport-$rows.rates" '/finished in/ {print $4 >> f} /^requests:/ && $10 != 0 {print "failed:", $0 > "/dev/stderr"}'
+        done
+    done
+done
+python - "$WORK" "$ROUNDS" <<'PY'
+import statistics, sys
+work, rounds = sys.argv[1], int(sys.argv[2])
+def figures(transport, rows):
+    rates = [float(line) for line in open(f"{work}/{transport}-{rows}.rates")]
+    latencies, failed = [], 0
+    for r in range(1, rounds + 1):
+        for line in open(f"{work}/{transport}-{rows}-{r}.log"):
+            _, status, micros = line.split("\t")[:3]
+            failed += status != "200"
+            latencies.append(int(micros))
+    latencies.sort()
+    return statistics.median(rates), latencies[int(0.99 * (len(latencies) - 1))] / 1000, failed
+print("| rows | gRPC req/s | REST req/s | gRPC/REST | gRPC p99 ms | REST p99 ms | failed |")
+print("|---:|---:|---:|---:|---:|---:|---:|")
+for rows in (1, 100):
+    g, r = figures("grpc", rows), figures("rest", rows)
+    print(f"| {rows} | {g[0]:,.0f} | {r[0]:,.0f} | {g[0] / r[0]:.2f}x | {g[1]:.2f} | {r[1]:.2f} | {g[2] + r[2]} |")
+PY
 if [[ ${PROFILE:-0} == 1 ]]; then
-    grpc_load >/dev/null &
+    N=$((N * 5)) load grpc 1 /dev/null >/dev/null &
+    LOAD=$!
     sleep 1
-    py-spy record -p "$SERVER" -d 8 -r 250 --format raw -o "$WORK/grpc.raw" >/dev/null 2>&1
+    py-spy record -p "$SERVER" -d 6 -r 250 --format raw -o "$WORK/grpc.raw" >/dev/null 2>&1
+    wait "$LOAD"
     python - "$WORK/grpc.raw" <<'PY'
 import sys
 from collections import Counter
@@ -52,8 +104,8 @@ for line in open(sys.argv[1]):
     stack, _, n = line.rstrip().rpartition(" ")
     total += int(n)
     own[stack.split(";")[-1].split(" (")[0]] += int(n)
-print(f"\npy-spy under the gRPC load, {total} samples, own time by function:")
-for name, count in own.most_common(10):
+print(f"\npy-spy under the 1-row gRPC load, {total} samples, own time by function:")
+for name, count in own.most_common(15):
     print(f"  {100 * count / total:5.1f}% {name}")
 PY
 fi
