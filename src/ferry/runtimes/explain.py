@@ -186,13 +186,18 @@ class TreeShap:
             if d > TABLE_MAX_FEATURES or size > budget:
                 break
             budget, tabulated = budget - size, tabulated | {d}
-        self.folded = self.width == 1 or (TABLE_BYTES - budget) * self.width <= TABLE_BYTES
+        # Class probabilities add up to the same total in every leaf, so the last class's contributions are
+        # minus the others' (those of a constant are zero): it is derived, not computed (half a binary forest).
+        sums = ensemble.leaf_value[ensemble.children[:, 0] == np.arange(ensemble.children.shape[0])].sum(axis=1)
+        derived = self.width > 1 and bool(np.allclose(sums, sums[0], rtol=0, atol=1e-12))
+        self.columns = self.width - derived  # the columns computed
+        self.folded = self.width == 1 or (TABLE_BYTES - budget) * self.columns <= TABLE_BYTES
         deep = [index for d in sorted(groups, reverse=True) if d not in tabulated for index in groups[d]]
         parts = [(max(groups), deep)] if deep else []
         parts += [(d, groups[d]) for d in sorted(tabulated, reverse=True)]
         self.groups: list[_Leaves] = []
         start = 0
-        columns = np.arange(self.width, dtype=np.intp) * self.n_features
+        columns = np.arange(self.columns, dtype=np.intp) * self.n_features
         for d, members in parts:
             slot_features = np.zeros((len(members), d), dtype=np.intp)
             shares = np.ones((len(members), d))
@@ -203,12 +208,12 @@ class TreeShap:
             if self.width == 1:
                 target = (column * self.n_features)[:, None] + slot_features
             else:
-                target = (slot_features[:, :, None] + columns).reshape(len(members), d * self.width)
+                target = (slot_features[:, :, None] + columns).reshape(len(members), d * self.columns)
             self.groups.append(
                 _Leaves(
                     d=d,
                     zero=shares,
-                    value=ensemble.leaf_value[[paths[i][1] for i in members]],
+                    value=ensemble.leaf_value[[paths[i][1] for i in members], : self.columns],
                     start=start,
                     target=target,
                     reference=reference[start : start + len(members)],
@@ -222,7 +227,7 @@ class TreeShap:
             else:
                 which = np.arange(group.zero.shape[0], dtype=np.intp)
                 group.base = self._spread(group, self._answers(group, which, group.reference.astype(np.uint64)))
-                group.cache = _Kept(group.d * self.width)
+                group.cache = _Kept(group.d * self.columns)
         # The reference row's contributions, to which each row adds its differences.
         size = self.outputs * self.n_features
         found = np.zeros(size)
@@ -259,8 +264,8 @@ class TreeShap:
         if self.width == 1:
             return weights
         value = group.value if which is None else group.value.take(which, axis=0)
-        spread = np.empty((weights.shape[0], weights.shape[1], self.width))
-        for column in range(self.width):
+        spread = np.empty((weights.shape[0], weights.shape[1], self.columns))
+        for column in range(self.columns):
             np.multiply(weights, value[:, column : column + 1], out=spread[:, :, column])
         return spread.reshape(weights.shape[0], -1)
 
@@ -299,6 +304,8 @@ class TreeShap:
         values = flat.reshape(rows, self.outputs, self.n_features)
         if self.groups:
             values += self.reference_values.reshape(self.outputs, self.n_features)
+        if self.columns < self.width:
+            values[:, -1] = -values[:, :-1].sum(axis=1)
         values = values[:, :, : self.ensemble.features_used.size]
         if self.ensemble.average:
             values = values / self._trees_per_output()
