@@ -163,6 +163,31 @@ def test_deep_leaves_answers_kept_or_dropped_at_the_bound_give_the_same_numbers(
         assert all(g.cache is None or g.cache.entries * g.cache.entry <= 64 for g in bounded.groups)
 
 
+def test_answers_seeded_one_or_two_slots_from_the_reference_are_lightgbms(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Untabulated leaves' answers for patterns near the reference row's are computed with the tables: rows
+    never seen before read them, and the numbers are LightGBM's."""
+    booster = lightgbm.train(
+        {"objective": "binary", "num_leaves": 31, "min_data_in_leaf": 2, "verbose": -1},
+        lightgbm.Dataset(_XNAN, _Y > 0),
+        num_boost_round=10,
+    )
+    ensemble, _ = from_lightgbm(booster.dump_model())
+    probe = _probe(np.random.default_rng(9), 80)
+    reference = np.asarray(booster.predict(probe, pred_contrib=True))[:, :N]
+    monkeypatch.setattr(explain, "TABLE_MAX_FEATURES", 0)  # every leaf untabulated, the seed within the budget
+    seeded = TreeShap(ensemble)
+    seeded._ready()
+    (group,) = seeded.groups
+    assert group.table is None and group.cache is not None and group.cache.seed is not None
+    seed = group.cache.seed[0].size
+    assert_close(seeded.explain(probe).values[:, 0, :], reference)
+    assert group.cache.seed[0].size == seed and group.cache.entries < 80 * group.zero.shape[0] / 2  # mostly seeded
+    monkeypatch.setattr(explain, "TABLE_BYTES", 0)  # no room: nothing seeded, the same numbers
+    bare = TreeShap(ensemble)
+    assert_close(bare.explain(probe).values[:, 0, :], reference)
+    assert bare.groups[0].cache is not None and bare.groups[0].cache.seed is None
+
+
 # -- scikit-learn: shap.TreeExplainer and brute force ------------------------------------------------------
 SKLEARN: dict[str, Any] = {
     "decision-tree-classifier": lambda: DecisionTreeClassifier(max_depth=6, random_state=0).fit(_X, _Y3),
