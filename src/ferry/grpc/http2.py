@@ -12,6 +12,7 @@ header block or a message, idle connections, and floods of resets, empty frames 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import struct
@@ -135,8 +136,11 @@ class Limits:
     idle_timeout: float = 300.0  # a connection with no stream open this long is sent GOAWAY
     resets_per_second: int = 200  # client RST_STREAMs (rapid reset) before ENHANCE_YOUR_CALM
     empty_frames: int = 1_000  # DATA or CONTINUATION frames carrying nothing, per connection
-    stream_window: int = DEFAULT_WINDOW  # what a stream may send before its message is consumed
-    connection_window: int = 1 << 20
+    # What a client may send before this side gives window back: it gives it back as it receives (a message is
+    # bounded above, and admitted before it is read), so these only set the pace of a large message over a
+    # long round trip: 1 MiB a round trip per stream.
+    stream_window: int = 1 << 20
+    connection_window: int = 8 << 20
 
 
 @dataclass
@@ -703,6 +707,7 @@ class GrpcConnection(asyncio.Protocol):
             if self.going_away and self.transport is not None:
                 self._flush()
                 self.transport.close()
+                self.server.stream_closed()
 
     def _drop(self, stream: Stream) -> None:
         """The stream ends unanswered (reset by the client, or the connection is lost): its call is cancelled."""
@@ -786,6 +791,7 @@ class GrpcServer:
         self.connections: set[GrpcConnection] = set()
         self.server: asyncio.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
+        self._drained: asyncio.Event | None = None  # set once no call is under way, while stopping
 
     async def start(self, host: str, port: int, reuse_port: bool = False) -> None:
         loop = asyncio.get_running_loop()
@@ -810,18 +816,25 @@ class GrpcServer:
         self._sweeper = asyncio.get_running_loop().call_later(1.0, self._sweep)
 
     async def stop(self, grace: float) -> None:
-        """1. Stop accepting. 2. GOAWAY to every connection: calls under way finish within ``grace``.
-        3. Close whatever is left."""
+        """Shut down in steps, as the HTTP side does."""
+        # 1. Stop accepting connections.
         if self.server is not None:
             self.server.close()
+        # 2. GOAWAY to every connection: no new streams; each closes once its calls are answered.
+        self._drained = asyncio.Event()
         for connection in list(self.connections):
             connection.go_away()
-        deadline = time.monotonic() + grace
-        while any(c.streams for c in self.connections) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        self.stream_closed()
+        # 3. Wait for the calls under way, within ``grace``; then close whatever is left.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._drained.wait(), grace)
         if self._sweeper is not None:
             self._sweeper.cancel()
         for connection in list(self.connections):
             if connection.transport is not None:
                 connection.transport.close()
             connection.connection_lost(None)
+
+    def stream_closed(self) -> None:
+        if self._drained is not None and not any(c.streams for c in self.connections):
+            self._drained.set()
