@@ -85,14 +85,20 @@ def decode_request(request: Any) -> v2.InferRequest:
     return v2.InferRequest(inputs, request.id or None, _parameters(request.parameters), outputs)
 
 
+_FLOATS = frozenset({"FP32", "FP64"})
+
+
 def _from_contents(contents: Any, datatype: str, shape: list[int], where: str) -> np.ndarray:
     field = CONTENTS_FIELD.get(datatype)
     if field is None:
         raise InvalidInput(f"{datatype} travels only in raw_input_contents", where)
-    values = list(getattr(contents, field))
+    values = getattr(contents, field)
     count = element_count(shape)
     if len(values) != count:
         raise InvalidInput(f"shape {shape} holds {count} elements but {field} has {len(values)}", where)
+    if datatype in _FLOATS:  # straight from protobuf's repeated field (5x faster than through a list)
+        return np.array(values, dtype=DATATYPES[datatype]).reshape(shape)
+    values = list(values)  # (NumPy casts a repeated field's ints to a narrower type silently; a list's, never)
     if datatype == "BYTES":
         array = np.empty(count, dtype=object)
         array[:] = values
@@ -113,7 +119,10 @@ def encode_response(request: v2.InferRequest, handle: ModelHandle, outputs: list
             continue
         values = tensor.data.reshape(-1).tolist()
         if tensor.datatype == "BYTES":
-            values = [v if isinstance(v, bytes) else str(v).encode() for v in values]
+            if tensor.data.dtype.kind == "U":  # labels as NumPy text: every one a str
+                values = list(map(str.encode, values))
+            else:
+                values = [v if isinstance(v, bytes) else str(v).encode() for v in values]
         getattr(entry.contents, CONTENTS_FIELD[tensor.datatype]).extend(values)
     return response
 
