@@ -257,8 +257,11 @@ def test_tree_shap_equals_the_shapley_sum_over_every_subset(sklearn_models: dict
     assert_additive(found)
 
 
-def _brute_force(ensemble: TreeEnsemble, x: np.ndarray) -> np.ndarray:
+def _brute_force(ensemble: TreeEnsemble, x: np.ndarray, players: np.ndarray | None = None) -> np.ndarray:
+    """Shapley values of the path-dependent game, by definition; ``players`` [columns]: each column's player
+    (knowing a player is knowing all its columns), else one player per column."""
     compact = x[ensemble.features_used][None, :]
+    player = np.arange(x.size) if players is None else np.asarray(players)
     cover = np.asarray(ensemble.cover)
     width = ensemble.leaf_value.shape[1]
 
@@ -266,7 +269,7 @@ def _brute_force(ensemble: TreeEnsemble, x: np.ndarray) -> np.ndarray:
         left, right = ensemble.children[node]
         if left == node:
             return np.asarray(ensemble.leaf_value[node], dtype=np.float64)
-        column = int(ensemble.features_used[ensemble.feature[node]])
+        column = int(player[ensemble.features_used[ensemble.feature[node]]])
         if column in known:
             goes_right = bool(ensemble.go_right(compact, np.asarray([node]))[0, 0])
             return expectation(int(right if goes_right else left), known)
@@ -283,7 +286,7 @@ def _brute_force(ensemble: TreeEnsemble, x: np.ndarray) -> np.ndarray:
                 total += expectation(int(root), known)
         return total
 
-    n = x.size
+    n = int(player.max()) + 1
     phi = np.zeros((ensemble.n_outputs, n))
     cache = {s: value(frozenset(s)) for r in range(n + 1) for s in itertools.combinations(range(n), r)}
     for i in range(n):

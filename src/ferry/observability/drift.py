@@ -20,16 +20,21 @@ PSI_MODERATE, PSI_MAJOR = 0.1, 0.25
 
 
 def training_stats(data: Any, features: Sequence[str]) -> dict[str, Any]:
-    """Per numeric feature: count, mean, std, quantiles, and a decile histogram (edges and shares)."""
+    """Per numeric feature: count, mean, std, quantiles, and a decile histogram (edges and shares); per text
+    feature (``categories``): each value's share of the rows (a one-hot column's training mean, which
+    explanations of a linear model over it start from)."""
     table = np.asarray(data.to_numpy() if hasattr(data, "to_numpy") else data, dtype=object)
     if table.ndim != 2 or table.shape[1] != len(features):
         raise ValueError(f"training data must have one column per feature ({len(features)}), got shape {table.shape}")
     stats: dict[str, Any] = {}
+    categories: dict[str, dict[str, float]] = {}
     for index, name in enumerate(features):
         try:
             column = table[:, index].astype(float)
-        except (TypeError, ValueError):
-            continue  # a string feature: no numeric drift statistics
+        except (TypeError, ValueError):  # a string feature: no numeric drift statistics, its categories' shares
+            values, counts = np.unique(table[:, index].astype(str), return_counts=True)
+            categories[name] = {str(v): float(c) / table.shape[0] for v, c in zip(values, counts, strict=True)}
+            continue
         column = column[np.isfinite(column)]
         if column.size == 0:
             continue
@@ -42,7 +47,7 @@ def training_stats(data: Any, features: Sequence[str]) -> dict[str, Any]:
             "quantiles": {str(q): float(v) for q, v in zip(QUANTILES, np.quantile(column, QUANTILES), strict=True)},
             "histogram": {"edges": edges.tolist(), "shares": shares.tolist()},
         }
-    return {"rows": int(table.shape[0]), "features": stats}
+    return {"rows": int(table.shape[0]), "features": stats, "categories": categories}
 
 
 def _shares(values: np.ndarray, edges: np.ndarray) -> np.ndarray:

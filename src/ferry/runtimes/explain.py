@@ -96,13 +96,18 @@ class TreeShap:
     kept (``CACHE_BYTES``), since rows mostly follow a deep leaf alike.
     """
 
-    def __init__(self, ensemble: TreeEnsemble) -> None:
+    def __init__(self, ensemble: TreeEnsemble, players: np.ndarray | None = None) -> None:
+        """``players``: for each input column, the player it belongs to (0..n-1): the columns one input was
+        encoded into (a one-hot encoding's) play as one, and the answers are per player. Else each column."""
         if ensemble.cover is None:
             raise NotExplainable("the bundle has no node covers (built before Ferry stored them): rebuild it")
         self.ensemble = ensemble
         self.width = int(ensemble.leaf_value.shape[1])
         self.outputs = ensemble.n_outputs
-        self.n_features = max(int(ensemble.features_used.size), 1)
+        used = ensemble.features_used
+        self.player = np.arange(used.size) if players is None else np.asarray(players, dtype=np.intp)[used]
+        self.players = None if players is None else int(np.max(players)) + 1
+        self.n_features = max(int(used.size) if players is None else int(np.max(players)) + 1, 1)
         self._built = False
         self._building = threading.Lock()
 
@@ -118,7 +123,7 @@ class TreeShap:
 
     def _build(self) -> None:
         ensemble = self.ensemble
-        paths = _paths(ensemble)
+        paths = _paths(ensemble, self.player)
         column_of = ensemble.tree_column if self.width == 1 else np.zeros(ensemble.roots.size, dtype=np.int32)
         expected = np.zeros(self.outputs)
         groups: dict[int, list[int]] = {}
@@ -332,7 +337,8 @@ class TreeShap:
             values += self.reference_values.reshape(self.outputs, self.n_features)
         if self.columns < self.width:
             values[:, -1] = -values[:, :-1].sum(axis=1)
-        values = values[:, :, : self.ensemble.features_used.size]
+        if self.players is None:
+            values = values[:, :, : self.ensemble.features_used.size]
         if self.ensemble.average:
             values = values / self._trees_per_output()
         return Contributions(values, self.expected.copy(), self.ensemble.predict_compact(x))
@@ -389,11 +395,14 @@ class TreeShap:
         return answers
 
     def explain(self, x: np.ndarray) -> Contributions:
-        """Contributions to every input column of full-width rows (zero for columns no split reads)."""
+        """Contributions to every input column of full-width rows (zero for columns no split reads), or to
+        every player."""
         self._ready()
         x = np.asarray(x, dtype=np.float64)
         used = self.ensemble.features_used
         compact = self.explain_compact(x[:, used])
+        if self.players is not None:  # already one column per player
+            return compact
         values = np.zeros((x.shape[0], self.outputs, x.shape[1]))
         values[:, :, used] = compact.values
         return Contributions(values, compact.expected_value, compact.score)
@@ -402,8 +411,8 @@ class TreeShap:
 _LeafPath = tuple[int, int, list[int], list[float], list[tuple[int, bool, int]]]
 
 
-def _paths(ensemble: TreeEnsemble) -> list[_LeafPath]:
-    """Every leaf's (tree, leaf node, distinct features, their shares z, conditions (node, right, slot))."""
+def _paths(ensemble: TreeEnsemble, player: np.ndarray) -> list[_LeafPath]:
+    """Every leaf's (tree, leaf node, distinct players, their shares z, conditions (node, right, slot))."""
     children, feature = ensemble.children, ensemble.feature
     cover = np.asarray(ensemble.cover, dtype=np.float64)
     paths: list[_LeafPath] = []
@@ -418,7 +427,7 @@ def _paths(ensemble: TreeEnsemble) -> list[_LeafPath]:
                     (tree, node, list(zero), list(zero.values()), [(n, r, slots[f]) for n, r, f in conditions])
                 )
                 continue
-            split = int(feature[node])
+            split = int(player[feature[node]])
             for child, goes_right in ((right, True), (left, False)):
                 kept = dict(zero)
                 share = cover[child] / cover[node] if cover[node] > 0 else 0.0

@@ -13,6 +13,7 @@ from ferry.bundle.manifest import Manifest
 from ferry.bundle.trust import SERVER_FLAG, Trust, load_estimator
 from ferry.errors import BundleError
 from ferry.runtimes.base import Prediction, Runtime, class_labels, warn_version_drift
+from ferry.runtimes.explain import EXPLAINABLE, Explanation, NotExplainable
 from ferry.runtimes.fastpath import compile_estimator
 
 
@@ -21,6 +22,7 @@ class SklearnRuntime(Runtime):
         self.estimator = estimator
         # A model fitted on a DataFrame (a ColumnTransformer selecting columns by name, say) is called with one.
         self.frame = manifest.input.features if manifest.input.frame else None
+        self.features = self.frame
         classes = getattr(estimator, "classes_", None)
         self.label_lookup = (
             np.asarray(class_labels(np.asarray(classes), manifest), dtype=object) if classes is not None else None
@@ -32,6 +34,7 @@ class SklearnRuntime(Runtime):
         self.compiled = compile_estimator(estimator, int(n_features)) if n_features and numeric else None
         if self.compiled is not None:
             self.frame = None  # verified on plain rows: the numeric fast path needs no DataFrame
+        self.explainer, self.not_explainable = _column_explainer(estimator, manifest)
         self.predict_fn = self.compiled.predict if self.compiled else estimator.predict
         self.proba_fn = (self.compiled.predict_proba if self.compiled else None) or (
             estimator.predict_proba if self.has_proba else None
@@ -60,6 +63,41 @@ class SklearnRuntime(Runtime):
         values = self.label_lookup[np.searchsorted(self.classes, y)].tolist()
         probabilities = self.proba_fn(batch) if self.proba_fn is not None else None
         return Prediction(values=values, probabilities=probabilities)
+
+    def explanation(self) -> dict[str, str]:
+        """``{method, link}`` for a Pipeline of a ColumnTransformer and a tree or linear model, else why not."""
+        if self.explainer is None:
+            return {"unavailable": self.not_explainable}
+        return {"method": self.explainer.method, "link": self.explainer.link}
+
+    def explain(self, batch: Any) -> Explanation:
+        """Each input column's contribution to the raw score (``ferry.runtimes.columns_explain``)."""
+        if self.explainer is None:
+            raise NotExplainable(self.not_explainable)
+        from ferry.runtimes.frames import to_frame
+
+        assert self.features is not None
+        found = self.explainer(to_frame(batch, self.features))
+        labels = None if self.label_lookup is None else list(self.label_lookup)
+        outputs = labels if labels is not None and found.score.shape[1] == len(labels) > 1 else None
+        positive = labels[1] if labels is not None and len(labels) == 2 and outputs is None else None
+        names = [f.name for f in self.features]
+        method, link = self.explainer.method, self.explainer.link
+        return Explanation(found.values, found.expected_value, found.score, names, method, link, outputs, positive)
+
+
+def _column_explainer(estimator: Any, manifest: Manifest) -> tuple[Any, str]:
+    """The explainer of a Pipeline over named columns, or None and why there is none."""
+    from ferry.runtimes.columns_explain import ColumnExplainer
+
+    if not manifest.input.frame or type(estimator).__name__ != "Pipeline":
+        return None, f"the sklearn runtime explains a Pipeline over named columns; Ferry explains {EXPLAINABLE}"
+    names = [f.name for f in manifest.input.features]
+    training = (manifest.metadata or {}).get("training_stats")
+    try:
+        return ColumnExplainer(estimator, names, training), ""
+    except NotExplainable as exc:
+        return None, str(exc)
 
 
 def _load_estimator(path: Path, manifest: Manifest, trust_pickle: bool) -> Any:
