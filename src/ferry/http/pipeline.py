@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ferry.auth import TokenAuth
@@ -59,9 +59,28 @@ class Exchange:
             time.monotonic(),
         )
 
-    def but(self, **changes: Any) -> Exchange:
-        """A copy with ``changes``: what a step hands on when it rewrites the request (the router)."""
-        return replace(self, **changes)
+    def but(
+        self,
+        *,
+        path: str | None = None,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        body: bytes | None = None,
+        routed: tuple[str, str | None] | None = None,
+    ) -> Exchange:
+        """A copy with what a step rewrites (the router); spelt out: ``dataclasses.replace`` costs 6 us a call."""
+        return Exchange(
+            self.method,
+            self.path if path is None else path,
+            self.query,
+            self.headers if headers is None else headers,
+            self.body if body is None else body,
+            self.scope,
+            self.started,
+            self.read,
+            self.body_error,
+            self.model,
+            self.routed if routed is None else routed,
+        )
 
     def whole_body(self) -> bytes:
         if self.body_error is not None:
