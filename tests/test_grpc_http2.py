@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 import pytest
 from hpack import Decoder, Encoder
 
-from ferry.grpc.http2 import Call, GrpcError, GrpcServer, Limits, StatusCode
+from ferry.grpc.frames import Call, GrpcError, Limits, StatusCode
+from ferry.grpc.http2 import GrpcServer
 
 DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = 0, 1, 3, 4, 6, 7, 8, 9
 END_STREAM, END_HEADERS, ACK = 0x1, 0x4, 0x1
@@ -285,8 +286,8 @@ def test_streams_past_the_bound_are_refused(running: Running) -> None:
 
 def test_rapid_reset_is_goaway(running: Running) -> None:
     client = Client(running.port)
-    for sid in range(1, 2 * (LIMITS.resets_per_second + 2), 2):
-        client.send(client.call(sid, "/t/Wait", b""), frame(RST_STREAM, 0, sid, struct.pack(">L", 0x8)))
+    calls = [client.call(sid, "/t/Wait", b"") for sid in range(1, 2 * (LIMITS.resets_per_second + 2), 2)]
+    client.send(*[call + frame(RST_STREAM, 0, 2 * i + 1, struct.pack(">L", 0x8)) for i, call in enumerate(calls)])
     assert client.goaway() == 0xB
     # Every call begun was released (cancelled before it ran), none left running past the GOAWAY.
     assert running.service.released == ["/t/Wait"] * (LIMITS.resets_per_second + 1)

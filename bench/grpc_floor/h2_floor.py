@@ -94,7 +94,8 @@ async def serve_grpclib(port: int) -> None:
 
 
 async def serve_ferry(port: int) -> None:
-    from ferry.grpc.http2 import Call, GrpcServer, Limits
+    from ferry.grpc.frames import Call, Limits
+    from ferry.grpc.http2 import GrpcServer
 
     class Fixed:
         def admit(self, call: Call) -> None:

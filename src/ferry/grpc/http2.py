@@ -1,181 +1,76 @@
 """gRPC unary calls on HTTP/2 (RFC 9113) as an asyncio Protocol: what a unary call needs, every peer's resource bounded.
 
-A connection reads frames, decodes header blocks with ``hpack`` (its dynamic table is per connection, so
-blocks are decoded in order, never cached), gathers each stream's one length-prefixed message, and runs
-``Service.handle`` on it in a task. Replies are framed here: headers and trailers are pre-encoded HPACK
-literals that never touch the peer's dynamic table, and DATA respects the peer's flow-control windows and
-frame size. The bounds: a header list (``--max-header-bytes``, ``--max-headers``), a message (``--max-body-bytes``),
-streams per connection, connections per worker (``--max-connections``), the time to send a preface, a
-header block or a message, idle connections, and floods of resets, empty frames and unread control replies.
+A connection reads frames, decodes header blocks with ``hpack`` (in order: the dynamic table is the
+connection's; ``frames.HeaderCache`` skips decoding a block it has seen while the table is unchanged),
+gathers each stream's one length-prefixed message, and runs ``Service.handle`` on it in a task. Replies are
+framed here: headers and trailers are pre-encoded HPACK literals that never touch the peer's dynamic table,
+and DATA respects the peer's flow-control windows and frame size. The bounds: a header list
+(``--max-header-bytes``, ``--max-headers``), a message (``--max-body-bytes``), streams per connection,
+connections per worker (``--max-connections``), the time to send a preface, a header block or a message,
+idle connections, and floods of resets, empty frames and unread control replies.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import struct
 import time
 import zlib
-from collections.abc import Awaitable
-from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
-from urllib.parse import quote
+from typing import cast
 
-from hpack import Decoder
 from hpack.exceptions import HPACKError
-from hpack.table import HeaderTable
+
+from ferry.grpc.frames import (
+    ACK,
+    CONTINUATION,
+    DATA,
+    DEFAULT_WINDOW,
+    END_HEADERS,
+    END_STREAM,
+    ENHANCE_YOUR_CALM,
+    FLOW_CONTROL_ERROR,
+    FRAME_SIZE,
+    FRAME_SIZE_ERROR,
+    GOAWAY,
+    HEADER,
+    HEADERS,
+    MAX_WINDOW,
+    NO_ERROR,
+    PADDED,
+    PING,
+    PREFACE,
+    PRIORITY,
+    PRIORITY_FLAG,
+    PROTOCOL_ERROR,
+    PUSH_PROMISE,
+    REFUSED_STREAM,
+    REPLY_HEADERS,
+    RST_STREAM,
+    SETTINGS,
+    SETTINGS_INITIAL_WINDOW_SIZE,
+    SETTINGS_MAX_CONCURRENT_STREAMS,
+    SETTINGS_MAX_FRAME_SIZE,
+    SETTINGS_MAX_HEADER_LIST_SIZE,
+    STREAM_CLOSED,
+    TRAILERS_OK,
+    WINDOW_UPDATE,
+    Call,
+    GrpcError,
+    HeaderCache,
+    Limits,
+    Service,
+    StatusCode,
+    frame,
+    integer,
+    status_block,
+)
 
 logger = logging.getLogger("ferry.grpc")
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
-END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
-NO_ERROR, PROTOCOL_ERROR, FLOW_CONTROL_ERROR, STREAM_CLOSED, FRAME_SIZE_ERROR = 0x0, 0x1, 0x3, 0x5, 0x6
-REFUSED_STREAM, CANCEL, ENHANCE_YOUR_CALM = 0x7, 0x8, 0xB
-SETTINGS_HEADER_TABLE_SIZE, SETTINGS_MAX_CONCURRENT_STREAMS, SETTINGS_INITIAL_WINDOW_SIZE = 0x1, 0x3, 0x4
-SETTINGS_MAX_FRAME_SIZE, SETTINGS_MAX_HEADER_LIST_SIZE = 0x5, 0x6
-DEFAULT_WINDOW = 65_535
-MAX_WINDOW = 2**31 - 1
-FRAME_SIZE = 16_384  # the largest frame this side reads, and the peer's until it says otherwise
-HEADER = struct.Struct(">HBBBL")  # a frame header: length (24 bits as 16 + 8), type, flags, stream id
-GRPC_TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
-
-_MAXSIZE: Any = vars(HeaderTable)["maxsize"]  # the property, its setter wrapped below
-
-
-class CountedTable(HeaderTable):
-    """HPACK's dynamic table, counting its changes: a block decoded at one count decodes the same at it again."""
-
-    generation = 0
-
-    def add(self, name: bytes, value: bytes) -> None:
-        self.generation += 1
-        super().add(name, value)
-
-    def _resize(self, value: int) -> None:
-        self.generation += 1
-        _MAXSIZE.fset(self, value)
-
-    maxsize = property(_MAXSIZE.fget, _resize)
-
-
-class HeaderCache:
-    """Decoded header blocks, each valid while the dynamic table is as it was when the block was decoded.
-
-    A block that changes the table (an insertion or a size update) is never kept: decoding it again must
-    change the table again. A block that does not is a function of its bytes and the table, so while the
-    table's count of changes is unchanged, the same bytes decode to the same list. Clients send the same
-    few blocks call after call: this skips Huffman decoding for them. Small blocks only, a few per connection.
-    """
-
-    LARGEST, ENTRIES = 1024, 16
-
-    def __init__(self, max_header_bytes: int) -> None:
-        self.decoder = Decoder()
-        self.decoder.header_table = self.table = CountedTable()
-        self.decoder.max_header_list_size = max_header_bytes
-        self.blocks: dict[bytes, tuple[int, list[tuple[str, str]]]] = {}
-
-    def decode(self, block: bytes) -> list[tuple[str, str]]:
-        cached = self.blocks.get(block)
-        generation = self.table.generation
-        if cached is not None and cached[0] == generation:
-            return cached[1]
-        headers = cast(list[tuple[str, str]], self.decoder.decode(block))  # (str: not raw)
-        if self.table.generation == generation and len(block) <= self.LARGEST:
-            if len(self.blocks) >= self.ENTRIES:
-                self.blocks.clear()
-            self.blocks[block] = (generation, headers)
-        return headers
-
-
-class StatusCode(enum.IntEnum):
-    """gRPC's status codes, by the names ``grpc.StatusCode`` gives them."""
-
-    OK = 0
-    CANCELLED = 1
-    UNKNOWN = 2
-    INVALID_ARGUMENT = 3
-    DEADLINE_EXCEEDED = 4
-    NOT_FOUND = 5
-    ALREADY_EXISTS = 6
-    PERMISSION_DENIED = 7
-    RESOURCE_EXHAUSTED = 8
-    FAILED_PRECONDITION = 9
-    ABORTED = 10
-    OUT_OF_RANGE = 11
-    UNIMPLEMENTED = 12
-    INTERNAL = 13
-    UNAVAILABLE = 14
-    DATA_LOSS = 15
-    UNAUTHENTICATED = 16
-
-
-class GrpcError(Exception):
-    """A call ends with this status and message (its trailers), raised by a service or by the framing."""
-
-    def __init__(self, code: StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code, self.message = code, message
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What a peer may make one connection, or all of a worker's, hold."""
-
-    max_message: int = 8 * 1024 * 1024  # one request message, after decompression (RESOURCE_EXHAUSTED past it)
-    max_header_bytes: int = 64 * 1024  # a decoded header list, counted as HPACK does (name + value + 32 each)
-    max_headers: int = 100
-    max_streams: int = 100  # concurrent streams per connection (SETTINGS_MAX_CONCURRENT_STREAMS)
-    max_connections: int = 2048  # per server; a connection past it is sent GOAWAY and closed
-    header_timeout: float = 10.0  # to send the preface, and each header block once begun
-    message_timeout: float = 30.0  # from a stream's headers to the end of its message
-    idle_timeout: float = 300.0  # a connection with no stream open this long is sent GOAWAY
-    resets_per_second: int = 200  # client RST_STREAMs (rapid reset) before ENHANCE_YOUR_CALM
-    empty_frames: int = 1_000  # DATA or CONTINUATION frames carrying nothing, per connection
-    # What a client may send before this side gives window back: it gives it back as it receives (a message is
-    # bounded above, and admitted before it is read), so these only set the pace of a large message over a
-    # long round trip: 1 MiB a round trip per stream.
-    stream_window: int = 1 << 20
-    connection_window: int = 8 << 20
-
-
-@dataclass
-class Call:
-    """One unary call as the service sees it: the method, the metadata, the deadline, then the message."""
-
-    method: str
-    metadata: list[tuple[str, str]]
-    deadline: float | None  # time.monotonic() by which the client wants its answer (grpc-timeout)
-    message: bytes = b""
-    held: int = 0  # what the service reserved for this call (admit), released when the call ends
-    status: StatusCode | None = None
-
-    def time_remaining(self) -> float | None:
-        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
-
-    def invocation_metadata(self) -> list[tuple[str, str]]:
-        return self.metadata
-
-    def code(self) -> StatusCode | None:
-        return self.status
-
-
-class Service(Protocol):
-    def admit(self, call: Call) -> None:
-        """Called once a call's headers are read; raise ``GrpcError`` to refuse it before its message is."""
-
-    def handle(self, call: Call) -> Awaitable[bytes]:
-        """The serialized reply to ``call.message``, or ``GrpcError``."""
-
-    def release(self, call: Call) -> None:
-        """The call has ended, however it ended (admitted calls only)."""
-
-
-class ConnectionError_(Exception):
+class ProtocolViolation(Exception):
     """The peer broke the protocol: GOAWAY with this code, then close."""
 
     def __init__(self, code: int, reason: str) -> None:
@@ -183,67 +78,43 @@ class ConnectionError_(Exception):
         self.code = code
 
 
-def _frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
-    size = len(payload)
-    return HEADER.pack(size >> 8, size & 0xFF, kind, flags, stream) + payload
-
-
-def _integer(value: int, prefix: int, first: int) -> bytes:
-    """HPACK's integer with an N-bit prefix (RFC 7541 5.1), ``first`` holding the bits above the prefix."""
-    top = (1 << prefix) - 1
-    if value < top:
-        return bytes([first | value])
-    out = bytearray([first | top])
-    value -= top
-    while value >= 128:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _literal(name: bytes, value: bytes) -> bytes:
-    """A header as a literal never added to the dynamic table: the same bytes whatever the table holds."""
-    return b"\x00" + _integer(len(name), 7, 0) + name + _integer(len(value), 7, 0) + value
-
-
-STATUS_200 = b"\x88"  # :status 200, static table entry 8
-CONTENT_TYPE = b"\x0f\x10" + _integer(16, 7, 0) + b"application/grpc"  # literal, static name 31
-REPLY_HEADERS = STATUS_200 + CONTENT_TYPE
-TRAILERS_OK = _literal(b"grpc-status", b"0")
-
-
-def _status_block(code: StatusCode, message: str) -> bytes:
-    block = _literal(b"grpc-status", str(int(code)).encode())
-    if message:
-        encoded = quote(message[:4096], safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~").encode()  # gRPC's percent-encoding
-        block += _literal(b"grpc-message", encoded)
-    return block
-
-
-def parse_timeout(value: str) -> float | None:
-    """``grpc-timeout``: up to 8 digits and a unit; anything else is no deadline, as gRPC servers read it."""
-    if 2 <= len(value) <= 9 and value[:-1].isdigit() and value[-1] in GRPC_TIMEOUT_UNITS:
-        return int(value[:-1]) * GRPC_TIMEOUT_UNITS[value[-1]]
-    return None
-
-
-@dataclass(eq=False)
 class Stream:
-    id: int
-    call: Call | None = None
-    started: float = field(default_factory=time.monotonic)
-    body: bytearray = field(default_factory=bytearray)
-    expected: int = -1  # the message's length once its 5-byte prefix is read
-    compressed: bool = False
-    encoding: str = "identity"
-    unacked: int = 0  # bytes received on this stream not yet given back by WINDOW_UPDATE
-    send_window: int = DEFAULT_WINDOW
-    pending: bytes = b""  # DATA waiting for window
-    trailers: bytes = b""  # sent once ``pending`` is
-    half_closed: bool = False  # the client has sent END_STREAM
-    task: asyncio.Task[None] | None = None
-    answered: bool = False
+    """One stream's state: its call, the message as it arrives, and the reply as the windows let it out."""
+
+    __slots__ = (
+        "answered",
+        "body",
+        "call",
+        "compressed",
+        "encoding",
+        "expected",
+        "half_closed",
+        "id",
+        "pending",
+        "send_window",
+        "started",
+        "task",
+        "trailers",
+        "unacked",
+    )  # fmt: skip
+
+    def __init__(self, sid: int, send_window: int, started: float) -> None:
+        self.id = sid
+        self.call: Call | None = None
+        self.started = started
+        self.body: bytes | bytearray = (
+            b""  # the message so far, prefix included (bytes: most messages come in one DATA frame)
+        )
+        self.expected = -1  # the message's length once its 5-byte prefix is read
+        self.compressed = False
+        self.encoding = "identity"
+        self.unacked = 0  # bytes received on this stream not yet given back by WINDOW_UPDATE
+        self.send_window = send_window
+        self.pending = b""  # reply DATA waiting for window
+        self.trailers = b""  # sent once ``pending`` is
+        self.half_closed = False  # the client has sent END_STREAM
+        self.task: asyncio.Task[None] | None = None
+        self.answered = False
 
 
 class GrpcConnection(asyncio.Protocol):
@@ -254,7 +125,7 @@ class GrpcConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buffer = b""
         self.preface = False
-        self.headers = HeaderCache(self.limits.max_header_bytes)
+        self.headers = HeaderCache(self.limits.max_header_bytes, self.limits.max_headers)
         self.streams: dict[int, Stream] = {}
         self.last_stream = 0
         self.block: bytearray | None = None  # a header block awaiting CONTINUATION
@@ -274,7 +145,7 @@ class GrpcConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)  # (uvloop's is not a subclass)
         if not self.server.accept(self):
-            transport.write(_frame(SETTINGS, 0, 0) + self._goaway_frame(REFUSED_STREAM, b"too many connections"))
+            transport.write(frame(SETTINGS, 0, 0) + self._goaway_frame(REFUSED_STREAM, b"too many connections"))
             transport.close()
             self.closed = True
             return
@@ -291,7 +162,7 @@ class GrpcConnection(asyncio.Protocol):
             FRAME_SIZE,
         )
         update = struct.pack(">L", limits.connection_window - DEFAULT_WINDOW)
-        transport.write(_frame(SETTINGS, 0, 0, settings) + _frame(WINDOW_UPDATE, 0, 0, update))
+        transport.write(frame(SETTINGS, 0, 0, settings) + frame(WINDOW_UPDATE, 0, 0, update))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -315,28 +186,28 @@ class GrpcConnection(asyncio.Protocol):
             if not self.preface:
                 if len(buffer) < len(PREFACE):
                     if not PREFACE.startswith(buffer):
-                        raise ConnectionError_(PROTOCOL_ERROR, "not an HTTP/2 preface")
+                        raise ProtocolViolation(PROTOCOL_ERROR, "not an HTTP/2 preface")
                     self.buffer = buffer
                     return
                 if not buffer.startswith(PREFACE):
-                    raise ConnectionError_(PROTOCOL_ERROR, "not an HTTP/2 preface")
+                    raise ProtocolViolation(PROTOCOL_ERROR, "not an HTTP/2 preface")
                 self.preface = True
                 buffer = buffer[len(PREFACE) :]
                 if len(buffer) >= 9 and buffer[3] != SETTINGS:
-                    raise ConnectionError_(PROTOCOL_ERROR, "the preface is not followed by SETTINGS")
+                    raise ProtocolViolation(PROTOCOL_ERROR, "the preface is not followed by SETTINGS")
             position, end = 0, len(buffer)
             while end - position >= 9:
                 high, low, kind, flags, stream = HEADER.unpack_from(buffer, position)
                 size = (high << 8) | low
                 if size > FRAME_SIZE:
-                    raise ConnectionError_(FRAME_SIZE_ERROR, f"a frame of {size} bytes")
+                    raise ProtocolViolation(FRAME_SIZE_ERROR, f"a frame of {size} bytes")
                 if end - position - 9 < size:
                     break
                 payload = buffer[position + 9 : position + 9 + size]
                 position += 9 + size
                 self._frame_received(kind, flags, stream & 0x7FFFFFFF, payload)
             self.buffer = buffer[position:]
-        except ConnectionError_ as exc:
+        except ProtocolViolation as exc:
             self._fail(exc.code, str(exc))
         self._flush()
 
@@ -344,7 +215,7 @@ class GrpcConnection(asyncio.Protocol):
 
     def _frame_received(self, kind: int, flags: int, stream: int, payload: bytes) -> None:
         if self.block is not None and (kind != CONTINUATION or stream != self.block_stream):
-            raise ConnectionError_(PROTOCOL_ERROR, "a header block interrupted")
+            raise ProtocolViolation(PROTOCOL_ERROR, "a header block interrupted")
         if kind == DATA:
             self._data(flags, stream, payload)
         elif kind == HEADERS:
@@ -357,9 +228,9 @@ class GrpcConnection(asyncio.Protocol):
             self._window_update(stream, payload)
         elif kind == PING:
             if stream or len(payload) != 8:
-                raise ConnectionError_(PROTOCOL_ERROR if stream else FRAME_SIZE_ERROR, "a malformed PING")
+                raise ProtocolViolation(PROTOCOL_ERROR if stream else FRAME_SIZE_ERROR, "a malformed PING")
             if not flags & ACK:
-                self.out.append(_frame(PING, ACK, 0, payload))
+                self.out.append(frame(PING, ACK, 0, payload))
         elif kind == RST_STREAM:
             self._reset(stream, payload)
         elif kind == GOAWAY:
@@ -367,23 +238,23 @@ class GrpcConnection(asyncio.Protocol):
             if not self.streams and self.transport is not None:
                 self.transport.close()
         elif kind == PUSH_PROMISE:
-            raise ConnectionError_(PROTOCOL_ERROR, "a client sent PUSH_PROMISE")
+            raise ProtocolViolation(PROTOCOL_ERROR, "a client sent PUSH_PROMISE")
         elif kind == PRIORITY and (not stream or len(payload) != 5):
-            raise ConnectionError_(PROTOCOL_ERROR, "a malformed PRIORITY")
+            raise ProtocolViolation(PROTOCOL_ERROR, "a malformed PRIORITY")
         # Other frame types (and PRIORITY) are ignored, as RFC 9113 asks.
 
     def _headers(self, flags: int, stream: int, payload: bytes) -> None:
         if not stream or not stream & 1:
-            raise ConnectionError_(PROTOCOL_ERROR, f"HEADERS on stream {stream}")
+            raise ProtocolViolation(PROTOCOL_ERROR, f"HEADERS on stream {stream}")
         start, end = 0, len(payload)
         if flags & PADDED:
             if not payload:
-                raise ConnectionError_(PROTOCOL_ERROR, "padding longer than its frame")
+                raise ProtocolViolation(PROTOCOL_ERROR, "padding longer than its frame")
             start, end = 1, end - payload[0]
         if flags & PRIORITY_FLAG:
             start += 5
         if start > end:
-            raise ConnectionError_(PROTOCOL_ERROR, "padding longer than its frame")
+            raise ProtocolViolation(PROTOCOL_ERROR, "padding longer than its frame")
         fragment = payload[start:end]
         if flags & END_HEADERS:
             self._block_received(stream, fragment, bool(flags & END_STREAM))
@@ -394,7 +265,7 @@ class GrpcConnection(asyncio.Protocol):
 
     def _continuation(self, flags: int, stream: int, payload: bytes) -> None:
         if self.block is None:
-            raise ConnectionError_(PROTOCOL_ERROR, "CONTINUATION without HEADERS")
+            raise ProtocolViolation(PROTOCOL_ERROR, "CONTINUATION without HEADERS")
         if not payload and not flags & END_HEADERS:
             self._empty_frame()
         self.block += payload
@@ -408,97 +279,74 @@ class GrpcConnection(asyncio.Protocol):
         # one past the header list bound is refused before it is all held (the CONTINUATION flood).
         assert self.block is not None
         if len(self.block) > self.limits.max_header_bytes:
-            raise ConnectionError_(ENHANCE_YOUR_CALM, "a header block past the header list bound")
+            raise ProtocolViolation(ENHANCE_YOUR_CALM, "a header block past the header list bound")
 
     def _block_received(self, sid: int, block: bytes, end_stream: bool) -> None:
         try:
-            headers = self.headers.decode(block)  # every block, in order: the dynamic table is the connection's
+            head = self.headers.decode(block)  # every block, in order: the dynamic table is the connection's
         except HPACKError as exc:  # a list past the bound too: the table may be out of step, so the connection ends
-            raise ConnectionError_(
+            raise ProtocolViolation(
                 PROTOCOL_ERROR if "Oversized" not in type(exc).__name__ else ENHANCE_YOUR_CALM, str(exc)
             ) from None
         stream = self.streams.get(sid)
         if stream is not None:  # trailers from the client: they end its side
             if not end_stream:
-                raise ConnectionError_(PROTOCOL_ERROR, "a second header block that does not end the stream")
+                raise ProtocolViolation(PROTOCOL_ERROR, "a second header block that does not end the stream")
             self._end_of_message(stream)
             return
         if sid <= self.last_stream:
-            raise ConnectionError_(STREAM_CLOSED, f"HEADERS on closed stream {sid}")
+            raise ProtocolViolation(STREAM_CLOSED, f"HEADERS on closed stream {sid}")
         self.last_stream = sid
-        if self.going_away:
+        if self.going_away or len(self.streams) >= self.limits.max_streams:
             self._send_reset(sid, REFUSED_STREAM)
             return
-        if len(self.streams) >= self.limits.max_streams:
-            self._send_reset(sid, REFUSED_STREAM)
+        now = time.monotonic()
+        stream = self.streams[sid] = Stream(sid, self.peer_window, now)
+        refusal = head.refusal
+        if refusal is not None:
+            if isinstance(refusal, GrpcError):
+                self._answer(stream, refusal.code, refusal.message)
+            else:
+                self._answer_http(stream, refusal)
             return
-        stream = Stream(sid, send_window=self.peer_window)
-        self.streams[sid] = stream
+        stream.encoding = head.encoding
+        call = Call(head.path, head.metadata, None if head.timeout is None else now + head.timeout)
         try:
-            stream.call = self._call(stream, headers)
+            self.service.admit(call)
         except GrpcError as exc:
             self._answer(stream, exc.code, exc.message)
             return
-        except _HttpStatus as exc:
-            self._answer_http(stream, exc.status)
-            return
-        try:
-            self.service.admit(stream.call)
-        except GrpcError as exc:
-            stream.call = None
-            self._answer(stream, exc.code, exc.message)
-            return
+        stream.call = call
         if end_stream:
             self._end_of_message(stream)
 
-    def _call(self, stream: Stream, headers: list[tuple[str, str]]) -> Call:
-        if len(headers) > self.limits.max_headers:
-            raise GrpcError(StatusCode.RESOURCE_EXHAUSTED, f"more than {self.limits.max_headers} headers")
-        method = path = content_type = ""
-        metadata, deadline = [], None
-        for name, value in headers:
-            if name[0] == ":":
-                if name == ":method":
-                    method = value
-                elif name == ":path":
-                    path = value
-            elif name == "content-type":
-                content_type = value
-            elif name == "grpc-timeout":
-                timeout = parse_timeout(value)
-                deadline = None if timeout is None else time.monotonic() + timeout
-            elif name == "grpc-encoding":
-                stream.encoding = value
-            elif name not in ("te", "grpc-accept-encoding"):
-                metadata.append((name, value))
-        if not content_type.startswith("application/grpc"):
-            raise _HttpStatus(415)
-        if method != "POST":
-            raise _HttpStatus(405)
-        return Call(path, metadata, deadline)
-
     def _data(self, flags: int, sid: int, payload: bytes) -> None:
         if not sid:
-            raise ConnectionError_(PROTOCOL_ERROR, "DATA on stream 0")
+            raise ProtocolViolation(PROTOCOL_ERROR, "DATA on stream 0")
         size = len(payload)
         self.unacked += size
         if self.unacked >= self.limits.connection_window // 2:
-            self.out.append(_frame(WINDOW_UPDATE, 0, 0, struct.pack(">L", self.unacked)))
+            self.out.append(frame(WINDOW_UPDATE, 0, 0, struct.pack(">L", self.unacked)))
             self.unacked = 0
         stream = self.streams.get(sid)
         if stream is None or stream.half_closed:
             if sid > self.last_stream:
-                raise ConnectionError_(PROTOCOL_ERROR, f"DATA on idle stream {sid}")
+                raise ProtocolViolation(PROTOCOL_ERROR, f"DATA on idle stream {sid}")
             return  # a stream this side has answered and reset: its late DATA counts for the connection only
         if not size and not flags & END_STREAM:
             self._empty_frame()
         if flags & PADDED:
             if not size or payload[0] >= size:
-                raise ConnectionError_(PROTOCOL_ERROR, "padding longer than its frame")
+                raise ProtocolViolation(PROTOCOL_ERROR, "padding longer than its frame")
             payload = payload[1 : size - payload[0]]
         if stream.call is not None and not stream.answered:
-            stream.body += payload
-            body = stream.body
+            body: bytes | bytearray = stream.body
+            if not body:
+                stream.body = body = payload
+            else:
+                if isinstance(body, bytes):  # a message over several frames: gathered in place
+                    stream.body = body = bytearray(body)
+                body += payload
             if stream.expected < 0 and len(body) >= 5:
                 stream.compressed, stream.expected = bool(body[0]), int.from_bytes(body[1:5], "big")
                 if stream.expected > self.limits.max_message:
@@ -512,7 +360,7 @@ class GrpcConnection(asyncio.Protocol):
         elif size:
             stream.unacked += size
             if stream.unacked >= self.limits.stream_window // 2:
-                self.out.append(_frame(WINDOW_UPDATE, 0, sid, struct.pack(">L", stream.unacked)))
+                self.out.append(frame(WINDOW_UPDATE, 0, sid, struct.pack(">L", stream.unacked)))
                 stream.unacked = 0
 
     def _end_of_message(self, stream: Stream) -> None:
@@ -526,8 +374,8 @@ class GrpcConnection(asyncio.Protocol):
         if len(body) < 5 or len(body) != 5 + stream.expected:
             self._answer(stream, StatusCode.INVALID_ARGUMENT, "the request message is missing or cut short")
             return
-        message = bytes(body[5:]) if len(body) > 5 else b""
-        stream.body = bytearray()
+        message = bytes(memoryview(body)[5:])
+        stream.body = b""
         if stream.compressed:
             try:
                 message = self._inflate(stream.encoding, message)
@@ -551,39 +399,39 @@ class GrpcConnection(asyncio.Protocol):
 
     def _settings(self, flags: int, stream: int, payload: bytes) -> None:
         if stream:
-            raise ConnectionError_(PROTOCOL_ERROR, "SETTINGS on a stream")
+            raise ProtocolViolation(PROTOCOL_ERROR, "SETTINGS on a stream")
         if flags & ACK:
             if payload:
-                raise ConnectionError_(FRAME_SIZE_ERROR, "a SETTINGS acknowledgement with a payload")
+                raise ProtocolViolation(FRAME_SIZE_ERROR, "a SETTINGS acknowledgement with a payload")
             return
         if len(payload) % 6:
-            raise ConnectionError_(FRAME_SIZE_ERROR, "SETTINGS not a multiple of 6 bytes")
+            raise ProtocolViolation(FRAME_SIZE_ERROR, "SETTINGS not a multiple of 6 bytes")
         for offset in range(0, len(payload), 6):
             key, value = struct.unpack_from(">HL", payload, offset)
             if key == SETTINGS_INITIAL_WINDOW_SIZE:
                 if value > MAX_WINDOW:
-                    raise ConnectionError_(FLOW_CONTROL_ERROR, "an initial window past 2^31-1")
+                    raise ProtocolViolation(FLOW_CONTROL_ERROR, "an initial window past 2^31-1")
                 delta, self.peer_window = value - self.peer_window, value
                 for open_stream in self.streams.values():
                     open_stream.send_window += delta
             elif key == SETTINGS_MAX_FRAME_SIZE:
                 if not FRAME_SIZE <= value <= 2**24 - 1:
-                    raise ConnectionError_(PROTOCOL_ERROR, "a max frame size out of range")
+                    raise ProtocolViolation(PROTOCOL_ERROR, "a max frame size out of range")
                 self.peer_frame = value
             # Header table size: replies never use the peer's dynamic table, so any size suits them.
-        self.out.append(_frame(SETTINGS, ACK, 0))
+        self.out.append(frame(SETTINGS, ACK, 0))
         self._send_pending()
 
     def _window_update(self, sid: int, payload: bytes) -> None:
         if len(payload) != 4:
-            raise ConnectionError_(FRAME_SIZE_ERROR, "a WINDOW_UPDATE not of 4 bytes")
+            raise ProtocolViolation(FRAME_SIZE_ERROR, "a WINDOW_UPDATE not of 4 bytes")
         increment = int.from_bytes(payload, "big") & 0x7FFFFFFF
         if not sid:
             if not increment:
-                raise ConnectionError_(PROTOCOL_ERROR, "a WINDOW_UPDATE of 0")
+                raise ProtocolViolation(PROTOCOL_ERROR, "a WINDOW_UPDATE of 0")
             self.send_window += increment
             if self.send_window > MAX_WINDOW:
-                raise ConnectionError_(FLOW_CONTROL_ERROR, "the connection window past 2^31-1")
+                raise ProtocolViolation(FLOW_CONTROL_ERROR, "the connection window past 2^31-1")
             self._send_pending()
             return
         stream = self.streams.get(sid)
@@ -598,15 +446,15 @@ class GrpcConnection(asyncio.Protocol):
 
     def _reset(self, sid: int, payload: bytes) -> None:
         if len(payload) != 4:
-            raise ConnectionError_(FRAME_SIZE_ERROR, "an RST_STREAM not of 4 bytes")
+            raise ProtocolViolation(FRAME_SIZE_ERROR, "an RST_STREAM not of 4 bytes")
         if not sid or sid > self.last_stream:
-            raise ConnectionError_(PROTOCOL_ERROR, f"RST_STREAM on idle stream {sid}")
+            raise ProtocolViolation(PROTOCOL_ERROR, f"RST_STREAM on idle stream {sid}")
         now = time.monotonic()
         if now - self.resets_since >= 1.0:
             self.resets, self.resets_since = 0, now
         self.resets += 1
         if self.resets > self.limits.resets_per_second:
-            raise ConnectionError_(ENHANCE_YOUR_CALM, "too many streams reset")
+            raise ProtocolViolation(ENHANCE_YOUR_CALM, "too many streams reset")
         stream = self.streams.get(sid)
         if stream is not None:
             self._drop(stream)
@@ -614,7 +462,7 @@ class GrpcConnection(asyncio.Protocol):
     def _empty_frame(self) -> None:
         self.empty += 1
         if self.empty > self.limits.empty_frames:
-            raise ConnectionError_(ENHANCE_YOUR_CALM, "too many empty frames")
+            raise ProtocolViolation(ENHANCE_YOUR_CALM, "too many empty frames")
 
     # -- calls
 
@@ -647,8 +495,8 @@ class GrpcConnection(asyncio.Protocol):
             return
         stream.answered = True
         data = b"\x00" + len(reply).to_bytes(4, "big") + reply
-        self.out.append(_frame(HEADERS, END_HEADERS, stream.id, REPLY_HEADERS))
-        stream.pending, stream.trailers = data, _frame(HEADERS, END_HEADERS | END_STREAM, stream.id, TRAILERS_OK)
+        self.out.append(frame(HEADERS, END_HEADERS, stream.id, REPLY_HEADERS))
+        stream.pending, stream.trailers = data, frame(HEADERS, END_HEADERS | END_STREAM, stream.id, TRAILERS_OK)
         self._send_stream(stream)
 
     def _answer(self, stream: Stream, code: StatusCode, message: str) -> None:
@@ -658,14 +506,14 @@ class GrpcConnection(asyncio.Protocol):
         if stream.call is not None:
             stream.call.status = code
         stream.answered = True
-        block = REPLY_HEADERS + _status_block(code, message)
-        self.out.append(_frame(HEADERS, END_HEADERS | END_STREAM, stream.id, block))
+        block = REPLY_HEADERS + status_block(code, message)
+        self.out.append(frame(HEADERS, END_HEADERS | END_STREAM, stream.id, block))
         self._finish(stream)
 
     def _answer_http(self, stream: Stream, status: int) -> None:
-        block = _integer(8, 4, 0) + _integer(3, 7, 0) + str(status).encode()  # :status (static name 8), not indexed
+        block = integer(8, 4, 0) + integer(3, 7, 0) + str(status).encode()  # :status (static name 8), not indexed
         stream.answered = True
-        self.out.append(_frame(HEADERS, END_HEADERS | END_STREAM, stream.id, block))
+        self.out.append(frame(HEADERS, END_HEADERS | END_STREAM, stream.id, block))
         self._finish(stream)
 
     def _send_stream(self, stream: Stream) -> None:
@@ -676,7 +524,7 @@ class GrpcConnection(asyncio.Protocol):
             if room <= 0:
                 break
             chunk, data = data[:room], data[room:]
-            self.out.append(_frame(DATA, 0, stream.id, chunk))
+            self.out.append(frame(DATA, 0, stream.id, chunk))
             self.send_window -= len(chunk)
             stream.send_window -= len(chunk)
         stream.pending = data
@@ -693,7 +541,7 @@ class GrpcConnection(asyncio.Protocol):
     def _finish(self, stream: Stream) -> None:
         """The reply is all sent: a client still sending is told to stop (RST_STREAM NO_ERROR, RFC 9113 8.1)."""
         if not stream.half_closed:
-            self.out.append(_frame(RST_STREAM, 0, stream.id, struct.pack(">L", NO_ERROR)))
+            self.out.append(frame(RST_STREAM, 0, stream.id, struct.pack(">L", NO_ERROR)))
         self._close_stream(stream)
 
     def _close_stream(self, stream: Stream) -> None:
@@ -718,22 +566,22 @@ class GrpcConnection(asyncio.Protocol):
         self._close_stream(stream)
 
     def _send_reset(self, sid: int, code: int) -> None:
-        self.out.append(_frame(RST_STREAM, 0, sid, struct.pack(">L", code)))
+        self.out.append(frame(RST_STREAM, 0, sid, struct.pack(">L", code)))
 
     # -- the connection
 
     def _goaway_frame(self, code: int, reason: bytes = b"") -> bytes:
-        return _frame(GOAWAY, 0, 0, struct.pack(">LL", self.last_stream, code) + reason)
+        return frame(GOAWAY, 0, 0, struct.pack(">LL", self.last_stream, code) + reason)
 
     def _fail(self, code: int, reason: str) -> None:
         logger.debug("gRPC connection closed: %s", reason)
+        for stream in list(self.streams.values()):  # (first: the calls have ended when the peer reads why)
+            self._drop(stream)
         self.out.append(self._goaway_frame(code, reason.encode()[:256]))
         self._flush()
         if self.transport is not None:
             self.transport.close()
         self.closed = True
-        for stream in list(self.streams.values()):
-            self._drop(stream)
 
     def go_away(self) -> None:
         """Shut down: no new streams (GOAWAY NO_ERROR); the connection closes once its calls are answered."""
@@ -770,13 +618,6 @@ class GrpcConnection(asyncio.Protocol):
             if self.transport is not None and not self.transport.is_closing():
                 self.transport.write(b"".join(self.out))
             self.out.clear()
-
-
-class _HttpStatus(Exception):
-    """A request that is not gRPC at all: answered with this HTTP status alone (415 for its content type)."""
-
-    def __init__(self, status: int) -> None:
-        self.status = status
 
 
 def _too_large(size: int, limits: Limits) -> str:

@@ -20,7 +20,8 @@ from ferry.auth import TokenAuth
 from ferry.errors import FerryError, InvalidInput, Overloaded, Unauthorized
 from ferry.grpc import inference_pb2 as pb
 from ferry.grpc.codec import GRPC_CODEC, status_code
-from ferry.grpc.http2 import Call, GrpcError, GrpcServer, Limits, StatusCode
+from ferry.grpc.frames import Call, GrpcError, Limits, StatusCode
+from ferry.grpc.http2 import GrpcServer
 from ferry.protocol import v2
 from ferry.serving.dataplane import UNKNOWN_MODEL, DataPlane, report
 from ferry.serving.registry import ModelState
