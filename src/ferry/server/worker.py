@@ -1,4 +1,5 @@
-"""What each worker process serves: the Ferry app, gRPC beside it, and its heartbeat and probe listener."""
+"""What each worker process serves: one ``Server`` owning the Ferry app (its data plane and HTTP), gRPC beside
+it, and the heartbeat and probe listener, started and stopped by one lifespan."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 from ferry.http.app import create_app
 from ferry.http.dispatch import FerryApp
 from ferry.server.probes import Heartbeat, ProbeAnswers, ProbeListener, bind_probe_socket
-from ferry.server.transports import with_grpc
+from ferry.server.transports import grpc_beside
 from ferry.settings import Settings
 
 PROBE_SWITCH_INTERVAL_S = 0.001
@@ -23,7 +24,7 @@ Lifespan = Callable[[Any], AbstractAsyncContextManager[Any]]
 def create_app_from_env() -> FerryApp:
     """uvicorn's factory in every worker: settings arrive as FERRY_* variables."""
     settings = Settings.from_env()
-    app = with_probes(with_grpc(create_app(settings), settings), settings)
+    app = Server(create_app(settings), settings).app
     # Start-up's imports stay for good: frozen, no collection walks them again (the load's own
     # collection, and every full one while serving, stays short), and a forked worker leaves
     # their pages shared. The collector stays off (as ``ferry.cli.entry`` left it) until the
@@ -65,36 +66,43 @@ def create_app_before_fork(settings: Settings) -> FerryApp | None:
     return app
 
 
-def with_probes(app: FerryApp, settings: Settings) -> FerryApp:
-    """Run the heartbeat and, with ``--probe-port``, the probe listener for as long as the app's lifespan."""
-    router = app.app.router
-    inner: Lifespan = router.lifespan_context
+class Server:
+    """The composition root of a worker: the app, gRPC beside it, the heartbeat and the probe listener.
+
+    uvicorn runs the app and calls its lifespan: that lifespan is this object's, set once (``lifespan``),
+    where each part is entered in order and left in reverse.
+    """
+
+    def __init__(self, app: FerryApp, settings: Settings) -> None:
+        self.app, self.settings = app, settings
+        self.app_lifespan: Lifespan = app.app.router.lifespan_context  # the data plane's: models, pools, logs
+        app.app.router.lifespan_context = self.lifespan
 
     @contextlib.asynccontextmanager
-    async def lifespan(starlette: Any) -> AsyncIterator[None]:
+    async def lifespan(self, starlette: Any) -> AsyncIterator[None]:
+        settings, state = self.settings, self.app.state
         heartbeat = Heartbeat()
         # Counted by the process that serves (prometheus_client starts a forked worker's values afresh).
-        app.state.service.metrics.workers.set(1)
+        state.service.metrics.workers.set(1)
         beating = asyncio.create_task(heartbeat.run())
         listener = None
-        if settings.probe_port:
-            # Bound before the models load, so /health answers at once; a port in use stops start-up.
-            sock = bind_probe_socket(settings.host, settings.probe_port, shared=settings.workers > 1)
-            state = app.state
-            answers = ProbeAnswers(state.registry, state.service.metrics, heartbeat)
-            listener = ProbeListener(sock, answers.answer)
-            listener.start()
-            # The probe thread needs the GIL for each step of a reply; while the request loop is busy it
-            # gets it only every switch interval (5 ms by default), several times per probe.
-            sys.setswitchinterval(PROBE_SWITCH_INTERVAL_S)
         try:
-            async with inner(starlette):
+            if settings.probe_port:
+                # 1. The probe listener, bound before the models load, so /health answers at once; a port in
+                #    use stops start-up.
+                sock = bind_probe_socket(settings.host, settings.probe_port, shared=settings.workers > 1)
+                answers = ProbeAnswers(state.registry, state.service.metrics, heartbeat)
+                listener = ProbeListener(sock, answers.answer)
+                listener.start()
+                # The probe thread needs the GIL for each step of a reply; while the request loop is busy it
+                # gets it only every switch interval (5 ms by default), several times per probe.
+                sys.setswitchinterval(PROBE_SWITCH_INTERVAL_S)
+            # 2. The app: models loading (loaded, with --workers), then 3. gRPC over its data plane. Left in
+            #    reverse: gRPC stops (in-flight calls drain) before the app releases the pool both compute on.
+            async with self.app_lifespan(starlette), grpc_beside(self.app, settings):
                 collect_from_now_on()  # started: the app, its models loading (loaded with --workers), gRPC
                 yield
         finally:
             if listener is not None:
                 listener.close()
             beating.cancel()
-
-    router.lifespan_context = lifespan
-    return app
