@@ -83,7 +83,8 @@ def build(
     ``include`` (files or folders) ships with a Python class, importable from it and hashed like
     every artifact; ``requirements`` (a pip requirements file) is kept for ``ferry containerize``.
     ``training_data`` (rows in feature order), for a feature model, adds per-feature statistics
-    to the metadata, against which ``ferry monitor`` measures drift. ``compile`` adds the model's
+    to the metadata, against which ``ferry monitor`` measures drift, and keeps a few of its rows as the
+    background of sampled explanations (``ferry.runtimes.sampled``). ``compile`` adds the model's
     verified numpy form where it has one (``ferry.bundle.compile``), which serves without the framework.
     """
     repo = Path(repo)
@@ -121,6 +122,10 @@ def build(
             # An object given in Python is the builder's own (as its class is); a file, only as --trusted says.
             original = load_original(staging, runtime, options, trusted or not _from_disk(model))
             compiled = compile_model(original, runtime, staging, options, labels)
+        if training_data is not None:  # rows an operator's --explain-sampled explains against
+            from ferry.runtimes.sampled import write_background
+
+            write_background(staging, training_data)
         raw: dict[str, Any] = {
             "name": name,
             "version": version,

@@ -73,6 +73,13 @@ class Settings(SettingsGroup):
     trust_code: bool = _setting(
         False, "Import bundles' Python classes, and load pickles too (both run the bundle's code).", panel="models"
     )
+    explain_sampled: str = _setting(
+        "",
+        "Models (comma-separated) explained by sampling where they have no exact explanation: a Shapley "
+        "estimate with its standard error, 1,024 model rows per explained row, against the rows the build kept "
+        "from its training data. Off by default.",
+        panel="models",
+    )
     original_models: bool = _setting(
         False,
         "Load each model's original artifact (and framework) even where its bundle holds a compiled form.",

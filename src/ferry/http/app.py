@@ -76,7 +76,8 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fer
     budget = None
     if settings.max_memory:
         budget = MemoryBudget(registry, parse_size(settings.max_memory), settings.preload, service.forget)
-    plane = DataPlane(registry, service, metrics, settings.request_timeout, budget)
+    sampled = frozenset(filter(None, (n.strip() for n in settings.explain_sampled.split(","))))
+    plane = DataPlane(registry, service, metrics, settings.request_timeout, budget, sampled)
     endpoints = ModelEndpoints(registry, metrics, budget)
     routing = _routing(settings, registry, metrics)
 

@@ -61,8 +61,28 @@ def describe(explanation: Explanation) -> dict[str, Any]:
     return body
 
 
+def row_errors(explanation: Explanation) -> list[Any] | None:
+    """An estimate's standard errors (``sampling_shapley``), per row shaped as its contributions; else None."""
+    if explanation.standard_error is None:
+        return None
+    return row_contributions(
+        Explanation(
+            explanation.standard_error,
+            explanation.expected_value,
+            explanation.score,
+            explanation.features,
+            explanation.method,
+            explanation.link,
+            explanation.outputs,
+        )
+    )
+
+
 def native_body(explanation: Explanation) -> dict[str, Any]:
     body: dict[str, Any] = {"contributions": row_contributions(explanation), **describe(explanation)}
+    errors = row_errors(explanation)
+    if errors is not None:
+        body["standard_errors"] = errors
     body["raw_scores"] = [by_output(explanation, row) for row in explanation.score]
     if explanation.prediction is not None:
         body["predictions"] = explanation.prediction.values
@@ -76,6 +96,8 @@ def kserve_body(explanation: Explanation) -> dict[str, Any]:
         {"contributions": contributions, "raw_score": by_output(explanation, score), **head}
         for contributions, score in zip(row_contributions(explanation), explanation.score, strict=True)
     ]
+    for explained, errors in zip(explanations, row_errors(explanation) or [], strict=False):
+        explained["standard_errors"] = errors
     predictions = explanation.prediction.values if explanation.prediction is not None else []
     return {"predictions": predictions, "explanations": explanations}
 

@@ -564,6 +564,7 @@ class Explanation:
     positive: Any = None
     row_features: list[dict[int, str]] | None = None  # text models: each row's own names of its columns
     prediction: Any = None  # the model's answer for the same rows, where serving adds it
+    standard_error: np.ndarray | None = None  # an estimate's (``sampled``), shaped as ``contributions``
 
 
 class ProgramExplainer:

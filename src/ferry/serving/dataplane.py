@@ -32,6 +32,7 @@ from ferry.errors import (
     InvalidInput,
 )
 from ferry.runtimes import Prediction
+from ferry.runtimes.base import clipped
 from ferry.runtimes.explain import NotExplainable, explanation_of
 from ferry.serving.budget import MemoryBudget
 from ferry.serving.metrics import Metrics
@@ -148,8 +149,11 @@ class DataPlane:
         metrics: Metrics,
         request_timeout: float = 30.0,
         budget: MemoryBudget | None = None,
+        sampled: frozenset[str] = frozenset(),
     ) -> None:
         self.registry = registry
+        self.sampled = sampled  # --explain-sampled: models the operator lets explain by sampling
+        self._samplers: dict[int, Any] = {}  # id(loaded model) -> its SampledShapley
         self.budget = budget  # --max-memory: models load on demand and are held while they predict
         self.service = service
         self.metrics = metrics
@@ -260,7 +264,9 @@ class DataPlane:
         runtime = handle.model.runtime
         how = explanation_of(runtime, handle.model.manifest.runtime)
         explain = getattr(runtime, "explain", None)
-        if explain is None or "unavailable" in how:
+        if (explain is None or "unavailable" in how) and handle.name in self.sampled:
+            explain = self._sampler(handle)
+        elif explain is None or "unavailable" in how:
             raise ExplanationUnavailable(
                 f"model '{handle.name}' cannot be explained: {how['unavailable']}", self._explainable()
             )
@@ -280,6 +286,25 @@ class DataPlane:
             ) from None
         explanation.prediction = prediction
         return explanation
+
+    def _sampler(self, handle: ModelHandle) -> Any:
+        """The model's sampled explainer (``ferry.runtimes.sampled``), made once per loaded model; the 501 if
+        its bundle has no background rows."""
+        from ferry.runtimes.sampled import SampledShapley
+
+        model = handle.model
+        assert model is not None
+        found = self._samplers.get(id(model))
+        if found is None or found[0] is not model:
+            predict = clipped(model.runtime.predict, model.manifest.output)
+            try:
+                found = (model, SampledShapley.from_bundle(predict, handle.path, model.manifest))
+            except NotExplainable as exc:
+                raise ExplanationUnavailable(
+                    f"model '{handle.name}' cannot be explained: {exc}", self._explainable()
+                ) from None
+            self._samplers[id(model)] = found
+        return found[1]
 
     def _explainable(self) -> list[str]:
         """The loaded models that answer ``explain``."""
