@@ -61,17 +61,20 @@ class GrpcCodec:
 
 
 def _parameters(parameters: Any) -> dict[str, Any]:
+    if not parameters:  # (most requests: no map to walk)
+        return {}
     return {
         key: getattr(value, value.WhichOneof("parameter_choice") or "bool_param") for key, value in parameters.items()
     }
 
 
 def decode_request(request: Any) -> v2.InferRequest:
-    raw = list(request.raw_input_contents)
-    if raw and len(raw) != len(request.inputs):
-        raise InvalidInput(f"{len(request.inputs)} inputs but {len(raw)} raw_input_contents", "raw_input_contents")
+    raw = request.raw_input_contents
+    tensors = request.inputs
+    if raw and len(raw) != len(tensors):
+        raise InvalidInput(f"{len(tensors)} inputs but {len(raw)} raw_input_contents", "raw_input_contents")
     inputs = []
-    for i, tensor in enumerate(request.inputs):
+    for i, tensor in enumerate(tensors):
         where = f"inputs[{i}]"
         name, datatype, shape = check_header(tensor.name, tensor.datatype, list(tensor.shape), where)
         if raw:
@@ -81,7 +84,8 @@ def decode_request(request: Any) -> v2.InferRequest:
         else:
             data = _from_contents(tensor.contents, datatype, shape, f"{where}.contents")
         inputs.append(Tensor(name, datatype, shape, data, _parameters(tensor.parameters), where))
-    outputs = [v2.RequestedOutput(o.name) for o in request.outputs] or None
+    requested = request.outputs
+    outputs = [v2.RequestedOutput(o.name) for o in requested] if requested else None
     return v2.InferRequest(inputs, request.id or None, _parameters(request.parameters), outputs)
 
 
@@ -96,7 +100,9 @@ def _from_contents(contents: Any, datatype: str, shape: list[int], where: str) -
     count = element_count(shape)
     if len(values) != count:
         raise InvalidInput(f"shape {shape} holds {count} elements but {field} has {len(values)}", where)
-    if datatype in _FLOATS:  # straight from protobuf's repeated field (5x faster than through a list)
+    if datatype in _FLOATS:  # straight from protobuf's repeated field, not through a list (4x faster at 200)
+        if count <= 64:  # (np.array on the field costs ~2 µs before its first value: fromiter, for few)
+            return np.fromiter(values, DATATYPES[datatype], count).reshape(shape)
         return np.array(values, dtype=DATATYPES[datatype]).reshape(shape)
     values = list(values)  # (NumPy casts a repeated field's ints to a narrower type silently; a list's, never)
     if datatype == "BYTES":
