@@ -125,9 +125,9 @@ def encode_response(request: v2.InferRequest, handle: ModelHandle, outputs: list
             continue
         values = tensor.data.reshape(-1).tolist()
         if tensor.datatype == "BYTES":
-            if tensor.data.dtype.kind == "U":  # labels as NumPy text: every one a str
+            try:  # labels: all text, as a rule (map runs in C)
                 values = list(map(str.encode, values))
-            else:
+            except TypeError:  # bytes among them, or other objects
                 values = [v if isinstance(v, bytes) else str(v).encode() for v in values]
         getattr(entry.contents, CONTENTS_FIELD[tensor.datatype]).extend(values)
     return response
