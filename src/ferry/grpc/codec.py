@@ -57,6 +57,10 @@ class GrpcCodec:
             for key, value in parameters.items():
                 response.parameters[key].string_param = value
             return response
+        if infer.outputs is None and not raw:  # the common reply: every output, typed, straight from the columns
+            columns = v2.output_columns(prediction, handle)
+            if all(column[1] in CONTENTS_FIELD for column in columns):
+                return encode_columns(infer, handle, columns)
         return encode_response(infer, handle, v2.to_outputs(prediction, handle, infer), raw)
 
 
@@ -123,14 +127,26 @@ def encode_response(request: v2.InferRequest, handle: ModelHandle, outputs: list
         if raw or tensor.datatype not in CONTENTS_FIELD:
             response.raw_output_contents.append(to_raw(tensor.data, tensor.datatype))
             continue
-        values = tensor.data.reshape(-1).tolist()
-        if tensor.datatype == "BYTES":
-            try:  # labels: all text, as a rule (map runs in C)
-                values = list(map(str.encode, values))
-            except TypeError:  # bytes among them, or other objects
-                values = [v if isinstance(v, bytes) else str(v).encode() for v in values]
-        getattr(entry.contents, CONTENTS_FIELD[tensor.datatype]).extend(values)
+        _typed(entry, tensor.datatype, tensor.data.reshape(-1).tolist())
     return response
+
+
+def encode_columns(request: v2.InferRequest, handle: ModelHandle, columns: list[v2.Column]) -> Any:
+    """``encode_response``'s reply to a request naming no outputs, without raw inputs: every column typed."""
+    response = pb.ModelInferResponse(model_name=handle.name, model_version=handle.version, id=request.id or "")
+    for name, datatype, shape, values in columns:
+        entry = response.outputs.add(name=name, datatype=datatype, shape=shape)
+        _typed(entry, datatype, values if isinstance(values, list) else values.reshape(-1).tolist())
+    return response
+
+
+def _typed(entry: Any, datatype: str, values: list[Any]) -> None:
+    if datatype == "BYTES":
+        try:  # labels: all text, as a rule (map runs in C)
+            values = list(map(str.encode, values))
+        except TypeError:  # bytes among them, or other objects
+            values = [v if isinstance(v, bytes) else str(v).encode() for v in values]
+    getattr(entry.contents, CONTENTS_FIELD[datatype]).extend(values)
 
 
 GRPC_CODEC = GrpcCodec()
