@@ -45,6 +45,7 @@ class RouterStep:
         self.compat_paths = compat_paths
         self.limit = max_body_bytes
         self._named = named_paths(routes.name)
+        self._header_names = self.router.header_names
         self._meters: dict[tuple[str, str], tuple[Any, Any, tuple[tuple[bytes, bytes], ...]]] = {}
 
     def serves(self, path: str) -> bool:
@@ -68,7 +69,12 @@ class RouterStep:
         return await self._route(exchange, decision, after)
 
     def _request(self, exchange: Exchange) -> RouteRequest:
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in exchange.headers}
+        names = self._header_names
+        headers = {}
+        for key, value in exchange.headers:
+            name = key.decode("latin-1")
+            if name in names:
+                headers[name] = value.decode("latin-1")
         query = dict(parse_qsl(exchange.query.decode("latin-1"), keep_blank_values=True)) if exchange.query else {}
         parsed, body = None, exchange.body
         if self.router.needs_body and body:

@@ -83,6 +83,11 @@ class Router:
         self.routes = routes
         self.named = routes.routes()
         self.needs_body = any(r.match.body for r in routes.rules)
+        # The (lower-case) header names any rule or sticky split reads: a request's other headers need no decoding.
+        stickies = [route.sticky for _, route in self.named if route.sticky]
+        self.header_names = frozenset(
+            [k.lower() for r in routes.rules for k in r.match.headers] + [s.lower() for s in stickies]
+        )
         self._random = random.Random(seed)
         # Cumulative weights per route, computed once.
         self._cumulative = {name: _cumulative(route.split) for name, route in self.named if route.split}
