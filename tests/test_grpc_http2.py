@@ -50,6 +50,8 @@ class Recorder:
     def admit(self, call: Call) -> None:
         if call.method == "/t/Refuse":
             raise GrpcError(StatusCode.PERMISSION_DENIED, "refused: 100% sure")
+        if call.method == "/t/Small":
+            call.largest = 10
 
     async def handle(self, call: Call) -> bytes:
         if call.method == "/t/Wait":
@@ -266,6 +268,14 @@ def test_a_message_past_the_limit_is_refused_from_its_prefix(running: Running) -
     assert client.until(RST_STREAM) == (RST_STREAM, 0, 1, b"\x00\x00\x00\x00")  # stop sending: NO_ERROR
 
 
+def test_a_method_may_take_less_than_the_limit(running: Running) -> None:
+    client = Client(running.port)
+    client.send(client.call(1, "/t/Small", b"x" * 10))
+    assert client.reply(1)[1] == message(b"x" * 10)
+    client.send(client.call(3, "/t/Small", b"x" * 11))
+    assert client.reply(3)[2]["grpc-message"] == "Received message larger than max (11 vs. 10)"
+
+
 def test_abrupt_close_mid_message_and_mid_call_releases_the_calls(running: Running) -> None:
     client = Client(running.port)
     client.send(client.headers(1, "/t/Echo"), frame(DATA, 0, 1, message(b"cut short")[:7]))
@@ -315,6 +325,7 @@ def test_a_peer_that_does_not_read_is_not_read_either(running: Running) -> None:
 
 
 def test_slow_preface_slow_message_and_too_many_connections() -> None:
+    """Past --max-connections the longest idle connection makes room; with none idle, the newcomer is refused."""
     for running in _serve(LIMITS):
         silent = socket.create_connection(("127.0.0.1", running.port), timeout=5)
         client = Client(running.port)
@@ -323,11 +334,18 @@ def test_slow_preface_slow_message_and_too_many_connections() -> None:
         assert trailers["grpc-status"] == str(int(StatusCode.DEADLINE_EXCEEDED))
         assert trailers["grpc-message"] == "request message not received within 0.5 s"
         assert silent.recv(65536) and _drained(silent)  # SETTINGS, then GOAWAY and the close
-        held = [Client(running.port) for _ in range(LIMITS.max_connections - 1)]
-        refused = Client(running.port)
+        held = [Client(running.port) for _ in range(LIMITS.max_connections - 1)]  # each with a call under way
+        for busy in held:
+            busy.send(busy.call(1, "/t/Wait", b""))
+        time.sleep(0.2)
+        newcomer = Client(running.port)  # the connection count is full: the idle one (client) makes room
+        assert client.goaway() == 0x0 and client.closed()
+        newcomer.send(newcomer.call(1, "/t/Echo", b"in"), newcomer.call(3, "/t/Wait", b""))
+        assert newcomer.reply(1)[1] == message(b"in")
+        refused = Client(running.port)  # none idle now: refused
         assert refused.goaway() == 0x7 and refused.closed()  # REFUSED_STREAM: retry elsewhere
-        held[0].send(held[0].call(1, "/t/Echo", b"kept"))
-        assert held[0].reply(1)[1] == message(b"kept")
+        held[0].send(held[0].call(3, "/t/Echo", b"kept"))
+        assert held[0].reply(3)[1] == message(b"kept")
 
 
 def test_a_request_that_is_not_grpc_is_415(running: Running) -> None:

@@ -176,6 +176,7 @@ class Call:
     deadline: float | None  # time.monotonic() by which the client wants its answer (grpc-timeout)
     message: bytes = b""
     held: int = 0  # what the service reserved for this call (admit), released when the call ends
+    largest: int = 0  # the largest message this call's method takes, if the service says (admit); else the limit's
     status: StatusCode | None = None
 
     def time_remaining(self) -> float | None:

@@ -181,6 +181,8 @@ class GrpcConnection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
         buffer = self.buffer + data if self.buffer else data
         try:
             if not self.preface:
@@ -349,8 +351,9 @@ class GrpcConnection(asyncio.Protocol):
                 body += payload
             if stream.expected < 0 and len(body) >= 5:
                 stream.compressed, stream.expected = bool(body[0]), int.from_bytes(body[1:5], "big")
-                if stream.expected > self.limits.max_message:
-                    self._answer(stream, StatusCode.RESOURCE_EXHAUSTED, _too_large(stream.expected, self.limits))
+                largest = stream.call.largest or self.limits.max_message
+                if stream.expected > largest:
+                    self._answer(stream, StatusCode.RESOURCE_EXHAUSTED, _too_large(stream.expected, largest))
                     return
             if stream.expected >= 0 and len(body) > 5 + stream.expected:
                 self._answer(stream, StatusCode.INVALID_ARGUMENT, "more than one request message in a unary call")
@@ -378,23 +381,23 @@ class GrpcConnection(asyncio.Protocol):
         stream.body = b""
         if stream.compressed:
             try:
-                message = self._inflate(stream.encoding, message)
+                message = self._inflate(stream.encoding, message, call.largest or self.limits.max_message)
             except GrpcError as exc:
                 self._answer(stream, exc.code, exc.message)
                 return
         call.message = message
         stream.task = asyncio.get_running_loop().create_task(self._run(stream, call))
 
-    def _inflate(self, encoding: str, message: bytes) -> bytes:
+    def _inflate(self, encoding: str, message: bytes, largest: int) -> bytes:
         if encoding not in ("gzip", "deflate"):
             raise GrpcError(StatusCode.UNIMPLEMENTED, f"compression {encoding!r} is not supported; use gzip or deflate")
         inflater = zlib.decompressobj(31 if encoding == "gzip" else 15)
         try:
-            out = inflater.decompress(message, self.limits.max_message + 1)
+            out = inflater.decompress(message, largest + 1)
         except zlib.error as exc:
             raise GrpcError(StatusCode.INTERNAL, f"the {encoding} message does not decompress: {exc}") from None
-        if len(out) > self.limits.max_message:
-            raise GrpcError(StatusCode.RESOURCE_EXHAUSTED, _too_large(len(out), self.limits))
+        if len(out) > largest:
+            raise GrpcError(StatusCode.RESOURCE_EXHAUSTED, _too_large(len(out), largest))
         return out
 
     def _settings(self, flags: int, stream: int, payload: bytes) -> None:
@@ -620,8 +623,8 @@ class GrpcConnection(asyncio.Protocol):
             self.out.clear()
 
 
-def _too_large(size: int, limits: Limits) -> str:
-    return f"Received message larger than max ({size} vs. {limits.max_message})"
+def _too_large(size: int, largest: int) -> str:
+    return f"Received message larger than max ({size} vs. {largest})"
 
 
 class GrpcServer:
@@ -642,8 +645,15 @@ class GrpcServer:
         self._sweeper = loop.call_later(1.0, self._sweep)
 
     def accept(self, connection: GrpcConnection) -> bool:
+        """Past ``max_connections`` the connection idle the longest is sent GOAWAY to make room, as the HTTP
+        side closes its longest idle one; only when every connection has a call under way is a newcomer refused."""
         if len(self.connections) >= self.limits.max_connections:
-            return False
+            idle = [c for c in self.connections if not c.streams and not c.closed]
+            if not idle:
+                return False
+            oldest = min(idle, key=lambda c: c.idle_since)
+            oldest.go_away()
+            self.forget(oldest)
         self.connections.add(connection)
         return True
 

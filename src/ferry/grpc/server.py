@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("ferry.grpc")
 REFUSAL_LOG_S = 10.0  # at most one log line per this many seconds about calls refused for bytes in flight
 SERVICE = "inference.GRPCInferenceService"
+SMALL_MESSAGE = 64 * 1024  # the largest request of the methods besides ModelInfer (RESOURCE_EXHAUSTED past it)
 EXEMPT = frozenset({"ServerLive", "ServerReady"})  # never need a token (ModelReady names a model, so it does)
 
 Method = Callable[[Any, Call], Awaitable[Any]]
@@ -190,7 +191,9 @@ class InferenceService:
                 self.auth.check((k.encode(), v.encode()) for k, v in call.metadata)
             except Unauthorized:
                 raise GrpcError(StatusCode.UNAUTHENTICATED, "missing or invalid credentials") from None
-        if name == "ModelInfer" and self.inflight is not None:
+        if name != "ModelInfer":  # a name and a version at most: the connection holds no more for these
+            call.largest = SMALL_MESSAGE
+        elif self.inflight is not None:
             held = self.inflight.reserve()
             if held is None:  # RESOURCE_EXHAUSTED, as gRPC's own maximum_concurrent_rpcs answers
                 error = report(
