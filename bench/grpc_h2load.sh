@@ -3,7 +3,8 @@
 # gRPC over HTTP/2 with a pre-encoded iris ModelInferRequest, REST over HTTP/1.1 (--h1) with the same
 # request as v2 JSON; 1-row and 100-row requests. The runs alternate (ROUNDS of each, in turn) so a noisy
 # machine moves both alike; each line is the median req/s of its rounds and the p99 of all their requests
-# (h2load's per-request log). Before the load, one call of each kind is checked to answer every row.
+# (h2load's per-request log), and the server's CPU time per request (from /proc, steadier than req/s when
+# other work shares the machine). Before the load, one call of each kind is checked to answer every row.
 # The server is pinned to CPU SERVER_CPU, h2load to LOAD_CPU. PROFILE=1 adds a py-spy summary under the
 # 1-row gRPC load.
 #
@@ -62,17 +63,20 @@ load() {  # load TRANSPORT ROWS LOG: h2load's summary line (req/s), its per-requ
             -H 'content-type: application/json' "http://127.0.0.1:$HTTP/v2/models/iris/infer"
     fi
 }
+cpu() { awk '{print $14 + $15}' "/proc/$SERVER/stat"; }  # the server's CPU time so far, in clock ticks
 for transport in grpc rest; do load "$transport" 1 /dev/null >/dev/null; done  # warm-up
 for round in $(seq "$ROUNDS"); do
     for rows in 1 100; do
         for transport in grpc rest; do
+            before=$(cpu)
             load "$transport" "$rows" "$WORK/$transport-$rows-$round.log" |
                 awk -v f="$WORK/$transport-$rows.rates" '/finished in/ {print $4 >> f} /^requests:/ && $10 != 0 {print "failed:", $0 > "/dev/stderr"}'
+            echo $(($(cpu) - before)) >>"$WORK/$transport-$rows.ticks"
         done
     done
 done
 python - "$WORK" "$ROUNDS" <<'PY'
-import statistics, sys
+import os, statistics, sys
 work, rounds = sys.argv[1], int(sys.argv[2])
 def figures(transport, rows):
     rates = [float(line) for line in open(f"{work}/{transport}-{rows}.rates")]
@@ -83,12 +87,20 @@ def figures(transport, rows):
             failed += status != "200"
             latencies.append(int(micros))
     latencies.sort()
-    return statistics.median(rates), latencies[int(0.99 * (len(latencies) - 1))] / 1000, failed
-print("| rows | gRPC req/s | REST req/s | gRPC/REST | gRPC p99 ms | REST p99 ms | failed |")
-print("|---:|---:|---:|---:|---:|---:|---:|")
+    ticks = sum(int(line) for line in open(f"{work}/{transport}-{rows}.ticks"))
+    cpu_us = ticks / os.sysconf("SC_CLK_TCK") * 1e6 / len(latencies)  # the server's CPU per request
+    return statistics.median(rates), latencies[int(0.99 * (len(latencies) - 1))] / 1000, failed, cpu_us, rates
+print("| rows | gRPC req/s | REST req/s | gRPC/REST | gRPC p99 ms | REST p99 ms | server CPU µs/req gRPC / REST | failed |")
+print("|---:|---:|---:|---:|---:|---:|---:|---:|")
 for rows in (1, 100):
     g, r = figures("grpc", rows), figures("rest", rows)
-    print(f"| {rows} | {g[0]:,.0f} | {r[0]:,.0f} | {g[0] / r[0]:.2f}x | {g[1]:.2f} | {r[1]:.2f} | {g[2] + r[2]} |")
+    print(
+        f"| {rows} | {g[0]:,.0f} | {r[0]:,.0f} | {g[0] / r[0]:.2f}x | {g[1]:.2f} | {r[1]:.2f} "
+        f"| {g[3]:.0f} / {r[3]:.0f} | {g[2] + r[2]} |"
+    )
+for rows in (1, 100):
+    g, r = figures("grpc", rows), figures("rest", rows)
+    print(f"rounds, {rows} row(s): gRPC {', '.join(f'{x:,.0f}' for x in g[4])}; REST {', '.join(f'{x:,.0f}' for x in r[4])}")
 PY
 if [[ ${PROFILE:-0} == 1 ]]; then
     N=$((N * 5)) load grpc 1 /dev/null >/dev/null &
