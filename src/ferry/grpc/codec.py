@@ -86,7 +86,7 @@ def decode_request(request: Any) -> v2.InferRequest:
                 raise InvalidInput("contents and raw_input_contents are both set; send one", f"{where}.contents")
             data = from_raw(raw[i], datatype, shape, f"raw_input_contents[{i}]")
         else:
-            data = _from_contents(tensor.contents, datatype, shape, f"{where}.contents")
+            data = _from_contents(tensor.contents, datatype, shape, where)
         inputs.append(Tensor(name, datatype, shape, data, _parameters(tensor.parameters), where))
     requested = request.outputs
     outputs = [v2.RequestedOutput(o.name) for o in requested] if requested else None
@@ -96,14 +96,14 @@ def decode_request(request: Any) -> v2.InferRequest:
 _FLOATS = frozenset({"FP32", "FP64"})
 
 
-def _from_contents(contents: Any, datatype: str, shape: list[int], where: str) -> np.ndarray:
+def _from_contents(contents: Any, datatype: str, shape: list[int], tensor: str) -> np.ndarray:
     field = CONTENTS_FIELD.get(datatype)
     if field is None:
-        raise InvalidInput(f"{datatype} travels only in raw_input_contents", where)
+        raise InvalidInput(f"{datatype} travels only in raw_input_contents", f"{tensor}.contents")
     values = getattr(contents, field)
     count = element_count(shape)
     if len(values) != count:
-        raise InvalidInput(f"shape {shape} holds {count} elements but {field} has {len(values)}", where)
+        raise InvalidInput(f"shape {shape} holds {count} elements but {field} has {len(values)}", f"{tensor}.contents")
     if datatype in _FLOATS:  # straight from protobuf's repeated field, not through a list (4x faster at 200)
         if count <= 64:  # (np.array on the field costs ~2 µs before its first value: fromiter, for few)
             return np.fromiter(values, DATATYPES[datatype], count).reshape(shape)
@@ -116,7 +116,7 @@ def _from_contents(contents: Any, datatype: str, shape: list[int], where: str) -
     try:
         return np.asarray(values, dtype=DATATYPES[datatype]).reshape(shape)
     except OverflowError:
-        raise InvalidInput(f"value out of range for {datatype}", where) from None
+        raise InvalidInput(f"value out of range for {datatype}", f"{tensor}.contents") from None
 
 
 def encode_response(request: v2.InferRequest, handle: ModelHandle, outputs: list[Tensor], raw: bool) -> Any:

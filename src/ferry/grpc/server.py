@@ -88,20 +88,20 @@ class InferenceServicer:
         return await self._call("grpc:ModelMetadata", request.name, call, metadata)
 
     async def ModelInfer(self, request: Any, call: Call) -> Any:
+        if self.tracing is None:
+            return await self._infer(request, call)
+        return await self.tracing.grpc("ModelInfer", request.model_name, call, lambda: self._infer(request, call))
+
+    async def _infer(self, request: Any, call: Call) -> Any:
         async def given() -> Any:
             return request
 
-        async def infer() -> Any:
-            try:
-                return await self.plane.infer(
-                    GRPC_CODEC, request.model_name, request.model_version or None, given, call.time_remaining()
-                )
-            except FerryError as exc:  # already counted and reported by infer
-                raise _status(call, exc) from None
-
-        if self.tracing is None:
-            return await infer()
-        return await self.tracing.grpc("ModelInfer", request.model_name, call, infer)
+        try:
+            return await self.plane.infer(
+                GRPC_CODEC, request.model_name, request.model_version or None, given, call.time_remaining()
+            )
+        except FerryError as exc:  # already counted and reported by infer
+            raise _status(call, exc) from None
 
     async def _call(self, route: str, model: str, call: Call, action: Callable[[], Awaitable[Any]]) -> Any:
         """Count and time one per-model call besides infer; errors take the shared ``report`` policy."""
