@@ -98,6 +98,13 @@ def test_a_named_model_explains_by_sampling_with_standard_errors(served: dict[st
     assert again["contributions"] == body["contributions"]  # the same rows, the same samples
     kserve = httpx.post(f"{url}/v1/models/bumpy:explain", json={"instances": rows[:1]}, timeout=30).json()
     assert kserve["explanations"][0]["standard_errors"] == body["standard_errors"][0]
+    inputs = [{"name": n, "datatype": "FP64", "shape": [3], "data": [r[k] for r in rows]} for k, n in enumerate("abc")]
+    v2 = httpx.post(f"{url}/v2/models/bumpy/infer", json={"inputs": inputs, "parameters": {"explain": True}}).json()
+    outputs = {o["name"]: o for o in v2["outputs"]}
+    assert v2["parameters"]["explain_method"] == "sampling_shapley"
+    assert outputs["contribution_standard_errors"]["shape"] == [3, 3]
+    errors = np.asarray(outputs["contribution_standard_errors"]["data"]).reshape(3, 3)
+    np.testing.assert_allclose(errors, [[e[n] for n in "abc"] for e in body["standard_errors"]], rtol=1e-12)
 
 
 def test_sampling_is_off_unless_the_operator_names_the_model(served: dict[str, Any]) -> None:

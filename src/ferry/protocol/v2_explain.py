@@ -8,7 +8,9 @@ The answer holds the prediction's outputs as usual, then three more:
   the raw score of each row;
 - ``contribution_features`` BYTES ``[features]``: the columns' names, in the contributions' last axis order;
 
-and the response parameters ``explain_method`` (``tree_shap``, ``linear``), ``explain_link`` (``identity``,
+(a sampled estimate, ``ferry serve --explain-sampled``, adds ``contribution_standard_errors`` FP64, shaped as
+``contributions``), and the response parameters ``explain_method`` (``tree_shap``, ``linear``,
+``sampling_shapley``), ``explain_link`` (``identity``,
 ``logit``, ``softmax``...) and, for a binary model, ``explain_positive_class``. Classes are in the order of the
 model's labels (its probability columns). A model without an exact explanation answers the 501 (gRPC
 UNIMPLEMENTED) naming the models that have one, as the native ``/explain`` route does.
@@ -57,6 +59,10 @@ def explained_outputs(
         Tensor("expected_value", "FP64", list(expected.shape), expected),
         Tensor("contribution_features", "BYTES", [len(names)], names),
     ]
+    if explanation.standard_error is not None:  # a sampled estimate's, shaped as its contributions
+        errors = np.ascontiguousarray(explanation.standard_error, dtype=np.float64)
+        errors = errors[:, 0, :] if explanation.outputs is None else errors
+        tensors.append(Tensor("contribution_standard_errors", "FP64", list(errors.shape), errors))
     parameters: dict[str, Any] = {"explain_method": explanation.method, "explain_link": explanation.link}
     if explanation.positive is not None:
         parameters["explain_positive_class"] = str(explanation.positive)
