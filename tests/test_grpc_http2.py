@@ -14,12 +14,15 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from hpack import Decoder, Encoder
 
+from conftest import ServerProcess, free_port
+from ferry.grpc import inference_pb2 as pb
 from ferry.grpc.frames import Call, GrpcError, Limits, StatusCode
 from ferry.grpc.http2 import GrpcServer
 
@@ -52,6 +55,9 @@ class Recorder:
             raise GrpcError(StatusCode.PERMISSION_DENIED, "refused: 100% sure")
         if call.method == "/t/Small":
             call.largest = 10
+
+    def received(self, call: Call) -> None:
+        pass
 
     async def handle(self, call: Call) -> bytes:
         if call.method == "/t/Wait":
@@ -360,3 +366,30 @@ def _drained(sock: socket.socket) -> bool:
     while sock.recv(65536):
         pass
     return True
+
+
+def test_calls_read_together_hold_their_own_size_not_the_largest(
+    serve: Callable[..., ServerProcess], example_repo: Path
+) -> None:
+    """A real server: 24 one-row calls whose frames come in one read are all served. Each holds the largest
+    message (--max-body-bytes) only until its message is whole, not until its task runs: held until then,
+    the sixth call of the read was RESOURCE_EXHAUSTED (5 x 40,000 bytes reach the 200,000 bound)."""
+    port = free_port()
+    args = ["--grpc-port", str(port), "--max-inflight-bytes", "200000", "--max-body-bytes", "40000"]
+    serve(str(example_repo), *args)
+    request = pb.ModelInferRequest(model_name="iris")
+    request.inputs.add(name="input", datatype="FP64", shape=[1, 2]).contents.fp64_contents.extend([1.4, 0.2])
+    client = Client(port)
+    sids = range(1, 48, 2)
+    client.send(*[client.call(sid, "/inference.GRPCInferenceService/ModelInfer", request.SerializeToString())
+                  for sid in sids])  # fmt: skip
+    statuses = {}
+    while len(statuses) < len(sids):
+        got = client.frame()
+        assert got is not None
+        kind, flags, sid, payload = got
+        if kind == HEADERS:
+            fields = dict(client.decoder.decode(payload))
+            if flags & END_STREAM:
+                statuses[sid] = fields.get("grpc-status"), fields.get("grpc-message")
+    assert set(statuses.values()) == {("0", None)}, statuses

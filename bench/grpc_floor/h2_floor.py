@@ -101,6 +101,9 @@ async def serve_ferry(port: int) -> None:
         def admit(self, call: Call) -> None:
             pass
 
+        def received(self, call: Call) -> None:
+            pass
+
         async def handle(self, call: Call) -> bytes:
             return REPLY
 

@@ -193,6 +193,9 @@ class Service(Protocol):
     def admit(self, call: Call) -> None:
         """Called once a call's headers are read; raise ``GrpcError`` to refuse it before its message is."""
 
+    def received(self, call: Call) -> None:
+        """The call's message is whole (``call.message``), before its ``handle`` task runs."""
+
     def handle(self, call: Call) -> Awaitable[bytes]:
         """The serialized reply to ``call.message``, or ``GrpcError``."""
 

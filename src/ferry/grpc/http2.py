@@ -386,6 +386,7 @@ class GrpcConnection(asyncio.Protocol):
                 self._answer(stream, exc.code, exc.message)
                 return
         call.message = message
+        self.service.received(call)
         stream.task = asyncio.get_running_loop().create_task(self._run(stream, call))
 
     def _inflate(self, encoding: str, message: bytes, largest: int) -> bytes:

@@ -203,10 +203,15 @@ class InferenceService:
                 raise GrpcError(StatusCode.RESOURCE_EXHAUSTED, error.message)
             call.held = held
 
-    async def handle(self, call: Call) -> bytes:
-        name, request_type, method = self.methods[call.method]
+    def received(self, call: Call) -> None:
+        # The message is read: it holds its own size from now on, not the largest (at once: the calls whose
+        # headers came in one read would otherwise hold the largest each until their tasks ran, and 32 such
+        # 1-row calls were refused under the default 256 MiB bound).
         if call.held and self.inflight is not None:
             call.held = self.inflight.settle(call.held, len(call.message))
+
+    async def handle(self, call: Call) -> bytes:
+        name, request_type, method = self.methods[call.method]
         try:
             request = request_type.FromString(call.message)
         except DecodeError as exc:
