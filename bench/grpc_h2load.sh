@@ -5,6 +5,7 @@
 # machine moves both alike; each line is the median req/s of its rounds and the p99 of all their requests
 # (h2load's per-request log), and the server's CPU time per request (from /proc, steadier than req/s when
 # other work shares the machine). Before the load, one call of each kind is checked to answer every row.
+# 'failed' counts HTTP statuses other than 200 and gRPC statuses other than OK (from /metrics).
 # The server is pinned to CPU SERVER_CPU, h2load to LOAD_CPU. PROFILE=1 adds a py-spy summary under the
 # 1-row gRPC load.
 #
@@ -64,14 +65,19 @@ load() {  # load TRANSPORT ROWS LOG: h2load's summary line (req/s), its per-requ
     fi
 }
 cpu() { awk '{print $14 + $15}' "/proc/$SERVER/stat"; }  # the server's CPU time so far, in clock ticks
+not_ok() {  # gRPC calls answered with a status other than OK so far (h2load sees HTTP 200 for every one)
+    curl -s "localhost:$HTTP/metrics" |
+        awk '/^ferry_requests_total\{/ && /protocol="grpc"/ && !/status="OK"/ {n += $NF} END {print n + 0}'
+}
 for transport in grpc rest; do load "$transport" 1 /dev/null >/dev/null; done  # warm-up
 for round in $(seq "$ROUNDS"); do
     for rows in 1 100; do
         for transport in grpc rest; do
-            before=$(cpu)
+            before=$(cpu) bad=$(not_ok)
             load "$transport" "$rows" "$WORK/$transport-$rows-$round.log" |
                 awk -v f="$WORK/$transport-$rows.rates" '/finished in/ {print $4 >> f} /^requests:/ && $10 != 0 {print "failed:", $0 > "/dev/stderr"}'
             echo $(($(cpu) - before)) >>"$WORK/$transport-$rows.ticks"
+            echo $(($(not_ok) - bad)) >>"$WORK/$transport-$rows.bad"
         done
     done
 done
@@ -87,6 +93,7 @@ def figures(transport, rows):
             failed += status != "200"
             latencies.append(int(micros))
     latencies.sort()
+    failed += sum(int(float(line)) for line in open(f"{work}/{transport}-{rows}.bad"))  # gRPC statuses not OK
     ticks = sum(int(line) for line in open(f"{work}/{transport}-{rows}.ticks"))
     cpu_us = ticks / os.sysconf("SC_CLK_TCK") * 1e6 / len(latencies)  # the server's CPU per request
     return statistics.median(rates), latencies[int(0.99 * (len(latencies) - 1))] / 1000, failed, cpu_us, rates
