@@ -112,6 +112,7 @@ def test_sampling_is_off_unless_the_operator_names_the_model(served: dict[str, A
     response = httpx.post(f"{url}/models/unnamed/explain", json=[[1.0, 2.0, 3.0]])
     assert response.status_code == 501, response.text
     assert "the python runtime has no exact explanation" in response.json()["error"]
+    assert response.json()["explainable_models"] == ["bumpy"]  # named, with its background rows
     bare = httpx.post(f"{url}/models/bare/explain", json=[[1.0, 2.0, 3.0]])
     assert bare.status_code == 501, bare.text
     assert "no background rows: build it with ferry.build(..., training_data=...)" in bare.json()["error"]

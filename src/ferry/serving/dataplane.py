@@ -333,14 +333,18 @@ class DataPlane:
         return found[1]
 
     def _explainable(self) -> list[str]:
-        """The loaded models that answer ``explain``."""
-        return sorted(
-            {
-                h.name
-                for h in self.registry.handles()
-                if h.model is not None and "method" in explanation_of(h.model.runtime, h.model.manifest.runtime)
-            }
-        )
+        """The loaded models that answer ``explain``: exactly, or by sampling (named, with background rows)."""
+        from ferry.runtimes.sampled import BACKGROUND_FILE
+
+        def explains(handle: ModelHandle) -> bool:
+            model = handle.model
+            if model is None:
+                return False
+            if "method" in explanation_of(model.runtime, model.manifest.runtime):
+                return True
+            return handle.name in self.sampled and BACKGROUND_FILE in model.manifest.artifacts
+
+        return sorted({h.name for h in self.registry.handles() if explains(h)})
 
     def _meter(self, model: str, codec: Codec) -> _Meter:
         key = (model, codec.route, codec.protocol)
