@@ -26,6 +26,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.datastructures import State
 
+from ferry.auth import TokenAuth
 from ferry.bundle.manifest import CompatRoute
 from ferry.errors import FerryError, InvalidInput, MethodNotAllowed
 from ferry.http import compat
@@ -287,8 +288,8 @@ class FerryApp:
         return self.app.state
 
     @property
-    def auth(self) -> Any:
-        """The ``TokenAuth`` (gRPC checks the same tokens), or None."""
+    def auth(self) -> TokenAuth | None:
+        """The tokens (gRPC checks the same ones), or None."""
         return self.auth_step.auth if self.auth_step is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
