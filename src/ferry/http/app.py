@@ -31,6 +31,7 @@ from ferry.protocol.native import native_warm_up
 from ferry.serving.budget import MemoryBudget, parse_size
 from ferry.serving.dataplane import DataPlane
 from ferry.serving.metrics import Metrics
+from ferry.serving.models import ModelQueries
 from ferry.serving.registry import ModelRegistry
 from ferry.serving.service import InferenceService
 from ferry.settings import Settings
@@ -78,7 +79,8 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fer
         budget = MemoryBudget(registry, parse_size(settings.max_memory), settings.preload, service.forget)
     sampled = frozenset(filter(None, (n.strip() for n in settings.explain_sampled.split(","))))
     plane = DataPlane(registry, service, metrics, settings.request_timeout, budget, sampled)
-    endpoints = ModelEndpoints(registry, metrics, budget)
+    queries = ModelQueries(plane)  # readiness, metadata and labels, for every transport (ferry.server.worker)
+    endpoints = ModelEndpoints(queries)
     routing = _routing(settings, registry, metrics)
 
     @contextlib.asynccontextmanager
@@ -149,6 +151,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fer
     )
     app.state.registry = registry
     app.state.service = service
+    app.state.queries = queries
     app.state.tracing = tracing  # for gRPC, started beside this app by ``ferry.server.transports``
     # The request pipeline, in order; each step is absent when its setting is off, so it costs nothing.
     context = RequestContext(settings.access_log)

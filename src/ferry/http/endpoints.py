@@ -5,7 +5,6 @@ Predicting is not here: every predict route of every protocol is served by ``fer
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -14,23 +13,23 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ferry.errors import ModelNotReady
+from ferry.errors import FerryError
 from ferry.http.mounting import mount
 from ferry.http.responses import error_http, json_response
 from ferry.runtimes.explain import explanation_of
-from ferry.serving.budget import MemoryBudget
-from ferry.serving.dataplane import UNKNOWN_MODEL, report
-from ferry.serving.metrics import Metrics
-from ferry.serving.registry import ModelHandle, ModelRegistry, ModelState
+from ferry.serving.models import ModelQueries
+from ferry.serving.registry import ModelHandle, ModelRegistry
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 class ModelEndpoints:
-    def __init__(self, registry: ModelRegistry, metrics: Metrics, budget: MemoryBudget | None = None):
-        self.registry = registry
-        self.metrics = metrics
-        self.budget = budget  # --max-memory: a route that reads the model loads it first
+    """HTTP's encoding of ``ModelQueries``' answers (native routes); ``instrument`` meters them through it."""
+
+    def __init__(self, queries: ModelQueries):
+        self.queries = queries
+        self.registry = queries.registry
+        self.metrics = queries.plane.metrics
 
     def routes(self) -> list[Route]:
         """The ``endpoints`` rows of the route table; ``GET /ping`` is MLflow's readiness probe."""
@@ -46,55 +45,33 @@ class ModelEndpoints:
         return mount("endpoints", handlers)
 
     def instrument(self, route: str, handler: Endpoint, protocol: str = "native") -> Endpoint:
-        """Count and time a per-model route; turn any error into its JSON response."""
+        """A per-model route, metered by ``ModelQueries.ask``; any error becomes its JSON response."""
+        ask = self.queries.ask
 
         async def endpoint(request: Request) -> Response:
-            start = time.perf_counter()
             model = request.path_params.get("name", "")
-            label = self._model_label(model)
             try:
-                response = await handler(request)
-            except Exception as exc:
-                response = error_http(report(exc, self.metrics, label))
-            self.metrics.requests.labels(label, route, protocol, str(response.status_code)).inc()
-            self.metrics.latency.labels(label, route).observe(time.perf_counter() - start)
-            return response
+                return await ask(protocol, route, model, lambda: handler(request), _status)
+            except FerryError as error:  # reported and counted by ask
+                return error_http(error)
 
         return endpoint
 
-    def _model_label(self, name: str) -> str:
-        # Bounded cardinality: an unknown name from a client is never a label value.
-        return name if name in self.registry.models else UNKNOWN_MODEL
-
     async def handle(self, request: Request) -> ModelHandle:
         """The model version a request names, loaded (under ``--max-memory`` an unloaded one loads now)."""
-        name, version = request.path_params["name"], request.path_params.get("version")
-        if self.budget is None:
-            return self.registry.get(name, version)
-        handle = await self.budget.acquire(name, version)
-        self.budget.release(handle)  # read at once, with no await between: it cannot be unloaded meanwhile
-        return handle
+        return await self.queries.loaded(request.path_params["name"], request.path_params.get("version"))
 
     def available(self, request: Request) -> ModelHandle:
         """The model version a request names, ready to serve (under ``--max-memory``, UNLOADED is), unloaded."""
-        name, version = request.path_params["name"], request.path_params.get("version")
-        if self.budget is None:
-            return self.registry.get(name, version)
-        handle = self.registry.lookup(name, version)
-        if handle.state is ModelState.FAILED:
-            raise ModelNotReady(f"model '{name}' version '{handle.version}' is FAILED")
-        return handle
+        return self.queries.available(request.path_params["name"], request.path_params.get("version"))
 
     # -- server-wide -------------------------------------------------------------------------------
     async def health(self, request: Request) -> Response:
         return json_response({"health": "ok"})
 
     async def ready(self, request: Request) -> Response:
-        ready = self.registry.is_ready()
-        body: dict[str, Any] = {"ready": ready, "models": [h.describe() for h in self.registry.handles()]}
-        if self.registry.draining:
-            body["draining"] = True
-        return json_response(body, 200 if ready else 503)
+        readiness = self.queries.readiness()
+        return json_response(readiness.body(), 200 if readiness.ready else 503)
 
     async def models(self, request: Request) -> Response:
         listing = []
@@ -117,9 +94,8 @@ class ModelEndpoints:
         return json_response(model_metadata(await self.handle(request), self.registry))
 
     async def labels(self, request: Request) -> Response:
-        handle = await self.handle(request)
-        assert handle.model is not None
-        return json_response({"labels": handle.model.manifest.labels or []})
+        labels = await self.queries.labels(request.path_params["name"], request.path_params.get("version"))
+        return json_response({"labels": labels})
 
     async def model_health(self, request: Request) -> Response:
         handle = self.available(request)
@@ -127,6 +103,7 @@ class ModelEndpoints:
 
 
 def model_metadata(handle: ModelHandle, registry: ModelRegistry) -> dict[str, Any]:
+    """The native metadata of a loaded version (``ModelQueries.loaded``)."""
     assert handle.model is not None
     manifest = handle.model.manifest
     return {
@@ -142,3 +119,8 @@ def model_metadata(handle: ModelHandle, registry: ModelRegistry) -> dict[str, An
         "metadata": manifest.metadata,
         "explanation": explanation_of(handle.model.runtime, manifest.runtime),  # POST .../explain: how, or why not
     }
+
+
+def _status(response: Response | None, error: FerryError | None) -> str:
+    """HTTP's ``status`` label: the response's code, or the error's."""
+    return str(error.status if error is not None else response.status_code if response is not None else 500)

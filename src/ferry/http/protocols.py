@@ -15,13 +15,14 @@ from ferry.http.endpoints import ModelEndpoints
 from ferry.http.mounting import mount
 from ferry.http.responses import json_response
 from ferry.protocol import v2
-from ferry.serving.registry import ModelHandle, ModelState
+from ferry.serving.registry import ModelHandle
 
 
 class ProtocolEndpoints:
     def __init__(self, endpoints: ModelEndpoints) -> None:
         self.endpoints = endpoints
         self.registry = endpoints.registry
+        self.queries = endpoints.queries
 
     def routes(self) -> list[Route]:
         """The ``protocols`` rows of the route table; the per-model ones counted and timed."""
@@ -50,7 +51,7 @@ class ProtocolEndpoints:
         return json_response({"live": True})
 
     async def v2_ready(self, request: Request) -> Response:
-        ready = self.registry.is_ready()
+        ready = self.queries.ready()
         return json_response({"ready": ready}, 200 if ready else 503)
 
     async def v2_server_metadata(self, request: Request) -> Response:
@@ -58,7 +59,7 @@ class ProtocolEndpoints:
 
     async def v2_model_metadata(self, request: Request) -> Response:
         handle = await self.handle(request)
-        return json_response(v2.model_metadata(handle, list(self.registry.models[handle.name])))
+        return json_response(v2.model_metadata(handle, self.queries.versions(handle)))
 
     async def v2_model_ready(self, request: Request) -> Response:
         handle = self.endpoints.available(request)  # 404 when unknown, 503 when not ready
@@ -82,10 +83,7 @@ class ProtocolEndpoints:
 
     async def v1_status(self, request: Request) -> Response:
         name = request.path_params["name"]
-        if name not in self.registry.models:
-            self.registry.get(name)  # raises the 404 that lists the served models
-        servable = (ModelState.READY, ModelState.UNLOADED, ModelState.LOADING) if self.registry.lazy else ()
-        ready = any(h.state is ModelState.READY or h.state in servable for h in self.registry.models[name].values())
+        ready = self.queries.any_ready(name)
         return json_response({"name": name, "ready": ready}, 200 if ready else 503)
 
 

@@ -7,7 +7,8 @@ tiny asyncio loop in a daemon thread answers probes from shared state:
 
 - liveness is the request loop's heartbeat: it ticks every 100 ms, and a tick older than
   ``STALL_S`` reads as not live (503), so a wedged loop gets restarted and a busy one does not;
-- readiness is the registry's (every model READY, not draining) and the loop's liveness;
+- readiness is the data plane's (``ModelQueries.readiness``: every model READY, not draining), as HTTP's
+  ``/ready`` answers it, and the loop's liveness;
 - metrics are rendered from the same registry the request loop writes.
 
 The listener bounds what a client may hold: ``HEAD_LIMIT`` bytes and ``HEAD_TIMEOUT_S`` seconds per
@@ -25,12 +26,10 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import orjson
 
-from ferry.serving.metrics import Metrics
-from ferry.serving.registry import ModelRegistry
+from ferry.serving.models import ModelQueries
 
 logger = logging.getLogger("ferry.probes")
 
@@ -66,9 +65,9 @@ class Heartbeat:
 class ProbeAnswers:
     """What each probe path answers, from the shared state; called on the probe thread."""
 
-    def __init__(self, registry: ModelRegistry, metrics: Metrics, heartbeat: Heartbeat) -> None:
-        self.registry = registry
-        self.metrics = metrics
+    def __init__(self, queries: ModelQueries, heartbeat: Heartbeat) -> None:
+        self.queries = queries
+        self.metrics = queries.plane.metrics
         self.heartbeat = heartbeat
 
     def answer(self, method: str, path: str) -> Reply:
@@ -90,14 +89,9 @@ class ProbeAnswers:
         return 200, _JSON, orjson.dumps({"health": "ok"})
 
     def ready(self) -> Reply:
-        live = self.heartbeat.lag() <= STALL_S
-        ready = live and self.registry.is_ready()
-        body: dict[str, Any] = {"ready": ready, "models": [h.describe() for h in self.registry.handles()]}
-        if self.registry.draining:
-            body["draining"] = True
-        if not live:
-            body["error"] = "the request loop is stalled"
-        return (200 if ready else 503), _JSON, orjson.dumps(body)
+        """HTTP's ``/ready`` (``ModelQueries.readiness``), not ready too while the request loop is stalled."""
+        readiness = self.queries.readiness(loop_live=self.heartbeat.lag() <= STALL_S)
+        return (200 if readiness.ready else 503), _JSON, orjson.dumps(readiness.body())
 
 
 class ProbeListener:

@@ -91,7 +91,7 @@ class Server:
                 # 1. The probe listener, bound before the models load, so /health answers at once; a port in
                 #    use stops start-up.
                 sock = bind_probe_socket(settings.host, settings.probe_port, shared=settings.workers > 1)
-                answers = ProbeAnswers(state.registry, state.service.metrics, heartbeat)
+                answers = ProbeAnswers(state.queries, heartbeat)
                 listener = ProbeListener(sock, answers.answer)
                 listener.start()
                 # The probe thread needs the GIL for each step of a reply; while the request loop is busy it

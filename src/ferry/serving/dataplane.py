@@ -347,8 +347,13 @@ class DataPlane:
         return sorted({h.name for h in self.registry.handles() if explains(h)})
 
     def _meter(self, model: str, codec: Codec) -> _Meter:
-        key = (model, codec.route, codec.protocol)
+        return self.meter(model, codec.route, codec.protocol)
+
+    def meter(self, model: str, route: str, protocol: str) -> _Meter:
+        """The request counters of one (model, route, protocol), made once: every request any transport
+        answers, inference or not (``ferry.serving.models.ModelQueries.ask``), is counted through one."""
+        key = (model, route, protocol)
         meter = self._meters.get(key)
         if meter is None:
-            meter = self._meters[key] = _Meter(self.metrics, model, codec.route, codec.protocol)
+            meter = self._meters[key] = _Meter(self.metrics, model, route, protocol)
         return meter
