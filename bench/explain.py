@@ -36,9 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from ferry.bundle.load import load_bundle
 from ferry.examples.build import REVIEW_FEATURIZER, build_reviews, load_reviews
 from ferry.runtimes.explain import TreeShap
+from ferry.runtimes.load import load_bundle
 from ferry.runtimes.textfeatures import HashedCharNgrams
 from ferry.runtimes.trees import TreeEnsemble, from_sklearn
 

@@ -37,9 +37,9 @@ from typing import Any
 
 import numpy as np
 
-from ferry.bundle.load import load_bundle
 from ferry.examples.build import REVIEW_FEATURIZER, build_reviews, load_reviews
 from ferry.runtimes import trees
+from ferry.runtimes.load import load_bundle
 from ferry.runtimes.textfeatures import HashedCharNgrams
 
 ROWS = (1, 20, 100)

@@ -12,10 +12,11 @@ import yaml
 from sklearn.linear_model import LogisticRegression
 
 import ferry
-from ferry.bundle import load_bundle, read_manifest, scan_repository
+from ferry.bundle import read_manifest, scan_repository
 from ferry.bundle.manifest import parse_manifest
 from ferry.bundle.repository import version_key
 from ferry.errors import IntegrityError, ManifestError, UntrustedPickle
+from ferry.runtimes.load import load_bundle
 
 
 def _classifier() -> LogisticRegression:

@@ -183,7 +183,7 @@ class Columns:
 
 def test_a_bundle_whose_input_is_a_frame_hands_a_class_a_dataframe(tmp_path: Path) -> None:
     import ferry
-    from ferry.bundle.load import load_bundle
+    from ferry.runtimes.load import load_bundle
 
     schema = {"kind": "features", "frame": True, "features": [{"name": "sex", "dtype": "string"}, {"name": "age"}]}
     built = ferry.build(Columns, "columns", tmp_path, input_schema=schema, sample_input={"sex": "female", "age": 3.0})

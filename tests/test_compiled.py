@@ -33,10 +33,10 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeClassifier
 
 import ferry
-from ferry.bundle.load import load_bundle
 from ferry.errors import BundleError, IntegrityError
 from ferry.runtimes import Runtime
 from ferry.runtimes.compiled import CompiledRuntime, load_array
+from ferry.runtimes.load import load_bundle
 from ferry.runtimes.trees import from_lightgbm
 
 N = 4

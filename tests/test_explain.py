@@ -32,7 +32,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
 import ferry
-from ferry.bundle.load import load_bundle
+from ferry.runtimes.load import load_bundle
 from ferry.runtimes import explain
 from ferry.runtimes.compiled import CompiledRuntime
 from ferry.runtimes.explain import Contributions, NotExplainable, TreeShap

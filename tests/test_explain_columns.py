@@ -21,7 +21,7 @@ from tests.test_tabular import COLUMNS, passengers, titanic_pipeline
 
 import ferry
 from conftest import ServerProcess
-from ferry.bundle.load import load_bundle
+from ferry.runtimes.load import load_bundle
 from ferry.runtimes.trees import from_sklearn
 
 pd = pytest.importorskip("pandas")

@@ -1,4 +1,4 @@
-"""The import contract in pyproject.toml holds: transports -> codecs -> serving -> bundle/runtimes -> errors."""
+"""The import contract in pyproject.toml holds: transports -> codecs -> serving -> runtimes -> bundle -> errors."""
 
 from __future__ import annotations
 

@@ -25,9 +25,9 @@ from sklearn.linear_model import LinearRegression
 
 import ferry
 from conftest import free_port
-from ferry.bundle.load import MODEL_OVERHEAD_BYTES
 from ferry.grpc import inference_pb2 as pb
 from ferry.grpc import inference_pb2_grpc as pb_grpc
+from ferry.runtimes.load import MODEL_OVERHEAD_BYTES
 from ferry.serving.budget import parse_size
 from test_connections import _module
 

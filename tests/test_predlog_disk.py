@@ -20,11 +20,11 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from ferry.bundle.load import load_bundle
 from ferry.bundle.manifest import PredictionLogSpec
 from ferry.observability import predlog
 from ferry.observability.predlog import PredictionLog
 from ferry.runtimes import Prediction
+from ferry.runtimes.load import load_bundle
 from ferry.serving.metrics import Metrics
 from ferry.serving.registry import ModelHandle, ModelState
 

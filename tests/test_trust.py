@@ -27,8 +27,8 @@ from tests.conftest import models_when_loaded
 from tests.hostile_files import skops_calling
 
 import ferry
-from ferry.bundle import load_bundle
 from ferry.errors import BundleError, IntegrityError, ManifestError, UntrustedPickle
+from ferry.runtimes.load import load_bundle
 
 
 class WritesMarker:

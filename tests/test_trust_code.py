@@ -22,9 +22,10 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 import ferry
-from ferry.bundle import load_bundle, read_manifest
+from ferry.bundle import read_manifest
 from ferry.cli.entry import plain_serve_settings
 from ferry.errors import UntrustedCode
+from ferry.runtimes.load import load_bundle
 from ferry.settings import Settings
 
 MARKED_CLASS = """

@@ -14,7 +14,7 @@ from ferry._version import __version__
 
 if TYPE_CHECKING:
     from ferry.builder import build
-    from ferry.bundle.load import load_bundle
+    from ferry.runtimes.load import load_bundle
 
 __all__ = ["__version__", "build", "load_bundle"]
 
@@ -25,7 +25,7 @@ def __getattr__(name: str) -> Any:
 
         return build
     if name == "load_bundle":
-        from ferry.bundle.load import load_bundle
+        from ferry.runtimes.load import load_bundle
 
         return load_bundle
     raise AttributeError(f"module 'ferry' has no attribute {name!r}")

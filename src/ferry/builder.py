@@ -20,7 +20,6 @@ import msgspec
 
 from ferry.bundle import columns as model_columns
 from ferry.bundle.artifacts import links_leading_out
-from ferry.bundle.compile import compile_model, load_original
 from ferry.bundle.files import check_step, file_kind, read_estimator
 from ferry.bundle.hashing import sha256_file
 from ferry.bundle.manifest import (
@@ -39,6 +38,7 @@ from ferry.bundle.mlflow import is_mlflow_folder, pyfunc_flavor, read_mlflow, wr
 from ferry.bundle.repository import next_version
 from ferry.bundle.trust import BUILD_FLAG, Trust
 from ferry.errors import FerryError, ManifestError
+from ferry.runtimes.compile import compile_model, load_original
 
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
 REQUIREMENTS_FILE = "requirements.txt"
@@ -85,7 +85,7 @@ def build(
     ``training_data`` (rows in feature order), for a feature model, adds per-feature statistics
     to the metadata, against which ``ferry monitor`` measures drift, and keeps a few of its rows as the
     background of sampled explanations (``ferry.runtimes.sampled``). ``compile`` adds the model's
-    verified numpy form where it has one (``ferry.bundle.compile``), which serves without the framework.
+    verified numpy form where it has one (``ferry.runtimes.compile``), which serves without the framework.
     """
     repo = Path(repo)
     version = version or next_version(repo, name)
@@ -158,9 +158,7 @@ def build(
         manifest = parse_manifest({k: v for k, v in raw.items() if v is not None}, source=f"{name}:{version}")
         write_manifest(staging, manifest)
         if runtime == "python":  # its files are next to its __file__; its input_format fits the input
-            from ferry.bundle.classfiles import check_class
-
-            check_class(staging, manifest)
+            _check_class(staging, manifest)
         if manifest.sample_input is not None:  # "built" means "it serves": always, not only with --expect
             _check_sample(staging, manifest, trusted)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -256,9 +254,9 @@ def _route(route: CompatRoute | dict[str, Any] | str) -> Any:
 def _check_sample(staging: Path, manifest: Manifest, trusted: bool) -> None:
     """Load the staged bundle as the server does and warm it up as the server does: the sample input decoded,
     the model called with its outputs clipped, the answer encoded and compared with ``expected_output``."""
-    from ferry.bundle.load import load_bundle
     from ferry.errors import ModelWarmupFailed
     from ferry.protocol.native import native_warm_up
+    from ferry.runtimes.load import load_bundle
     from ferry.serving.inputs import InputCodec
     from ferry.serving.registry import ModelHandle
 
@@ -598,3 +596,17 @@ _ANY_ROWS = {"kind": "tensor", "tensors": [{"name": "input", "dtype": "float64",
 
 
 __all__ = ["Feature", "build"]
+
+
+def _check_class(bundle: Path, manifest: Manifest) -> None:
+    """Warn for each relative path the class's files open, and, where no sample will load it, load the class
+    once, so that an ``input_format`` the input cannot give fails the build rather than the server."""
+    from ferry.bundle.classfiles import warn_relative_paths
+    from ferry.runtimes.load import load_bundle
+
+    warn_relative_paths(bundle)
+    if manifest.sample_input is None:
+        try:
+            load_bundle(bundle, trust_code=True)  # the builder's own class
+        except FerryError as exc:
+            raise ManifestError(f"{manifest.name}: the built bundle does not load: {exc.message}") from None

@@ -1,6 +1,8 @@
-"""Model bundles: the manifest schema, the pieces a bundle is built from, and loading one back.
+"""Model bundles: the manifest schema, the artifact kinds and the pieces a bundle is built from.
 
-Names are imported on first use, so serving (``load``, ``manifest``, ``repository``) never imports the
+This package knows files, not frameworks: it imports no runtime. Loading a bundle into its runtime is
+``ferry.runtimes.load``, and compiling a model into its numpy form ``ferry.runtimes.compile``, both a layer
+above. Names are imported on first use, so serving (``manifest``, ``repository``) never imports the
 build side. Building itself is ``ferry.build`` (``ferry.builder``): it checks the new bundle's sample
 through the native codec, as the server will answer it, so it sits above the protocols, not in here.
 """
@@ -11,16 +13,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ferry.bundle.load import LoadedModel, load_bundle
     from ferry.bundle.manifest import MANIFEST_FILE, Manifest, read_manifest
     from ferry.bundle.repository import BundleRef, scan_repository
 
 _WHERE = {
     "MANIFEST_FILE": "manifest",
     "BundleRef": "repository",
-    "LoadedModel": "load",
     "Manifest": "manifest",
-    "load_bundle": "load",
     "read_manifest": "manifest",
     "scan_repository": "repository",
 }
@@ -28,9 +27,7 @@ _WHERE = {
 __all__ = [
     "MANIFEST_FILE",
     "BundleRef",
-    "LoadedModel",
     "Manifest",
-    "load_bundle",
     "read_manifest",
     "scan_repository",
 ]

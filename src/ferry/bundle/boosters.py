@@ -2,7 +2,7 @@
 
 Neither format runs code as it loads (XGBoost's JSON or UBJSON, CatBoost's ``.cbm``), so no trust flag is
 needed. The build reads the file with its library once, to learn the input width and names, whether it
-classifies, and its classes; ``ferry.bundle.compile`` then compiles it where the evaluator is exact.
+classifies, and its classes; ``ferry.runtimes.compile`` then compiles it where the evaluator is exact.
 """
 
 from __future__ import annotations

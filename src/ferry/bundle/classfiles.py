@@ -13,8 +13,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from ferry.bundle.manifest import Manifest
-from ferry.errors import FerryError, FerryWarning, ManifestError
+from ferry.errors import FerryWarning
 
 # Calls whose first argument (or one of these keywords) is a path they open.
 _OPENERS = {
@@ -97,16 +96,7 @@ def relative_path_problems(bundle: Path) -> list[str]:
     return problems
 
 
-def check_class(bundle: Path, manifest: Manifest) -> None:
-    """At build: warn (``RelativePathWarning``) for each relative path a Python file of ``bundle`` opens, and,
-    where no sample will load it, load the class once, so that an ``input_format`` the input cannot give fails
-    the build rather than the server."""
+def warn_relative_paths(bundle: Path) -> None:
+    """At build: warn (``RelativePathWarning``) for each relative path a Python file of ``bundle`` opens."""
     for problem in relative_path_problems(bundle):
-        warnings.warn(problem, RelativePathWarning, stacklevel=3)
-    if manifest.sample_input is None:
-        from ferry.bundle.load import load_bundle
-
-        try:
-            load_bundle(bundle, trust_code=True)  # the builder's own class
-        except FerryError as exc:
-            raise ManifestError(f"{manifest.name}: the built bundle does not load: {exc.message}") from None
+        warnings.warn(problem, RelativePathWarning, stacklevel=4)

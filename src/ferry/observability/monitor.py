@@ -124,8 +124,8 @@ def _drift(group: list[dict[str, Any]], bundle: Path) -> dict[str, Any]:
 def contributions(group: list[dict[str, Any]], bundle: Path, explain_rows: int) -> dict[str, Any]:
     """Mean |contribution| per feature over the newest ``explain_rows`` logged rows, in the raw (margin)
     space; several score columns (multiclass) are summed per feature, as their bars would stack."""
-    from ferry.bundle.load import load_bundle
     from ferry.runtimes.explain import explanation_of
+    from ferry.runtimes.load import load_bundle
 
     try:
         loaded = load_bundle(bundle)

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ferry.bundle.load import LoadedModel
 from ferry.bundle.manifest import CompatRoute
+from ferry.runtimes.load import LoadedModel
 from ferry.serving.inputs import InputCodec
 
 

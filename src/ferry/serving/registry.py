@@ -10,11 +10,11 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from ferry.bundle.load import load_bundle, loaded_bytes, verify_bundle
 from ferry.bundle.manifest import CompatRoute, bundle_label, read_manifest
 from ferry.bundle.repository import scan_repository, version_key
 from ferry.errors import FerryError, ModelNotFound, ModelNotReady
 from ferry.runtimes import runtime_class
+from ferry.runtimes.load import load_bundle, loaded_bytes, verify_bundle
 from ferry.serving.handles import ModelHandle as ModelHandle  # re-exported: its old home
 from ferry.serving.handles import ModelState as ModelState
 from ferry.serving.inputs import InputCodec

@@ -187,9 +187,9 @@ def _pickles(value: Any) -> bool:
 def _trial(send: Connection, path: Path, flags: dict[str, bool], warmup: Callable[[Any], None] | None) -> None:
     """The child: load the bundle as the registry would, run its warm-up, send None or the error, and the
     threads that started meanwhile (counted after the runtime's imports, whose pools, BLAS's, survive a fork)."""
-    from ferry.bundle.load import load_bundle
     from ferry.bundle.manifest import read_manifest
     from ferry.runtimes import runtime_class
+    from ferry.runtimes.load import load_bundle
     from ferry.serving.handles import ModelHandle
     from ferry.serving.inputs import InputCodec
 
