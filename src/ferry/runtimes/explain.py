@@ -282,13 +282,12 @@ class TreeShap:
                 break
         else:
             return
-        which, at = np.nonzero(valid)
+        which, at = np.nonzero(valid)  # by leaf: its slots' single flips, then its pairs in row order
         pattern = group.reference.astype(np.uint64)[which] ^ masks[at]
         answers = self._spread(group, self._answers(group, which, pattern), which)
-        keys = (which.astype(np.uint64) << np.uint64(d)) | pattern
-        order = np.argsort(keys)
+        counts = valid.sum(axis=1)
         assert group.cache is not None
-        group.cache.seed = (keys[order], answers[order])
+        group.cache.seed = _Seed(answers, np.cumsum(counts) - counts, slots.astype(np.intp), masks.size > d)
 
     def _spread(self, group: _Leaves, weights: np.ndarray, which: np.ndarray | None = None) -> np.ndarray:
         """[n, d * width]: slot weights of the group's leaves ``which`` (all) times their values per column."""
@@ -369,7 +368,10 @@ class TreeShap:
         key = (which.astype(np.uint64) << np.uint64(d)) | pattern
         found = np.empty((key.size, group.target.shape[1]))
         assert group.cache is not None
-        new = group.cache.find(key, found)
+        new = None
+        if group.cache.seed is not None:
+            new = group.cache.seed.find(which, pattern ^ group.reference.astype(np.uint64)[which], found)
+        new = group.cache.find(key, found, new)
         if new.any():
             distinct, inverse = np.unique(key[new], return_inverse=True)
             leaf = (distinct >> np.uint64(d)).astype(np.intp)
@@ -445,7 +447,7 @@ class _Kept:
     def __init__(self, width: int) -> None:
         self.entry = (width + 1) * 8  # bytes: a key and its answers
         self.levels: list[tuple[np.ndarray, np.ndarray]] = []
-        self.seed: tuple[np.ndarray, np.ndarray] | None = None  # computed with the tables, never dropped
+        self.seed: _Seed | None = None  # computed with the tables, never dropped
 
     def clear(self) -> None:
         self.levels = []
@@ -454,13 +456,14 @@ class _Kept:
     def entries(self) -> int:
         return sum(keys.size for keys, _ in self.levels)
 
-    def find(self, key: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """Fills ``out`` where ``key`` is kept; returns the mask of those that are not."""
-        new = np.ones(key.size, dtype=bool)
-        for keys, answers in [self.seed, *self.levels] if self.seed is not None else self.levels:
-            if not keys.size:
-                continue
+    def find(self, key: np.ndarray, out: np.ndarray, new: np.ndarray | None = None) -> np.ndarray:
+        """Fills ``out`` where ``key`` is kept (of those ``new`` marks, else all); returns the mask of those
+        that are not."""
+        new = np.ones(key.size, dtype=bool) if new is None else new
+        for keys, answers in self.levels:
             ask = np.flatnonzero(new)
+            if not ask.size:
+                break
             at = np.minimum(np.searchsorted(keys, key[ask]), keys.size - 1)
             hit = keys[at] == key[ask]
             out[ask[hit]] = answers[at[hit]]
@@ -480,6 +483,36 @@ class _Kept:
             order = np.argsort(merged, kind="stable")  # two sorted runs: a linear merge
             levels[-2:] = [(merged[order], np.concatenate([low_answers, high_answers])[order])]
         self.levels = levels
+
+
+@dataclass
+class _Seed:
+    """Untabulated leaves' answers for the patterns one or two slots from the reference's, by leaf: its
+    ``slots`` single flips, then (``pairs``) its pairs j < k in row order; found by arithmetic, not search."""
+
+    answers: np.ndarray  # [entries, d * width]
+    start: np.ndarray  # intp [leaves]: each leaf's first entry
+    slots: np.ndarray  # intp [leaves]
+    pairs: bool
+
+    def find(self, which: np.ndarray, flipped: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Fills ``out`` where the leaves ``which`` differ from the reference in one or two slots (``flipped``,
+        uint64 bits); returns the mask of the others."""
+        one = np.uint64(1)
+        rest = flipped & (flipped - one)  # without the lowest bit
+        hit = (flipped != 0) & (rest == 0)
+        if self.pairs:
+            hit |= (rest != 0) & ((rest & (rest - one)) == 0)
+        at = np.flatnonzero(hit)
+        if at.size:
+            high, leaf = rest[at], which[at]
+            j = np.log2((flipped[at] ^ high).astype(np.float64)).astype(np.intp)  # a power of two's bit
+            k = np.log2(np.maximum(high, one).astype(np.float64)).astype(np.intp)
+            slots = self.slots[leaf]
+            pair = slots + j * slots - j * (j + 1) // 2 + (k - j - 1)
+            out[at] = self.answers[self.start[leaf] + np.where(high != 0, pair, j)]
+        missing: np.ndarray = ~hit
+        return missing
 
 
 def shapley(zero: np.ndarray, ones: np.ndarray) -> np.ndarray:
