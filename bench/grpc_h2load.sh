@@ -107,7 +107,11 @@ for rows in (1, 100):
     )
 for rows in (1, 100):
     g, r = figures("grpc", rows), figures("rest", rows)
-    print(f"rounds, {rows} row(s): gRPC {', '.join(f'{x:,.0f}' for x in g[4])}; REST {', '.join(f'{x:,.0f}' for x in r[4])}")
+    paired = statistics.median(a / b for a, b in zip(g[4], r[4], strict=True))  # each round's pair ran back to back
+    print(
+        f"rounds, {rows} row(s): gRPC {', '.join(f'{x:,.0f}' for x in g[4])}; REST {', '.join(f'{x:,.0f}' for x in r[4])};"
+        f" median of the rounds' gRPC/REST: {paired:.2f}x"
+    )
 PY
 if [[ ${PROFILE:-0} == 1 ]]; then
     N=$((N * 5)) load grpc 1 /dev/null >/dev/null &
