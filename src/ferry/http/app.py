@@ -1,8 +1,8 @@
-"""The app factory: ``create_app(settings, registry)`` wires endpoints over the service layer."""
+"""The HTTP app over a data plane: ``build_app(settings, plane)``; ``create_app(settings, registry)`` builds the plane
+too, for an app served alone (``ferry.server.compose`` builds one plane and hands it to HTTP, gRPC and the probes)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -28,12 +28,9 @@ from ferry.http.responses import error_http, error_response, json_response
 from ferry.observability.access import RequestContext
 from ferry.observability.watcher import ModelWatcher
 from ferry.protocol.native import native_warm_up
-from ferry.serving.budget import MemoryBudget, parse_size
-from ferry.serving.dataplane import DataPlane
 from ferry.serving.metrics import Metrics
-from ferry.serving.models import ModelQueries
+from ferry.serving.plane import Background, Plane
 from ferry.serving.registry import ModelRegistry
-from ferry.serving.service import InferenceService
 from ferry.settings import Settings
 
 if TYPE_CHECKING:
@@ -43,6 +40,12 @@ logger = logging.getLogger("ferry.http")
 
 
 def create_app(settings: Settings, registry: ModelRegistry | None = None) -> FerryApp:
+    """The HTTP app over a data plane of its own (``ferry.server.compose`` hands one to each transport)."""
+    return build_app(settings, plane_from_settings(settings, registry))
+
+
+def plane_from_settings(settings: Settings, registry: ModelRegistry | None = None) -> Plane:
+    """The worker's data plane, every limit from ``settings``, with tracing and the prediction log where asked for."""
     registry = registry or ModelRegistry(
         settings.repo,
         trust_pickle=settings.trust_pickle,
@@ -63,56 +66,39 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fer
         from ferry.observability.predlog import PredictionLog
 
         prediction_log = PredictionLog(settings.prediction_log, metrics, settings.prediction_log_max_bytes)
-    service = InferenceService(
-        registry,
-        metrics,
-        threads=settings.model_threads,
-        request_timeout=settings.request_timeout,
-        max_queue=settings.max_queue,
-        prediction_log=prediction_log,
-        tracer=tracing,
-        max_rows=settings.max_rows or None,
-        max_pixels=settings.max_pixels or None,
-    )
-    budget = None
-    if settings.max_memory:
-        budget = MemoryBudget(registry, parse_size(settings.max_memory), settings.preload, service.forget)
-    sampled = frozenset(filter(None, (n.strip() for n in settings.explain_sampled.split(","))))
-    plane = DataPlane(registry, service, metrics, settings.request_timeout, budget, sampled)
-    queries = ModelQueries(plane)  # readiness, metadata and labels, for every transport (ferry.server.worker)
-    endpoints = ModelEndpoints(queries)
+    return Plane.build(settings, registry, metrics, tracing, prediction_log)
+
+
+def plane_tasks(settings: Settings, plane: Plane) -> list[Background]:
+    """What runs beside the plane while it serves: model states into metrics, and with --watch the bundles."""
+    registry = plane.registry
+
+    async def model_states() -> None:
+        await ModelWatcher(registry, plane.metrics).run()
+
+    async def bundles() -> None:
+        await watch(registry)
+
+    return [model_states, bundles] if settings.watch else [model_states]
+
+
+def build_app(settings: Settings, plane: Plane, serves_plane: bool = True) -> FerryApp:
+    """HTTP over ``plane``: the route table, the request pipeline, and HTTP's lifespan, which runs the plane's too
+    unless ``serves_plane`` is False (``ferry.server.compose.Server`` runs the plane for every transport)."""
+    registry, metrics, tracing = plane.registry, plane.metrics, plane.tracing
+    endpoints = ModelEndpoints(plane.queries)
     routing = _routing(settings, registry, metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        install_drain_handler(registry)
-        # 1. Load every bundle off the event loop, so /health answers while models load.
-        #    With --max-memory, verify the index instead, then load on demand (or preload what fits).
-        loading = asyncio.create_task(budget.start() if budget else asyncio.to_thread(registry.load_all))
-        if settings.workers > 1:
-            # Workers share one listening socket: a (re)started worker starts accepting only once its
-            # models are loaded and warm, so the others keep taking the traffic meanwhile.
-            await loading
-        watcher = asyncio.create_task(watch(registry)) if settings.watch else None
-        sampler = asyncio.create_task(ModelWatcher(registry, metrics).run())  # model states and gauges into metrics
-        yield
-        sampler.cancel()
-        if watcher is not None:
-            watcher.cancel()
-        # 2. On shutdown (gRPC, served beside this app, has stopped already), let the load finish (a thread
-        #    cannot be cancelled; --max-memory's preload stops at the next model), then release the pool.
-        if budget is not None:
-            loading.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await loading
-        service.close()
-        if routing is not None:
-            await routing.close()
-        if prediction_log is not None:
-            prediction_log.close()
-        # 3. Export the spans still buffered.
-        if tracing is not None:
-            await asyncio.to_thread(tracing.shutdown)
+        install_drain_handler(registry)  # SIGTERM: readiness turns 503 while in-flight requests finish
+        serving = plane.lifespan(plane_tasks(settings, plane)) if serves_plane else contextlib.nullcontext()
+        async with serving:
+            try:
+                yield
+            finally:
+                if routing is not None:  # (the routes file's upstream clients)
+                    await routing.close()
 
     routes = endpoints.routes() + ProtocolEndpoints(endpoints).routes() + docs.routes(registry)
     compat_at = len(routes)  # the compatibility routes go here: after the built-in ones, before the root
@@ -149,10 +135,8 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fer
         lifespan=lifespan,
         exception_handlers={HTTPException: http_error, Exception: internal_error},
     )
-    app.state.registry = registry
-    app.state.service = service
-    app.state.queries = queries
-    app.state.tracing = tracing  # for gRPC, started beside this app by ``ferry.server.transports``
+    app.state.registry = registry  # (tests, and the parent of --workers N, load it)
+    app.state.plane = plane
     # The request pipeline, in order; each step is absent when its setting is off, so it costs nothing.
     context = RequestContext(settings.access_log)
     auth_step = AuthStep(auth) if auth is not None else None
@@ -163,10 +147,10 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fer
         steps.append(auth_step)
     if routing is not None:
         steps.append(routing)
-    dispatch = Dispatch(plane, predict_routes, app, settings.max_body_bytes)
+    dispatch = Dispatch(plane.data, predict_routes, app, settings.max_body_bytes)
     pipeline = Pipeline(steps, dispatch, _serves(predict_routes, routing))
     limits = (settings.max_body_bytes, settings.body_timeout)
-    return FerryApp(app, plane, pipeline, context, auth_step, predict_routes, limits)
+    return FerryApp(app, plane.data, pipeline, context, auth_step, predict_routes, limits)
 
 
 def _serves(routes: PredictRoutes, routing: RouterStep | None) -> Callable[[str, str], bool]:
