@@ -21,7 +21,7 @@ import typer
 from ferry.cli.main import app
 from ferry.deploy import compose, dockerfile, k8s
 from ferry.deploy.spec import CLUSTER_REPLICAS, DeploySpec, Resources, Scaling
-from ferry.settings import GatewaySettings, LoadTestSettings, Settings, SettingsGroup
+from ferry.settings import BuildSettings, GatewaySettings, LoadTestSettings, Settings, SettingsGroup
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "ferry"
 GROUPS: list[type[SettingsGroup]] = [Settings, GatewaySettings, LoadTestSettings]
@@ -54,6 +54,18 @@ def test_command_options_are_the_settings_fields(name: str, group: type[Any], on
         assert getattr(option, "help", None) in (None, field.metadata["help"])
         declared = field.metadata["option"] or "--" + field.name.replace("_", "-")
         assert declared in option.opts or option.param_type_name == "argument", field.name
+
+
+def test_build_options_are_the_build_settings_fields_and_read_no_environment() -> None:
+    """``ferry build``'s options are ``BuildSettings``' fields, in order; a build reads no FERRY_* variable."""
+    options = params("build")
+    fields = dataclasses.fields(BuildSettings)
+    assert [name for name in options if name != "model"] == [f.name for f in fields]
+    for field in fields:
+        option = options[field.name]
+        assert option.envvar is None, field.name
+        assert option.default == field.default and option.help == field.metadata["help"], field.name
+        assert "--" + field.name in option.opts, field.name
 
 
 def test_option_names_of_settings_keep_their_spelling() -> None:

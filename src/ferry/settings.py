@@ -3,8 +3,9 @@
 Each field carries its default and help text; the commands' options are generated from the fields
 (``ferry.cli.options``) and the environment variables are named from them (``env_name``), so a default or
 a name lives here only. Groups by concern: ``Settings`` (the server: ``ferry serve``, its ``panel`` for
-server, limits, models and observability), ``GatewaySettings`` (``ferry gateway``) and
-``LoadTestSettings`` (``ferry loadtest``). A deployment's defaults are ``ferry.deploy.spec.DeploySpec``'s.
+server, limits, models and observability), ``GatewaySettings`` (``ferry gateway``),
+``LoadTestSettings`` (``ferry loadtest``) and ``BuildSettings`` (``ferry build``). A deployment's
+defaults are ``ferry.deploy.spec.DeploySpec``'s.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class SettingsGroup:
     """The environment side of a settings dataclass: ``PREFIX + FIELD_NAME`` for every field."""
 
     env_prefix: ClassVar[str] = ENV_PREFIX
+    env_options: ClassVar[bool] = True  # whether the command's options read the environment too
 
     @classmethod
     def env_name(cls, name: str) -> str:
@@ -250,6 +252,36 @@ class LoadTestSettings(SettingsGroup):
     find_max: bool = _setting(False, "Search the highest rate that meets --sla.")
     step_duration: str = _setting("10s", "--find-max: length of each step.")
     max_rate: float = _setting(1_000_000.0, "--find-max: stop searching at this rate.")
+
+
+@dataclass(frozen=True)
+class BuildSettings(SettingsGroup):
+    """``ferry build``: what to name the bundle, where to put it, and what to check and declare in it.
+
+    Options only: a build is one command, not a process configured from its environment."""
+
+    env_options: ClassVar[bool] = False
+
+    name: str | None = _setting(
+        None, "Model name (an MLServer repository names its own; an MLflow or KServe folder's name)."
+    )
+    repo: Path = _setting(Settings.repo, "Model repository folder.")
+    version: str | None = _setting(None, "Version (default: next integer).")
+    features: str | None = _setting(None, "Comma-separated feature names, in column order.")
+    labels: str | None = _setting(None, "Comma-separated class labels, by class index.")
+    sample: str | None = _setting(None, "Sample input as JSON.")
+    expect: str | None = _setting(None, "What --sample must answer (JSON, or a bare label); the build fails otherwise.")
+    route: list[str] | None = _setting(
+        None, "A client API to answer: 'POST /predict', or a YAML mapping (full form); repeatable."
+    )
+    trusted: bool = _setting(False, "Allow a pickle/joblib artifact (unpickling runs code).")
+    include: list[Path] | None = _setting(
+        None, "A file or folder a Python class needs (its modules, fitted files); repeatable."
+    )
+    requirements: Path | None = _setting(
+        None, "pip requirements file of a Python class, installed by ferry containerize."
+    )
+    text: str | None = _setting(None, "The model takes text: the JSON field that carries it (e.g. text).")
 
 
 def coerce(type_name: Any, raw: str) -> Any:

@@ -16,7 +16,7 @@ import ferry
 from ferry.cli.errors import FerryTyper
 from ferry.cli.errors import run as _run
 from ferry.cli.options import check_tracing, settings_command
-from ferry.settings import Settings
+from ferry.settings import BuildSettings, Settings
 
 app = FerryTyper(
     help="Ferry: from a trained model to a fast, standing prediction service.",
@@ -46,7 +46,6 @@ def main(
     """Ferry: from a trained model to a fast, standing prediction service."""
 
 
-@app.command("build")
 def build_command(
     model: Annotated[
         list[str],
@@ -56,36 +55,13 @@ def build_command(
             "or KServe keep models."
         ),
     ],
-    name: Annotated[
-        str | None,
-        typer.Option(help="Model name (an MLServer repository names its own; an MLflow or KServe folder's name)."),
-    ] = None,
-    repo: Annotated[Path, typer.Option(help="Model repository folder.")] = Settings.repo,
-    version: Annotated[str | None, typer.Option(help="Version (default: next integer).")] = None,
-    features: Annotated[str | None, typer.Option(help="Comma-separated feature names, in column order.")] = None,
-    labels: Annotated[str | None, typer.Option(help="Comma-separated class labels, by class index.")] = None,
-    sample: Annotated[str | None, typer.Option(help="Sample input as JSON.")] = None,
-    expect: Annotated[
-        str | None, typer.Option(help="What --sample must answer (JSON, or a bare label); the build fails otherwise.")
-    ] = None,
-    route: Annotated[
-        list[str] | None,
-        typer.Option(help="A client API to answer: 'POST /predict', or a YAML mapping (full form); repeatable."),
-    ] = None,
-    trusted: Annotated[bool, typer.Option(help="Allow a pickle/joblib artifact (unpickling runs code).")] = False,
-    include: Annotated[
-        list[Path] | None,
-        typer.Option(help="A file or folder a Python class needs (its modules, fitted files); repeatable."),
-    ] = None,
-    requirements: Annotated[
-        Path | None, typer.Option(help="pip requirements file of a Python class, installed by ferry containerize.")
-    ] = None,
-    text: Annotated[
-        str | None, typer.Option(help="The model takes text: the JSON field that carries it (e.g. text).")
-    ] = None,
+    settings: BuildSettings,
 ) -> None:
     """Bundle a model into REPO/NAME/VERSION with a manifest and artifact hashes."""
     from ferry.bundle.layouts import layout_of, source_models
+
+    s = settings
+    name, repo, trusted, text = s.name, s.repo, s.trusted, s.text
 
     layout = layout_of(Path(model[0])) if len(model) == 1 else None
     if layout == "mlserver":  # every model of the repository, each named and versioned as MLServer has it
@@ -106,15 +82,15 @@ def build_command(
             model,  # files, or module.py:Class (imported only after the options are checked)
             name,
             repo,
-            version=version,
-            features=features.split(",") if features else None,
-            labels=labels.split(",") if labels else None,
-            sample_input=_json_option(sample, "--sample") if sample else None,
-            expected_output=_expected(expect),
-            routes=list(route or []),
+            version=s.version,
+            features=s.features.split(",") if s.features else None,
+            labels=s.labels.split(",") if s.labels else None,
+            sample_input=_json_option(s.sample, "--sample") if s.sample else None,
+            expected_output=_expected(s.expect),
+            routes=list(s.route or []),
             trusted=trusted,
-            include=list(include or []),
-            requirements=requirements,
+            include=list(s.include or []),
+            requirements=s.requirements,
             input_schema={"kind": "text", "field": text} if text else None,
             metadata=metadata,
         )
@@ -166,6 +142,7 @@ def serve(settings: Settings) -> None:
     _serve(dataclasses.replace(settings, repo=settings.repo.resolve()))
 
 
+app.command("build")(settings_command(build_command, BuildSettings))
 app.command("serve")(settings_command(serve, Settings, arguments=("repo",), panels=True))
 
 

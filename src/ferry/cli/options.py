@@ -61,7 +61,7 @@ def _annotated(kind: Any, marker: Any) -> Any:
 
 
 def _marker(group: type[SettingsGroup], field: dataclasses.Field[Any], argument: bool, panels: bool) -> tuple[Any, Any]:
-    help_text, env = field.metadata["help"], group.env_name(field.name)
+    help_text, env = field.metadata["help"], group.env_name(field.name) if group.env_options else None
     if argument:
         return typer.Argument(help=help_text, envvar=env), inspect.Parameter.empty
     declared = (field.metadata["option"],) if field.metadata.get("option") else ()
