@@ -19,7 +19,7 @@ import pytest
 import typer
 
 from ferry.cli.main import app
-from ferry.deploy import compose, dockerfile, k8s
+from ferry.deploy import compose, dockerfile, k8s, options
 from ferry.deploy.spec import CLUSTER_REPLICAS, DeploySpec, Resources, Scaling
 from ferry.settings import BuildSettings, GatewaySettings, LoadTestSettings, Settings, SettingsGroup
 
@@ -66,6 +66,31 @@ def test_build_options_are_the_build_settings_fields_and_read_no_environment() -
         assert option.envvar is None, field.name
         assert option.default == field.default and option.help == field.metadata["help"], field.name
         assert "--" + field.name in option.opts, field.name
+
+
+@pytest.mark.parametrize(
+    ("name", "group", "own"),
+    [
+        ("containerize", options.ContainerizeOptions, ("repo", "tag")),
+        ("compose", options.ComposeOptions, ("repo",)),
+        ("k8s", options.K8sOptions, ("repo",)),
+        ("deploy", options.ApplyOptions, ("repo",)),
+        ("undeploy", options.UndeployOptions, ()),
+        ("status", options.StatusOptions, ()),
+    ],
+)
+def test_deploy_options_are_their_groups_fields(name: str, group: type[Any], own: tuple[str, ...]) -> None:
+    """Each deployment command's options are its group's fields (``ferry.deploy.options``), after its own
+    parameters; none reads a variable."""
+    found = params(name)
+    fields = dataclasses.fields(group)
+    assert list(found) == [*own, *(f.name for f in fields)]
+    for field in fields:
+        option = found[field.name]
+        assert option.envvar is None and option.help == field.metadata["help"], field.name
+        assert option.default == field.default, field.name
+        declared = field.metadata["option"] or "--" + field.name.replace("_", "-")
+        assert set([declared] if isinstance(declared, str) else declared) <= set(option.opts + option.secondary_opts)
 
 
 def test_option_names_of_settings_keep_their_spelling() -> None:

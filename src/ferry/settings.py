@@ -4,8 +4,9 @@ Each field carries its default and help text; the commands' options are generate
 (``ferry.cli.options``) and the environment variables are named from them (``env_name``), so a default or
 a name lives here only. Groups by concern: ``Settings`` (the server: ``ferry serve``, its ``panel`` for
 server, limits, models and observability), ``GatewaySettings`` (``ferry gateway``),
-``LoadTestSettings`` (``ferry loadtest``) and ``BuildSettings`` (``ferry build``). A deployment's
-defaults are ``ferry.deploy.spec.DeploySpec``'s.
+``LoadTestSettings`` (``ferry loadtest``) and ``BuildSettings`` (``ferry build``). The deployment
+commands' groups are declared beside their defaults (``ferry.deploy.spec.DeploySpec``'s), in
+``ferry.deploy.options``.
 """
 
 from __future__ import annotations
@@ -20,9 +21,13 @@ ENV_PREFIX = "FERRY_"
 PANELS = ("server", "limits", "models", "observability")
 
 
-def _setting(default: Any, help: str, panel: str = "server", option: str = "") -> Any:
-    """A field with its help; ``panel`` groups it in ``--help``; ``option`` names its flag when not ``--field-name``."""
+def _setting(default: Any, help: str, panel: str = "server", option: str | tuple[str, ...] = "") -> Any:
+    """A field with its help; ``panel`` groups it in ``--help``; ``option`` names its flag (or flags, a short one
+    too) when not ``--field-name``."""
     return dataclasses.field(default=default, metadata={"help": help, "panel": panel, "option": option})
+
+
+setting = _setting  # for a command's group declared beside its defaults (``ferry.deploy.options``)
 
 
 class SettingsGroup:

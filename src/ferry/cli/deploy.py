@@ -15,16 +15,16 @@ import typer
 from rich.console import Console
 
 from ferry.cli.errors import run as _run
-from ferry.deploy.spec import (
-    CLUSTER_REPLICAS,
-    DEFAULT_BASE_IMAGE,
-    GRPC_PORT,
-    NGINX_IMAGE,
-    PUBLISHED_HTTP_PORT,
-    DeploySpec,
-    Resources,
-    Scaling,
+from ferry.cli.options import settings_command
+from ferry.deploy.options import (
+    ApplyOptions,
+    ComposeOptions,
+    ContainerizeOptions,
+    K8sOptions,
+    StatusOptions,
+    UndeployOptions,
 )
+from ferry.deploy.spec import DeploySpec, Resources, Scaling
 from ferry.errors import SpecError
 from ferry.settings import Settings
 
@@ -39,169 +39,67 @@ Repo = Annotated[Path, typer.Argument(help="Model repository folder.")]
 OptionalRepo = Annotated[
     Path | None, typer.Argument(help="Model repository folder (checked for bundles unless --model-uri is given).")
 ]
-Image = Annotated[str, typer.Option("--image", help="Image reference, IMAGE:TAG.")]
-Name = Annotated[str, typer.Option(help="Name of the Deployment, Service and friends.")]
-Namespace = Annotated[str, typer.Option("--namespace", "-n", help="Kubernetes namespace.")]
-Replicas = Annotated[int, typer.Option(help="Replicas (the autoscaler's minimum).")]
-ModelUri = Annotated[str, typer.Option(help="Model-load mode: fetch bundles from this URI at start-up.")]
-ServiceType = Annotated[str, typer.Option(help="LoadBalancer, ClusterIP or NodePort.")]
-Context = Annotated[str | None, typer.Option("--context", help="kubectl context (default: the current one).")]
-TrustCode = Annotated[
-    bool,
-    typer.Option(help="Serve with FERRY_TRUST_CODE: import the bundles' Python classes (and load pickles)."),
-]
 
 
 def containerize_command(
     repo: Repo,
     tag: Annotated[str, typer.Option("--tag", "-t", help="Image reference, IMAGE:TAG.")],
-    out: Annotated[Path, typer.Option("--output", "-o", help="Build context folder to write.")] = Path("build"),
-    base_image: Annotated[str, typer.Option(help="Base image (a Python 3.11 Debian image).")] = DEFAULT_BASE_IMAGE,
-    models: Annotated[bool, typer.Option(help="Copy the bundles in; --no-models for model-load mode.")] = True,
-    source: Annotated[str, typer.Option(help="Source URL for the OCI label.")] = "",
-    build: Annotated[bool, typer.Option(help="Build the image with docker (or podman).")] = False,
-    push: Annotated[bool, typer.Option(help="Push the image after building.")] = False,
-    extra: Annotated[
-        list[str] | None, typer.Option(help="Also install this Ferry extra (tracing, fetch); repeatable.")
-    ] = None,
-    trust_code: TrustCode = DeploySpec.trust_code,
-    original_models: Annotated[
-        bool,
-        typer.Option(
-            help="Serve the original artifacts (installs scikit-learn/LightGBM) even where a bundle is compiled."
-        ),
-    ] = Settings.original_models,
-    allow_requirement_options: Annotated[
-        bool,
-        typer.Option(
-            help="Install a bundle's requirement lines that are not package specifiers (pip options such as "
-            "--extra-index-url, URLs, paths): they change where the image's packages come from."
-        ),
-    ] = False,
+    settings: ContainerizeOptions,
 ) -> None:
     """Write a Docker build context for REPO: Dockerfile, .dockerignore, pinned requirements, models."""
     from ferry.deploy import dockerfile, image
 
+    o, out = settings, settings.out
     spec = _run(
         lambda: dockerfile.image_spec_for(
             repo,
             tag,
-            include_models=models,
-            base_image=base_image,
-            source=source or _git_remote(repo),
-            extras=tuple(extra or ()),
-            trust_code=trust_code,
-            original_models=original_models,
-            allow_requirement_options=allow_requirement_options,
+            include_models=o.models,
+            base_image=o.base_image,
+            source=o.source or _git_remote(repo),
+            extras=tuple(o.extra or ()),
+            trust_code=o.trust_code,
+            original_models=o.original_models,
+            allow_requirement_options=o.allow_requirement_options,
         )
     )
     for path in _run(lambda: dockerfile.write_build_context(repo, out, spec)):
         console.print(f"[green]wrote[/green] {path}")
-    if build or push:
+    if o.build or o.push:
         engine = _run(image.find_engine)
         _run(lambda: image.run_streamed(image.build_argv(engine, out, tag)))
         console.print(f"[green]built[/green] {tag}")
-        if push:
+        if o.push:
             _run(lambda: image.run_streamed(image.push_argv(engine, tag)))
             console.print(f"[green]pushed[/green] {tag}")
     else:
         console.print(f"build it with: docker build -t {tag} {out}")
 
 
-def compose_command(
-    repo: OptionalRepo = None,
-    image_ref: Image = "",
-    replicas: Replicas = DeploySpec.replicas,
-    name: Name = DeploySpec.name,
-    model_uri: ModelUri = DeploySpec.model_uri,
-    out: Annotated[Path, typer.Option("--output", "-o", help="Folder for docker-compose.yml and nginx.conf.")] = Path(
-        "."
-    ),
-    port: Annotated[int, typer.Option(help="Host port nginx publishes for HTTP.")] = PUBLISHED_HTTP_PORT,
-    grpc_port: Annotated[int, typer.Option(help="Host port nginx publishes for gRPC.")] = GRPC_PORT,
-    nginx_image: Annotated[str, typer.Option(help="nginx image (any nginx >= 1.22).")] = NGINX_IMAGE,
-    trust_code: TrustCode = DeploySpec.trust_code,
-) -> None:
+def compose_command(repo: OptionalRepo = None, *, settings: ComposeOptions) -> None:
     """Write docker-compose.yml: REPLICAS Ferry containers behind nginx, with health checks."""
     from ferry.deploy import compose
 
-    spec = _spec(repo, image_ref, name=name, replicas=replicas, model_uri=model_uri, trust_code=trust_code)
-    front = compose.Front(image=nginx_image, http_port=port, grpc_port=grpc_port)
+    o, out, name, port = settings, settings.out, settings.name, settings.port
+    spec = _spec(repo, o.image_ref, name=name, replicas=o.replicas, model_uri=o.model_uri, trust_code=o.trust_code)
+    front = compose.Front(image=o.nginx_image, http_port=port, grpc_port=o.grpc_port)
     for path in _run(lambda: compose.write_compose(spec, out, front)):
         console.print(f"[green]wrote[/green] {path}")
     compose_file = out / "docker-compose.yml"
     console.print(f"run it with: docker compose -p {name} -f {compose_file} up -d   (then http://127.0.0.1:{port})")
 
 
-def k8s_command(
-    ctx: typer.Context,
-    repo: OptionalRepo = None,
-    image_ref: Image = "",
-    name: Name = DeploySpec.name,
-    namespace: Namespace = DeploySpec.namespace,
-    replicas: Replicas = CLUSTER_REPLICAS,
-    max_replicas: Annotated[
-        int, typer.Option(help="Autoscaler maximum (default 3 x replicas).")
-    ] = DeploySpec.max_replicas,
-    service_type: ServiceType = DeploySpec.service_type,
-    model_uri: ModelUri = DeploySpec.model_uri,
-    auth_secret: Annotated[
-        str, typer.Option(help="Secret whose 'tokens' key becomes FERRY_AUTH_TOKENS.")
-    ] = DeploySpec.auth_secret,
-    fetch_secret: Annotated[
-        str, typer.Option(help="Secret with credentials for the model fetch (env).")
-    ] = DeploySpec.fetch_secret,
-    cpu: Annotated[str, typer.Option(help="CPU request,limit.")] = f"{Resources.cpu_request},{Resources.cpu_limit}",
-    memory: Annotated[
-        str, typer.Option(help="Memory request,limit.")
-    ] = f"{Resources.memory_request},{Resources.memory_limit}",
-    in_flight_target: Annotated[
-        int, typer.Option(help="Also autoscale on in-flight requests per pod (0: off).")
-    ] = DeploySpec.in_flight_target,
-    kserve: Annotated[bool, typer.Option(help="Also write a KServe InferenceService.")] = False,
-    knative: Annotated[bool, typer.Option(help="Also write a Knative Service (scales on concurrency).")] = False,
-    scale_to_zero: Annotated[bool, typer.Option(help="--knative: no pod while idle (min-scale 0).")] = False,
-    keda: Annotated[
-        bool, typer.Option(help="A KEDA ScaledObject on Ferry's queue and request rate instead of the HPA.")
-    ] = False,
-    service_monitor: Annotated[
-        bool, typer.Option(help="Also write a Prometheus Operator ServiceMonitor and PrometheusRule (alerts).")
-    ] = False,
-    concurrency_target: Annotated[
-        int, typer.Option(help="KEDA/Knative: requests in one replica at once before scaling out.")
-    ] = Scaling.concurrency,
-    sla_p99_ms: Annotated[
-        float, typer.Option(help="The p99 latency (ms) above which an alert fires.")
-    ] = Scaling.p99_seconds * 1000,
-    prometheus_url: Annotated[
-        str, typer.Option(help="--keda: the Prometheus that KEDA queries.")
-    ] = Scaling.prometheus_url,
-    values: Annotated[
-        Path | None,
-        typer.Option(help="`ferry plan --values` output: replicas, resources, autoscaling (options given win)."),
-    ] = None,
-    network_policy: Annotated[
-        bool, typer.Option(help="A NetworkPolicy: the probe port only from the kubelet and Prometheus.")
-    ] = True,
-    routes: Annotated[
-        Path | None, typer.Option(help="Routes file: also write an Istio VirtualService (+ DestinationRules).")
-    ] = None,
-    shard: Annotated[
-        bool,
-        typer.Option(help="Spread the models over the replicas: Istio consistent hash on x-ferry-model (needs Istio)."),
-    ] = False,
-    max_memory: Annotated[
-        str, typer.Option(help="--shard: each replica's budget for loaded models, like 1GiB (below --memory's limit).")
-    ] = "",
-    out: Annotated[Path, typer.Option("--output", "-o", help="Folder for the manifests.")] = Path("k8s"),
-    trust_code: TrustCode = DeploySpec.trust_code,
-) -> None:
+def k8s_command(ctx: typer.Context, repo: OptionalRepo = None, *, settings: K8sOptions) -> None:
     """Write Kubernetes manifests: Namespace, ConfigMap, Deployment, Service, HPA, PDB, kustomization (and add-ons)."""
     from ferry.deploy import k8s
     from ferry.deploy.addons import Addons, render_with_addons
     from ferry.deploy.values import PlanValues, load_values
 
-    addons = Addons(kserve, knative, keda, service_monitor, network_policy)
+    o = settings
+    kserve, knative, keda, monitor, network_policy = o.kserve, o.knative, o.keda, o.service_monitor, o.network_policy
+    scale_to_zero, in_flight_target, shard, max_memory = o.scale_to_zero, o.in_flight_target, o.shard, o.max_memory
+    values, routes, namespace, out = o.values, o.routes, o.namespace, o.out
+    addons = Addons(kserve, knative, keda, monitor, network_policy)
     _run(lambda: _check_addons(addons, scale_to_zero=scale_to_zero, in_flight_target=in_flight_target))
     _run(lambda: _check_shard(addons, shard=shard, max_memory=max_memory))
     planned = _run(lambda: load_values(values)) if values is not None else PlanValues()
@@ -212,32 +110,32 @@ def k8s_command(
         explicit = source is not None and source.name != "DEFAULT"
         return given if from_plan is None or explicit else from_plan
 
-    p99 = pick("sla_p99_ms", sla_p99_ms / 1000, planned.p99_seconds)
+    p99 = pick("sla_p99_ms", o.sla_p99_ms / 1000, planned.p99_seconds)
     scaling = _run(
         lambda: Scaling(
-            concurrency=pick("concurrency_target", concurrency_target, planned.concurrency),
+            concurrency=pick("concurrency_target", o.concurrency_target, planned.concurrency),
             rate=planned.rate or 0.0,
             p99_seconds=p99,
             scale_to_zero=scale_to_zero,
-            prometheus_url=prometheus_url,
+            prometheus_url=o.prometheus_url,
         )
     )
     spec = _spec(
         repo,
-        image_ref,
-        name=name,
+        o.image_ref,
+        name=o.name,
         namespace=namespace,
-        replicas=pick("replicas", replicas, planned.replicas),
-        max_replicas=pick("max_replicas", max_replicas, planned.max_replicas),
-        service_type=service_type,
-        model_uri=model_uri,
-        auth_secret=auth_secret,
-        fetch_secret=fetch_secret,
-        resources=_resources(pick("cpu", cpu, planned.cpu), pick("memory", memory, planned.memory)),
+        replicas=pick("replicas", o.replicas, planned.replicas),
+        max_replicas=pick("max_replicas", o.max_replicas, planned.max_replicas),
+        service_type=o.service_type,
+        model_uri=o.model_uri,
+        auth_secret=o.auth_secret,
+        fetch_secret=o.fetch_secret,
+        resources=_resources(pick("cpu", o.cpu, planned.cpu), pick("memory", o.memory, planned.memory)),
         in_flight_target=in_flight_target,
         cpu_target_percent=planned.cpu_target_percent or DeploySpec.cpu_target_percent,
         scaling=scaling,
-        trust_code=trust_code,
+        trust_code=o.trust_code,
     )
     objects = render_with_addons(spec, addons)
     if shard:
@@ -281,34 +179,23 @@ def index_command(repo: Repo) -> None:
     console.print(f"[green]wrote[/green] {_run(lambda: fetch.write_index(repo))}")
 
 
-def deploy_command(
-    repo: OptionalRepo = None,
-    image_ref: Image = "",
-    name: Name = DeploySpec.name,
-    namespace: Namespace = DeploySpec.namespace,
-    replicas: Replicas = CLUSTER_REPLICAS,
-    service_type: ServiceType = DeploySpec.service_type,
-    model_uri: ModelUri = DeploySpec.model_uri,
-    dry_run: Annotated[bool, typer.Option(help="Print the objects instead of applying them.")] = False,
-    timeout: Annotated[int, typer.Option(help="Seconds to wait for the rollout.")] = 300,
-    context: Context = None,
-    trust_code: TrustCode = DeploySpec.trust_code,
-) -> None:
+def deploy_command(repo: OptionalRepo = None, *, settings: ApplyOptions) -> None:
     """Apply the objects with `kubectl apply --server-side`, wait for the rollout, print the address."""
     from ferry.deploy import k8s, kubectl
 
+    o, context, timeout = settings, settings.context, settings.timeout
     spec = _spec(
         repo,
-        image_ref,
-        name=name,
-        namespace=namespace,
-        replicas=replicas,
-        service_type=service_type,
-        model_uri=model_uri,
-        trust_code=trust_code,
+        o.image_ref,
+        name=o.name,
+        namespace=o.namespace,
+        replicas=o.replicas,
+        service_type=o.service_type,
+        model_uri=o.model_uri,
+        trust_code=o.trust_code,
     )
     objects = list(k8s.render_manifests(spec).values())
-    if dry_run:
+    if o.dry_run:
         typer.echo(k8s.to_yaml(objects), nl=False)
         return
     for line in _run(lambda: kubectl.apply(objects, context=context)).splitlines():
@@ -318,40 +205,35 @@ def deploy_command(
     _print_status(_run(lambda: kubectl.status(spec, context=context)))
 
 
-def undeploy_command(
-    name: Name = DeploySpec.name,
-    namespace: Namespace = DeploySpec.namespace,
-    delete_namespace: Annotated[bool, typer.Option(help="Also delete the namespace and all in it.")] = False,
-    context: Context = None,
-) -> None:
+def undeploy_command(settings: UndeployOptions) -> None:
     """Delete what `ferry deploy` applied (the namespace only with --delete-namespace)."""
     from ferry.deploy import k8s, kubectl
 
-    spec = _run(lambda: DeploySpec(image="ferry:undeploy", name=name, namespace=namespace))
-    objects = [o for o in k8s.render_manifests(spec).values() if delete_namespace or o["kind"] != "Namespace"]
-    for line in _run(lambda: kubectl.delete(objects, context=context)).splitlines():
+    o = settings
+    spec = _run(lambda: DeploySpec(image="ferry:undeploy", name=o.name, namespace=o.namespace))
+    objects = [x for x in k8s.render_manifests(spec).values() if o.delete_namespace or x["kind"] != "Namespace"]
+    for line in _run(lambda: kubectl.delete(objects, context=o.context)).splitlines():
         console.print(line)
 
 
-def status_command(
-    name: Name = DeploySpec.name, namespace: Namespace = DeploySpec.namespace, context: Context = None
-) -> None:
+def status_command(settings: StatusOptions) -> None:
     """Ready replicas and the Service's address."""
     from ferry.deploy import kubectl
 
-    spec = _run(lambda: DeploySpec(image="ferry:status", name=name, namespace=namespace))
-    _print_status(_run(lambda: kubectl.status(spec, context=context)))
+    o = settings
+    spec = _run(lambda: DeploySpec(image="ferry:status", name=o.name, namespace=o.namespace))
+    _print_status(_run(lambda: kubectl.status(spec, context=o.context)))
 
 
 def register(app: typer.Typer) -> None:
-    app.command("containerize")(containerize_command)
-    app.command("compose")(compose_command)
-    app.command("k8s")(k8s_command)
+    app.command("containerize")(settings_command(containerize_command, ContainerizeOptions))
+    app.command("compose")(settings_command(compose_command, ComposeOptions))
+    app.command("k8s")(settings_command(k8s_command, K8sOptions))
     app.command("fetch")(fetch_command)
     app.command("index")(index_command)
-    app.command("deploy")(deploy_command)
-    app.command("undeploy")(undeploy_command)
-    app.command("status")(status_command)
+    app.command("deploy")(settings_command(deploy_command, ApplyOptions))
+    app.command("undeploy")(settings_command(undeploy_command, UndeployOptions))
+    app.command("status")(settings_command(status_command, StatusOptions))
 
 
 def _spec(repo: Path | None, image_ref: str, **options: object) -> DeploySpec:

@@ -64,7 +64,8 @@ def _marker(group: type[SettingsGroup], field: dataclasses.Field[Any], argument:
     help_text, env = field.metadata["help"], group.env_name(field.name) if group.env_options else None
     if argument:
         return typer.Argument(help=help_text, envvar=env), inspect.Parameter.empty
-    declared = (field.metadata["option"],) if field.metadata.get("option") else ()
+    option = field.metadata.get("option") or ()
+    declared = (option,) if isinstance(option, str) else tuple(option)
     panel = PANEL_TITLES[field.metadata["panel"]] if panels else None
     return typer.Option(*declared, help=help_text, envvar=env, rich_help_panel=panel), field.default
 
