@@ -66,6 +66,8 @@ class Recorder:
             except asyncio.CancelledError:
                 self.cancelled.append(call.method)
                 raise
+        if call.method == "/t/Slow":
+            await asyncio.sleep(0.3)
         if call.method == "/t/Meta":
             return repr((call.metadata, call.deadline is not None)).encode()
         return call.message
@@ -352,6 +354,23 @@ def test_slow_preface_slow_message_and_too_many_connections() -> None:
         assert refused.goaway() == 0x7 and refused.closed()  # REFUSED_STREAM: retry elsewhere
         held[0].send(held[0].call(3, "/t/Echo", b"kept"))
         assert held[0].reply(3)[1] == message(b"kept")
+
+
+def test_shutdown_answers_the_calls_under_way_and_refuses_new_streams(running: Running) -> None:
+    client = Client(running.port)
+    client.send(client.call(1, "/t/Slow", b"last"))
+    time.sleep(0.1)
+    stopping = asyncio.run_coroutine_threadsafe(running.server.stop(5.0), running.loop)
+    got = client.until(GOAWAY)
+    assert got is not None and struct.unpack(">LL", got[3][:8]) == (1, 0)  # last stream 1, NO_ERROR
+    client.send(client.call(3, "/t/Echo", b"late"))  # past the GOAWAY: refused, never run
+    frames = []
+    while (got := client.frame()) is not None:  # until the server closes the connection
+        frames.append(got)
+    assert (DATA, 0, 1, message(b"last")) in frames
+    assert (RST_STREAM, 0, 3, struct.pack(">L", 0x7)) in frames  # REFUSED_STREAM
+    stopping.result(5)
+    assert running.service.released == ["/t/Slow"]
 
 
 def test_a_request_that_is_not_grpc_is_415(running: Running) -> None:
