@@ -7,7 +7,8 @@
 #
 # Each version runs from its own venv (FERRY_VENVS, default $TMPDIR or /tmp, /ferry-pyVERSION: the one
 # scripts/test-python makes), with this checkout installed editable and its bytecode compiled for that
-# interpreter. The examples are built once, by the first version. Output: a markdown report on stdout.
+# interpreter (Ferry alone: what an image holds). The examples are built once by the `ferry` on PATH (it needs the
+# training stack: scikit-learn, LightGBM). Output: a markdown report on stdout.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ROUNDS=${1:-3}
@@ -20,11 +21,11 @@ CORE=${FERRY_BENCH_CORE:-1}   # the server's core; wrk runs on the others
 
 venv_of() { echo "${FERRY_VENVS:-${TMPDIR:-/tmp}}/ferry-py$1"; }
 for v in "${VERSIONS[@]}"; do
-    # scripts/test-python makes the venv and installs Ferry into it; `--version` runs no test.
-    FERRY_TEST_INSTALL="-e $ROOT" "$ROOT/scripts/test-python" "$v" --version >/dev/null 2>&1
+    # scripts/test-python makes the venv and installs Ferry into it (and pytest: `--version` runs no test).
+    FERRY_TEST_INSTALL="-e $ROOT pytest" "$ROOT/scripts/test-python" "$v" --version >&2
     "$(venv_of "$v")/bin/python" -m compileall -q "$ROOT/src"
 done
-"$(venv_of "${VERSIONS[0]}")/bin/ferry" examples build "$WORK/examples" >/dev/null
+ferry examples build "$WORK/examples" >/dev/null   # the training stack of this (the dev) environment
 mkdir -p "$WORK/iris" && cp -r "$WORK/examples/iris" "$WORK/iris/"
 cat >"$WORK/native.lua" <<'LUA'
 wrk.method = "POST"
