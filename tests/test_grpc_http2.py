@@ -23,7 +23,7 @@ from hpack import Decoder, Encoder
 
 from conftest import ServerProcess, free_port
 from ferry.grpc import inference_pb2 as pb
-from ferry.grpc.frames import Call, GrpcError, Limits, StatusCode
+from ferry.grpc.frames import Call, GrpcError, Limits, StatusCode, status_block
 from ferry.grpc.http2 import GrpcServer
 
 DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = 0, 1, 3, 4, 6, 7, 8, 9
@@ -264,6 +264,19 @@ def test_the_reply_waits_for_the_clients_window(running: Running) -> None:
     client.send(frame(WINDOW_UPDATE, 0, 1, struct.pack(">L", 1000)))
     _, data, trailers = client.reply(1)
     assert received + data == message(b"x" * 100) and trailers == {"grpc-status": "0"}
+
+
+def test_a_reply_the_client_never_opens_its_window_for_is_dropped(running: Running) -> None:
+    client = Client(running.port, struct.pack(">HL", 0x4, 0))  # SETTINGS_INITIAL_WINDOW_SIZE 0, and no update
+    client.send(client.call(1, "/t/Echo", b"held"))
+    assert client.until(RST_STREAM) == (RST_STREAM, 0, 1, struct.pack(">L", 0x8))  # CANCEL, past --body-timeout
+    assert running.service.released == ["/t/Echo"]
+
+
+def test_a_long_error_message_fits_one_frame() -> None:
+    block = status_block(StatusCode.INTERNAL, "é" * 4000)  # 8 bytes each once percent-encoded: cut to 8 KiB
+    message_bytes = dict(Decoder().decode(block))["grpc-message"]
+    assert len(message_bytes) <= 8192 and message_bytes.endswith("%A9") and len(block) < 16384
 
 
 def test_a_message_past_the_limit_is_refused_from_its_prefix(running: Running) -> None:

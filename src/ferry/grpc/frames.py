@@ -233,10 +233,17 @@ REPLY_HEADERS = STATUS_200 + CONTENT_TYPE
 TRAILERS_OK = literal(b"grpc-status", b"0")
 
 
+MESSAGE_BYTES = 8192  # a grpc-message at most, encoded: trailers go in one HEADERS frame (16,384 bytes at least)
+
+
 def status_block(code: StatusCode, message: str) -> bytes:
     block = literal(b"grpc-status", str(int(code)).encode())
     if message:
         encoded = quote(message[:4096], safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~").encode()  # gRPC's percent-encoding
+        if len(encoded) > MESSAGE_BYTES:  # (the block must fit one frame: cut, never inside an escape)
+            encoded = encoded[:MESSAGE_BYTES]
+            cut = encoded.rfind(b"%", -2)
+            encoded = encoded[:cut] if cut >= 0 else encoded
         block += literal(b"grpc-message", encoded)
     return block
 

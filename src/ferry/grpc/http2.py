@@ -24,6 +24,7 @@ from hpack.exceptions import HPACKError
 
 from ferry.grpc.frames import (
     ACK,
+    CANCEL,
     CONTINUATION,
     DATA,
     DEFAULT_WINDOW,
@@ -90,7 +91,9 @@ class Stream:
         "expected",
         "half_closed",
         "id",
+        "offset",
         "pending",
+        "progress",
         "send_window",
         "started",
         "task",
@@ -110,7 +113,9 @@ class Stream:
         self.encoding = "identity"
         self.unacked = 0  # bytes received on this stream not yet given back by WINDOW_UPDATE
         self.send_window = send_window
-        self.pending = b""  # reply DATA waiting for window
+        self.pending = b""  # reply DATA, sent from ``offset`` on as the windows allow
+        self.offset = 0
+        self.progress = started  # when the reply last moved (a client that never opens its window is dropped)
         self.trailers = b""  # sent once ``pending`` is
         self.half_closed = False  # the client has sent END_STREAM
         self.task: asyncio.Task[None] | None = None
@@ -501,6 +506,7 @@ class GrpcConnection(asyncio.Protocol):
         data = b"\x00" + len(reply).to_bytes(4, "big") + reply
         self.out.append(frame(HEADERS, END_HEADERS, stream.id, REPLY_HEADERS))
         stream.pending, stream.trailers = data, frame(HEADERS, END_HEADERS | END_STREAM, stream.id, TRAILERS_OK)
+        stream.progress = time.monotonic()
         self._send_stream(stream)
 
     def _answer(self, stream: Stream, code: StatusCode, message: str) -> None:
@@ -522,17 +528,20 @@ class GrpcConnection(asyncio.Protocol):
 
     def _send_stream(self, stream: Stream) -> None:
         """Send what the windows allow of a reply's DATA, then its trailers once all is sent."""
-        data = stream.pending
-        while data:
-            room = min(self.send_window, stream.send_window, self.peer_frame)
+        data, offset, end = stream.pending, stream.offset, len(stream.pending)
+        while offset < end:
+            room = min(self.send_window, stream.send_window, self.peer_frame, end - offset)
             if room <= 0:
                 break
-            chunk, data = data[:room], data[room:]
-            self.out.append(frame(DATA, 0, stream.id, chunk))
-            self.send_window -= len(chunk)
-            stream.send_window -= len(chunk)
-        stream.pending = data
-        if not data and stream.trailers:
+            self.out.append(frame(DATA, 0, stream.id, data[offset : offset + room]))
+            self.send_window -= room
+            stream.send_window -= room
+            offset += room
+        if offset > stream.offset:
+            stream.offset, stream.progress = offset, time.monotonic()
+        if offset >= end:
+            stream.pending, stream.offset = b"", 0
+        if not stream.pending and stream.trailers:
             self.out.append(stream.trailers)
             stream.trailers = b""
             self._finish(stream)
@@ -607,7 +616,10 @@ class GrpcConnection(asyncio.Protocol):
             self._fail(ENHANCE_YOUR_CALM, "a header block not finished within the header timeout")
             return
         for stream in list(self.streams.values()):
-            if not stream.half_closed and not stream.answered and now - stream.started > limits.message_timeout:
+            if stream.pending and now - stream.progress > limits.message_timeout:  # the client opens no window
+                self._drop(stream)
+                self._send_reset(stream.id, CANCEL)
+            elif not stream.half_closed and not stream.answered and now - stream.started > limits.message_timeout:
                 self._answer(
                     stream,
                     StatusCode.DEADLINE_EXCEEDED,
