@@ -7,7 +7,6 @@ deployment is rendered from its command line (and ``ferry plan --values``), not 
 The repository argument and ``--tag``, which the commands require, are the commands' own parameters.
 """
 
-# ruff: noqa: RUF009 (field() calls that carry help text, as in ferry/settings.py)
 from __future__ import annotations
 
 from dataclasses import dataclass
