@@ -22,6 +22,7 @@ In both, ``expected_value + Σ contributions`` is the raw score (the margin befo
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import threading
@@ -598,6 +599,29 @@ class Explanation:
     row_features: list[dict[int, str]] | None = None  # text models: each row's own names of its columns
     prediction: Any = None  # the model's answer for the same rows, where serving adds it
     standard_error: np.ndarray | None = None  # an estimate's (``sampled``), shaped as ``contributions``
+
+
+def split_explanation(explanation: Explanation, sizes: list[int]) -> list[Explanation]:
+    """The explanation of a batch cut into consecutive parts of ``sizes`` rows, one per request batched in it:
+    each row's contributions, score and names are its own, so every part adds up as the whole did."""
+    if len(sizes) == 1:
+        return [explanation]
+    parts, start = [], 0
+    names, errors = explanation.row_features, explanation.standard_error
+    for size in sizes:
+        rows = slice(start, start + size)
+        parts.append(
+            dataclasses.replace(
+                explanation,
+                contributions=explanation.contributions[rows],
+                score=explanation.score[rows],
+                row_features=names[rows] if names is not None else None,
+                prediction=None,
+                standard_error=errors[rows] if errors is not None else None,
+            )
+        )
+        start += size
+    return parts
 
 
 class ProgramExplainer:

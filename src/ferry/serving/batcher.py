@@ -13,6 +13,9 @@ nobody will read. A batch whose callers have all gone (past their deadlines, or 
 a gRPC client's cancel) while it waited for the model thread is dropped there, and a runtime's long loop
 (decoding images) stops between items once they have (``ferry.runtimes.abandon``). At most one batch
 per model computes at a time, so rows in flight are bounded by ``max_batch_size``.
+
+The answer is a ``Prediction`` by default; another answer per row (an ``Explanation``: ``explain`` batches
+like ``predict``) comes with its own ``split``, which cuts a batch's answer back into each caller's rows.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import numpy as np
 
@@ -35,6 +38,8 @@ from ferry.serving.timers import PRECISE_BELOW_S, CoarseTimers
 # A batch that computes faster than this runs on the event loop: handing it to a thread would
 # cost more than the compute itself. Slower models run in the executor so the loop stays free.
 INLINE_COMPUTE_S = 0.0005
+R = TypeVar("R")  # what the model call answers for a batch: a Prediction, or an Explanation
+Split = Callable[[R, list[int]], list[R]]  # a batch's answer cut into each caller's rows, in order
 
 
 class BatchObserver(Protocol):
@@ -44,18 +49,18 @@ class BatchObserver(Protocol):
 
 
 @dataclass
-class _Pending:
+class _Pending(Generic[R]):
     batch: Any
     rows: int
-    future: asyncio.Future[Prediction]
+    future: asyncio.Future[R]
     enqueued: float
     observer: BatchObserver | None
 
 
-class AdaptiveBatcher:
+class AdaptiveBatcher(Generic[R]):
     def __init__(
         self,
-        predict: Callable[[Any], Prediction],
+        predict: Callable[[Any], R],
         executor: Executor,
         max_batch_size: int = 256,
         max_wait_s: float = 0.0,
@@ -63,8 +68,10 @@ class AdaptiveBatcher:
         on_batch: Callable[[int, int, float, float], None] | None = None,
         compute_s: float | None = None,
         observed: bool = False,
+        split: Split[R] | None = None,
     ) -> None:
         self._predict = predict
+        self._split: Split[R] = split or cast(Split[R], _split)  # None: R is Prediction
         self._executor = executor
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
@@ -72,7 +79,7 @@ class AdaptiveBatcher:
         self.in_flight_rows = 0
         self._on_batch = on_batch
         self._observed = observed  # tracing is on: tell each request's observer about its batch
-        self._queue: deque[_Pending] = deque()
+        self._queue: deque[_Pending[R]] = deque()
         self._running = False
         self._arrived = asyncio.Event()
         # Unknown until measured (by the warm-up, or the first batch, which runs off the loop).
@@ -85,11 +92,11 @@ class AdaptiveBatcher:
 
     async def predict(
         self, batch: Any, rows: int, timeout: float | None = None, observer: BatchObserver | None = None
-    ) -> Prediction:
+    ) -> R:
         if len(self._queue) >= self.max_queue:
             raise Overloaded(f"model queue is full ({self.max_queue} requests waiting); retry shortly")
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Prediction] = loop.create_future()
+        future: asyncio.Future[R] = loop.create_future()
         self._queue.append(_Pending(batch, rows, future, time.monotonic(), observer))
         self._arrived.set()
         if not self._running:
@@ -119,9 +126,9 @@ class AdaptiveBatcher:
         finally:
             self._running = False
 
-    async def _collect(self) -> list[_Pending]:
+    async def _collect(self) -> list[_Pending[R]]:
         """Take queued requests up to ``max_batch_size`` rows; wait for more only under concurrency."""
-        group: list[_Pending] = []
+        group: list[_Pending[R]] = []
         rows = 0
         deadline = time.monotonic() + self.max_wait_s
         concurrent = len(self._queue) > 1
@@ -141,11 +148,11 @@ class AdaptiveBatcher:
             except TimeoutError:
                 return group
 
-    def _fits(self, first: _Pending, item: _Pending, rows: int) -> bool:
+    def _fits(self, first: _Pending[R], item: _Pending[R], rows: int) -> bool:
         """Room for ``item``'s rows, and rows of the same shape (a variable-width tensor cannot merge)."""
         return rows + item.rows <= self.max_batch_size and _row_shape(first.batch) == _row_shape(item.batch)
 
-    async def _run(self, group: list[_Pending]) -> None:
+    async def _run(self, group: list[_Pending[R]]) -> None:
         started = time.monotonic()
         merged = group[0].batch if len(group) == 1 else _concat([g.batch for g in group])
         self.in_flight_rows = sum(g.rows for g in group)
@@ -177,7 +184,7 @@ class AdaptiveBatcher:
         ewma = self._compute_ewma
         self._compute_ewma = computed if ewma is None else 0.8 * ewma + 0.2 * computed
         answered = 0
-        for item, part in zip(group, _split(prediction, [g.rows for g in group]), strict=True):
+        for item, part in zip(group, self._split(prediction, [g.rows for g in group]), strict=True):
             if not item.future.done():
                 item.future.set_result(part)
                 answered += 1
@@ -185,7 +192,7 @@ class AdaptiveBatcher:
             rows = sum(g.rows for g in group)
             self._on_batch(answered, rows, started - min(g.enqueued for g in group), elapsed)
 
-    def _timed(self, batch: Any, group: list[_Pending] | None = None) -> tuple[Prediction, float]:
+    def _timed(self, batch: Any, group: list[_Pending[R]] | None = None) -> tuple[R, float]:
         """The prediction and the seconds the model took, measured where it runs (the loop or a thread).
 
         On a thread, ``group`` says whether anyone still waits: a batch whose callers have all gone since it
@@ -201,14 +208,14 @@ class AdaptiveBatcher:
         return prediction, time.perf_counter() - started
 
 
-def _observe(group: list[_Pending], started: float, ended: float, failed: bool) -> None:
+def _observe(group: list[_Pending[Any]], started: float, ended: float, failed: bool) -> None:
     rows = sum(g.rows for g in group)
     for item in group:
         if item.observer is not None:
             item.observer.batched(started, ended, rows, len(group), failed)
 
 
-def _expire(waiting: tuple[asyncio.Future[Prediction], float]) -> None:
+def _expire(waiting: tuple[asyncio.Future[Any], float]) -> None:
     future, timeout = waiting
     if not future.done():
         future.set_exception(DeadlineExceeded(f"request not served within its deadline of {timeout:g} s"))

@@ -289,23 +289,21 @@ class DataPlane:
         assert handle.model is not None
         runtime = handle.model.runtime
         how = explanation_of(runtime, handle.model.manifest.runtime)
-        explain = getattr(runtime, "explain", None)
-        if (explain is None or "unavailable" in how) and handle.name in self.sampled:
-            explain = self._sampler(handle)
-        elif explain is None or "unavailable" in how:
-            raise ExplanationUnavailable(
-                f"model '{handle.name}' cannot be explained: {how['unavailable']}", self._explainable()
-            )
+        explain, merge = getattr(runtime, "explain", None), True
+        if explain is None or "unavailable" in how:
+            if handle.name not in self.sampled:
+                raise ExplanationUnavailable(
+                    f"model '{handle.name}' cannot be explained: {how['unavailable']}", self._explainable()
+                )
+            explain, merge = self._sampler(handle), False  # each row seeded by its place: never merged
         deadline = self.deadline(handle, client)
         started = time.monotonic()
         prediction = await self.service.predict(handle, batch, deadline)  # the answer being explained, as served
-        # On the model's own thread, as its predictions are; a client gone or past the deadline stops waiting.
-        left = deadline - (time.monotonic() - started)
-        work = asyncio.get_running_loop().run_in_executor(self.service.executor, explain, batch)
+        # Batched as predictions are: concurrent requests' rows in one call on the model's thread pool; a client
+        # gone or past the deadline stops waiting, and a batch nobody waits for any more is not computed.
+        left = max(deadline - (time.monotonic() - started), 0.001)
         try:
-            explanation = await asyncio.wait_for(work, max(left, 0.001))
-        except TimeoutError:
-            raise DeadlineExceeded(f"explaining took longer than {deadline:g} s") from None
+            explanation = await self.service.explain(handle, batch, explain, left, merge)
         except NotExplainable as exc:  # found when its tables were first built (a path over 64 features)
             raise ExplanationUnavailable(
                 f"model '{handle.name}' cannot be explained: {exc}", self._explainable()

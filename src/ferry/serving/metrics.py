@@ -68,6 +68,13 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
             registry=r,
         )
+        self.explain_batch_size = Histogram(
+            "ferry_explain_batch_size_rows",
+            "Rows per explanation call after adaptive batching (concurrent explain requests share one call)",
+            ["model", "version"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+            registry=r,
+        )
         self.queue_wait = Histogram(
             "ferry_queue_wait_seconds",
             "Time a batch's oldest request waited for the batch to start",

@@ -1,14 +1,19 @@
-"""The one predict path: every protocol and route ends here, so all share limits and metrics."""
+"""The one predict path: every protocol and route ends here, so all share limits and metrics.
+
+Explanations go the same way, through a second batcher per model (``explain``): concurrent requests' rows
+share one explanation call, under the same bounds, deadlines and thread pool as predictions."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from ferry.errors import DeadlineExceeded, FerryError, ModelError, Overloaded, PayloadTooLarge
 from ferry.runtimes import Prediction
 from ferry.runtimes.base import clipped
+from ferry.runtimes.explain import Explanation, NotExplainable, split_explanation
 from ferry.serving.batcher import AdaptiveBatcher, BatchObserver
 from ferry.serving.metrics import Metrics
 from ferry.serving.registry import ModelHandle, ModelRegistry
@@ -55,9 +60,10 @@ class InferenceService:
         self.max_pixels = max_pixels  # decoded image pixels per request, read from the headers (--max-pixels)
         # Model compute runs off the event loop, so health and metrics never wait behind it.
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ferry-model")
-        self._batchers: dict[int, AdaptiveBatcher] = {}
+        self._batchers: dict[int, AdaptiveBatcher[Prediction]] = {}
+        self._explainers: dict[int, AdaptiveBatcher[Explanation]] = {}
 
-    def batcher(self, handle: ModelHandle) -> AdaptiveBatcher:
+    def batcher(self, handle: ModelHandle) -> AdaptiveBatcher[Prediction]:
         """One batcher per loaded model version, made on first use."""
         assert handle.model is not None
         key = id(handle.model)
@@ -99,6 +105,7 @@ class InferenceService:
         """Drop the batcher of a model being unloaded (``--max-memory``), so its memory can go."""
         if handle.model is not None:
             self._batchers.pop(id(handle.model), None)
+            self._explainers.pop(id(handle.model), None)
         self.metrics.untrack(handle.name, handle.version)
 
     async def predict(self, handle: ModelHandle, batch: Any, timeout: float | None = None) -> Prediction:
@@ -128,6 +135,55 @@ class InferenceService:
         if log is not None:
             log.record(handle, batch, prediction, time.perf_counter() - started)
         return prediction
+
+    def explainer(
+        self, handle: ModelHandle, explain: Callable[[Any], Explanation], merge: bool = True
+    ) -> AdaptiveBatcher[Explanation]:
+        """The model version's explanation batcher, made on first use: its predictions' size, wait and queue
+        bounds; ``merge`` False keeps each request its own call (a sampled estimate seeds each row by its place)."""
+        assert handle.model is not None
+        key = id(handle.model)
+        batcher = self._explainers.get(key)
+        if batcher is None:
+            manifest = handle.model.manifest
+            config = manifest.batching
+            enabled = merge and (config.enabled if config.enabled is not None else manifest.runtime != "python")
+            batch_size = self.metrics.explain_batch_size.labels(handle.name, handle.version)
+            batcher = self._explainers[key] = AdaptiveBatcher(
+                explain,
+                self.executor,
+                max_batch_size=config.max_batch_size if enabled else 1,
+                max_wait_s=config.max_wait_ms / 1000.0,
+                on_batch=lambda answered, rows, waited, computed: batch_size.observe(rows),
+                max_queue=manifest.limits.max_queue or self.max_queue,
+                split=split_explanation,
+            )
+        return batcher
+
+    async def explain(
+        self,
+        handle: ModelHandle,
+        batch: Any,
+        explain: Callable[[Any], Explanation],
+        timeout: float,
+        merge: bool = True,
+    ) -> Explanation:
+        """``explain(batch)`` through the model's explanation batcher (``explainer``), within ``timeout``;
+        ``NotExplainable`` passes through for the caller to answer."""
+        assert handle.model is not None
+        self._check_budget(handle, batch)
+        try:
+            return await self.explainer(handle, explain, merge).predict(batch, len(batch), timeout)
+        except Overloaded:
+            self.metrics.rejections.labels(handle.name, handle.version).inc()
+            raise
+        except DeadlineExceeded:
+            self.metrics.deadline_misses.labels(handle.name, handle.version).inc()
+            raise
+        except (FerryError, NotExplainable):
+            raise
+        except Exception as exc:
+            raise ModelError(f"model '{handle.name}' failed to explain: {type(exc).__name__}") from exc
 
     def _check_budget(self, handle: ModelHandle, batch: Any) -> None:
         """The work one request may ask for: rows, and for an image model the pixels its images decode to."""
