@@ -48,6 +48,9 @@ def status_code(error: FerryError) -> str:
 class GrpcCodec:
     protocol, route = "grpc", "grpc:ModelInfer"
 
+    def __init__(self) -> None:
+        self.reply = ReplyWriter()
+
     def status(self, error: FerryError | None) -> str:
         return "OK" if error is None else status_code(error)
 
@@ -69,6 +72,9 @@ class GrpcCodec:
             return response
         if infer.outputs is None and not raw:  # the common reply: every output, typed, straight from the columns
             columns = v2.output_columns(prediction, handle)
+            written = self.reply.write(infer, handle, columns)
+            if written is not None:
+                return written
             if all(column[1] in CONTENTS_FIELD for column in columns):
                 return encode_columns(infer, handle, columns)
         return encode_response(infer, handle, v2.to_outputs(prediction, handle, infer), raw)
@@ -165,6 +171,91 @@ def _typed(entry: Any, datatype: str, values: list[Any]) -> None:
         except TypeError:  # bytes among them, or other objects
             values = [v if isinstance(v, bytes) else str(v).encode() for v in values]
     getattr(entry.contents, CONTENTS_FIELD[datatype]).extend(values)
+
+
+class ReplyWriter:
+    """The common ModelInferResponse written as protobuf's wire bytes directly: labels and FP32/FP64/BOOL columns.
+
+    Building it through protobuf's objects cost ~11 µs for 100 labels against ~4 µs for v2 REST's JSON; here a
+    label's whole element (tag, length, bytes) is looked up, and numbers are packed by NumPy. Anything else (other
+    types, labels that are not text) is left to protobuf (``write`` answers None). ``tests/test_grpc_reply.py``
+    parses what this writes with protobuf and compares it with protobuf's own.
+    """
+
+    LABELS = 4096  # distinct labels (and models, outputs) kept; past it a cache starts again
+
+    def __init__(self) -> None:
+        self.labels = _Elements()
+        self.heads: dict[tuple[str, str], bytes] = {}  # (model, version) -> its fields 1 and 2
+        self.names: dict[tuple[str, str], bytes] = {}  # (output, datatype) -> the tensor's fields 1 and 2
+
+    def write(self, request: v2.InferRequest, handle: ModelHandle, columns: list[v2.Column]) -> bytes | None:
+        if len(self.labels) > self.LABELS:
+            self.labels.clear()
+        if len(self.heads) > self.LABELS or len(self.names) > self.LABELS:
+            self.heads.clear()
+            self.names.clear()
+        tensors = []
+        for name, datatype, shape, values in columns:
+            contents = self._contents(datatype, values)
+            if contents is None:
+                return None
+            named = self.names.get((name, datatype))
+            if named is None:
+                named = self.names[name, datatype] = _field(1, name.encode()) + _field(2, datatype.encode())
+            dims = _field(3, b"".join(map(_varint, shape))) if shape else b""
+            tensors.append(_field(5, named + dims + contents))
+        head = self.heads.get((handle.name, handle.version))
+        if head is None:
+            head = _field(1, handle.name.encode()) + (_field(2, handle.version.encode()) if handle.version else b"")
+            self.heads[handle.name, handle.version] = head
+        if request.id:
+            head += _field(3, request.id.encode())
+        return head + b"".join(tensors)
+
+    def _contents(self, datatype: str, values: list[Any] | np.ndarray) -> bytes | None:
+        if datatype == "BYTES":
+            if not isinstance(values, list):
+                return None
+            try:
+                return _field(5, b"".join(map(self.labels.__getitem__, values))) if values else None
+            except TypeError:  # a value that is not text
+                return None
+        packed = _PACKED.get(datatype)
+        if packed is None or not isinstance(values, np.ndarray):
+            return None
+        number, dtype = packed
+        data = np.ascontiguousarray(values, dtype=dtype).tobytes()
+        return _field(5, _field(number, data)) if data else None
+
+
+class _Elements(dict[str, bytes]):
+    """A label -> its bytes_contents element (tag 8, length, UTF-8), made on first use."""
+
+    def __missing__(self, label: str) -> bytes:
+        if type(label) is not str:
+            raise TypeError(label)
+        element = self[label] = _field(8, label.encode())
+        return element
+
+
+_PACKED = {"FP64": (7, "<f8"), "FP32": (6, "<f4"), "BOOL": (1, "u1")}  # contents field, packed as
+
+
+def _varint(value: int) -> bytes:
+    if value < 0x80:
+        return bytes((value,)) if value >= 0 else _varint(value + (1 << 64))
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field: its tag, its length, its bytes."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
 GRPC_CODEC = GrpcCodec()

@@ -218,8 +218,8 @@ class InferenceService:
             error = report(InvalidInput(f"malformed {request_type.__name__}: {exc}"), self.metrics)
             self.metrics.requests.labels(UNKNOWN_MODEL, f"grpc:{name}", "grpc", status_code(error)).inc()
             raise _status(call, error) from None
-        reply: bytes = (await method(request, call)).SerializeToString()
-        return reply
+        reply = await method(request, call)
+        return reply if isinstance(reply, bytes) else reply.SerializeToString()  # (bytes: the codec wrote it)
 
     def release(self, call: Call) -> None:
         if call.held and self.inflight is not None:
