@@ -1,6 +1,6 @@
 """Explanations against predictions, in one process: what an exact explanation costs per row.
 
-    python bench/explain.py [--rounds 5] [--out FILE.md]
+    python bench/explain.py [--rounds 5] [--out FILE.md] [--concurrency 8] [--seconds 5] [--server-only]
 
 Per model and batch size (1, 20, 100 rows), the time per row of:
 ``ferry predict`` (the compiled evaluator's raw scores, as serving computes them), ``ferry explain``
@@ -18,7 +18,8 @@ before reads them back, and "ferry explain, cold" empties that cache before ever
 
 Then a server: ``ferry serve`` on the reviews bundle, answered by ``/models/reviews/predict`` and
 ``/models/reviews/explain`` in turn (one review a request, --concurrency clients, --seconds each, a fresh
-text per request from the 100), requests per second of each from the same run.
+text per request from the 100), requests per second of each from the same run. ``--server-only`` runs just
+this part; the server is whichever ``ferry`` this Python imports (``PYTHONPATH=OLD/src`` measures another tree).
 """
 
 from __future__ import annotations
@@ -167,11 +168,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also write the tables here")
     parser.add_argument("--seconds", type=float, default=5.0, help="per route and round of the server part")
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--server-only", action="store_true", help="only the server part (the reviews bundle built)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     sections = []
     with tempfile.TemporaryDirectory() as tmp:
-        for make in (lambda: reviews(Path(tmp)), lambda: forest(6), lambda: forest(10)):
+        if args.server_only:
+            build_reviews(Path(tmp) / "repo")
+        for make in () if args.server_only else (lambda: reviews(Path(tmp)), lambda: forest(6), lambda: forest(10)):
             title, candidates, check, first = make()
             for rows in ROWS:
                 check(rows)

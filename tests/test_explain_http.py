@@ -1,5 +1,6 @@
 """Explanations over HTTP against a real ``ferry serve``: the native ``/explain`` route, KServe v1's
-``:explain``, the 501 of a model without an exact explanation, the model metadata and the OpenAPI document.
+``:explain``, the 501 of a model without an exact explanation, the model metadata and the OpenAPI document, and
+concurrent explain requests batched into shared explanation calls, each answered as it would be alone.
 """
 
 from __future__ import annotations
@@ -173,3 +174,63 @@ def _assert_shown(shown: Any, got: Any, where: str) -> None:
         assert got == pytest.approx(shown, abs=5e-4), f"{where}: README {shown}, server {got}"
     else:
         assert got == shown, where
+
+
+def _explain_calls(client: httpx.Client, model: str) -> tuple[float, float]:
+    """(explanation calls, rows explained) of a model so far: ``ferry_explain_batch_size_rows``' count and sum."""
+    found = {"count": 0.0, "sum": 0.0}
+    for line in client.get("/metrics").text.splitlines():
+        for kind in found:
+            if line.startswith(f'ferry_explain_batch_size_rows_{kind}{{model="{model}"'):
+                found[kind] += float(line.rsplit(" ", 1)[1])
+    return found["count"], found["sum"]
+
+
+def _v2_explain(rows: list[list[float]]) -> dict[str, Any]:
+    columns = np.asarray(rows).T
+    inputs = [
+        {"name": name, "datatype": "FP64", "shape": [len(rows)], "data": columns[j].tolist()}
+        for j, name in enumerate(FEATURES)
+    ]
+    return {"inputs": inputs, "parameters": {"explain": True}}
+
+
+def test_concurrent_explanations_share_calls_and_each_answer_is_its_own_alone(client: httpx.Client) -> None:
+    """Many explain requests at once (native, KServe v1 and v2 ``parameters.explain``, of 1 to 3 rows each) are
+    batched: fewer explanation calls than requests, every row explained once; each answer equals, value for
+    value, the one the same request gets alone, so it still adds up per request."""
+    import asyncio
+
+    rng = np.random.default_rng(11)
+    texts = ["最高の映画でした", "dull and far too long", "a quiet, lovely film", "I want my money back"]
+    requests: list[tuple[str, Any]] = []
+    for i in range(60):
+        rows = np.round(rng.normal(size=(1 + i % 3, 3)), 3).tolist()
+        requests += [
+            ("/models/grades/explain", [dict(zip(FEATURES, row, strict=True)) for row in rows]),
+            ("/v1/models/grades:explain", {"instances": rows}),
+            ("/v2/models/grades/infer", _v2_explain(rows)),
+            ("/models/reviews/explain", {"text": texts[i % len(texts)]}),
+        ]
+    alone = []
+    for path, body in requests:
+        response = client.post(path, json=body)
+        assert response.status_code == 200, response.text
+        alone.append(response.json())
+    grades_calls, grades_rows = _explain_calls(client, "grades")
+    reviews_calls, reviews_rows = _explain_calls(client, "reviews")
+
+    async def all_at_once() -> list[Any]:
+        async with httpx.AsyncClient(base_url=str(client.base_url), timeout=60.0) as http:
+            replies = await asyncio.gather(*(http.post(path, json=body) for path, body in requests))
+        assert all(r.status_code == 200 for r in replies), [r.text for r in replies if r.status_code != 200][:1]
+        return [r.json() for r in replies]
+
+    together = asyncio.run(all_at_once())
+    for (path, _), one, batched in zip(requests, alone, together, strict=True):
+        assert batched == one, path
+    calls, rows = _explain_calls(client, "grades")
+    assert rows - grades_rows == 3 * sum(1 + i % 3 for i in range(60))  # every row explained once
+    assert calls - grades_calls < 3 * 60  # fewer calls than requests: batched
+    calls, rows = _explain_calls(client, "reviews")
+    assert rows - reviews_rows == 60 and calls - reviews_calls < 60

@@ -331,7 +331,9 @@ class TreeShap:
                         found -= group.base.take(which, axis=0)
                     target = group.target.take(which, axis=0)
                     target += offset[at:end, None]
-                    flat += np.bincount(target.ravel(), found.ravel(), minlength=flat.size)
+                    # Added one by one in (leaf, slot) order: a row's sums are the same whatever rows share its
+                    # batch (chunks of a bincount each would round where the batch put their bounds).
+                    np.add.at(flat, target.ravel(), found.ravel())
         values = flat.reshape(rows, self.outputs, self.n_features)
         if self.groups:
             values += self.reference_values.reshape(self.outputs, self.n_features)
