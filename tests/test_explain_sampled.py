@@ -1,6 +1,7 @@
 """Sampled explanations (issue 23): a model with no exact explanation (a Python class here), explained by
 permutation sampling only where the operator names it (``ferry serve --explain-sampled NAME``), against the
-background rows its build kept from ``training_data``, each contribution with its standard error.
+background rows its build kept from ``training_data``, each contribution with its standard error; its metadata
+(native and v2) says so, and the OpenAPI document lists its explain routes.
 
 The estimate is checked against the quantity it estimates, computed exactly by brute force: the
 interventional Shapley value over the same background rows (every subset of the three columns).
@@ -12,7 +13,11 @@ import importlib.util
 import itertools
 import json
 import math
+import re
+import shutil
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,7 +26,7 @@ import pytest
 
 import ferry
 from conftest import ServerProcess
-from ferry.runtimes.sampled import BACKGROUND_FILE, BACKGROUND_ROWS
+from ferry.runtimes.sampled import BACKGROUND_FILE, BACKGROUND_ROWS, SAMPLE_ROWS
 
 MODEL = '''
 import numpy as np
@@ -116,3 +121,46 @@ def test_sampling_is_off_unless_the_operator_names_the_model(served: dict[str, A
     bare = httpx.post(f"{url}/models/bare/explain", json=[[1.0, 2.0, 3.0]])
     assert bare.status_code == 501, bare.text
     assert "no background rows: build it with ferry.build(..., training_data=...)" in bare.json()["error"]
+
+
+def test_metadata_and_openapi_say_a_named_model_explains_by_sampling(served: dict[str, Any]) -> None:
+    url = served["server"].url
+    sampled = {
+        "method": "sampling_shapley",
+        "link": "identity",
+        "sampled": True,
+        "model_rows_per_row": SAMPLE_ROWS,
+        "samples": SAMPLE_ROWS // 4,  # walks of 3 columns: 4 model rows each
+        "standard_errors": True,
+    }
+    for path in ("/models/bumpy/metadata", "/v2/models/bumpy", "/v2/models/bumpy/versions/1"):
+        assert httpx.get(url + path).json()["explanation"] == sampled, path
+    for name in ("unnamed", "bare"):  # not named; named without background rows
+        for path in (f"/models/{name}/metadata", f"/v2/models/{name}"):
+            assert "unavailable" in httpx.get(url + path).json()["explanation"], path
+    assert "no background rows" in httpx.get(url + "/models/bare/metadata").json()["explanation"]["unavailable"]
+    document = httpx.get(url + "/openapi.json").json()
+    paths = document["paths"]
+    for path in ("/models/bumpy/explain", "/models/bumpy/versions/1/explain", "/v1/models/bumpy:explain"):
+        assert "200" in paths[path]["post"]["responses"], path
+    assert not [p for p in paths if p.endswith("explain") and ("unnamed" in p or "bare" in p)]
+    explanation = document["components"]["schemas"]["Explanation"]
+    assert (
+        "sampling_shapley" in explanation["properties"]["method"]["enum"]
+        and "standard_errors" in explanation["properties"]
+    )
+
+
+def test_schemathesis_finds_no_failure_on_the_sampled_explain_routes(served: dict[str, Any], tmp_path: Path) -> None:
+    """The document's sampled explain routes, checked both ways as tests/test_openapi.py checks the rest."""
+    executable = shutil.which("schemathesis") or shutil.which("st")
+    assert executable, "schemathesis is part of the test extra"
+    command = [executable, "run", served["server"].url + "/openapi.json", "--checks", "all", "--max-examples", "5"]
+    command += ["--generation-deterministic", "--phases", "coverage,fuzzing", "--workers", "1"]
+    command += ["--request-timeout", "20", "--include-path-regex", r"^/(models/bumpy/|v1/models/bumpy:)explain$"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
+    assert re.search(r"\d+ generated, \d+ passed", output), output[-2000:]
+    for code in ("ST101", "ST201", "ST202", "ST204", "failed"):
+        assert code not in output, output[-6000:]

@@ -100,7 +100,7 @@ def build_app(settings: Settings, plane: Plane, serves_plane: bool = True) -> Fe
                 if routing is not None:  # (the routes file's upstream clients)
                     await routing.close()
 
-    routes = endpoints.routes() + ProtocolEndpoints(endpoints).routes() + docs.routes(registry)
+    routes = endpoints.routes() + ProtocolEndpoints(endpoints).routes() + docs.routes(registry, plane.data.explanation)
     compat_at = len(routes)  # the compatibility routes go here: after the built-in ones, before the root
     if settings.admin:
         routes += AdminEndpoints(registry).routes()

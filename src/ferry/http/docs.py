@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,17 @@ from ferry.http.responses import json_response
 from ferry.protocol import schemas, v2
 from ferry.protocol.routes import PREDICT, ROUTES, HttpRoute
 from ferry.runtimes.explain import explanation_of
-from ferry.serving.registry import ModelRegistry
+from ferry.serving.registry import ModelHandle, ModelRegistry
+
+Explains = Callable[[ModelHandle], dict[str, Any]]  # a loaded version -> {method, ...} or {unavailable: why}
+
+
+def exact(handle: ModelHandle) -> dict[str, Any]:
+    """How a loaded version explains by its runtime alone (no model named for sampled explanations)."""
+    assert handle.model is not None
+    how: dict[str, Any] = explanation_of(handle.model.runtime, handle.model.manifest.runtime)
+    return how
+
 
 STATIC = Path(__file__).parent / "static" / "swagger-ui"
 ASSETS = {"swagger-ui.css": "text/css", "swagger-ui-bundle.js": "text/javascript"}
@@ -40,7 +51,8 @@ DOCS_PAGE = """<!doctype html>
 """
 
 
-def routes(registry: ModelRegistry) -> list[Route]:
+def routes(registry: ModelRegistry, explanation: Explains = exact) -> list[Route]:
+    """``explanation``: how a loaded version explains (``DataPlane.explanation``: exactly, or sampled where named)."""
     cache: dict[str, Any] = {}
 
     async def openapi(request: Request) -> Response:
@@ -48,7 +60,7 @@ def routes(registry: ModelRegistry) -> list[Route]:
         key = [(h.name, h.version, id(h.model), registry.default_version(h.name)) for h in registry.handles()]
         if cache.get("key") != key:
             versions = sorted({v for vs in registry.models.values() for v in vs})
-            document = openapi_document(served(registry), sorted(registry.models), versions)
+            document = openapi_document(served(registry, explanation), sorted(registry.models), versions)
             cache["key"], cache["document"] = key, document
         return json_response(cache["document"])
 
@@ -78,7 +90,7 @@ class ServedModel:
     explainable: bool = True  # its explain routes answer (False: they could only answer 501, so are left out)
 
 
-def served(registry: ModelRegistry) -> list[ServedModel]:
+def served(registry: ModelRegistry, explanation: Explains = exact) -> list[ServedModel]:
     """Every version whose manifest is known (loaded, or readable from its bundle), in name and version order."""
     out = []
     for name in sorted(registry.models):
@@ -98,7 +110,7 @@ def served(registry: ModelRegistry) -> list[ServedModel]:
                 outputs,
                 version == default,
                 v2.takes_any_name(manifest),
-                handle.model is None or "unavailable" not in explanation_of(handle.model.runtime, manifest.runtime),
+                handle.model is None or "unavailable" not in explanation(handle),
             )
             out.append(entry)
     return out
@@ -229,7 +241,8 @@ def _predict_routes(model: ServedModel, models: int) -> dict[str, Any]:
 
 
 def _explain(tag: str, summary: str, request: dict[str, Any], response: str) -> dict[str, Any]:
-    """An explain route: what predict takes; exact contributions back, or 501 for a model without them."""
+    """An explain route: what predict takes; contributions back (exact, or sampled where the operator named the
+    model), or 501 for a model without them."""
     operation = _post(tag, summary, request, _ref(response))
     operation["post"]["responses"]["501"] = _json(
         _ref("Error"), "The model has no exact explanation (the error says why and lists the models that have one)"
@@ -395,14 +408,16 @@ _SCHEMAS: dict[str, Any] = {
     "Explanation": {
         "type": "object",
         "description": "Per row, each input column's share of the raw score: expected_value + sum = raw score; "
-        "a classifier with several scores is keyed by class label",
+        "a classifier with several scores is keyed by class label. A sampled estimate (sampling_shapley, a model "
+        "named by ferry serve --explain-sampled) adds each contribution's standard error, shaped alike",
         "required": ["contributions", "expected_value", "link", "method", "raw_scores"],
         "properties": {
             "contributions": {"type": "array", "items": {"type": "object"}},
             "expected_value": {},
             "raw_scores": {"type": "array", "items": {}},
             "link": {"type": "string", "enum": ["identity", "logit", "softmax", "log"]},
-            "method": {"type": "string", "enum": ["tree_shap", "linear"]},
+            "method": {"type": "string", "enum": ["tree_shap", "linear", "sampling_shapley"]},
+            "standard_errors": {"type": "array", "items": {"type": "object"}},
             "positive_class": {},
             "predictions": {"type": "array", "items": {}},
         },

@@ -16,7 +16,6 @@ from starlette.routing import Route
 from ferry.errors import FerryError
 from ferry.http.mounting import mount
 from ferry.http.responses import error_http, json_response
-from ferry.runtimes.explain import explanation_of
 from ferry.serving.models import ModelQueries
 from ferry.serving.registry import ModelHandle, ModelRegistry
 
@@ -91,7 +90,8 @@ class ModelEndpoints:
 
     # -- per model ---------------------------------------------------------------------------------
     async def metadata(self, request: Request) -> Response:
-        return json_response(model_metadata(await self.handle(request), self.registry))
+        handle = await self.handle(request)
+        return json_response(model_metadata(handle, self.registry, self.queries.plane.explanation(handle)))
 
     async def labels(self, request: Request) -> Response:
         labels = await self.queries.labels(request.path_params["name"], request.path_params.get("version"))
@@ -102,8 +102,9 @@ class ModelEndpoints:
         return json_response({"health": "ok", "name": handle.name, "version": handle.version})
 
 
-def model_metadata(handle: ModelHandle, registry: ModelRegistry) -> dict[str, Any]:
-    """The native metadata of a loaded version (``ModelQueries.loaded``)."""
+def model_metadata(handle: ModelHandle, registry: ModelRegistry, explanation: dict[str, Any]) -> dict[str, Any]:
+    """The native metadata of a loaded version (``ModelQueries.loaded``); ``explanation`` is how POST .../explain
+    answers, or why it cannot (``DataPlane.explanation``)."""
     assert handle.model is not None
     manifest = handle.model.manifest
     return {
@@ -117,7 +118,7 @@ def model_metadata(handle: ModelHandle, registry: ModelRegistry) -> dict[str, An
         "sample_input": manifest.sample_input,
         "expected_output": manifest.expected_output,
         "metadata": manifest.metadata,
-        "explanation": explanation_of(handle.model.runtime, manifest.runtime),  # POST .../explain: how, or why not
+        "explanation": explanation,
     }
 
 

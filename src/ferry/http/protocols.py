@@ -59,7 +59,8 @@ class ProtocolEndpoints:
 
     async def v2_model_metadata(self, request: Request) -> Response:
         handle = await self.handle(request)
-        return json_response(v2.model_metadata(handle, self.queries.versions(handle)))
+        explanation = self.queries.plane.explanation(handle)
+        return json_response(v2.model_metadata(handle, self.queries.versions(handle), explanation))
 
     async def v2_model_ready(self, request: Request) -> Response:
         handle = self.endpoints.available(request)  # 404 when unknown, 503 when not ready

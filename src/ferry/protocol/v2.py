@@ -48,10 +48,15 @@ def server_metadata() -> dict[str, Any]:
     return {"name": "ferry", "version": __version__, "extensions": EXTENSIONS}
 
 
-def model_metadata(handle: ModelHandle, versions: list[str]) -> dict[str, Any]:
-    """The model's OIP metadata; ``versions`` are the versions the server holds (the codec never sees the registry)."""
+def model_metadata(
+    handle: ModelHandle, versions: list[str], explanation: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The model's OIP metadata; ``versions`` are the versions the server holds (the codec never sees the registry),
+    ``explanation`` how ``parameters.explain`` answers (``DataPlane.explanation``; else the runtime's own)."""
     assert handle.model is not None
     manifest = handle.model.manifest
+    if explanation is None:
+        explanation = explanation_of(handle.model.runtime, manifest.runtime)
     return {
         "name": handle.name,
         "versions": versions,
@@ -60,7 +65,7 @@ def model_metadata(handle: ModelHandle, versions: list[str]) -> dict[str, Any]:
         "outputs": output_specs(handle),
         # Beyond the OIP schema (REST clients ignore it; gRPC's message has no field for it, so gRPC leaves it
         # out): how ``parameters.explain`` answers (``ferry.protocol.v2_explain``), or why it cannot.
-        "explanation": explanation_of(handle.model.runtime, manifest.runtime),
+        "explanation": explanation,
     }
 
 

@@ -54,6 +54,30 @@ def write_background(folder: Path, data: Any) -> str | None:
     return BACKGROUND_FILE
 
 
+def sampled_explanation(manifest: Any) -> dict[str, Any]:
+    """What a model's metadata says of its explanation when the operator named it (``--explain-sampled``): the
+    method and link its answers carry, its budget (model rows per explained row, in ``samples`` walks) and that
+    each contribution comes with its standard error; or why it cannot be (no feature rows, no background)."""
+    if manifest.input.kind != "features":
+        return {"unavailable": "sampled explanations take feature rows"}
+    if BACKGROUND_FILE not in manifest.artifacts:
+        return {"unavailable": "the bundle has no background rows: build it with ferry.build(..., training_data=...)"}
+    features = len(manifest.input.features)
+    return {
+        "method": METHOD,
+        "link": "identity",
+        "sampled": True,
+        "model_rows_per_row": SAMPLE_ROWS,
+        "samples": _samples(SAMPLE_ROWS, features),
+        "standard_errors": True,
+    }
+
+
+def _samples(rows: int, features: int) -> int:
+    """Walks per explained row: each is ``features + 1`` model rows, within ``rows``."""
+    return max(2, rows // (features + 1))
+
+
 class SampledShapley:
     """Explains a model's rows by permutation sampling against its stored background (see the module)."""
 
@@ -70,7 +94,7 @@ class SampledShapley:
             raise NotExplainable("no background rows: build it with ferry.build(..., training_data=...)")
         self.predict, self.names, self.labels, self.seed = predict, names, labels, seed
         self.background = np.asarray(background, dtype=object)
-        self.samples = max(2, rows // (len(names) + 1))
+        self.samples = _samples(rows, len(names))
 
     @classmethod
     def from_bundle(cls, predict: Callable[[Any], Any], folder: Path, manifest: Any) -> SampledShapley:

@@ -330,19 +330,22 @@ class DataPlane:
             self._samplers[id(model)] = found
         return found[1]
 
+    def explanation(self, handle: ModelHandle) -> dict[str, Any]:
+        """How ``explain`` answers for a loaded version, as metadata and the OpenAPI document say: exactly
+        (``explanation_of``), by sampling where the operator named it (``sampled_explanation``), or why not."""
+        model = handle.model
+        assert model is not None
+        how: dict[str, Any] = explanation_of(model.runtime, model.manifest.runtime)
+        if "unavailable" in how and handle.name in self.sampled:
+            from ferry.runtimes.sampled import sampled_explanation
+
+            return sampled_explanation(model.manifest)
+        return how
+
     def _explainable(self) -> list[str]:
         """The loaded models that answer ``explain``: exactly, or by sampling (named, with background rows)."""
-        from ferry.runtimes.sampled import BACKGROUND_FILE
-
-        def explains(handle: ModelHandle) -> bool:
-            model = handle.model
-            if model is None:
-                return False
-            if "method" in explanation_of(model.runtime, model.manifest.runtime):
-                return True
-            return handle.name in self.sampled and BACKGROUND_FILE in model.manifest.artifacts
-
-        return sorted({h.name for h in self.registry.handles() if explains(h)})
+        handles = self.registry.handles()
+        return sorted({h.name for h in handles if h.model is not None and "method" in self.explanation(h)})
 
     def _meter(self, model: str, codec: Codec) -> _Meter:
         return self.meter(model, codec.route, codec.protocol)
