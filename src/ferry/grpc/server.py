@@ -24,7 +24,7 @@ from ferry.grpc.frames import Call, GrpcError, Limits, StatusCode
 from ferry.grpc.http2 import GrpcServer
 from ferry.protocol import v2
 from ferry.serving.dataplane import UNKNOWN_MODEL, DataPlane, report
-from ferry.serving.registry import ModelState
+from ferry.serving.models import ModelQueries
 from ferry.settings import Settings
 
 if TYPE_CHECKING:
@@ -44,44 +44,29 @@ class InferenceServicer:
 
     def __init__(self, plane: DataPlane, tracing: Tracing | None = None) -> None:
         self.plane = plane
-        self.registry = plane.registry
+        self.queries = ModelQueries(plane)  # readiness and metadata, answered and metered as HTTP's are
         self.metrics = plane.metrics
         self.tracing = tracing
 
     async def ServerLive(self, request: Any, call: Call) -> Any:
-        return pb.ServerLiveResponse(live=True)
+        return pb.ServerLiveResponse(live=self.queries.live())
 
     async def ServerReady(self, request: Any, call: Call) -> Any:
-        return pb.ServerReadyResponse(ready=self.registry.is_ready())
+        return pb.ServerReadyResponse(ready=self.queries.ready())
 
     async def ServerMetadata(self, request: Any, call: Call) -> Any:
         return pb.ServerMetadataResponse(**v2.server_metadata())
 
     async def ModelReady(self, request: Any, call: Call) -> Any:
         async def ready() -> Any:
-            if request.name not in self.registry.models:
-                self.registry.get(request.name)  # the 404 that lists the served models
-            try:
-                handle = self.registry.lookup(request.name, request.version or None)
-                if self.plane.budget is None or handle.state is ModelState.FAILED:  # --max-memory: UNLOADED serves
-                    self.registry.get(request.name, request.version or None)
-            except FerryError as exc:
-                if exc.status != 503:
-                    raise
-                return pb.ModelReadyResponse(ready=False)
-            return pb.ModelReadyResponse(ready=True)
+            return pb.ModelReadyResponse(ready=self.queries.model_ready(request.name, request.version or None))
 
         return await self._call("grpc:ModelReady", request.name, call, ready)
 
     async def ModelMetadata(self, request: Any, call: Call) -> Any:
         async def metadata() -> Any:
-            budget = self.plane.budget
-            if budget is None:
-                handle = self.registry.get(request.name, request.version or None)
-            else:  # --max-memory: metadata loads an unloaded model, like a prediction
-                handle = await budget.acquire(request.name, request.version or None)
-                budget.release(handle)
-            metadata = v2.model_metadata(handle, list(self.registry.models[handle.name]))
+            handle = await self.queries.loaded(request.name, request.version or None)
+            metadata = v2.model_metadata(handle, self.queries.versions(handle))
             metadata.pop("explanation")  # (ModelMetadataResponse has no field for it)
             return pb.ModelMetadataResponse(**metadata)
 
@@ -103,20 +88,17 @@ class InferenceServicer:
         except FerryError as exc:  # already counted and reported by infer
             raise _status(call, exc) from None
 
-    async def _call(self, route: str, model: str, call: Call, action: Callable[[], Awaitable[Any]]) -> Any:
-        """Count and time one per-model call besides infer; errors take the shared ``report`` policy."""
-        start = time.perf_counter()
-        label = model if model in self.registry.models else UNKNOWN_MODEL
-        status = "OK"
+    async def _call(self, route: str, model: str, call: Call, question: Callable[[], Awaitable[Any]]) -> Any:
+        """One per-model call besides infer, counted and timed once by the data plane's ``ModelQueries.ask``
+        (as HTTP's are); errors take the shared ``report`` policy."""
         try:
-            return await action()
-        except Exception as exc:
-            error = report(exc, self.metrics, label)
-            status = status_code(error)
+            return await self.queries.ask("grpc", route, model, question, _grpc_status)
+        except FerryError as error:  # already reported and counted by ask
             raise _status(call, error) from None
-        finally:
-            self.metrics.requests.labels(label, route, "grpc", status).inc()
-            self.metrics.latency.labels(label, route).observe(time.perf_counter() - start)
+
+
+def _grpc_status(answer: Any, error: FerryError | None) -> str:
+    return "OK" if error is None else status_code(error)
 
 
 def _status(call: Call, error: FerryError) -> GrpcError:
