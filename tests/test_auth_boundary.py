@@ -1,4 +1,4 @@
-"""What needs a token, against real servers: no bundle can open a route that is not its own health route.
+"""What needs a token: no bundle can open a route that is not its own health route.
 
 A bundle's manifest is data from whoever built it. Its compatibility routes may declare ``action:
 health`` on any path; only an accepted route (not on a built-in prefix, not taken by another model) is
@@ -15,13 +15,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 from sklearn.linear_model import LinearRegression
 
 import ferry
-from conftest import ServerProcess, free_port
+from conftest import free_port
+from inprocess import InProcessServer, inprocess_fixture  # noqa: F401 (the fixture)
 
 TOKEN = "s3cret-boundary"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -51,7 +51,9 @@ def tokens_file(tmp_path: Path) -> Path:
     return path
 
 
-def test_health_routes_open_only_themselves(serve: Any, example_repo: Path, tmp_path: Path, tokens_file: Path) -> None:
+def test_health_routes_open_only_themselves(
+    inprocess: Any, example_repo: Path, tmp_path: Path, tokens_file: Path
+) -> None:
     repo = tmp_path / "repo"
     shutil.copytree(example_repo / "iris", repo / "iris")
     # "evil" declares health routes on iris's predict routes, the admin API, the repository index and
@@ -68,56 +70,56 @@ def test_health_routes_open_only_themselves(serve: Any, example_repo: Path, tmp_
             _health("GET", "/evil/alive"),
         ],
     )
-    server: ServerProcess = serve(str(repo), "--auth-tokens-file", str(tokens_file), "--admin")
-    url = server.url
+    server: InProcessServer = inprocess(repo, "--auth-tokens-file", str(tokens_file), "--admin")
+    client = server.client
 
     refused = {
-        "POST /v2/models/iris/infer": httpx.post(url + "/v2/models/iris/infer", json=V2_IRIS),
-        "POST /v2/repository/index": httpx.post(url + "/v2/repository/index", json={}),
-        "POST /predict": httpx.post(url + "/predict", json=IRIS),
-        "GET /predict": httpx.get(url + "/predict"),  # the path iris serves: never public
-        "POST /static/predict": httpx.post(url + "/static/predict", json={"a": 1.0, "b": 1.0}),
-        "HEAD /evil/alive": httpx.head(url + "/evil/alive"),  # the route's own method only
-        "POST /models/iris/unload": httpx.post(url + "/models/iris/unload"),
+        "POST /v2/models/iris/infer": client.post("/v2/models/iris/infer", json=V2_IRIS),
+        "POST /v2/repository/index": client.post("/v2/repository/index", json={}),
+        "POST /predict": client.post("/predict", json=IRIS),
+        "GET /predict": client.get("/predict"),  # the path iris serves: never public
+        "POST /static/predict": client.post("/static/predict", json={"a": 1.0, "b": 1.0}),
+        "HEAD /evil/alive": client.head("/evil/alive"),  # the route's own method only
+        "POST /models/iris/unload": client.post("/models/iris/unload"),
     }
     assert {k: r.status_code for k, r in refused.items()} == dict.fromkeys(refused, 401)
     assert refused["POST /predict"].json()["code"] == "unauthorized"
 
     # The honest health route, and the built-in probes, still need no token.
-    assert httpx.get(url + "/evil/alive").json() is True
-    assert httpx.get(url + "/health").json() == {"health": "ok"}
-    assert httpx.get(url + "/v2/health/ready").status_code == 200
+    assert client.get("/evil/alive").json() is True
+    assert client.get("/health").json() == {"health": "ok"}
+    assert client.get("/v2/health/ready").status_code == 200
     # With the token, everything answers as before, and iris was never unloaded.
-    assert httpx.post(url + "/predict", json=IRIS, headers=BEARER).json() == {"prediction": "virginica"}
-    assert httpx.post(url + "/v2/models/iris/infer", json=V2_IRIS, headers=BEARER).status_code == 200
-    assert httpx.post(url + "/v2/repository/index", json={}, headers=BEARER).status_code == 200
-    assert httpx.post(url + "/static/predict", json={"a": 1.0, "b": 1.0}, headers=BEARER).status_code == 200
+    assert client.post("/predict", json=IRIS, headers=BEARER).json() == {"prediction": "virginica"}
+    assert client.post("/v2/models/iris/infer", json=V2_IRIS, headers=BEARER).status_code == 200
+    assert client.post("/v2/repository/index", json={}, headers=BEARER).status_code == 200
+    assert client.post("/static/predict", json={"a": 1.0, "b": 1.0}, headers=BEARER).status_code == 200
     assert "compatibility route GET /models/iris/unload clashes with a built-in route; ignored" in server.output()
 
 
 def test_a_predict_route_at_the_root_needs_the_token(
-    serve: Any, example_repo: Path, tmp_path: Path, tokens_file: Path
+    inprocess: Any, example_repo: Path, tmp_path: Path, tokens_file: Path
 ) -> None:
     repo = tmp_path / "repo"
     _bundle(repo, "rooted", [{"method": "POST", "path": "/", "response_key": "prediction"}])
-    server: ServerProcess = serve(str(repo), "--auth-tokens-file", str(tokens_file))
+    client = inprocess(repo, "--auth-tokens-file", str(tokens_file)).client
     row = {"a": 1.0, "b": 1.0}
-    denied = httpx.post(server.url + "/", json=row)
+    denied = client.post("/", json=row)
     assert denied.status_code == 401, denied.text
-    allowed = httpx.post(server.url + "/", json=row, headers=BEARER)
+    allowed = client.post("/", json=row, headers=BEARER)
     assert allowed.status_code == 200 and allowed.json()["prediction"] == pytest.approx(3.0)
     # Nothing is public under /static/ either: no route serves it.
-    assert httpx.get(server.url + "/static/console.html").status_code == 401
+    assert client.get("/static/console.html").status_code == 401
 
 
-def test_the_console_page_alone_is_public_at_the_root(serve: Any, example_repo: Path, tokens_file: Path) -> None:
-    server: ServerProcess = serve(str(example_repo), "--auth-tokens-file", str(tokens_file))
-    page = httpx.get(server.url + "/", headers={"accept": "text/html"})
+def test_the_console_page_alone_is_public_at_the_root(inprocess: Any, example_repo: Path, tokens_file: Path) -> None:
+    client = inprocess(example_repo, "--auth-tokens-file", str(tokens_file)).client
+    page = client.get("/", headers={"accept": "text/html"})
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert httpx.get(server.url + "/").json() == {"status": "alive"}
-    assert httpx.post(server.url + "/", json=IRIS).status_code == 401
-    assert httpx.get(server.url + "/isAlive").json() is True  # diabetes's compatibility health route
-    assert httpx.post(server.url + "/isAlive").status_code == 401
+    assert client.get("/").json() == {"status": "alive"}
+    assert client.post("/", json=IRIS).status_code == 401
+    assert client.get("/isAlive").json() is True  # diabetes's compatibility health route
+    assert client.post("/isAlive").status_code == 401
 
 
 # -- --admin needs auth, or the operator's explicit --admin-unauthenticated ---------------------------------
@@ -150,20 +152,20 @@ def test_admin_without_auth_refuses_to_start(example_repo: Path) -> None:
 
 
 def test_admin_unauthenticated_on_purpose_serves_the_admin_routes(
-    serve: Any, example_repo: Path, tmp_path: Path
+    inprocess: Any, example_repo: Path, tmp_path: Path
 ) -> None:
     repo = tmp_path / "repo"
     shutil.copytree(example_repo / "iris", repo / "iris")
-    server: ServerProcess = serve(str(repo), "--admin", "--admin-unauthenticated")
-    assert httpx.post(server.url + "/models/iris/reload").status_code == 200
+    server: InProcessServer = inprocess(repo, "--admin", "--admin-unauthenticated")
+    assert server.client.post("/models/iris/reload").status_code == 200
     assert "admin routes are open to anyone" in server.output()
 
 
 def test_admin_with_tokens_guards_the_admin_routes(
-    serve: Any, example_repo: Path, tmp_path: Path, tokens_file: Path
+    inprocess: Any, example_repo: Path, tmp_path: Path, tokens_file: Path
 ) -> None:
     repo = tmp_path / "repo"
     shutil.copytree(example_repo / "iris", repo / "iris")
-    server: ServerProcess = serve(str(repo), "--admin", "--auth-tokens-file", str(tokens_file))
-    assert httpx.post(server.url + "/models/iris/reload").status_code == 401
-    assert httpx.post(server.url + "/models/iris/reload", headers=BEARER).status_code == 200
+    client = inprocess(repo, "--admin", "--auth-tokens-file", str(tokens_file)).client
+    assert client.post("/models/iris/reload").status_code == 401
+    assert client.post("/models/iris/reload", headers=BEARER).status_code == 200
