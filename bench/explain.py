@@ -240,12 +240,24 @@ def serve(repo: Path, args: argparse.Namespace) -> str:
             async with session.post(f"{url}/models/reviews/explain", json={"text": texts[0]}) as reply:
                 await reply.read()
 
+    async def batched() -> str:
+        """Rows per explanation call over the run (``ferry_explain_batch_size_rows``; absent before it existed)."""
+        async with aiohttp.ClientSession() as session, session.get(f"{url}/metrics") as reply:
+            lines = (await reply.text()).splitlines()
+        found = {kind: 0.0 for kind in ("count", "sum")}
+        for line in lines:
+            for kind in found:
+                if line.startswith(f"ferry_explain_batch_size_rows_{kind}{{"):
+                    found[kind] += float(line.rsplit(" ", 1)[1])
+        return f"{found['sum'] / found['count']:.1f}" if found["count"] else "n/a"
+
     try:
         asyncio.run(ready())
         seen: dict[str, list[float]] = {"predict": [], "explain": []}
         for _ in range(2):
             for route in seen:
                 seen[route].append(asyncio.run(load(route)))
+        rows_per_call = asyncio.run(batched())
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -260,6 +272,8 @@ def serve(repo: Path, args: argparse.Namespace) -> str:
             "|---|---:|---:|",
             f"| POST /models/reviews/predict | {predict:,.0f} | 1.00 |",
             f"| POST /models/reviews/explain | {explain:,.0f} | {explain / predict:.2f} |",
+            "",
+            f"Rows per explanation call (ferry_explain_batch_size_rows, mean): {rows_per_call}.",
         ]
     )
 
