@@ -1,4 +1,5 @@
-"""End to end: a real ``ferry serve`` process over the reference examples, every native route and error."""
+"""End to end: a real ``ferry serve`` process over the reference examples, every native route and error; a test that
+needs flags or a repository of its own runs Ferry in process (``tests/inprocess.py``), composed as ``ferry serve``."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import httpx
 import pytest
 
 from conftest import ServerProcess
+from inprocess import InProcessServer, inprocess_fixture  # noqa: F401 (the fixture)
 
 
 @pytest.fixture(scope="module")
@@ -194,26 +196,27 @@ def test_unknown_route_and_method_are_json(client: httpx.Client) -> None:
     assert wrong_method.status_code == 405 and wrong_method.json()["code"] == "http_405"
 
 
-def test_payload_limit_is_413(serve: Any, example_repo: Path) -> None:
-    server = serve(str(example_repo), "--max-body-bytes", "1000")
-    response = httpx.post(server.url + "/models/iris/predict", json={"instances": [[5.1, 2.4]] * 200})
+def test_payload_limit_is_413(inprocess: Any, example_repo: Path) -> None:
+    server = inprocess(example_repo, "--max-body-bytes", "1000")
+    response = server.client.post("/models/iris/predict", json={"instances": [[5.1, 2.4]] * 200})
     assert response.status_code == 413
     size = len(response.request.content)
     assert response.json()["error"] == f"request body of {size} bytes exceeds the limit of 1000 bytes"
 
 
-def test_broken_model_is_failed_and_others_keep_serving(serve: Any, example_repo: Path, tmp_path: Path) -> None:
+def test_broken_model_is_failed_and_others_keep_serving(inprocess: Any, example_repo: Path, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     shutil.copytree(example_repo / "iris", repo / "iris")
     shutil.copytree(example_repo / "diabetes", repo / "diabetes")
     (repo / "diabetes" / "1" / "model.skops").write_bytes(b"corrupt")
-    server: ServerProcess = serve(str(repo), wait_ready=False)
+    server: InProcessServer = inprocess(repo, wait_ready=False)
     server.wait(ready=False)
+    client = server.client
     import time
 
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        ready = httpx.get(server.url + "/ready")
+        ready = client.get("/ready")
         states = {m["name"]: m["state"] for m in ready.json()["models"]}
         if "LOADING" not in states.values():
             break
@@ -222,13 +225,13 @@ def test_broken_model_is_failed_and_others_keep_serving(serve: Any, example_repo
     assert states == {"iris": "READY", "diabetes": "FAILED"}
     failed = next(m for m in ready.json()["models"] if m["name"] == "diabetes")
     assert "artifact 'model.skops' has changed" in failed["error"]
-    assert httpx.post(server.url + "/predict", json={"length": 5.1, "width": 2.4}).json() == {"prediction": "virginica"}
-    not_ready = httpx.post(server.url + "/models/diabetes/predict", json={"bmi": 0.05})
+    assert client.post("/predict", json={"length": 5.1, "width": 2.4}).json() == {"prediction": "virginica"}
+    not_ready = client.post("/models/diabetes/predict", json={"bmi": 0.05})
     assert not_ready.status_code == 503 and not_ready.json()["error"] == "model 'diabetes' version '1' is FAILED"
     assert "diabetes:1 FAILED to load" in server.output()
 
 
-def test_declared_output_range_clips_every_caller_of_a_batch(serve: Any, tmp_path: Path) -> None:
+def test_declared_output_range_clips_every_caller_of_a_batch(inprocess: Any, tmp_path: Path) -> None:
     """``output: {min, max}`` clips each prediction, also when concurrent requests share one model call."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -246,12 +249,11 @@ def test_declared_output_range_clips_every_caller_of_a_batch(serve: Any, tmp_pat
         output_schema={"kind": "number", "min": 0.0, "max": 5.0},
         sample_input=[[1.0]],
     )
-    server = serve(str(tmp_path / "repo"))
+    client = inprocess(tmp_path / "repo").client
     inputs = [-7.5, 2.5, 40.0, 4.0] * 25
 
     def ask(value: float) -> Any:
-        with httpx.Client(base_url=server.url, timeout=10.0) as client:
-            return client.post("/models/echo/predict", json=[[value], [value + 1.0]]).json()["predictions"]
+        return client.post("/models/echo/predict", json=[[value], [value + 1.0]]).json()["predictions"]
 
     with ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(ask, inputs))

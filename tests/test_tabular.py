@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 from tests.conftest import ServerProcess, free_port
+from tests.inprocess import inprocess_fixture  # noqa: F401 (the fixture)
 from tests.test_byom import ferry, one_line_error
 
 pd = pytest.importorskip("pandas")
@@ -219,7 +220,7 @@ def test_lightgbm_categoricals_are_sent_as_their_categories(served: dict[str, An
 
 
 @pytest.mark.timeout(600)
-def test_an_mlflow_model_with_string_columns_builds_and_serves(tmp_path: Path) -> None:
+def test_an_mlflow_model_with_string_columns_builds_and_serves(tmp_path: Path, inprocess: Any) -> None:
     """Its signature names string columns: the generated sample holds strings (it used to send 0.0)."""
     mlflow_sklearn = pytest.importorskip("mlflow.sklearn")
     from mlflow.models import infer_signature
@@ -239,14 +240,11 @@ def test_an_mlflow_model_with_string_columns_builds_and_serves(tmp_path: Path) -
         "build", str(tmp_path / "model"), "--name", "titanic", "--repo", str(tmp_path / "models"), "--trusted"
     )
     assert built.returncode == 0, built.stderr
-    server = ServerProcess([str(tmp_path / "models")])
-    try:
-        rows = _rows()
-        split = {"dataframe_split": json.loads(rows.to_json(orient="split", index=False))}
-        answer = httpx.post(f"{server.url}/invocations", json=split).json()
-        assert answer == {"predictions": pipeline.predict(rows).tolist()}
-    finally:
-        server.stop()
+    client = inprocess(tmp_path / "models").client
+    rows = _rows()
+    split = {"dataframe_split": json.loads(rows.to_json(orient="split", index=False))}
+    answer = client.post("/invocations", json=split).json()
+    assert answer == {"predictions": pipeline.predict(rows).tolist()}
 
 
 def test_a_column_no_one_can_type_fails_the_build_naming_the_option(tmp_path: Path) -> None:
@@ -300,7 +298,7 @@ def test_built_means_it_serves_with_clipping_and_typed_expectations(tmp_path: Pa
         ferry_api.build(zero_one, repo=tmp_path, expected_output=1, labels=["0", "1"], **{**typed, "name": "named"})
 
 
-def test_a_value_the_encoder_refuses_is_a_400_naming_the_column(tmp_path: Path, serve: Any) -> None:
+def test_a_value_the_encoder_refuses_is_a_400_naming_the_column(tmp_path: Path, inprocess: Any) -> None:
     """OneHotEncoder's default (handle_unknown='error') raises on a category it was not fitted on: the client's
     mistake, answered as a 400 naming the column on every protocol, never the model's ValueError as a 500."""
     from sklearn.compose import ColumnTransformer
@@ -325,19 +323,16 @@ def test_a_value_the_encoder_refuses_is_a_400_naming_the_column(tmp_path: Path, 
         "build", str(tmp_path / "strict.joblib"), "--name", "strict", "--repo", str(tmp_path / "m"), "--trusted"
     )
     assert built.returncode == 0, built.stderr
-    server = serve(str(tmp_path / "m"))
+    client = inprocess(tmp_path / "m").client
     good = _records(_rows())
-    assert (
-        httpx.post(f"{server.url}/models/strict/predict", json=good).json()["predictions"]
-        == strict.predict(_rows()).tolist()
-    )
+    assert client.post("/models/strict/predict", json=good).json()["predictions"] == strict.predict(_rows()).tolist()
     bad = {**good[0], "embarked": "X"}
     for response in (
-        httpx.post(f"{server.url}/models/strict/predict", json=[good[1], bad]),
-        httpx.post(f"{server.url}/models/strict/predict", json=[[bad[c] for c in COLUMNS]]),
-        httpx.post(f"{server.url}/invocations", json={"dataframe_records": [bad]}),
-        httpx.post(
-            f"{server.url}/v2/models/strict/infer",
+        client.post("/models/strict/predict", json=[good[1], bad]),
+        client.post("/models/strict/predict", json=[[bad[c] for c in COLUMNS]]),
+        client.post("/invocations", json={"dataframe_records": [bad]}),
+        client.post(
+            "/v2/models/strict/infer",
             json={"inputs": _v2_columns(pd.DataFrame([bad]))},
         ),
     ):
@@ -345,7 +340,7 @@ def test_a_value_the_encoder_refuses_is_a_400_naming_the_column(tmp_path: Path, 
         assert "unknown value 'X' for feature 'embarked'" in response.json()["error"], response.text
 
 
-def test_float_classes_answer_as_floats(tmp_path: Path, serve: Any) -> None:
+def test_float_classes_answer_as_floats(tmp_path: Path, inprocess: Any) -> None:
     """A classifier fitted on float classes answers them as numbers, as its predict does, not as text."""
     from sklearn.linear_model import LogisticRegression
 
@@ -355,14 +350,14 @@ def test_float_classes_answer_as_floats(tmp_path: Path, serve: Any) -> None:
     classes = np.where(x[:, 0] > 0, 3.0, 1.0)  # a float column of classes, as pandas often holds them
     model = LogisticRegression().fit(x, classes)
     ferry_package.build(model, "grades", tmp_path / "m", features=["a", "b"])
-    server = serve(str(tmp_path / "m"))
+    client = inprocess(tmp_path / "m").client
     rows = x[:5].tolist()
-    native = httpx.post(f"{server.url}/models/grades/predict", json=rows).json()["predictions"]
+    native = client.post("/models/grades/predict", json=rows).json()["predictions"]
     assert native == model.predict(x[:5]).tolist() and all(type(v) is float for v in native)
-    kserve = httpx.post(f"{server.url}/v1/models/grades:predict", json={"instances": rows}).json()["predictions"]
+    kserve = client.post("/v1/models/grades:predict", json={"instances": rows}).json()["predictions"]
     assert kserve == native
     body = {"inputs": [{"name": "input", "datatype": "FP64", "shape": [5, 2], "data": rows}]}
-    output = httpx.post(f"{server.url}/v2/models/grades/infer", json=body).json()["outputs"][0]
+    output = client.post("/v2/models/grades/infer", json=body).json()["outputs"][0]
     assert (output["name"], output["datatype"], output["data"]) == ("predict", "FP64", native)
 
 
