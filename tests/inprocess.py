@@ -13,6 +13,7 @@ codes, signals, sockets, workers, gRPC and probe ports) stays on ``conftest.Serv
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -24,10 +25,12 @@ import anyio.from_thread
 import h11
 import httpx
 import pytest
+import typer
 from uvicorn.lifespan.on import LifespanOn
 from uvicorn.server import ServerState
 
 from ferry.cli.entry import plain_serve_settings
+from ferry.cli.options import settings_command
 from ferry.cli.serve import repository_problem, serve_layout
 from ferry.http.dispatch import FerryApp
 from ferry.server.compose import compose
@@ -49,17 +52,29 @@ def serve_settings(repo: Path | str, *options: str, env: dict[str, str] | None =
     os.environ.clear()
     os.environ.update(environ)
     try:
-        settings = plain_serve_settings(["serve", str(repo), *options])
+        # ferry.cli.entry's parser; --routes, --tracing and --model-uri go to typer's command, as there.
+        settings = plain_serve_settings(["serve", str(repo), *options]) or _typer_settings(str(repo), *options)
     finally:
         os.environ.clear()
         os.environ.update(saved)
-    if settings is None:  # --routes, --tracing, --model-uri, a bad value: typer's, not this harness's
-        raise ValueError(f"not a plain ferry serve command line: {[str(repo), *options]}")
     settings = serve_layout(settings)
     problem = repository_problem(settings)
     assert problem is None, problem
     # The CLI hands the worker its settings as FERRY_* variables (run_server, create_app_from_env).
     return Settings.from_env(settings.to_env())
+
+
+def _typer_settings(*args: str) -> Settings:
+    """The settings that ``ferry serve ARGS``'s typer command (``ferry.cli.main``) hands to ``serve``."""
+    given: list[Settings] = []
+
+    def serve(settings: Settings) -> None:
+        given.append(dataclasses.replace(settings, repo=settings.repo.resolve()))  # as ferry.cli.main.serve
+
+    app = typer.Typer()
+    app.command("serve")(settings_command(serve, Settings, arguments=("repo",), panels=True))  # as ferry.cli.main
+    typer.main.get_command(app).main(list(args), "serve", standalone_mode=False)
+    return given[0]
 
 
 class _Socket(asyncio.Transport):

@@ -3,7 +3,8 @@
 One 8 MiB body of 1,582 tiny PNGs of 2000x2000 pixels cost about 25 s of the model thread, went on after
 its client left, and another model's one-image request waited behind it. Real ``ferry serve`` processes:
 ``--max-rows`` and ``--max-pixels`` answer 413 naming the limit (pixels read from the headers, nothing
-decoded), and a batch whose callers have all gone (past their deadline here) stops decoding.
+decoded), and a batch whose callers have all gone (past their deadline here) stops decoding. The row budget,
+which no timing shows, is checked on Ferry in process (``tests/inprocess.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pytest
 from PIL import Image
 
 from ferry.runtimes.images import check_request_pixels
+from inprocess import inprocess_fixture  # noqa: F401 (the fixture)
 
 BIG = 2000  # pixels a side: about 0.1 s to decode and resize on a busy 2-core machine
 
@@ -77,15 +79,17 @@ def test_the_pixel_budget_refuses_1582_big_pngs_from_their_headers(
 
 
 @pytest.mark.parametrize("protocol", ["native", "v2"])
-def test_the_row_budget_is_a_413_naming_the_limit(example_repo: Path, serve: Callable[..., Any], protocol: str) -> None:
-    server = serve(str(example_repo), "--max-rows", "50")
+def test_the_row_budget_is_a_413_naming_the_limit(
+    example_repo: Path, inprocess: Callable[..., Any], protocol: str
+) -> None:
+    client = inprocess(example_repo, "--max-rows", "50").client
     row = [5.1, 2.4]
 
     def post(rows: int) -> httpx.Response:
         if protocol == "native":
-            return httpx.post(server.url + "/models/iris/predict", json=[row] * rows, timeout=30)
+            return client.post("/models/iris/predict", json=[row] * rows, timeout=30)
         tensor = {"name": "input", "shape": [rows, 2], "datatype": "FP64", "data": row * rows}
-        return httpx.post(server.url + "/v2/models/iris/infer", json={"inputs": [tensor]}, timeout=30)
+        return client.post("/v2/models/iris/infer", json={"inputs": [tensor]}, timeout=30)
 
     assert post(50).status_code == 200
     refused = post(51)
