@@ -13,11 +13,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import joblib
 import numpy as np
 import pytest
-from tests.conftest import ServerProcess
+from tests.inprocess import InProcessServer, inprocess_fixture  # noqa: F401 (the fixture)
 from tests.manual import manual_text, marked_blocks
 from tests.test_byom import ferry, one_line_error
 
@@ -68,15 +67,15 @@ def build(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return ferry("build", *args, "--repo", str(folder / "models"), cwd=folder)
 
 
-def test_the_readme_records_class(tmp_path: Path, serve: Callable[..., ServerProcess]) -> None:
+def test_the_readme_records_class(tmp_path: Path, inprocess: Callable[..., InProcessServer]) -> None:
     python, bash = marked_blocks(TAG)  # on whichever page of the manual (tests/manual.py) holds them
     (tmp_path / "fares.py").write_text(python.text)
     done = subprocess.run(["bash", "-e", "-c", bash.text], cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "warning" not in done.stderr
-    server = serve(str(tmp_path / "models"))
+    client = inprocess(tmp_path / "models").client
     row = {"pclass": 2, "embarked": "C", "age": 3}
-    assert httpx.post(f"{server.url}/models/fares/predict", json=[row]).json() == {"predictions": [61.5]}
+    assert client.post("/models/fares/predict", json=[row]).json() == {"predictions": [61.5]}
     assert "61.5" in bash.text  # the answer the README shows
     v2 = {
         "inputs": [
@@ -85,11 +84,11 @@ def test_the_readme_records_class(tmp_path: Path, serve: Callable[..., ServerPro
             {"name": "age", "datatype": "FP64", "shape": [1], "data": [3.0]},
         ]
     }
-    assert httpx.post(f"{server.url}/v2/models/fares/infer", json=v2).json()["outputs"][0]["data"] == [61.5]
+    assert client.post("/v2/models/fares/infer", json=v2).json()["outputs"][0]["data"] == [61.5]
 
 
 @pytest.fixture(scope="module")
-def probes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def probes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessServer]:
     folder = tmp_path_factory.mktemp("probes")
     (folder / "probes.py").write_text(PROBES)
     for cls in ("Arrays", "Records", "Frame", "Short"):
@@ -97,19 +96,19 @@ def probes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         assert done.returncode == 0, done.stderr
     done = build(folder, "probes.py:Records", "--name", "numbers", "--features", "pclass:int,age:float?")
     assert done.returncode == 0, done.stderr
-    server = ServerProcess([str(folder / "models")])
+    server = InProcessServer(folder / "models")  # ferry serve's composition, in process (tests/inprocess.py)
     yield server
     server.stop()
 
 
-def _answers(server: ServerProcess, model: str, rows: list[dict[str, object]]) -> list[str]:
-    response = httpx.post(f"{server.url}/models/{model}/predict", json=rows)
+def _answers(server: InProcessServer, model: str, rows: list[dict[str, object]]) -> list[str]:
+    response = server.client.post(f"/models/{model}/predict", json=rows)
     assert response.status_code == 200, response.text
     answers: list[str] = response.json()["predictions"]
     return answers
 
 
-def test_predict_receives_what_input_format_says(probes: ServerProcess) -> None:
+def test_predict_receives_what_input_format_says(probes: InProcessServer) -> None:
     arrays = ["ndarray object int/str/float/bool", "ndarray object int/str/int/bool"]
     assert _answers(probes, "arrays", ROWS) == arrays
     records = "pclass=int embarked=str age=float alone=bool"
@@ -121,9 +120,9 @@ def test_predict_receives_what_input_format_says(probes: ServerProcess) -> None:
     assert _answers(probes, "numbers", numbers) == ["pclass=int age=float", "pclass=int age=NoneType"]
 
 
-def test_predict_returns_one_value_per_row(probes: ServerProcess) -> None:
+def test_predict_returns_one_value_per_row(probes: InProcessServer) -> None:
     assert _answers(probes, "short", ROWS[:1]) == ["one answer"]
-    response = httpx.post(f"{probes.url}/models/short/predict", json=ROWS)
+    response = probes.client.post("/models/short/predict", json=ROWS)
     assert response.status_code == 500
     assert response.json()["error"] == "predict returned 1 values for 2 rows; it must return one per row"
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
+from tests.inprocess import inprocess_fixture  # noqa: F401 (the fixture)
 
 from ferry.bundle import read_manifest
 from ferry.examples.images import build_general, build_plants, softmax_onnx
@@ -88,7 +89,7 @@ def test_image_examples_build_deterministically(image_repo: Path, tmp_path: Path
         assert first.artifacts == second.artifacts and first.sample_input == second.sample_input
 
 
-def test_a_users_own_onnx_classifier_needs_only_labels_and_preprocessing(tmp_path: Path, serve: Any) -> None:
+def test_a_users_own_onnx_classifier_needs_only_labels_and_preprocessing(tmp_path: Path, inprocess: Any) -> None:
     """The worked example in the README (Routing): an NHWC, BGR model that finds the reddest image."""
     import ferry
 
@@ -108,25 +109,25 @@ def test_a_users_own_onnx_classifier_needs_only_labels_and_preprocessing(tmp_pat
         sample_input={"image_data": png(32, 32, (250, 0, 0))},
         routes=[{"method": "POST", "path": "/predict", "response_key": "prediction"}],
     )
-    server = serve(str(tmp_path / "repo"), "--grpc-port", "0")
+    client = inprocess(tmp_path / "repo", "--grpc-port", "0").client
     red, blue = png(40, 30, (240, 10, 10)), png(40, 30, (10, 10, 240))
-    assert httpx.post(server.url + "/predict", json={"image_data": red}).json() == {"prediction": "red"}
-    assert httpx.post(server.url + "/predict", json={"image_data": blue}).json() == {"prediction": "blue"}
+    assert client.post("/predict", json={"image_data": red}).json() == {"prediction": "red"}
+    assert client.post("/predict", json={"image_data": blue}).json() == {"prediction": "blue"}
 
 
 def test_a_bad_preprocessing_block_fails_the_load_naming_the_field(
-    tmp_path: Path, image_repo: Path, serve: Any
+    tmp_path: Path, image_repo: Path, inprocess: Any
 ) -> None:
     shutil.copytree(image_repo / "general", tmp_path / "repo" / "general")
     path = tmp_path / "repo" / "general" / "1" / "ferry.yaml"
     manifest = yaml.safe_load(path.read_text())
     manifest["options"]["image"]["layout"] = "CHWN"
     path.write_text(yaml.safe_dump(manifest))
-    server = serve(str(tmp_path / "repo"), "--grpc-port", "0", wait_ready=False)
+    server = inprocess(tmp_path / "repo", "--grpc-port", "0", wait_ready=False)
     server.wait(ready=False)
     deadline_text = ""
     for _ in range(100):
-        deadline_text = httpx.get(server.url + "/ready").text
+        deadline_text = server.client.get("/ready").text
         if "FAILED" in deadline_text:
             break
         import time

@@ -1,4 +1,5 @@
-"""Standard protocols over REST against a real ``ferry serve``: Triton's HTTP client, KServe v1 and Seldon."""
+"""Standard protocols over REST against a real ``ferry serve``: Triton's HTTP client, KServe v1 and Seldon; a test
+that needs a repository of its own runs Ferry in process (``tests/inprocess.py``)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
 from conftest import ServerProcess
+from inprocess import InProcessServer, inprocess_fixture  # noqa: F401 (the fixture)
 
 MODELS = ["iris", "diabetes", "score", "reviews"]
 # One valid row per model, and the OIP input it becomes.
@@ -496,13 +498,13 @@ def test_seldon_unnamed_route_needs_a_name_with_several_models(client: httpx.Cli
 
 
 def test_seldon_unnamed_route_with_one_model(
-    example_repo: Path, tmp_path: Path, serve: Callable[..., ServerProcess]
+    example_repo: Path, tmp_path: Path, inprocess: Callable[..., InProcessServer]
 ) -> None:
     shutil.copytree(example_repo / "score", tmp_path / "score")
-    server = serve(str(tmp_path), "--grpc-port", "0")
+    client = inprocess(tmp_path, "--grpc-port", "0").client
     body = {"data": {"names": ["a", "b"], "tensor": {"shape": [2, 2], "values": [0, 0, 1, 1]}}}
     for version in ("v1.0", "v0.1"):
-        response = httpx.post(f"{server.url}/api/{version}/predictions", json=body)
+        response = client.post(f"/api/{version}/predictions", json=body)
         assert response.json()["data"]["tensor"] == body["data"]["tensor"]
 
 
