@@ -142,7 +142,10 @@ class _ConnectionTransport(httpx.BaseTransport):
 
 
 class InProcessServer:
-    """Ferry over ``repo`` with ``options`` in this process: ``client`` sends it requests; ``plane``, its data plane."""
+    """Ferry over ``repo`` with ``options`` in this process: ``client`` sends it requests; ``plane``, its data plane
+    (``plane.metrics``); ``output()``, what it logged. ``env`` is read as ``ferry serve`` reads its ``FERRY_*``
+    variables; unlike a child's environment it is not there while serving (a model that reads one needs a process).
+    """
 
     def __init__(
         self, repo: Path | str, *options: str, env: dict[str, str] | None = None, wait_ready: bool = True
