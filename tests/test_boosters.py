@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.conftest import ServerProcess
+from tests.inprocess import InProcessServer, inprocess_fixture  # noqa: F401 (the fixture)
 
 catboost = pytest.importorskip("catboost")
 xgboost = pytest.importorskip("xgboost")
@@ -219,14 +220,14 @@ def test_regression_answers_are_the_float32_values_xgboost_gives(
 def test_original_models_serve_through_the_libraries_with_the_same_answers(
     booster_files: tuple[Path, dict[str, Any]],
     booster_server: tuple[ServerProcess, dict[str, str]],
-    serve: Callable[..., ServerProcess],
+    inprocess: Callable[..., InProcessServer],
 ) -> None:
     folder, models = booster_files
-    original = serve(str(folder / "models"), "--original-models", env={"FERRY_TRUST_CODE": "0"})
+    client = inprocess(folder / "models", "--original-models", env={"FERRY_TRUST_CODE": "0"}).client
     rows = _rows(np.random.default_rng(13), 20, 0.0)
     records = [dict(zip([f"f{i}" for i in range(WIDTH)], row, strict=True)) for row in rows.tolist()]
     for name in ("xgb-binary.json", "xgb-multi.ubj", "cb-binary.cbm", "cb-reg.cbm"):
-        got = httpx.post(f"{original.url}/models/{name.split('.')[0]}/predict", json=records, timeout=30).json()
+        got = client.post(f"/models/{name.split('.')[0]}/predict", json=records, timeout=30).json()
         assert got["predictions"] == models[name].predict(rows).reshape(-1).tolist()
 
 

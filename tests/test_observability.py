@@ -1,4 +1,7 @@
-"""Metrics across workers, request IDs, access and structured logs, the prediction log, the Grafana dashboard."""
+"""Metrics across workers, request IDs, access and structured logs, the prediction log, the Grafana dashboard.
+
+What the logs on stdout and the workers show runs on processes; the prediction log on Ferry in process
+(``tests/inprocess.py``)."""
 
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from ferry.runtimes import Prediction
 from ferry.runtimes.load import load_bundle
 from ferry.serving.metrics import Metrics
 from ferry.serving.registry import ModelHandle, ModelState
+from inprocess import inprocess_fixture  # noqa: F401 (the fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 IRIS = {"length": 5.1, "width": 2.4}
@@ -148,19 +152,19 @@ def test_text_formatter_escapes_every_field() -> None:
     assert rest[-2:] == ["  ValueError: bad input", "  ERROR forged: line"]
 
 
-def test_prediction_log_samples_redacts_rotates_and_counts(serve, iris_repo: Path, tmp_path: Path) -> None:
+def test_prediction_log_samples_redacts_rotates_and_counts(inprocess, iris_repo: Path, tmp_path: Path) -> None:
     manifest_path = iris_repo / "iris" / "1" / "ferry.yaml"
     manifest = yaml.safe_load(manifest_path.read_text())
     manifest["prediction_log"] = {"sample_rate": 1.0, "redact": ["width"]}
     manifest_path.write_text(yaml.safe_dump(manifest, sort_keys=False))
     log = tmp_path / "predictions.jsonl"
-    server = serve(
-        str(iris_repo), "--grpc-port", "0", "--prediction-log", str(log), "--prediction-log-max-bytes", "3000"
-    )
+    client = inprocess(
+        iris_repo, "--grpc-port", "0", "--prediction-log", str(log), "--prediction-log-max-bytes", "3000"
+    ).client
     for i in range(30):
-        httpx.post(server.url + "/models/iris/predict", json=IRIS, headers={"x-request-id": f"p-{i}"})
-    httpx.post(
-        server.url + "/v2/models/iris/infer",
+        client.post("/models/iris/predict", json=IRIS, headers={"x-request-id": f"p-{i}"})
+    client.post(
+        "/v2/models/iris/infer",
         json={
             "inputs": [
                 {"name": "length", "shape": [1], "datatype": "FP64", "data": [1.4]},
@@ -170,7 +174,7 @@ def test_prediction_log_samples_redacts_rotates_and_counts(serve, iris_repo: Pat
     )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        text = httpx.get(server.url + "/metrics").text
+        text = client.get("/metrics").text
         if total(text, "ferry_prediction_log_records_total", model="iris", outcome="written") == 31:
             break
         time.sleep(0.1)
