@@ -18,6 +18,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
+from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
@@ -213,6 +214,9 @@ class InProcessServer:
         wire = reply.send(h11.Request(method=method, target=target, headers=headers))
         wire = (wire or b"") + (reply.send(h11.Data(data=body)) or b"") if body else wire or b""
         wire += reply.send(h11.EndOfMessage()) or b""
+        # uvicorn's Server.on_tick: the Date header (this second's) and the configured ones (Server: uvicorn).
+        date = [(b"date", formatdate(time.time(), usegmt=True).encode())] if self.config.date_header else []
+        self.state.default_headers = date + self.config.encoded_headers
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         sock = _Socket(reply, done)
         protocol = BoundedHttpProtocol(self.config, self.state, app_state={})
