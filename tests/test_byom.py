@@ -22,6 +22,7 @@ import joblib
 import pytest
 import yaml
 from tests.conftest import ServerProcess, free_port
+from tests.inprocess import InProcessServer, inprocess_fixture  # noqa: F401 (the fixture)
 
 IRIS_LABELS = "setosa,versicolor,virginica"
 
@@ -314,7 +315,7 @@ def test_two_bundles_each_with_its_own_featurizer(tmp_path: Path, serve: Callabl
         assert answer == {"prediction": f"{name}:x"}
 
 
-def test_seldon_classes_with_feature_names_and_meta(tmp_path: Path, serve: Callable[..., ServerProcess]) -> None:
+def test_seldon_classes_with_feature_names_and_meta(tmp_path: Path, inprocess: Callable[..., InProcessServer]) -> None:
     (tmp_path / "MLScore.py").write_text(
         "class MLScore:\n    def predict(self, X, feature_names):\n        return X\n\n\n"
         "class WithMeta:\n    def predict(self, X, feature_names, meta):\n"
@@ -326,13 +327,13 @@ def test_seldon_classes_with_feature_names_and_meta(tmp_path: Path, serve: Calla
         "build", "MLScore.py:WithMeta", "--name", "meta", "--repo", str(repo), "--features", "a,b", cwd=tmp_path
     )
     assert meta.returncode == 0, meta.stderr
-    server = serve(str(repo), "--grpc-port", "0")
-    rows = httpx.post(server.url + "/models/score/predict", json=[[1, 2, 3], [4, 5, 6]]).json()
+    client = inprocess(repo, "--grpc-port", "0").client
+    rows = client.post("/models/score/predict", json=[[1, 2, 3], [4, 5, 6]]).json()
     assert rows == {"predictions": [[1, 2, 3], [4, 5, 6]]}  # any width: no --features needed
-    seldon = httpx.post(server.url + "/seldon/score/api/v1.0/predictions", json={"data": {"ndarray": [[1, 2]]}})
+    seldon = client.post("/seldon/score/api/v1.0/predictions", json={"data": {"ndarray": [[1, 2]]}})
     assert seldon.status_code == 200, seldon.text
     assert seldon.json()["data"]["ndarray"] == [[1, 2]]
-    assert httpx.post(server.url + "/models/meta/predict", json={"a": 1, "b": 2}).json() == {"prediction": [2, 0]}
+    assert client.post("/models/meta/predict", json={"a": 1, "b": 2}).json() == {"prediction": [2, 0]}
 
 
 def test_an_instance_with_state_is_refused_not_rebuilt_without_it(tmp_path: Path) -> None:
