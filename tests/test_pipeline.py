@@ -22,6 +22,7 @@ from packaging.requirements import Requirement
 
 from ferry.http.app import create_app
 from ferry.http.dispatch import FerryApp
+from ferry.server.connections import PRIVATE_NAMES as CONNECTION_NAMES
 from ferry.server.connections import BoundedHttpProtocol, ConnectionLimits
 from ferry.server.lane import PRIVATE_NAMES
 from ferry.server.run import FerryConfig
@@ -234,8 +235,9 @@ async def test_a_request_whose_client_hung_up_is_logged_499_on_both_paths(
 
 
 def test_the_lanes_private_uvicorn_names_exist_in_the_installed_uvicorn() -> None:
-    """Fails when uvicorn drifts: each name the lane uses, and the installed version in the pinned range."""
-    for owner, name in PRIVATE_NAMES:
+    """Fails when uvicorn drifts: each name the lane and the connection layer use, and the installed version in
+    the pinned range."""
+    for owner, name in (*PRIVATE_NAMES, *CONNECTION_NAMES):
         source = inspect.getsource(owner)
         assert hasattr(owner, name) or re.search(rf"self\.{name}\b", source), f"{owner.__name__}.{name} is gone"
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol

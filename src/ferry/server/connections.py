@@ -48,7 +48,7 @@ from typing import Any, cast
 import httptools
 import orjson
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 from ferry.server.lane import LaneProtocol
 from ferry.settings import Settings
@@ -84,6 +84,47 @@ class ConnectionLimits:
 
 
 DEFAULT_LIMITS = ConnectionLimits.from_settings(Settings())
+# What this layer reads, writes or calls by name of uvicorn's httptools protocol and request cycle beyond their
+# public interface (``ferry.server.lane`` lists the lane's): tests/test_pipeline.py fails when one drifts.
+PRIVATE_NAMES = (
+    *(
+        (HttpToolsProtocol, name)
+        for name in (
+            "_should_upgrade",
+            "_unsupported_upgrade_warning",
+            "handle_websocket_upgrade",
+            "connections",
+            "cycle",
+            "flow",
+            "headers",
+            "limit_concurrency",
+            "loop",
+            "parser",
+            "pipeline",
+            "server_state",
+            "timeout_keep_alive",
+            "transport",
+            "on_message_begin",
+            "on_header",
+            "on_headers_complete",
+            "on_body",
+            "on_message_complete",
+            "on_response_complete",
+        )
+    ),
+    *(
+        (RequestResponseCycle, name)
+        for name in (
+            "disconnected",
+            "keep_alive",
+            "message_event",
+            "response_complete",
+            "response_started",
+            "transport",
+            "waiting_for_100_continue",
+        )
+    ),
+)
 LINGER_S = 1.0  # after a refusal, how long the client may keep sending before the connection is cut
 LINGER_BYTES = 1024 * 1024
 SWEEP_S = 0.25  # how often the time bounds are checked, at most
