@@ -143,8 +143,8 @@ def test_a_body_that_arrives_in_pieces_is_served(server: ServerProcess) -> None:
     assert received.endswith(b'{"prediction":"virginica"}')
 
 
-class _Transport:
-    """What the protocol writes, as an asyncio transport that only records."""
+class RecordingTransport:
+    """What the protocol writes, as an asyncio transport that only records (tests/test_pipeline.py uses it too)."""
 
     def __init__(self) -> None:
         self.written, self.closed = b"", False
@@ -192,7 +192,7 @@ class _App:
         await send({"type": "http.response.body", "body": b"asgi"})
 
 
-def _connection(app: _App) -> tuple[Any, _Transport]:
+def _connection(app: _App) -> tuple[Any, RecordingTransport]:
     from uvicorn.config import Config
     from uvicorn.server import ServerState
 
@@ -202,7 +202,7 @@ def _connection(app: _App) -> tuple[Any, _Transport]:
     config.loaded_app = app
     config.whole_requests = app  # type: ignore[attr-defined]  # (as FerryConfig.load gives it)
     protocol = BoundedHttpProtocol(config, ServerState(), app_state={})
-    transport = _Transport()
+    transport = RecordingTransport()
     protocol.connection_made(transport)  # type: ignore[arg-type]
     return protocol, transport
 

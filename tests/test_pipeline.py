@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 from packaging.requirements import Requirement
+from tests.test_lane import RecordingTransport
 
 from ferry.http.app import create_app
 from ferry.http.dispatch import FerryApp
@@ -56,34 +57,6 @@ MATRIX: list[tuple[str, str, str, bytes, dict[str, str], int]] = [
 ]
 
 
-class _Transport:
-    """An asyncio transport that records what the connection writes."""
-
-    def __init__(self) -> None:
-        self.written, self.closed = b"", False
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"peername": ("127.0.0.1", 5000), "sockname": ("127.0.0.1", 8000)}.get(name, default)
-
-    def write(self, data: bytes) -> None:
-        self.written += data
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def set_protocol(self, protocol: Any) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def app(example_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> FerryApp:
     routes = tmp_path_factory.mktemp("routes") / "routes.yaml"
@@ -109,11 +82,11 @@ def _config(app: Any) -> FerryConfig:
     return config
 
 
-def _connection(config: FerryConfig) -> tuple[BoundedHttpProtocol, _Transport]:
+def _connection(config: FerryConfig) -> tuple[BoundedHttpProtocol, RecordingTransport]:
     from uvicorn.server import ServerState
 
     protocol = BoundedHttpProtocol(config, ServerState(), app_state={})
-    transport = _Transport()
+    transport = RecordingTransport()
     protocol.connection_made(transport)  # type: ignore[arg-type]
     return protocol, transport
 
