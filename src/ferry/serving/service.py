@@ -10,6 +10,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
+from ferry.bundle.manifest import Manifest
 from ferry.errors import DeadlineExceeded, FerryError, ModelError, Overloaded, PayloadTooLarge
 from ferry.runtimes import Prediction
 from ferry.runtimes.base import clipped
@@ -71,7 +72,7 @@ class InferenceService:
         if batcher is None:
             manifest = handle.model.manifest
             config = manifest.batching
-            enabled = config.enabled if config.enabled is not None else manifest.runtime != "python"
+            enabled = _batches(manifest)
             batch_size = self.metrics.batch_size.labels(handle.name, handle.version)
             queue_wait = self.metrics.queue_wait.labels(handle.name, handle.version)
             compute = self.metrics.compute.labels(handle.name, handle.version)
@@ -147,7 +148,7 @@ class InferenceService:
         if batcher is None:
             manifest = handle.model.manifest
             config = manifest.batching
-            enabled = merge and (config.enabled if config.enabled is not None else manifest.runtime != "python")
+            enabled = merge and _batches(manifest)
             batch_size = self.metrics.explain_batch_size.labels(handle.name, handle.version)
             batcher = self._explainers[key] = AdaptiveBatcher(
                 explain,
@@ -200,3 +201,9 @@ class InferenceService:
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=False)
+
+
+def _batches(manifest: Manifest) -> bool:
+    """Whether a model's requests share calls: as its manifest says, else all but a Python class's."""
+    enabled = manifest.batching.enabled
+    return enabled if enabled is not None else manifest.runtime != "python"
