@@ -118,6 +118,11 @@ ERRORS: dict[str, tuple[Callable[[], Any], grpc.StatusCode, str]] = {
         grpc.StatusCode.INVALID_ARGUMENT,
         "shape [2, 2] holds 4 elements but fp64_contents has 1",
     ),
+    "nan_value": (  # protobuf carries NaN, JSON cannot: the same refusal as v2 REST's binary data gets
+        lambda: infer_request("iris", "input", "FP64", [1, 2], fp64_contents=[float("nan"), 2.0]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "NaN or infinity is not allowed",
+    ),
     "wrong_input_name": (  # the shared codec's check: the same rule and message as v2 REST
         lambda: infer_request("iris", "bogus", "FP64", [1, 2], fp64_contents=[1.0, 2.0]),
         grpc.StatusCode.INVALID_ARGUMENT,

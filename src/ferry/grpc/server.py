@@ -19,7 +19,7 @@ from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 from ferry.auth import TokenAuth
 from ferry.errors import FerryError, InvalidInput, Overloaded, Unauthorized
 from ferry.grpc import inference_pb2 as pb
-from ferry.grpc.codec import GRPC_CODEC, status_code
+from ferry.grpc.codec import GRPC_CODEC, parse_infer, status_code
 from ferry.grpc.frames import Call, GrpcError, Limits, StatusCode
 from ferry.grpc.http2 import GrpcServer
 from ferry.protocol import v2
@@ -158,10 +158,10 @@ class InferenceService:
     ) -> None:
         self.auth, self.metrics = auth, servicer.metrics
         self.inflight = inflight if inflight is not None and inflight.limit else None
-        self.methods: dict[str, tuple[str, Any, Method]] = {}
+        self.methods: dict[str, tuple[str, Callable[[bytes], Any], Method]] = {}
         for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
-            request_type = getattr(pb, method.input_type.name)
-            self.methods[f"/{SERVICE}/{method.name}"] = (method.name, request_type, getattr(servicer, method.name))
+            parse = parse_infer if method.name == "ModelInfer" else getattr(pb, method.input_type.name).FromString
+            self.methods[f"/{SERVICE}/{method.name}"] = (method.name, parse, getattr(servicer, method.name))
 
     def admit(self, call: Call) -> None:
         entry = self.methods.get(call.method)
@@ -193,11 +193,11 @@ class InferenceService:
             call.held = self.inflight.settle(call.held, len(call.message))
 
     async def handle(self, call: Call) -> bytes:
-        name, request_type, method = self.methods[call.method]
+        name, parse, method = self.methods[call.method]
         try:
-            request = request_type.FromString(call.message)
+            request = parse(call.message)
         except DecodeError as exc:
-            error = report(InvalidInput(f"malformed {request_type.__name__}: {exc}"), self.metrics)
+            error = report(InvalidInput(f"malformed {name}Request: {exc}"), self.metrics)
             self.metrics.requests.labels(UNKNOWN_MODEL, f"grpc:{name}", "grpc", status_code(error)).inc()
             raise _status(call, error) from None
         reply = await method(request, call)

@@ -1,0 +1,242 @@
+"""The common ModelInfer messages in protobuf's wire format, by hand: the request read, the reply written.
+
+Going through protobuf's objects cost a 1-row call ~5 µs more than v2 REST's JSON to read (a NumPy array from a
+repeated field, a Python object per field) and a 100-label reply ~7 µs more to write. Both sides handle only the
+common form and leave every other message to protobuf: ``read_infer`` answers None for anything it does not take
+(so protobuf parses it, and names its errors), and ``ReplyWriter.write`` None for anything it does not write.
+``tests/test_grpc_wire.py`` checks both against protobuf's own parse and serialisation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ferry.protocol import v2
+from ferry.serving.registry import ModelHandle
+
+_LENGTH_DELIMITED = 2
+_PACKED_WIDTH = {6: 4, 7: 8}  # InferTensorContents' fp32_contents and fp64_contents: bytes per value
+
+
+# An ``InferInputTensor`` as read: name, datatype, shape, and the one ``InferTensorContents`` field it carried:
+# that field's number (6: fp32, 7: fp64; 0 for none) and its packed bytes. (A tuple: a NamedTuple costs ~0.4 µs.)
+WireTensor = tuple[str, str, list[int], int, bytes]
+
+
+@dataclass(slots=True)
+class WireInfer:
+    """A ``ModelInferRequest`` of the common form, read by ``read_infer``: what the server reads of protobuf's
+    message (``model_name``, ``model_version``, ``raw_input_contents``, ``ByteSize``), and the rest for the codec."""
+
+    message: bytes
+    model_name: str = ""
+    model_version: str = ""
+    id: str = ""
+    inputs: list[WireTensor] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)  # the names of the outputs asked for
+    raw_input_contents: list[bytes] = field(default_factory=list)
+
+    def ByteSize(self) -> int:
+        return len(self.message)
+
+
+def read_infer(message: bytes) -> WireInfer | None:
+    """The request, if it takes the common form: model, version, id, inputs with a name, a datatype, a packed
+    shape and packed FP32 or FP64 contents (or none, with ``raw_input_contents``), outputs asked for by name;
+    each singular field at most once. None for anything else, including what protobuf itself would refuse."""
+    try:
+        return _read_infer(message)
+    except (IndexError, UnicodeDecodeError):  # truncated, or a string protobuf would refuse too
+        return None
+
+
+def _read_infer(data: bytes) -> WireInfer | None:
+    request = WireInfer(data)
+    seen = 0  # the singular fields met so far, as bits
+    pos, end = 0, len(data)
+    while pos < end:
+        tag, length = data[pos], data[pos + 1]  # (a tag past one byte is a field number past 15: none here)
+        start = pos + 2
+        if length >= 0x80:
+            length, start = _read_varint(data, pos + 1, end)
+        pos = start + length
+        if tag & 7 != _LENGTH_DELIMITED or pos > end:
+            return None
+        number = tag >> 3
+        if number == 5:
+            tensor = _read_tensor(data, start, pos)
+            if tensor is None:
+                return None
+            request.inputs.append(tensor)
+        elif number == 7:
+            request.raw_input_contents.append(data[start:pos])
+        elif number == 6:
+            output = _read_output(data, start, pos)
+            if output is None:
+                return None
+            request.outputs.append(output)
+        elif number in (1, 2, 3) and not seen & 1 << number:
+            seen |= 1 << number
+            text = data[start:pos].decode()
+            if number == 1:
+                request.model_name = text
+            elif number == 2:
+                request.model_version = text
+            else:
+                request.id = text
+        else:  # parameters, a field twice, a field this version of the message does not have
+            return None
+    return request
+
+
+def _read_tensor(data: bytes, pos: int, end: int) -> WireTensor | None:
+    name = datatype = ""
+    shape: list[int] = []
+    contents, values = 0, b""
+    seen = 0
+    while pos < end:
+        tag, length = data[pos], data[pos + 1]
+        start = pos + 2
+        if length >= 0x80:
+            length, start = _read_varint(data, pos + 1, end)
+        pos = start + length
+        number = tag >> 3
+        if tag & 7 != _LENGTH_DELIMITED or pos > end or number not in (1, 2, 3, 5) or seen & 1 << number:
+            return None  # parameters, a field twice, an unpacked shape: protobuf's
+        seen |= 1 << number
+        if number == 1:
+            name = data[start:pos].decode()
+        elif number == 2:
+            datatype = data[start:pos].decode()
+        elif number == 3:
+            packed = data[start:pos]
+            if packed.isascii():  # every dimension under 128: one byte each
+                shape = list(packed)
+                continue
+            while start < pos:
+                value, start = _read_varint(data, start, pos)
+                shape.append(value - (1 << 64) if value >= 1 << 63 else value)  # int64
+        elif length:  # 5: the contents, one packed floating-point field
+            inner, length = data[start], data[start + 1]
+            first = start + 2
+            if length >= 0x80:
+                length, first = _read_varint(data, start + 1, pos)
+            contents = inner >> 3
+            if inner & 7 != _LENGTH_DELIMITED or first + length != pos or contents not in _PACKED_WIDTH:
+                return None
+            if length % _PACKED_WIDTH[contents]:
+                return None
+            values = data[first:pos]
+    return name, datatype, shape, contents, values
+
+
+def _read_output(data: bytes, pos: int, end: int) -> str | None:
+    if pos == end:
+        return ""
+    tag, length = data[pos], data[pos + 1]
+    if tag != 0x0A or pos + 2 + length != end:  # field 1, its length in one byte, and nothing else
+        return None
+    return data[pos + 2 : end].decode()
+
+
+def _read_varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= end or shift > 63:
+            raise IndexError("truncated or overlong varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            if value >= 1 << 64:
+                raise IndexError("varint past 64 bits")
+            return value, pos
+        shift += 7
+
+
+class ReplyWriter:
+    """The common ModelInferResponse written as protobuf's wire bytes directly: labels and FP32/FP64/BOOL columns.
+
+    Building it through protobuf's objects cost ~11 µs for 100 labels against ~4 µs for v2 REST's JSON; here a
+    label's whole element (tag, length, bytes) is looked up, and numbers are packed by NumPy. Anything else (other
+    types, labels that are not text) is left to protobuf (``write`` answers None). ``tests/test_grpc_reply.py``
+    parses what this writes with protobuf and compares it with protobuf's own.
+    """
+
+    LABELS = 4096  # distinct labels (and models, outputs) kept; past it a cache starts again
+
+    def __init__(self) -> None:
+        self.labels = _Elements()
+        self.heads: dict[tuple[str, str], bytes] = {}  # (model, version) -> its fields 1 and 2
+        self.names: dict[tuple[str, str], bytes] = {}  # (output, datatype) -> the tensor's fields 1 and 2
+
+    def write(self, request: v2.InferRequest, handle: ModelHandle, columns: list[v2.Column]) -> bytes | None:
+        if len(self.labels) > self.LABELS:
+            self.labels.clear()
+        if len(self.heads) > self.LABELS or len(self.names) > self.LABELS:
+            self.heads.clear()
+            self.names.clear()
+        tensors = []
+        for name, datatype, shape, values in columns:
+            contents = self._contents(datatype, values)
+            if contents is None:
+                return None
+            named = self.names.get((name, datatype))
+            if named is None:
+                named = self.names[name, datatype] = _field(1, name.encode()) + _field(2, datatype.encode())
+            dims = _field(3, b"".join(map(_varint, shape))) if shape else b""
+            tensors.append(_field(5, named + dims + contents))
+        head = self.heads.get((handle.name, handle.version))
+        if head is None:
+            head = _field(1, handle.name.encode()) + (_field(2, handle.version.encode()) if handle.version else b"")
+            self.heads[handle.name, handle.version] = head
+        if request.id:
+            head += _field(3, request.id.encode())
+        return head + b"".join(tensors)
+
+    def _contents(self, datatype: str, values: list[Any] | np.ndarray) -> bytes | None:
+        if datatype == "BYTES":
+            if not isinstance(values, list):
+                return None
+            try:
+                return _field(5, b"".join(map(self.labels.__getitem__, values))) if values else None
+            except TypeError:  # a value that is not text
+                return None
+        packed = _PACKED.get(datatype)
+        if packed is None or not isinstance(values, np.ndarray):
+            return None
+        number, dtype = packed
+        data = np.ascontiguousarray(values, dtype=dtype).tobytes()
+        return _field(5, _field(number, data)) if data else None
+
+
+class _Elements(dict[str, bytes]):
+    """A label -> its bytes_contents element (tag 8, length, UTF-8), made on first use."""
+
+    def __missing__(self, label: str) -> bytes:
+        if type(label) is not str:
+            raise TypeError(label)
+        element = self[label] = _field(8, label.encode())
+        return element
+
+
+_PACKED = {"FP64": (7, "<f8"), "FP32": (6, "<f4"), "BOOL": (1, "u1")}  # contents field, packed as
+
+
+def _varint(value: int) -> bytes:
+    if value < 0x80:
+        return bytes((value,)) if value >= 0 else _varint(value + (1 << 64))
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field: its tag, its length, its bytes."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload

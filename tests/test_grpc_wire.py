@@ -1,0 +1,197 @@
+"""``ferry.grpc.wire``, the common ModelInfer messages by hand, against protobuf's own: a request read by
+``read_infer`` decodes to what protobuf's parse decodes to (the same tensors, or the same error), whatever the
+message; ``ReplyWriter``'s bytes parse to the reply protobuf's objects build; and each leaves the rest to protobuf."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ferry.errors import InvalidInput
+from ferry.grpc import inference_pb2 as pb
+from ferry.grpc.codec import decode_request, encode_columns, parse_infer
+from ferry.grpc.wire import ReplyWriter, WireInfer, read_infer
+from ferry.protocol import v2
+
+HANDLE: Any = SimpleNamespace(name="iris", version="1")
+COLUMNS: dict[str, list[v2.Column]] = {
+    "labels": [("label", "BYTES", [3], ["setosa", "virginica", "setosa"])],
+    "unicode and long labels": [("label", "BYTES", [2], ["映像がとても美しい", "x" * 300])],
+    "probabilities": [
+        ("label", "BYTES", [2], ["a", "b"]),
+        ("probabilities", "FP64", [2, 3], np.array([[0.1, 0.2, 0.7], [np.nan, -0.0, 1e308]])),
+    ],
+    "float32 scores": [("predict", "FP32", [4], np.array([1.5, -2.25, 3e38, 0.0], dtype=np.float32))],
+    "booleans": [("predict", "BOOL", [3], np.array([True, False, True]))],
+    "a big batch": [("predict", "FP64", [1000, 1], np.arange(1000, dtype=np.float64).reshape(1000, 1))],
+}
+
+
+@pytest.mark.parametrize("case", list(COLUMNS))
+@pytest.mark.parametrize("request_id", [None, "req-7"])
+def test_written_bytes_parse_to_protobufs_own_reply(case: str, request_id: str | None) -> None:
+    request = v2.InferRequest([], request_id, {}, None)
+    written = ReplyWriter().write(request, HANDLE, COLUMNS[case])
+    assert written is not None
+    assert pb.ModelInferResponse.FromString(written) == encode_columns(request, HANDLE, COLUMNS[case])
+
+
+def test_what_it_does_not_write_is_left_to_protobuf() -> None:
+    request = v2.InferRequest([], None, {}, None)
+    writer = ReplyWriter()
+    assert writer.write(request, HANDLE, [("predict", "INT64", [2], np.array([1, -2]))]) is None
+    assert writer.write(request, HANDLE, [("label", "BYTES", [1], [b"raw bytes"])]) is None
+    assert writer.write(request, HANDLE, [("label", "BYTES", [0], [])]) is None
+    unversioned: Any = SimpleNamespace(name="m", version="")
+    labels: list[v2.Column] = [("label", "BYTES", [1], ["x"])]
+    written = writer.write(request, unversioned, labels)
+    assert written is not None
+    assert pb.ModelInferResponse.FromString(written) == encode_columns(request, unversioned, labels)
+
+
+# -- reading
+
+
+def _request(
+    inputs: list[tuple[str, str, list[int], str | None, list[Any]]],
+    model: str = "iris",
+    version: str = "",
+    request_id: str = "",
+    raw: list[bytes] | None = None,
+    outputs: list[str] | None = None,
+    parameters: bool = False,
+) -> Any:
+    request = pb.ModelInferRequest(model_name=model, model_version=version, id=request_id)
+    for name, datatype, shape, field, values in inputs:
+        tensor = request.inputs.add(name=name, datatype=datatype, shape=shape)
+        if field is not None:
+            getattr(tensor.contents, field).extend(values)
+        if parameters:
+            tensor.parameters["content_type"].string_param = "np"
+    for output in outputs or []:
+        request.outputs.add(name=output)
+    request.raw_input_contents.extend(raw or [])
+    return request
+
+
+def _decoded(request: Any) -> tuple[str, Any]:
+    """What the codec makes of a request: its tensors (data as bytes, with dtype and NaN places), or its error."""
+    try:
+        infer = decode_request(request)
+    except InvalidInput as exc:
+        return "error", (exc.message, exc.field)
+    for tensor in infer.inputs:  # a tensor said to be finite skips the NaN check: it must be
+        assert not tensor.finite or np.isfinite(tensor.data).all()
+    tensors = [
+        (t.name, t.datatype, t.shape, t.data.dtype.str, t.data.shape, t.data.tobytes(), t.parameters, t.where)
+        for t in infer.inputs
+    ]
+    outputs = None if infer.outputs is None else [o.name for o in infer.outputs]
+    return "ok", (tensors, infer.id, infer.parameters, outputs, len(request.raw_input_contents) > 0)
+
+
+def _both(message: bytes) -> tuple[Any, Any]:
+    """The hand-read request and protobuf's, from the same bytes."""
+    read = read_infer(message)
+    return read, pb.ModelInferRequest.FromString(message)
+
+
+COMMON = {
+    "one row": _request([("input", "FP64", [1, 2], "fp64_contents", [5.1, 3.5])]),
+    "a hundred rows, FP32": _request([("input", "FP32", [100, 2], "fp32_contents", [0.25, -1.5] * 100)]),
+    "a tensor per feature, versioned, with an id": _request(
+        [("length", "FP64", [3], "fp64_contents", [1.0, 2.0, 3.0]), ("width", "FP64", [3], "fp64_contents", [4.0] * 3)],
+        version="2",
+        request_id="req-映像",
+    ),
+    "a dimension past 127": _request([("input", "FP64", [200, 1], "fp64_contents", [0.5] * 200)]),
+    "raw contents, as Triton's clients send": _request(
+        [("input", "FP64", [2, 2], None, [])], raw=[np.arange(4, dtype="<f8").tobytes()]
+    ),
+    "outputs asked for by name": _request([("input", "FP64", [1, 2], "fp64_contents", [1, 2])], outputs=["predict"]),
+}
+
+
+@pytest.mark.parametrize("case", list(COMMON))
+def test_the_common_request_is_read_by_hand_to_what_protobuf_reads(case: str) -> None:
+    message = COMMON[case].SerializeToString()
+    read, parsed = _both(message)
+    assert isinstance(read, WireInfer), "the common form is read by hand"
+    assert (read.model_name, read.model_version) == (parsed.model_name, parsed.model_version)
+    assert read.ByteSize() == len(message)
+    assert _decoded(read) == _decoded(parsed)
+
+
+UNCOMMON = {
+    "request parameters": _request([("input", "FP64", [1, 2], "fp64_contents", [1, 2])], parameters=True),
+    "INT64 contents": _request([("input", "INT64", [1, 2], "int64_contents", [1, 2])]),
+    "BYTES contents": _request([("input", "BYTES", [1], "bytes_contents", [b"x"])]),
+}
+
+
+@pytest.mark.parametrize("case", list(UNCOMMON))
+def test_anything_else_is_left_to_protobuf(case: str) -> None:
+    message = UNCOMMON[case].SerializeToString()
+    assert read_infer(message) is None
+    assert not isinstance(parse_infer(message), WireInfer)
+
+
+def test_what_protobuf_refuses_is_never_read_by_hand() -> None:
+    message = COMMON["one row"].SerializeToString()
+    for bad in (message[:-1], message + b"\x0a", b"\x0a\x02\xff\xfe" + message, b"\xff\xff\xff\xff"):
+        assert read_infer(bad) is None
+        with pytest.raises(DecodeError):
+            parse_infer(bad)
+
+
+_DATATYPES = st.sampled_from(["FP64", "FP32", "INT64", "BYTES", "FP16", "bogus", ""])
+_FIELDS = st.sampled_from(["fp64_contents", "fp32_contents", "int64_contents", None])
+_FLOATS = st.floats(width=32) | st.sampled_from([float("nan"), float("inf"), 1e300])
+
+
+@st.composite
+def _requests(draw: st.DrawFn) -> Any:
+    inputs = []
+    for _ in range(draw(st.integers(0, 3))):
+        field = draw(_FIELDS)
+        values: list[Any] = draw(
+            st.lists(st.integers(-(2**40), 2**40) if field == "int64_contents" else _FLOATS, max_size=8)
+        )
+        shape = draw(st.lists(st.integers(-3, 300) | st.sampled_from([-(2**63), 2**62]), max_size=3))
+        name = draw(st.sampled_from(["input", "length", "", "映像"]))
+        inputs.append((name, draw(_DATATYPES), shape, field, values))
+    raw = draw(st.none() | st.lists(st.binary(max_size=40), max_size=3))
+    outputs = draw(st.none() | st.lists(st.sampled_from(["predict", "", "p"]), max_size=2))
+    return _request(
+        inputs, draw(st.text(max_size=5)), draw(st.text(max_size=3)), draw(st.text(max_size=3)), raw, outputs,
+        draw(st.booleans()),
+    )  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_requests(), st.data())
+def test_any_request_decodes_as_protobufs_parse_does(request: Any, data: st.DataObject) -> None:
+    """Whatever a client sends, well formed or cut and flipped: read by hand only where protobuf parses it too,
+    and then to the same tensors or the same error."""
+    message = request.SerializeToString()
+    if message and data.draw(st.booleans()):  # a damaged copy: one byte changed, or the end cut off
+        at = data.draw(st.integers(0, len(message) - 1))
+        if data.draw(st.booleans()):
+            message = message[:at]
+        else:
+            message = message[:at] + bytes([data.draw(st.integers(0, 255))]) + message[at + 1 :]
+    read = read_infer(message)
+    try:
+        parsed = pb.ModelInferRequest.FromString(message)
+    except DecodeError:
+        assert read is None
+        return
+    if read is not None:
+        assert (read.model_name, read.model_version) == (parsed.model_name, parsed.model_version)
+        assert _decoded(read) == _decoded(parsed)
