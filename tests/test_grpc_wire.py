@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from ferry.errors import InvalidInput
 from ferry.grpc import inference_pb2 as pb
+from ferry.grpc import wire
 from ferry.grpc.codec import decode_request, encode_columns, parse_infer
 from ferry.grpc.wire import ReplyWriter, WireInfer, read_infer
 from ferry.protocol import v2
@@ -48,6 +49,7 @@ def test_what_it_does_not_write_is_left_to_protobuf() -> None:
     assert writer.write(request, HANDLE, [("predict", "INT64", [2], np.array([1, -2]))]) is None
     assert writer.write(request, HANDLE, [("label", "BYTES", [1], [b"raw bytes"])]) is None
     assert writer.write(request, HANDLE, [("label", "BYTES", [0], [])]) is None
+    assert writer.write(request, HANDLE, [("label", "BYTES", [2], ["a", ["not", "hashable"]])]) is None
     unversioned: Any = SimpleNamespace(name="m", version="")
     labels: list[v2.Column] = [("label", "BYTES", [1], ["x"])]
     written = writer.write(request, unversioned, labels)
@@ -125,6 +127,40 @@ def test_the_common_request_is_read_by_hand_to_what_protobuf_reads(case: str) ->
     assert isinstance(read, WireInfer), "the common form is read by hand"
     assert (read.model_name, read.model_version) == (parsed.model_name, parsed.model_version)
     assert read.ByteSize() == len(message)
+    assert _decoded(read) == _decoded(parsed)
+
+
+def test_a_request_shaped_like_the_last_is_filled_in_without_reading(monkeypatch: pytest.MonkeyPatch) -> None:
+    first = _request([("input", "FP64", [1, 2], "fp64_contents", [1.0, 2.0])]).SerializeToString()
+    assert read_infer(first) is not None
+    again = _request([("input", "FP64", [1, 2], "fp64_contents", [3.5, float("nan")])]).SerializeToString()
+
+    def unread(data: bytes) -> Any:
+        raise AssertionError("read again")
+
+    monkeypatch.setattr(wire, "_read_infer", unread)
+    read, parsed = _both(again)
+    assert read is not None and _decoded(read) == _decoded(parsed)
+    assert read.inputs[0][4] == np.array([3.5, np.nan]).tobytes()
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        _request([("input", "FP64", [1, 2], "fp64_contents", [1.0, 2.0])], model="iriz"),
+        _request([("input", "FP64", [2, 1], "fp64_contents", [1.0, 2.0])]),
+        _request([("inpuT", "FP64", [1, 2], "fp64_contents", [1.0, 2.0])]),
+        _request([("input", "FP64", [1, 2], "fp64_contents", [1.0, 2.0])], request_id="a", model="i"),
+    ],
+)
+def test_a_request_of_the_same_length_but_another_shape_is_read(other: Any) -> None:
+    first = _request([("input", "FP64", [1, 2], "fp64_contents", [1.0, 2.0])]).SerializeToString()
+    assert read_infer(first) is not None
+    message = other.SerializeToString()
+    assert len(message) == len(first)
+    read, parsed = _both(message)
+    assert read is not None
+    assert (read.model_name, read.id) == (parsed.model_name, parsed.id)
     assert _decoded(read) == _decoded(parsed)
 
 

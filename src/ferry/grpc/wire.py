@@ -47,14 +47,59 @@ def read_infer(message: bytes) -> WireInfer | None:
     """The request, if it takes the common form: model, version, id, inputs with a name, a datatype, a packed
     shape and packed FP32 or FP64 contents (or none, with ``raw_input_contents``), outputs asked for by name;
     each singular field at most once. None for anything else, including what protobuf itself would refuse."""
+    shaped = _SHAPES.get(len(message))
+    if shaped is not None and message.startswith(shaped.before) and message.endswith(shaped.after):
+        return shaped.fill(message)
     try:
-        return _read_infer(message)
+        read = _read_infer(message)
     except (IndexError, UnicodeDecodeError):  # truncated, or a string protobuf would refuse too
         return None
+    if read is None:
+        return None
+    request, spans = read
+    if len(spans) == 1 and spans[0][1] > spans[0][0] and not request.raw_input_contents:
+        _remember(request, *spans[0])
+    return request
 
 
-def _read_infer(data: bytes) -> WireInfer | None:
+class _Shape:
+    """A request read before, but for its one tensor's values: a request of the same length whose bytes
+    before and after those values are the same reads the same, but for its values (they are a packed field's
+    payload, whose length the bytes before them give, and any bytes are valid values), so it is filled in
+    without reading. A client sends the same shape of request again and again; this is ~0.7 µs, a read ~2."""
+
+    __slots__ = ("after", "before", "request", "start", "stop")
+
+    def __init__(self, request: WireInfer, start: int, stop: int) -> None:
+        self.request, self.start, self.stop = request, start, stop
+        self.before, self.after = request.message[:start], request.message[stop:]
+
+    def fill(self, message: bytes) -> WireInfer:
+        known = self.request
+        name, datatype, shape, contents, _ = known.inputs[0]
+        values = message[self.start : self.stop]
+        tensor = (name, datatype, list(shape), contents, values)
+        return WireInfer(message, known.model_name, known.model_version, known.id, [tensor], list(known.outputs))
+
+
+_SHAPES: dict[int, _Shape] = {}  # a message's length -> the shape of the last such request read
+_SHAPES_KEPT = 256
+_SHAPE_BYTES = 512  # a request whose bytes besides its values are more is not kept
+
+
+def _remember(request: WireInfer, start: int, stop: int) -> None:
+    message = request.message
+    if len(message) - (stop - start) > _SHAPE_BYTES:
+        return
+    if len(_SHAPES) >= _SHAPES_KEPT:
+        _SHAPES.clear()
+    _SHAPES[len(message)] = _Shape(request, start, stop)
+
+
+def _read_infer(data: bytes) -> tuple[WireInfer, list[tuple[int, int]]] | None:
+    """The request, and where each of its tensors' values lie in ``data``."""
     request = WireInfer(data)
+    spans = []
     seen = 0  # the singular fields met so far, as bits
     pos, end = 0, len(data)
     while pos < end:
@@ -70,7 +115,9 @@ def _read_infer(data: bytes) -> WireInfer | None:
             tensor = _read_tensor(data, start, pos)
             if tensor is None:
                 return None
-            request.inputs.append(tensor)
+            name, datatype, shape, contents, first, last = tensor
+            request.inputs.append((name, datatype, shape, contents, data[first:last]))
+            spans.append((first, last))
         elif number == 7:
             request.raw_input_contents.append(data[start:pos])
         elif number == 6:
@@ -89,13 +136,14 @@ def _read_infer(data: bytes) -> WireInfer | None:
                 request.id = text
         else:  # parameters, a field twice, a field this version of the message does not have
             return None
-    return request
+    return request, spans
 
 
-def _read_tensor(data: bytes, pos: int, end: int) -> WireTensor | None:
+def _read_tensor(data: bytes, pos: int, end: int) -> tuple[str, str, list[int], int, int, int] | None:
+    """A tensor's name, datatype, shape, contents field, and where that field's values start and stop."""
     name = datatype = ""
     shape: list[int] = []
-    contents, values = 0, b""
+    contents = first = last = 0
     seen = 0
     while pos < end:
         tag, length = data[pos], data[pos + 1]
@@ -129,8 +177,8 @@ def _read_tensor(data: bytes, pos: int, end: int) -> WireTensor | None:
                 return None
             if length % _PACKED_WIDTH[contents]:
                 return None
-            values = data[first:pos]
-    return name, datatype, shape, contents, values
+            last = pos
+    return name, datatype, shape, contents, first, last
 
 
 def _read_output(data: bytes, pos: int, end: int) -> str | None:
@@ -162,23 +210,24 @@ class ReplyWriter:
 
     Building it through protobuf's objects cost ~11 µs for 100 labels against ~4 µs for v2 REST's JSON; here a
     label's whole element (tag, length, bytes) is looked up, and numbers are packed by NumPy. Anything else (other
-    types, labels that are not text) is left to protobuf (``write`` answers None). ``tests/test_grpc_reply.py``
-    parses what this writes with protobuf and compares it with protobuf's own.
+    types, labels that are not text) is left to protobuf (``write`` answers None).
     """
 
     LABELS = 4096  # distinct labels (and models, outputs) kept; past it a cache starts again
 
     def __init__(self) -> None:
-        self.labels = _Elements()
+        self.labels: dict[str, bytes] = {}  # a label -> its bytes_contents element (tag 8, length, UTF-8)
         self.heads: dict[tuple[str, str], bytes] = {}  # (model, version) -> its fields 1 and 2
         self.names: dict[tuple[str, str], bytes] = {}  # (output, datatype) -> the tensor's fields 1 and 2
+        self.dims: dict[tuple[int, ...], bytes] = {}  # a shape -> its field 3
 
     def write(self, request: v2.InferRequest, handle: ModelHandle, columns: list[v2.Column]) -> bytes | None:
         if len(self.labels) > self.LABELS:
             self.labels.clear()
-        if len(self.heads) > self.LABELS or len(self.names) > self.LABELS:
+        if len(self.heads) > self.LABELS or len(self.names) > self.LABELS or len(self.dims) > self.LABELS:
             self.heads.clear()
             self.names.clear()
+            self.dims.clear()
         tensors = []
         for name, datatype, shape, values in columns:
             contents = self._contents(datatype, values)
@@ -187,7 +236,9 @@ class ReplyWriter:
             named = self.names.get((name, datatype))
             if named is None:
                 named = self.names[name, datatype] = _field(1, name.encode()) + _field(2, datatype.encode())
-            dims = _field(3, b"".join(map(_varint, shape))) if shape else b""
+            dims = self.dims.get(key := tuple(shape))
+            if dims is None:
+                dims = self.dims[key] = _field(3, b"".join(map(_varint, shape))) if shape else b""
             tensors.append(_field(5, named + dims + contents))
         head = self.heads.get((handle.name, handle.version))
         if head is None:
@@ -201,26 +252,23 @@ class ReplyWriter:
         if datatype == "BYTES":
             if not isinstance(values, list):
                 return None
-            try:
-                return _field(5, b"".join(map(self.labels.__getitem__, values))) if values else None
-            except TypeError:  # a value that is not text
+            if not values:
                 return None
+            try:
+                return _field(5, b"".join(map(self.labels.__getitem__, values)))
+            except (KeyError, TypeError):  # a label not met before (a plain dict's lookup costs half a
+                for label in values:  # ``__missing__`` one's), or a value that is not text
+                    if type(label) is not str:  # bytes, or another object: protobuf's
+                        return None
+                    if label not in self.labels:
+                        self.labels[label] = _field(8, label.encode())
+                return _field(5, b"".join(map(self.labels.__getitem__, values)))
         packed = _PACKED.get(datatype)
         if packed is None or not isinstance(values, np.ndarray):
             return None
         number, dtype = packed
         data = np.ascontiguousarray(values, dtype=dtype).tobytes()
         return _field(5, _field(number, data)) if data else None
-
-
-class _Elements(dict[str, bytes]):
-    """A label -> its bytes_contents element (tag 8, length, UTF-8), made on first use."""
-
-    def __missing__(self, label: str) -> bytes:
-        if type(label) is not str:
-            raise TypeError(label)
-        element = self[label] = _field(8, label.encode())
-        return element
 
 
 _PACKED = {"FP64": (7, "<f8"), "FP32": (6, "<f4"), "BOOL": (1, "u1")}  # contents field, packed as
@@ -238,5 +286,8 @@ def _varint(value: int) -> bytes:
 
 
 def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited field: its tag, its length, its bytes."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+    """A length-delimited field (its number under 16): its tag, its length, its bytes."""
+    length = len(payload)
+    if length < 0x80:
+        return bytes((number << 3 | 2, length)) + payload
+    return bytes((number << 3 | 2,)) + _varint(length) + payload
