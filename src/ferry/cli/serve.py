@@ -189,6 +189,7 @@ _WORKER_MODULES = (
     "ferry.runtimes.textfeatures",
     "prometheus_client.multiprocess",
     "uvloop",
+    "encodings.idna",  # (binding a listener by host name imports it: once here, not in each worker)
 )
 
 
