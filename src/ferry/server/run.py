@@ -74,6 +74,8 @@ def run(settings: Settings, log_config: dict[str, Any]) -> bool:
     )
     try:
         if settings.workers > 1:
+            if app is not None:  # the workers fork with it loaded (the pipeline composed): shared, not built in each
+                config.load()
             Supervisor(config, sockets=[config.bind_socket()]).run()
             return True
         server = uvicorn.Server(config)
