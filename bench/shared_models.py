@@ -1,11 +1,13 @@
-"""Is a model's memory paid once whatever ``--workers``? A large model of each kind, PSS at 1 and 4 workers.
+"""Is a model's memory paid once whatever ``--workers``? A large model of each kind, PSS at 1, 2 and 4 workers.
 
     python bench/shared_models.py [--out FILE.md] [--kinds forest lightgbm ...] [--workdir DIR]
 
 Builds one repository per kind (a bundle served as the framework's own object: ``--original-models``),
-then runs ``bench/pss.py``'s measurement on each: PSS summed over the server's processes, gRPC off, once
-every worker is up and the server has answered 40 requests of the model's sample (one connection each);
-also the anonymous part of PSS alone, which the rest of a shared machine does not move.
+then runs ``bench/pss.py``'s measurement on each at 1, 2 and 4 workers: PSS summed over the server's
+processes, gRPC off, once every worker is up and the server has answered 40 requests of the model's sample
+(one connection each); also the anonymous part of PSS alone, which the rest of a shared machine does not
+move. Two per-worker figures: 1 -> 4 workers counts the supervisor too (one worker runs without one),
+2 -> 4 only the workers.
 The kinds: a scikit-learn random forest (150 trees, skops), a LightGBM booster, an XGBoost booster, a
 CatBoost model, an ONNX graph (that forest converted by skl2onnx) and a Python class holding 64 MiB of
 numpy weights and a 200,000-entry dict. Also the compiled form of the forest (Ferry's default).
@@ -156,7 +158,8 @@ def main() -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ferry-shared-"))
     workdir.mkdir(parents=True, exist_ok=True)
     lines = [
-        "| model | 1 worker: PSS MiB | 4 workers: PSS MiB | 4 ÷ 1 | per extra worker MiB | PSS anon, 1 / 4 (4 ÷ 1) |",
+        "| model | 1 / 2 / 4 workers: PSS MiB | 4 ÷ 1 | per extra worker, 1 → 4 (MiB) | per worker, 2 → 4 (MiB) "
+        "| PSS anon, 1 / 4 (4 ÷ 1) |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     print("\n".join(lines), flush=True)
@@ -164,9 +167,11 @@ def main() -> None:
         builder, artifact, options = KINDS[kind]
         repo = build(workdir, kind, builder, artifact, args.ferry)
         _, _, one, one_anon = measure(args.ferry, str(repo), 1, False, options, args.requests)
+        _, _, two, _ = measure(args.ferry, str(repo), 2, False, options, args.requests)
         _, _, four, four_anon = measure(args.ferry, str(repo), 4, False, options, args.requests)
         anon = f"{one_anon:.0f} / {four_anon:.0f} ({four_anon / one_anon:.2f})"
-        row = f"| {kind} | {one:.0f} | {four:.0f} | {four / one:.2f} | {(four - one) / 3:.1f} | {anon} |"
+        pss = f"{one:.0f} / {two:.0f} / {four:.0f}"
+        row = f"| {kind} | {pss} | {four / one:.2f} | {(four - one) / 3:.1f} | {(four - two) / 2:.1f} | {anon} |"
         print(row, flush=True)
         lines.append(row)
     if args.out:
