@@ -144,6 +144,21 @@ def test_a_request_shaped_like_the_last_is_filled_in_without_reading(monkeypatch
     assert read.inputs[0][4] == np.array([3.5, np.nan]).tobytes()
 
 
+def test_raw_contents_shaped_like_the_last_are_filled_in_without_reading(monkeypatch: pytest.MonkeyPatch) -> None:
+    first = COMMON["raw contents, as Triton's clients send"].SerializeToString()
+    assert read_infer(first) is not None
+    values = np.array([1.5, -2.0, np.inf, 4.0], dtype="<f8").tobytes()
+    again = _request([("input", "FP64", [2, 2], None, [])], raw=[values]).SerializeToString()
+
+    def unread(data: bytes) -> Any:
+        raise AssertionError("read again")
+
+    monkeypatch.setattr(wire, "_read_infer", unread)
+    read, parsed = _both(again)
+    assert read is not None and read.raw_input_contents == [values]
+    assert _decoded(read) == _decoded(parsed)
+
+
 @pytest.mark.parametrize(
     "other",
     [
@@ -202,7 +217,7 @@ def _requests(draw: st.DrawFn) -> Any:
         shape = draw(st.lists(st.integers(-3, 300) | st.sampled_from([-(2**63), 2**62]), max_size=3))
         name = draw(st.sampled_from(["input", "length", "", "映像"]))
         inputs.append((name, draw(_DATATYPES), shape, field, values))
-    raw = draw(st.none() | st.lists(st.binary(max_size=40), max_size=3))
+    raw = draw(st.none() | st.lists(st.binary(max_size=40) | st.sampled_from([b""]), max_size=3))
     outputs = draw(st.none() | st.lists(st.sampled_from(["predict", "", "p"]), max_size=2))
     return _request(
         inputs, draw(st.text(max_size=5)), draw(st.text(max_size=3)), draw(st.text(max_size=3)), raw, outputs,
@@ -213,9 +228,11 @@ def _requests(draw: st.DrawFn) -> Any:
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_requests(), st.data())
 def test_any_request_decodes_as_protobufs_parse_does(request: Any, data: st.DataObject) -> None:
-    """Whatever a client sends, well formed or cut and flipped: read by hand only where protobuf parses it too,
-    and then to the same tensors or the same error."""
+    """Whatever a client sends, well formed or cut and flipped (after the original, so that a flipped copy may
+    be filled in from it): read by hand only where protobuf parses it too, and then to the same tensors or the
+    same error."""
     message = request.SerializeToString()
+    read_infer(message)  # (remembered if it can be: a damaged copy of the same length is then filled in, or read)
     if message and data.draw(st.booleans()):  # a damaged copy: one byte changed, or the end cut off
         at = data.draw(st.integers(0, len(message) - 1))
         if data.draw(st.booleans()):
