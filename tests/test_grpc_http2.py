@@ -25,6 +25,7 @@ from conftest import ServerProcess, free_port
 from ferry.grpc import inference_pb2 as pb
 from ferry.grpc.frames import Call, GrpcError, Limits, StatusCode, status_block
 from ferry.grpc.http2 import GrpcServer
+from ferry.server.ports import bind_listener
 
 DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = 0, 1, 3, 4, 6, 7, 8, 9
 END_STREAM, END_HEADERS, ACK = 0x1, 0x4, 0x1
@@ -89,14 +90,12 @@ def _serve(limits: Limits) -> Iterator[Running]:
     service = Recorder()
     server = GrpcServer(service, limits)
     started = threading.Event()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
+    sock = bind_listener("127.0.0.1", 0, shared=False)
     port = sock.getsockname()[1]
-    sock.close()
 
     def run() -> None:
         asyncio.set_event_loop(loop)
-        loop.run_until_complete(server.start("127.0.0.1", port))
+        loop.run_until_complete(server.start(sock))
         started.set()
         loop.run_forever()
 

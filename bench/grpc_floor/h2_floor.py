@@ -96,6 +96,7 @@ async def serve_grpclib(port: int) -> None:
 async def serve_ferry(port: int) -> None:
     from ferry.grpc.frames import Call, Limits
     from ferry.grpc.http2 import GrpcServer
+    from ferry.server.ports import bind_listener
 
     class Fixed:
         def admit(self, call: Call) -> None:
@@ -111,7 +112,7 @@ async def serve_ferry(port: int) -> None:
             pass
 
     server = GrpcServer(Fixed(), Limits())
-    await server.start("127.0.0.1", port)
+    await server.start(bind_listener("127.0.0.1", port, shared=False, backlog=2048))
     await asyncio.Event().wait()
 
 

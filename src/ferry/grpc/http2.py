@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import struct
 import time
 import zlib
@@ -650,11 +651,10 @@ class GrpcServer:
         self._sweeper: asyncio.TimerHandle | None = None
         self._drained: asyncio.Event | None = None  # set once no call is under way, while stopping
 
-    async def start(self, host: str, port: int, reuse_port: bool = False) -> None:
+    async def start(self, sock: socket.socket) -> None:
+        """Serve on ``sock``, bound and listening."""
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(
-            lambda: GrpcConnection(self), host, port, reuse_port=reuse_port or None, backlog=2048
-        )
+        self.server = await loop.create_server(lambda: GrpcConnection(self), sock=sock)
         self._sweeper = loop.call_later(1.0, self._sweep)
 
     def accept(self, connection: GrpcConnection) -> bool:

@@ -10,6 +10,7 @@ known before anything is parsed: the bytes of the calls being handled at once ar
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -223,28 +224,25 @@ def limits(settings: Settings) -> Limits:
 
 async def start_server(
     plane: DataPlane,
-    host: str,
-    port: int,
+    sock: socket.socket,
     max_message: int,
     auth: TokenAuth | None = None,
     tracing: Tracing | None = None,
-    shared: bool = False,
     max_inflight_bytes: int = 0,
     bounds: Limits | None = None,
 ) -> GrpcServer:
-    """Bind and start; a port that cannot be bound is an error, never a silent gRPC-less server.
-
-    The port is this server's alone, unless ``shared``: the workers of one ``--workers N`` server, each
-    with its own gRPC server on the port (SO_REUSEPORT). ``max_inflight_bytes`` bounds the request bytes
-    its calls hold at once (0: no bound); ``bounds`` the rest (``limits(settings)``), its message size
-    set to ``max_message``.
+    """Serve on ``sock``, a listening socket (``ferry.server.ports.bind_listener``: the port this server's
+    alone, or shared by the workers of one ``--workers N`` server, each with its own gRPC server on it).
+    ``max_inflight_bytes`` bounds the request bytes its calls hold at once (0: no bound); ``bounds`` the
+    rest (``limits(settings)``), its message size set to ``max_message``.
     """
     bounds = Limits(max_message=max_message) if bounds is None else bounds
     if bounds.max_message != max_message:
         bounds = Limits(**{**bounds.__dict__, "max_message": max_message})
     service = InferenceService(InferenceServicer(plane, tracing), auth, InflightBytes(max_inflight_bytes, max_message))
     server = GrpcServer(service, bounds)
-    await server.start(host, port, reuse_port=shared)
+    await server.start(sock)
+    host, port = sock.getsockname()[:2]
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     logger.info("gRPC (Open Inference v2) on %s", address)
     return server

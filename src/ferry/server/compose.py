@@ -16,7 +16,8 @@ from typing import Any
 
 from ferry.http.app import build_app, plane_from_settings, plane_tasks
 from ferry.http.dispatch import FerryApp
-from ferry.server.probes import Heartbeat, ProbeAnswers, ProbeListener, bind_probe_socket
+from ferry.server.ports import bind_listener
+from ferry.server.probes import Heartbeat, ProbeAnswers, ProbeListener
 from ferry.server.transports import grpc_beside
 from ferry.serving.plane import Plane
 from ferry.serving.registry import ModelRegistry
@@ -57,7 +58,7 @@ class Server:
             if settings.probe_port:
                 # 1. The probe listener, bound before the models load, so /health answers at once; a port in
                 #    use stops start-up. It answers readiness from the plane, as HTTP and gRPC do.
-                sock = bind_probe_socket(settings.host, settings.probe_port, shared=settings.workers > 1)
+                sock = bind_listener(settings.host, settings.probe_port, shared=settings.workers > 1)
                 listener = ProbeListener(sock, ProbeAnswers(plane.queries, heartbeat).answer)
                 listener.start()
                 # The probe thread needs the GIL for each step of a reply; while the request loop is busy it

@@ -171,16 +171,3 @@ async def _closing(writer: asyncio.StreamWriter) -> AsyncIterator[None]:
         writer.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(writer.wait_closed(), HEAD_TIMEOUT_S)
-
-
-def bind_probe_socket(host: str, port: int, shared: bool) -> socket.socket:
-    """The probe port, listening; ``shared`` (``--workers N``) lets this server's workers bind it each."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if shared:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    sock.listen(128)
-    sock.setblocking(False)
-    return sock

@@ -11,6 +11,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from ferry.auth import TokenAuth
+from ferry.server.ports import bind_listener
 from ferry.serving.plane import Plane
 from ferry.settings import Settings
 
@@ -26,14 +27,13 @@ async def grpc_beside(plane: Plane, auth: TokenAuth | None, settings: Settings) 
     from ferry.grpc.server import limits, start_server  # imported only by a server that serves gRPC
 
     # 1. gRPC binds now, alone on its port unless it is shared by the workers of this one server.
+    sock = bind_listener(settings.host, settings.grpc_port, shared=settings.workers > 1, backlog=2048)
     grpc_server = await start_server(
         plane.data,
-        settings.host,
-        settings.grpc_port,
+        sock,
         settings.max_body_bytes,
         auth,
         plane.tracing,
-        shared=settings.workers > 1,
         max_inflight_bytes=settings.max_inflight_bytes,
         bounds=limits(settings),
     )
