@@ -159,19 +159,20 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     lines = [
         "| model | 1 / 2 / 4 workers: PSS MiB | 4 ÷ 1 | per extra worker, 1 → 4 (MiB) | per worker, 2 → 4 (MiB) "
-        "| PSS anon, 1 / 4 (4 ÷ 1) |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| PSS anon, 1 / 2 / 4 (4 ÷ 1) | anon per worker, 2 → 4 (MiB) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     print("\n".join(lines), flush=True)
     for kind in args.kinds:
         builder, artifact, options = KINDS[kind]
         repo = build(workdir, kind, builder, artifact, args.ferry)
         _, _, one, one_anon = measure(args.ferry, str(repo), 1, False, options, args.requests)
-        _, _, two, _ = measure(args.ferry, str(repo), 2, False, options, args.requests)
+        _, _, two, two_anon = measure(args.ferry, str(repo), 2, False, options, args.requests)
         _, _, four, four_anon = measure(args.ferry, str(repo), 4, False, options, args.requests)
-        anon = f"{one_anon:.0f} / {four_anon:.0f} ({four_anon / one_anon:.2f})"
+        anon = f"{one_anon:.0f} / {two_anon:.0f} / {four_anon:.0f} ({four_anon / one_anon:.2f})"
         pss = f"{one:.0f} / {two:.0f} / {four:.0f}"
-        row = f"| {kind} | {pss} | {four / one:.2f} | {(four - one) / 3:.1f} | {(four - two) / 2:.1f} | {anon} |"
+        row = f"| {kind} | {pss} | {four / one:.2f} | {(four - one) / 3:.1f} | {(four - two) / 2:.1f} | {anon} "
+        row += f"| {(four_anon - two_anon) / 2:.1f} |"
         print(row, flush=True)
         lines.append(row)
     if args.out:

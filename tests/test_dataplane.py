@@ -294,6 +294,26 @@ def test_tensor_limit_is_checked_from_the_shape(proto: Protocol) -> None:
     assert "exceeds the limit of 16777216 elements" in reply.body["error"]
 
 
+@pytest.mark.parametrize("dims", [33, 100])
+def test_more_dimensions_than_an_array_holds_are_a_400(proto: Protocol, dims: int) -> None:
+    """[1] * 100 holds one element, but NumPy holds no array of 100 dimensions: a 400 naming the shape, never a 500
+    (tests/test_grpc_wire.py: a gRPC message of many thousands of them is refused before they are unpacked)."""
+    if isinstance(proto, V2):
+        shape_body = {"inputs": [{"name": "x", "datatype": "FP64", "shape": [1] * dims, "data": [1.0]}]}
+        reply = proto.send([], content=json.dumps(shape_body).encode())
+    elif isinstance(proto, Grpc):
+        request = pb.ModelInferRequest(model_name="sleepy")
+        request.inputs.add(name="x", datatype="FP64", shape=[1] * dims).contents.fp64_contents.append(1.0)
+        channel = grpc.insecure_channel(proto.server.grpc_url)  # type: ignore[attr-defined]
+        with channel, pytest.raises(grpc.RpcError) as caught:
+            pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, metadata=[("x-api-key", TOKEN)])
+        reply = Reply(GRPC_AS_HTTP[caught.value.code().name], {"error": caught.value.details()})
+    else:
+        pytest.skip(f"{proto.name} has no tensor shapes")
+    assert reply.status == 400
+    assert "shape has more than 32 dimensions" in reply.body["error"]
+
+
 def test_error_json_has_one_shape_with_the_request_id(http_proto: Protocol) -> None:
     reply = http_proto.send([[1.0]], {"X-Request-ID": "trace-me-42"}, content=b'{"inputs": [')
     assert reply.status == 400

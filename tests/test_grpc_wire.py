@@ -193,6 +193,13 @@ def test_anything_else_is_left_to_protobuf(case: str) -> None:
     assert not isinstance(parse_infer(message), WireInfer)
 
 
+def test_a_shape_of_many_dimensions_is_refused_before_they_are_unpacked() -> None:
+    message = _request([("input", "FP64", [1] * 200_000, "fp64_contents", [1.0])]).SerializeToString()
+    assert read_infer(message) is None  # protobuf's, whose length is checked before its list is made
+    with pytest.raises(InvalidInput, match="shape has more than 32 dimensions"):
+        decode_request(parse_infer(message))
+
+
 def test_what_protobuf_refuses_is_never_read_by_hand() -> None:
     message = COMMON["one row"].SerializeToString()
     for bad in (message[:-1], message + b"\x0a", b"\x0a\x02\xff\xfe" + message, b"\xff\xff\xff\xff"):

@@ -16,6 +16,7 @@ from ferry.protocol import v2, v2_explain
 from ferry.protocol.tensors import (
     CONTENTS_FIELD,
     DATATYPES,
+    MAX_TENSOR_DIMS,
     MAX_TENSOR_ELEMENTS,
     Tensor,
     check_header,
@@ -114,7 +115,8 @@ def decode_request(request: Any) -> v2.InferRequest:
     inputs = []
     for i, tensor in enumerate(tensors):
         where = f"inputs[{i}]"
-        name, datatype, shape = _header(tensor.name, tensor.datatype, list(tensor.shape), where)
+        dims = tensor.shape  # (its length first: a message may hold millions of them, and no array that many)
+        name, datatype, shape = _header(tensor.name, tensor.datatype, list(dims[: MAX_TENSOR_DIMS + 1]), where)
         if raw:
             if tensor.contents.ListFields():  # the spec allows one or the other; never guess which wins
                 raise InvalidInput("contents and raw_input_contents are both set; send one", f"{where}.contents")
@@ -165,7 +167,14 @@ _WIRE_FLOATS = {("FP32", 6): "f", ("FP64", 7): "d"}
 def _header(name: str, datatype: str, shape: list[int], where: str) -> tuple[str, str, list[int]]:
     """``check_header`` for a protobuf tensor, whose fields are already a str, a str and int64s: the usual
     tensor passes in C-speed checks; anything else gets the shared check, and its errors."""
-    if name and datatype in DATATYPES and shape and min(shape) > 0 and math.prod(shape) <= MAX_TENSOR_ELEMENTS:
+    if (
+        name
+        and datatype in DATATYPES
+        and shape
+        and len(shape) <= MAX_TENSOR_DIMS
+        and min(shape) > 0
+        and math.prod(shape) <= MAX_TENSOR_ELEMENTS
+    ):
         return name, datatype, shape
     return check_header(name, datatype, shape, where)
 

@@ -18,6 +18,7 @@ from ferry.protocol import v2
 from ferry.serving.registry import ModelHandle
 
 _LENGTH_DELIMITED = 2
+_SHAPE_FIELD_BYTES = 400  # a packed shape of 40 dimensions of 10 bytes each
 _PACKED_WIDTH = {6: 4, 7: 8}  # InferTensorContents' fp32_contents and fp64_contents: bytes per value
 
 
@@ -170,6 +171,8 @@ def _read_tensor(data: bytes, pos: int, end: int) -> tuple[str, str, list[int], 
         elif number == 2:
             datatype = data[start:pos].decode()
         elif number == 3:
+            if length > _SHAPE_FIELD_BYTES:  # more dimensions than any array holds: protobuf's, and the check's
+                return None
             packed = data[start:pos]
             if packed.isascii():  # every dimension under 128: one byte each
                 shape = list(packed)

@@ -86,6 +86,8 @@ class Tensor:
 
 # A bound on one tensor's elements, checked from its shape before any data is read or allocated.
 MAX_TENSOR_ELEMENTS = 1 << 24
+# And on its dimensions: NumPy holds at most 32 (1.x) or 64 (2.x); [1] * 100 has one element but no array.
+MAX_TENSOR_DIMS = 32
 
 
 def element_count(shape: list[int]) -> int:
@@ -102,6 +104,8 @@ def check_header(name: Any, datatype: Any, shape: Any, where: str) -> tuple[str,
         )
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         raise InvalidInput("Expected `shape` as an array of non-negative integers", f"{where}.shape")
+    if len(shape) > MAX_TENSOR_DIMS:
+        raise InvalidInput(f"shape has more than {MAX_TENSOR_DIMS} dimensions", f"{where}.shape")
     # Those other than zero too, so a zero cannot carry dimensions numpy cannot hold: [0, 2**64], [0, 2**40, 2**40].
     if element_count(shape) > MAX_TENSOR_ELEMENTS or math.prod(d for d in shape if d) > MAX_TENSOR_ELEMENTS:
         raise InvalidInput(f"shape {shape[:8]} exceeds the limit of {MAX_TENSOR_ELEMENTS} elements", f"{where}.shape")

@@ -16,6 +16,7 @@ import orjson
 from ferry.errors import InvalidInput, MalformedRequest
 from ferry.protocol.native import parse_json
 from ferry.protocol.tensors import (
+    MAX_TENSOR_DIMS,
     MAX_TENSOR_ELEMENTS,
     Tensor,
     check_header,
@@ -70,7 +71,7 @@ def _decode_floats(body: bytes) -> InferRequest | None:
     inputs = []
     for i, raw in enumerate(request.inputs):
         shape, data = raw.shape, raw.data
-        if raw.parameters or not raw.name or not data:
+        if raw.parameters or not raw.name or not data or len(shape) > MAX_TENSOR_DIMS:
             return None
         count = 1
         for d in shape:
