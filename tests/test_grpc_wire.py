@@ -193,6 +193,16 @@ def test_anything_else_is_left_to_protobuf(case: str) -> None:
     assert not isinstance(parse_infer(message), WireInfer)
 
 
+def test_a_kept_shape_holds_none_of_the_values() -> None:
+    """A client's large request, kept as the shape of its length, keeps only the bytes around its values."""
+    values = np.arange(1 << 17, dtype="<f8").tobytes()  # 1 MiB
+    message = _request([("input", "FP64", [1 << 16, 2], None, [])], raw=[values]).SerializeToString()
+    assert read_infer(message) is not None
+    kept = wire._SHAPES[len(message)]
+    assert kept.known.message == b"" and kept.known.raw_input_contents == [b""]
+    assert len(kept.before) + len(kept.after) < 100
+
+
 def test_a_shape_of_many_dimensions_is_refused_before_they_are_unpacked() -> None:
     message = _request([("input", "FP64", [1] * 200_000, "fp64_contents", [1.0])]).SerializeToString()
     assert read_infer(message) is None  # protobuf's, whose length is checked before its list is made
