@@ -115,7 +115,7 @@ def decode_request(request: Any) -> v2.InferRequest:
     inputs = []
     for i, tensor in enumerate(tensors):
         where = f"inputs[{i}]"
-        dims = tensor.shape  # (its length first: a message may hold millions of them, and no array that many)
+        dims = tensor.shape  # (one past the bound at most: a message may hold millions, and no array that many)
         name, datatype, shape = _header(tensor.name, tensor.datatype, list(dims[: MAX_TENSOR_DIMS + 1]), where)
         if raw:
             if tensor.contents.ListFields():  # the spec allows one or the other; never guess which wins

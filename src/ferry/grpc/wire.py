@@ -78,9 +78,11 @@ class _Shape:
         # What it read, without its values or its bytes (a kept shape holds at most _SHAPE_BYTES of them): the
         # only value region is this one, so every other raw buffer, and the tensor's values if raw, are empty.
         name, datatype, shape, contents, _ = request.inputs[0]
+        # (Its lists copied: the request read goes on to the codec, which owns its lists.)
         self.known = WireInfer(
-            b"", request.model_name, request.model_version, request.id, [(name, datatype, shape, contents, b"")],
-            request.outputs, [b""] * len(request.raw_input_contents),
+            b"", request.model_name, request.model_version, request.id,
+            [(name, datatype, list(shape), contents, b"")], list(request.outputs),
+            [b""] * len(request.raw_input_contents),
         )  # fmt: skip
 
     def fill(self, message: bytes) -> WireInfer:
