@@ -159,10 +159,12 @@ class InferenceService:
     ) -> None:
         self.auth, self.metrics = auth, servicer.metrics
         self.inflight = inflight if inflight is not None and inflight.limit else None
-        self.methods: dict[str, tuple[str, Callable[[bytes], Any], Method]] = {}
+        # path -> (method, its request message's name, how its bytes are parsed, the servicer's method)
+        self.methods: dict[str, tuple[str, str, Callable[[bytes], Any], Method]] = {}
         for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
             parse = parse_infer if method.name == "ModelInfer" else getattr(pb, method.input_type.name).FromString
-            self.methods[f"/{SERVICE}/{method.name}"] = (method.name, parse, getattr(servicer, method.name))
+            handler = getattr(servicer, method.name)
+            self.methods[f"/{SERVICE}/{method.name}"] = (method.name, method.input_type.name, parse, handler)
 
     def admit(self, call: Call) -> None:
         entry = self.methods.get(call.method)
@@ -194,11 +196,11 @@ class InferenceService:
             call.held = self.inflight.settle(call.held, len(call.message))
 
     async def handle(self, call: Call) -> bytes:
-        name, parse, method = self.methods[call.method]
+        name, message, parse, method = self.methods[call.method]
         try:
             request = parse(call.message)
         except DecodeError as exc:
-            error = report(InvalidInput(f"malformed {name}Request: {exc}"), self.metrics)
+            error = report(InvalidInput(f"malformed {message}: {exc}"), self.metrics)
             self.metrics.requests.labels(UNKNOWN_MODEL, f"grpc:{name}", "grpc", status_code(error)).inc()
             raise _status(call, error) from None
         reply = await method(request, call)
