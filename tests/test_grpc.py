@@ -11,11 +11,14 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tritonclient.utils import InferenceServerException
 
 from conftest import ServerProcess, free_port
 from ferry.grpc import inference_pb2 as pb
 from ferry.grpc import inference_pb2_grpc as pb_grpc
+from test_grpc_wire import infer_requests, iris_requests
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +151,32 @@ def test_grpc_errors(stub: Any, case: str) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         stub.ModelInfer(build())
     assert caught.value.code() == code and message in caught.value.details()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(iris_requests() | infer_requests(), st.data())
+def test_any_message_gets_an_answer_or_a_client_error(address: str, request: Any, data: st.DataObject) -> None:
+    """Whatever bytes a client sends to ModelInfer, whole or damaged, read by hand or by protobuf: an answer, or a
+    status that blames the request (never UNKNOWN or INTERNAL, never a hang)."""
+    message = request.SerializeToString()
+    if message and data.draw(st.booleans()):
+        at = data.draw(st.integers(0, len(message) - 1))
+        message = message[:at] + bytes([data.draw(st.integers(0, 255))]) + message[at + 1 :]
+    with grpc.insecure_channel(address) as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        try:
+            call(message, timeout=10)
+        except grpc.RpcError as exc:
+            assert exc.code() in CLIENT_ERRORS, (exc.code(), exc.details())
+
+
+CLIENT_ERRORS = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.UNIMPLEMENTED,
+    grpc.StatusCode.UNAUTHENTICATED,
+}
 
 
 def test_raw_size_mismatch_and_malformed_message(address: str, stub: Any) -> None:

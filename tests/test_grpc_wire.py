@@ -224,7 +224,8 @@ _FLOATS = st.floats(width=32) | st.sampled_from([float("nan"), float("inf"), 1e3
 
 
 @st.composite
-def _requests(draw: st.DrawFn) -> Any:
+def infer_requests(draw: st.DrawFn) -> Any:
+    """A ModelInferRequest of any form: fields or none, any datatypes, shapes, contents (tests/test_grpc.py too)."""
     inputs = []
     for _ in range(draw(st.integers(0, 3))):
         field = draw(_FIELDS)
@@ -236,14 +237,27 @@ def _requests(draw: st.DrawFn) -> Any:
         inputs.append((name, draw(_DATATYPES), shape, field, values))
     raw = draw(st.none() | st.lists(st.binary(max_size=40) | st.sampled_from([b""]), max_size=3))
     outputs = draw(st.none() | st.lists(st.sampled_from(["predict", "", "p"]), max_size=2))
+    model = draw(st.sampled_from(["iris", "diabetes", "reviews"]) | st.text(max_size=5))
     return _request(
-        inputs, draw(st.text(max_size=5)), draw(st.text(max_size=3)), draw(st.text(max_size=3)), raw, outputs,
+        inputs, model, draw(st.text(max_size=3)), draw(st.text(max_size=3)), raw, outputs,
         draw(st.booleans()),
     )  # fmt: skip
 
 
+@st.composite
+def iris_requests(draw: st.DrawFn) -> Any:
+    """A request the iris example answers: 1-4 rows of two features, FP64 or FP32, in contents or raw."""
+    rows = draw(st.integers(1, 4))
+    datatype, dtype, field = draw(st.sampled_from([("FP64", "<f8", "fp64_contents"), ("FP32", "<f4", "fp32_contents")]))
+    values = draw(st.lists(st.floats(0.5, 8.0, width=32), min_size=2 * rows, max_size=2 * rows))
+    if draw(st.booleans()):
+        raw = [np.array(values, dtype=dtype).tobytes()]
+        return _request([("input", datatype, [rows, 2], None, [])], raw=raw)
+    return _request([("input", datatype, [rows, 2], field, values)])
+
+
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(_requests(), st.data())
+@given(infer_requests(), st.data())
 def test_any_request_decodes_as_protobufs_parse_does(request: Any, data: st.DataObject) -> None:
     """Whatever a client sends, well formed or cut and flipped (after the original, so that a flipped copy may
     be filled in from it): read by hand only where protobuf parses it too, and then to the same tensors or the
