@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Ferry on each supported Python, alternating on one machine so its load falls on every version alike:
-# iris native and OIP v2 predict req/s (wrk -c64 on one pinned core, ROUNDS rounds), exec -> /ready
+# iris native and OIP v2 predict req/s and the server's CPU per request (wrk -c64 on one pinned core, ROUNDS
+# rounds), exec -> /ready
 # (bench/ready.py, gRPC off and on), and the memory of 1 and 4 workers (bench/pss.py, PSS summed).
 #
 #   bench/versions.sh [ROUNDS] [VERSIONS...]      e.g. bench/versions.sh 3 3.11 3.12 3.13
@@ -52,8 +53,15 @@ throughput() {  # $1 version: one server, both protocols, one row each
     for proto in native v2; do
         local path=/models/iris/predict
         [ "$proto" = v2 ] && path=/v2/models/iris/infer
-        taskset -c "$others" wrk -t1 -c64 -d"${WRK_D:-6s}" --latency -s "$WORK/$proto.lua" "http://127.0.0.1:$port$path" |
-            awk -v v="$1" -v p="$proto" '/Requests\/sec/ {rps=$2} / 99%/ {p99=$2} END {print "| " v " | " p " | " rps " | " p99 " |"}'
+        local before after
+        before=$(awk '{print $14 + $15}' "/proc/$pid/stat")  # the server's CPU time, in clock ticks
+        taskset -c "$others" wrk -t1 -c64 -d"${WRK_D:-6s}" --latency -s "$WORK/$proto.lua" "http://127.0.0.1:$port$path" \
+            >"$WORK/wrk.out"
+        after=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+        # CPU per request moves far less than req/s with what else the machine runs
+        awk -v v="$1" -v p="$proto" -v ticks=$((after - before)) -v hz="$(getconf CLK_TCK)" '
+            / requests in / {n=$1} /Requests\/sec/ {rps=$2} / 99%/ {p99=$2}
+            END {printf "| %s | %s | %s | %s | %.1f |\n", v, p, rps, p99, ticks / hz * 1e6 / n}' "$WORK/wrk.out"
     done
     kill "$pid" && wait "$pid" 2>/dev/null || true
 }
@@ -62,8 +70,8 @@ echo "# bench/versions.sh: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, loa
 echo
 echo "Server pinned to core $CORE, wrk (one thread, 64 connections, ${WRK_D:-6s}) on the others; rounds alternate versions."
 echo
-echo "| Python | protocol | iris req/s | p99 |"
-echo "|---|---|---:|---:|"
+echo "| Python | protocol | iris req/s | p99 | server CPU µs/request |"
+echo "|---|---|---:|---:|---:|"
 for _ in $(seq "$ROUNDS"); do
     for v in "${VERSIONS[@]}"; do throughput "$v"; done
 done

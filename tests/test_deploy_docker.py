@@ -31,7 +31,12 @@ from ferry.deploy.spec import DEFAULT_BASE_IMAGE, GRPC_PORT, HTTP_PORT, DeploySp
 pytestmark = pytest.mark.timeout(900)
 
 HERE = Path(__file__).parent
-CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ferry" / "standin-bookworm.tar"
+# The stand-in's Debian root file system, per base image (its Python: bookworm's 3.11, trixie's 3.13)
+CACHE = (
+    Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    / "ferry"
+    / f"standin-{DEFAULT_BASE_IMAGE.replace(':', '-')}.tar"
+)
 IMAGE = "ferry-test/examples:ci"
 LOAD_IMAGE = "ferry-test/model-load:ci"
 

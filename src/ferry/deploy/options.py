@@ -75,7 +75,7 @@ class ContainerizeOptions(DeployOptions):
     """``ferry containerize REPO --tag IMAGE:TAG``."""
 
     out: Path = _output(Path("build"), "Build context folder to write.")
-    base_image: str = setting(DEFAULT_BASE_IMAGE, "Base image (a Python 3.11 Debian image).")
+    base_image: str = setting(DEFAULT_BASE_IMAGE, "Base image (a Python 3.11-3.13 Debian image).")
     models: bool = setting(True, "Copy the bundles in; --no-models for model-load mode.")
     source: str = setting("", "Source URL for the OCI label.")
     build: bool = setting(False, "Build the image with docker (or podman).")
