@@ -101,7 +101,7 @@ def test_dockerfile_is_hadolint_clean(image_spec: dockerfile.ImageSpec, include_
 def test_dockerfile_stages_and_runtime(image_spec: dockerfile.ImageSpec) -> None:
     text = dockerfile.render_dockerfile(replace(image_spec, original_models=True))
     assert text.count("\nFROM ${BASE_IMAGE}") == 2
-    assert "ARG PYTHON_VERSION=3.13\nARG BASE_IMAGE=python:${PYTHON_VERSION}-slim-bookworm\n" in text
+    assert "ARG PYTHON_VERSION=3.11\nARG BASE_IMAGE=python:${PYTHON_VERSION}-slim-bookworm\n" in text
     final = final_stage(text)
     assert "pip install" not in final and "build-essential" not in final and "gcc" not in final
     assert "COPY --from=builder /opt/venv /opt/venv" in final

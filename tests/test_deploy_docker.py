@@ -31,12 +31,8 @@ from ferry.deploy.spec import DEFAULT_BASE_IMAGE, GRPC_PORT, HTTP_PORT, DeploySp
 pytestmark = pytest.mark.timeout(900)
 
 HERE = Path(__file__).parent
-# The stand-in's Debian root file system, per base image (its Python: bookworm's 3.11, trixie's 3.13)
-CACHE = (
-    Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    / "ferry"
-    / f"standin-{DEFAULT_BASE_IMAGE.replace(':', '-')}.tar"
-)
+# The stand-ins' Debian root file systems, one per base image (tests/docker/standin-base.sh)
+CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ferry"
 IMAGE = "ferry-test/examples:ci"
 LOAD_IMAGE = "ferry-test/model-load:ci"
 
@@ -60,26 +56,36 @@ def base_image() -> str:
     info = subprocess.run(["docker", "info"], capture_output=True, text=True, check=False)
     if info.returncode != 0:
         skip(f"docker engine not reachable (run scripts/ci-docker): {info.stderr.strip()[-300:]}")
-    have = docker("image", "inspect", DEFAULT_BASE_IMAGE, check=False).returncode == 0
-    if not have and not CACHE.is_file() and shutil.which("debootstrap") is None:
-        skip("no stand-in base image, no cached rootfs, and no debootstrap to build one")
+    reason = standin(DEFAULT_BASE_IMAGE)
+    if reason:
+        skip(reason)
+    return DEFAULT_BASE_IMAGE
+
+
+def standin(tag: str) -> str:
+    """Make the stand-in for base image ``tag`` (Debian bookworm with its Python); why not, or ''."""
+    cache = CACHE_DIR / f"standin-{tag.replace(':', '-')}.tar"
+    have = docker("image", "inspect", tag, check=False).returncode == 0
+    if not have and not cache.is_file() and shutil.which("debootstrap") is None:
+        return "no stand-in base image, no cached rootfs, and no debootstrap to build one"
     result = subprocess.run(
-        [str(HERE / "docker" / "standin-base.sh"), DEFAULT_BASE_IMAGE, str(CACHE)],
+        [str(HERE / "docker" / "standin-base.sh"), tag, str(cache)],
         capture_output=True,
         text=True,
         timeout=900,
         check=False,
     )
-    if result.returncode != 0:
-        skip(f"could not build the stand-in base image: {result.stderr.strip()[-500:]}")
-    return DEFAULT_BASE_IMAGE
+    return "" if result.returncode == 0 else f"could not build the stand-in base image: {result.stderr.strip()[-500:]}"
 
 
-def build_image(repo: Path, context: Path, tag: str, include_models: bool, trust_code: bool = False) -> None:
+def build_image(
+    repo: Path, context: Path, tag: str, include_models: bool, trust_code: bool = False, *build_args: str
+) -> None:
     spec = dockerfile.image_spec_for(repo, tag, include_models=include_models, trust_code=trust_code)
     dockerfile.write_build_context(repo, context, spec)
     # Host networking for the build only: pip needs the index, and the sandbox's bridge has no NAT.
-    docker("build", "--network", "host", "--tag", tag, str(context))
+    arguments = [part for argument in build_args for part in ("--build-arg", argument)]
+    docker("build", "--network", "host", *arguments, "--tag", tag, str(context))
 
 
 @pytest.fixture(scope="session")
@@ -221,6 +227,28 @@ def test_image_runs_as_non_root_serves_http_and_grpc_and_drains(model_image: str
     assert answers and answers[0].status_code == 200 and answers[0].json()["predictions"] == [[7.0, 8.0]]
     assert exit_code == "0", container.logs()
     assert "Shutting down" in container.logs()
+
+
+def test_the_image_builds_and_serves_on_python_3_13(
+    base_image: str, example_repo: Path, tmp_path: Path, containers: list[Container]
+) -> None:
+    """``--build-arg PYTHON_VERSION=3.13``: the same Dockerfile builds on python:3.13-slim-bookworm and serves."""
+    reason = standin("python:3.13-slim-bookworm")
+    if reason:
+        skip(reason)
+    image = "ferry-test/examples-py313:ci"
+    build_image(example_repo, tmp_path / "ctx", image, True, True, "PYTHON_VERSION=3.13")
+    version = docker(
+        "run", "--rm", "--entrypoint", "/opt/venv/bin/python", image, "-c", "import sys; print(sys.version)"
+    )
+    assert version.stdout.startswith("3.13."), version.stdout
+    container = Container(image, DeploySpec(image=image))
+    containers.append(container)
+    container.wait_ready()
+    iris = httpx.post(container.url + "/models/iris/predict", json={"instances": [{"length": 1.4, "width": 0.2}]})
+    assert iris.status_code == 200 and iris.json()["predictions"] == ["setosa"], iris.text
+    ready, values = grpc_ready_and_infer(container.grpc_target)
+    assert ready and values == [1.5, 2.5]
 
 
 def test_model_load_image_fetches_from_http_and_serves(

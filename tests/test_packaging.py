@@ -79,9 +79,9 @@ def base_image_after_build_args(text: str, build_args: dict[str, str]) -> str:
 
 def test_dockerfile_python_version_is_a_build_argument() -> None:
     text = dockerfile.render_dockerfile(image(dockerfile.DEFAULT_BASE_IMAGE))
-    assert "\nARG PYTHON_VERSION=3.13\nARG BASE_IMAGE=python:${PYTHON_VERSION}-slim-bookworm\n" in text
-    assert base_image_after_build_args(text, {}) == "python:3.13-slim-bookworm"
-    assert base_image_after_build_args(text, {"PYTHON_VERSION": "3.11"}) == "python:3.11-slim-bookworm"
+    assert "\nARG PYTHON_VERSION=3.11\nARG BASE_IMAGE=python:${PYTHON_VERSION}-slim-bookworm\n" in text
+    assert base_image_after_build_args(text, {}) == "python:3.11-slim-bookworm"
+    assert base_image_after_build_args(text, {"PYTHON_VERSION": "3.13"}) == "python:3.13-slim-bookworm"
     assert base_image_after_build_args(text, {"BASE_IMAGE": "python:3.12-slim"}) == "python:3.12-slim"
 
 
