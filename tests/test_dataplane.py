@@ -360,6 +360,10 @@ def test_compressed_bodies(proto: Protocol) -> None:
     assert reply.body["error"] == f"decompressed request body exceeds the limit of {LIMIT} bytes"
     reply = proto.send([], {"Content-Encoding": "br"}, content=raw)
     assert reply.status == 415 and reply.body["code"] == "unsupported_encoding"
+    # Cut short, or followed by more (a second gzip member, anything): a 400, never served as what it inflates to.
+    for damaged, says in ((gzip.compress(raw)[:-8], "truncated"), (gzip.compress(raw) * 2, "bytes after its gzip")):
+        reply = proto.send([], {"Content-Encoding": "gzip"}, content=damaged)
+        assert reply.status == 400 and says in reply.body["error"], reply.body
 
 
 # -- in process: the pieces the matrix rests on ---------------------------------------------------------

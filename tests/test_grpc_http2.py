@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import gzip
 import socket
 import struct
 import threading
@@ -286,6 +287,45 @@ def test_a_message_past_the_limit_is_refused_from_its_prefix(running: Running) -
     assert trailers["grpc-status"] == str(int(StatusCode.RESOURCE_EXHAUSTED))
     assert trailers["grpc-message"] == f"Received message larger than max ({LIMITS.max_message + 1} vs. 1000)"
     assert client.until(RST_STREAM) == (RST_STREAM, 0, 1, b"\x00\x00\x00\x00")  # stop sending: NO_ERROR
+
+
+def _compressed(body: bytes, flag: int = 1) -> bytes:
+    return bytes([flag]) + struct.pack(">L", len(body)) + body
+
+
+@pytest.mark.parametrize(
+    ("sent", "status", "text"),
+    [
+        (gzip.compress(b"hello"), StatusCode.OK, ""),
+        (gzip.compress(b"hello")[:-8], StatusCode.INVALID_ARGUMENT, "the gzip message is cut short"),  # no trailer
+        (gzip.compress(b"hello") + b"more", StatusCode.INVALID_ARGUMENT, "the gzip message has bytes after its end"),
+        (b"", StatusCode.INVALID_ARGUMENT, "the gzip message is cut short"),
+        (b"not gzip at all", StatusCode.INVALID_ARGUMENT, "the gzip message does not decompress"),
+        (gzip.compress(b"x" * 2000), StatusCode.RESOURCE_EXHAUSTED, "over 1000 bytes decompressed"),
+    ],
+)
+def test_a_compressed_message_is_served_only_whole(
+    running: Running, sent: bytes, status: StatusCode, text: str
+) -> None:
+    """A gzip message cut short (a sync flush, a lost trailer) or followed by more inflates to something else than
+    was sent: refused, never served as what it inflates to (tests from an adversarial review)."""
+    client = Client(running.port)
+    client.send(
+        client.headers(1, "/t/Echo", [("grpc-encoding", "gzip")]), frame(DATA, END_STREAM, 1, _compressed(sent))
+    )
+    _, data, trailers = client.reply(1)
+    assert trailers["grpc-status"] == str(int(status)), trailers
+    assert text in trailers.get("grpc-message", "")
+    if status == StatusCode.OK:
+        assert data == message(b"hello")
+
+
+def test_a_compressed_flag_other_than_0_or_1_is_refused(running: Running) -> None:
+    client = Client(running.port)
+    client.send(client.headers(1, "/t/Echo"), frame(DATA, END_STREAM, 1, _compressed(b"hello", flag=2)))
+    trailers = client.reply(1)[2]
+    assert trailers["grpc-status"] == str(int(StatusCode.INVALID_ARGUMENT))
+    assert trailers["grpc-message"] == "compressed flag 2: 0 or 1"
 
 
 def test_a_method_may_take_less_than_the_limit(running: Running) -> None:

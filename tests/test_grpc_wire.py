@@ -8,6 +8,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 from hypothesis import HealthCheck, given, settings
@@ -18,7 +19,7 @@ from ferry.grpc import inference_pb2 as pb
 from ferry.grpc import wire
 from ferry.grpc.codec import decode_request, encode_columns, parse_infer
 from ferry.grpc.wire import ReplyWriter, WireInfer, read_infer
-from ferry.protocol import v2
+from ferry.protocol import v2, v2_rest
 
 HANDLE: Any = SimpleNamespace(name="iris", version="1")
 COLUMNS: dict[str, list[v2.Column]] = {
@@ -208,6 +209,54 @@ def test_a_shape_of_many_dimensions_is_refused_before_they_are_unpacked() -> Non
     assert read_infer(message) is None  # protobuf's, whose length is checked before its list is made
     with pytest.raises(InvalidInput, match="shape has more than 32 dimensions"):
         decode_request(parse_infer(message))
+
+
+ONE_ROW = COMMON["one row"].SerializeToString()
+
+
+def test_an_output_name_of_a_long_length_is_read_as_protobuf_reads_it() -> None:
+    """A length of two varint bytes (found by an adversarial review: read as one byte, a valid request was
+    refused and one protobuf refuses was taken)."""
+    valid = ONE_ROW + b"2\x82\x01" + b"\n\x80\x00" + b"\n\x00" * 59 + b"\n\x07predict"
+    read, parsed = read_infer(valid), pb.ModelInferRequest.FromString(valid)
+    assert read is None or read.outputs == [o.name for o in parsed.outputs]
+    assert _decoded(parse_infer(valid)) == _decoded(parsed)
+    invalid = ONE_ROW + b"2\x82\x01" + b"\n\x80" + b"a" * 128
+    assert read_infer(invalid) is None
+    with pytest.raises(DecodeError):
+        parse_infer(invalid)
+
+
+@pytest.mark.parametrize("field", [b"*\x00", b":\x02ab", b"2\x00"])
+def test_a_message_of_many_tiny_fields_is_left_to_protobuf(field: bytes) -> None:
+    """Inputs, raw buffers or outputs past a few dozen: protobuf walks millions of them in C (read here, 8 MiB
+    of empty inputs held the event loop for seconds)."""
+    message = ONE_ROW + field * 100_000
+    assert read_infer(message) is None
+    with pytest.raises(InvalidInput):
+        decode_request(parse_infer(message))
+
+
+def test_more_outputs_asked_for_than_any_model_has_are_refused_before_they_are_made() -> None:
+    """4 million empty output names in one message cost seconds to make into objects: 64 at most, on gRPC and REST."""
+    message = ONE_ROW + b"2\x00" * 100
+    with pytest.raises(InvalidInput, match="100 outputs asked for; at most 64"):
+        decode_request(parse_infer(message))
+    inputs = [{"name": "input", "datatype": "FP64", "shape": [1, 2], "data": [1.0, 2.0]}]
+    body = orjson.dumps({"inputs": inputs, "outputs": [{"name": "predict"}] * 100})
+    handle: Any = None  # (refused before the model is looked at)
+    with pytest.raises(InvalidInput, match="100 outputs asked for; at most 64"):
+        v2.check_requested(v2_rest.decode_request(body, None), handle)
+
+
+def test_more_than_32_dimensions_are_named_so_on_both_paths() -> None:
+    message = _request([("input", "FP64", [1] * 40 + [-1], "fp64_contents", [1.0])]).SerializeToString()
+    errors = []
+    for parsed in (parse_infer(message), pb.ModelInferRequest.FromString(message)):
+        with pytest.raises(InvalidInput) as caught:
+            decode_request(parsed)
+        errors.append(caught.value.message)
+    assert errors[0] == errors[1] and errors[0].startswith("shape has more than 32 dimensions")
 
 
 def test_what_protobuf_refuses_is_never_read_by_hand() -> None:

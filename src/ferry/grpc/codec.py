@@ -125,6 +125,7 @@ def decode_request(request: Any) -> v2.InferRequest:
             data = _from_contents(tensor.contents, datatype, shape, where)
         inputs.append(Tensor(name, datatype, shape, data, _parameters(tensor.parameters), where))
     requested = request.outputs
+    v2.check_output_count(len(requested), "outputs")  # (before millions of them are made objects)
     outputs = [v2.RequestedOutput(o.name) for o in requested] if requested else None
     return v2.InferRequest(inputs, request.id or None, _parameters(request.parameters), outputs)
 
@@ -138,6 +139,8 @@ def _decode_wire(request: WireInfer) -> v2.InferRequest | None:
     inputs = []
     for i, (name, datatype, shape, contents, values) in enumerate(request.inputs):
         where = f"inputs[{i}]"
+        if len(shape) > MAX_TENSOR_DIMS:  # (the protobuf path reads one past the bound, and names that)
+            return None
         name, datatype, shape = _header(name, datatype, shape, where)
         if raw:
             if contents:

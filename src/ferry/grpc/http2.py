@@ -358,6 +358,9 @@ class GrpcConnection(asyncio.Protocol):
             if stream.expected < 0 and len(body) >= 5:
                 stream.compressed, stream.expected = bool(body[0]), int.from_bytes(body[1:5], "big")
                 largest = stream.call.largest or self.limits.max_message
+                if body[0] > 1:
+                    self._answer(stream, StatusCode.INVALID_ARGUMENT, f"compressed flag {body[0]}: 0 or 1")
+                    return
                 if stream.expected > largest:
                     self._answer(stream, StatusCode.RESOURCE_EXHAUSTED, _too_large(stream.expected, largest))
                     return
@@ -401,10 +404,18 @@ class GrpcConnection(asyncio.Protocol):
         inflater = zlib.decompressobj(31 if encoding == "gzip" else 15)
         try:
             out = inflater.decompress(message, largest + 1)
-        except zlib.error as exc:
-            raise GrpcError(StatusCode.INTERNAL, f"the {encoding} message does not decompress: {exc}") from None
+        except zlib.error as exc:  # the client's message: INVALID_ARGUMENT, as HTTP answers such a body 400
+            raise GrpcError(StatusCode.INVALID_ARGUMENT, f"the {encoding} message does not decompress: {exc}") from None
         if len(out) > largest:
-            raise GrpcError(StatusCode.RESOURCE_EXHAUSTED, _too_large(len(out), largest))
+            raise GrpcError(
+                StatusCode.RESOURCE_EXHAUSTED,
+                f"Received message larger than max (over {largest} bytes decompressed vs. {largest})",
+            )
+        # Cut short (a lost end, or a sync flush before it) or followed by more: never served as what it inflates to.
+        if not inflater.eof:
+            raise GrpcError(StatusCode.INVALID_ARGUMENT, f"the {encoding} message is cut short")
+        if inflater.unused_data:
+            raise GrpcError(StatusCode.INVALID_ARGUMENT, f"the {encoding} message has bytes after its end")
         return out
 
     def _settings(self, flags: int, stream: int, payload: bytes) -> None:

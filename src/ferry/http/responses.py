@@ -105,6 +105,8 @@ def decompress(body: bytes, encoding: bytes, limit: int) -> bytes:
         raise PayloadTooLarge(f"decompressed request body exceeds the limit of {limit} bytes")
     if not inflater.eof:
         raise MalformedRequest(f"request body is truncated {encoding.decode()} data")
+    if inflater.unused_data:  # (a second gzip member, or anything else: never silently dropped)
+        raise MalformedRequest(f"request body has bytes after its {encoding.decode()} data")
     return out
 
 

@@ -167,10 +167,19 @@ def requestable(handle: ModelHandle) -> list[str]:
     return known + [alias for alias, name in aliases.items() if name in known and alias not in known]
 
 
+MAX_REQUESTED_OUTPUTS = 64  # a model has a handful; a request naming more is refused before they are looked up
+
+
+def check_output_count(count: int, where: str) -> None:
+    if count > MAX_REQUESTED_OUTPUTS:
+        raise InvalidInput(f"{count} outputs asked for; at most {MAX_REQUESTED_OUTPUTS}", where)
+
+
 def check_requested(request: InferRequest, handle: ModelHandle, where: str = "$.outputs") -> None:
     """Refuse an unknown requested output before the model runs."""
     if request.outputs is None:
         return
+    check_output_count(len(request.outputs), where)
     allowed = requestable(handle)
     known = [s["name"] for s in output_specs(handle)]  # the error names the model's own (the aliases are older)
     for i, requested in enumerate(request.outputs):
