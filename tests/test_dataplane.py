@@ -277,19 +277,23 @@ def test_body_limit(proto: Protocol) -> None:
     assert reply.status == 413, reply.body
 
 
-def test_tensor_limit_is_checked_from_the_shape(proto: Protocol) -> None:
+def _one_tensor_of_shape(proto: Protocol, shape: list[int]) -> Reply:
+    """One FP64 value in a tensor declared ``shape``, over v2 REST or gRPC (other protocols carry no shapes)."""
     if isinstance(proto, V2):
-        shape_body = {"inputs": [{"name": "x", "datatype": "FP64", "shape": [1 << 20, 1 << 10], "data": [1.0]}]}
-        reply = proto.send([], content=json.dumps(shape_body).encode())
-    elif isinstance(proto, Grpc):
+        shape_body = {"inputs": [{"name": "x", "datatype": "FP64", "shape": shape, "data": [1.0]}]}
+        return proto.send([], content=json.dumps(shape_body).encode())
+    if isinstance(proto, Grpc):
         request = pb.ModelInferRequest(model_name="sleepy")
-        request.inputs.add(name="x", datatype="FP64", shape=[1 << 20, 1 << 10]).contents.fp64_contents.append(1.0)
+        request.inputs.add(name="x", datatype="FP64", shape=shape).contents.fp64_contents.append(1.0)
         channel = grpc.insecure_channel(proto.server.grpc_url)  # type: ignore[attr-defined]
         with channel, pytest.raises(grpc.RpcError) as caught:
             pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, metadata=[("x-api-key", TOKEN)])
-        reply = Reply(GRPC_AS_HTTP[caught.value.code().name], {"error": caught.value.details()})
-    else:
-        pytest.skip(f"{proto.name} has no tensor shapes: its bound is the body limit")
+        return Reply(GRPC_AS_HTTP[caught.value.code().name], {"error": caught.value.details()})
+    pytest.skip(f"{proto.name} has no tensor shapes: its bound is the body limit")
+
+
+def test_tensor_limit_is_checked_from_the_shape(proto: Protocol) -> None:
+    reply = _one_tensor_of_shape(proto, [1 << 20, 1 << 10])
     assert reply.status == 400
     assert "exceeds the limit of 16777216 elements" in reply.body["error"]
 
@@ -298,18 +302,7 @@ def test_tensor_limit_is_checked_from_the_shape(proto: Protocol) -> None:
 def test_more_dimensions_than_an_array_holds_are_a_400(proto: Protocol, dims: int) -> None:
     """[1] * 100 holds one element, but NumPy holds no array of 100 dimensions: a 400 naming the shape, never a 500
     (tests/test_grpc_wire.py: a gRPC message of many thousands of them is refused before they are unpacked)."""
-    if isinstance(proto, V2):
-        shape_body = {"inputs": [{"name": "x", "datatype": "FP64", "shape": [1] * dims, "data": [1.0]}]}
-        reply = proto.send([], content=json.dumps(shape_body).encode())
-    elif isinstance(proto, Grpc):
-        request = pb.ModelInferRequest(model_name="sleepy")
-        request.inputs.add(name="x", datatype="FP64", shape=[1] * dims).contents.fp64_contents.append(1.0)
-        channel = grpc.insecure_channel(proto.server.grpc_url)  # type: ignore[attr-defined]
-        with channel, pytest.raises(grpc.RpcError) as caught:
-            pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, metadata=[("x-api-key", TOKEN)])
-        reply = Reply(GRPC_AS_HTTP[caught.value.code().name], {"error": caught.value.details()})
-    else:
-        pytest.skip(f"{proto.name} has no tensor shapes")
+    reply = _one_tensor_of_shape(proto, [1] * dims)
     assert reply.status == 400
     assert "shape has more than 32 dimensions" in reply.body["error"]
 
