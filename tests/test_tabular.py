@@ -378,3 +378,47 @@ def test_v2_takes_one_bytes_matrix_of_text_for_a_mixed_model(served: dict[str, A
     body["inputs"][0] = {**body["inputs"][0], "datatype": "FP64", "data": [[0.0] * 4] * len(text)}
     response = httpx.post(f"{url}/v2/models/titanic/infer", json=body)
     assert response.status_code == 400 and "one BYTES [-1, 4] tensor" in response.json()["error"]
+
+
+def test_the_image_pins_pandas_and_what_each_model_file_imports(served: dict[str, Any]) -> None:
+    """A DataFrame pipeline needs pandas in the image, and a LightGBM estimator pickled by joblib needs LightGBM,
+    though neither is Ferry's extra for the runtime that serves it: both are read from the bundles, pinned with
+    what they need (a new user's image could not load the titanic pipeline: pandas was missing)."""
+    from ferry.deploy.dockerfile import image_spec_for, render_requirements
+
+    spec = image_spec_for(served["repo"], "tabular:1", original_models=True)
+    packages = {m.name: set(m.packages) for m in spec.models}
+    assert {"pandas", "scikit-learn", "numpy"} <= packages["titanic"], packages
+    assert {"pandas", "lightgbm"} <= packages["ports"], packages
+    assert packages["booster"] == {"pandas"}  # LightGBM's own text file imports nothing; its categorical column
+    # makes the runtime call it with a DataFrame
+    pins = dict(line.split("==") for line in render_requirements(spec).splitlines() if "==" in line)
+    assert pins["pandas"] == pd.__version__ and "python-dateutil" in pins, pins  # pandas and what it needs
+
+
+@pytest.mark.parametrize("compress", [0, 3, ("gzip", 3), ("bz2", 3), ("xz", 3), ("lzma", 3)])
+def test_what_a_joblib_file_imports_is_read_whatever_its_compression(tmp_path: Path, compress: Any) -> None:
+    """Read without loading it, up to its first numpy array (joblib writes arrays' bytes inline)."""
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from ferry.bundle.trust import model_imports
+
+    frame = passengers(200, 2)[["age", "pclass"]]
+    joblib.dump(Pipeline([("scale", StandardScaler())]).fit(frame), tmp_path / "m.joblib", compress=compress)
+    imports = model_imports(tmp_path / "m.joblib")
+    assert {"sklearn.pipeline.Pipeline", "sklearn.preprocessing._data.StandardScaler"} <= set(imports), imports
+
+
+def test_a_skops_pipeline_names_its_third_party_step_for_the_image(tmp_path: Path) -> None:
+    import lightgbm
+    import skops.io
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from ferry.bundle.trust import model_imports
+
+    frame = passengers(200, 2)[["age", "pclass"]]
+    model = Pipeline([("scale", StandardScaler()), ("model", lightgbm.LGBMClassifier(n_estimators=5, verbose=-1))])
+    skops.io.dump(model.fit(frame, frame.pclass), tmp_path / "m.skops")
+    assert "lightgbm.sklearn.LGBMClassifier" in model_imports(tmp_path / "m.skops")

@@ -284,7 +284,9 @@ class BuildSettings(SettingsGroup):
         None, "A file or folder a Python class needs (its modules, fitted files); repeatable."
     )
     requirements: Path | None = _setting(
-        None, "pip requirements file of a Python class, installed by ferry containerize."
+        None,
+        "pip requirements file of the model (a Python class's, a pipeline step's package), installed by ferry "
+        "containerize.",
     )
     text: str | None = _setting(None, "The model takes text: the JSON field that carries it (e.g. text).")
 

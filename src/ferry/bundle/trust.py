@@ -17,14 +17,19 @@ file can only be unpickled, so it is treated as a pickle.
 
 from __future__ import annotations
 
+import bz2
 import contextlib
+import gzip
 import importlib
 import inspect
+import io
+import lzma
 import pickletools
+import zlib
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 from ferry.bundle.artifacts import FileKind, describe, sniff
 from ferry.errors import UntrustedPickle
@@ -116,17 +121,31 @@ def sklearn_class(dotted: str) -> bool:
     return inspect.isclass(found) and found.__module__.split(".")[0] == "sklearn"
 
 
-def pickle_imports(path: Path, limit: int = 5) -> list[str]:
-    """What unpickling ``path`` would import (and so may call), read with ``pickletools`` without running it.
+def model_imports(path: Path) -> list[str]:
+    """The ``module.name`` of every type or function loading ``path`` would import, read without loading it:
+    what an image that serves the file must have installed. A skops file lists the types it names beyond
+    skops' defaults (builtins, numpy, scipy); a pickle or joblib file, compressed or not, what its opcodes
+    import. Best effort: a file of another kind names nothing."""
+    kind = sniff(path)
+    if kind == "skops":
+        import skops.io as sio
 
-    Best effort, for the refusal's message: a compressed joblib file, or data past the pickle's first
-    unreadable opcode, names nothing more.
+        return list(sio.get_untrusted_types(file=path))
+    return pickle_imports(path, limit=None) if kind in ("pickle", "unknown") else []
+
+
+def pickle_imports(path: Path, limit: int | None = 5) -> list[str]:
+    """What unpickling ``path`` would import (and so may call), read with ``pickletools`` without running it;
+    a joblib file compressed with zlib, gzip, bz2, xz or lzma is read through its decompressor.
+
+    Best effort, for the refusal's message and the image's requirements: an lz4 file, or data past the
+    pickle's first unreadable opcode, names nothing more.
     """
     found: list[str] = []
     recent: deque[str] = deque(maxlen=2)  # the last strings pushed: STACK_GLOBAL takes module and name from them
     memo: dict[int, str | None] = {}
     top: str | None = None  # the string on top of the stack, if it is one (what MEMOIZE and PUT store)
-    with contextlib.suppress(Exception), path.open("rb") as fh:  # not a pickle pickletools walks: nothing more
+    with contextlib.suppress(Exception), _opened(path) as fh:  # not a pickle pickletools walks: nothing more
         for count, (opcode, arg, _) in enumerate(pickletools.genops(fh)):
             name = opcode.name
             if name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
@@ -144,6 +163,60 @@ def pickle_imports(path: Path, limit: int = 5) -> list[str]:
             if pushed is not None:
                 recent.append(pushed)
             top = pushed
-            if name == "STOP" or len(set(found)) >= limit or count > _MAX_OPCODES:
+            if name == "STOP" or (limit is not None and len(set(found)) >= limit) or count > _MAX_OPCODES:
                 break
     return list(dict.fromkeys(found))[:limit]
+
+
+def _opened(path: Path) -> BinaryIO:
+    """``path`` as a stream of pickle bytes: through the decompressor its first bytes name, if one does."""
+    with path.open("rb") as fh:
+        head = fh.read(6)
+    if head.startswith(b"\x1f\x8b"):
+        return cast(BinaryIO, gzip.open(path, "rb"))
+    if head.startswith(b"BZh"):
+        return cast(BinaryIO, bz2.open(path, "rb"))
+    if head.startswith((b"\xfd7zXZ", b"]\x00\x00")):
+        return cast(BinaryIO, lzma.open(path, "rb"))  # xz, or the older lzma-alone format (FORMAT_AUTO reads both)
+    if head.startswith(b"x"):  # joblib's zlib: one zlib stream
+        return cast(BinaryIO, io.BufferedReader(_ZlibReader(path), 1 << 16))
+    return path.open("rb")
+
+
+class _ZlibReader(io.RawIOBase):
+    """A zlib stream read as a file, a chunk at a time (the stdlib opens gzip, bz2 and lzma files, not zlib's)."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = path.open("rb")
+        self._inflate = zlib.decompressobj()
+        self._pending = b""
+        self._position = 0  # bytes handed out: ``pickletools.genops`` asks where each opcode starts
+
+    def readable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if (offset, whence) != (0, io.SEEK_CUR):
+            raise io.UnsupportedOperation("a zlib stream is read forward only")
+        return self._position
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending and not self._inflate.eof:
+            chunk = self._file.read(65536)
+            if not chunk:
+                break
+            self._pending = self._inflate.decompress(chunk, 1 << 20)
+            while self._inflate.unconsumed_tail and len(self._pending) < 1 << 20:
+                self._pending += self._inflate.decompress(self._inflate.unconsumed_tail, 1 << 20)
+        count = min(len(buffer), len(self._pending))
+        buffer[:count] = self._pending[:count]
+        self._pending = self._pending[count:]
+        self._position += count
+        return count
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()

@@ -11,11 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ferry.bundle import MANIFEST_FILE, read_manifest, scan_repository
-from ferry.bundle.artifacts import links_leading_out
+from ferry.bundle.artifacts import links_leading_out, sniff
+from ferry.bundle.manifest import Manifest
 from ferry.bundle.requirements import ALLOW_FLAG, bundle_requirements
+from ferry.bundle.trust import model_imports
 from ferry.deploy.pins import (
     RUNTIME_APT_PACKAGES,
     RUNTIME_EXTRAS,
+    normalize,
     pin_if_installed,
     pinned_requirements,
     requirement_name,
@@ -51,6 +54,9 @@ class ModelRef:
     images: bool = False  # image input: decoding needs Pillow (the `images` extra)
     requirements: tuple[str, ...] = ()  # the bundle's own pip requirements (a Python class's, --requirements)
     compiled: bool = False  # the bundle holds a verified compiled form, which serves with numpy alone
+    # Distributions serving the original artifact imports beyond the runtime's extra: what its file names
+    # (a pipeline's third-party step), and pandas for a model called with a DataFrame (``input.frame``).
+    packages: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,11 @@ class ImageSpec:
         return extras | ({"images"} if any(m.images for m in self.models) else set())
 
     @property
+    def packages(self) -> tuple[str, ...]:
+        """The distributions, beyond Ferry's extras, that the bundles served from their originals import."""
+        return tuple(sorted({p for m in self.models if self.serving_runtime(m) != "compiled" for p in m.packages}))
+
+    @property
     def apt_packages(self) -> tuple[str, ...]:
         packages = {p for m in self.models for p in RUNTIME_APT_PACKAGES.get(self.serving_runtime(m), ())}
         # A class bundle that pip-installs a framework needs that framework's system libraries too.
@@ -99,8 +110,32 @@ def model_refs(repo: Path, allow_requirement_options: bool = False) -> tuple[Mod
             images = manifest.input.kind == "image"
             requirements = bundle_requirements(ref.path, manifest, allow_requirement_options)
             compiled = bool(manifest.options.get("compiled"))
-            refs.append(ModelRef(ref.name, ref.version, manifest.runtime, digest, images, requirements, compiled))
+            packages = model_packages(ref.path, manifest)
+            refs.append(
+                ModelRef(ref.name, ref.version, manifest.runtime, digest, images, requirements, compiled, packages)
+            )
     return tuple(refs)
+
+
+def model_packages(bundle_dir: Path, manifest: Manifest) -> tuple[str, ...]:
+    """The installed distributions whose modules loading the bundle's model files imports (read from the files,
+    never run), and pandas for a model called with a DataFrame; Ferry itself and the standard library left out.
+
+    A skops file names every type it holds; a pickle is read only up to its first numpy array's raw bytes (joblib
+    writes them inline), so a step pickled after one is not seen: ``ferry build --requirements`` names it, and
+    the image's ``ferry verify`` fails its build on anything still missing. A name no installed distribution
+    provides is left to that check."""
+    names = {"pandas"} if manifest.input.frame else set()
+    for artifact in manifest.artifacts:
+        path = bundle_dir / artifact
+        if path.is_file() and sniff(path) in ("skops", "pickle"):
+            names |= {dotted.split(".")[0] for dotted in model_imports(path)}
+    installed = metadata.packages_distributions()
+    packages = set()
+    for module in sorted(names - {"ferry"}):
+        if module in installed:
+            packages.add(normalize(installed[module][0]))
+    return tuple(sorted(packages))
 
 
 def healthcheck_command(path: str = LIVENESS_PATH) -> list[str]:
@@ -216,7 +251,7 @@ def render_dockerignore() -> str:
 
 
 def render_requirements(spec: ImageSpec) -> str:
-    lines = pinned_requirements(spec.extras)
+    lines = pinned_requirements(spec.extras, packages=spec.packages)
     pinned = {line.split("==")[0] for line in lines}
     for requirement in sorted({r for m in spec.models for r in m.requirements}):
         line = pin_if_installed(requirement)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata as metadata
 import re
+from collections.abc import Iterable
 
 from ferry.errors import SpecError
 
@@ -33,14 +34,18 @@ def normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def pinned_requirements(extras: set[str], root: str = "ferry") -> list[str]:
-    """``name==version`` for every installed distribution ``root[extras]`` needs, ``root`` itself excluded.
+def pinned_requirements(extras: set[str], root: str = "ferry", packages: Iterable[str] = ()) -> list[str]:
+    """``name==version`` for every installed distribution ``root[extras]`` needs, ``root`` itself excluded, and
+    for each of ``packages`` (installed distributions the models import) and what it needs.
 
     A requirement whose marker names extras is followed only for requested extras; one with any other marker
     (platform, Python version) is followed when it is installed, since this environment already resolved it.
     """
     pins: dict[str, str] = {}
+    for package in packages:
+        pins[normalize(package)] = metadata.version(package)
     pending: list[tuple[str, frozenset[str]]] = [(root, frozenset(extras))]
+    pending += [(package, frozenset()) for package in packages]
     seen: set[tuple[str, frozenset[str]]] = set()
     while pending:
         dist_name, wanted = pending.pop()
