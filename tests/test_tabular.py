@@ -422,3 +422,33 @@ def test_a_skops_pipeline_names_its_third_party_step_for_the_image(tmp_path: Pat
     model = Pipeline([("scale", StandardScaler()), ("model", lightgbm.LGBMClassifier(n_estimators=5, verbose=-1))])
     skops.io.dump(model.fit(frame, frame.pclass), tmp_path / "m.skops")
     assert "lightgbm.sklearn.LGBMClassifier" in model_imports(tmp_path / "m.skops")
+
+
+def test_the_python_api_builds_the_standard_pipeline_with_an_imputer(tmp_path: Path, inprocess: Any) -> None:
+    """``ferry.build(pipeline)``, the README's first way: the ColumnTransformer pipeline with a SimpleImputer over
+    columns with missing ages builds (its skops file names ``numpy.dtype``, which the build used to refuse as an
+    untrusted type) and answers as its own predict and predict_proba, integer labels as integers."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline, make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    import ferry as ferry_api
+
+    frame = passengers(300, 4)
+    frame.loc[::7, "age"] = np.nan
+    columns = ColumnTransformer(
+        [
+            ("text", make_pipeline(SimpleImputer(strategy="most_frequent"), OneHotEncoder()), ["sex", "embarked"]),
+            ("numbers", make_pipeline(SimpleImputer(), StandardScaler()), ["age", "pclass"]),
+        ]
+    )
+    model = Pipeline([("columns", columns), ("model", LogisticRegression())])
+    model.fit(frame, frame.pclass)
+    ferry_api.build(model, name="imputed", repo=tmp_path / "m")
+    rows = frame.head(5)
+    answer = inprocess(tmp_path / "m").client.post("/models/imputed/predict", json=_records(rows)).json()
+    assert answer["predictions"] == model.predict(rows).tolist() and all(type(p) is int for p in answer["predictions"])
+    labels = [str(c) for c in model.classes_]  # a JSON object's keys are text
+    assert np.allclose([[p[c] for c in labels] for p in answer["probabilities"]], model.predict_proba(rows))

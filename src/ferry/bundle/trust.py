@@ -90,9 +90,12 @@ def load_estimator(path: Path, trust: Trust, subject: str) -> Any:
 
 # Beyond scikit-learn's own classes, the types of a LightGBM estimator as skops saves it (MLflow's lightgbm
 # flavor does): Ferry's list, reviewed, never the file's. skops sets their state; LightGBM parses its model text.
+# ``numpy.dtype``: skops' DTypeNode reads the dtype of an .npy array (no pickle); SimpleImputer keeps one
+# (``_fit_dtype``), so the standard pipeline over mixed columns names it.
 _LIBRARY_TYPES = frozenset(
     {
         "collections.OrderedDict",
+        "numpy.dtype",
         "lightgbm.basic.Booster",
         "lightgbm.sklearn.LGBMClassifier",
         "lightgbm.sklearn.LGBMRanker",
