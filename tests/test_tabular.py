@@ -452,3 +452,28 @@ def test_the_python_api_builds_the_standard_pipeline_with_an_imputer(tmp_path: P
     assert answer["predictions"] == model.predict(rows).tolist() and all(type(p) is int for p in answer["predictions"])
     labels = [str(c) for c in model.classes_]  # a JSON object's keys are text
     assert np.allclose([[p[c] for c in labels] for p in answer["probabilities"]], model.predict_proba(rows))
+
+
+def test_an_image_of_a_joblib_pipeline_says_it_needs_trust_and_takes_it(served: dict[str, Any], tmp_path: Path) -> None:
+    """A joblib file loads only on the operator's --trust-pickle: containerize warns that the image would serve it
+    FAILED without it, and with it the image's verify step and its server both unpickle (a new user's image had
+    verify pass and the model FAILED, with no deploy command that could grant the trust)."""
+    from ferry.deploy.spec import DeploySpec
+
+    repo, tag = str(served["repo"]), "tabular:1"
+    plain = ferry("containerize", repo, "--tag", tag, "-o", str(tmp_path / "plain"))
+    assert plain.returncode == 0, plain.stderr
+    said = " ".join((plain.stdout + plain.stderr).split())
+    assert "titanic:1 loads only with --trust-pickle" in said and "FERRY_TRUST_PICKLE=1" in said, said
+    assert "ports:1 loads only with --trust-pickle" in said  # the LGBMClassifier, pickled by joblib
+    assert "booster:1" not in said  # LightGBM's own text: no pickle
+    trusted = ferry("containerize", repo, "--tag", tag, "-o", str(tmp_path / "trusted"), "--trust-pickle")
+    assert trusted.returncode == 0 and "loads only with" not in trusted.stdout + trusted.stderr, trusted.stderr
+    dockerfile = (tmp_path / "trusted" / "Dockerfile").read_text()
+    assert '"verify", "/models", "--trust-pickle"]' in dockerfile and "FERRY_TRUST_PICKLE=true" in dockerfile
+    assert "--trust-pickle" not in (tmp_path / "plain" / "Dockerfile").read_text()
+    # the other deployments grant it the same way, as the pods' environment
+    assert DeploySpec(image=tag, trust_pickle=True).server_env()["FERRY_TRUST_PICKLE"] == "true"
+    k8s = ferry("k8s", repo, "--image", tag, "-o", str(tmp_path / "k8s"), "--trust-pickle")
+    assert k8s.returncode == 0, k8s.stderr
+    assert "FERRY_TRUST_PICKLE" in (tmp_path / "k8s" / "10-configmap.yaml").read_text()

@@ -59,12 +59,21 @@ def containerize_command(
             source=o.source or _git_remote(repo),
             extras=tuple(o.extra or ()),
             trust_code=o.trust_code,
+            trust_pickle=o.trust_pickle,
             original_models=o.original_models,
             allow_requirement_options=o.allow_requirement_options,
         )
     )
     for path in _run(lambda: dockerfile.write_build_context(repo, out, spec)):
         console.print(f"[green]wrote[/green] {path}")
+    for model, flag in spec.untrusted() if spec.include_models else ():
+        variable = "FERRY_TRUST_CODE" if flag == "--trust-code" else "FERRY_TRUST_PICKLE"
+        console.print(
+            f"[yellow]warning[/yellow] {model.name}:{model.version} loads only with {flag}: this image's server "
+            f"will answer it as FAILED unless started with {variable}=1 (pass {flag} here, or to ferry k8s, "
+            "compose or deploy, only if you trust where the model came from)",
+            soft_wrap=True,
+        )
     if o.build or o.push:
         engine = _run(image.find_engine)
         _run(lambda: image.run_streamed(image.build_argv(engine, out, tag)))
@@ -81,7 +90,15 @@ def compose_command(repo: OptionalRepo = None, *, settings: ComposeOptions) -> N
     from ferry.deploy import compose
 
     o, out, name, port = settings, settings.out, settings.name, settings.port
-    spec = _spec(repo, o.image_ref, name=name, replicas=o.replicas, model_uri=o.model_uri, trust_code=o.trust_code)
+    spec = _spec(
+        repo,
+        o.image_ref,
+        name=name,
+        replicas=o.replicas,
+        model_uri=o.model_uri,
+        trust_code=o.trust_code,
+        trust_pickle=o.trust_pickle,
+    )
     front = compose.Front(image=o.nginx_image, http_port=port, grpc_port=o.grpc_port)
     for path in _run(lambda: compose.write_compose(spec, out, front)):
         console.print(f"[green]wrote[/green] {path}")
@@ -136,6 +153,7 @@ def k8s_command(ctx: typer.Context, repo: OptionalRepo = None, *, settings: K8sO
         cpu_target_percent=planned.cpu_target_percent or DeploySpec.cpu_target_percent,
         scaling=scaling,
         trust_code=o.trust_code,
+        trust_pickle=o.trust_pickle,
     )
     objects = render_with_addons(spec, addons)
     if shard:
@@ -193,6 +211,7 @@ def deploy_command(repo: OptionalRepo = None, *, settings: ApplyOptions) -> None
         service_type=o.service_type,
         model_uri=o.model_uri,
         trust_code=o.trust_code,
+        trust_pickle=o.trust_pickle,
     )
     objects = list(k8s.render_manifests(spec).values())
     if o.dry_run:

@@ -14,7 +14,7 @@ from ferry.bundle import MANIFEST_FILE, read_manifest, scan_repository
 from ferry.bundle.artifacts import links_leading_out, sniff
 from ferry.bundle.manifest import Manifest
 from ferry.bundle.requirements import ALLOW_FLAG, bundle_requirements
-from ferry.bundle.trust import model_imports
+from ferry.bundle.trust import SERVER_FLAG, Trust, check_trusted, model_imports
 from ferry.deploy.pins import (
     RUNTIME_APT_PACKAGES,
     RUNTIME_EXTRAS,
@@ -36,7 +36,7 @@ from ferry.deploy.spec import (
     container_env,
     image_tag,
 )
-from ferry.errors import SpecError
+from ferry.errors import SpecError, UntrustedPickle
 from ferry.settings import Settings
 
 SOURCE_DIR = "ferry-src"
@@ -57,6 +57,9 @@ class ModelRef:
     # Distributions serving the original artifact imports beyond the runtime's extra: what its file names
     # (a pipeline's third-party step), and pandas for a model called with a DataFrame (``input.frame``).
     packages: tuple[str, ...] = ()
+    # The server option its original files need: --trust-code (a Python class), --trust-pickle (a pickle, or a
+    # skops file naming a type only the operator may allow), or "" for none.
+    needs: str = ""
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ class ImageSpec:
     source: str = ""
     more_extras: tuple[str, ...] = ()  # `--extra`: optional features the runtimes do not imply (tracing, fetch)
     trust_code: bool = False  # the operator's --trust-code: the image imports the bundles' Python classes
+    trust_pickle: bool = False  # the operator's --trust-pickle: the image unpickles the bundles' pickle files
     original_models: bool = False  # --original-models: serve the original artifacts, so install their frameworks
     allow_requirement_options: bool = False  # the operator's --allow-requirement-options: pip options, URLs
 
@@ -82,6 +86,15 @@ class ImageSpec:
         runtimes = {self.serving_runtime(m) for m in self.models}
         extras = {e for r in runtimes if (e := RUNTIME_EXTRAS.get(r))} | set(self.more_extras)
         return extras | ({"images"} if any(m.images for m in self.models) else set())
+
+    def untrusted(self) -> list[tuple[ModelRef, str]]:
+        """The bundles this image's server will not load (they will be FAILED) and the option each needs."""
+        granted = {"--trust-code": self.trust_code, "--trust-pickle": self.trust_pickle or self.trust_code}
+        return [
+            (m, m.needs)
+            for m in self.models
+            if m.needs and not granted[m.needs] and self.serving_runtime(m) != "compiled"
+        ]
 
     @property
     def packages(self) -> tuple[str, ...]:
@@ -111,10 +124,32 @@ def model_refs(repo: Path, allow_requirement_options: bool = False) -> tuple[Mod
             requirements = bundle_requirements(ref.path, manifest, allow_requirement_options)
             compiled = bool(manifest.options.get("compiled"))
             packages = model_packages(ref.path, manifest)
+            needs = trust_needed(ref.path, manifest)
             refs.append(
-                ModelRef(ref.name, ref.version, manifest.runtime, digest, images, requirements, compiled, packages)
+                ModelRef(
+                    ref.name, ref.version, manifest.runtime, digest, images, requirements, compiled, packages, needs
+                )
             )
     return tuple(refs)
+
+
+def trust_needed(bundle_dir: Path, manifest: Manifest) -> str:
+    """The server option that loading the bundle's original files needs, by the one loading policy
+    (``ferry.bundle.trust``): ``--trust-code`` for a Python class, ``--trust-pickle`` for a scikit-learn file
+    that is a pickle or names a type only the operator may allow; "" when none."""
+    if manifest.runtime == "python":
+        return "--trust-code"
+    if manifest.runtime != "sklearn":
+        return ""
+    steps = manifest.options.get("steps") or [manifest.options.get("artifact", "model.skops")]
+    for step in steps:
+        path = bundle_dir / str(step)
+        try:
+            if path.is_file():
+                check_trusted(path, Trust(False, SERVER_FLAG), str(step))
+        except UntrustedPickle:
+            return SERVER_FLAG
+    return ""
 
 
 def model_packages(bundle_dir: Path, manifest: Manifest) -> tuple[str, ...]:
@@ -204,7 +239,8 @@ def render_dockerfile(spec: ImageSpec) -> str:
         else f"RUN install -d -o {UID} -g {GID} {MODELS_DIR}\n"
     )
     # Every bundle loads once at build: a dependency missing from the image fails `docker build`, not the pod.
-    flags = (', "--trust-code"' if spec.trust_code else "") + (', "--original-models"' if spec.original_models else "")
+    flags = (', "--trust-code"' if spec.trust_code else "") + (', "--trust-pickle"' if spec.trust_pickle else "")
+    flags += ', "--original-models"' if spec.original_models else ""
     flags += f', "{ALLOW_FLAG}"' if spec.allow_requirement_options else ""
     verify = f'RUN ["ferry", "verify", "{MODELS_DIR}"{flags}]\n' if spec.include_models else ""
     labels = " \\\n      ".join(f"{k}={json.dumps(v)}" for k, v in image_labels(spec).items())
@@ -214,6 +250,7 @@ def render_dockerfile(spec: ImageSpec) -> str:
         "PYTHONUNBUFFERED": "1",
         **container_env(
             **({"trust_code": True} if spec.trust_code else {}),
+            **({"trust_pickle": True} if spec.trust_pickle else {}),
             **({"original_models": True} if spec.original_models else {}),
         ),
     }
@@ -285,6 +322,7 @@ def image_spec_for(
     source: str = "",
     extras: tuple[str, ...] = (),
     trust_code: bool = False,
+    trust_pickle: bool = False,
     original_models: bool = False,
     allow_requirement_options: bool = False,
 ) -> ImageSpec:
@@ -309,6 +347,7 @@ def image_spec_for(
         source=source,
         more_extras=tuple(sorted(set(extras))),
         trust_code=trust_code,
+        trust_pickle=trust_pickle,
         original_models=original_models,
         allow_requirement_options=allow_requirement_options,
     )

@@ -60,6 +60,13 @@ def _trust_code() -> Any:
     )
 
 
+def _trust_pickle() -> Any:
+    return setting(
+        DeploySpec.trust_pickle,
+        "Serve with FERRY_TRUST_PICKLE: load pickle/joblib model files (unpickling runs their code).",
+    )
+
+
 def _output(default: Path, help: str) -> Any:
     return setting(default, help, option=("--output", "-o"))
 
@@ -82,6 +89,7 @@ class ContainerizeOptions(DeployOptions):
     push: bool = setting(False, "Push the image after building.")
     extra: list[str] | None = setting(None, "Also install this Ferry extra (tracing, fetch); repeatable.")
     trust_code: bool = _trust_code()
+    trust_pickle: bool = _trust_pickle()
     original_models: bool = setting(
         Settings.original_models,
         "Serve the original artifacts (installs scikit-learn/LightGBM) even where a bundle is compiled.",
@@ -106,6 +114,7 @@ class ComposeOptions(DeployOptions):
     grpc_port: int = setting(GRPC_PORT, "Host port nginx publishes for gRPC.")
     nginx_image: str = setting(NGINX_IMAGE, "nginx image (any nginx >= 1.22).")
     trust_code: bool = _trust_code()
+    trust_pickle: bool = _trust_pickle()
 
 
 @dataclass(frozen=True)
@@ -151,6 +160,7 @@ class K8sOptions(DeployOptions):
     )
     out: Path = _output(Path("k8s"), "Folder for the manifests.")
     trust_code: bool = _trust_code()
+    trust_pickle: bool = _trust_pickle()
 
 
 @dataclass(frozen=True)
@@ -167,6 +177,7 @@ class ApplyOptions(DeployOptions):
     timeout: int = setting(300, "Seconds to wait for the rollout.")
     context: str | None = _context()
     trust_code: bool = _trust_code()
+    trust_pickle: bool = _trust_pickle()
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,7 @@ class DeploySpec:
     in_flight_target: int = 0  # 0: scale on CPU only
     scaling: Scaling = field(default_factory=Scaling)
     trust_code: bool = False  # the operator's --trust-code: the pods import the bundles' Python classes
+    trust_pickle: bool = False  # the operator's --trust-pickle: the pods unpickle the bundles' pickle/joblib files
 
     def __post_init__(self) -> None:
         for what, value in (("name", self.name), ("namespace", self.namespace)):
@@ -123,6 +124,7 @@ class DeploySpec:
         """The serve settings as FERRY_* variables: the ConfigMap, compose's environment and ``docker run -e``."""
         chosen: dict[str, Any] = {"workers": self.workers, "drain_timeout": self.drain_timeout}
         chosen |= {"log_level": self.log_level} | ({"trust_code": True} if self.trust_code else {})
+        chosen |= {"trust_pickle": True} if self.trust_pickle else {}
         return container_env(**chosen)
 
 
