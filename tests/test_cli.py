@@ -6,6 +6,7 @@ import json
 import pickle
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -267,3 +268,28 @@ def test_every_command_names_its_docs_page() -> None:
         page = (command.epilog or "").removeprefix("Docs: ")
         assert page.startswith("docs/") and (root / page).is_file(), f"ferry {name}: {command.epilog}"
     assert "Docs: docs/serving.md" in run("serve", "--help").stdout
+
+
+def test_every_help_text_reads_the_same_once_rich_renders_it() -> None:
+    """typer renders help through rich's markup: an emoji code (``START:END:`` became START🔚) or a bracketed
+    word (``'ferry[plots]'``) would be eaten. Every command's and option's help must render as written."""
+    import typer
+    from rich.text import Text
+
+    from ferry.cli.main import app
+
+    def walk(command: Any, path: str) -> Iterator[tuple[str, str]]:
+        yield path, command.help or ""
+        for param in command.params:
+            yield f"{path} {param.name}", getattr(param, "help", None) or ""
+        if hasattr(command, "list_commands"):  # a group (typer's own copy of click's)
+            context = typer.Context(command)
+            for name in command.list_commands(context):
+                sub = command.get_command(context, name)
+                assert sub is not None
+                yield from walk(sub, f"{path} {name}")
+
+    texts = list(walk(typer.main.get_command(app), "ferry"))
+    assert len(texts) > 200
+    changed = {where: text for where, text in texts if Text.from_markup(text).plain != text}
+    assert not changed, changed

@@ -240,7 +240,7 @@ class LoadTestSettings(SettingsGroup):
     rate: float | None = _setting(None, "Open loop: requests per second on a fixed schedule.")
     concurrency: int | None = _setting(None, "Closed loop: this many concurrent users.")
     duration: str = _setting("30s", "How long: 30s, 2m, 500ms.")
-    ramp: str | None = _setting(None, "Open-loop ramp START:END:DURATION[,...], e.g. 100:2000:60s.")
+    ramp: str | None = _setting(None, "Open-loop ramp FROM:TO:DURATION[,...], e.g. 100:2000:60s.")
     data: str | None = _setting(None, "JSONL/CSV file, image folder, 'sample' or 'generated' (default: sample).")
     protocol: str = _setting("native", "native, v2, v1, seldon, or grpc (OIP ModelInfer).")
     route: str | None = _setting(None, "Any route instead, e.g. 'POST /predict' or 'GET /prediction/?f=0.05'.")

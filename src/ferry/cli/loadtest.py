@@ -9,6 +9,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -107,7 +108,7 @@ def _write_png(summary: dict[str, Any], path: Path) -> None:
     try:
         err.print(f"charts written to {write_png(summary, path)}")
     except FerryError as exc:
-        err.print(f"[yellow]warning:[/yellow] no PNG: {exc.message}")
+        err.print(f"[yellow]warning:[/yellow] no PNG: {escape(exc.message)}")
 
 
 def _progress(s: dict[str, Any], options: Any) -> Text:
@@ -155,7 +156,7 @@ def _print_summary(s: dict[str, Any]) -> None:
     if "sla" in s:
         for c in s["sla"]["conditions"]:
             mark = "[green]pass[/green]" if c["passed"] else "[red]FAIL[/red]"
-            out.print(f"SLA {mark}  {c['detail']}")
+            out.print(f"SLA {mark}  {escape(c['detail'])}")
 
 
 def _write_json(path: Path | None, value: dict[str, Any]) -> None:
@@ -193,7 +194,7 @@ def check_command(
     out.print(table)
     failed = [r for r in results if not r.passed]
     for r in failed:
-        out.print(f"[red]failing example[/red] ({r.name}): {r.example}", markup=True, highlight=False)
+        out.print(f"[red]failing example[/red] ({escape(r.name)}): {escape(str(r.example))}", highlight=False)
     out.print(f"{len(results) - len(failed)}/{len(results)} checks passed")
     _write_json(json_path, {"model": schema.name, "passed": not failed, "results": [asdict(r) for r in results]})
     if failed:
@@ -238,7 +239,7 @@ def plan_command(
     inputs = PlanInputs(rate, measured, sla, zones, utilization, cpu, memory_mib)
     plan = _run(lambda: make_plan(inputs))
     for line in plan.reasoning:
-        out.print(f"- {line}")
+        out.print(f"- {escape(line)}")
     table = Table(title=f"plan for {rate:,.0f} req/s within {sla}", show_header=False)
     table.add_row("replicas", str(plan.replicas))
     table.add_row("HPA min / max / target CPU", f"{plan.hpa_min} / {plan.hpa_max} / {plan.hpa_target_cpu_percent}%")

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 import ferry
 from ferry.cli.errors import FerryTyper
@@ -189,7 +190,7 @@ def verify(
         except FerryError as exc:
             if handle.state is ModelState.READY:  # else its load error is the one reported
                 failed.append(f"{label}: {exc.message}")
-                console.print(f"[red]not ok[/red] {label}: {exc.message}", soft_wrap=True)
+                console.print(f"[red]not ok[/red] {escape(label)}: {escape(exc.message)}", soft_wrap=True)
                 continue
         if handle.state is ModelState.READY:
             console.print(f"[green]ok[/green] {label}", soft_wrap=True)
@@ -197,7 +198,9 @@ def verify(
         needs = next((flag for flag in ("--trust-pickle", "--trust-code") if flag in (handle.error or "")), None)
         if needs:  # only the operator's server may unpickle or import it
             runtime_class(read_manifest(handle.path).runtime)  # but its framework must import here
-            console.print(f"[yellow]needs {needs}[/yellow] {label}: {handle.error}", soft_wrap=True)
+            console.print(
+                f"[yellow]needs {needs}[/yellow] {escape(label)}: {escape(handle.error or '')}", soft_wrap=True
+            )
             continue
         failed.append(f"{label}: {handle.error}")
     if failed:

@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
         explain_rows: Annotated[
             int | None,
-            typer.Option(min=1, help="Newest logged rows explained per model version (with --repo) [default: 2000]."),
+            typer.Option(min=1, help="Newest logged rows explained per model version (with --repo; else 2000)."),
         ] = None,
         plot: Annotated[
             Path | None, typer.Option(help="Write the mean |contribution| per feature as a PNG (with --repo).")

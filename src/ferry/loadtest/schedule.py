@@ -78,7 +78,7 @@ def parse_ramp(text: str) -> Schedule:
     for part in text.split(","):
         pieces = part.strip().split(":")
         if len(pieces) != 3:
-            raise LoadTestUsage(f"not a ramp stage: '{part}' (expected START:END:DURATION, e.g. 100:2000:60s)")
+            raise LoadTestUsage(f"not a ramp stage: '{part}' (expected FROM:TO:DURATION, e.g. 100:2000:60s)")
         try:
             start, end = float(pieces[0]), float(pieces[1])
         except ValueError:
