@@ -198,6 +198,16 @@ def test_answers_equal_the_librarys_predict_on_native_and_v2(
     if proba is not None:
         assert outputs[1]["shape"] == [len(rows), len(model.classes_)]
         assert outputs[1]["data"] == [v for p in proba for v in p]
+    # MLServer's names for its XGBoost and CatBoost runtimes, and the metadata says what infer answers
+    assert [o["name"] for o in outputs] == ["predict", "predict_proba"][: len(outputs)]
+    metadata = httpx.get(f"{server.url}/v2/models/{model_name}", timeout=30).json()["outputs"]
+    assert [(o["name"], o["datatype"]) for o in metadata] == [(o["name"], o["datatype"]) for o in outputs]
+    proba_dtype = {"float32": "FP32", "float64": "FP64"}
+    if proba is not None:  # the library's own float: XGBoost's float32, CatBoost's float64
+        assert outputs[1]["datatype"] == proba_dtype[str(model.predict_proba(rows).dtype)]
+    asked = {**body, "outputs": [{"name": "predict_proba" if proba is not None else "predict"}]}
+    only = httpx.post(f"{server.url}/v2/models/{model_name}/infer", json=asked, timeout=30)
+    assert only.status_code == 200 and len(only.json()["outputs"]) == 1, only.text
 
 
 def test_regression_answers_are_the_float32_values_xgboost_gives(

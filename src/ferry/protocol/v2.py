@@ -116,15 +116,19 @@ def input_specs(manifest: Manifest) -> list[dict[str, Any]]:
     return [spec(schema.field, "BYTES", [-1])]
 
 
-# scikit-learn and LightGBM models answer under MLServer's names, ``predict`` and ``predict_proba``, so its
-# clients ask for the same outputs; an ONNX graph's outputs keep the graph's own names, as Triton answers them.
+# scikit-learn, LightGBM, XGBoost and CatBoost models answer under MLServer's names, ``predict`` and
+# ``predict_proba`` (its runtimes for each), so its clients ask for the same outputs; an ONNX graph's outputs keep
+# the graph's own names, as Triton answers them.
 # Ferry's earlier names (label, probabilities, prediction) stay as aliases a client may ask for by name.
 _LABEL_DATATYPES = {"int64": "INT64", "int32": "INT32", "bool": "BOOL", "float": "FP64"}
+_MLSERVER_NAMED = frozenset({"sklearn", "lightgbm", "xgboost", "catboost"})
+# Probabilities come in the library's own float: ONNX graphs' and XGBoost's are float32, the others' float64.
+_FP32_PROBABILITIES = frozenset({"onnx", "xgboost"})
 
 
 def _names(manifest: Manifest) -> tuple[str, str, str]:
     """(label, probabilities, number) output names of the model."""
-    if manifest.runtime in ("sklearn", "lightgbm"):
+    if manifest.runtime in _MLSERVER_NAMED:
         return "predict", "predict_proba", "predict"
     if manifest.runtime == "onnx":
         options = manifest.options
@@ -153,7 +157,7 @@ def output_specs(handle: ModelHandle) -> list[dict[str, Any]]:
         specs = [spec(label, _LABEL_DATATYPES.get(output.dtype, "BYTES"), [-1])]
         # Not every classifier has probabilities (a Perceptron has none); sklearn's runtime says which.
         if getattr(handle.model.runtime, "has_proba", True):
-            datatype = "FP32" if manifest.runtime == "onnx" else "FP64"
+            datatype = "FP32" if manifest.runtime in _FP32_PROBABILITIES else "FP64"
             specs.append(spec(probabilities, datatype, [-1, len(manifest.labels or [])]))
         return specs
     return [spec(number, FERRY_DATATYPES.get(output.dtype, "FP64"), list(output.shape))]
