@@ -210,6 +210,47 @@ def test_answers_equal_the_librarys_predict_on_native_and_v2(
     assert only.status_code == 200 and len(only.json()["outputs"]) == 1, only.text
 
 
+@pytest.mark.parametrize("name", ["xgb-binary.json", "xgb-multi.ubj", "xgb-reg.json", "cb-binary.cbm", "cb-multi.cbm"])
+def test_a_missing_value_is_answered_as_the_library_answers_it(
+    name: str, booster_files: tuple[Path, dict[str, Any]], booster_server: tuple[ServerProcess, dict[str, str]]
+) -> None:
+    """XGBoost and CatBoost take a missing value in any feature (trees route it): null in a record, NaN in a
+    binary tensor, answered as the library's predict on NaN, never refused (they were a 400 by default)."""
+    _, models = booster_files
+    server, _ = booster_server
+    model, model_name = models[name], name.split(".")[0]
+    rows = _rows(np.random.default_rng(14), 30, 0.3)
+    assert np.isnan(rows).any()
+    features = [f"f{i}" for i in range(WIDTH)]
+    records = [{f: (None if np.isnan(v) else v) for f, v in zip(features, row, strict=True)} for row in rows.tolist()]
+    native = httpx.post(f"{server.url}/models/{model_name}/predict", json=records, timeout=30)
+    assert native.status_code == 200, native.text
+    assert native.json()["predictions"] == model.predict(rows).reshape(-1).tolist()
+    if hasattr(model, "predict_proba"):
+        classes = [str(c) for c in model.classes_]
+        expected = [dict(zip(classes, p, strict=True)) for p in model.predict_proba(rows).tolist()]
+        assert native.json()["probabilities"] == expected
+    header = {
+        "inputs": [
+            {
+                "name": "input-0",
+                "shape": list(rows.shape),
+                "datatype": "FP64",
+                "parameters": {"binary_data_size": rows.nbytes},
+            }
+        ]
+    }
+    head = json.dumps(header).encode()
+    v2 = httpx.post(
+        f"{server.url}/v2/models/{model_name}/infer",
+        content=head + rows.astype("<f8").tobytes(),
+        headers={"Inference-Header-Content-Length": str(len(head)), "Content-Type": "application/octet-stream"},
+        timeout=30,
+    )
+    assert v2.status_code == 200, v2.text
+    assert v2.json()["outputs"][0]["data"] == model.predict(rows).reshape(-1).tolist()
+
+
 def test_regression_answers_are_the_float32_values_xgboost_gives(
     booster_files: tuple[Path, dict[str, Any]], booster_server: tuple[ServerProcess, dict[str, str]]
 ) -> None:
@@ -262,3 +303,29 @@ def test_the_image_installs_the_library_only_for_a_bundle_that_needs_it(
     assert "xgboost==" not in requirements  # every XGBoost bundle compiled: numpy serves them
     original = render_requirements(image_spec_for(folder / "models", "boosters:test", original_models=True))
     assert "xgboost==" in original and "catboost==" in original
+
+
+def test_a_lightgbm_text_model_takes_missing_values_as_lightgbm_does(
+    tmp_path: Path, inprocess: Callable[..., InProcessServer]
+) -> None:
+    """LightGBM's own file, fitted with missing values, built with no options: null is its missing value."""
+    import lightgbm
+
+    rng = np.random.default_rng(15)
+    x = _rows(rng, 400, 0.2)
+    booster = lightgbm.train(
+        {"objective": "binary", "verbose": -1, "min_data_in_leaf": 5},
+        lightgbm.Dataset(x, _target("binary:", x, rng)),
+        20,
+    )
+    booster.save_model(str(tmp_path / "model.txt"))
+    built = _ferry("build", "model.txt", "--name", "lgb", "--repo", "models", cwd=tmp_path)
+    assert built.returncode == 0, built.stderr
+    rows = _rows(np.random.default_rng(16), 30, 0.3)
+    names = booster.feature_name()
+    records = [{f: (None if np.isnan(v) else v) for f, v in zip(names, row, strict=True)} for row in rows.tolist()]
+    for options in ((), ("--original-models",)):  # the compiled form, and LightGBM itself
+        client = inprocess(tmp_path / "models", *options).client
+        answer = client.post("/models/lgb/predict", json=records)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["predictions"] == booster.predict(rows).tolist()

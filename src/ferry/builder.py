@@ -471,7 +471,8 @@ def _lightgbm(model: Any, staging: Path) -> Inferred:
     booster = getattr(model, "booster_", model)
     booster.save_model(str(staging / "model.txt"))
     names = booster.feature_name()
-    schema: dict[str, Any] = {"kind": "features", "features": [{"name": n} for n in names]}
+    # LightGBM takes a missing value (null, NaN) in any feature, as its trees were fitted to route it.
+    schema: dict[str, Any] = {"kind": "features", "features": [{"name": n, "allow_nan": True} for n in names]}
     categorical = model_columns.lightgbm_columns(booster)
     if categorical is not None:  # fitted on a DataFrame with pandas categoricals: called with one
         schema = {"kind": "features", "frame": True, "features": categorical}

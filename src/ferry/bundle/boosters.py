@@ -81,7 +81,8 @@ def xgboost_inferred(model: dict[str, Any]) -> Inferred:
     param = learner.get("learner_model_param") or {}
     width = int(param.get("num_feature", 0))
     names = learner.get("feature_names") or [f"f{i}" for i in range(width)]
-    schema = {"kind": "features", "features": [{"name": str(n)} for n in names]}
+    # XGBoost takes a missing value (null, NaN) in any feature: each split has its default direction.
+    schema = {"kind": "features", "features": [{"name": str(n), "allow_nan": True} for n in names]}
     attributes = learner.get("attributes") or {}
     try:
         sklearn = json.loads(attributes.get("scikit_learn", "{}"))
@@ -105,7 +106,10 @@ def catboost_inferred(path: Path) -> Inferred:
             f"{path.name}: a CatBoost model with categorical or text features; Ferry takes numeric features "
             "(export it to ONNX, or serve it from a Python class)"
         )
-    schema = {"kind": "features", "features": [{"name": str(n)} for n in names]}
+    # CatBoost takes a missing value unless it was fitted with nan_mode=Forbidden (its default is Min).
+    missing = str(model.get_all_params().get("nan_mode", "Min")) != "Forbidden"
+    features = [{"name": str(n), **({"allow_nan": True} if missing else {})} for n in names]
+    schema = {"kind": "features", "features": features}
     loss = str(model.get_all_params().get("loss_function", "")).split(":")[0]
     found = getattr(model, "classes_", None)
     classes = [] if found is None else [c.item() if hasattr(c, "item") else c for c in found]

@@ -117,7 +117,7 @@ def lightgbm_columns(booster: Any) -> list[Column] | None:
     if len(indices) != len(categorical):
         return None
     names = booster.feature_name()
-    columns: list[Column] = [{"name": n, "dtype": "float64", "example": 0.0} for n in names]
+    columns: list[Column] = [{"name": n, "dtype": "float64", "allow_nan": True, "example": 0.0} for n in names]
     for index, categories in zip(indices, categorical, strict=True):
         values = [_plain(c) for c in categories]
         columns[index] = {"name": names[index], "dtype": "category", "categories": values, "example": values[0]}
