@@ -194,6 +194,11 @@ def test_plan_values_drive_k8s(example_repo: Path, tmp_path: Path) -> None:
     done = run_ferry("k8s", str(example_repo), "--image", IMAGE, "--values", str(values), "--keda", "--knative",
                      "-o", str(tmp_path / "k8s"))  # fmt: skip
     assert done.returncode == 0, done.stderr
+    # the kustomization leaves the Knative Service out: the printed next step says how to apply it instead
+    out = tmp_path / "k8s"
+    assert f"kubectl apply -f {out}/00-namespace.yaml -f {out}/10-configmap.yaml -f {out}/65-knative-service.yaml" in (
+        " ".join(done.stderr.split())
+    ), done.stderr
     objs = load(tmp_path / "k8s")
     deployment = objs["20-deployment.yaml"]
     assert deployment["spec"]["replicas"] == plan["replicas"] == 12

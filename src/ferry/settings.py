@@ -272,7 +272,11 @@ class BuildSettings(SettingsGroup):
     )
     repo: Path = _setting(Settings.repo, "Model repository folder.")
     version: str | None = _setting(None, "Version (default: next integer).")
-    features: str | None = _setting(None, "Comma-separated feature names, in column order.")
+    features: str | None = _setting(
+        None,
+        "Comma-separated feature names in column order, each NAME or NAME:TYPE (string, int, float, bool; "
+        "a trailing ? allows a missing value: age:float?).",
+    )
     labels: str | None = _setting(None, "Comma-separated class labels, by class index.")
     sample: str | None = _setting(None, "Sample input as JSON.")
     expect: str | None = _setting(None, "What --sample must answer (JSON, or a bare label); the build fails otherwise.")

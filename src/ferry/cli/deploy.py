@@ -171,6 +171,13 @@ def k8s_command(ctx: typer.Context, repo: OptionalRepo = None, *, settings: K8sO
     for path in _run(lambda: k8s.write_manifests(spec, out, objects=objects)):
         console.print(f"[green]wrote[/green] {path}")
     console.print(f"apply them with: kubectl apply --server-side -k {out}")
+    for standalone, what in (("60-inferenceservice.yaml", "KServe"), ("65-knative-service.yaml", "Knative")):
+        if (out / standalone).is_file():  # an alternative to the Deployment: left out of the kustomization
+            console.print(
+                f"or, to serve through {what} instead of the Deployment: kubectl apply -f {out / '00-namespace.yaml'} "
+                f"-f {out / '10-configmap.yaml'} -f {out / standalone}",
+                soft_wrap=True,
+            )
     if routes is not None:
         from ferry.deploy import istio
         from ferry.routing.spec import load_routes

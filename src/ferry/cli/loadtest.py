@@ -211,8 +211,12 @@ def plan_command(
     from_path: Annotated[Path | None, typer.Option("--from", help="A loadtest --json file (best: --find-max).")] = None,
     zones: Annotated[int, typer.Option(help="Zones or nodes to spread over; survive losing one.")] = 3,
     utilization: Annotated[float, typer.Option(help="Target utilisation of each replica, 0-1.")] = 0.7,
-    cpu: Annotated[float, typer.Option(help="CPU cores one replica used while measured.")] = 1.0,
-    memory_mib: Annotated[int, typer.Option(help="Resident memory of one replica, MiB.")] = 512,
+    cpu: Annotated[
+        float, typer.Option(help="CPU cores one replica used under the load test (read it from your metrics).")
+    ] = 1.0,
+    memory_mib: Annotated[
+        int, typer.Option(help="Resident memory of one replica under load, MiB (from your metrics).")
+    ] = 512,
     step_duration: Annotated[str, typer.Option(help="--measure: length of each search step.")] = "5s",
     values: Annotated[
         Path | None, typer.Option(help="Write replicas/resources/HPA values as JSON for ferry k8s.")

@@ -88,8 +88,8 @@ def make_plan(p: PlanInputs) -> Plan:
         ),
         f"HPA: min {replicas} (the peak plus zone headroom), max {hpa_max} ({p.burst:g}x for bursts), "
         f"target CPU {int(p.utilization * 100)}% (the utilisation the replica count assumes)",
-        f"CPU request {cpu_m}m = measured use per replica; limit 2x for start-up and bursts",
-        f"memory request {p.memory_mib}Mi = measured resident size; limit 1.5x",
+        f"CPU request {cpu_m}m = one replica's CPU use as given (--cpu); limit 2x for start-up and bursts",
+        f"memory request {p.memory_mib}Mi = one replica's resident size as given (--memory-mib); limit 1.5x",
         f"KEDA/Knative: {usable:,.0f} req/s x {latency_s * 1000:g} ms (the SLA's latency) -> at most "
         f"{concurrency} request(s) in one replica at once; scale out past that or past {usable:,.0f} req/s",
     ]

@@ -106,7 +106,7 @@ class TrialLoader:
                 _stop_resource_tracker()
         logger.info(
             "trial load of %s: %s in %.2f s (%d threads started)",
-            path.name,
+            bundle_label(path),
             "failed" if outcome[0] else "passed",
             time.monotonic() - started,
             outcome[1],
