@@ -70,7 +70,36 @@ def test_without_training_data_a_one_hot_linear_pipeline_says_what_it_needs(serv
     assert response.status_code == 501, response.text
     error = response.json()["error"]
     assert "training mean of every encoded column, unknown for ['embarked', 'sex']" in error
-    assert "training_data" in error
+    assert "--training-data FILE.csv" in error and "training_data=frame" in error
+
+
+@pytest.mark.parametrize("form", ["csv", "parquet"])
+def test_the_cli_takes_training_rows_from_a_file_as_the_python_api_does(
+    served: dict[str, Any], tmp_path: Path, form: str
+) -> None:
+    """``ferry build titanic.joblib --training-data train.csv``: the same explanation as ``ferry.build(...,
+    training_data=frame)`` gives (a CLI user had no way to it, and the 501 pointed at Python)."""
+    import joblib
+    from tests.test_byom import ferry as ferry_cli
+
+    if form == "parquet":
+        pytest.importorskip("pyarrow", reason="pandas reads Parquet with pyarrow, which the test extras leave out")
+    pipeline, train = served["pipeline"], served["train"]
+    joblib.dump(pipeline, tmp_path / "titanic.joblib")
+    rows = tmp_path / f"train.{form}"
+    train.to_csv(rows, index=False) if form == "csv" else train.to_parquet(rows)
+    built = ferry_cli("build", str(tmp_path / "titanic.joblib"), "--name", "cli", "--repo", str(tmp_path / "m"),
+                      "--trusted", "--training-data", str(rows.rename(tmp_path / "rows.data")))  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    frame = passengers(3, 6)
+    server = ServerProcess([str(tmp_path / "m")], env={"FERRY_TRUST_PICKLE": "1"})
+    try:
+        got = httpx.post(f"{server.url}/models/cli/explain", json=_records(frame), timeout=20)
+    finally:
+        server.stop()
+    want = httpx.post(f"{served['server'].url}/models/titanic/explain", json=_records(frame), timeout=20)
+    assert got.status_code == 200, got.text
+    assert got.json()["contributions"] == pytest.approx(want.json()["contributions"], rel=1e-9)
 
 
 def _tree_pipeline(model: Any) -> Any:

@@ -120,7 +120,7 @@ def test_sampling_is_off_unless_the_operator_names_the_model(served: dict[str, A
     assert response.json()["explainable_models"] == ["bumpy"]  # named, with its background rows
     bare = httpx.post(f"{url}/models/bare/explain", json=[[1.0, 2.0, 3.0]])
     assert bare.status_code == 501, bare.text
-    assert "no background rows: build it with ferry.build(..., training_data=...)" in bare.json()["error"]
+    assert "no background rows: build it with --training-data FILE" in bare.json()["error"]
 
 
 def test_metadata_and_openapi_say_a_named_model_explains_by_sampling(served: dict[str, Any]) -> None:

@@ -284,6 +284,11 @@ class BuildSettings(SettingsGroup):
         None, "A client API to answer: 'POST /predict', or a YAML mapping (full form); repeatable."
     )
     trusted: bool = _setting(False, "Allow a pickle/joblib artifact (unpickling runs code).")
+    training_data: Path | None = _setting(
+        None,
+        "CSV (a header row naming the columns) or Parquet file of training rows: statistics for drift and "
+        "explanations, and the rows --explain-sampled explains against.",
+    )
     include: list[Path] | None = _setting(
         None, "A file or folder a Python class needs (its modules, fitted files); repeatable."
     )

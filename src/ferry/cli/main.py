@@ -90,6 +90,7 @@ def build_command(
             expected_output=_expected(s.expect),
             routes=list(s.route or []),
             trusted=trusted,
+            training_data=_training_rows(s.training_data) if s.training_data else None,
             include=list(s.include or []),
             requirements=s.requirements,
             input_schema={"kind": "text", "field": text} if text else None,
@@ -102,6 +103,22 @@ def build_command(
     compiled = read_manifest(path).metadata.get("compiled")
     if compiled:  # whether it serves without its framework, and if not, why
         console.print(f"compiled form: {compiled}")
+
+
+def _training_rows(path: Path) -> Any:
+    """``--training-data``: a pandas DataFrame of the file's rows, Parquet by its magic bytes, else CSV."""
+    from ferry.errors import ManifestError
+
+    try:
+        import pandas as pd  # type: ignore[import-untyped,unused-ignore]
+    except ImportError:
+        raise ManifestError("--training-data reads CSV and Parquet with pandas: pip install pandas") from None
+    try:
+        with path.open("rb") as fh:
+            parquet = fh.read(4) == b"PAR1"
+        return pd.read_parquet(path) if parquet else pd.read_csv(path)
+    except (OSError, ValueError, ImportError) as exc:
+        raise ManifestError(f"--training-data {path}: {exc}") from None
 
 
 def _convert_layout(source: Path, repo: Path, name: str | None, trusted: bool) -> None:

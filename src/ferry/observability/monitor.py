@@ -96,7 +96,7 @@ def _drift(group: list[dict[str, Any]], bundle: Path) -> dict[str, Any]:
         return {"error": exc.message}
     training = manifest.metadata.get("training_stats")
     if not training:
-        return {"error": f"{bundle} has no training statistics (build it with training_data=...)"}
+        return {"error": f"{bundle} has no training statistics (build it with --training-data FILE)"}
     values: dict[str, list[float]] = defaultdict(list)
     for record in group:
         inputs = record.get("inputs")

@@ -48,8 +48,8 @@ class ColumnExplainer:
                 missing = sorted({names[s] for s in self.source[np.isnan(self.means)]})
                 raise NotExplainable(
                     f"a linear model needs the training mean of every encoded column, unknown for {missing}: "
-                    "scale numbers with a StandardScaler, and build with ferry.build(..., training_data=...) "
-                    "for a one-hot column's category shares"
+                    "build with the training rows (ferry build --training-data FILE.csv, or ferry.build(..., "
+                    "training_data=frame)): their column means and category shares"
                 )
             self.method, self.link = "linear", "identity"
             self.coef = np.atleast_2d(np.asarray(model.coef_, dtype=np.float64))

@@ -657,7 +657,7 @@ class ProgramExplainer:
         else:
             raise NotExplainable(
                 "a linear model needs its training mean: put a StandardScaler before it, "
-                "or build it with ferry.build(..., training_data=...)"
+                "or build it with --training-data FILE (ferry.build(..., training_data=...))"
             )
 
     def __call__(self, x: np.ndarray) -> Contributions:

@@ -29,6 +29,7 @@ import numpy as np
 from ferry.runtimes.explain import Explanation, NotExplainable
 
 BACKGROUND_FILE = "explain-background.json"
+BUILD_WITH_ROWS = "build it with --training-data FILE (ferry.build(..., training_data=...) in Python)"
 BACKGROUND_ROWS = 64
 SAMPLE_ROWS = 1024  # model rows per explained row
 METHOD = "sampling_shapley"
@@ -61,7 +62,7 @@ def sampled_explanation(manifest: Any) -> dict[str, Any]:
     if manifest.input.kind != "features":
         return {"unavailable": "sampled explanations take feature rows"}
     if BACKGROUND_FILE not in manifest.artifacts:
-        return {"unavailable": "the bundle has no background rows: build it with ferry.build(..., training_data=...)"}
+        return {"unavailable": f"the bundle has no background rows: {BUILD_WITH_ROWS}"}
     features = len(manifest.input.features)
     return {
         "method": METHOD,
@@ -91,7 +92,7 @@ class SampledShapley:
         seed: int = 0,
     ) -> None:
         if not background:
-            raise NotExplainable("no background rows: build it with ferry.build(..., training_data=...)")
+            raise NotExplainable(f"no background rows: {BUILD_WITH_ROWS}")
         self.predict, self.names, self.labels, self.seed = predict, names, labels, seed
         self.background = np.asarray(background, dtype=object)
         self.samples = _samples(rows, len(names))
@@ -102,7 +103,7 @@ class SampledShapley:
             raise NotExplainable("sampled explanations take feature rows")
         path = folder / BACKGROUND_FILE
         if BACKGROUND_FILE not in manifest.artifacts or not path.is_file():
-            raise NotExplainable("the bundle has no background rows: build it with ferry.build(..., training_data=...)")
+            raise NotExplainable(f"the bundle has no background rows: {BUILD_WITH_ROWS}")
         names = [f.name for f in manifest.input.features]
         return cls(predict, json.loads(path.read_text()), names, manifest.labels)
 
