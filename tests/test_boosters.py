@@ -329,3 +329,43 @@ def test_a_lightgbm_text_model_takes_missing_values_as_lightgbm_does(
         answer = client.post("/models/lgb/predict", json=records)
         assert answer.status_code == 200, answer.text
         assert answer.json()["predictions"] == booster.predict(rows).tolist()
+
+
+@pytest.mark.parametrize("suffix", ["json", "ubj"])
+def test_an_xgboost_model_fitted_on_pandas_categoricals_takes_the_categories(
+    tmp_path: Path, inprocess: Callable[..., InProcessServer], suffix: str
+) -> None:
+    """XGBoost (2.1+) saves a categorical feature's categories: clients send them by name, text or numbers, and get
+    the library's own answer on the same DataFrame; an unseen or missing category is XGBoost's missing value. (A
+    category's code was asked for instead, and any number, codes of no category too, answered in silence.)"""
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(17)
+    n, colours, sizes = 400, ["red", "blue", "green"], [30, 10, 20]  # categories in training order, not sorted
+
+    def frame(colour: list[Any], size: list[Any], num: list[float]) -> Any:
+        return pd.DataFrame(
+            {
+                "num": num,
+                "colour": pd.Categorical(colour, categories=colours),
+                "size": pd.Categorical(size, categories=sizes),
+            }
+        )
+
+    train = frame(list(rng.choice(colours, n)), list(rng.choice(sizes, n)), list(rng.normal(size=n)))
+    target = ((train.colour == "blue") | ((train["size"] == 10) & (train.num > 0))).astype(int)
+    model = xgboost.XGBClassifier(n_estimators=15, max_depth=3, enable_categorical=True).fit(train, target)
+    model.save_model(str(tmp_path / f"model.{suffix}"))
+    built = _ferry("build", f"model.{suffix}", "--name", "cats", "--repo", "models", cwd=tmp_path)
+    assert built.returncode == 0, built.stderr
+    client = inprocess(tmp_path / "models").client
+    asked = [("red", 30, 0.5), ("blue", 10, -1.0), ("green", 20, 2.0), ("purple", 10, 0.1), (None, None, 0.3)]
+    records = [{"num": num, "colour": colour, "size": size} for colour, size, num in asked]
+    answer = client.post("/models/cats/predict", json=records)
+    assert answer.status_code == 200, answer.text
+    expected = frame([a[0] for a in asked], [a[1] for a in asked], [a[2] for a in asked])  # purple: not a category
+    assert answer.json()["predictions"] == model.predict(expected).tolist()
+    assert [[p["0"], p["1"]] for p in answer.json()["probabilities"]] == model.predict_proba(expected).tolist()
+    inputs = {i["name"]: i["datatype"] for i in client.get("/v2/models/cats").json()["inputs"]}
+    assert inputs == {"num": "FP64", "colour": "BYTES", "size": "INT64"}, inputs
+    coded = client.post("/models/cats/predict", json={"num": 0.5, "colour": 2, "size": 30})  # a code, not a colour
+    assert coded.status_code == 400 and "colour" in coded.json()["field"], coded.text

@@ -7,6 +7,7 @@ classifies, and its classes; ``ferry.runtimes.compile`` then compiles it where t
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import tempfile
@@ -76,13 +77,36 @@ def xgboost_json(path: Path) -> dict[str, Any]:
     return converted
 
 
+def xgboost_categories(model: dict[str, Any]) -> list[list[Any] | None]:
+    """Per feature, the categories XGBoost (2.1+) saved for a categorical one, in its code order (a code is the
+    category's index here, as pandas' were when it was fitted): text, or numbers; None for the others."""
+    booster = (model.get("learner") or {}).get("gradient_booster") or {}
+    inner = booster.get("model") or (booster.get("gbtree") or {}).get("model") or {}  # gbtree, or DART's
+    found: list[list[Any] | None] = []
+    for encoded in (inner.get("cats") or {}).get("enc") or []:
+        values = encoded.get("values") or []
+        offsets = encoded.get("offsets") or []
+        if offsets:  # UTF-8 bytes, one slice per category
+            found.append([bytes(values[a:b]).decode("utf-8") for a, b in itertools.pairwise(offsets)])
+        elif values:
+            found.append([int(v) if float(v).is_integer() else float(v) for v in values])
+        else:
+            found.append(None)
+    return found
+
+
 def xgboost_inferred(model: dict[str, Any]) -> Inferred:
     learner = model.get("learner") or {}
     param = learner.get("learner_model_param") or {}
     width = int(param.get("num_feature", 0))
     names = learner.get("feature_names") or [f"f{i}" for i in range(width)]
     # XGBoost takes a missing value (null, NaN) in any feature: each split has its default direction.
-    schema = {"kind": "features", "features": [{"name": str(n), "allow_nan": True} for n in names]}
+    features: list[dict[str, Any]] = [{"name": str(n), "allow_nan": True} for n in names]
+    types = learner.get("feature_types") or []
+    for feature, kind, categories in zip(features, types, xgboost_categories(model), strict=False):
+        if kind == "c" and categories:  # fitted on a pandas categorical: clients send its categories, by name
+            feature.update(dtype="category", categories=categories, example=categories[0])
+    schema = {"kind": "features", "features": features}
     attributes = learner.get("attributes") or {}
     try:
         sklearn = json.loads(attributes.get("scikit_learn", "{}"))

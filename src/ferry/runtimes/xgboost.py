@@ -32,6 +32,12 @@ class XGBoostRuntime(Runtime):
         self.booster = booster
         self.labels = own_labels(manifest, list(range(len(manifest.labels or []))))
         self.lookup = np.asarray(self.labels, dtype=object) if self.labels else None
+        # A categorical feature's values are its categories; XGBoost takes the code (the index in its own list)
+        self.codes = {
+            j: {category: float(code) for code, category in enumerate(f.categories)}
+            for j, f in enumerate(manifest.input.features)
+            if f.dtype == "category" and f.categories
+        }
 
     @classmethod
     def load(cls, bundle_dir: Path, manifest: Manifest, trust_pickle: bool) -> Runtime:
@@ -43,9 +49,24 @@ class XGBoostRuntime(Runtime):
         return cls(booster, manifest)
 
     def predict(self, batch: Any) -> Prediction:
-        raw = np.asarray(self.booster.inplace_predict(np.asarray(batch, dtype=np.float32)))
+        rows = self._coded(batch) if self.codes else np.asarray(batch, dtype=np.float32)
+        raw = np.asarray(self.booster.inplace_predict(rows))
         if self.lookup is None:
             return Prediction(values=raw.tolist())
         # XGBClassifier.predict_proba: [1 - p, p] for binary:logistic; its predict: the column of the largest.
         proba = raw if raw.ndim == 2 else np.column_stack([1 - raw, raw])
         return Prediction(values=self.lookup[np.argmax(proba, axis=1)].tolist(), probabilities=proba)
+
+    def _coded(self, batch: Any) -> np.ndarray:
+        """Rows with each category replaced by XGBoost's code for it; a missing or unseen one is missing (NaN),
+        as XGBoost reads a pandas categorical value outside the categories it was fitted on."""
+        rows = np.asarray(batch, dtype=object)
+        out = np.empty(rows.shape, dtype=np.float32)
+        for j in range(rows.shape[1]):
+            codes = self.codes.get(j)
+            column = rows[:, j]
+            if codes is None:
+                out[:, j] = [np.nan if v is None else v for v in column]
+            else:
+                out[:, j] = [np.nan if v is None or v != v else codes.get(v, np.nan) for v in column]
+        return out
