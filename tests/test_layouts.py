@@ -213,8 +213,8 @@ def test_an_mlserver_model_ferry_cannot_run_is_failed_while_the_others_serve(
     rows = _rows()
     v2 = server.client.post("/v2/models/boosted/versions/3/infer", json=_v2(rows), timeout=30).json()
     outputs = {o["name"]: o for o in v2["outputs"]}
-    assert outputs["label"]["data"] == models["boosted"].predict(rows).tolist()
-    assert outputs["probabilities"]["data"] == models["boosted"].predict_proba(rows).ravel().tolist()
+    assert outputs["predict"]["data"] == models["boosted"].predict(rows).tolist()  # MLServer's XGBoost names
+    assert outputs["predict_proba"]["data"] == models["boosted"].predict_proba(rows).ravel().tolist()
     petals = server.client.post("/models/petals/predict", json=rows.tolist(), timeout=30).json()
     assert petals["predictions"] == pytest.approx(models["petals"].predict(rows).tolist(), rel=1e-12)
     # /invocations names no model: with several served, the answer says which paths do

@@ -338,6 +338,13 @@ def test_a_value_the_encoder_refuses_is_a_400_naming_the_column(tmp_path: Path, 
     ):
         assert response.status_code == 400, response.text
         assert "unknown value 'X' for feature 'embarked'" in response.json()["error"], response.text
+    # the field names the record and the column: the second record sent, the one KServe instance, the one object
+    for body, path, field in (
+        ([good[1], bad], "/models/strict/predict", "$[1].embarked"),
+        ({"instances": [bad]}, "/v1/models/strict:predict", "$.instances[0].embarked"),
+        (bad, "/models/strict/predict", "$.embarked"),
+    ):
+        assert client.post(path, json=body).json()["field"] == field
 
 
 def test_float_classes_answer_as_floats(tmp_path: Path, inprocess: Any) -> None:

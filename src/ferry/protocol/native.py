@@ -74,7 +74,7 @@ def decode_native(payload: Any, codec: InputCodec) -> tuple[Any, bool]:
             if not isinstance(instances, list):
                 raise InvalidInput("Expected `array`", "$.instances")
             return _decode_list(instances, codec, "$.instances"), False
-        return codec.from_records([payload]), True
+        return codec.from_records([payload], one_object=True), True
     if isinstance(payload, list):
         if not payload:
             raise InvalidInput("empty batch: send at least one record", "$")

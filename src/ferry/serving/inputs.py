@@ -174,24 +174,27 @@ class InputCodec:
         return array
 
     # -- records: objects of named features, or {field: text} / {field: base64 image} ---------------
-    def from_records(self, records: list[Any], prefix: str = "$") -> Any:
+    def from_records(self, records: list[Any], prefix: str = "$", one_object: bool = False) -> Any:
+        """``records`` from a JSON array at ``prefix`` (errors name ``prefix[i]``), or the one object the body is
+        (``one_object``: errors name ``prefix`` itself)."""
         if self.kind in ("text", "image"):
-            wheres = [prefix if len(records) == 1 else f"{prefix}[{i}]" for i in range(len(records))]
+            wheres = [prefix if one_object else f"{prefix}[{i}]" for i in range(len(records))]
             return [
                 self._scalar(self._field(r, w), f"{w}.{self.schema.field}")
                 for r, w in zip(records, wheres, strict=True)
             ]
         if self.kind == "tensor":
             return self.from_rows([self._field(r, f"{prefix}[{i}]") for i, r in enumerate(records)], prefix)
-        rows = []
+        rows, wheres = [], []
         for i, record in enumerate(records):
-            where = f"{prefix}[{i}]" if len(records) > 1 else prefix
+            where = prefix if one_object else f"{prefix}[{i}]"
             if not isinstance(record, dict):
                 raise InvalidInput(f"Expected `object`, got `{_json_type(record)}`", where)
             if record.keys() != self.name_set:
                 self._key_error(record, where)
             rows.append([check_value(record[n], dtype, nan, f"{where}.{n}") for n, dtype, nan in self.checks])
-        return self._array(rows, prefix)
+            wheres.append(where)
+        return self._array(rows, prefix, wheres)
 
     def from_text_rows(self, rows: list[list[str]], prefix: str) -> np.ndarray:
         """Rows of text (a BYTES matrix), each value read as its feature's type, then checked as a JSON value is."""
@@ -263,24 +266,25 @@ class InputCodec:
             raise InvalidInput(f"expected an array of length {shape[0]}", where)
         return [self._nested(v, shape[1:], f"{where}[{j}]") for j, v in enumerate(value)]
 
-    def _array(self, rows: list[Any], where: str = "$") -> np.ndarray:
+    def _array(self, rows: list[Any], where: str = "$", records: list[str] | None = None) -> np.ndarray:
         dtype = _NUMPY_DTYPES[self.dtype]
         if dtype is not object or self.kind != "features":
             table = np.asarray(rows, dtype=dtype)
         else:
             table = np.empty((len(rows), len(rows[0]) if rows else 0), dtype=object)  # never a ragged or 3-D array
             table[:] = rows
-        self.check_known(table, where)
+        self.check_known(table, where, records)
         return table
 
-    def check_known(self, table: np.ndarray, where: str = "$") -> None:
+    def check_known(self, table: np.ndarray, where: str = "$", records: list[str] | None = None) -> None:
         """A value an encoder was not fitted on (and refuses) is the client's mistake, named here, not the
-        model's ValueError (a 500) for the whole batch."""
+        model's ValueError (a 500) for the whole batch; ``records``: each row's JSON path, to name its field."""
         for j, name, known in self.closed:
-            for value in table[:, j].tolist():
+            for i, value in enumerate(table[:, j].tolist()):
                 if value not in known and not (value is None or (isinstance(value, float) and math.isnan(value))):
                     shown = ", ".join(sorted(map(repr, known))[:10])
-                    raise InvalidInput(f"unknown value {value!r} for feature '{name}'; the model knows {shown}", where)
+                    field = f"{records[i]}.{name}" if records is not None else where
+                    raise InvalidInput(f"unknown value {value!r} for feature '{name}'; the model knows {shown}", field)
 
     def _scalar(self, value: Any, where: str) -> Any:
         if not isinstance(value, str):
