@@ -196,6 +196,10 @@ def test_v2_every_numeric_datatype_reaches_the_model(client: httpx.Client, datat
         ("score", {"name": "X", "datatype": "UINT8", "shape": [1, 2], "data": [1, 300]}, "out of range for UINT8"),
         ("score", {"name": "X", "datatype": "FP99", "shape": [1, 2], "data": [1, 2]}, "unknown datatype 'FP99'"),
         ("reviews", {"name": "text", "datatype": "BYTES", "shape": [1], "data": [5]}, "Expected `string` for BYTES"),
+        # null is a float tensor's missing value (JSON has no NaN): refused where the model takes none, as NaN is
+        ("iris", {"name": "input", "datatype": "FP64", "shape": [1, 2], "data": [None, 2]}, "NaN or infinity"),
+        ("iris", {"name": "input", "datatype": "FP32", "shape": [1, 2], "data": [[1, None]]}, "NaN or infinity"),
+        ("score", {"name": "X", "datatype": "INT64", "shape": [1, 2], "data": [None, 2]}, "null (a missing value)"),
     ],
 )
 def test_v2_datatype_errors(client: httpx.Client, model: str, tensor: dict[str, Any], message: str) -> None:

@@ -459,6 +459,18 @@ def test_the_python_api_builds_the_standard_pipeline_with_an_imputer(tmp_path: P
     assert answer["predictions"] == model.predict(rows).tolist() and all(type(p) is int for p in answer["predictions"])
     labels = [str(c) for c in model.classes_]  # a JSON object's keys are text
     assert np.allclose([[p[c] for c in labels] for p in answer["probabilities"]], model.predict_proba(rows))
+    # a missing age, which the imputer fills: null in a record, and null in an Open Inference v2 JSON tensor (JSON
+    # has no NaN; it was a 400 there, so only binary tensors or gRPC could carry it)
+    missing = frame.head(4).assign(age=[np.nan, 30.0, np.nan, 41.5])
+    client = inprocess(tmp_path / "m").client
+    inputs = [{**i, "data": [None if v != v else v for v in i["data"]]} for i in _v2_columns(missing)]
+    v2 = client.post("/v2/models/imputed/infer", json={"inputs": inputs})
+    assert v2.status_code == 200, v2.text
+    assert v2.json()["outputs"][0]["data"] == model.predict(missing).tolist()
+    # an integer tensor has no missing value: null there is refused, naming the tensor
+    ints = [{**i, "data": [None] * 4} if i["name"] == "pclass" else i for i in inputs]
+    refused = client.post("/v2/models/imputed/infer", json={"inputs": ints}).json()
+    assert refused["field"] == "$.inputs[1].data" and "null (a missing value) in INT64 data" in refused["error"]
 
 
 def test_an_image_of_a_joblib_pipeline_says_it_needs_trust_and_takes_it(served: dict[str, Any], tmp_path: Path) -> None:

@@ -302,6 +302,7 @@ _TENSOR_DATA: dict[str, Any] = {
             {"type": "number"},
             {"type": "string"},
             {"type": "boolean"},
+            {"type": "null", "description": "A missing value, in an FP16/FP32/FP64 tensor (JSON has no NaN)"},
         ]
     },
 }

@@ -137,7 +137,7 @@ def from_json_data(data: Any, datatype: str, shape: list[int], where: str) -> np
     if fast is not None:
         return fast
     flat: list[Any] = []
-    _flatten(data, flat, where)
+    _flatten(data, flat, where, datatype)
     expected = element_count(shape)
     if len(flat) != expected:
         raise InvalidInput(f"shape {shape} holds {expected} elements but data has {len(flat)}", where)
@@ -148,7 +148,8 @@ def from_json_data(data: Any, datatype: str, shape: list[int], where: str) -> np
         array = np.empty(len(flat), dtype=object)
         array[:] = flat
         return array.reshape(shape)
-    expected_type = (bool,) if datatype == "BOOL" else (int,) if datatype in _INTEGER else (int, float)
+    # JSON has no NaN: a float tensor's missing value is null, read as NaN (refused where the model takes none)
+    expected_type = (bool,) if datatype == "BOOL" else (int,) if datatype in _INTEGER else (int, float, type(None))
     for i, v in enumerate(flat):
         if type(v) not in expected_type:
             wanted = "boolean" if datatype == "BOOL" else "integer" if datatype in _INTEGER else "number"
@@ -164,18 +165,21 @@ def from_json_data(data: Any, datatype: str, shape: list[int], where: str) -> np
             array = np.asarray(flat, dtype=dtype)
     except OverflowError:  # an integer beyond even float64, such as 10**309
         raise InvalidInput(f"value out of range for {datatype}", where) from None
-    if datatype in _FLOAT and not np.isfinite(array).all():  # JSON has no NaN or infinity, so this is overflow
+    if datatype in _FLOAT and np.isinf(array).any():  # JSON has no infinity, so this is overflow
         raise InvalidInput(f"value out of range for {datatype}", where)
     return array.reshape(shape)
 
 
-def _flatten(data: Any, out: list[Any], where: str) -> None:
+def _flatten(data: Any, out: list[Any], where: str, datatype: str = "") -> None:
     if not isinstance(data, list):
         raise InvalidInput("Expected `data` as an array", where)
     for item in data:
         if isinstance(item, list):
-            _flatten(item, out, where)
-        elif isinstance(item, dict) or item is None:
+            _flatten(item, out, where, datatype)
+        elif item is None and datatype not in _FLOAT:
+            carry = "only FP16, FP32 and FP64 tensors carry one"
+            raise InvalidInput(f"null (a missing value) in {datatype or 'this'} data: {carry}", where)
+        elif isinstance(item, dict):
             raise InvalidInput(f"Expected a scalar in `data`, got `{type(item).__name__}`", where)
         else:
             out.append(item)

@@ -265,7 +265,7 @@ def _check_rows(tensor: Tensor, ranks: tuple[int, ...], width: int | None) -> in
 
 def _check_finite(array: np.ndarray, allowed: bool, where: str) -> None:
     if not allowed and array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise InvalidInput("NaN or infinity is not allowed", where)
+        raise InvalidInput("NaN or infinity is not allowed (JSON's null is NaN: a missing value)", where)
 
 
 def _features(inputs: list[Tensor], handle: ModelHandle) -> Any:

@@ -160,7 +160,9 @@ def _input(raw: Any, where: str, binary: bytes, offset: int) -> tuple[Tensor, in
     if datatype == "FP16":  # JSON numbers would be rounded in silence; the spec sends FP16 as binary only
         raise InvalidInput("FP16 travels only as binary data (parameters.binary_data_size)", f"{where}.datatype")
     data = from_json_data(raw["data"], datatype, shape, f"{where}.data")  # refuses overflow: JSON has no NaN
-    return Tensor(name, datatype, shape, data, parameters, where, finite=True), 0
+    # finite unless a null (a missing value) came in, read as NaN: the model's own rule then applies
+    finite = data.dtype.kind != "f" or not np.isnan(data).any()
+    return Tensor(name, datatype, shape, data, parameters, where, finite=finite), 0
 
 
 def _requested(value: Any) -> list[RequestedOutput] | None:
