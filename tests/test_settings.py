@@ -65,7 +65,7 @@ def test_build_options_are_the_build_settings_fields_and_read_no_environment() -
         option = options[field.name]
         assert option.envvar is None, field.name
         assert option.default == field.default and option.help == field.metadata["help"], field.name
-        assert "--" + field.name in option.opts, field.name
+        assert "--" + field.name.replace("_", "-") in option.opts, field.name
 
 
 @pytest.mark.parametrize(
