@@ -337,3 +337,35 @@ def test_onnx_external_weights_must_be_listed_artifacts(tmp_path: Path) -> None:
     _add_artifact(bundle, "model.onnx", model.read_bytes())
     with pytest.raises(IntegrityError, match=r"is not listed"):
         load_bundle(bundle)
+
+
+@pytest.mark.parametrize("compress", ["gzip", "zlib", "none"])
+def test_reading_what_a_hostile_pickle_imports_is_bounded(tmp_path: Path, compress: str) -> None:
+    """The refusal's message (and containerize's requirements) read a pickle's imports without loading it: a
+    compressed file that inflates without end, or one opcode declaring hundreds of MiB, stops the read at 64 MiB."""
+    import gzip
+    import struct
+    import tracemalloc
+    import zlib
+
+    from ferry.bundle.trust import pickle_imports
+
+    head = b"\x80\x04" + b"\x8c\x02os\x94\x8c\x06system\x94\x93\x94"  # STACK_GLOBAL os.system, then
+    body = head + b"\x8e" + struct.pack("<Q", 190 << 20) + bytes(200 << 20)  # BINBYTES8 of 190 MiB, each read
+    if compress == "gzip":
+        body = gzip.compress(body, 1, mtime=0)
+    elif compress == "zlib":
+        body = zlib.compress(body, 1)
+    path = tmp_path / "bomb.joblib"
+    path.write_bytes(body)
+    del body
+    tracemalloc.start()
+    started = time.monotonic()
+    try:
+        found = pickle_imports(path, limit=None)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert found == ["os.system"]
+    assert peak < 100 * 1024 * 1024, peak
+    assert time.monotonic() - started < 10

@@ -37,6 +37,9 @@ from ferry.errors import UntrustedPickle
 BUILD_FLAG = "--trusted"  # ferry build's option
 SERVER_FLAG = "--trust-pickle"  # ferry serve / verify / containerize's option (--trust-code implies it)
 _MAX_OPCODES = 1_000_000  # how far a refusal's message looks into a pickle for what it imports
+# ... and how many (decompressed) bytes it reads: a bundle's compressed pickle may inflate without end, and one
+# opcode may declare any length; reading stops here, so no file makes the scan hold more
+_MAX_SCAN_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -148,8 +151,9 @@ def pickle_imports(path: Path, limit: int | None = 5) -> list[str]:
     recent: deque[str] = deque(maxlen=2)  # the last strings pushed: STACK_GLOBAL takes module and name from them
     memo: dict[int, str | None] = {}
     top: str | None = None  # the string on top of the stack, if it is one (what MEMOIZE and PUT store)
-    with contextlib.suppress(Exception), _opened(path) as fh:  # not a pickle pickletools walks: nothing more
-        for count, (opcode, arg, _) in enumerate(pickletools.genops(fh)):
+    with contextlib.suppress(Exception), _opened(path) as opened:  # not a pickle pickletools walks: nothing more
+        fh = _Bounded(opened, _MAX_SCAN_BYTES)
+        for count, (opcode, arg, _) in enumerate(pickletools.genops(cast(BinaryIO, fh))):
             name = opcode.name
             if name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
                 memo[arg if isinstance(arg, int) else len(memo)] = top
@@ -184,6 +188,30 @@ def _opened(path: Path) -> BinaryIO:
     if head.startswith(b"x"):  # joblib's zlib: one zlib stream
         return cast(BinaryIO, io.BufferedReader(_ZlibReader(path), 1 << 16))
     return path.open("rb")
+
+
+class _Bounded:
+    """What ``pickletools.genops`` reads (``read``, ``readline``, ``tell``), at most ``limit`` bytes in all: a read
+    past it comes back short, which ends the walk."""
+
+    def __init__(self, stream: BinaryIO, limit: int) -> None:
+        self._stream, self._left, self._position = stream, limit, 0
+
+    def read(self, size: int = -1) -> bytes:
+        wanted = self._left if size < 0 else min(size, self._left)
+        return self._counted(self._stream.read(wanted))
+
+    def readline(self, size: int = -1) -> bytes:
+        wanted = self._left if size < 0 else min(size, self._left)
+        return self._counted(self._stream.readline(wanted))
+
+    def tell(self) -> int:
+        return self._position
+
+    def _counted(self, data: bytes) -> bytes:
+        self._left -= len(data)
+        self._position += len(data)
+        return data
 
 
 class _ZlibReader(io.RawIOBase):
