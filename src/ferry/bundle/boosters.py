@@ -84,13 +84,16 @@ def xgboost_categories(model: dict[str, Any]) -> list[list[Any] | None]:
     inner = booster.get("model") or (booster.get("gbtree") or {}).get("model") or {}  # gbtree, or DART's
     found: list[list[Any] | None] = []
     for encoded in (inner.get("cats") or {}).get("enc") or []:
-        values = encoded.get("values") or []
-        offsets = encoded.get("offsets") or []
-        if offsets:  # UTF-8 bytes, one slice per category
-            found.append([bytes(values[a:b]).decode("utf-8") for a, b in itertools.pairwise(offsets)])
-        elif values:
-            found.append([int(v) if float(v).is_integer() else float(v) for v in values])
-        else:
+        try:
+            values = encoded.get("values") or []
+            offsets = encoded.get("offsets") or []
+            if offsets:  # UTF-8 bytes, one slice per category
+                found.append([bytes(values[a:b]).decode("utf-8") for a, b in itertools.pairwise(offsets)])
+            elif values:
+                found.append([int(v) if float(v).is_integer() else float(v) for v in values])
+            else:
+                found.append(None)
+        except (AttributeError, TypeError, ValueError):  # not as XGBoost writes it: served by code, as before
             found.append(None)
     return found
 
