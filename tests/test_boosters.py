@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.conftest import ServerProcess
@@ -369,3 +370,32 @@ def test_an_xgboost_model_fitted_on_pandas_categoricals_takes_the_categories(
     assert inputs == {"num": "FP64", "colour": "BYTES", "size": "INT64"}, inputs
     coded = client.post("/models/cats/predict", json={"num": 0.5, "colour": 2, "size": 30})  # a code, not a colour
     assert coded.status_code == 400 and "colour" in coded.json()["field"], coded.text
+
+
+def test_an_xgboost_file_with_categories_ferry_cannot_read_keeps_codes_and_says_so(tmp_path: Path) -> None:
+    """From an adversarial review: categories not as XGBoost writes them (duplicates, offsets out of order) leave
+    the feature taking XGBoost's codes, with a warning at build, never categories that share a code; a file
+    XGBoost itself refuses is one line naming it, without XGBoost's native stack trace."""
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(18)
+    train = pd.DataFrame(
+        {"num": rng.normal(size=200), "c": pd.Categorical(rng.choice(["z", "a", "m"], 200), categories=["z", "a", "m"])}
+    )
+    model = xgboost.XGBRegressor(n_estimators=3, enable_categorical=True).fit(train, rng.normal(size=200))
+    model.save_model(str(tmp_path / "good.json"))
+    saved = json.loads((tmp_path / "good.json").read_text())
+    encoded = saved["learner"]["gradient_booster"]["model"]["cats"]["enc"][1]
+    assert encoded["offsets"] == [0, 1, 2, 3]
+    encoded["values"] = [ord("a"), ord("a"), ord("b")]  # two categories named 'a'
+    (tmp_path / "dup.json").write_text(json.dumps(saved))
+    built = _ferry("build", "dup.json", "--name", "dup", "--repo", "models", cwd=tmp_path)
+    assert built.returncode == 0, built.stderr
+    assert "warning: categorical feature 'c': the file holds no categories Ferry can read" in built.stderr
+    manifest = yaml.safe_load((tmp_path / "models" / "dup" / "1" / "ferry.yaml").read_text())
+    assert "categories" not in manifest["input"]["features"][1]
+    saved["learner"]["gradient_booster"]["model"]["cats"]["enc"] = 7  # XGBoost refuses the file
+    (tmp_path / "bad.json").write_text(json.dumps(saved))
+    refused = _ferry("build", "bad.json", "--name", "bad", "--repo", "models", cwd=tmp_path)
+    errors = [line for line in refused.stderr.strip().splitlines() if not line.startswith("warning: ")]
+    assert refused.returncode == 1 and len(errors) == 1, refused.stderr
+    assert errors[0].startswith("error: model.json: XGBoost cannot read it:") and "Stack trace" not in errors[0]

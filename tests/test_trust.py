@@ -369,3 +369,42 @@ def test_reading_what_a_hostile_pickle_imports_is_bounded(tmp_path: Path, compre
     assert found == ["os.system"]
     assert peak < 100 * 1024 * 1024, peak
     assert time.monotonic() - started < 10
+
+
+def test_a_pickle_repeating_its_imports_is_read_in_linear_time_and_bounded_memory(tmp_path: Path) -> None:
+    """From an adversarial review: each opcode rebuilt the set of names (40,000 repeats took 10 s, a file of a
+    million hours), and each repeat of a memoised 8 MiB name was kept (120 of them: 2 GB from an 8 KiB file)."""
+    import gzip
+    import struct
+    import tracemalloc
+
+    from ferry.bundle.trust import pickle_imports
+
+    repeated = b"\x80\x04" + b"\x8c\x08builtins\x94\x8c\x03len\x94" + b"h\x00h\x01\x93" * 200_000 + b"."
+    (tmp_path / "repeat.pkl").write_bytes(repeated)
+    started = time.monotonic()
+    assert pickle_imports(tmp_path / "repeat.pkl") == ["builtins.len"]
+    assert time.monotonic() - started < 5
+    name = b"a" * (8 << 20)
+    memoised = b"\x80\x04X" + struct.pack("<I", len(name)) + name + b"q\x00" + b"h\x00h\x00\x93" * 120 + b"."
+    (tmp_path / "memo.pkl.gz").write_bytes(gzip.compress(memoised, 9, mtime=0))
+    tracemalloc.start()
+    try:
+        found = pickle_imports(tmp_path / "memo.pkl.gz", limit=None)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert found == [] and peak < 80 * 1024 * 1024, (found, peak)
+
+
+def test_a_zlib_joblib_file_is_read_to_its_end_whatever_it_compresses_to(tmp_path: Path) -> None:
+    """joblib's zlib (compress=3) inflates past 1 MiB at a time: what the decompressor could not take yet was
+    dropped, and the imports after it missed (gzip, bz2 and xz found them)."""
+    from collections import OrderedDict
+    from decimal import Decimal
+
+    from ferry.bundle.trust import model_imports
+
+    joblib.dump([bytes(4 << 20), OrderedDict(), Decimal(1)], tmp_path / "m.joblib", compress=("zlib", 3))
+    assert (tmp_path / "m.joblib").read_bytes()[:1] == b"x"
+    assert {"collections.OrderedDict", "decimal.Decimal"} <= set(model_imports(tmp_path / "m.joblib"))

@@ -11,11 +11,13 @@ import itertools
 import json
 import shutil
 import tempfile
+import warnings
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
 from ferry.bundle.artifacts import FileKind
-from ferry.errors import ManifestError
+from ferry.errors import FerryWarning, ManifestError
 
 # (runtime, input schema, output schema, labels), as the builder records them.
 Inferred = tuple[str, dict[str, Any] | None, dict[str, Any], list[str] | None]
@@ -80,22 +82,33 @@ def xgboost_json(path: Path) -> dict[str, Any]:
 def xgboost_categories(model: dict[str, Any]) -> list[list[Any] | None]:
     """Per feature, the categories XGBoost (2.1+) saved for a categorical one, in its code order (a code is the
     category's index here, as pandas' were when it was fitted): text, or numbers; None for the others."""
-    booster = (model.get("learner") or {}).get("gradient_booster") or {}
-    inner = booster.get("model") or (booster.get("gbtree") or {}).get("model") or {}  # gbtree, or DART's
-    found: list[list[Any] | None] = []
-    for encoded in (inner.get("cats") or {}).get("enc") or []:
-        try:
-            values = encoded.get("values") or []
-            offsets = encoded.get("offsets") or []
-            if offsets:  # UTF-8 bytes, one slice per category
-                found.append([bytes(values[a:b]).decode("utf-8") for a, b in itertools.pairwise(offsets)])
-            elif values:
-                found.append([int(v) if float(v).is_integer() else float(v) for v in values])
-            else:
-                found.append(None)
-        except (AttributeError, TypeError, ValueError):  # not as XGBoost writes it: served by code, as before
-            found.append(None)
-    return found
+    try:
+        booster = (model.get("learner") or {}).get("gradient_booster") or {}
+        inner = booster.get("model") or (booster.get("gbtree") or {}).get("model") or {}  # gbtree, or DART's
+        encodings = list((inner.get("cats") or {}).get("enc") or [])
+    except (AttributeError, TypeError, ValueError):  # not as XGBoost writes it: categorical features keep codes
+        return []
+    return [_categories(encoded) for encoded in encodings]
+
+
+def _categories(encoded: Any) -> list[Any] | None:
+    """One feature's categories, or None where there are none or they are not as XGBoost writes them (distinct
+    values; text as UTF-8 bytes, which XGBoost writes as signed int8, cut at increasing offsets from 0)."""
+    try:
+        values = list(encoded.get("values") or [])
+        offsets = [int(o) for o in encoded.get("offsets") or []]
+        if offsets:
+            if offsets[0] != 0 or offsets[-1] != len(values) or any(a > b for a, b in itertools.pairwise(offsets)):
+                return None
+            raw = bytes(int(v) & 0xFF for v in values)
+            categories: list[Any] = [raw[a:b].decode("utf-8") for a, b in itertools.pairwise(offsets)]
+        else:
+            categories = [int(v) if float(v).is_integer() else float(v) for v in values]
+    except (AttributeError, TypeError, ValueError, OverflowError):
+        return None
+    if not categories or len(set(categories)) != len(categories):
+        return None
+    return categories
 
 
 def xgboost_inferred(model: dict[str, Any]) -> Inferred:
@@ -106,9 +119,18 @@ def xgboost_inferred(model: dict[str, Any]) -> Inferred:
     # XGBoost takes a missing value (null, NaN) in any feature: each split has its default direction.
     features: list[dict[str, Any]] = [{"name": str(n), "allow_nan": True} for n in names]
     types = learner.get("feature_types") or []
-    for feature, kind, categories in zip(features, types, xgboost_categories(model), strict=False):
-        if kind == "c" and categories:  # fitted on a pandas categorical: clients send its categories, by name
+    for feature, kind, categories in zip_longest(features, types, xgboost_categories(model)):
+        if feature is None or kind != "c":
+            continue
+        if categories:  # fitted on a pandas categorical: clients send its categories, by name
             feature.update(dtype="category", categories=categories, example=categories[0])
+        else:
+            warnings.warn(
+                f"categorical feature '{feature['name']}': the file holds no categories Ferry can read (XGBoost "
+                "before 2.1, or text it saved cut short); clients send XGBoost's codes for it",
+                FerryWarning,
+                stacklevel=2,
+            )
     schema = {"kind": "features", "features": features}
     attributes = learner.get("attributes") or {}
     try:
@@ -149,6 +171,17 @@ def catboost_inferred(path: Path) -> Inferred:
             [str(c) for c in classes],
         )
     return "catboost", schema, {"kind": "number"}, None
+
+
+def load_xgboost(path: Path) -> Any:
+    """XGBoost's Booster of the file; a file XGBoost refuses is a ``ManifestError`` with the first line of its
+    message (the rest is XGBoost's native stack trace)."""
+    xgboost = library("xgboost")
+    try:
+        return xgboost.Booster(model_file=str(path))
+    except xgboost.core.XGBoostError as exc:
+        reason = (str(exc).strip().splitlines() or ["unreadable"])[0][:300]
+        raise ManifestError(f"{path.name}: XGBoost cannot read it: {reason}") from None
 
 
 def load_catboost(path: Path) -> Any:

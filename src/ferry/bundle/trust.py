@@ -39,7 +39,8 @@ SERVER_FLAG = "--trust-pickle"  # ferry serve / verify / containerize's option (
 _MAX_OPCODES = 1_000_000  # how far a refusal's message looks into a pickle for what it imports
 # ... and how many (decompressed) bytes it reads: a bundle's compressed pickle may inflate without end, and one
 # opcode may declare any length; reading stops here, so no file makes the scan hold more
-_MAX_SCAN_BYTES = 64 * 1024 * 1024
+_MAX_SCAN_BYTES = 16 * 1024 * 1024  # (a string read decodes to at most four times its bytes)
+_MAX_NAME = 256  # a module.name longer than this is no import Python could make: not kept
 
 
 @dataclass(frozen=True)
@@ -147,32 +148,41 @@ def pickle_imports(path: Path, limit: int | None = 5) -> list[str]:
     Best effort, for the refusal's message and the image's requirements: an lz4 file, or data past the
     pickle's first unreadable opcode, names nothing more.
     """
-    found: list[str] = []
+    found: dict[str, None] = {}  # in order, each once: bounded however often a file repeats an import
     recent: deque[str] = deque(maxlen=2)  # the last strings pushed: STACK_GLOBAL takes module and name from them
-    memo: dict[int, str | None] = {}
+    memo: dict[int, str] = {}  # the memoised strings (only those: a name comes from one)
+    memoised = 0  # MEMOIZE's next index counts every memoised object
     top: str | None = None  # the string on top of the stack, if it is one (what MEMOIZE and PUT store)
     with contextlib.suppress(Exception), _opened(path) as opened:  # not a pickle pickletools walks: nothing more
         fh = _Bounded(opened, _MAX_SCAN_BYTES)
         for count, (opcode, arg, _) in enumerate(pickletools.genops(cast(BinaryIO, fh))):
             name = opcode.name
             if name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
-                memo[arg if isinstance(arg, int) else len(memo)] = top
+                index = arg if isinstance(arg, int) else memoised
+                memoised += 1
+                if top is not None and len(top) <= _MAX_NAME:
+                    memo[index] = top
+                else:
+                    memo.pop(index, None)
                 continue
             pushed = None
+            imported = None
             if name in ("GLOBAL", "INST"):
-                found.append(str(arg).replace(" ", "."))
-            elif name == "STACK_GLOBAL" and len(recent) == 2:
-                found.append(".".join(recent))
+                imported = str(arg).replace(" ", ".")
+            elif name == "STACK_GLOBAL" and len(recent) == 2 and all(recent):
+                imported = ".".join(recent)
             elif name in ("GET", "BINGET", "LONG_BINGET") and isinstance(arg, int):
                 pushed = memo.get(arg)
             elif isinstance(arg, str) and "UNICODE" in name:
-                pushed = arg
+                pushed = arg if len(arg) <= _MAX_NAME else ""
+            if imported is not None and len(imported) <= _MAX_NAME:
+                found[imported] = None
             if pushed is not None:
                 recent.append(pushed)
             top = pushed
-            if name == "STOP" or (limit is not None and len(set(found)) >= limit) or count > _MAX_OPCODES:
+            if name == "STOP" or (limit is not None and len(found) >= limit) or count > _MAX_OPCODES:
                 break
-    return list(dict.fromkeys(found))[:limit]
+    return list(found)[:limit]
 
 
 def _opened(path: Path) -> BinaryIO:
@@ -235,13 +245,16 @@ class _ZlibReader(io.RawIOBase):
         return self._position
 
     def readinto(self, buffer: Any) -> int:
-        while not self._pending and not self._inflate.eof:
-            chunk = self._file.read(65536)
-            if not chunk:
+        while not self._pending:  # at most 1 MiB inflated at a time; what it could not take waits its turn
+            if self._inflate.unconsumed_tail:
+                compressed = self._inflate.unconsumed_tail
+            elif self._inflate.eof:
                 break
-            self._pending = self._inflate.decompress(chunk, 1 << 20)
-            while self._inflate.unconsumed_tail and len(self._pending) < 1 << 20:
-                self._pending += self._inflate.decompress(self._inflate.unconsumed_tail, 1 << 20)
+            else:
+                compressed = self._file.read(65536)
+                if not compressed:
+                    break
+            self._pending = self._inflate.decompress(compressed, 1 << 20)
         count = min(len(buffer), len(self._pending))
         buffer[:count] = self._pending[:count]
         self._pending = self._pending[count:]

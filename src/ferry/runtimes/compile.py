@@ -80,8 +80,10 @@ def compile_model(model: Any, runtime: str, staging: Path, options: dict[str, An
         program = Program(spec, write.read)
         check(program)
     except (Unsupported, AttributeError, TypeError, ValueError, IndexError) as exc:
-        logger.info("%s: not compiled (%s); the original artifact serves", type(model).__name__, exc)
-        return f"no: {exc}"
+        # a library's error may carry its whole native trace: its first line says why
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        logger.info("%s: not compiled (%s); the original artifact serves", type(model).__name__, reason)
+        return f"no: {reason}"
     write.save()
     options["compiled"] = spec
     return COMPILED
@@ -393,10 +395,10 @@ def load_original(staging: Path, runtime: str, options: dict[str, Any], trusted:
 
         return read_booster(staging / options.get("artifact", "model.txt"))
     if runtime == "xgboost":
-        from ferry.bundle.boosters import library
+        from ferry.bundle.boosters import load_xgboost
 
         name = "model.ubj" if (staging / "model.ubj").is_file() else "model.json"
-        return library("xgboost").Booster(model_file=str(staging / name))
+        return load_xgboost(staging / name)
     if runtime == "catboost":
         from ferry.bundle.boosters import load_catboost
 

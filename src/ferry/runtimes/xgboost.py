@@ -14,6 +14,7 @@ import numpy as np
 import xgboost
 
 from ferry.bundle.artifacts import model_artifact
+from ferry.bundle.boosters import load_xgboost
 from ferry.bundle.manifest import Manifest
 from ferry.runtimes.base import Prediction, Runtime, warn_version_drift
 
@@ -44,7 +45,7 @@ class XGBoostRuntime(Runtime):
         warn_version_drift(manifest, "xgboost", xgboost.__version__)
         name = "model.ubj" if "model.ubj" in manifest.artifacts else "model.json"
         path = model_artifact(bundle_dir, manifest, name, "xgboost")
-        booster = xgboost.Booster(model_file=str(path))
+        booster = load_xgboost(path)
         booster.set_param({"nthread": 1})  # one request's rows: threads cost more than they save
         return cls(booster, manifest)
 
