@@ -209,3 +209,25 @@ def test_iris_example_reports_its_measured_accuracy(example_repo: Path) -> None:
     assert manifest.metadata["metrics"]["accuracy"] == pytest.approx(0.8889, abs=1e-4)
     assert manifest.labels == ["setosa", "versicolor", "virginica"]
     assert set(manifest.metadata["training_stats"]["features"]) == {"length", "width"}  # for drift monitoring
+
+
+def test_a_version_another_build_writes_meanwhile_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two builds of one name at once: the one that finishes second finds the version written, and says so (it
+    was an OSError: Directory not empty); the first one's bundle stands, and nothing is left half-written."""
+    import ferry.builder
+
+    model = LogisticRegression().fit(np.array([[0.0], [1.0], [2.0], [3.0]]), [0, 0, 1, 1])
+    checked = ferry.builder._check_sample
+
+    def the_other_build_finishes_first(staging: Path, *args: object) -> None:
+        checked(staging, *args)  # type: ignore[arg-type]
+        (tmp_path / "m" / "1").mkdir(parents=True)
+        (tmp_path / "m" / "1" / "ferry.yaml").write_text("the other build's bundle")
+
+    monkeypatch.setattr(ferry.builder, "_check_sample", the_other_build_finishes_first)
+    with pytest.raises(ManifestError, match=r"was written by another build at the same time"):
+        ferry.build(model, "m", tmp_path, version="1", features=["x"])
+    assert (tmp_path / "m" / "1" / "ferry.yaml").read_text() == "the other build's bundle"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".m-")]  # the staging folder is gone

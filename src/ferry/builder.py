@@ -162,7 +162,15 @@ def build(
         if manifest.sample_input is not None:  # "built" means "it serves": always, not only with --expect
             _check_sample(staging, manifest, trusted)
         target.parent.mkdir(parents=True, exist_ok=True)
-        staging.rename(target)  # atomic: a half-written bundle is never visible
+        try:
+            staging.rename(target)  # atomic: a half-written bundle is never visible
+        except OSError:
+            if not target.exists():
+                raise
+            raise ManifestError(  # another build wrote it meanwhile: bundles are immutable, that one stands
+                f"{target} was written by another build at the same time; bundles are immutable, build again for the "
+                "next version"
+            ) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
