@@ -496,3 +496,30 @@ def test_an_image_of_a_joblib_pipeline_says_it_needs_trust_and_takes_it(served: 
     k8s = ferry("k8s", repo, "--image", tag, "-o", str(tmp_path / "k8s"), "--trust-pickle")
     assert k8s.returncode == 0, k8s.stderr
     assert "FERRY_TRUST_PICKLE" in (tmp_path / "k8s" / "10-configmap.yaml").read_text()
+
+
+def test_a_histgradientboosting_model_on_pandas_categoricals_takes_the_categories(
+    tmp_path: Path, inprocess: Any
+) -> None:
+    """scikit-learn's own way with categorical data, categorical_features="from_dtype" (the default since 1.6) on
+    a DataFrame's category column: clients send the categories; an unseen or missing one is the model's missing
+    value, as in its own predict. (The build failed at warm-up: the column was typed as a number.)"""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    rng = np.random.default_rng(8)
+    frame = pd.DataFrame(
+        {"num": rng.normal(size=400), "colour": pd.Categorical(rng.choice(["red", "blue", "green"], 400))}
+    )
+    model = HistGradientBoostingClassifier(max_iter=20, categorical_features="from_dtype")
+    model.fit(frame, ((frame.colour == "blue") | (frame.num > 1)).astype(int))
+    joblib.dump(model, tmp_path / "hgb.joblib")
+    built = ferry("build", str(tmp_path / "hgb.joblib"), "--name", "hgb", "--repo", str(tmp_path / "m"), "--trusted")
+    assert built.returncode == 0, built.stderr
+    nums, colours = [0.1, 2.0, -0.5, 0.3, 0.2], ["blue", "red", "green", "purple", None]
+    asked = pd.DataFrame({"num": nums, "colour": colours})
+    records = [{"num": n, "colour": c} for n, c in zip(nums, colours, strict=True)]
+    answer = inprocess(tmp_path / "m", env={"FERRY_TRUST_PICKLE": "1"}).client.post("/models/hgb/predict", json=records)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["predictions"] == model.predict(asked).tolist()
+    got = [[p["0"], p["1"]] for p in answer.json()["probabilities"]]
+    assert np.allclose(got, model.predict_proba(asked), rtol=1e-12, atol=0)

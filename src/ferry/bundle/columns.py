@@ -52,6 +52,17 @@ def _read(step: Any, columns: list[str], found: dict[str, Column | None]) -> Non
             if chosen:
                 _read(transformer, chosen, found)
         return
+    if kind in _NAN_ESTIMATORS[:2] and getattr(step, "_preprocessor", None) is not None:
+        # categorical_features (e.g. "from_dtype"): its own encoder reads those columns' categories, an unknown
+        # one as missing; the other columns are numbers, missing values allowed
+        _read(step._preprocessor, columns, found)
+        for c in columns:
+            column = found.get(c)
+            if column is None or column.get("dtype") == "float64":
+                found[c] = _number(c, True)
+            else:
+                column["allow_nan"] = True  # a missing category is one more the model reads as missing
+        return
     if kind in _ENCODERS and hasattr(step, "categories_"):
         closed = getattr(step, "handle_unknown", "error") == "error"  # it raises on a value it was not fitted on
         for c, categories in zip(columns, step.categories_, strict=False):
