@@ -523,3 +523,23 @@ def test_a_histgradientboosting_model_on_pandas_categoricals_takes_the_categorie
     assert answer.json()["predictions"] == model.predict(asked).tolist()
     got = [[p["0"], p["1"]] for p in answer.json()["probabilities"]]
     assert np.allclose(got, model.predict_proba(asked), rtol=1e-12, atol=0)
+
+
+def test_passthrough_columns_build_without_a_sample(tmp_path: Path, inprocess: Any) -> None:
+    """A fitted ColumnTransformer (scikit-learn 1.5+) keeps "passthrough" as a FunctionTransformer with no
+    function: the columns reach the model as numbers. The build asked for a --sample to type them."""
+    from sklearn.compose import make_column_transformer
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OrdinalEncoder
+
+    frame = passengers(300, 9)
+    columns = make_column_transformer((OrdinalEncoder(), ["sex", "embarked"]), ("passthrough", ["age", "pclass"]))
+    model = make_pipeline(columns, RandomForestClassifier(n_estimators=10, random_state=0))
+    model.fit(frame, (frame.age > 30).astype(int))
+    joblib.dump(model, tmp_path / "rf.joblib")
+    built = ferry("build", str(tmp_path / "rf.joblib"), "--name", "rf", "--repo", str(tmp_path / "m"), "--trusted")
+    assert built.returncode == 0, built.stderr
+    rows = passengers(5, 10)
+    client = inprocess(tmp_path / "m", env={"FERRY_TRUST_PICKLE": "1"}).client
+    assert client.post("/models/rf/predict", json=_records(rows)).json()["predictions"] == model.predict(rows).tolist()

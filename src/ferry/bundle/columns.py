@@ -31,6 +31,8 @@ def sklearn_columns(model: Any) -> list[Column | None] | None:
 
 def _read(step: Any, columns: list[str], found: dict[str, Column | None]) -> None:
     kind = type(step).__name__
+    if kind == "FunctionTransformer" and getattr(step, "func", True) is None:
+        step = "passthrough"  # how a fitted ColumnTransformer (scikit-learn 1.5+) keeps "passthrough": no code
     if isinstance(step, str):  # "passthrough" reaches the next estimator, which takes numbers; "drop" any
         for c in columns:
             found[c] = _number(c, step == "drop")
