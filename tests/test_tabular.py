@@ -543,3 +543,33 @@ def test_passthrough_columns_build_without_a_sample(tmp_path: Path, inprocess: A
     rows = passengers(5, 10)
     client = inprocess(tmp_path / "m", env={"FERRY_TRUST_PICKLE": "1"}).client
     assert client.post("/models/rf/predict", json=_records(rows)).json()["predictions"] == model.predict(rows).tolist()
+
+
+def test_columns_the_model_drops_take_whatever_the_record_holds(tmp_path: Path, inprocess: Any) -> None:
+    """A ColumnTransformer drops the columns it names no transformer for (``remainder="drop"``, its default):
+    clients send their whole record, an id as text, a flag as a boolean, and get the model's answer; those
+    columns were typed as numbers, so such a record was a 400 for a column the model never reads."""
+    from sklearn.compose import make_column_transformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    frame = passengers(300, 11).assign(passenger_id=[f"P{i}" for i in range(300)], vip=lambda f: f.age > 40)
+    columns = make_column_transformer((OneHotEncoder(), ["sex", "embarked"]), (StandardScaler(), ["age", "pclass"]))
+    model = make_pipeline(columns, LogisticRegression()).fit(frame, frame.sex == "female")
+    joblib.dump(model, tmp_path / "m.joblib")
+    built = ferry("build", str(tmp_path / "m.joblib"), "--name", "m", "--repo", str(tmp_path / "r"), "--trusted")
+    assert built.returncode == 0, built.stderr
+    rows = frame.head(4)
+    records = _records(rows)
+    records[1]["passenger_id"], records[2]["vip"] = None, 7  # null, or another type: never read either
+    client = inprocess(tmp_path / "r", env={"FERRY_TRUST_PICKLE": "1"}).client
+    answer = client.post("/models/m/predict", json=records)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["predictions"] == model.predict(rows).tolist()
+    ids = {"name": "passenger_id", "datatype": "BYTES", "shape": [4], "data": list(rows.passenger_id)}
+    flags = {"name": "vip", "datatype": "BOOL", "shape": [4], "data": [bool(v) for v in rows.vip]}
+    inputs = [*_v2_columns(rows), ids, flags]
+    v2 = client.post("/v2/models/m/infer", json={"inputs": inputs})
+    assert v2.status_code == 200, v2.text
+    assert v2.json()["outputs"][0]["data"] == model.predict(rows).tolist()

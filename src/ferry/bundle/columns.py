@@ -35,7 +35,7 @@ def _read(step: Any, columns: list[str], found: dict[str, Column | None]) -> Non
         step = "passthrough"  # how a fitted ColumnTransformer (scikit-learn 1.5+) keeps "passthrough": no code
     if isinstance(step, str):  # "passthrough" reaches the next estimator, which takes numbers; "drop" any
         for c in columns:
-            found[c] = _number(c, step == "drop")
+            found[c] = _number(c, False) if step == "passthrough" else _unread(c)
         return
     if kind == "Pipeline":
         steps = [s for _, s in step.steps if s not in (None, "passthrough")]
@@ -85,6 +85,12 @@ def _read(step: Any, columns: list[str], found: dict[str, Column | None]) -> Non
         return
     for c in columns:
         found[c] = _number(c, kind in _NAN_ESTIMATORS)
+
+
+def _unread(name: str) -> Column:
+    """A column the model drops (a ColumnTransformer's ``remainder="drop"``, say): whatever the client's record
+    holds there, text, a number, a boolean or null, is taken and never read (a category with no categories)."""
+    return {"name": name, "dtype": "category", "categories": [], "example": 0.0}
 
 
 def _number(name: str, allow_nan: bool) -> Column:

@@ -31,7 +31,8 @@ class Feature(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """One named input feature of a tabular model.
 
     ``allow_nan``: a missing value (JSON ``null``, or NaN) is allowed. A ``category`` feature is a pandas
-    categorical over ``categories`` (a LightGBM model fitted on one); a value outside them is missing, as in pandas.
+    categorical over ``categories`` (a LightGBM model fitted on one); a value outside them is missing, as in pandas:
+    with no categories, a column the model never reads (one it drops), which takes any value.
     ``values``: the only values the model takes (an encoder fitted with ``handle_unknown='error'``); another is a 400.
     """
 
