@@ -144,3 +144,21 @@ def test_build_include_refuses_a_link_out_of_the_folder(tmp_path: Path) -> None:
     assert built.returncode == 0, built.stderr
     copied = tmp_path / "repo" / "m" / "1" / "assets" / "deep" / "vocab-link.txt"
     assert copied.read_text() == "a\nb\n" and not copied.is_symlink()
+
+
+def test_containerize_reads_no_model_file_outside_the_bundle(tmp_path: Path) -> None:
+    """containerize reads a bundle's model files for what they import and whether they need trust: a listed
+    artifact whose name leads out of the bundle (a pickle of the host's, listed with its true hash) is refused,
+    naming it, before anything opens it."""
+    import pickle
+
+    outside = tmp_path / "host.pkl"
+    outside.write_bytes(pickle.dumps(LogisticRegression()))
+    bundle = _bundle(tmp_path, "numpy\n")
+    name = "../../host.pkl"
+    digest = hashlib.sha256(outside.read_bytes()).hexdigest()
+    edit_manifest(bundle, lambda raw: raw["artifacts"].__setitem__(name, digest))
+    edit_manifest(bundle, lambda raw: raw["options"].__setitem__("artifact", name))
+    error = one_line_error(_containerize(tmp_path))
+    assert f"'{name}'" in error and "not a relative path inside the bundle" in error, error
+    assert not (tmp_path / "ctx").exists()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ferry.bundle import MANIFEST_FILE, read_manifest, scan_repository
-from ferry.bundle.artifacts import links_leading_out, sniff
+from ferry.bundle.artifacts import contained, links_leading_out, sniff
 from ferry.bundle.manifest import Manifest
 from ferry.bundle.requirements import ALLOW_FLAG, bundle_requirements
 from ferry.bundle.trust import SERVER_FLAG, Trust, check_trusted, model_imports
@@ -143,10 +143,10 @@ def trust_needed(bundle_dir: Path, manifest: Manifest) -> str:
         return ""
     steps = manifest.options.get("steps") or [manifest.options.get("artifact", "model.skops")]
     for step in steps:
-        path = bundle_dir / str(step)
+        if str(step) not in manifest.artifacts:
+            continue  # the runtime refuses it, naming it; nothing here opens a file the manifest does not list
         try:
-            if path.is_file():
-                check_trusted(path, Trust(False, SERVER_FLAG), str(step))
+            check_trusted(contained(bundle_dir, str(step)), Trust(False, SERVER_FLAG), str(step))
         except UntrustedPickle:
             return SERVER_FLAG
     return ""
@@ -162,8 +162,8 @@ def model_packages(bundle_dir: Path, manifest: Manifest) -> tuple[str, ...]:
     provides is left to that check."""
     names = {"pandas"} if manifest.input.frame else set()
     for artifact in manifest.artifacts:
-        path = bundle_dir / artifact
-        if path.is_file() and sniff(path) in ("skops", "pickle"):
+        path = contained(bundle_dir, artifact)  # inside the bundle, or an IntegrityError naming it
+        if sniff(path) in ("skops", "pickle"):
             names |= {dotted.split(".")[0] for dotted in model_imports(path)}
     installed = metadata.packages_distributions()
     packages = set()
